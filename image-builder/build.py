@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""Build a flashable arm64 Raspberry Pi SD-card image for a MEC-ConPaaS edge node.
+
+Stages (each timed; the timings go into OUT/NAME.build.json):
+
+  preflight   root, free disk, tools; binfmt_misc mounted, qemu-aarch64 enabled
+  bootstrap   debootstrap --arch=arm64 from a cached download tarball
+  base        kernel, firmware, systemd, ssh (initramfs rebuilds held back)
+  roles       the project's Ansible roles through the chroot connection,
+              mec_conpaas_image_build=true, then roles/first_boot
+  finalize    one initramfs (MODULES=list), cmdline.txt, fstab, no host keys,
+              no machine-id, apt cleaned, manifest written
+  assemble    FAT32 boot + ext4 root made from directories and written at
+              4 MiB-aligned offsets of a DOS-partitioned image file
+  compress    NAME.img.xz + NAME.img.xz.sha256
+
+Works without loop partition scanning, without a VFAT driver and without
+device-mapper: nothing of the image is ever mounted.
+
+Usage: build.py [--profile edge|ci|base] [--version V] [--keep-root] ...
+"""
+
+import argparse
+import configparser
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MIB = 1024 * 1024
+HOST_TOOLS = {
+    "debootstrap": "debootstrap",
+    "sfdisk": "fdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "xz": "xz-utils",
+    "update-binfmts": "binfmt-support",
+}
+BOOT_LABEL = "RASPIFIRM"
+ROOT_LABEL = "RASPIROOT"
+
+
+class BuildError(Exception):
+    pass
+
+
+def log(msg):
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
+    print(f"[image-builder {stamp}] {msg}", flush=True)
+
+
+def run(cmd, check=True, capture=False, env=None, **kw):
+    log("+ " + " ".join(shlex.quote(str(c)) for c in cmd))
+    res = subprocess.run(
+        [str(c) for c in cmd], check=False, text=True, env=env,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None, **kw)
+    if check and res.returncode != 0:
+        err = (res.stderr or "")[-4000:] if capture else ""
+        raise BuildError(f"command failed ({res.returncode}): {' '.join(map(str, cmd))}\n{err}")
+    return res
+
+
+def load_profile(name, path=os.path.join(HERE, "profiles.ini")):
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(path)
+    if not cp.has_section(name):
+        raise BuildError(f"unknown profile {name!r}; known: {', '.join(cp.sections())}")
+    prof = dict(cp.items(name))
+    for key in ("debootstrap_include", "base_packages", "roles", "initramfs_modules",
+                "components"):
+        prof[key] = prof.get(key, "").split()
+    for key in ("erase_block_mib", "first_partition_mib", "boot_size_mib", "root_slack_mib",
+                "xz_level", "min_free_gib"):
+        prof[key] = int(prof[key])
+    prof["name"] = name
+    return prof
+
+
+def host_mirror():
+    """First Debian archive URI configured in the host's apt sources."""
+    files = ["/etc/apt/sources.list"]
+    d = "/etc/apt/sources.list.d"
+    if os.path.isdir(d):
+        files += sorted(os.path.join(d, f) for f in os.listdir(d))
+    for f in files:
+        if not os.path.isfile(f):
+            continue
+        text = open(f, encoding="utf-8", errors="replace").read()
+        for m in re.finditer(r"^(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", text, re.M):
+            uri = m.group(1)
+            if "security" in uri or not uri.startswith("http"):
+                continue
+            if uri.rstrip("/").endswith("/debian"):
+                return uri.rstrip("/")
+    return "http://deb.debian.org/debian"
+
+
+def git(*args):
+    res = subprocess.run(["git", "-C", REPO, *args], text=True, capture_output=True)
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def default_version():
+    cp = configparser.ConfigParser()
+    cp.read(os.path.join(REPO, "setup.cfg"))
+    base = cp.get("metadata", "version", fallback="0.0.0")
+    rev = git("rev-parse", "--short=10", "HEAD") or "nogit"
+    dirty = "-dirty" if git("status", "--porcelain", "--", "image-builder", "roles") else ""
+    return f"{base}-g{rev}{dirty}"
+
+
+def round_up(n, unit):
+    return -(-n // unit) * unit
+
+
+class Builder:
+    def __init__(self, args):
+        self.args = args
+        self.prof = load_profile(args.profile)
+        self.prof["mirror"] = args.mirror or self.prof.get("mirror") or host_mirror()
+        self.version = args.version or default_version()
+        self.name = f"mec-conpaas-edge-{self.prof['name']}-{self.version}-{self.prof['arch']}"
+        self.work = os.path.abspath(args.work_dir)
+        self.out = os.path.abspath(args.out_dir)
+        self.cache = os.path.join(self.work, "cache")
+        self.bdir = os.path.join(self.work, self.prof["name"])
+        self.root = os.path.join(self.bdir, "root")
+        self.mounts = []
+        self.timings = {}
+        self.t0 = time.monotonic()
+        # Disk identifier of the DOS label: PARTUUIDs are DISKID-01 / DISKID-02.
+        self.disk_id = args.disk_id or f"{uuid.uuid4().int & 0xFFFFFFFF:08x}"
+        self.boot_partuuid = f"{self.disk_id}-01"
+        self.root_partuuid = f"{self.disk_id}-02"
+        self.kernel_version = None
+        self.result = {}
+
+    # ---------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def stage(self, name):
+        log(f"=== stage {name}")
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.monotonic() - t, 1)
+            log(f"=== stage {name} done in {self.timings[name]} s")
+
+    def chroot(self, *cmd, check=True, capture=False, env_extra=None):
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "DEBIAN_FRONTEND": "noninteractive",
+            "DEBCONF_NONINTERACTIVE_SEEN": "true",
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "HOME": "/root",
+        }
+        env.update(env_extra or {})
+        return run(["chroot", self.root, *cmd], check=check, capture=capture, env=env)
+
+    def mount(self, src, target, *opts):
+        os.makedirs(target, exist_ok=True)
+        run(["mount", *opts, src, target])
+        self.mounts.append(target)
+
+    def mount_chroot_fs(self):
+        r = self.root
+        self.mount("proc", f"{r}/proc", "-t", "proc")
+        self.mount("sysfs", f"{r}/sys", "-t", "sysfs")
+        self.mount("/dev", f"{r}/dev", "--bind")
+        self.mount("devpts", f"{r}/dev/pts", "-t", "devpts", "-o", "gid=5,mode=620,newinstance,ptmxmode=0666")
+        self.mount("tmpfs", f"{r}/run", "-t", "tmpfs", "-o", "mode=755")
+        archives = os.path.join(self.cache, "apt-archives")
+        os.makedirs(os.path.join(archives, "partial"), exist_ok=True)
+        self.mount(archives, f"{r}/var/cache/apt/archives", "--bind")
+
+    def kill_chroot_processes(self):
+        """Kill processes whose root directory is our chroot (we started them)."""
+        real = os.path.realpath(self.root)
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                if os.path.realpath(f"/proc/{pid}/root") == real:
+                    log(f"killing leftover chroot process {pid}")
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+    def umount_all(self):
+        self.kill_chroot_processes()
+        for target in reversed(self.mounts):
+            if subprocess.run(["umount", target]).returncode != 0:
+                subprocess.run(["umount", "-l", target])
+        self.mounts = []
+        # Anything else left mounted below the root (e.g. an interrupted earlier run).
+        real = os.path.realpath(self.root)
+        with open("/proc/self/mounts") as f:
+            left = [ln.split()[1] for ln in f if ln.split()[1].startswith(real + "/")]
+        for target in sorted(left, reverse=True):
+            subprocess.run(["umount", "-l", target])
+
+    # ----------------------------------------------------------------- stages
+    def preflight(self):
+        if os.geteuid() != 0:
+            raise BuildError("image-builder must run as root (debootstrap, chroot, mount).")
+        missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)})
+        if missing:
+            raise BuildError("missing host packages: " + " ".join(missing) +
+                             "\n  apt-get install --no-install-recommends " + " ".join(missing))
+        os.makedirs(self.work, exist_ok=True)
+        os.makedirs(self.out, exist_ok=True)
+        st = os.statvfs(self.work)
+        free_gib = st.f_bavail * st.f_frsize / 1024 ** 3
+        need = self.prof["min_free_gib"]
+        if free_gib < need:
+            raise BuildError(f"not enough free disk in {self.work}: {free_gib:.1f} GiB free, "
+                             f"{need} GiB needed (profile {self.prof['name']}, min_free_gib).")
+        if not os.path.exists("/proc/sys/fs/binfmt_misc/status"):
+            run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
+        run(["update-binfmts", "--enable", "qemu-aarch64"], check=False)
+        try:
+            with open("/proc/sys/fs/binfmt_misc/qemu-aarch64") as f:
+                if "enabled" not in f.read():
+                    raise OSError
+        except OSError:
+            raise BuildError("binfmt_misc handler qemu-aarch64 is not enabled; "
+                             "install qemu-user-static and binfmt-support.")
+        for role in self.prof["roles"] + ["first_boot"]:
+            if not os.path.isdir(os.path.join(REPO, "roles", role)):
+                raise BuildError(f"role {role!r} not found in {REPO}/roles; profile "
+                                 f"{self.prof['name']} applies: {' '.join(self.prof['roles'])}")
+        self.ansible = shutil.which("ansible-playbook", path=os.path.dirname(sys.executable)) \
+            or shutil.which("ansible-playbook")
+        if not self.ansible:
+            raise BuildError("ansible-playbook not found (pip install ansible in the venv "
+                             "that runs build.py; tools/ci/image.sh does this).")
+        log(f"building {self.name} (profile {self.prof['name']}, mirror {self.prof['mirror']}, "
+            f"{free_gib:.0f} GiB free)")
+
+    def bootstrap(self):
+        p = self.prof
+        key = "-".join([p["suite"], p["arch"], p["variant"]] + sorted(p["debootstrap_include"]))
+        digest = hashlib.sha256((key + p["mirror"]).encode()).hexdigest()[:12]
+        tarball = os.path.join(self.cache, f"debootstrap-{p['suite']}-{p['arch']}-{digest}.tgz")
+        os.makedirs(self.cache, exist_ok=True)
+        common = [f"--arch={p['arch']}", f"--variant={p['variant']}",
+                  "--components=" + ",".join(p["components"]),
+                  "--include=" + ",".join(p["debootstrap_include"])]
+        if not os.path.exists(tarball):
+            tmp = tarball + ".partial"
+            with tempfile.TemporaryDirectory(dir=self.work) as scratch:
+                run(["debootstrap", *common, f"--make-tarball={tmp}", p["suite"],
+                     os.path.join(scratch, "t"), p["mirror"]])
+            os.rename(tmp, tarball)
+            self.result["debootstrap_cache"] = "miss"
+        else:
+            self.result["debootstrap_cache"] = "hit"
+        if os.path.exists(self.root):
+            self.umount_all()
+            shutil.rmtree(self.root)
+        os.makedirs(self.root)
+        run(["debootstrap", *common, f"--unpack-tarball={tarball}", p["suite"], self.root,
+             p["mirror"]])
+
+    def configure_apt_and_holds(self):
+        p, r = self.prof, self.root
+        comps = " ".join(p["components"])
+        mirror = p["mirror"]
+        security = re.sub(r"/debian$", "/debian-security", mirror)
+        with open(f"{r}/etc/apt/sources.list", "w") as f:
+            f.write(f"deb {mirror} {p['suite']} {comps}\n"
+                    f"deb {mirror} {p['suite']}-updates {comps}\n"
+                    f"deb {security} {p['suite']}-security {comps}\n")
+        with open(f"{r}/etc/apt/apt.conf.d/90mec-conpaas-image", "w") as f:
+            f.write('APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
+                    'Acquire::Languages "none";\n')
+        # Services are enabled, never started, in the chroot.
+        with open(f"{r}/usr/sbin/policy-rc.d", "w") as f:
+            f.write("#!/bin/sh\n# mec-conpaas image build: never start services\nexit 101\n")
+        os.chmod(f"{r}/usr/sbin/policy-rc.d", 0o755)
+        # Host DNS for apt during the build; restored in finalize().
+        shutil.copy("/etc/resolv.conf", f"{r}/etc/resolv.conf")
+        # Hold back initramfs rebuilds (about 8 minutes each under emulation):
+        # one is built in finalize().
+        os.makedirs(f"{r}/etc/initramfs-tools/conf.d", exist_ok=True)
+        with open(f"{r}/etc/initramfs-tools/conf.d/mec-conpaas.conf", "w") as f:
+            f.write("# mec-conpaas image: small initramfs, modules listed in ../modules\n"
+                    "MODULES=list\nCOMPRESS=zstd\n")
+        with open(f"{r}/etc/initramfs-tools/modules", "w") as f:
+            f.write("# mec-conpaas image (image-builder/profiles.ini initramfs_modules)\n")
+            f.write("\n".join(p["initramfs_modules"]) + "\n")
+        self.divert("/usr/sbin/update-initramfs")
+        # The raspi-firmware kernel hook writes cmdline.txt from these.
+        os.makedirs(f"{r}/etc/default", exist_ok=True)
+        with open(f"{r}/etc/default/raspi-firmware", "w") as f:
+            f.write(f"# mec-conpaas image\nROOTPART=PARTUUID={self.root_partuuid}\n"
+                    "CONSOLES=\"serial0,115200 tty1\"\n")
+        with open(f"{r}/etc/default/raspi-extra-cmdline", "w") as f:
+            f.write("cgroup_enable=memory cgroup_memory=1\n")
+        with open(f"{r}/etc/hostname", "w") as f:
+            f.write("mec-edge\n")
+        with open(f"{r}/etc/hosts", "w") as f:
+            f.write("127.0.0.1\tlocalhost\n127.0.1.1\tmec-edge\n"
+                    "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+        self.write_fstab()
+
+    def write_fstab(self):
+        with open(f"{self.root}/etc/fstab", "w") as f:
+            f.write("# mec-conpaas image: by PARTUUID (image-builder/build.py)\n"
+                    f"PARTUUID={self.root_partuuid}\t/\text4\tdefaults,noatime\t0\t1\n"
+                    f"PARTUUID={self.boot_partuuid}\t/boot/firmware\tvfat\t"
+                    "defaults,noatime,umask=0077\t0\t2\n")
+
+    def divert(self, path):
+        self.chroot("dpkg-divert", "--local", "--rename", "--add", path)
+        with open(self.root + path, "w") as f:
+            f.write("#!/bin/sh\necho \"update-initramfs held back during image build\" >&2\nexit 0\n")
+        os.chmod(self.root + path, 0o755)
+
+    def undivert(self, path):
+        os.remove(self.root + path)
+        self.chroot("dpkg-divert", "--local", "--rename", "--remove", path)
+
+    def base(self):
+        self.configure_apt_and_holds()
+        self.chroot("apt-get", "update")
+        self.chroot("apt-get", "install", "-y", *self.prof["base_packages"])
+        kernels = sorted(d for d in os.listdir(f"{self.root}/lib/modules"))
+        if len(kernels) != 1:
+            raise BuildError(f"expected exactly one kernel in the image, found {kernels}")
+        self.kernel_version = kernels[0]
+        # systemd-resolved replaced resolv.conf with a symlink; keep host DNS during the build.
+        if os.path.islink(f"{self.root}/etc/resolv.conf"):
+            os.remove(f"{self.root}/etc/resolv.conf")
+        shutil.copy("/etc/resolv.conf", f"{self.root}/etc/resolv.conf")
+
+    def roles(self):
+        roles = self.prof["roles"] + ["first_boot"]
+        pdir = os.path.join(self.bdir, "ansible")
+        os.makedirs(pdir, exist_ok=True)
+        inv = os.path.join(pdir, "inventory.ini")
+        with open(inv, "w") as f:
+            f.write("[mec_conpaas_image]\n"
+                    f"{self.root} ansible_connection=community.general.chroot "
+                    "ansible_python_interpreter=/usr/bin/python3\n")
+        play = os.path.join(pdir, "image.yml")
+        with open(play, "w") as f:
+            json.dump([{
+                "name": "Configure the MEC-ConPaaS edge image root filesystem",
+                "hosts": "mec_conpaas_image",
+                "gather_facts": True,
+                "vars": {"mec_conpaas_image_build": True},
+                "roles": roles,
+            }], f, indent=2)
+        env = dict(os.environ)
+        env.update({
+            "ANSIBLE_ROLES_PATH": os.path.join(REPO, "roles"),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
+            "ANSIBLE_LOCAL_TEMP": os.path.join(pdir, "tmp"),
+            "DEBIAN_FRONTEND": "noninteractive",
+        })
+        extra = []
+        for ev in self.args.extra_vars or []:
+            extra += ["-e", ev]
+        run([self.ansible, "-i", inv, play, *extra], env=env)
+        self.result["roles"] = roles
+
+    def finalize(self):
+        r = self.root
+        self.undivert("/usr/sbin/update-initramfs")
+        # One initramfs, MODULES=list; its post-update hook (raspi-firmware) copies
+        # it to /boot/firmware next to the kernel and regenerates cmdline.txt.
+        self.chroot("update-initramfs", "-c", "-k", self.kernel_version)
+        # Ensure the kernel hook ran with our settings (cmdline.txt, config.txt, dtbs).
+        self.chroot("/etc/kernel/postinst.d/z50-raspi-firmware", self.kernel_version,
+                    check=False)
+        cmdline = open(f"{r}/boot/firmware/cmdline.txt").read().strip()
+        if f"root=PARTUUID={self.root_partuuid}" not in cmdline or "cgroup_enable=memory" not in cmdline:
+            raise BuildError(f"unexpected cmdline.txt: {cmdline!r}")
+        for f in ("vmlinuz", "initrd.img", "config.txt"):
+            if not os.path.exists(f"{r}/boot/firmware/{f}"):
+                raise BuildError(f"/boot/firmware/{f} missing after the kernel hooks")
+        self.write_fstab()
+        # Nothing host- or build-specific baked in.
+        for f in os.listdir(f"{r}/etc/ssh"):
+            if f.startswith("ssh_host_"):
+                os.remove(f"{r}/etc/ssh/{f}")
+        open(f"{r}/etc/machine-id", "w").close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{r}/var/lib/dbus/machine-id")
+        os.remove(f"{r}/usr/sbin/policy-rc.d")
+        os.remove(f"{r}/etc/resolv.conf")
+        os.symlink("../run/systemd/resolve/stub-resolv.conf", f"{r}/etc/resolv.conf")
+        self.chroot("apt-get", "clean")
+        # Package manifest (same data as dpkg -l), before unmounting.
+        q = self.chroot("dpkg-query", "-W", "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+                        capture=True)
+        pkgs = []
+        for line in q.stdout.splitlines():
+            status, name, ver, arch = line.split("\t")
+            pkgs.append({"status": status.strip(), "package": name, "version": ver, "arch": arch})
+        self.packages = sorted(pkgs, key=lambda x: x["package"])
+        self.umount_all()
+        for d in ("var/lib/apt/lists", "var/cache/apt/archives", "tmp", "var/tmp"):
+            path = os.path.join(r, d)
+            for entry in os.listdir(path):
+                full = os.path.join(path, entry)
+                if d == "var/cache/apt/archives" or d == "var/lib/apt/lists":
+                    if entry in ("partial", "lock"):
+                        continue
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                else:
+                    os.remove(full)
+        # Every account: no password hash (locked or no password login at all).
+        bad = []
+        for line in open(f"{r}/etc/shadow"):
+            user, pw = line.split(":")[:2]
+            if not (pw.startswith("!") or pw.startswith("*")):
+                bad.append(user)
+        if bad:
+            raise BuildError(f"accounts with a password or an empty password: {bad}")
+
+    def assemble(self):
+        p, r = self.prof, self.root
+        eb = p["erase_block_mib"]
+        boot_dir = os.path.join(self.bdir, "bootfs")
+        if os.path.exists(boot_dir):
+            shutil.rmtree(boot_dir)
+        # /boot/firmware goes into the FAT partition only; an empty mount point stays.
+        shutil.move(f"{r}/boot/firmware", boot_dir)
+        os.makedirs(f"{r}/boot/firmware")
+        try:
+            du = int(run(["du", "-s", "--block-size=1", "-x", r], capture=True).stdout.split()[0])
+            # ext4 overhead (inode tables, journal) ~6% + slack, rounded to the erase block.
+            root_mib = round_up(int(du * 1.08 / MIB) + p["root_slack_mib"], eb)
+            boot_mib = p["boot_size_mib"]
+            first = p["first_partition_mib"]
+            for v, what in ((first, "first_partition_mib"), (boot_mib, "boot_size_mib")):
+                if v % eb:
+                    raise BuildError(f"{what}={v} is not a multiple of erase_block_mib={eb}")
+            root_start = first + boot_mib
+            total_mib = root_start + root_mib
+            img = os.path.join(self.bdir, f"{self.name}.img")
+            boot_img = os.path.join(self.bdir, "boot.vfat")
+            root_img = os.path.join(self.bdir, "root.ext4")
+            for f in (img, boot_img, root_img):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f)
+            # FAT32 boot partition from the directory.
+            run(["truncate", "-s", f"{boot_mib}M", boot_img])
+            run(["mkfs.vfat", "-F", "32", "-n", BOOT_LABEL, "-i", self.disk_id, boot_img])
+            entries = [os.path.join(boot_dir, e) for e in sorted(os.listdir(boot_dir))]
+            run(["mcopy", "-s", "-p", "-m", "-i", boot_img, *entries, "::/"])
+            # ext4 root from the directory, stride/stripe = one 4 MiB erase block of 4 KiB blocks.
+            stride = eb * MIB // 4096
+            env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(int(time.time())))
+            run(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-b", "4096",
+                 "-E", f"stride={stride},stripe_width={stride}", "-d", r, root_img,
+                 f"{root_mib}M"], env=env)
+            run(["e2fsck", "-fn", root_img])
+            # The disk image: DOS label, both partitions 4 MiB aligned.
+            run(["truncate", "-s", f"{total_mib}M", img])
+            sectors = MIB // 512
+            table = (f"label: dos\nlabel-id: 0x{self.disk_id}\nunit: sectors\n\n"
+                     f"start={first * sectors}, size={boot_mib * sectors}, type=c, bootable\n"
+                     f"start={root_start * sectors}, size={root_mib * sectors}, type=83\n")
+            run(["sfdisk", "--no-reread", "--no-tell-kernel", img], input=table)
+            run(["dd", f"if={boot_img}", f"of={img}", "bs=1M", f"seek={first}",
+                 "conv=notrunc,sparse", "status=none"])
+            run(["dd", f"if={root_img}", f"of={img}", "bs=1M", f"seek={root_start}",
+                 "conv=notrunc,sparse", "status=none"])
+            os.remove(boot_img)
+            os.remove(root_img)
+            self.img = img
+            self.result.update({
+                "image_mib": total_mib, "root_partition_mib": root_mib,
+                "boot_partition_mib": boot_mib, "root_tree_bytes": du,
+                "disk_id": self.disk_id,
+            })
+        finally:
+            # Put /boot/firmware back so the root tree stays a complete system (--keep-root).
+            shutil.rmtree(f"{r}/boot/firmware")
+            shutil.move(boot_dir, f"{r}/boot/firmware")
+
+    def compress(self):
+        xz = os.path.join(self.out, f"{self.name}.img.xz")
+        with open(xz + ".partial", "wb") as f:
+            subprocess.run(["xz", "-T0", f"-{self.prof['xz_level']}", "-c", self.img],
+                           stdout=f, check=True)
+        os.rename(xz + ".partial", xz)
+        digest = run(["sha256sum", os.path.basename(xz)], capture=True, cwd=self.out).stdout
+        with open(xz + ".sha256", "w") as f:
+            f.write(digest)
+        self.xz = xz
+        self.result["xz_bytes"] = os.path.getsize(xz)
+        self.result["sha256"] = digest.split()[0]
+
+    def manifest(self):
+        p = self.prof
+        roles_info = {}
+        for role in self.result.get("roles", []):
+            roles_info[role] = {
+                "git_tree": git("rev-parse", f"HEAD:roles/{role}") or None,
+                "modified_since_commit": bool(git("status", "--porcelain", "--", f"roles/{role}")),
+            }
+        m = {
+            "name": self.name,
+            "version": self.version,
+            "profile": p["name"],
+            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "image": os.path.basename(self.xz),
+            "sha256": self.result["sha256"],
+            "kernel": self.kernel_version,
+            "partitions": {
+                "disk_id": f"0x{self.disk_id}",
+                "boot": {"partuuid": self.boot_partuuid, "label": BOOT_LABEL, "fstype": "vfat",
+                         "start_mib": p["first_partition_mib"], "size_mib": p["boot_size_mib"]},
+                "root": {"partuuid": self.root_partuuid, "label": ROOT_LABEL, "fstype": "ext4",
+                         "start_mib": p["first_partition_mib"] + p["boot_size_mib"],
+                         "size_mib": self.result["root_partition_mib"]},
+            },
+            "build_inputs": {
+                "suite": p["suite"], "arch": p["arch"], "mirror": p["mirror"],
+                "components": p["components"], "debootstrap_variant": p["variant"],
+                "debootstrap_include": p["debootstrap_include"],
+                "base_packages": p["base_packages"], "roles": roles_info,
+                "initramfs_modules": p["initramfs_modules"],
+                "erase_block_mib": p["erase_block_mib"], "xz_level": p["xz_level"],
+                "extra_vars": self.args.extra_vars or [],
+                "repo_commit": git("rev-parse", "HEAD") or None,
+                "repo_dirty_paths": git("status", "--porcelain", "--", "image-builder", "roles").splitlines(),
+                "builder_host": {"debootstrap": run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"],
+                                                    capture=True, check=False).stdout,
+                                 "qemu_user_static": run(["dpkg-query", "-W", "-f=${Version}", "qemu-user-static"],
+                                                         capture=True, check=False).stdout},
+            },
+            "packages": self.packages,
+        }
+        path = os.path.join(self.out, f"{self.name}.manifest.json")
+        with open(path, "w") as f:
+            json.dump(m, f, indent=1)
+            f.write("\n")
+        self.manifest_path = path
+
+    # ------------------------------------------------------------------ main
+    def build(self):
+        try:
+            with self.stage("preflight"):
+                self.preflight()
+            with self.stage("bootstrap"):
+                self.bootstrap()
+            self.mount_chroot_fs()
+            with self.stage("base"):
+                self.base()
+            with self.stage("roles"):
+                self.roles()
+            with self.stage("finalize"):
+                self.finalize()
+        finally:
+            self.umount_all()
+        with self.stage("assemble"):
+            self.assemble()
+        with self.stage("compress"):
+            self.compress()
+        self.manifest()
+        total = round(time.monotonic() - self.t0, 1)
+        summary = {
+            "name": self.name, "profile": self.prof["name"], "image": self.xz,
+            "raw_image": self.img, "manifest": self.manifest_path,
+            "stages_s": self.timings, "total_s": total, **self.result,
+        }
+        with open(os.path.join(self.out, f"{self.name}.build.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        if not self.args.keep_root:
+            shutil.rmtree(self.root)
+        log(f"built {self.xz} in {total} s")
+        print(json.dumps(summary), flush=True)
+        return summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="edge", help="section of profiles.ini (edge, ci, base)")
+    ap.add_argument("--version", help="version string in the image name (default: setup.cfg version + git)")
+    ap.add_argument("--mirror", help="Debian mirror (default: the host's configured one)")
+    ap.add_argument("--work-dir", default=os.path.join(HERE, "work"))
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))
+    ap.add_argument("--disk-id", help="8 hex digits for the DOS disk identifier (PARTUUID prefix)")
+    ap.add_argument("--keep-root", action="store_true", help="keep the root tree after the build")
+    ap.add_argument("-e", "--extra-vars", action="append", help="passed to ansible-playbook -e")
+    args = ap.parse_args(argv)
+    if args.disk_id and not re.fullmatch(r"[0-9a-f]{8}", args.disk_id):
+        ap.error("--disk-id must be 8 lower-case hex digits")
+    try:
+        Builder(args).build()
+    except BuildError as e:
+        log(f"ERROR: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
