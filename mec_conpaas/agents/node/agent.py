@@ -1,0 +1,200 @@
+"""The node agent: one per access point.
+
+Registers the node with the manager, heartbeats a resource report, runs
+container operations for the ``lxc`` driver and keeps the access point's
+HAProxy in line with what the manager wants.
+"""
+import fcntl
+import hmac
+import logging
+import os
+import secrets
+import socket
+import struct
+import threading
+import uuid
+
+from mec_conpaas import exception
+from mec_conpaas.agents.node import haproxy as haproxy_mod
+from mec_conpaas.agents.node import httpserver
+from mec_conpaas.agents.node import report as report_mod
+from mec_conpaas.agents.node import statesync
+
+LOG = logging.getLogger(__name__)
+NODE_NAMESPACE = uuid.UUID("6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10")
+
+
+def interface_info(ifname):
+    """(MAC, first IPv4 address) of an interface, via ioctls."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("256s", ifname[:15].encode())
+        mac = fcntl.ioctl(s.fileno(), 0x8927, req)[18:24]  # SIOCGIFHWADDR
+        try:
+            addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])
+        except OSError:
+            addr = None
+        return ":".join("%02x" % b for b in mac), addr
+    finally:
+        s.close()
+
+
+class NodeAgent:
+
+    def __init__(self, conf):
+        self.conf = conf
+        opts = conf.node_agent
+        self.name = opts.node_name or socket.gethostname()
+        self.hostname = socket.gethostname()
+        try:
+            self.mac, bridge_addr = interface_info(opts.bridge)
+        except OSError:
+            self.mac, bridge_addr = "00:00:00:00:00:00", None
+        self.address = opts.advertise_address or bridge_addr or "127.0.0.1"
+        self.id = str(uuid.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
+        self.token = self._load_token()
+        self.reporter = report_mod.Reporter(conf.state_path)
+        self.haproxy = haproxy_mod.HAProxy(conf)
+        self.containers = None
+        if opts.container_backend == "libvirt":
+            from mec_conpaas.agents.node import containers
+            os.makedirs(opts.instances_path, exist_ok=True)
+            self.containers = containers.LibvirtContainers(conf, self.fetch_bundle)
+        self.registered = threading.Event()
+        self.stop = threading.Event()
+        self.proxy_lock = threading.Lock()
+
+    def _load_token(self):
+        path = os.path.join(self.conf.state_path, "node-agent.token")
+        os.makedirs(self.conf.state_path, exist_ok=True)
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            token = secrets.token_urlsafe(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+            return token
+
+    # -- talking to the manager ----------------------------------------
+    def manager(self, method, path, body=None, raw=False, timeout=30):
+        return httpserver.call(method, self.conf.node_agent.manager_url.rstrip("/")
+                               + path, self.conf.node_agent.registration_token,
+                               body, timeout=timeout, raw=raw)
+
+    def registration(self):
+        opts = self.conf.node_agent
+        return {"id": self.id, "name": self.name, "hostname": self.hostname,
+                "mac": self.mac, "address": self.address,
+                "agent_port": opts.bind_port, "agent_token": self.token,
+                "container_backend": opts.container_backend,
+                "instance_network": opts.instance_network,
+                "max_instances": opts.max_instances if self.containers else 0}
+
+    def heartbeat_loop(self):
+        interval = self.conf.node_agent.heartbeat_interval
+        while not self.stop.is_set():
+            try:
+                if not self.registered.is_set():
+                    self.manager("POST", "/v1/nodes/register", self.registration())
+                    self.registered.set()
+                    LOG.info("registered with %s as %s (%s)",
+                             self.conf.node_agent.manager_url, self.name, self.id)
+                usage = self.containers.usage() if self.containers else {}
+                self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
+                             {"report": self.reporter.report(usage)})
+            except exception.NodeError as e:
+                if getattr(e, "remote_status", None) == 404:
+                    self.registered.clear()  # manager lost us: register again
+                LOG.warning("manager unreachable: %s", e.message)
+            self.stop.wait(interval)
+
+    def fetch_bundle(self, sha256, cache_dir):
+        path = os.path.join(cache_dir, sha256 + ".tar.gz")
+        if os.path.exists(path):
+            return path
+        data = self.manager("GET", "/v1/bundles/%s" % sha256, raw=True,
+                            timeout=120)
+        tmp = path + ".%d.part" % threading.get_ident()
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return path
+
+    # -- API -------------------------------------------------------------
+    def authenticate(self, header):
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip(), self.token):
+            raise exception.Unauthorized("missing or wrong node agent token")
+
+    def _need_containers(self):
+        if self.containers is None:
+            raise exception.Conflict(
+                "this node's container_backend is 'none': its instances are "
+                "run by nova-compute")
+        return self.containers
+
+    def router(self):
+        r = httpserver.Router()
+        inst = r"/v1/instances/(?P<iid>[0-9a-f-]{36})"
+        r.add("GET", "/v1/health", lambda body: {
+            "id": self.id, "name": self.name, "haproxy": self.haproxy.alive()})
+        r.add("GET", "/v1/report", lambda body: self.reporter.report(
+            self.containers.usage() if self.containers else {}))
+        r.add("GET", "/v1/instances",
+              lambda body: {"instances": self._need_containers().list()})
+        r.add("POST", "/v1/instances",
+              lambda body: self._need_containers().create(body))
+        r.add("GET", inst, lambda body, iid: self._need_containers().info(iid))
+        r.add("DELETE", inst, lambda body, iid: (
+            self._need_containers().delete(iid), {"deleted": iid})[1])
+        r.add("POST", inst + "/freeze", lambda body, iid: (
+            self._need_containers().freeze(iid), {"frozen": iid})[1])
+        r.add("POST", inst + "/thaw", lambda body, iid: (
+            self._need_containers().thaw(iid), {"thawed": iid})[1])
+        r.add("GET", inst + "/logs", lambda body, iid: {
+            "log": self._need_containers().logs(iid)})
+        r.add("GET", inst + "/state/manifest", lambda body, iid: {
+            "manifest": statesync.manifest(self._need_containers().state_dir(iid))})
+        r.add("POST", inst + "/state/export", lambda body, iid: httpserver.Response(
+            statesync.export_tar(self._need_containers().state_dir(iid),
+                                 body.get("paths", [])),
+            content_type="application/x-tar"))
+        r.add("POST", inst + "/state/pull", self.pull_state)
+        r.add("PUT", "/v1/proxy", self.put_proxy)
+        r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
+        return r
+
+    def pull_state(self, body, iid):
+        """Copy a peer instance's state directory into this one."""
+        dest = self._need_containers().state_dir(iid)
+        src = body["source"]
+        base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
+        remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
+        paths = statesync.wanted(statesync.manifest(dest), remote)
+        data = httpserver.call("POST", base + "/export", src["token"],
+                               {"paths": paths}, raw=True, timeout=300)
+        nbytes = statesync.import_tar(dest, data, remote)
+        return {"files": len(paths), "bytes": nbytes}
+
+    def put_proxy(self, body):
+        if not isinstance(body, dict) or not isinstance(body.get("services"), dict):
+            raise exception.BadRequest("expected {'services': {...}}")
+        with self.proxy_lock:
+            return {"services": self.haproxy.apply(body["services"])}
+
+    def serve(self):
+        opts = self.conf.node_agent
+        self.haproxy.write_config(self.haproxy.services)
+        server = httpserver.Server((opts.bind_host, opts.bind_port),
+                                   httpserver.make_handler(self.router(),
+                                                           self.authenticate))
+        threading.Thread(target=self.heartbeat_loop, daemon=True).start()
+        LOG.info("node agent %s listening on %s:%s", self.name, opts.bind_host,
+                 opts.bind_port)
+        try:
+            server.serve_forever()
+        finally:
+            self.stop.set()

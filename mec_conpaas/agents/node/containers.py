@@ -1,0 +1,293 @@
+"""Service instances as libvirt LXC domains, the layer nova-compute drives
+on real nodes.
+
+Each instance: an overlayfs root (shared read-only base image + its own
+upper layer), its bundle in ``/srv/app``, a state directory bind-mounted at
+``/var/lib/service`` (kept outside the overlay so migration can copy it from
+the host side while the instance is frozen), a veth on the node's bridge
+with a static address, and cgroup CPU/memory limits.
+"""
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from xml.sax.saxutils import escape
+from xml.sax.saxutils import quoteattr
+
+from mec_conpaas import bundles
+from mec_conpaas import exception
+
+LOG = logging.getLogger(__name__)
+PREFIX = "mec-"
+SERVICE_AGENT = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                             "service", "agent.py")
+APP_PORT = 8080
+AGENT_PORT = 8999
+
+
+def _domain_xml(name, spec, paths, address, prefixlen, gateway):
+    env = {
+        "MY_IP": address,
+        "MY_ROLE": spec.get("role", "worker"),
+        "MASTER_IP": spec.get("master_ip", ""),
+        "MEC_SERVICE_TYPE": spec["service_type"],
+        "MEC_SERVICE_NAME": spec["service_name"],
+        "MEC_INSTANCE_ID": spec["id"],
+        "MEC_APP_PORT": str(APP_PORT),
+        "MEC_AGENT_PORT": str(AGENT_PORT),
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+    }
+    initenv = "".join("<initenv name=%s>%s</initenv>" % (quoteattr(k), escape(v))
+                      for k, v in env.items())
+    quota = max(1000, int(float(spec["cpus"]) * 100000))
+    return f"""<domain type='lxc'>
+  <name>{name}</name>
+  <memory unit='MiB'>{int(spec['memory_mb'])}</memory>
+  <vcpu>1</vcpu>
+  <cputune><period>100000</period><quota>{quota}</quota></cputune>
+  <os>
+    <type>exe</type>
+    <init>/usr/bin/python3</init>
+    <initarg>/opt/mec-conpaas/service_agent.py</initarg>
+    {initenv}
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <filesystem type='mount'>
+      <source dir={quoteattr(paths['rootfs'])}/>
+      <target dir='/'/>
+    </filesystem>
+    <filesystem type='mount'>
+      <source dir={quoteattr(paths['state'])}/>
+      <target dir='/var/lib/service'/>
+    </filesystem>
+    <filesystem type='mount'>
+      <source dir={quoteattr(os.path.dirname(SERVICE_AGENT))}/>
+      <target dir='/opt/mec-conpaas'/>
+      <readonly/>
+    </filesystem>
+    <interface type='bridge'>
+      <source bridge={quoteattr(paths['bridge'])}/>
+      <ip address={quoteattr(address)} family='ipv4' prefix='{prefixlen}'/>
+      <route family='ipv4' address='0.0.0.0' prefix='0' gateway={quoteattr(gateway)}/>
+    </interface>
+    <console type='pty'/>
+  </devices>
+</domain>"""
+
+
+class LibvirtContainers:
+
+    def __init__(self, conf, fetch_bundle):
+        self.conf = conf
+        self.fetch_bundle = fetch_bundle
+        self.root = conf.node_agent.instances_path
+        self.bundle_cache = os.path.join(self.root, ".bundles")
+        self.network = ipaddress.ip_network(conf.node_agent.instance_network)
+        self.gateway = str(next(self.network.hosts()))
+        self.lock = threading.Lock()
+        self._conn = None
+        os.makedirs(self.bundle_cache, exist_ok=True)
+
+    # -- libvirt -------------------------------------------------------
+    def conn(self):
+        import libvirt  # imported lazily: nodes with backend 'none' skip it
+        if self._conn is None or not self._conn.isAlive():
+            self._conn = libvirt.open(self.conf.node_agent.libvirt_uri)
+        return self._conn
+
+    def _domain(self, instance_id):
+        import libvirt
+        try:
+            return self.conn().lookupByName(PREFIX + instance_id)
+        except libvirt.libvirtError:
+            return None
+
+    # -- bookkeeping ---------------------------------------------------
+    def _paths(self, instance_id):
+        base = os.path.join(self.root, instance_id)
+        return {"base": base, "upper": os.path.join(base, "upper"),
+                "work": os.path.join(base, "work"),
+                "rootfs": os.path.join(base, "rootfs"),
+                "state": os.path.join(base, "state"),
+                "meta": os.path.join(base, "meta.json"),
+                "bridge": self.conf.node_agent.bridge}
+
+    def _meta(self, instance_id):
+        try:
+            with open(self._paths(instance_id)["meta"]) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _used_addresses(self):
+        used = set()
+        for entry in os.listdir(self.root):
+            meta = self._meta(entry) if not entry.startswith(".") else None
+            if meta:
+                used.add(meta["address"])
+        return used
+
+    def _allocate_address(self):
+        used = self._used_addresses() | {self.gateway}
+        for host in self.network.hosts():
+            if str(host) not in used:
+                return str(host)
+        raise exception.InsufficientCapacity(
+            "node has no free address left in %s" % self.network)
+
+    # -- operations ----------------------------------------------------
+    def list(self):
+        out = []
+        for entry in sorted(os.listdir(self.root)):
+            if entry.startswith("."):
+                continue
+            meta = self._meta(entry)
+            if meta is None:
+                continue
+            out.append(self.info(entry, meta))
+        # Domains whose directory is gone are orphans too.
+        known = {i["id"] for i in out}
+        for dom in self.conn().listAllDomains():
+            name = dom.name()
+            if name.startswith(PREFIX) and name[len(PREFIX):] not in known:
+                out.append({"id": name[len(PREFIX):], "service_id": None,
+                            "state": "ORPHAN", "address": None})
+        return out
+
+    def info(self, instance_id, meta=None):
+        meta = meta or self._meta(instance_id)
+        if meta is None:
+            raise exception.NotFound("no instance %s on this node" % instance_id)
+        dom = self._domain(instance_id)
+        state = "STOPPED"
+        if dom is not None:
+            import libvirt
+            st = dom.state()[0]
+            state = {libvirt.VIR_DOMAIN_RUNNING: "RUNNING",
+                     libvirt.VIR_DOMAIN_PAUSED: "FROZEN"}.get(st, "SHUTOFF")
+        return dict(meta, state=state)
+
+    def create(self, spec):
+        instance_id = spec["id"]
+        with self.lock:
+            if self._meta(instance_id):
+                return self.info(instance_id)  # idempotent retry
+            address = self._allocate_address()
+            paths = self._paths(instance_id)
+            for key in ("upper", "work", "rootfs", "state"):
+                os.makedirs(paths[key], exist_ok=True)
+            meta = {"id": instance_id, "service_id": spec["service_id"],
+                    "service_name": spec["service_name"],
+                    "service_type": spec["service_type"],
+                    "address": address, "role": spec.get("role", "worker")}
+            with open(paths["meta"], "w") as f:
+                json.dump(meta, f)
+        try:
+            bundle = self.fetch_bundle(spec["bundle_sha256"], self.bundle_cache)
+            self._mount_root(paths)
+            app_dir = os.path.join(paths["rootfs"], "srv", "app")
+            if os.path.isdir(app_dir):
+                shutil.rmtree(app_dir)
+            bundles.extract(bundle, app_dir,
+                            self.conf.manager.max_bundle_size,
+                            self.conf.manager.max_bundle_members)
+            xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
+                              self.network.prefixlen, self.gateway)
+            self.conn().createXML(xml, 0)
+        except Exception:
+            LOG.exception("creating instance %s failed; cleaning up", instance_id)
+            self.delete(instance_id)
+            raise
+        return self.info(instance_id)
+
+    def _mount_root(self, paths):
+        if os.path.ismount(paths["rootfs"]):
+            return
+        base = self.conf.node_agent.base_image_path
+        if not os.path.isfile(os.path.join(base, "usr", "bin", "python3")):
+            raise exception.NodeError(
+                "base image %s is missing or incomplete: build it with "
+                "'mec-conpaas-edge build-image'" % base)
+        opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (
+            base, paths["upper"], paths["work"])
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts,
+                        paths["rootfs"]], check=True, capture_output=True)
+
+    def delete(self, instance_id):
+        dom = self._domain(instance_id)
+        if dom is not None:
+            import libvirt
+            try:
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+                dom.destroy()
+            except libvirt.libvirtError as e:
+                LOG.warning("destroying %s: %s", instance_id, e)
+        paths = self._paths(instance_id)
+        if os.path.ismount(paths["rootfs"]):
+            subprocess.run(["umount", "-l", paths["rootfs"]], check=False)
+        shutil.rmtree(paths["base"], ignore_errors=True)
+
+    def freeze(self, instance_id):
+        dom = self._domain(instance_id)
+        if dom is None:
+            raise exception.NotFound("no running instance %s" % instance_id)
+        dom.suspend()  # libvirt LXC: the cgroup freezer
+
+    def thaw(self, instance_id):
+        dom = self._domain(instance_id)
+        if dom is None:
+            raise exception.NotFound("no running instance %s" % instance_id)
+        import libvirt
+        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+
+    def state_dir(self, instance_id):
+        if self._meta(instance_id) is None:
+            raise exception.NotFound("no instance %s on this node" % instance_id)
+        return self._paths(instance_id)["state"]
+
+    def logs(self, instance_id):
+        path = os.path.join(self._paths(instance_id)["upper"], "var", "log",
+                            "mec-app.log")
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 65536))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def usage(self):
+        """Per-container cgroup usage, as PiCasso's monitoring agent reports."""
+        out = {}
+        for entry in os.listdir(self.root):
+            if entry.startswith("."):
+                continue
+            dom = self._domain(entry)
+            if dom is None:
+                continue
+            try:
+                pid = dom.ID()
+                mem = _cgroup_read(pid, "memory", "memory.usage_in_bytes")
+                cpu = _cgroup_read(pid, "cpuacct", "cpuacct.usage")
+                out[entry] = {"memory_bytes": mem, "cpu_ns": cpu}
+            except Exception:  # a container stopping under us
+                continue
+        return out
+
+
+def _cgroup_read(pid, controller, name):
+    base = "/sys/fs/cgroup/%s/machine" % controller
+    for entry in os.listdir(base):
+        if entry.startswith("lxc-%d-" % pid):
+            with open(os.path.join(base, entry, name)) as f:
+                return int(f.read().strip())
+    return None

@@ -1,0 +1,132 @@
+"""Small JSON-over-HTTP plumbing shared by the node agent and the edge.
+
+The node agent uses the standard library's threaded HTTP server instead of
+a framework: a framework alone would cost a third of the agent's memory
+budget on a 1 GB Pi.
+"""
+import http.server
+import json
+import logging
+import re
+import socketserver
+import urllib.error
+import urllib.request
+
+from mec_conpaas import exception
+
+LOG = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self):
+        self.routes = []
+
+    def add(self, method, pattern, func):
+        self.routes.append((method, re.compile("^" + pattern + "$"), func))
+
+    def match(self, method, path):
+        allowed = False
+        for m, rx, func in self.routes:
+            mo = rx.match(path)
+            if mo:
+                if m == method:
+                    return func, mo.groupdict()
+                allowed = True
+        if allowed:
+            raise exception.MecError("method not allowed")
+        raise exception.NotFound("no such resource: %s" % path)
+
+
+class Response:
+    def __init__(self, body, status=200, content_type="application/json"):
+        self.body = body
+        self.status = status
+        self.content_type = content_type
+
+
+def make_handler(router, authenticate):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):
+            LOG.debug("%s " + fmt, self.address_string(), *args)
+
+        def _reply(self, status, body, content_type="application/json"):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self, method):
+            try:
+                path = self.path.split("?", 1)[0]
+                func, params = router.match(method, path)
+                authenticate(self.headers.get("Authorization", ""))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = None
+                if raw and "json" in (self.headers.get("Content-Type") or "json"):
+                    try:
+                        body = json.loads(raw)
+                    except ValueError:
+                        raise exception.BadRequest("request body is not JSON")
+                result = func(body=body, **params)
+                if isinstance(result, Response):
+                    self._reply(result.status, result.body, result.content_type)
+                else:
+                    self._reply(200, result)
+            except exception.MecError as e:
+                self._reply(e.status, {"error": {"code": e.code,
+                                                 "message": e.message}})
+            except Exception as e:  # a bug, but the caller deserves JSON
+                LOG.exception("request %s %s failed", method, self.path)
+                self._reply(500, {"error": {"code": "internal_error",
+                                            "message": str(e)}})
+
+        def do_GET(self):
+            self._handle("GET")
+
+        def do_POST(self):
+            self._handle("POST")
+
+        def do_PUT(self):
+            self._handle("PUT")
+
+        def do_DELETE(self):
+            self._handle("DELETE")
+
+    return Handler
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def call(method, url, token=None, body=None, timeout=30, raw=False):
+    """JSON request with stdlib urllib; raises NodeError with the remote
+    message on failure."""
+    data = None
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            payload = resp.read()
+            return payload if raw else (json.loads(payload) if payload else None)
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read())["error"]["message"]
+        except Exception:
+            msg = e.reason
+        err = exception.NodeError("%s %s: %s" % (method, url, msg))
+        err.remote_status = e.code
+        raise err from None
+    except OSError as e:
+        raise exception.NodeError("%s %s: %s" % (method, url, e)) from None

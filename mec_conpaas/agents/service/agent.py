@@ -1,0 +1,280 @@
+#!/usr/bin/python3
+"""MEC-ConPaaS service agent: PID 1 of every service container.
+
+It implements ConPaaS's generic-service contract (``init.sh`` once, then
+``run.sh``; ``notify.sh`` when peers change; ``interrupt.sh``;
+``cleanup.sh`` on stop) and answers the manager's and HAProxy's health
+checks.  It runs inside minimal images on Pis, so it uses only the Python
+standard library, and it is the only program the manager talks to inside a
+container.
+"""
+import http.server
+import importlib.util
+import json
+import os
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import wsgiref.simple_server
+
+APP_DIR = os.environ.get("MEC_APP_DIR", "/srv/app")
+STATE_DIR = os.environ.get("MEC_STATE_DIR", "/var/lib/service")
+LOG_FILE = os.environ.get("MEC_LOG_FILE", "/var/log/mec-app.log")
+SERVICE_TYPE = os.environ.get("MEC_SERVICE_TYPE", "generic")
+APP_PORT = int(os.environ.get("MEC_APP_PORT", "8080"))
+AGENT_PORT = int(os.environ.get("MEC_AGENT_PORT", "8999"))
+PEERS_FILE = os.path.join(os.environ.get("MEC_RUN_DIR", "/run/mec"), "peers")
+
+
+class App:
+    """Supervises the user's application process."""
+
+    def __init__(self):
+        self.proc = None
+        self.state = "INIT"
+        self.restarts = 0
+        self.stopping = False
+        self.lock = threading.Lock()
+        self.log = open(LOG_FILE, "ab", buffering=0)
+
+    def env(self):
+        env = dict(os.environ)
+        env.setdefault("MY_IP", "")
+        env.setdefault("MY_ROLE", "worker")
+        env.setdefault("MASTER_IP", "")
+        env["PEERS_FILE"] = PEERS_FILE
+        try:
+            with open(PEERS_FILE) as f:
+                env["PEERS"] = " ".join(f.read().split())
+        except OSError:
+            env["PEERS"] = ""
+        return env
+
+    def script(self, name):
+        path = os.path.join(APP_DIR, name)
+        return path if os.path.isfile(path) else None
+
+    def run_hook(self, name, timeout=60):
+        path = self.script(name)
+        if not path:
+            return None
+        self._logline("running %s" % name)
+        try:
+            res = subprocess.run(["/bin/sh", path], cwd=APP_DIR, env=self.env(),
+                                 stdout=self.log, stderr=self.log,
+                                 timeout=timeout)
+            return res.returncode
+        except subprocess.TimeoutExpired:
+            self._logline("%s timed out after %ss" % (name, timeout))
+            return -1
+
+    def _logline(self, text):
+        self.log.write(("[mec-service-agent] %s\n" % text).encode())
+
+    def command(self):
+        if self.script("run.sh"):
+            return ["/bin/sh", self.script("run.sh")]
+        if SERVICE_TYPE == "web" and os.path.isfile(
+                os.path.join(APP_DIR, "wsgi.py")):
+            return [sys.executable, os.path.abspath(__file__), "--serve-wsgi",
+                    os.path.join(APP_DIR, "wsgi.py")]
+        if SERVICE_TYPE == "web" and os.path.isdir(
+                os.path.join(APP_DIR, "static")):
+            return [sys.executable, "-m", "http.server", str(APP_PORT),
+                    "--directory", os.path.join(APP_DIR, "static")]
+        return None
+
+    def start(self):
+        os.makedirs(STATE_DIR, exist_ok=True)
+        self.state = "PROLOGUE"
+        rc = self.run_hook("init.sh", timeout=300)
+        if rc not in (None, 0):
+            self.state = "ERROR"
+            self._logline("init.sh failed with exit code %s" % rc)
+            return
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _supervise(self):
+        cmd = self.command()
+        if not cmd:
+            self.state = "ERROR"
+            self._logline("nothing to run: no run.sh")
+            return
+        while not self.stopping:
+            with self.lock:
+                self.proc = subprocess.Popen(cmd, cwd=APP_DIR, env=self.env(),
+                                             stdout=self.log, stderr=self.log,
+                                             start_new_session=True)
+                self.state = "RUNNING"
+            rc = self.proc.wait()
+            if self.stopping:
+                break
+            self.restarts += 1
+            self.state = "RESTARTING"
+            self._logline("application exited with %s; restarting" % rc)
+            time.sleep(min(5, 0.2 * self.restarts))
+
+    def healthy(self):
+        if self.state != "RUNNING" or self.proc is None or \
+                self.proc.poll() is not None:
+            return False, "application is %s" % self.state.lower()
+        if SERVICE_TYPE == "web":
+            try:
+                req = urllib.request.Request(
+                    "http://127.0.0.1:%d/" % APP_PORT, method="HEAD",
+                    headers={"X-Mec-Health": "1"})
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    return resp.status < 500, "HTTP %d" % resp.status
+            except urllib.error.HTTPError as e:
+                return e.code < 500, "HTTP %d" % e.code
+            except OSError as e:
+                return False, "no HTTP answer on port %d: %s" % (APP_PORT, e)
+        hook = self.script("health.sh")
+        if hook:
+            rc = self.run_hook("health.sh", timeout=5)
+            return rc == 0, "health.sh exited %s" % rc
+        return True, "running"
+
+    def notify(self, peers):
+        os.makedirs(os.path.dirname(PEERS_FILE), exist_ok=True)
+        tmp = PEERS_FILE + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(peers) + "\n")
+        os.replace(tmp, PEERS_FILE)
+        return self.run_hook("notify.sh")
+
+    def stop(self):
+        self.stopping = True
+        self.run_hook("cleanup.sh", timeout=30)
+        with self.lock:
+            proc = self.proc
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+APP = App()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        if self.path == "/health":
+            ok, detail = APP.healthy()
+            self._send(200 if ok else 503, {
+                "healthy": ok, "detail": detail, "state": APP.state,
+                "restarts": APP.restarts})
+        elif self.path.startswith("/logs"):
+            try:
+                with open(LOG_FILE, "rb") as f:
+                    f.seek(0, 2)
+                    f.seek(max(0, f.tell() - 65536))
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                text = ""
+            self._send(200, {"log": text})
+        else:
+            self._send(404, {"error": "no such path"})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            return self._send(400, {"error": "body is not JSON"})
+        if self.path == "/notify":
+            rc = APP.notify([str(p) for p in body.get("peers", [])])
+            self._send(200, {"notify_exit_code": rc})
+        elif self.path == "/interrupt":
+            self._send(200, {"exit_code": APP.run_hook("interrupt.sh")})
+        else:
+            self._send(404, {"error": "no such path"})
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def reap_children(*_):
+    # As PID 1 we inherit orphans; reap them without touching the
+    # supervised application (Popen.wait owns that pid).
+    own = APP.proc.pid if APP.proc else None
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == own:
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] == "Z" and int(fields[1]) == os.getpid():
+                    os.waitpid(int(entry), os.WNOHANG)
+            except (OSError, IndexError, ChildProcessError):
+                pass
+    except OSError:
+        pass
+
+
+def serve_wsgi(path):
+    """Threaded stdlib WSGI server for ``wsgi.py:application``."""
+    spec = importlib.util.spec_from_file_location("mec_user_wsgi", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(path))
+    spec.loader.exec_module(module)
+
+    class WSGIServer(socketserver.ThreadingMixIn,
+                     wsgiref.simple_server.WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = wsgiref.simple_server.make_server(
+        "0.0.0.0", APP_PORT, module.application, server_class=WSGIServer,
+        handler_class=QuietHandler)
+    httpd.serve_forever()
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-wsgi":
+        return serve_wsgi(sys.argv[2])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = Server(("0.0.0.0", AGENT_PORT), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    APP.start()
+    while not stop.wait(1.0):
+        if os.getpid() == 1:
+            reap_children()
+    APP.stop()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""The manager's JSON REST API.
+
+Mutating calls validate everything they can synchronously (so bad input
+gets a 4xx and nothing is created), persist an operation, and return 202;
+the engine does the work.
+"""
+import datetime
+import logging
+import os
+import re
+import tempfile
+
+import flask
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+
+from mec_conpaas import bundles
+from mec_conpaas import exception
+from mec_conpaas.db import models
+from mec_conpaas.db.session import session_scope
+from mec_conpaas.manager import auth
+
+LOG = logging.getLogger(__name__)
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+SERVICE_TYPES = ("generic", "web")
+
+
+def _iso(ts):
+    return ts.replace(tzinfo=datetime.timezone.utc).isoformat() if ts else None
+
+
+def node_view(node):
+    return {"id": node.id, "name": node.name, "state": node.state,
+            "address": node.address, "hostname": node.hostname, "mac": node.mac,
+            "container_backend": node.container_backend,
+            "max_instances": node.max_instances,
+            "last_heartbeat": _iso(node.last_heartbeat),
+            "report": node.report or {}}
+
+
+def service_view(svc):
+    return {"id": svc.id, "name": svc.name, "type": svc.type, "state": svc.state,
+            "home_node": svc.home_node, "port": svc.port,
+            "instances": [{"id": i.id, "node": i.node_name, "address": i.address,
+                           "state": i.state} for i in svc.instances],
+            "bundle_sha256": svc.bundle_sha256, "error": svc.error,
+            "created_at": _iso(svc.created_at), "updated_at": _iso(svc.updated_at)}
+
+
+def operation_view(op):
+    return {"id": op.id, "kind": op.kind, "state": op.state,
+            "progress": op.progress, "step": op.step, "error": op.error,
+            "service": op.service_name, "params": op.params,
+            "attempts": op.attempts, "created_at": _iso(op.created_at),
+            "updated_at": _iso(op.updated_at)}
+
+
+def create_app(manager):
+    conf = manager.conf
+    app = flask.Flask("mec_conpaas")
+    app.config["MAX_CONTENT_LENGTH"] = conf.manager.max_bundle_size + 1024 * 1024
+    bundle_dir = os.path.join(conf.state_path, "bundles")
+    os.makedirs(bundle_dir, exist_ok=True)
+
+    @app.errorhandler(exception.MecError)
+    def mec_error(e):
+        return flask.jsonify(error={"code": e.code, "message": e.message}), e.status
+
+    @app.errorhandler(413)
+    def too_large(_e):
+        return flask.jsonify(error={
+            "code": "bundle_too_large",
+            "message": "request is larger than [manager] max_bundle_size "
+                       "(%d bytes)" % conf.manager.max_bundle_size}), 413
+
+    @app.errorhandler(404)
+    def not_found(_e):
+        return flask.jsonify(error={"code": "not_found",
+                                    "message": "no such API path"}), 404
+
+    @app.errorhandler(405)
+    def not_allowed(_e):
+        return flask.jsonify(error={"code": "method_not_allowed",
+                                    "message": "method not allowed here"}), 405
+
+    def context(*roles):
+        with session_scope() as s:
+            ctx = auth.authenticate(s, flask.request.headers.get("Authorization"))
+        if roles and ctx.role not in roles:
+            # Tenants must not learn what exists: nodes' private endpoints
+            # answer like unknown paths.
+            raise exception.NotFound("no such API path")
+        return ctx
+
+    def json_body():
+        body = flask.request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise exception.BadRequest("request body must be a JSON object")
+        return body
+
+    def get_service(s, ctx, name):
+        svc = s.scalar(select(models.Service).where(
+            models.Service.tenant_id == ctx.tenant_id, models.Service.name == name))
+        if svc is None:
+            raise exception.NotFound("no service named %r (mec-conpaas service "
+                                     "list shows yours)" % name)
+        return svc
+
+    def up_node(s, name):
+        nodes = {n.name: n for n in manager.cluster.nodes(s)}
+        if name not in nodes:
+            raise exception.NotFound("no node named %r; known nodes: %s" % (
+                name, ", ".join(sorted(nodes)) or "none"))
+        node = nodes[name]
+        if node.state != "up":
+            raise exception.Conflict("node %s is down (no heartbeat for %ds): "
+                                     "choose another node" % (
+                                         name, conf.manager.node_heartbeat_timeout))
+        if node.container_backend != "libvirt" and conf.manager.driver == "lxc":
+            raise exception.Conflict("node %s does not run containers" % name)
+        return node
+
+    def new_operation(s, ctx, kind, svc, **params):
+        op = models.Operation(tenant_id=ctx.tenant_id, service_id=svc.id,
+                              service_name=svc.name, kind=kind, params=params,
+                              journal={})
+        s.add(op)
+        s.flush()
+        return op
+
+    def accepted(op_id):
+        manager.engine.submit(op_id)
+        with session_scope() as s:
+            op = s.get(models.Operation, op_id)
+            return flask.jsonify(operation=operation_view(op),
+                                 service=service_view(s.get(models.Service,
+                                                            op.service_id))
+                                 if op.service_id and s.get(models.Service,
+                                                            op.service_id)
+                                 else None), 202
+
+    # -- nodes -------------------------------------------------------------
+    @app.post("/v1/nodes/register")
+    def register_node():
+        context("node", "admin")
+        body = json_body()
+        required = ("id", "name", "hostname", "mac", "address", "agent_port",
+                    "agent_token")
+        missing = [k for k in required if not body.get(k)]
+        if missing:
+            raise exception.BadRequest("registration lacks " + ", ".join(missing))
+        with session_scope() as s:
+            node = s.get(models.Node, body["id"])
+            clash = s.scalar(select(models.Node).where(
+                models.Node.name == body["name"]))
+            if clash is not None and clash.id != body["id"]:
+                raise exception.Conflict(
+                    "node name %r is already used by %s (MAC %s): give this "
+                    "node another [node_agent] node_name" % (
+                        body["name"], clash.hostname, clash.mac))
+            if node is None:
+                node = models.Node(id=body["id"])
+                s.add(node)
+            for key in ("name", "hostname", "mac", "address", "agent_port",
+                        "agent_token", "instance_network"):
+                setattr(node, key, body.get(key))
+            node.container_backend = body.get("container_backend", "libvirt")
+            node.max_instances = int(body.get("max_instances", 0))
+            node.last_heartbeat = models.utcnow()
+            node.state = "up"
+        LOG.info("node %s registered from %s", body["name"], body["address"])
+        return flask.jsonify(id=body["id"])
+
+    @app.post("/v1/nodes/<node_id>/heartbeat")
+    def heartbeat(node_id):
+        context("node", "admin")
+        body = json_body()
+        with session_scope() as s:
+            node = s.get(models.Node, node_id)
+            if node is None:
+                raise exception.NotFound("unknown node; register first")
+            node.report = body.get("report") or {}
+            node.last_heartbeat = models.utcnow()
+            node.state = "up"
+        return flask.jsonify(ok=True)
+
+    @app.get("/v1/nodes")
+    def list_nodes():
+        context()
+        with session_scope() as s:
+            return flask.jsonify(nodes=[node_view(n) for n in manager.cluster.nodes(s)])
+
+    @app.get("/v1/nodes/<name>")
+    def show_node(name):
+        context()
+        with session_scope() as s:
+            for n in manager.cluster.nodes(s):
+                if name in (n.name, n.id):
+                    return flask.jsonify(node=node_view(n))
+        raise exception.NotFound("no node named %r" % name)
+
+    @app.get("/v1/bundles/<sha>")
+    def get_bundle(sha):
+        context("node", "admin")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise exception.NotFound("no such bundle")
+        path = os.path.join(bundle_dir, sha + ".tar.gz")
+        if not os.path.exists(path):
+            raise exception.NotFound("no such bundle")
+        return flask.send_file(path, mimetype="application/gzip")
+
+    # -- services ----------------------------------------------------------
+    @app.post("/v1/services")
+    def create_service():
+        ctx = context("admin", "member")
+        form = flask.request.form
+        name = form.get("name", "")
+        stype = form.get("type", "")
+        if stype not in SERVICE_TYPES:
+            raise exception.BadRequest("unknown service type %r: use one of %s"
+                                       % (stype, ", ".join(SERVICE_TYPES)))
+        if not NAME_RE.match(name):
+            raise exception.BadRequest(
+                "invalid service name %r: use 1-32 lowercase letters, digits "
+                "and '-', starting with a letter" % name)
+        try:
+            count = int(form.get("count", "1"))
+        except ValueError:
+            raise exception.BadRequest("count must be an integer")
+        if count < 1:
+            raise exception.BadRequest("a new service needs count >= 1")
+        upload = flask.request.files.get("bundle")
+        with tempfile.NamedTemporaryFile(dir=bundle_dir, delete=False,
+                                         suffix=".part") as tmp:
+            try:
+                if upload is not None:
+                    upload.save(tmp)
+                elif stype == "web":
+                    tmp.write(manager.sample_bundle())
+                else:
+                    raise exception.BadRequest(
+                        "a generic service needs --bundle FILE (a .tar.gz "
+                        "with run.sh)")
+                tmp.flush()
+                info = bundles.validate(tmp.name, stype,
+                                        conf.manager.max_bundle_size,
+                                        conf.manager.max_bundle_members)
+                os.replace(tmp.name, os.path.join(bundle_dir,
+                                                  info.sha256 + ".tar.gz"))
+            finally:
+                if os.path.exists(tmp.name):
+                    os.unlink(tmp.name)
+        with session_scope() as s:
+            if s.scalar(select(models.Service).where(
+                    models.Service.tenant_id == ctx.tenant_id,
+                    models.Service.name == name)):
+                raise exception.Conflict("a service named %r exists already: "
+                                         "pick another name" % name)
+            node_name = form.get("node") or None
+            if node_name:
+                up_node(s, node_name)
+            else:
+                ups = [n.name for n in manager.cluster.nodes(s, up_only=True)
+                       if n.max_instances > 0]
+                if not ups:
+                    raise exception.Conflict("no node is up to run instances")
+                node_name = ups[0]
+            capacity = manager.cluster.capacity(s)
+            free = sum(max(0, v["max_instances"] - v["used"])
+                       for v in capacity.values() if v["up"])
+            if count > free:
+                raise exception.InsufficientCapacity(
+                    "count %d is above the %d free instance slots of the up "
+                    "nodes" % (count, free))
+            used = set(s.scalars(select(models.Service.port)))
+            port = next((p for p in range(conf.manager.service_port_min,
+                                          conf.manager.service_port_max + 1)
+                         if p not in used), None)
+            if port is None:
+                raise exception.Conflict("all endpoint ports are in use: raise "
+                                         "[manager] service_port_max")
+            svc = models.Service(tenant_id=ctx.tenant_id, name=name, type=stype,
+                                 state="INIT", home_node=node_name, port=port,
+                                 bundle_sha256=info.sha256,
+                                 memory_mb=conf.manager.instance_memory_mb,
+                                 cpus=conf.manager.instance_cpus)
+            s.add(svc)
+            try:
+                s.flush()
+            except sa_exc.IntegrityError:
+                raise exception.Conflict("service name or port taken "
+                                         "concurrently; retry")
+            op = new_operation(s, ctx, "create", svc, count=count, node=node_name)
+            op_id = op.id
+        return accepted(op_id)
+
+    @app.get("/v1/services")
+    def list_services():
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svcs = s.scalars(select(models.Service).where(
+                models.Service.tenant_id == ctx.tenant_id)
+                .order_by(models.Service.name))
+            return flask.jsonify(services=[service_view(v) for v in svcs])
+
+    @app.get("/v1/services/<name>")
+    def show_service(name):
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            return flask.jsonify(service=service_view(get_service(s, ctx, name)))
+
+    def require_state(svc, allowed, action):
+        if svc.state not in allowed:
+            raise exception.Conflict(
+                "service %s is %s; it can be %s only when %s (wait for its "
+                "current operation: mec-conpaas operation list)" % (
+                    svc.name, svc.state, action, " or ".join(allowed)))
+
+    @app.delete("/v1/services/<name>")
+    def delete_service(name):
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            require_state(svc, ("INIT", "RUNNING", "STOPPED", "ERROR"), "deleted")
+            svc.state = "EPILOGUE"
+            op_id = new_operation(s, ctx, "delete", svc).id
+        return accepted(op_id)
+
+    @app.post("/v1/services/<name>/scale")
+    def scale_service(name):
+        ctx = context("admin", "member")
+        body = json_body()
+        count = body.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise exception.BadRequest("count must be an integer >= 0")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            require_state(svc, ("RUNNING",), "scaled")
+            current = len([i for i in svc.instances if i.state == "ACTIVE"])
+            if count > current:
+                capacity = manager.cluster.capacity(s)
+                free = sum(max(0, v["max_instances"] - v["used"])
+                           for v in capacity.values() if v["up"])
+                if count - current > free:
+                    raise exception.InsufficientCapacity(
+                        "count %d needs %d more instance(s) but the up nodes "
+                        "have %d free slot(s)" % (count, count - current, free))
+            svc.state = "ADAPTING"
+            op_id = new_operation(s, ctx, "scale", svc, count=count,
+                                  previous=current).id
+        return accepted(op_id)
+
+    @app.post("/v1/services/<name>/migrate")
+    def migrate_service(name):
+        ctx = context("admin", "member")
+        body = json_body()
+        target = body.get("to")
+        if not isinstance(target, str) or not target:
+            raise exception.BadRequest("migrate needs 'to': the target node name")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            require_state(svc, ("RUNNING",), "migrated")
+            up_node(s, target)
+            on_home = [i for i in svc.instances
+                       if i.state == "ACTIVE" and i.node_name == svc.home_node]
+            if svc.home_node == target:
+                raise exception.Conflict("service %s is already on %s: choose "
+                                         "another target node" % (name, target))
+            if not on_home:
+                raise exception.Conflict("service %s has no instance on %s to "
+                                         "migrate" % (name, svc.home_node))
+            cap = manager.cluster.capacity(s)[target]
+            if cap["max_instances"] - cap["used"] < len(on_home):
+                raise exception.InsufficientCapacity(
+                    "node %s has %d free slot(s), %d needed" % (
+                        target, cap["max_instances"] - cap["used"], len(on_home)))
+            svc.state = "ADAPTING"
+            op_id = new_operation(s, ctx, "migrate", svc, to=target,
+                                  source=svc.home_node).id
+        return accepted(op_id)
+
+    @app.get("/v1/services/<name>/logs")
+    def service_logs(name):
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            targets = [(i.id, i.node_name, manager.cluster.node_ref(s, i.node_name))
+                       for i in svc.instances]
+        logs = []
+        for iid, node, ref in targets:
+            try:
+                text = manager.cluster.driver.logs(ref, iid)
+            except exception.NodeError as e:
+                text = "(unavailable: %s)" % e.message
+            logs.append({"instance": iid, "node": node, "log": text})
+        return flask.jsonify(logs=logs)
+
+    # -- operations --------------------------------------------------------
+    @app.get("/v1/operations")
+    def list_operations():
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            ops = s.scalars(select(models.Operation).where(
+                models.Operation.tenant_id == ctx.tenant_id)
+                .order_by(models.Operation.created_at.desc()).limit(100))
+            return flask.jsonify(operations=[operation_view(o) for o in ops])
+
+    @app.get("/v1/operations/<op_id>")
+    def show_operation(op_id):
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            op = s.get(models.Operation, op_id)
+            if op is None or op.tenant_id != ctx.tenant_id:
+                raise exception.NotFound("no operation %s" % op_id)
+            return flask.jsonify(operation=operation_view(op))
+
+    return app

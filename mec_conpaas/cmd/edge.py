@@ -1,0 +1,127 @@
+"""mec-conpaas-edge: an embedded edge cloud on this one machine.
+
+  up [--demo]     three emulated access points, the manager, and with --demo
+                  a sample web service deployed on ap-1 then migrated to ap-3
+  status          processes and whether latency shaping is really active
+  down            remove every container, namespace and process it started
+  build-image     build (and cache) the base service image only
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from mec_conpaas.agents.node import httpserver
+from mec_conpaas.edge import cluster
+from mec_conpaas.edge import image as image_mod
+
+
+def step(text):
+    print("==> " + text, flush=True)
+
+
+def client_get(edge, ap, port):
+    """One request from the emulated Wi-Fi user of ``ap`` to its endpoint."""
+    ap_addr, _ = edge.net.client_addresses(ap)
+    res = subprocess.run(["ip", "netns", "exec", edge.net.client_netns(ap),
+                          sys.executable, "-c",
+                          "import urllib.request,sys;print(urllib.request.urlopen("
+                          "sys.argv[1],timeout=5).read().decode())",
+                          "http://%s:%d/" % (ap_addr, port)],
+                         capture_output=True, text=True)
+    return res.stdout.strip() or res.stderr.strip().splitlines()[-1]
+
+
+def wait_operation(edge, token, op):
+    last = None
+    while op["state"] not in ("SUCCEEDED", "FAILED"):
+        if op["step"] != last:
+            print("    %3d%%  %s" % (op["progress"], op["step"]), flush=True)
+            last = op["step"]
+        time.sleep(0.2)
+        op = httpserver.call("GET", edge.manager_url() + "/v1/operations/" + op["id"],
+                             token)["operation"]
+    print("    %3d%%  %s" % (op["progress"], op["state"].lower()), flush=True)
+    if op["state"] == "FAILED":
+        raise SystemExit("operation failed: %s" % op["error"])
+    return op
+
+
+def demo(edge):
+    import requests
+    token = open(edge.path("admin-token")).read().strip()
+    url = edge.manager_url()
+    step("creating web service 'hello' (sample counter app) on ap-1")
+    resp = requests.post(url + "/v1/services",
+                         headers={"Authorization": "Bearer " + token},
+                         data={"type": "web", "name": "hello", "node": "ap-1"},
+                         timeout=30)
+    if resp.status_code != 202:
+        raise SystemExit("create failed: %s" % resp.text)
+    wait_operation(edge, token, resp.json()["operation"])
+    svc = httpserver.call("GET", url + "/v1/services/hello", token)["service"]
+    port = svc["port"]
+    for ap in edge.net.aps:
+        step("endpoint on %s: http://%s:%d/ -> %s" % (
+            ap, edge.net.client_addresses(ap)[0], port, client_get(edge, ap, port)))
+    step("migrating 'hello' from ap-1 to ap-3 (make-before-break)")
+    op = httpserver.call("POST", url + "/v1/services/hello/migrate", token,
+                         {"to": edge.net.aps[-1]})["operation"]
+    wait_operation(edge, token, op)
+    for ap in edge.net.aps:
+        step("endpoint on %s: http://%s:%d/ -> %s" % (
+            ap, edge.net.client_addresses(ap)[0], port, client_get(edge, ap, port)))
+    step("the service's stable endpoint is port %d on every access point" % port)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="mec-conpaas-edge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", default=cluster.DEFAULT_STATE)
+    parser.add_argument("--topology", help="topology YAML (default: packaged "
+                        "ap-1 - ap-2 - ap-3 line)")
+    parser.add_argument("--prefix", default="mec-", help="network namespace prefix")
+    parser.add_argument("--shaping", default="auto",
+                        choices=("auto", "netem", "nfqueue", "off"))
+    parser.add_argument("--manager-port", type=int, default=9680)
+    parser.add_argument("--image-dir", default=image_mod.DEFAULT_DIR)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--demo", action="store_true")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    sub.add_parser("build-image")
+    args = parser.parse_args(argv)
+    if args.command == "build-image":
+        image_mod.build(args.image_dir)
+        return 0
+    edge = cluster.Edge(args.state_dir, args.topology, args.prefix, args.shaping,
+                        args.manager_port, args.image_dir,
+                        log=lambda m: step(m))
+    try:
+        if args.command == "up":
+            status = edge.up()
+            ls = status["latency_shaping"]
+            step("latency shaping: %s, %s" % (
+                ls["method"], "ACTIVE (verified by measured round trips)"
+                if ls["active"] else "NOT ACTIVE"))
+            for ap, r in ls["master_to_ap_rtt"].items():
+                print("    master -> %s: expected %.1f ms, measured %s ms"
+                      % (ap, r["expected_ms"], r["measured_ms"]))
+            step("manager: %s; CLI credentials in %s" % (status["manager_url"],
+                                                         status["credentials"]))
+            if args.demo:
+                demo(edge)
+        elif args.command == "status":
+            print(json.dumps(edge.status(), indent=2, sort_keys=True))
+        elif args.command == "down":
+            edge.down()
+    except cluster.EdgeError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

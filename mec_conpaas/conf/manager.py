@@ -1,0 +1,72 @@
+from oslo_config import cfg
+
+manager_group = cfg.OptGroup("manager", title="PaaS manager")
+
+manager_opts = [
+    cfg.StrOpt("driver", default="lxc",
+               help="""
+Cloud driver that creates service instances.
+
+Possible values:
+* ``lxc``: libvirt LXC containers run by each node's node agent
+  (the embedded edge, or Pis without OpenStack).
+"""),
+    cfg.IntOpt("node_heartbeat_timeout", default=15, min=2,
+               help="""
+Seconds without a heartbeat after which a node is marked down.
+
+A down node receives no new instances and cannot be a migration target.
+
+Related options:
+* ``[node_agent] heartbeat_interval`` should be well below this.
+"""),
+    cfg.IntOpt("max_bundle_size", default=100 * 1024 * 1024, min=1024,
+               help="""
+Largest accepted application bundle, in bytes, both as uploaded
+(compressed) and once unpacked: a gzip bomb is refused.
+"""),
+    cfg.IntOpt("max_bundle_members", default=20000, min=1,
+               help="Largest number of files and directories in a bundle."),
+    cfg.PortOpt("service_port_min", default=20000,
+                help="""
+First TCP port handed out as a service's stable endpoint.
+
+Every access point's HAProxy exposes the service on the same port.
+"""),
+    cfg.PortOpt("service_port_max", default=20999,
+                help="Last TCP port handed out as a stable endpoint."),
+    cfg.IntOpt("instance_memory_mb", default=128, min=16,
+               help="Memory limit (cgroup) of each service instance."),
+    cfg.FloatOpt("instance_cpus", default=0.5, min=0.05,
+                 help="CPU limit (CFS quota) of each instance, in cores."),
+    cfg.IntOpt("health_timeout", default=60, min=1,
+               help="""
+Seconds a new instance may take to report healthy before the operation
+that created it fails and is rolled back.
+"""),
+    cfg.IntOpt("operation_workers", default=4, min=1,
+               help="Operations run in parallel (one at a time per service)."),
+    cfg.StrOpt("topology_file",
+               help="""
+Edge topology (YAML) giving the latency of each link between access points.
+
+Used to compute which instances are nearest to each access point.
+
+Possible values:
+* unset: every node is equally near to every other.
+"""),
+    cfg.IntOpt("drain_timeout", default=5, min=0,
+               help="""
+Seconds a removed instance keeps serving the requests it already has
+before it is destroyed.
+"""),
+]
+
+
+def register_opts(conf):
+    conf.register_group(manager_group)
+    conf.register_opts(manager_opts, group=manager_group)
+
+
+def list_opts():
+    return {manager_group: manager_opts}

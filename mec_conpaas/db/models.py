@@ -1,0 +1,125 @@
+"""Persistent state of the manager.
+
+Instances are written *before* their container exists and removed *after*
+it is gone, so every container on a node has a row: that is what lets a
+restarted manager find and remove orphans.
+"""
+import datetime
+import uuid
+
+from sqlalchemy import JSON
+from sqlalchemy import DateTime
+from sqlalchemy import Float
+from sqlalchemy import ForeignKey
+from sqlalchemy import Integer
+from sqlalchemy import String
+from sqlalchemy import Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+
+def new_id():
+    return str(uuid.uuid4())
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Token(Base):
+    """API credential; only the SHA-256 of the secret is stored."""
+    __tablename__ = "tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | member | node
+    user: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    tenant = relationship("Tenant")
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    mac: Mapped[str] = mapped_column(String(17))
+    address: Mapped[str] = mapped_column(String(64))
+    agent_port: Mapped[int] = mapped_column(Integer)
+    agent_token: Mapped[str] = mapped_column(String(128))
+    container_backend: Mapped[str] = mapped_column(String(16), default="libvirt")
+    instance_network: Mapped[str | None] = mapped_column(String(64))
+    max_instances: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="up")
+    report: Mapped[dict] = mapped_column(JSON, default=dict)
+    registered_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    last_heartbeat: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Service(Base):
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="INIT")
+    home_node: Mapped[str | None] = mapped_column(String(64))
+    port: Mapped[int] = mapped_column(Integer, unique=True)
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
+                                                          onupdate=utcnow)
+    instances = relationship("Instance", back_populates="service",
+                             order_by="Instance.created_at")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id"), index=True)
+    node_name: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16), default="worker")
+    # BUILDING -> ACTIVE -> DELETING; rows in BUILDING after a crash are
+    # treated as never finished.
+    state: Mapped[str] = mapped_column(String(16), default="BUILDING")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    service = relationship("Service", back_populates="instances")
+
+
+class Operation(Base):
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), index=True)
+    service_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    service_name: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    # PENDING -> RUNNING -> SUCCEEDED | FAILED | ROLLED_BACK
+    state: Mapped[str] = mapped_column(String(16), default="PENDING")
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[str] = mapped_column(String(255), default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    journal: Mapped[dict] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
+                                                          onupdate=utcnow)

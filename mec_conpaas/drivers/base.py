@@ -1,0 +1,69 @@
+"""Cloud driver interface.
+
+A driver turns "an instance of service S on node N" into something that
+runs.  The manager calls only these methods; everything node-specific hides
+behind them.  As in libcloud, a driver declares the optional features it
+supports, and the manager checks them instead of catching
+NotImplementedError halfway through an operation.
+"""
+import abc
+import dataclasses
+
+FEATURE_FREEZE = "freeze"           # cgroup-freezer suspend/resume
+FEATURE_STATE_COPY = "state_copy"   # host-side copy of the state directory
+FEATURE_LOGS = "logs"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRef:
+    name: str
+    address: str
+    agent_port: int
+    agent_token: str
+
+    @property
+    def url(self):
+        return "http://%s:%d" % (self.address, self.agent_port)
+
+
+@dataclasses.dataclass
+class InstanceSpec:
+    id: str
+    service_id: str
+    service_name: str
+    service_type: str
+    bundle_sha256: str
+    memory_mb: int
+    cpus: float
+    role: str = "worker"
+    master_ip: str = ""
+
+
+class CloudDriver(abc.ABC):
+    name = None
+    features = frozenset()
+
+    @abc.abstractmethod
+    def create_instance(self, node: NodeRef, spec: InstanceSpec) -> dict:
+        """Start an instance; return at least ``{"address": ...}``.
+        Must be idempotent for the same ``spec.id``."""
+
+    @abc.abstractmethod
+    def delete_instance(self, node: NodeRef, instance_id: str) -> None:
+        """Destroy an instance; deleting a missing one is not an error."""
+
+    @abc.abstractmethod
+    def list_instances(self, node: NodeRef) -> list:
+        """Instances present on the node, ``[{"id", "service_id", ...}]``."""
+
+    def freeze(self, node, instance_id):
+        raise NotImplementedError
+
+    def thaw(self, node, instance_id):
+        raise NotImplementedError
+
+    def copy_state(self, src: NodeRef, src_id: str, dst: NodeRef, dst_id: str):
+        raise NotImplementedError
+
+    def logs(self, node, instance_id) -> str:
+        raise NotImplementedError

@@ -1,0 +1,59 @@
+"""The ``lxc`` driver: libvirt LXC containers run by each node's agent.
+
+This is the reference driver (the embedded edge runs on it) and the
+model for others: every call is one request to the node agent, which owns
+libvirt on its node.
+"""
+from mec_conpaas import exception
+from mec_conpaas.agents.node import httpserver
+from mec_conpaas.drivers import base
+
+
+class LxcDriver(base.CloudDriver):
+    name = "lxc"
+    features = frozenset({base.FEATURE_FREEZE, base.FEATURE_STATE_COPY,
+                          base.FEATURE_LOGS})
+
+    @staticmethod
+    def _call(node, method, path, body=None, timeout=60, raw=False):
+        return httpserver.call(method, node.url + path, node.agent_token, body,
+                               timeout=timeout, raw=raw)
+
+    def create_instance(self, node, spec):
+        return self._call(node, "POST", "/v1/instances", {
+            "id": spec.id, "service_id": spec.service_id,
+            "service_name": spec.service_name,
+            "service_type": spec.service_type,
+            "bundle_sha256": spec.bundle_sha256, "memory_mb": spec.memory_mb,
+            "cpus": spec.cpus, "role": spec.role, "master_ip": spec.master_ip,
+        }, timeout=180)
+
+    def delete_instance(self, node, instance_id):
+        try:
+            self._call(node, "DELETE", "/v1/instances/%s" % instance_id)
+        except exception.NodeError as e:
+            if getattr(e, "remote_status", None) != 404:
+                raise
+
+    def list_instances(self, node):
+        return self._call(node, "GET", "/v1/instances")["instances"]
+
+    def freeze(self, node, instance_id):
+        self._call(node, "POST", "/v1/instances/%s/freeze" % instance_id)
+
+    def thaw(self, node, instance_id):
+        self._call(node, "POST", "/v1/instances/%s/thaw" % instance_id)
+
+    def copy_state(self, src, src_id, dst, dst_id):
+        return self._call(dst, "POST", "/v1/instances/%s/state/pull" % dst_id, {
+            "source": {"url": src.url, "token": src.agent_token,
+                       "instance_id": src_id}}, timeout=600)
+
+    def logs(self, node, instance_id):
+        return self._call(node, "GET", "/v1/instances/%s/logs" % instance_id)["log"]
+
+
+def load(name):
+    if name == "lxc":
+        return LxcDriver()
+    raise exception.MecError("unknown [manager] driver %r; known: lxc" % name)

@@ -1,0 +1,171 @@
+"""The manager's view of the edge: nodes, proximity, proxies, health.
+
+Workflows use this; it is the only place that contacts node agents
+(through the driver or their proxy API) and service agents.
+"""
+import concurrent.futures
+import datetime
+import logging
+import time
+
+from sqlalchemy import select
+
+from mec_conpaas import exception
+from mec_conpaas.agents.node import httpserver
+from mec_conpaas.db import models
+from mec_conpaas.db.session import session_scope
+from mec_conpaas.drivers import base
+from mec_conpaas.manager import topology as topology_mod
+from mec_conpaas.policies import placement
+
+LOG = logging.getLogger(__name__)
+SERVICE_AGENT_PORT = 8999
+
+
+class Cluster:
+
+    def __init__(self, conf, driver):
+        self.conf = conf
+        self.driver = driver
+        self.topology = None
+        if conf.manager.topology_file:
+            self.topology = topology_mod.load(conf.manager.topology_file)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="fanout")
+
+    # -- nodes -----------------------------------------------------------
+    def heartbeat_deadline(self):
+        return models.utcnow() - datetime.timedelta(
+            seconds=self.conf.manager.node_heartbeat_timeout)
+
+    def mark_down_nodes(self):
+        with session_scope() as s:
+            for node in s.scalars(select(models.Node)):
+                state = "up" if node.last_heartbeat >= self.heartbeat_deadline() \
+                    else "down"
+                if node.state != state:
+                    LOG.warning("node %s is now %s", node.name, state)
+                    node.state = state
+
+    def nodes(self, session, up_only=False):
+        nodes = list(session.scalars(select(models.Node).order_by(models.Node.name)))
+        deadline = self.heartbeat_deadline()
+        for n in nodes:
+            n.state = "up" if n.last_heartbeat >= deadline else "down"
+        return [n for n in nodes if n.state == "up"] if up_only else nodes
+
+    @staticmethod
+    def ref(node):
+        return base.NodeRef(node.name, node.address, node.agent_port,
+                            node.agent_token)
+
+    def node_ref(self, session, name):
+        node = session.scalar(select(models.Node).where(models.Node.name == name))
+        if node is None:
+            raise exception.NotFound("no node named %r" % name)
+        return self.ref(node)
+
+    def distances(self, names):
+        return placement.distances(self.topology, names)
+
+    def capacity(self, session):
+        used = {}
+        for inst in session.scalars(select(models.Instance)):
+            used[inst.node_name] = used.get(inst.node_name, 0) + 1
+        return {n.name: {"max_instances": n.max_instances,
+                         "used": used.get(n.name, 0), "up": n.state == "up"}
+                for n in self.nodes(session)}
+
+    # -- proxies ---------------------------------------------------------
+    def desired_proxies(self, session, draining=()):
+        """Per access point: every service's near/far/draining servers."""
+        nodes = self.nodes(session, up_only=True)
+        names = [n.name for n in self.nodes(session)]
+        dist = self.distances(names)
+        services = list(session.scalars(select(models.Service)))
+        out = {n.name: {} for n in nodes}
+        for svc in services:
+            if svc.state == "EPILOGUE" or (svc.state == "ERROR"
+                                           and not svc.instances):
+                continue
+            active = {i.address: i.node_name for i in svc.instances
+                      if i.state == "ACTIVE" and i.address
+                      and i.id not in draining}
+            drain = [{"addr": i.address} for i in svc.instances
+                     if i.id in draining and i.address]
+            for node in nodes:
+                near, far = placement.tiers(node.name, active, dist)
+                out[node.name][svc.id] = {
+                    "name": svc.name, "port": svc.port,
+                    "mode": "http" if svc.type == "web" else "tcp",
+                    "near": [{"addr": a} for a in near],
+                    "far": [{"addr": a} for a in far],
+                    "draining": drain}
+        return {n.name: (self.ref(n), out[n.name]) for n in nodes}
+
+    def push_proxies(self, draining=()):
+        with session_scope() as s:
+            plan = self.desired_proxies(s, draining)
+        futures = {name: self._pool.submit(
+            httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
+            {"services": services}, 30) for name, (ref, services) in plan.items()}
+        errors = []
+        for name, fut in futures.items():
+            try:
+                fut.result()
+            except exception.NodeError as e:
+                errors.append("%s: %s" % (name, e.message))
+        if errors:
+            raise exception.NodeError("switching proxies failed on "
+                                      + "; ".join(errors))
+
+    # -- service agents --------------------------------------------------
+    def wait_healthy(self, address, timeout=None):
+        timeout = timeout or self.conf.manager.health_timeout
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                resp = httpserver.call("GET", "http://%s:%d/health" % (
+                    address, SERVICE_AGENT_PORT), timeout=2)
+                if resp and resp.get("healthy"):
+                    return resp
+                last = resp.get("detail") if resp else last
+            except exception.NodeError as e:
+                last = e.message
+            time.sleep(0.1)
+        raise exception.NodeError("instance %s did not become healthy within "
+                                  "%ds: %s" % (address, timeout, last))
+
+    def notify_peers(self, service_id):
+        with session_scope() as s:
+            svc = s.get(models.Service, service_id)
+            addrs = [i.address for i in svc.instances
+                     if i.state == "ACTIVE" and i.address] if svc else []
+        for addr in addrs:
+            try:
+                httpserver.call("POST", "http://%s:%d/notify" % (
+                    addr, SERVICE_AGENT_PORT), body={"peers": addrs}, timeout=10)
+            except exception.NodeError as e:
+                LOG.warning("notify %s: %s", addr, e.message)
+
+    def sweep_orphans(self):
+        """Delete containers no instance row accounts for."""
+        with session_scope() as s:
+            known = {i.id for i in s.scalars(select(models.Instance))}
+            refs = [self.ref(n) for n in self.nodes(s, up_only=True)
+                    if n.container_backend == "libvirt"]
+        removed = []
+        for ref in refs:
+            try:
+                present = self.driver.list_instances(ref)
+            except exception.NodeError as e:
+                LOG.warning("cannot list instances on %s: %s", ref.name, e.message)
+                continue
+            for inst in present:
+                if inst["id"] not in known:
+                    LOG.warning("removing orphan container %s on %s",
+                                inst["id"], ref.name)
+                    self.driver.delete_instance(ref, inst["id"])
+                    removed.append(inst["id"])
+        return removed

@@ -1,0 +1,94 @@
+"""The manager daemon: store, driver, engine, API and the node monitor."""
+import io
+import logging
+import os
+import tarfile
+import threading
+
+from mec_conpaas.db import session as db
+from mec_conpaas.drivers import lxc
+from mec_conpaas.manager import cluster as cluster_mod
+from mec_conpaas.manager import engine as engine_mod
+from mec_conpaas.manager import workflows
+
+LOG = logging.getLogger(__name__)
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples",
+                      "webcounter")
+
+
+def build_sample_bundle(src=SAMPLE):
+    """Deterministic .tar.gz of a sample app (same bytes, same sha256)."""
+    buf = io.BytesIO()
+    import gzip
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w") as tar:
+            for name in sorted(os.listdir(src)):
+                if name.startswith(".") or name == "__pycache__":
+                    continue
+                info = tar.gettarinfo(os.path.join(src, name), arcname=name)
+                info.mtime = 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                with open(os.path.join(src, name), "rb") as f:
+                    tar.addfile(info, f)
+    return buf.getvalue()
+
+
+class Manager:
+
+    def __init__(self, conf):
+        self.conf = conf
+        if conf.database.auto_migrate:
+            db.upgrade()
+        self.driver = lxc.load(conf.manager.driver)
+        self.cluster = cluster_mod.Cluster(conf, self.driver)
+        self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster),
+                                        conf.manager.operation_workers)
+        self._sample = None
+        self.stop = threading.Event()
+
+    def sample_bundle(self):
+        if self._sample is None:
+            self._sample = build_sample_bundle()
+        return self._sample
+
+    def monitor(self):
+        interval = max(1, self.conf.manager.node_heartbeat_timeout // 3)
+        while not self.stop.wait(interval):
+            try:
+                self.cluster.mark_down_nodes()
+            except Exception:
+                LOG.exception("node monitor")
+
+    def recover(self):
+        """Resume unfinished operations, then remove orphan containers once
+        node agents have had time to re-register."""
+        resumed = self.engine.resume_all()
+        if resumed:
+            LOG.warning("resumed %d operation(s)", len(resumed))
+
+        def sweep():
+            # Wait for the resumed operations first: their instances are not
+            # orphans.
+            while not self.stop.wait(1):
+                if self.engine.idle():
+                    break
+            try:
+                removed = self.cluster.sweep_orphans()
+                if removed:
+                    LOG.warning("removed %d orphan container(s)", len(removed))
+            except Exception:
+                LOG.exception("orphan sweep")
+        threading.Thread(target=sweep, daemon=True).start()
+
+    def serve(self):
+        import waitress
+
+        from mec_conpaas.api import app as app_mod
+        threading.Thread(target=self.monitor, daemon=True).start()
+        self.recover()
+        opts = self.conf.api
+        LOG.info("manager API on %s:%s", opts.bind_host, opts.bind_port)
+        waitress.serve(app_mod.create_app(self), host=opts.bind_host,
+                       port=opts.bind_port, threads=opts.threads, ident=None,
+                       channel_timeout=300)

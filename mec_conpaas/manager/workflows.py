@@ -1,0 +1,290 @@
+"""Service workflows: create, scale, migrate, delete.
+
+Each ``run`` is idempotent: after a manager restart the engine calls it
+again with ``ctx.resumed`` set, and it first removes what an interrupted
+attempt left half-made (instance rows still BUILDING or STANDBY, and their
+containers) before converging on the operation's goal.
+"""
+import logging
+import time
+
+from sqlalchemy import select
+
+from mec_conpaas import exception
+from mec_conpaas.db import models
+from mec_conpaas.db.session import session_scope
+from mec_conpaas.drivers import base
+from mec_conpaas.policies import placement
+
+LOG = logging.getLogger(__name__)
+
+
+class Workflow:
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.driver = cluster.driver
+
+    # -- shared steps ----------------------------------------------------
+    def set_state(self, service_id, state, error=None):
+        with session_scope() as s:
+            svc = s.get(models.Service, service_id)
+            if svc is not None:
+                svc.state = state
+                svc.error = error
+
+    def start_instance(self, ctx, service_id, node_name, state_after="ACTIVE"):
+        """Create one instance and wait until it is healthy."""
+        with session_scope() as s:
+            svc = s.get(models.Service, service_id)
+            ref = self.cluster.node_ref(s, node_name)
+            inst = models.Instance(service_id=service_id, node_name=node_name,
+                                   state="BUILDING")
+            s.add(inst)
+            s.flush()
+            spec = base.InstanceSpec(
+                id=inst.id, service_id=svc.id, service_name=svc.name,
+                service_type=svc.type, bundle_sha256=svc.bundle_sha256,
+                memory_mb=svc.memory_mb, cpus=svc.cpus,
+                master_ip=self.cluster.conf.api.bind_host)
+        ctx.record(created=ctx.journal.get("created", []) + [spec.id])
+        info = self.driver.create_instance(ref, spec)
+        with session_scope() as s:
+            s.get(models.Instance, spec.id).address = info["address"]
+        self.cluster.wait_healthy(info["address"])
+        with session_scope() as s:
+            s.get(models.Instance, spec.id).state = state_after
+        return spec.id
+
+    def destroy_instance(self, instance_id):
+        with session_scope() as s:
+            inst = s.get(models.Instance, instance_id)
+            if inst is None:
+                return
+            ref = self.cluster.node_ref(s, inst.node_name)
+        self.driver.delete_instance(ref, instance_id)
+        with session_scope() as s:
+            inst = s.get(models.Instance, instance_id)
+            if inst is not None:
+                s.delete(inst)
+
+    def cleanup_unfinished(self, service_id):
+        with session_scope() as s:
+            ids = [i.id for i in s.scalars(select(models.Instance).where(
+                models.Instance.service_id == service_id,
+                models.Instance.state.in_(("BUILDING", "STANDBY"))))]
+        for iid in ids:
+            LOG.warning("removing unfinished instance %s", iid)
+            self.destroy_instance(iid)
+
+    def active(self, service_id):
+        with session_scope() as s:
+            return [(i.id, i.node_name, i.address) for i in s.scalars(
+                select(models.Instance).where(
+                    models.Instance.service_id == service_id,
+                    models.Instance.state == "ACTIVE")
+                .order_by(models.Instance.created_at))]
+
+    def grow(self, ctx, service_id, count, home):
+        with session_scope() as s:
+            capacity = self.cluster.capacity(s)
+            names = [n.name for n in self.cluster.nodes(s)]
+        targets = placement.place(count, home, capacity,
+                                  self.cluster.distances(names))
+        for n, node in enumerate(targets, 1):
+            ctx.progress(10 + int(70 * (n - 1) / len(targets)),
+                         "starting instance %d/%d on %s" % (n, len(targets), node))
+            self.start_instance(ctx, service_id, node)
+
+    def rollback_created(self, ctx, service_id):
+        for iid in ctx.journal.get("created", []):
+            self.destroy_instance(iid)
+
+
+class CreateService(Workflow):
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        self.cleanup_unfinished(sid)
+        self.set_state(sid, "PROLOGUE")
+        with session_scope() as s:
+            home = s.get(models.Service, sid).home_node
+        missing = ctx.params.get("count", 1) - len(self.active(sid))
+        if missing > 0:
+            self.grow(ctx, sid, missing, home)
+        ctx.progress(85, "configuring the access points' proxies")
+        self.cluster.push_proxies()
+        self.cluster.notify_peers(sid)
+        self.set_state(sid, "RUNNING")
+
+    def rollback(self, ctx, message):
+        sid = ctx.service_id
+        with session_scope() as s:
+            ids = [i.id for i in s.scalars(select(models.Instance).where(
+                models.Instance.service_id == sid))]
+        for iid in ids:
+            self.destroy_instance(iid)
+        self.set_state(sid, "ERROR", message)
+        self.cluster.push_proxies()
+
+
+class ScaleService(Workflow):
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        target = ctx.params["count"]
+        if ctx.resumed:
+            self.cleanup_unfinished(sid)
+        self.set_state(sid, "ADAPTING")
+        current = self.active(sid)
+        with session_scope() as s:
+            home = s.get(models.Service, sid).home_node
+        if target > len(current):
+            self.grow(ctx, sid, target - len(current), home)
+            ctx.progress(85, "adding the new instances to the proxies")
+            self.cluster.push_proxies()
+        elif target < len(current):
+            with session_scope() as s:
+                names = [n.name for n in self.cluster.nodes(s)]
+            seq = {iid: n for n, (iid, _, _) in enumerate(current)}
+            chosen = placement.victims(
+                len(current) - target, home,
+                [{"id": i, "node": n, "seq": seq[i]} for i, n, _ in current],
+                self.cluster.distances(names))
+            gone = [c["id"] for c in chosen]
+            ctx.record(removing=gone)
+            ctx.progress(30, "draining %d instance(s)" % len(gone))
+            with session_scope() as s:
+                for iid in gone:
+                    s.get(models.Instance, iid).state = "DELETING"
+            self.cluster.push_proxies(draining=gone)
+            time.sleep(self.cluster.conf.manager.drain_timeout)
+            for n, iid in enumerate(gone, 1):
+                ctx.progress(50 + 30 * n // len(gone), "removing instance %s" % iid)
+                self.destroy_instance(iid)
+            self.cluster.push_proxies()
+        self.cluster.notify_peers(sid)
+        self.set_state(sid, "RUNNING")
+
+    def rollback(self, ctx, message):
+        sid = ctx.service_id
+        self.rollback_created(ctx, sid)
+        for iid in ctx.journal.get("removing", []):
+            self.destroy_instance(iid)  # removal is never undone
+        self.set_state(sid, "RUNNING", message)
+        self.cluster.push_proxies()
+
+
+class MigrateService(Workflow):
+    """Make-before-break migration (MEC-ConPaaS §VI)."""
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        target = ctx.params["to"]
+        if ctx.resumed:
+            self._undo_unswitched(ctx)
+        self.set_state(sid, "ADAPTING")
+        with session_scope() as s:
+            svc = s.get(models.Service, sid)
+            source = svc.home_node
+            to_ref = self.cluster.node_ref(s, target)
+        moving = [(i, n) for i, n, _ in self.active(sid) if n == source]
+        for n, (old_id, node) in enumerate(moving, 1):
+            self._move(ctx, sid, old_id, node, target, to_ref, n, len(moving))
+        with session_scope() as s:
+            s.get(models.Service, sid).home_node = target
+        ctx.progress(95, "retiring drained proxy slots")
+        self.cluster.push_proxies()
+        self.cluster.notify_peers(sid)
+        self.set_state(sid, "RUNNING")
+
+    def _move(self, ctx, sid, old_id, old_node, target, to_ref, n, total):
+        pct = 5 + 90 * (n - 1) // total
+        step = "instance %d/%d: " % (n, total)
+        with session_scope() as s:
+            old_ref = self.cluster.node_ref(s, old_node)
+        ctx.progress(pct, step + "starting a new instance on %s" % target)
+        ctx.record(pair={"old": old_id, "new": None, "frozen": False,
+                         "switched": False})
+        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY")
+        pair = dict(ctx.journal["pair"], new=new_id)
+        ctx.record(pair=pair)
+        ctx.progress(pct + 30 // total, step + "copying state (bulk)")
+        self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+        ctx.record(pair=dict(pair, frozen=True))
+        t0 = time.monotonic()
+        self.driver.freeze(old_ref, old_id)
+        ctx.progress(pct + 50 // total, step + "old instance frozen; final copy")
+        final = self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+        with session_scope() as s:
+            s.get(models.Instance, new_id).state = "ACTIVE"
+            s.get(models.Instance, old_id).state = "DELETING"
+            op = s.get(models.Operation, ctx.op_id)
+            ctx.journal["pair"] = dict(pair, frozen=True, switched=True)
+            op.journal = dict(ctx.journal)
+        self.cluster.push_proxies(draining=[old_id])
+        switched_ms = (time.monotonic() - t0) * 1000
+        ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
+                     "freeze (final copy: %d files); removing the old instance"
+                     % (switched_ms, final.get("files", 0)))
+        self.destroy_instance(old_id)
+        ctx.record(pair=None, last_switch_ms=round(switched_ms, 1))
+
+    def _undo_unswitched(self, ctx):
+        pair = ctx.journal.get("pair")
+        if not pair:
+            return
+        if pair.get("switched"):
+            self.destroy_instance(pair["old"])  # past the point of no return
+        else:
+            if pair.get("frozen"):
+                self._thaw(pair["old"])
+            if pair.get("new"):
+                self.destroy_instance(pair["new"])
+            self.cleanup_unfinished(ctx.service_id)
+            self.cluster.push_proxies()
+        ctx.record(pair=None)
+
+    def _thaw(self, instance_id):
+        with session_scope() as s:
+            inst = s.get(models.Instance, instance_id)
+            if inst is None:
+                return
+            ref = self.cluster.node_ref(s, inst.node_name)
+        try:
+            self.driver.thaw(ref, instance_id)
+        except exception.NodeError as e:
+            LOG.warning("thawing %s: %s", instance_id, e.message)
+
+    def rollback(self, ctx, message):
+        self._undo_unswitched(ctx)
+        self.set_state(ctx.service_id, "RUNNING", message)
+
+
+class DeleteService(Workflow):
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        self.set_state(sid, "EPILOGUE")
+        with session_scope() as s:
+            ids = [i.id for i in s.scalars(select(models.Instance).where(
+                models.Instance.service_id == sid))]
+            for iid in ids:
+                s.get(models.Instance, iid).state = "DELETING"
+        ctx.progress(20, "removing the endpoint from the proxies")
+        self.cluster.push_proxies()
+        for n, iid in enumerate(ids, 1):
+            ctx.progress(20 + 70 * n // max(1, len(ids)), "removing instance %s" % iid)
+            self.destroy_instance(iid)
+        with session_scope() as s:
+            svc = s.get(models.Service, sid)
+            if svc is not None:
+                s.delete(svc)
+
+    def rollback(self, ctx, message):
+        self.set_state(ctx.service_id, "ERROR", message)
+
+
+def all_workflows(cluster):
+    return {"create": CreateService(cluster), "scale": ScaleService(cluster),
+            "migrate": MigrateService(cluster), "delete": DeleteService(cluster)}

@@ -1,0 +1,276 @@
+"""Image-spec test: open a built image WITHOUT booting it and check what a
+careful reviewer would (issue 4).  See conftest.py for which image is used."""
+
+import configparser
+import glob
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+from imagelib import MIB, needs_role, roles_in, sh, sha256
+
+ERASE_BLOCK = 4 * MIB
+
+
+# --------------------------------------------------------------- the artifact
+def test_artifact_name_checksum_and_manifest(image):
+    m = image.manifest
+    if image.artifact.endswith(".xz"):
+        assert os.path.basename(image.artifact) == m["image"]
+        assert m["version"] in m["image"] and m["image"].endswith(".img.xz")
+        with open(image.artifact + ".sha256") as f:
+            recorded, name = f.read().split()
+        assert name == os.path.basename(image.artifact)
+        assert recorded == sha256(image.artifact) == m["sha256"]
+    inputs = m["build_inputs"]
+    for key in ("suite", "arch", "mirror", "debootstrap_variant", "base_packages", "roles",
+                "repo_commit"):
+        assert inputs.get(key), f"manifest build_inputs.{key} missing"
+    assert inputs["arch"] == "arm64"
+    assert "first_boot" in inputs["roles"]
+
+
+# ------------------------------------------------------------ partition table
+def test_partition_table_is_4mib_aligned(image):
+    t = image.table
+    assert t["label"] == "dos"
+    assert len(image.parts) == 2, image.parts
+    for p in image.parts:
+        start, size = p["start"] * image.sector, p["size"] * image.sector
+        assert start % ERASE_BLOCK == 0, f"{p['node']} starts at {start} B, not 4 MiB aligned"
+        assert size % ERASE_BLOCK == 0, f"{p['node']} is {size} B, not a multiple of 4 MiB"
+    boot, root = image.parts
+    assert boot["type"] == "c" and boot.get("bootable"), boot
+    assert root["type"] == "83", root
+    assert image.offset(1) + image.size(1) <= image.offset(2)
+    assert image.offset(2) + image.size(2) <= os.path.getsize(image.raw)
+    assert f"0x{int(t['id'], 16):08x}" == image.manifest["partitions"]["disk_id"]
+
+
+def _probe(image, n):
+    out = sh("blkid", "-p", "-O", image.offset(n), "-S", image.size(n), "-o", "export",
+             image.raw).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_filesystem_types_and_labels(image):
+    boot, root = _probe(image, 1), _probe(image, 2)
+    assert boot["TYPE"] == "vfat" and boot.get("VERSION") == "FAT32", boot
+    assert boot["LABEL"] == image.manifest["partitions"]["boot"]["label"]
+    assert root["TYPE"] == "ext4", root
+    assert root["LABEL"] == image.manifest["partitions"]["root"]["label"]
+
+
+def test_ext4_geometry_and_clean(image, rootfs):
+    out = sh("dumpe2fs", "-h", rootfs.device).stdout
+    fields = dict((k.strip(), v.strip()) for k, v in
+                  (line.split(":", 1) for line in out.splitlines() if ":" in line))
+    assert fields["Block size"] == "4096"
+    assert fields["RAID stride"] == "1024"
+    assert fields["RAID stripe width"] == "1024"
+    assert fields["Filesystem volume name"] == image.manifest["partitions"]["root"]["label"]
+    assert subprocess.run(["e2fsck", "-fn", rootfs.device], capture_output=True).returncode == 0
+
+
+# ----------------------------------------------------------- boot partition
+def test_boot_partition_kernel_initrd_cmdline(image):
+    files = image.boot_ls()
+    for f in ("vmlinuz", "initrd.img", "config.txt", "cmdline.txt", "mec-conpaas.txt.example"):
+        assert f in files, f"{f} missing on the boot partition: {files}"
+    assert any(f.startswith("bcm2710-rpi-3-b") for f in files), "no Pi 3 device tree"
+    assert any(f.startswith("bcm2711-rpi-4-b") for f in files), "no Pi 4 device tree"
+    assert "start4.elf" in files and "bootcode.bin" in files
+    cmdline = shlex.split(image.boot_read("cmdline.txt"))
+    assert f"root=PARTUUID={image.partuuid(2)}" in cmdline, cmdline
+    assert "cgroup_enable=memory" in cmdline, cmdline
+    config = image.boot_read("config.txt")
+    assert re.search(r"^arm_64bit=1", config, re.M), "config.txt does not boot 64-bit"
+
+
+def test_example_settings_file_is_valid(image, tmp_path, rootfs):
+    example = tmp_path / "mec-conpaas.txt"
+    example.write_text(image.boot_read("mec-conpaas.txt.example"))
+    res = subprocess.run(["python3", rootfs.p("/usr/local/sbin/mec-conpaas-firstboot"), "check",
+                          str(example)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------- root tree
+def test_fstab_by_partuuid(image, rootfs):
+    entries = {}
+    for line in rootfs.read("/etc/fstab").splitlines():
+        f = line.split()
+        if f and not f[0].startswith("#"):
+            entries[f[1]] = f
+    assert entries["/"][0] == f"PARTUUID={image.partuuid(2)}" and entries["/"][2] == "ext4"
+    assert entries["/"][5] == "1", "root not fsck'ed at boot"
+    assert entries["/boot/firmware"][0] == f"PARTUUID={image.partuuid(1)}"
+    assert entries["/boot/firmware"][2] == "vfat"
+    # The boot files live on the FAT partition only, not twice.
+    assert os.listdir(rootfs.p("/boot/firmware")) == []
+
+
+def _sysctl_effective(rootfs, key):
+    """vm.* as systemd-sysctl computes it: files by name over the sysctl.d dirs,
+    /etc overriding same names, later files overriding earlier settings."""
+    files = {}
+    for d in ("/usr/lib/sysctl.d", "/lib/sysctl.d", "/run/sysctl.d", "/etc/sysctl.d"):
+        for f in sorted(glob.glob(rootfs.p(d) + "/*.conf")):
+            files[os.path.basename(f)] = os.path.join(d, os.path.basename(f))
+    value, source = None, None
+    for name in sorted(files):
+        try:
+            text = rootfs.read(files[name])
+        except FileNotFoundError:  # dangling link
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith(("#", ";")) or "=" not in line:
+                continue
+            k, v = (s.strip() for s in line.lstrip("-").split("=", 1))
+            if k.replace("/", ".") == key:
+                value, source = v, files[name]
+    return value, source
+
+
+def test_swappiness_100_in_sysctl_d(image, rootfs):
+    needs_role(image, "edge_tuning")
+    value, source = _sysctl_effective(rootfs, "vm.swappiness")
+    assert value == "100", f"vm.swappiness effective value {value!r} from {source}"
+    assert source.startswith("/etc/sysctl.d/")
+
+
+def test_nova_conf_virt_type_lxc(image, rootfs):
+    needs_role(image, "nova_compute_lxc")
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    read = []
+    for f in ("/etc/nova/nova.conf", "/etc/nova/nova-compute.conf"):
+        if rootfs.exists(f):
+            cp.read_string(rootfs.read(f), source=f)
+            read.append(f)
+    assert "/etc/nova/nova.conf" in read
+    assert cp.get("libvirt", "virt_type", fallback=None) == "lxc", read
+    assert rootfs.exists("/etc/systemd/system/multi-user.target.wants/nova-compute.service")
+
+
+def test_only_compute_and_volume_from_openstack(image, rootfs):
+    needs_role(image, "nova_compute_lxc")
+    needs_role(image, "cinder_volume")
+    installed = {p["package"] for p in image.manifest["packages"]}
+    assert {"nova-compute", "cinder-volume"} <= installed
+    control_plane = {"nova-api", "nova-conductor", "nova-scheduler", "nova-novncproxy",
+                     "cinder-api", "cinder-scheduler", "keystone", "glance", "glance-api",
+                     "neutron-server", "placement-api", "openstack-dashboard", "heat-api",
+                     "mariadb-server", "rabbitmq-server"}
+    assert not installed & control_plane, installed & control_plane
+
+
+def test_no_ssh_host_keys(rootfs):
+    keys = glob.glob(rootfs.p("/etc/ssh") + "/ssh_host_*")
+    assert keys == [], keys
+
+
+def test_no_password_hash_for_any_account(rootfs):
+    for line in rootfs.read("/etc/shadow").splitlines():
+        user, pw = line.split(":")[:2]
+        assert pw.startswith(("!", "*")), f"{user} can log in with a password (or none)"
+    for line in rootfs.read("/etc/passwd").splitlines():
+        user, pw = line.split(":")[:2]
+        assert pw == "x", f"{user} has a password in /etc/passwd"
+
+
+def _sshd_first_values(rootfs):
+    """sshd semantics: the first value obtained for a keyword wins; Include is
+    expanded in place; Match blocks are ignored (they apply to some users only)."""
+    values = {}
+
+    def walk(rel):
+        in_match = False
+        for line in rootfs.read(rel).splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, _, rest = line.partition(" ")
+            key = key.lower()
+            if key == "match":
+                in_match = True
+            if in_match:
+                continue
+            if key == "include":
+                for pat in rest.split():
+                    pat = pat if pat.startswith("/") else "/etc/ssh/" + pat
+                    for f in sorted(glob.glob(rootfs.p(pat))):
+                        walk(f[len(rootfs.path):])
+            else:
+                values.setdefault(key, rest.strip().lower())
+
+    walk("/etc/ssh/sshd_config")
+    return values
+
+
+def test_sshd_key_only(rootfs):
+    v = _sshd_first_values(rootfs)
+    assert v.get("passwordauthentication") == "no"
+    assert v.get("kbdinteractiveauthentication", "no") == "no"
+    assert v.get("permitemptypasswords", "no") == "no"
+
+
+def test_first_boot_units_enabled(rootfs):
+    wants = {
+        "sysinit.target.wants": ["mec-conpaas-growroot.service", "mec-conpaas-ssh-hostkeys.service"],
+        "multi-user.target.wants": ["mec-conpaas-firstboot.service", "ssh.service",
+                                    "systemd-networkd.service"],
+    }
+    for target, units in wants.items():
+        for unit in units:
+            link = rootfs.p(f"/etc/systemd/system/{target}/{unit}")
+            assert os.path.islink(link), f"{unit} not enabled ({target})"
+            assert os.path.exists(rootfs.resolve(f"/etc/systemd/system/{target}/{unit}"))
+    assert rootfs.read("/etc/machine-id") == "", "machine-id baked into the image"
+    assert not rootfs.exists("/var/lib/mec-conpaas/firstboot.done")
+    assert not rootfs.exists("/var/lib/mec-conpaas/growroot.done")
+    assert not rootfs.exists("/usr/sbin/policy-rc.d"), "build-time policy-rc.d left behind"
+
+
+def test_node_agent_installed(image, rootfs):
+    needs_role(image, "mec_conpaas_node")
+    assert rootfs.exists("/opt/mec-conpaas/venv/bin/mec-conpaas-node-agent")
+    assert rootfs.exists("/etc/mec-conpaas/mec-conpaas.conf")
+
+
+def test_initramfs_small_and_single(image, rootfs):
+    kernel = image.manifest["kernel"]
+    assert os.listdir(rootfs.p("/lib/modules")) == [kernel]
+    assert rootfs.exists(f"/boot/initrd.img-{kernel}")
+    conf = rootfs.read("/etc/initramfs-tools/conf.d/mec-conpaas.conf")
+    assert "MODULES=list" in conf
+    assert not rootfs.exists("/usr/sbin/update-initramfs.distrib"), "update-initramfs still diverted"
+
+
+def test_manifest_matches_dpkg_inside(image, rootfs):
+    out = sh("dpkg-query", f"--admindir={rootfs.p('/var/lib/dpkg')}", "-W",
+             "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n").stdout
+    inside = set()
+    for line in out.splitlines():
+        status, name, ver, arch = line.split("\t")
+        if status.strip() != "un":
+            inside.add((status.strip(), name, ver, arch))
+    manifest = {(p["status"], p["package"], p["version"], p["arch"])
+                for p in image.manifest["packages"] if p["status"] != "un"}
+    assert inside == manifest, {"only in image": sorted(inside - manifest)[:20],
+                                "only in manifest": sorted(manifest - inside)[:20]}
+    assert all(s == "ii" for s, *_ in inside), [p for p in inside if p[0] != "ii"][:20]
+    kernel_pkg = f"linux-image-{image.manifest['kernel']}"
+    assert kernel_pkg in {p[1] for p in inside}
+    assert "raspi-firmware" in {p[1] for p in inside}
+
+
+@pytest.mark.parametrize("role", ["common", "edge_tuning", "wifi_ap", "nova_compute_lxc",
+                                  "cinder_volume", "mec_conpaas_node"])
+def test_profile_applies_project_roles(image, role):
+    """Images other than the 'base' test profile are built from all project roles."""
+    if image.manifest["profile"] == "base":
+        pytest.skip("the base profile applies first_boot only, by definition")
+    assert role in roles_in(image)
