@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Benchmark of the image builder (issue 4): build time per stage on this
+machine (debootstrap under emulation, roles, assembly, compression), image
+and root filesystem sizes, and first-boot-to-login time under emulation
+(qemu-system-aarch64 -M virt -cpu cortex-a53 -m 1024).
+
+    bench/image_build.py [--profile edge] [--cold] [--quick] [--image X.img.xz]
+
+--cold   empty the download caches first (debootstrap tarball, apt archives)
+--quick  no build: measure the newest already-built image of the profile
+         (or --image) - sizes from its build record, one emulated boot.
+
+Writes bench/results/image_build-<profile>-<UTC time>.json and .png; prints
+the summary as ONE JSON object on its last line.  Targets (issue 4): full edge
+image built in <= 20 min on 2 cores, compressed image <= 600 MB.  Needs root.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+BUILDER = os.path.join(REPO, "image-builder", "build.py")
+TARGET_BUILD_S = 20 * 60
+TARGET_XZ_BYTES = 600 * 1000 * 1000
+MIB = 1024 * 1024
+
+
+def sh(*cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw)
+
+
+def build(profile, work, out, cold):
+    if cold:
+        shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, BUILDER, "--profile", profile, "--work-dir", work,
+                           "--out-dir", out], stdout=subprocess.PIPE, text=True)
+    wall = time.monotonic() - t
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed ({proc.returncode})")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary["wall_s"] = round(wall, 1)
+    return summary
+
+
+def newest_record(out, profile):
+    recs = sorted(glob.glob(os.path.join(out, f"mec-conpaas-edge-{profile}-*.build.json")),
+                  key=os.path.getmtime)
+    if not recs:
+        raise SystemExit(f"--quick: no build record for profile {profile} in {out}")
+    with open(recs[-1]) as f:
+        return json.load(f)
+
+
+def boot(image_xz, workdir, timeout=900):
+    """Boot a copy (+1 GiB, settings file with a fresh key) and time the console
+    login prompt and the first SSH login."""
+    raw = os.path.join(workdir, "disk.img")
+    with open(raw, "wb") as f:
+        subprocess.run(["xz", "-dc", "-T0", image_xz], stdout=f, check=True)
+    with open(raw, "r+b") as f:
+        f.truncate(os.path.getsize(raw) + 1024 * MIB)
+    table = json.loads(sh("sfdisk", "-J", raw).stdout)["partitiontable"]
+    p1 = sorted(table["partitions"], key=lambda p: p["start"])[0]
+    mt = f"{raw}@@{p1['start'] * 512}"
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    key = os.path.join(workdir, "id_ed25519")
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+    pub = open(key + ".pub").read().strip()
+    cfg = os.path.join(workdir, "mec-conpaas.txt")
+    with open(cfg, "w") as f:
+        f.write(f"hostname = bench-ap\nwifi_ssid = bench\nwifi_passphrase = benchbench\n"
+                f"wifi_country = NL\nmaster = 10.0.2.2\nregistration_token = bench\n"
+                f"ssh_authorized_key = {pub}\n")
+    sh("mcopy", "-o", "-i", mt, cfg, "::mec-conpaas.txt", env=env)
+    for f in ("vmlinuz", "initrd.img"):
+        sh("mcopy", "-o", "-i", mt, f"::{f}", os.path.join(workdir, f), env=env)
+    cmdline = sh("mtype", "-i", mt, "::cmdline.txt", env=env).stdout.split()
+    cmdline = " ".join([a for a in cmdline if not a.startswith("console=")] + ["console=ttyAMA0"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    console = os.path.join(workdir, "console.log")
+    cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "1024", "-smp", "2",
+           "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
+           "-kernel", os.path.join(workdir, "vmlinuz"), "-initrd", os.path.join(workdir, "initrd.img"),
+           "-append", cmdline, "-drive", f"file={raw},if=virtio,format=raw",
+           "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+           "-device", "virtio-net-pci,netdev=n0", "-no-reboot"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    res = {"login_prompt_s": None, "ssh_login_s": None}
+    try:
+        while time.monotonic() - t0 < timeout and proc.poll() is None:
+            text = open(console, errors="replace").read() if os.path.exists(console) else ""
+            if res["login_prompt_s"] is None and re.search(r"login: ?$", text, re.M):
+                res["login_prompt_s"] = round(time.monotonic() - t0, 1)
+            if res["ssh_login_s"] is None:
+                r = subprocess.run(["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes",
+                                    "-o", "StrictHostKeyChecking=no", "-o",
+                                    "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
+                                    "-o", "LogLevel=ERROR", "mec@127.0.0.1",
+                                    "df -B1 --output=size / | tail -1; "
+                                    "cat /proc/sys/vm/swappiness"],
+                                   capture_output=True, text=True, timeout=60)
+                if r.returncode == 0:
+                    res["ssh_login_s"] = round(time.monotonic() - t0, 1)
+                    size, swp = r.stdout.split()
+                    res["grown_root_fs_bytes"] = int(size)
+                    res["swappiness"] = int(swp)
+            if res["login_prompt_s"] is not None and res["ssh_login_s"] is not None:
+                break
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return res
+
+
+def plot(summary, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    stages = summary["build"]["stages_s"]
+    a.barh(list(stages), list(stages.values()), color="tab:blue")
+    a.set_xlabel("seconds")
+    a.set_title(f"build stages, profile {summary['profile']} "
+                f"(total {summary['build']['total_s']:.0f} s, target {TARGET_BUILD_S} s)")
+    a.invert_yaxis()
+    labels = ["xz image (MB)", "raw image (MB)", "root tree (MB)"]
+    vals = [summary["sizes"]["xz_bytes"] / 1e6, summary["sizes"]["image_bytes"] / 1e6,
+            summary["sizes"]["root_tree_bytes"] / 1e6]
+    b.bar(labels, vals, color=["tab:green", "tab:gray", "tab:orange"])
+    b.axhline(TARGET_XZ_BYTES / 1e6, color="red", ls="--", label="xz target 600 MB")
+    bt = summary["boot"]
+    b.set_title(f"sizes; emulated boot: login prompt {bt.get('login_prompt_s')} s, "
+                f"ssh {bt.get('ssh_login_s')} s", fontsize=9)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="edge")
+    ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--image", help="with --quick: this NAME.img.xz (its NAME.build.json next to it)")
+    ap.add_argument("--work-dir", default=os.path.join(REPO, "image-builder", "work"))
+    ap.add_argument("--out-dir", default=os.path.join(REPO, "image-builder", "out"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/image_build.py needs root (it runs the image builder)")
+    if args.quick:
+        if args.image:
+            with open(args.image[:-len(".img.xz")] + ".build.json") as f:
+                rec = json.load(f)
+        else:
+            rec = newest_record(args.out_dir, args.profile)
+        rec.setdefault("wall_s", rec.get("total_s"))
+        rec["measured_now"] = False
+    else:
+        rec = build(args.profile, args.work_dir, args.out_dir, args.cold)
+        rec["measured_now"] = True
+    tmp = tempfile.mkdtemp(prefix="mec-bench-boot-", dir=args.work_dir)
+    try:
+        boot_res = boot(rec["image"], tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    summary = {
+        "benchmark": "image_build", "profile": rec["profile"], "quick": args.quick,
+        "cold": args.cold, "host_cpus": os.cpu_count(), "time": stamp,
+        "image": os.path.basename(rec["image"]),
+        "build": {"stages_s": rec["stages_s"], "total_s": rec["total_s"],
+                  "wall_s": rec["wall_s"], "measured_now": rec["measured_now"],
+                  "debootstrap_cache": rec.get("debootstrap_cache")},
+        "sizes": {"xz_bytes": rec["xz_bytes"], "image_bytes": rec["image_mib"] * MIB,
+                  "root_partition_bytes": rec["root_partition_mib"] * MIB,
+                  "root_tree_bytes": rec["root_tree_bytes"]},
+        "boot": boot_res,
+        "targets": {"build_s_max": TARGET_BUILD_S, "xz_bytes_max": TARGET_XZ_BYTES},
+    }
+    summary["targets_met"] = {
+        "build_time": rec["total_s"] <= TARGET_BUILD_S,
+        "xz_size": rec["xz_bytes"] <= TARGET_XZ_BYTES,
+        "booted": boot_res["ssh_login_s"] is not None,
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    base = os.path.join(RESULTS, f"image_build-{rec['profile']}-{stamp}")
+    with open(base + ".json", "w") as f:
+        json.dump(summary, f, indent=1)
+    plot(summary, base + ".png")
+    summary["results"] = [base + ".json", base + ".png"]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
