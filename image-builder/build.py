@@ -67,6 +67,7 @@ def run(cmd, check=True, capture=False, env=None, **kw):
     log("+ " + " ".join(shlex.quote(str(c)) for c in cmd))
     res = subprocess.run(
         [str(c) for c in cmd], check=False, text=True, env=env,
+        stdin=None if "input" in kw else subprocess.DEVNULL,
         stdout=subprocess.PIPE if capture else None,
         stderr=subprocess.PIPE if capture else None, **kw)
     if check and res.returncode != 0:
@@ -275,8 +276,20 @@ class Builder:
             self.umount_all()
             shutil.rmtree(self.root)
         os.makedirs(self.root)
+        # The bootstrapped tree (second stage under emulation: ~4 min) is cached too.
+        rootfs_cache = tarball[:-len(".tgz")] + "-rootfs.tar"
+        if os.path.exists(rootfs_cache) and not self.args.no_rootfs_cache:
+            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                 "-xpf", rootfs_cache])
+            self.result["rootfs_cache"] = "hit"
+            return
         run(["debootstrap", *common, f"--unpack-tarball={tarball}", p["suite"], self.root,
              p["mirror"]])
+        if not self.args.no_rootfs_cache:
+            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                 "-cf", rootfs_cache + ".partial", "."])
+            os.rename(rootfs_cache + ".partial", rootfs_cache)
+        self.result["rootfs_cache"] = "miss"
 
     def configure_apt_and_holds(self):
         p, r = self.prof, self.root
@@ -289,7 +302,9 @@ class Builder:
                     f"deb {security} {p['suite']}-security {comps}\n")
         with open(f"{r}/etc/apt/apt.conf.d/90mec-conpaas-image", "w") as f:
             f.write('APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
-                    'Acquire::Languages "none";\n')
+                    'Acquire::Languages "none";\n'
+                    '// the builder pre-seeds some conffiles (/etc/default/raspi-firmware)\n'
+                    'Dpkg::Options { "--force-confdef"; "--force-confold"; };\n')
         # Services are enabled, never started, in the chroot.
         with open(f"{r}/usr/sbin/policy-rc.d", "w") as f:
             f.write("#!/bin/sh\n# mec-conpaas image build: never start services\nexit 101\n")
@@ -607,6 +622,8 @@ def main(argv=None):
     ap.add_argument("--work-dir", default=os.path.join(HERE, "work"))
     ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))
     ap.add_argument("--disk-id", help="8 hex digits for the DOS disk identifier (PARTUUID prefix)")
+    ap.add_argument("--no-rootfs-cache", action="store_true",
+                    help="do not reuse/store the bootstrapped tree (download cache still used)")
     ap.add_argument("--keep-root", action="store_true", help="keep the root tree after the build")
     ap.add_argument("-e", "--extra-vars", action="append", help="passed to ansible-playbook -e")
     args = ap.parse_args(argv)

@@ -50,7 +50,8 @@ class StandInMaster:
             def _any(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n).decode("utf-8", "replace") if n else ""
-                outer.requests.append({"method": self.command, "path": self.path, "body": body})
+                outer.requests.append({"method": self.command, "path": self.path, "body": body,
+                                       "auth": self.headers.get("Authorization", "")})
                 data = json.dumps({"status": "ok", "id": "stand-in"}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -297,12 +298,18 @@ def test_registers_with_master(image, booted, master):
     if "mec_conpaas_node" not in roles_in(image):
         pytest.skip("profile without mec_conpaas_node: no node agent to register")
     assert ssh.run("systemctl is-enabled mec-conpaas-node-agent").stdout.strip() == "enabled"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not master.requests:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(
+            r["path"].endswith("/register") for r in master.requests):
         time.sleep(2)
     assert master.requests, "the node agent never contacted the master"
-    assert any("ap-test-1" in r["body"] or "ap-test-1" in r["path"] for r in master.requests), \
-        master.requests[:5]
+    # The node agent's registration call (mec_conpaas/agents/node/agent.py).
+    regs = [r for r in master.requests
+            if r["method"] == "POST" and r["path"].endswith("/v1/nodes/register")]
+    assert regs, master.requests[:5]
+    body = json.loads(regs[0]["body"])
+    assert body["name"] == "ap-test-1", body
+    assert regs[0]["auth"] == "Bearer image-test-token"
 
 
 def test_nova_compute_enabled(image, booted):

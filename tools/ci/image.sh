@@ -9,6 +9,7 @@
 #   MEC_CONPAAS_IMAGE_PROFILE  image-builder/profiles.ini section (default: ci)
 #   MEC_CONPAAS_IMAGE_BOOT     "all" (default): good + malformed + missing-file
 #                              boots; "good": one boot; "none": spec test only
+#   MEC_CONPAAS_IMAGE_OUT      where the image goes (default $MEC_CONPAAS_IMAGE_WORK/out)
 #   MEC_CONPAAS_IMAGE_WORK     work dir (default image-builder/work/ci; keeps the
 #                              debootstrap/apt cache between runs on one machine)
 set -euo pipefail
@@ -18,7 +19,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PROFILE="${MEC_CONPAAS_IMAGE_PROFILE:-ci}"
 BOOT="${MEC_CONPAAS_IMAGE_BOOT:-all}"
 WORK="${MEC_CONPAAS_IMAGE_WORK:-$REPO/image-builder/work/ci}"
-OUT="$WORK/out"
+OUT="${MEC_CONPAAS_IMAGE_OUT:-$WORK/out}"
 VENV="$WORK/venv"
 TESTTMP="$WORK/test-tmp"
 ARTIFACTS="$WORK/artifacts"

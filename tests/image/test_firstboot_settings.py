@@ -1,0 +1,113 @@
+"""The boot-partition settings file parser of roles/first_boot, run as the real
+script (`mec-conpaas-firstboot check FILE`) on this machine: no image needed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "roles", "first_boot", "files", "mec-conpaas-firstboot")
+EXAMPLE = os.path.join(REPO, "roles", "first_boot", "templates", "mec-conpaas.txt.example.j2")
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq2bXhJ0v8tKpm6ZAbcdefghijklmnopqrstuvwxyz01 me@laptop"
+GOOD = {
+    "hostname": "ap-1", "wifi_ssid": "MEC-ConPaaS", "wifi_passphrase": "correct horse",
+    "wifi_country": "NL", "master": "192.0.2.10", "registration_token": "tok-123",
+    "ssh_authorized_key": KEY,
+}
+
+
+def check(tmp_path, text, encoding="utf-8"):
+    f = tmp_path / "mec-conpaas.txt"
+    f.write_bytes(text.encode(encoding))
+    res = subprocess.run([sys.executable, SCRIPT, "check", str(f)], capture_output=True, text=True)
+    return res.returncode, (json.loads(res.stdout) if res.returncode == 0 else None), res.stderr
+
+
+def render(d, eol="\n"):
+    return eol.join(f"{k} = {v}" for k, v in d.items()) + eol
+
+
+def test_valid_file_parsed(tmp_path):
+    rc, cfg, err = check(tmp_path, render(GOOD))
+    assert rc == 0, err
+    assert cfg["hostname"] == "ap-1" and cfg["backbone"] == "dhcp"
+    assert cfg["ssh_authorized_key"] == KEY
+    assert "wifi_passphrase" not in cfg, "check must not echo the passphrase"
+
+
+def test_windows_editor_file(tmp_path):
+    """CRLF line endings, a BOM, quotes and lower-case country: accepted."""
+    d = dict(GOOD, wifi_passphrase='"with spaces inside"', wifi_country="fr")
+    rc, cfg, err = check(tmp_path, "\ufeff# comment\r\n" + render(d, "\r\n"))
+    assert rc == 0, err
+    assert cfg["wifi_country"] == "FR"
+
+
+def test_static_backbone(tmp_path):
+    d = dict(GOOD, backbone="192.0.2.21/24", backbone_gateway="192.0.2.1",
+             backbone_dns="192.0.2.1, 2001:db8::53")
+    rc, cfg, err = check(tmp_path, render(d))
+    assert rc == 0, err
+    assert cfg["backbone"] == "192.0.2.21/24"
+
+
+def test_example_shipped_in_the_image_is_valid(tmp_path):
+    text = open(EXAMPLE).read()
+    for var, val in (("first_boot_config_file | basename", "mec-conpaas.txt"),
+                     ("first_boot_manager_port", "9680"), ("first_boot_admin_user", "mec"),
+                     ("first_boot_backbone_interface", "eth0")):
+        text = text.replace("{{ " + var + " }}", val)
+    assert "{{" not in text
+    rc, cfg, err = check(tmp_path, text)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("key", ["hostname", "wifi_ssid", "wifi_passphrase", "wifi_country",
+                                 "master", "registration_token"])
+def test_required_setting_missing(tmp_path, key):
+    d = {k: v for k, v in GOOD.items() if k != key}
+    rc, _, err = check(tmp_path, render(d))
+    assert rc == 1
+    assert f"{key} is missing" in err
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("hostname", "ap_1", "hostname"),
+    ("hostname", "-ap", "hostname"),
+    ("wifi_ssid", "x" * 33, "wifi_ssid"),
+    ("wifi_passphrase", "short", "wifi_passphrase"),
+    ("wifi_passphrase", "ünïcødé-passphrase", "wifi_passphrase"),
+    ("wifi_country", "Netherlands", "wifi_country"),
+    ("master", "10.0.0.1:99999", "master"),
+    ("master", "ftp://10.0.0.1", "master"),
+    ("registration_token", "two words", "registration_token"),
+    ("ssh_authorized_key", "not a key", "ssh_authorized_key"),
+    ("backbone", "192.0.2.300/24", "backbone"),
+    ("backbone", "192.0.2.21", "backbone"),
+])
+def test_malformed_value(tmp_path, key, value, message):
+    rc, _, err = check(tmp_path, render(dict(GOOD, **{key: value})))
+    assert rc == 1
+    assert f": {message}" in err, err
+
+
+def test_typos_and_duplicates_are_errors(tmp_path):
+    text = render(GOOD) + "wifi_pasphrase = x\nhostname = ap-2\njust some words\n"
+    rc, _, err = check(tmp_path, text)
+    assert rc == 1
+    assert "unknown setting 'wifi_pasphrase'" in err
+    assert "hostname is set twice" in err
+    assert "expected KEY = VALUE" in err
+
+
+def test_gateway_without_static_address(tmp_path):
+    rc, _, err = check(tmp_path, render(dict(GOOD, backbone_gateway="192.0.2.1")))
+    assert rc == 1 and "only used with a static backbone" in err
+
+
+def test_not_utf8(tmp_path):
+    rc, _, err = check(tmp_path, render(dict(GOOD, wifi_ssid="caf\xe9")), encoding="latin-1")
+    assert rc == 1 and "cannot read" in err and "Traceback" not in err
