@@ -245,7 +245,7 @@ class Edge:
         for d, target in LIBVIRT_DIRS.items():
             script.append("mkdir -p %s && mount --bind %s %s" % (
                 target, os.path.join(base, "libvirt", d), target))
-        script.append("exec libvirtd")
+        script.append("exec libvirtd -p %s" % os.path.join(base, "libvirt", "run", "libvirtd.pid"))
         proc = self._spawn("libvirtd-" + ap, self._nsenter(ap) + [
             "unshare", "-m", "--propagation", "slave", "sh", "-c", "\n".join(script)])
         sock = os.path.join(base, "libvirt", "run", "libvirt-sock")
@@ -369,13 +369,17 @@ class Edge:
         self.net.destroy()
         # Overlay mounts lived in the per-AP mount namespaces, gone with
         # them; remove instance directories so a new edge starts clean.
-        for ap in self.net.aps:
-            shutil.rmtree(self.path("nodes", ap, "instances"), ignore_errors=True)
-        for f in ("shaping",):
-            try:
-                os.unlink(self.path(f))
-            except OSError:
-                pass
+        # The containers are gone, so the manager's store, tokens and node
+        # state would describe nothing: start the next edge from scratch.
+        # Logs stay for post-mortems.
+        if os.path.isdir(self.state):
+            for entry in os.listdir(self.state):
+                if entry != "logs":
+                    full = self.path(entry)
+                    if os.path.isdir(full) and not os.path.islink(full):
+                        shutil.rmtree(full, ignore_errors=True)
+                    else:
+                        os.unlink(full)
 
 
 def dump(status):

@@ -52,7 +52,7 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway):
   <os>
     <type>exe</type>
     <init>/usr/bin/python3</init>
-    <initarg>/opt/mec-conpaas/service_agent.py</initarg>
+    <initarg>/opt/mec-conpaas/agent.py</initarg>
     {initenv}
   </os>
   <on_poweroff>destroy</on_poweroff>

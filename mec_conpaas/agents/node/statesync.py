@@ -61,8 +61,8 @@ def import_tar(root, data, remote_manifest):
             with open(tmp, "wb") as f:
                 shutil.copyfileobj(src, f)
             os.chmod(tmp, member.mode & 0o7777)
-            os.utime(tmp, ns=(member.mtime * 10**9, remote_manifest.get(
-                norm, [0, 0, member.mtime * 10**9])[2]))
+            mtime_ns = int(remote_manifest.get(norm, [0, 0, member.mtime * 10**9])[2])
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
             os.replace(tmp, dest)
     # Directories (with their modes) and deletions.
     for rel, meta in sorted(remote_manifest.items()):

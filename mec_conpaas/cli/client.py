@@ -1,0 +1,106 @@
+"""REST client of the manager, shared by the CLI, the benchmarks and tests."""
+import os
+import time
+
+import requests
+import yaml
+
+CREDENTIALS = os.path.expanduser("~/.config/mec-conpaas/credentials.yaml")
+
+
+class ApiError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Client:
+
+    def __init__(self, url=None, token=None, timeout=60):
+        creds = {}
+        if not (url and token) and os.path.exists(CREDENTIALS):
+            with open(CREDENTIALS) as f:
+                creds = yaml.safe_load(f) or {}
+        self.url = (url or os.environ.get("MEC_CONPAAS_URL") or creds.get("url")
+                    or "http://127.0.0.1:9680").rstrip("/")
+        self.token = token or os.environ.get("MEC_CONPAAS_TOKEN") or creds.get("token")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def request(self, method, path, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if self.token:
+            headers["Authorization"] = "Bearer " + self.token
+        try:
+            resp = self.session.request(method, self.url + path, headers=headers,
+                                        timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as e:
+            raise ApiError(0, "cannot reach the manager at %s (%s): is it running? "
+                              "set --url or MEC_CONPAAS_URL" % (self.url, e)) from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text[:500]
+            raise ApiError(resp.status_code, message)
+        return resp.json()
+
+    # -- resources ---------------------------------------------------------
+    def nodes(self):
+        return self.request("GET", "/v1/nodes")["nodes"]
+
+    def node(self, name):
+        return self.request("GET", "/v1/nodes/" + name)["node"]
+
+    def services(self):
+        return self.request("GET", "/v1/services")["services"]
+
+    def service(self, name):
+        return self.request("GET", "/v1/services/" + name)["service"]
+
+    def create_service(self, stype, name, node=None, bundle=None, count=1):
+        data = {"type": stype, "name": name, "count": str(count)}
+        if node:
+            data["node"] = node
+        files = None
+        if bundle:
+            files = {"bundle": (os.path.basename(bundle), open(bundle, "rb"),
+                                "application/gzip")}
+        try:
+            return self.request("POST", "/v1/services", data=data, files=files)
+        finally:
+            if files:
+                files["bundle"][1].close()
+
+    def delete_service(self, name):
+        return self.request("DELETE", "/v1/services/" + name)
+
+    def scale(self, name, count):
+        return self.request("POST", "/v1/services/%s/scale" % name,
+                            json={"count": count})
+
+    def migrate(self, name, to):
+        return self.request("POST", "/v1/services/%s/migrate" % name, json={"to": to})
+
+    def logs(self, name):
+        return self.request("GET", "/v1/services/%s/logs" % name)["logs"]
+
+    def operation(self, op_id):
+        return self.request("GET", "/v1/operations/" + op_id)["operation"]
+
+    def operations(self):
+        return self.request("GET", "/v1/operations")["operations"]
+
+    def wait(self, op_id, timeout=600, on_progress=None, interval=0.2):
+        deadline = time.monotonic() + timeout
+        while True:
+            op = self.operation(op_id)
+            if on_progress:
+                on_progress(op)
+            if op["state"] in ("SUCCEEDED", "FAILED"):
+                return op
+            if time.monotonic() > deadline:
+                raise ApiError(0, "operation %s still %s after %ds" % (
+                    op_id, op["state"], timeout))
+            time.sleep(interval)

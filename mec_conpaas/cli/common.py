@@ -1,0 +1,63 @@
+"""Helpers shared by the CLI commands: waiting with progress, columns."""
+import sys
+
+from cliff import command
+
+from mec_conpaas.cli import client as client_mod
+
+
+class ApiCommand(command.Command):
+    """Turns API errors into one clear line and exit status 1."""
+
+    def run(self, parsed_args):
+        try:
+            return super().run(parsed_args)
+        except client_mod.ApiError as e:
+            self.app.stderr.write("error: %s\n" % e.message)
+            return 1
+
+
+def add_wait_args(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--wait", dest="wait", action="store_true", default=True,
+                       help="wait for the operation, showing progress (default)")
+    group.add_argument("--no-wait", dest="wait", action="store_false",
+                       help="return the operation id at once")
+    parser.add_argument("--timeout", type=int, default=600)
+    return parser
+
+
+def wait_for(app, result, parsed_args):
+    """Wait for the operation in an accepted response; return it."""
+    op = result["operation"]
+    if not parsed_args.wait:
+        return op
+    from rich.console import Console
+    from rich.progress import BarColumn
+    from rich.progress import Progress
+    from rich.progress import TextColumn
+    console = Console(file=app.stderr)
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), console=console,
+                  transient=not console.is_terminal) as progress:
+        task = progress.add_task(op["kind"], total=100)
+
+        def show(o):
+            progress.update(task, completed=o["progress"],
+                            description="%s %s: %s" % (o["kind"], o["service"] or "",
+                                                       o["step"]))
+        op = app.client.wait(op["id"], parsed_args.timeout, show)
+    if op["state"] == "FAILED":
+        raise client_mod.ApiError(0, "operation %s failed: %s" % (op["id"], op["error"]))
+    return op
+
+
+def operation_columns(op):
+    keys = ("id", "kind", "service", "state", "progress", "step", "error",
+            "attempts", "created_at", "updated_at")
+    return keys, tuple(op.get(k) for k in keys)
+
+
+def fail(stream, message):
+    stream.write("error: %s\n" % message)
+    sys.exit(1)

@@ -1,0 +1,126 @@
+"""service create | list | show | delete | logs | scale | migrate"""
+from cliff import lister
+from cliff import show
+
+from mec_conpaas.cli import common
+
+SHOW_KEYS = ("id", "name", "type", "state", "home_node", "port", "instances",
+             "error", "operation")
+
+
+def _show(svc, op=None):
+    inst = ", ".join("%s@%s(%s)" % (i["address"], i["node"], i["state"].lower())
+                     for i in svc["instances"])
+    return SHOW_KEYS, (svc["id"], svc["name"], svc["type"], svc["state"],
+                       svc["home_node"], svc["port"], inst, svc["error"],
+                       op["id"] if op else None)
+
+
+class _Mutating(common.ApiCommand, show.ShowOne):
+
+    def get_parser(self, prog_name):
+        return common.add_wait_args(super().get_parser(prog_name))
+
+    def finish(self, parsed_args, result, name):
+        op = common.wait_for(self.app, result, parsed_args)
+        if not parsed_args.wait:
+            return common.operation_columns(op)
+        return _show(self.app.client.service(name), op)
+
+
+class CreateService(_Mutating):
+    """Create a service (generic or web) and start its first instance."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("type", choices=("generic", "web"))
+        parser.add_argument("name")
+        parser.add_argument("--node", help="access point for the first instance "
+                            "(default: chosen by the manager)")
+        parser.add_argument("--bundle", help="application .tar.gz (run.sh, init.sh, "
+                            "...); web services default to a sample app")
+        parser.add_argument("--count", type=int, default=1)
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.create_service(parsed_args.type, parsed_args.name,
+                                             parsed_args.node, parsed_args.bundle,
+                                             parsed_args.count)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class ListService(common.ApiCommand, lister.Lister):
+    """List your services."""
+
+    def take_action(self, parsed_args):
+        cols = ("name", "type", "state", "home_node", "port", "instances")
+        return cols, [(s["name"], s["type"], s["state"], s["home_node"], s["port"],
+                       len([i for i in s["instances"] if i["state"] == "ACTIVE"]))
+                      for s in self.app.client.services()]
+
+
+class ShowService(common.ApiCommand, show.ShowOne):
+    """Show a service, its endpoint port and its instances."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        return parser
+
+    def take_action(self, parsed_args):
+        return _show(self.app.client.service(parsed_args.name))
+
+
+class DeleteService(common.ApiCommand, show.ShowOne):
+    """Delete a service and all its instances."""
+
+    def get_parser(self, prog_name):
+        parser = common.add_wait_args(super().get_parser(prog_name))
+        parser.add_argument("name")
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.delete_service(parsed_args.name)
+        return common.operation_columns(common.wait_for(self.app, res, parsed_args))
+
+
+class ServiceLogs(common.ApiCommand, lister.Lister):
+    """Show the application logs of every instance."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        return parser
+
+    def take_action(self, parsed_args):
+        return ("instance", "node", "log"), [
+            (e["instance"], e["node"], e["log"])
+            for e in self.app.client.logs(parsed_args.name)]
+
+
+class ScaleService(_Mutating):
+    """Add or remove instances until the service has COUNT."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        parser.add_argument("--count", type=int, required=True)
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.scale(parsed_args.name, parsed_args.count)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class MigrateService(_Mutating):
+    """Move a service to another access point, make-before-break."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        parser.add_argument("--to", required=True, help="target access point")
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.migrate(parsed_args.name, parsed_args.to)
+        return self.finish(parsed_args, res, parsed_args.name)

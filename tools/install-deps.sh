@@ -1,0 +1,29 @@
+#!/bin/bash
+# Install what the PaaS layer and its embedded edge need on Debian 12, and
+# a virtualenv (.venv) with this package.  Idempotent; run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "run as root (sudo $0): it installs Debian packages" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+PKGS=(libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients libvirt-dev pkg-config
+      gcc python3-dev haproxy debootstrap iproute2 iptables iputils-ping
+      libnetfilter-queue-dev libnfnetlink-dev util-linux procps ca-certificates)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip setuptools wheel
+.venv/bin/pip install -q -e '.[edge,bench,test]'
+echo "installed: $(.venv/bin/python --version), $(haproxy -v | head -1 | cut -d' ' -f1-3), libvirt $(libvirtd --version | awk '{print $NF}')"
