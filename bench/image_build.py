@@ -86,8 +86,11 @@ def boot(image_xz, workdir, timeout=900):
                 f"wifi_country = NL\nmaster = 10.0.2.2\nregistration_token = bench\n"
                 f"ssh_authorized_key = {pub}\n")
     sh("mcopy", "-o", "-i", mt, cfg, "::mec-conpaas.txt", env=env)
+    names = [ln.strip().split("/")[-1] for ln in
+             sh("mdir", "-b", "-i", mt, "::/", env=env).stdout.splitlines()]
     for f in ("vmlinuz", "initrd.img"):
-        sh("mcopy", "-o", "-i", mt, f"::{f}", os.path.join(workdir, f), env=env)
+        src = [n for n in names if n.startswith(f + "-")][0]
+        sh("mcopy", "-o", "-i", mt, f"::{src}", os.path.join(workdir, f), env=env)
     cmdline = sh("mtype", "-i", mt, "::cmdline.txt", env=env).stdout.split()
     cmdline = " ".join([a for a in cmdline if not a.startswith("console=")] + ["console=ttyAMA0"])
     with socket.socket() as s:

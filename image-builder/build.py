@@ -316,7 +316,9 @@ class Builder:
         os.makedirs(f"{r}/etc/initramfs-tools/conf.d", exist_ok=True)
         with open(f"{r}/etc/initramfs-tools/conf.d/mec-conpaas.conf", "w") as f:
             f.write("# mec-conpaas image: small initramfs, modules listed in ../modules\n"
-                    "MODULES=list\nCOMPRESS=zstd\n")
+                    "MODULES=list\nCOMPRESS=zstd\n"
+                    "# root is ext4 (fstab says so; the hook can't probe it in a chroot):\n"
+                    "# puts e2fsck in the initramfs so fsck.repair=yes works\nFSTYPE=ext4\n")
         with open(f"{r}/etc/initramfs-tools/modules", "w") as f:
             f.write("# mec-conpaas image (image-builder/profiles.ini initramfs_modules)\n")
             f.write("\n".join(p["initramfs_modules"]) + "\n")
@@ -371,9 +373,21 @@ class Builder:
         os.makedirs(pdir, exist_ok=True)
         inv = os.path.join(pdir, "inventory.ini")
         with open(inv, "w") as f:
+            # inventory_hostname is the image's placeholder host name (first boot
+            # replaces it); ansible_host is the chroot directory.
             f.write("[mec_conpaas_image]\n"
-                    f"{self.root} ansible_connection=community.general.chroot "
+                    f"mec-edge ansible_host={self.root} "
+                    "ansible_connection=community.general.chroot "
                     "ansible_python_interpreter=/usr/bin/python3\n")
+        # Wheels for the image's arm64 python (roles/mec_conpaas_package builds its
+        # wheelhouse on the controller, which is x86-64 here).
+        wrapper = os.path.join(pdir, "cross-wheel-python")
+        with open(wrapper, "w") as f:
+            f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
+                    f"{shlex.quote(os.path.join(HERE, 'cross_wheel.py'))} \"$@\"\n")
+        os.chmod(wrapper, 0o755)
+        wheelhouse = os.path.join(self.bdir, "wheelhouse")
+        shutil.rmtree(wheelhouse, ignore_errors=True)
         play = os.path.join(pdir, "image.yml")
         with open(play, "w") as f:
             json.dump([{
@@ -389,12 +403,19 @@ class Builder:
             "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_FORCE_COLOR": "0",
+            # One python start per task instead of several (each costs seconds under qemu-user).
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
             "ANSIBLE_LOCAL_TEMP": os.path.join(pdir, "tmp"),
             "DEBIAN_FRONTEND": "noninteractive",
         })
-        extra = []
+        extra = ["-e", "@" + os.path.join(HERE, "image-vars.yml"),
+                 "-e", json.dumps({
+                     "mec_conpaas_package_controller_python": wrapper,
+                     "mec_conpaas_package_wheelhouse_controller": wheelhouse,
+                     "mec_conpaas_package_source": REPO})]
         for ev in self.args.extra_vars or []:
             extra += ["-e", ev]
         run([self.ansible, "-i", inv, play, *extra], env=env)
@@ -412,7 +433,8 @@ class Builder:
         cmdline = open(f"{r}/boot/firmware/cmdline.txt").read().strip()
         if f"root=PARTUUID={self.root_partuuid}" not in cmdline or "cgroup_enable=memory" not in cmdline:
             raise BuildError(f"unexpected cmdline.txt: {cmdline!r}")
-        for f in ("vmlinuz", "initrd.img", "config.txt"):
+        for f in (f"vmlinuz-{self.kernel_version}", f"initrd.img-{self.kernel_version}",
+                  "config.txt"):
             if not os.path.exists(f"{r}/boot/firmware/{f}"):
                 raise BuildError(f"/boot/firmware/{f} missing after the kernel hooks")
         self.write_fstab()
@@ -563,6 +585,7 @@ class Builder:
                 "initramfs_modules": p["initramfs_modules"],
                 "erase_block_mib": p["erase_block_mib"], "xz_level": p["xz_level"],
                 "extra_vars": self.args.extra_vars or [],
+                "image_vars": open(os.path.join(HERE, "image-vars.yml")).read(),
                 "repo_commit": git("rev-parse", "HEAD") or None,
                 "repo_dirty_paths": git("status", "--porcelain", "--", "image-builder", "roles").splitlines(),
                 "builder_host": {"debootstrap": run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"],

@@ -90,8 +90,9 @@ class Guest:
             with open(cfg, "w") as f:
                 f.write(settings_text)
             sh("mcopy", "-o", "-i", mt, cfg, "::mec-conpaas.txt")
+        kver = image.manifest["kernel"]
         for f in ("vmlinuz", "initrd.img"):
-            sh("mcopy", "-o", "-i", mt, f"::{f}", os.path.join(self.dir, f))
+            sh("mcopy", "-o", "-i", mt, f"::{f}-{kver}", os.path.join(self.dir, f))
         cmdline = image.boot_read("cmdline.txt").split()
         cmdline = [a for a in cmdline if not a.startswith("console=")] + ["console=ttyAMA0"]
         self.cmdline = " ".join(cmdline)

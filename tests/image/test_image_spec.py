@@ -77,7 +77,9 @@ def test_ext4_geometry_and_clean(image, rootfs):
 # ----------------------------------------------------------- boot partition
 def test_boot_partition_kernel_initrd_cmdline(image):
     files = image.boot_ls()
-    for f in ("vmlinuz", "initrd.img", "config.txt", "cmdline.txt", "mec-conpaas.txt.example"):
+    kver = image.manifest["kernel"]
+    for f in (f"vmlinuz-{kver}", f"initrd.img-{kver}", "config.txt", "cmdline.txt",
+              "mec-conpaas.txt.example"):
         assert f in files, f"{f} missing on the boot partition: {files}"
     assert any(f.startswith("bcm2710-rpi-3-b") for f in files), "no Pi 3 device tree"
     assert any(f.startswith("bcm2711-rpi-4-b") for f in files), "no Pi 4 device tree"
@@ -87,6 +89,8 @@ def test_boot_partition_kernel_initrd_cmdline(image):
     assert "cgroup_enable=memory" in cmdline, cmdline
     config = image.boot_read("config.txt")
     assert re.search(r"^arm_64bit=1", config, re.M), "config.txt does not boot 64-bit"
+    assert re.search(rf"^kernel=vmlinuz-{re.escape(kver)}$", config, re.M), config
+    assert re.search(rf"^initramfs initrd.img-{re.escape(kver)}", config, re.M), config
 
 
 def test_example_settings_file_is_valid(image, tmp_path, rootfs):
