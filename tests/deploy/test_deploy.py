@@ -1,0 +1,181 @@
+"""The playbooks deployed for real on the LXC test bed: what a sysadmin would check."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import paramiko
+import pytest
+
+from tests.deploy.conftest import run_playbook
+
+OPENSTACK_PORTS = {"keystone": 5000, "glance": 9292, "placement": 8778, "nova": 8774,
+                   "neutron": 9696, "cinder": 8776}
+
+
+def test_first_run_had_no_failures(deployed):
+    first = deployed["first"]
+    if first is None:
+        pytest.skip("MEC_DEPLOY_REUSE: the first run happened earlier")
+    assert first["recap"], "no PLAY RECAP in %s" % first["log"]
+    for host, counts in first["recap"].items():
+        assert counts["failed"] == 0 and counts["unreachable"] == 0, (host, counts)
+        assert counts["changed"] > 0, (host, counts)
+
+
+def test_openstack_apis_answer(master):
+    for name, port in OPENSTACK_PORTS.items():
+        code = master.run("curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/" % port
+                          ).stdout.strip()
+        assert code in ("200", "300", "401"), (name, port, code)
+    endpoints = master.openstack("endpoint list -f json")
+    types = {e["Service Type"] for e in endpoints}
+    assert {"identity", "image", "placement", "compute", "network", "volumev3"} <= types
+
+
+def test_compute_service_list_shows_edge_nodes_up(master, aps):
+    services = master.openstack("compute service list -f json")
+    computes = {s["Host"]: s for s in services if s["Binary"] == "nova-compute"}
+    for ap in aps:
+        assert ap.name in computes, (ap.name, services)
+        assert computes[ap.name]["State"] == "up", computes[ap.name]
+        assert computes[ap.name]["Status"] == "enabled", computes[ap.name]
+    controls = {s["Binary"] for s in services if s["State"] == "up"}
+    assert {"nova-conductor", "nova-scheduler"} <= controls
+    zones = {z["Zone Name"] for z in master.openstack("availability zone list --compute -f json")}
+    assert {ap.name for ap in aps} <= zones
+    agents = master.openstack("network agent list -f json")
+    alive = {a["Host"] for a in agents if a["Alive"] in (True, ":-)")}
+    assert {ap.name for ap in aps} <= alive, agents
+    volumes = master.openstack("volume service list -f json")
+    assert {ap.name for ap in aps} <= {v["Host"].split("@")[0] for v in volumes
+                                       if v["Binary"] == "cinder-volume"}, volumes
+
+
+def test_edge_nodes_have_no_database_settings(aps):
+    for ap in aps:
+        out = ap.run("grep -E '^\\[(api_)?database\\]' /etc/nova/nova.conf /etc/nova/nova-compute.conf",
+                     check=False)
+        assert out.stdout.strip() == "", (ap.name, out.stdout)
+        conf = ap.run("cat /etc/nova/nova-compute.conf").stdout
+        for line in ("virt_type = lxc", "use_cow_images = False", "force_raw_images = True"):
+            assert line in conf, (ap.name, line)
+
+
+@pytest.fixture(scope="module")
+def raw_image(master):
+    """A raw ext4 root filesystem (no partition table) with busybox as /sbin/init."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    tmp = tempfile.mkdtemp(prefix="mec-deploy-image-")
+    root = os.path.join(tmp, "root")
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "run"):
+        os.makedirs(os.path.join(root, d))
+    shutil.copy(busybox, os.path.join(root, "bin", "busybox"))
+    for applet in ("sh", "sleep", "ip", "cat", "ls"):
+        os.symlink("busybox", os.path.join(root, "bin", applet))
+    with open(os.path.join(root, "sbin", "init"), "w") as f:
+        f.write("#!/bin/sh\nexec /bin/sleep 1000000\n")
+    os.chmod(os.path.join(root, "sbin", "init"), 0o755)
+    image = os.path.join(tmp, "busybox.raw")
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", root, image, "16M"], check=True)
+    master.put(image, "/tmp/mec-deploy-busybox.raw")
+    shutil.rmtree(tmp)
+    existing = master.openstack("image list -f json")
+    if not any(i["Name"] == "mec-busybox" for i in existing):
+        master.openstack("image create --disk-format raw --container-format bare --public "
+                         "--file /tmp/mec-deploy-busybox.raw mec-busybox -f json")
+    return "mec-busybox"
+
+
+def test_server_create_on_an_ap_zone_reaches_active(master, aps, raw_image):
+    ap = aps[-1]
+    name = "mec-deploy-test-%d" % int(time.time())
+    try:
+        t0 = time.monotonic()
+        server = master.openstack(
+            "server create --image %s --flavor m1.nano --network provider "
+            "--availability-zone %s --wait -f json %s" % (raw_image, ap.name, name),
+            timeout=600)
+        seconds = time.monotonic() - t0
+        print("\nserver create to ACTIVE on %s: %.1f s" % (ap.name, seconds))
+        assert server["status"] == "ACTIVE", server
+        assert server["OS-EXT-SRV-ATTR:host"] == ap.name, server
+        assert server["OS-EXT-AZ:availability_zone"] == ap.name, server
+        domains = ap.run("virsh -c lxc:/// list --name").stdout.split()
+        assert server["OS-EXT-SRV-ATTR:instance_name"] in domains, domains
+    finally:
+        master.run("OS_CLOUD=mec-admin openstack server delete --wait %s" % name,
+                   check=False, timeout=300)
+
+
+def test_swappiness_is_100_on_edge_nodes(aps):
+    for ap in aps:
+        assert ap.run("sysctl -n vm.swappiness").stdout.strip() == "100", ap.name
+        conf = ap.run("cat /etc/sysctl.d/90-mec-conpaas-edge.conf").stdout
+        assert "vm.swappiness = 100" in conf
+        assert "10 minutes" in conf and "90 seconds" in conf  # the why, from seed 000 section V
+        journald = ap.run("cat /etc/systemd/journald.conf.d/90-mec-conpaas.conf").stdout
+        assert "Storage=volatile" in journald
+
+
+def test_hostapd_and_dnsmasq_configurations_validate(aps):
+    for i, ap in enumerate(aps, start=1):
+        conf = ap.run("cat /etc/hostapd/hostapd.conf").stdout
+        assert "ssid=mec-%s\n" % ap.name in conf
+        assert "country_code=NL" in conf and "wpa=2" in conf
+        # No radio here: hostapd parses and applies the whole file with the 'none' driver
+        # (only the interface and driver lines differ from the deployed file).
+        out = ap.run(
+            "sed -e 's/^driver=.*/driver=none/' -e 's/^interface=.*/interface=lo/' "
+            "-e 's|^ctrl_interface=.*|ctrl_interface=/tmp/hostapd-test|' "
+            "/etc/hostapd/hostapd.conf > /tmp/hostapd-test.conf && "
+            "timeout 3 hostapd -dd /tmp/hostapd-test.conf; echo rc=$?", check=False)
+        assert "rc=124" in out.stdout, out.stdout[-2000:]  # still running after 3 s: it started
+        assert "Line " not in out.stdout, out.stdout[-2000:]  # no configuration parse error
+        ap.run("dnsmasq --test --conf-file=/etc/dnsmasq.d/mec-conpaas-ap.conf")
+        assert ap.run("systemctl is-enabled hostapd").stdout.strip() == "enabled"
+        assert ap.run("systemctl is-active dnsmasq").stdout.strip() == "active"
+        routes = ap.run("ip route").stdout
+        for j, other in enumerate(aps, start=1):
+            if other is not ap:
+                assert "10.42.%d.0/24 via %s" % (j, other.address) in routes, routes
+
+
+def test_ssh_refuses_passwords(testbed, deployed):
+    for name, host in sorted(testbed.items()):
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        with pytest.raises(paramiko.BadAuthenticationType) as err:
+            client.connect(host.address, username="root", password="testbed-password",
+                           allow_agent=False, look_for_keys=False, timeout=10)
+        assert err.value.allowed_types == ["publickey"], (name, err.value.allowed_types)
+        client.close()
+        shadow = host.run("getent shadow root").stdout.split(":")
+        assert shadow[1] in ("*", "!", "!*"), (name, "root has a password hash")
+
+
+def test_mec_conpaas_manager_knows_the_edge_nodes(master, aps):
+    token = master.run("cat /etc/mec-conpaas/admin-token").stdout.strip()
+    deadline = time.monotonic() + 90
+    while True:
+        out = master.run("curl -s -H 'Authorization: Bearer %s' http://127.0.0.1:9680/v1/nodes"
+                         % token).stdout
+        nodes = {n["name"]: n for n in json.loads(out).get("nodes", [])}
+        if all(ap.name in nodes and nodes[ap.name]["state"] == "up" for ap in aps):
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(3)
+    for ap in aps:
+        for unit in ("mec-conpaas-haproxy", "mec-conpaas-node-agent"):
+            assert ap.run("systemctl is-active %s" % unit).stdout.strip() == "active", (ap.name, unit)
+
+
+def test_second_run_reports_no_change(testbed, deployed):
+    recap, seconds, log = run_playbook("site.yml", "site-second")
+    print("\nsite.yml second run: %.0f s" % seconds)
+    assert set(recap) == set(testbed), recap
+    for host, counts in recap.items():
+        assert counts["failed"] == 0, (host, counts, log)
+        assert counts["changed"] == 0, (host, counts, log)
