@@ -11,6 +11,7 @@ of building them for the controller's.  Anything without such a wheel fails
 loudly here, not later inside the image.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -51,11 +52,11 @@ def main(argv):
         report = os.path.join(tmp, "report.json")
         subprocess.run(pip + ["install", "--quiet", "--dry-run", "--ignore-installed",
                               "--report", report, source], check=True)
-        import json
         with open(report) as f:
             items = json.load(f)["install"]
+        # Everything but the project itself (its wheel is built above).
         reqs = [f"{it['metadata']['name']}=={it['metadata']['version']}" for it in items
-                if not it.get("download_info", {}).get("url", "").startswith("file:")]
+                if it.get("download_info", {}).get("dir_info") is None]
     # 2. Its dependencies as arm64 / pure-Python wheels.
     plat = [x for p in PLATFORMS for x in ("--platform", p)]
     subprocess.run(pip + ["download", *quiet, "--only-binary=:all:", *plat,

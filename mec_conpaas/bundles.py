@@ -119,10 +119,10 @@ def _iter_members(path, max_size, max_members):
                 "bundle is not gzip-compressed: upload a .tar.gz "
                 "(tar czf app.tar.gz -C app .)")
         f.seek(0)
-        reader, tar = _open_tar(f, max_size)
         names = set()
         count = 0
         try:
+            _reader, tar = _open_tar(f, max_size)
             for member in tar:
                 count += 1
                 if count > max_members:
@@ -155,7 +155,7 @@ def validate(path, service_type, max_size, max_members=20000):
                     "max_bundle_size): make it smaller" % max_size)
         if norm:
             files.append(norm)
-    has = set(files)
+    has = set(files) | {name.split("/", 1)[0] for name in files}
     if service_type == "generic" and "run.sh" not in has:
         raise exception.InvalidBundle(
             "bundle has no run.sh at its top level: a generic service is "

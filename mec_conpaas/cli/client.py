@@ -4,6 +4,8 @@ import time
 
 import requests
 import yaml
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 CREDENTIALS = os.path.expanduser("~/.config/mec-conpaas/credentials.yaml")
 
@@ -27,6 +29,12 @@ class Client:
         self.token = token or os.environ.get("MEC_CONPAAS_TOKEN") or creds.get("token")
         self.timeout = timeout
         self.session = requests.Session()
+        # A restarted manager resets pooled connections: reads are safe to
+        # retry, mutations are not (they would create a second operation).
+        retry = Retry(total=4, connect=4, read=2, status=0, backoff_factor=0.25,
+                      allowed_methods=frozenset({"GET", "HEAD"}))
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
 
     def request(self, method, path, **kwargs):
         headers = kwargs.pop("headers", {})

@@ -29,6 +29,9 @@ def _sqlite_pragmas(dbapi_conn, _record):
     # timeout turns short lock waits into waits instead of errors.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode NORMAL never corrupts the database; a power cut may lose
+    # the last commits, which operation resume already tolerates.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

@@ -56,7 +56,8 @@ class CloudDriver(abc.ABC):
     def list_instances(self, node: NodeRef) -> list:
         """Instances present on the node, ``[{"id", "service_id", ...}]``."""
 
-    def freeze(self, node, instance_id):
+    def freeze(self, node, instance_id, quiesce_port=None):
+        """Freeze when no request on ``quiesce_port`` is mid-processing."""
         raise NotImplementedError
 
     def thaw(self, node, instance_id):

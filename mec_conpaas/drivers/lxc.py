@@ -38,8 +38,9 @@ class LxcDriver(base.CloudDriver):
     def list_instances(self, node):
         return self._call(node, "GET", "/v1/instances")["instances"]
 
-    def freeze(self, node, instance_id):
-        self._call(node, "POST", "/v1/instances/%s/freeze" % instance_id)
+    def freeze(self, node, instance_id, quiesce_port=None):
+        return self._call(node, "POST", "/v1/instances/%s/freeze" % instance_id,
+                          {"quiesce_port": quiesce_port})
 
     def thaw(self, node, instance_id):
         self._call(node, "POST", "/v1/instances/%s/thaw" % instance_id)

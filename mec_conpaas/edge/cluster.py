@@ -36,7 +36,7 @@ class Edge:
 
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
-                 image_dir=image_mod.DEFAULT_DIR, log=print):
+                 image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -46,6 +46,7 @@ class Edge:
         self.manager_port = manager_port
         self.image_dir = image_dir
         self.log = log
+        self.manager_opts = manager_opts or {}
         self.bin = os.path.dirname(sys.executable)
 
     # -- helpers -------------------------------------------------------------
@@ -67,12 +68,19 @@ class Edge:
         return proc
 
     def _pid(self, name):
+        """Pid of a live process we started, or None (zombies are dead)."""
         try:
             with open(self.path("pids", name + ".pid")) as f:
                 pid = int(f.read())
-            os.kill(pid, 0)
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+            except ChildProcessError:
+                pass
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return None
             return pid
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             return None
 
     def _wait(self, what, predicate, timeout=60, proc=None, logname=None):
@@ -193,8 +201,8 @@ class Edge:
                         "run_path": self.path("master", "run")},
             "api": {"bind_host": self.net.master_address(),
                     "bind_port": self.manager_port},
-            "manager": {"topology_file": self.topology_file, "drain_timeout": 1,
-                        "node_heartbeat_timeout": 10},
+            "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
+                             "node_heartbeat_timeout": 10}, **self.manager_opts),
         })
         manage = [self._tool("mec-conpaas-manage"), "--config-file", conf]
         subprocess.run(manage + ["db", "sync"], check=True, capture_output=True)

@@ -17,6 +17,7 @@ from mec_conpaas.drivers import base
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
+APP_PORT = 8080
 
 
 class Workflow:
@@ -213,7 +214,7 @@ class MigrateService(Workflow):
         self.driver.copy_state(old_ref, old_id, to_ref, new_id)
         ctx.record(pair=dict(pair, frozen=True))
         t0 = time.monotonic()
-        self.driver.freeze(old_ref, old_id)
+        frozen = self.driver.freeze(old_ref, old_id, quiesce_port=APP_PORT)
         ctx.progress(pct + 50 // total, step + "old instance frozen; final copy")
         final = self.driver.copy_state(old_ref, old_id, to_ref, new_id)
         with session_scope() as s:
@@ -225,8 +226,9 @@ class MigrateService(Workflow):
         self.cluster.push_proxies(draining=[old_id])
         switched_ms = (time.monotonic() - t0) * 1000
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
-                     "freeze (final copy: %d files); removing the old instance"
-                     % (switched_ms, final.get("files", 0)))
+                     "freeze (%d freeze attempt(s), final copy: %d files); removing "
+                     "the old instance" % (switched_ms, frozen.get("attempts", 1),
+                                           final.get("files", 0)))
         self.destroy_instance(old_id)
         ctx.record(pair=None, last_switch_ms=round(switched_ms, 1))
 

@@ -150,8 +150,10 @@ class NodeAgent:
         r.add("GET", inst, lambda body, iid: self._need_containers().info(iid))
         r.add("DELETE", inst, lambda body, iid: (
             self._need_containers().delete(iid), {"deleted": iid})[1])
-        r.add("POST", inst + "/freeze", lambda body, iid: (
-            self._need_containers().freeze(iid), {"frozen": iid})[1])
+        r.add("POST", inst + "/freeze", lambda body, iid: dict(
+            self._need_containers().freeze(iid, (body or {}).get("quiesce_port"),
+                                           (body or {}).get("max_wait_ms", 300)),
+            frozen=iid))
         r.add("POST", inst + "/thaw", lambda body, iid: (
             self._need_containers().thaw(iid), {"thawed": iid})[1])
         r.add("GET", inst + "/logs", lambda body, iid: {

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from xml.sax.saxutils import escape
 from xml.sax.saxutils import quoteattr
 
@@ -226,6 +227,12 @@ class LibvirtContainers:
             import libvirt
             try:
                 if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    # A frozen instance was migrated away: its state is
+                    # copied already.  SIGKILL every task while frozen, so
+                    # that on thaw they die before running another
+                    # instruction (no late write to the copied state, no
+                    # late answer), and the peers see resets.
+                    _kill_frozen(PREFIX + instance_id)
                     dom.resume()
                 dom.destroy()
             except libvirt.libvirtError as e:
@@ -235,11 +242,37 @@ class LibvirtContainers:
             subprocess.run(["umount", "-l", paths["rootfs"]], check=False)
         shutil.rmtree(paths["base"], ignore_errors=True)
 
-    def freeze(self, instance_id):
+    def freeze(self, instance_id, quiesce_port=None, max_wait_ms=300):
+        """Freeze (libvirt LXC suspend = the cgroup freezer) at a moment
+        when no request is being processed on ``quiesce_port``.
+
+        Requests still unread in socket buffers are fine: they get a reset
+        when the frozen instance is killed and the proxy retries them on
+        the new instance, where they run exactly once.  A request the
+        application has read but not answered is not: its effect could be
+        in the copied state and be applied again by the retry.  So after
+        each freeze we look at the container's TCP sockets and, if one is
+        mid-request, thaw for a few milliseconds and try again.
+        """
         dom = self._domain(instance_id)
         if dom is None:
             raise exception.NotFound("no running instance %s" % instance_id)
-        dom.suspend()  # libvirt LXC: the cgroup freezer
+        deadline = time.monotonic() + max_wait_ms / 1000.0
+        attempts = 0
+        while True:
+            attempts += 1
+            dom.suspend()
+            if quiesce_port is None:
+                return {"attempts": attempts, "quiescent": None}
+            busy = _requests_in_progress(PREFIX + instance_id, quiesce_port)
+            if not busy:
+                return {"attempts": attempts, "quiescent": True}
+            if time.monotonic() > deadline:
+                LOG.warning("%s: %d request(s) still in progress after %d ms; "
+                            "freezing anyway", instance_id, busy, max_wait_ms)
+                return {"attempts": attempts, "quiescent": False}
+            dom.resume()
+            time.sleep(0.002)
 
     def thaw(self, instance_id):
         dom = self._domain(instance_id)
@@ -291,3 +324,59 @@ def _cgroup_read(pid, controller, name):
             with open(os.path.join(base, entry, name)) as f:
                 return int(f.read().strip())
     return None
+
+
+def _kill_frozen(domain_name):
+    import glob
+    import signal
+    for tasks in glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc/tasks"
+                           % domain_name):
+        with open(tasks) as f:
+            for pid in f.read().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _container_pid(domain_name):
+    """A pid inside the container (not libvirt's controller)."""
+    import glob
+    own = os.readlink("/proc/self/ns/net")
+    for tasks in glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc/tasks"
+                           % domain_name):
+        with open(tasks) as f:
+            for pid in f.read().split():
+                try:
+                    if os.readlink("/proc/%s/ns/net" % pid) != own:
+                        return pid
+                except OSError:
+                    continue
+    return None
+
+
+def _requests_in_progress(domain_name, port):
+    """Established connections to ``port`` whose request was read (receive
+    queue empty) but not answered (send queue empty): being processed.
+
+    Proxies close server-side connections after each response
+    (http-server-close), so an idle established connection is a request in
+    progress, not a kept-alive one.
+    """
+    pid = _container_pid(domain_name)
+    if pid is None:
+        return 0
+    busy = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%s/net/%s" % (pid, table)) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            tx, rx = (int(x, 16) for x in fields[4].split(":"))
+            if local_port == port and fields[3] == "01" and rx == 0 and tx == 0:
+                busy += 1
+    return busy

@@ -49,6 +49,7 @@ backend be_{key}
     mode {mode}
     balance roundrobin
     option httpchk GET /health
+{close}
     http-check expect status 200
 {retry}    server-template near {slots} 0.0.0.0:8080 check port 8999 disabled
     server-template far {slots} 0.0.0.0:8080 check port 8999 disabled backup
@@ -77,7 +78,8 @@ class HAProxy:
             mode = "http" if svc.get("mode", "http") == "http" else "tcp"
             retry = ("    retry-on conn-failure empty-response "
                      "response-timeout\n" if mode == "http" else "")
-            text += SERVICE.format(name=svc["name"], service_id=sid,
+            close = "    option http-server-close\n" if mode == "http" else ""
+            text += SERVICE.format(name=svc["name"], service_id=sid, close=close,
                                    key=_key(sid), mode=mode, port=svc["port"],
                                    slots=self.slots, retry=retry)
         return text

@@ -20,9 +20,15 @@ def manifest(root):
             path = os.path.join(dirpath, name)
             rel = os.path.normpath(os.path.join(rel_dir, name))
             st = os.lstat(path)
-            kind = "d" if name in dirnames and not os.path.islink(path) else (
-                "l" if os.path.islink(path) else "f")
-            out[rel] = [kind, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777]
+            if os.path.islink(path):
+                # A link is its target; its own mtime cannot be copied.
+                out[rel] = ["l", os.readlink(path), 0, 0]
+                continue
+            if name in dirnames:
+                # Directory mtimes change as files come and go: not state.
+                out[rel] = ["d", 0, 0, st.st_mode & 0o7777]
+                continue
+            out[rel] = ["f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777]
     return out
 
 

@@ -1,0 +1,81 @@
+"""A Wi-Fi user's client: one request every INTERVAL through an endpoint.
+
+Runs inside a client namespace (``ip netns exec``); stops when the stop
+file appears or after ``--max-seconds``, and writes every request's
+outcome as JSON, so tests and benchmarks judge failures and gaps from
+real traffic.
+"""
+import argparse
+import http.client
+import json
+import os
+import time
+import urllib.parse
+
+
+def one(url, timeout):
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("GET", u.path or "/", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, body.decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--stop-file", required=True)
+    p.add_argument("--ready-file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-seconds", type=float, default=600)
+    args = p.parse_args(argv)
+    results = []
+    t_end = time.monotonic() + args.max_seconds
+    nxt = time.monotonic()
+    while not os.path.exists(args.stop_file) and time.monotonic() < t_end:
+        t0 = time.monotonic()
+        rec = {"start": t0}
+        try:
+            status, body = one(args.url, args.timeout)
+            rec.update(status=status, ok=status == 200)
+            if status == 200:
+                try:
+                    data = json.loads(body)
+                    rec.update(hits=data.get("hits"), instance=data.get("instance"))
+                except ValueError:
+                    pass
+            else:
+                rec["error"] = body[:200]
+        except Exception as e:  # every failure counts, whatever its kind
+            rec.update(ok=False, error="%s: %s" % (type(e).__name__, e))
+        rec["end"] = time.monotonic()
+        results.append(rec)
+        if args.ready_file and len(results) == 5:
+            open(args.ready_file, "w").close()
+        nxt += args.interval
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            nxt = time.monotonic()
+    with open(args.out, "w") as f:
+        json.dump(results, f)
+
+
+def summarize(results):
+    ok = [r for r in results if r["ok"]]
+    gaps = [b["end"] - a["end"] for a, b in zip(ok, ok[1:])]
+    return {"requests": len(results), "failed": len(results) - len(ok),
+            "max_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
+            "errors": sorted({r.get("error", "")[:120] for r in results
+                              if not r["ok"]})[:5]}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""A real embedded edge for the functional tests.
+
+One edge (3 access points, real libvirt LXC containers, real HAProxy,
+latency on the links) is brought up per test session under its own
+namespace prefix and networks, and torn down at the end; the teardown
+checks that nothing it started is left behind.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from mec_conpaas.cli import client as client_mod
+from mec_conpaas.edge import cluster
+
+HERE = os.path.dirname(__file__)
+PREFIX = "mct-"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="functional tests need root")
+        for item in items:
+            if "functional" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def edge():
+    state = tempfile.mkdtemp(prefix="mec-edge-test-")
+    e = cluster.Edge(state, os.path.join(HERE, "topology.yaml"), prefix=PREFIX,
+                     manager_port=9690, manager_opts={
+                         "max_bundle_size": 1024 * 1024,
+                         "node_heartbeat_timeout": 6,
+                         "health_timeout": 30},
+                     log=lambda m: print("edge:", m))
+    e.up()
+    yield e
+    e.down()
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                               text=True).stdout
+    assert PREFIX not in leftovers, "namespaces left behind: " + leftovers
+    procs = subprocess.run(["pgrep", "-af", state], capture_output=True,
+                           text=True).stdout
+    assert not procs.strip(), "processes left behind: " + procs
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def admin(edge):
+    token = open(edge.path("admin-token")).read().strip()
+    return client_mod.Client(edge.manager_url(), token)
+
+
+def new_tenant(edge, name):
+    out = subprocess.run([edge._tool("mec-conpaas-manage"), "--config-file",
+                          edge.path("master", "mec-conpaas.conf"), "token", "create",
+                          "--tenant", name, "--user", name + "-user"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    return client_mod.Client(edge.manager_url(), out)
+
+
+def wait_op(client, result, timeout=180):
+    op = client.wait(result["operation"]["id"], timeout)
+    assert op["state"] == "SUCCEEDED", op
+    return op
+
+
+def containers(edge, ap):
+    """Names of the libvirt domains really running on an access point."""
+    sock = edge.path("nodes", ap, "libvirt", "run", "libvirt-sock")
+    out = subprocess.run(["virsh", "-c", "lxc:///system?socket=" + sock, "list",
+                          "--name"], capture_output=True, text=True, check=True).stdout
+    return sorted(n[len("mec-"):] for n in out.split() if n.startswith("mec-"))
+
+
+def all_containers(edge):
+    return {ap: containers(edge, ap) for ap in edge.net.aps}
+
+
+def client_get(edge, ap, port, path="/"):
+    ap_addr, _ = edge.net.client_addresses(ap)
+    res = subprocess.run(
+        ["ip", "netns", "exec", edge.net.client_netns(ap), sys.executable, "-c",
+         "import json,sys,urllib.request as u\n"
+         "r=u.urlopen(sys.argv[1],timeout=10)\n"
+         "print(json.dumps({'status':r.status,'body':r.read().decode()}))",
+         "http://%s:%d%s" % (ap_addr, port, path)],
+        capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+class Load:
+    """The loadgen running as the Wi-Fi user of one access point."""
+
+    def __init__(self, edge, ap, port, interval=0.01):
+        self.dir = tempfile.mkdtemp(prefix="mec-load-")
+        self.stop_file = os.path.join(self.dir, "stop")
+        self.out = os.path.join(self.dir, "out.json")
+        ready = os.path.join(self.dir, "ready")
+        ap_addr, _ = edge.net.client_addresses(ap)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", edge.net.client_netns(ap), sys.executable, "-m",
+             "mec_conpaas.edge.loadgen", "--url", "http://%s:%d/" % (ap_addr, port),
+             "--interval", str(interval), "--stop-file", self.stop_file,
+             "--ready-file", ready, "--out", self.out])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready):
+            assert self.proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def stop(self):
+        open(self.stop_file, "w").close()
+        self.proc.wait(30)
+        with open(self.out) as f:
+            results = json.load(f)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return results

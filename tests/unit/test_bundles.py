@@ -1,0 +1,113 @@
+import gzip
+import io
+import os
+import tarfile
+
+import pytest
+
+from mec_conpaas import bundles
+from mec_conpaas import exception
+
+LIMIT = 1024 * 1024
+
+
+def tgz(tmp_path, members, name="b.tar.gz"):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(buf.getvalue()))
+    return str(path)
+
+
+def f(name, data=b"echo hi\n", mode=0o755):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    return info, data
+
+
+def link(name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+def test_valid_generic_bundle(tmp_path):
+    path = tgz(tmp_path, [f("./run.sh"), f("./init.sh"), f("lib/x.py", b"x=1"),
+                          link("lib/y", "x.py"), link("lib/z", "lib/x.py", tarfile.LNKTYPE)])
+    info = bundles.validate(path, "generic", LIMIT)
+    assert "run.sh" in info.files and info.unpacked_size == 19
+    assert len(info.sha256) == 64
+    out = tmp_path / "out"
+    bundles.extract(path, str(out), LIMIT)
+    assert (out / "run.sh").read_bytes() == b"echo hi\n"
+    assert os.readlink(out / "lib" / "y") == "x.py"
+    assert (out / "lib" / "z").read_bytes() == b"x=1"
+
+
+@pytest.mark.parametrize("members,words", [
+    ([f("run.sh"), f("/abs")], "absolute path"),
+    ([f("run.sh"), f("a/../../b")], "'..'"),
+    ([f("run.sh"), link("l", "/etc/passwd")], "points outside"),
+    ([f("run.sh"), link("a/l", "../../etc")], "points outside"),
+    ([f("run.sh"), link("h", "missing", tarfile.LNKTYPE)], "hard link"),
+    ([f("run.sh"), link("h", "../x", tarfile.LNKTYPE)], "hard link"),
+    ([f("run.sh"), link("d", "", tarfile.CHRTYPE)], "device"),
+    ([f("run.sh"), link("d", "", tarfile.BLKTYPE)], "device"),
+    ([f("run.sh"), f("s", mode=0o2755)], "setgid"),
+    ([f("init.sh")], "no run.sh"),
+])
+def test_refused(tmp_path, members, words):
+    path = tgz(tmp_path, members)
+    with pytest.raises(exception.InvalidBundle) as e:
+        bundles.validate(path, "generic", LIMIT)
+    assert words in e.value.message
+    if words != "no run.sh":
+        # Extraction re-checks member safety and refuses too.
+        with pytest.raises(exception.InvalidBundle):
+            bundles.extract(path, str(tmp_path / "x"), LIMIT)
+
+
+def test_gzip_bomb_stops_at_limit(tmp_path):
+    path = tgz(tmp_path, [f("run.sh"), f("zeros", b"\0" * (4 * LIMIT))])
+    assert os.path.getsize(path) < 20000
+    with pytest.raises(exception.BundleTooLarge) as e:
+        bundles.validate(path, "generic", LIMIT)
+    assert e.value.status == 413
+
+
+def test_compressed_size_limit(tmp_path):
+    path = tmp_path / "big.tar.gz"
+    path.write_bytes(b"\x1f\x8b" + os.urandom(LIMIT + 10))
+    with pytest.raises(exception.BundleTooLarge):
+        bundles.validate(str(path), "generic", LIMIT)
+
+
+def test_not_gzip_and_corrupt(tmp_path):
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(b"x" * 100)
+    with pytest.raises(exception.InvalidBundle, match="not gzip"):
+        bundles.validate(str(plain), "generic", LIMIT)
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(gzip.compress(b"not a tar at all" * 64))
+    with pytest.raises(exception.InvalidBundle, match="not a valid"):
+        bundles.validate(str(broken), "generic", LIMIT)
+
+
+def test_web_bundle_needs_an_app(tmp_path):
+    ok = tgz(tmp_path, [f("wsgi.py", b"def application(e, s): pass")], "ok.tar.gz")
+    bundles.validate(ok, "web", LIMIT)
+    static = tgz(tmp_path, [f("static/index.html", b"<p>")], "st.tar.gz")
+    bundles.validate(static, "web", LIMIT)
+    bad = tgz(tmp_path, [f("README")], "bad.tar.gz")
+    with pytest.raises(exception.InvalidBundle, match="wsgi.py"):
+        bundles.validate(bad, "web", LIMIT)
+
+
+def test_member_count_limit(tmp_path):
+    path = tgz(tmp_path, [f("run.sh")] + [f("d/%d" % i, b"") for i in range(30)])
+    with pytest.raises(exception.InvalidBundle, match="more than 10 members"):
+        bundles.validate(path, "generic", LIMIT, max_members=10)
