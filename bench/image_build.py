@@ -99,7 +99,8 @@ def boot(image_xz, workdir, timeout=900):
     console = os.path.join(workdir, "console.log")
     cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "1024", "-smp", "2",
            "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
-           "-kernel", os.path.join(workdir, "vmlinuz"), "-initrd", os.path.join(workdir, "initrd.img"),
+           "-kernel", os.path.join(workdir, "vmlinuz"),
+           "-initrd", os.path.join(workdir, "initrd.img"),
            "-append", cmdline, "-drive", f"file={raw},if=virtio,format=raw",
            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
            "-device", "virtio-net-pci,netdev=n0", "-no-reboot"]
@@ -163,11 +164,13 @@ def plot(summary, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="edge")
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--image", help="with --quick: this NAME.img.xz (its NAME.build.json next to it)")
+    ap.add_argument("--image",
+                    help="with --quick: this NAME.img.xz (its NAME.build.json next to it)")
     ap.add_argument("--work-dir", default=os.path.join(REPO, "image-builder", "work"))
     ap.add_argument("--out-dir", default=os.path.join(REPO, "image-builder", "out"))
     args = ap.parse_args()

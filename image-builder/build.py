@@ -184,7 +184,8 @@ class Builder:
         self.mount("proc", f"{r}/proc", "-t", "proc")
         self.mount("sysfs", f"{r}/sys", "-t", "sysfs")
         self.mount("/dev", f"{r}/dev", "--bind")
-        self.mount("devpts", f"{r}/dev/pts", "-t", "devpts", "-o", "gid=5,mode=620,newinstance,ptmxmode=0666")
+        self.mount("devpts", f"{r}/dev/pts", "-t", "devpts",
+                   "-o", "gid=5,mode=620,newinstance,ptmxmode=0666")
         self.mount("tmpfs", f"{r}/run", "-t", "tmpfs", "-o", "mode=755")
         archives = os.path.join(self.cache, "apt-archives")
         os.makedirs(os.path.join(archives, "partial"), exist_ok=True)
@@ -305,6 +306,21 @@ class Builder:
                     'Acquire::Languages "none";\n'
                     '// the builder pre-seeds some conffiles (/etc/default/raspi-firmware)\n'
                     'Dpkg::Options { "--force-confdef"; "--force-confold"; };\n')
+        # dpkg without fsync during the build (the image is written once, at the end),
+        # and no man-db trigger under emulation.
+        with open(f"{r}/etc/dpkg/dpkg.cfg.d/90mec-conpaas-build", "w") as f:
+            f.write("# removed by image-builder/build.py at the end of the build\n"
+                    "force-unsafe-io\n")
+        # Embedded image: no manual pages, documentation or translations (they
+        # cost unpack time under emulation and space on the card); copyright
+        # files stay.
+        with open(f"{r}/etc/dpkg/dpkg.cfg.d/80mec-conpaas-nodoc", "w") as f:
+            f.write("path-exclude=/usr/share/man/*\npath-exclude=/usr/share/info/*\n"
+                    "path-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n"
+                    "path-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n"
+                    "path-exclude=/usr/share/lintian/*\n")
+        self.chroot("sh", "-c", "echo 'man-db man-db/auto-update boolean false' | "
+                    "debconf-set-selections")
         # Services are enabled, never started, in the chroot.
         with open(f"{r}/usr/sbin/policy-rc.d", "w") as f:
             f.write("#!/bin/sh\n# mec-conpaas image build: never start services\nexit 101\n")
@@ -347,7 +363,8 @@ class Builder:
     def divert(self, path):
         self.chroot("dpkg-divert", "--local", "--rename", "--add", path)
         with open(self.root + path, "w") as f:
-            f.write("#!/bin/sh\necho \"update-initramfs held back during image build\" >&2\nexit 0\n")
+            f.write("#!/bin/sh\n"
+                    "echo \"update-initramfs held back during image build\" >&2\nexit 0\n")
         os.chmod(self.root + path, 0o755)
 
     def undivert(self, path):
@@ -431,7 +448,8 @@ class Builder:
         self.chroot("/etc/kernel/postinst.d/z50-raspi-firmware", self.kernel_version,
                     check=False)
         cmdline = open(f"{r}/boot/firmware/cmdline.txt").read().strip()
-        if f"root=PARTUUID={self.root_partuuid}" not in cmdline or "cgroup_enable=memory" not in cmdline:
+        if (f"root=PARTUUID={self.root_partuuid}" not in cmdline
+                or "cgroup_enable=memory" not in cmdline):
             raise BuildError(f"unexpected cmdline.txt: {cmdline!r}")
         for f in (f"vmlinuz-{self.kernel_version}", f"initrd.img-{self.kernel_version}",
                   "config.txt"):
@@ -446,11 +464,13 @@ class Builder:
         with contextlib.suppress(FileNotFoundError):
             os.remove(f"{r}/var/lib/dbus/machine-id")
         os.remove(f"{r}/usr/sbin/policy-rc.d")
+        os.remove(f"{r}/etc/dpkg/dpkg.cfg.d/90mec-conpaas-build")
         os.remove(f"{r}/etc/resolv.conf")
         os.symlink("../run/systemd/resolve/stub-resolv.conf", f"{r}/etc/resolv.conf")
         self.chroot("apt-get", "clean")
         # Package manifest (same data as dpkg -l), before unmounting.
-        q = self.chroot("dpkg-query", "-W", "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+        q = self.chroot("dpkg-query", "-W",
+                        "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
                         capture=True)
         pkgs = []
         for line in q.stdout.splitlines():
@@ -587,11 +607,11 @@ class Builder:
                 "extra_vars": self.args.extra_vars or [],
                 "image_vars": open(os.path.join(HERE, "image-vars.yml")).read(),
                 "repo_commit": git("rev-parse", "HEAD") or None,
-                "repo_dirty_paths": git("status", "--porcelain", "--", "image-builder", "roles").splitlines(),
-                "builder_host": {"debootstrap": run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"],
-                                                    capture=True, check=False).stdout,
-                                 "qemu_user_static": run(["dpkg-query", "-W", "-f=${Version}", "qemu-user-static"],
-                                                         capture=True, check=False).stdout},
+                "repo_dirty_paths": git("status", "--porcelain", "--", "image-builder",
+                                        "roles").splitlines(),
+                "builder_host": {pkg: run(["dpkg-query", "-W", "-f=${Version}", pkg],
+                                          capture=True, check=False).stdout
+                                 for pkg in ("debootstrap", "qemu-user-static")},
             },
             "packages": self.packages,
         }
@@ -638,9 +658,11 @@ class Builder:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="edge", help="section of profiles.ini (edge, ci, base)")
-    ap.add_argument("--version", help="version string in the image name (default: setup.cfg version + git)")
+    ap.add_argument("--version",
+                    help="version string in the image name (default: setup.cfg version + git)")
     ap.add_argument("--mirror", help="Debian mirror (default: the host's configured one)")
     ap.add_argument("--work-dir", default=os.path.join(HERE, "work"))
     ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))

@@ -18,7 +18,11 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from imagelib import OUT, Image, Root, find_image, sh  # noqa: E402
+from imagelib import OUT  # noqa: E402
+from imagelib import Image  # noqa: E402
+from imagelib import Root  # noqa: E402
+from imagelib import find_image  # noqa: E402
+from imagelib import sh  # noqa: E402
 
 
 @pytest.fixture(scope="session")

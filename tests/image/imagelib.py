@@ -13,9 +13,7 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 

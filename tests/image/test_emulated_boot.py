@@ -25,7 +25,9 @@ import threading
 import time
 
 import pytest
-from imagelib import MIB, roles_in, sh
+from imagelib import MIB
+from imagelib import roles_in
+from imagelib import sh
 
 pytestmark = pytest.mark.emulated_boot
 

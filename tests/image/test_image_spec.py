@@ -9,7 +9,11 @@ import shlex
 import subprocess
 
 import pytest
-from imagelib import MIB, needs_role, roles_in, sh, sha256
+from imagelib import MIB
+from imagelib import needs_role
+from imagelib import roles_in
+from imagelib import sh
+from imagelib import sha256
 
 ERASE_BLOCK = 4 * MIB
 
@@ -223,7 +227,8 @@ def test_sshd_key_only(rootfs):
 
 def test_first_boot_units_enabled(rootfs):
     wants = {
-        "sysinit.target.wants": ["mec-conpaas-growroot.service", "mec-conpaas-ssh-hostkeys.service"],
+        "sysinit.target.wants": ["mec-conpaas-growroot.service",
+                                 "mec-conpaas-ssh-hostkeys.service"],
         "multi-user.target.wants": ["mec-conpaas-firstboot.service", "ssh.service",
                                     "systemd-networkd.service"],
     }
@@ -250,7 +255,8 @@ def test_initramfs_small_and_single(image, rootfs):
     assert rootfs.exists(f"/boot/initrd.img-{kernel}")
     conf = rootfs.read("/etc/initramfs-tools/conf.d/mec-conpaas.conf")
     assert "MODULES=list" in conf
-    assert not rootfs.exists("/usr/sbin/update-initramfs.distrib"), "update-initramfs still diverted"
+    assert not rootfs.exists("/usr/sbin/update-initramfs.distrib"), \
+        "update-initramfs still diverted"
 
 
 def test_manifest_matches_dpkg_inside(image, rootfs):
