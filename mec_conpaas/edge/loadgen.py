@@ -9,6 +9,10 @@ import argparse
 import http.client
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.parse
 
@@ -75,6 +79,34 @@ def summarize(results):
             "max_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
             "errors": sorted({r.get("error", "")[:120] for r in results
                               if not r["ok"]})[:5]}
+
+
+class ClientLoad:
+    """The loadgen running as the Wi-Fi user of one access point."""
+
+    def __init__(self, edge, ap, port, interval=0.01):
+        self.dir = tempfile.mkdtemp(prefix="mec-load-")
+        self.stop_file = os.path.join(self.dir, "stop")
+        self.out = os.path.join(self.dir, "out.json")
+        ready = os.path.join(self.dir, "ready")
+        ap_addr, _ = edge.net.client_addresses(ap)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", edge.net.client_netns(ap), sys.executable, "-m",
+             "mec_conpaas.edge.loadgen", "--url", "http://%s:%d/" % (ap_addr, port),
+             "--interval", str(interval), "--stop-file", self.stop_file,
+             "--ready-file", ready, "--out", self.out])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready):
+            assert self.proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def stop(self):
+        open(self.stop_file, "w").close()
+        self.proc.wait(30)
+        with open(self.out) as f:
+            results = json.load(f)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return results
 
 
 if __name__ == "__main__":

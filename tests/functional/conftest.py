@@ -11,15 +11,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
 from mec_conpaas.cli import client as client_mod
 from mec_conpaas.edge import cluster
+from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: F401
+from mec_conpaas.manager import topology as topology_mod
 
 HERE = os.path.dirname(__file__)
 PREFIX = "mct-"
+ISOLATED = os.path.join(os.path.dirname(topology_mod.DEFAULT), "edge-topology-isolated.yaml")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def edge():
     state = tempfile.mkdtemp(prefix="mec-edge-test-")
-    e = cluster.Edge(state, os.path.join(HERE, "topology.yaml"), prefix=PREFIX,
+    e = cluster.Edge(state, ISOLATED, prefix=PREFIX,
                      manager_port=9690, manager_opts={
                          "max_bundle_size": 1024 * 1024,
                          "node_heartbeat_timeout": 6,
@@ -48,6 +50,10 @@ def edge():
     procs = subprocess.run(["pgrep", "-af", state], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), "processes left behind: " + procs
+    # Keep the daemons' logs for post-mortems (CI prints them on failure).
+    logs = os.environ.get("MEC_TEST_LOGS", "/tmp/mec-test-logs")
+    shutil.rmtree(logs, ignore_errors=True)
+    shutil.copytree(os.path.join(state, "logs"), logs)
     shutil.rmtree(state, ignore_errors=True)
 
 
@@ -94,31 +100,3 @@ def client_get(edge, ap, port, path="/"):
         capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
-
-
-class Load:
-    """The loadgen running as the Wi-Fi user of one access point."""
-
-    def __init__(self, edge, ap, port, interval=0.01):
-        self.dir = tempfile.mkdtemp(prefix="mec-load-")
-        self.stop_file = os.path.join(self.dir, "stop")
-        self.out = os.path.join(self.dir, "out.json")
-        ready = os.path.join(self.dir, "ready")
-        ap_addr, _ = edge.net.client_addresses(ap)
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", edge.net.client_netns(ap), sys.executable, "-m",
-             "mec_conpaas.edge.loadgen", "--url", "http://%s:%d/" % (ap_addr, port),
-             "--interval", str(interval), "--stop-file", self.stop_file,
-             "--ready-file", ready, "--out", self.out])
-        deadline = time.monotonic() + 30
-        while not os.path.exists(ready):
-            assert self.proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-
-    def stop(self):
-        open(self.stop_file, "w").close()
-        self.proc.wait(30)
-        with open(self.out) as f:
-            results = json.load(f)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return results

@@ -43,7 +43,7 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway):
         "HOME": "/root",
     }
     initenv = "".join("<initenv name=%s>%s</initenv>" % (quoteattr(k), escape(v))
-                      for k, v in env.items())
+                      for k, v in env.items() if v)  # libvirt refuses empty values
     quota = max(1000, int(float(spec["cpus"]) * 100000))
     return f"""<domain type='lxc'>
   <name>{name}</name>

@@ -104,6 +104,13 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def server_bind(self):
+        # Skip HTTPServer's getfqdn(): a reverse DNS lookup that stalls for
+        # seconds on nodes whose resolver is unreachable.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "localhost"
+        self.server_port = self.server_address[1]
+
 
 def call(method, url, token=None, body=None, timeout=30, raw=False):
     """JSON request with stdlib urllib; raises NodeError with the remote

@@ -84,8 +84,8 @@ class App:
                     os.path.join(APP_DIR, "wsgi.py")]
         if SERVICE_TYPE == "web" and os.path.isdir(
                 os.path.join(APP_DIR, "static")):
-            return [sys.executable, "-m", "http.server", str(APP_PORT),
-                    "--directory", os.path.join(APP_DIR, "static")]
+            return [sys.executable, os.path.abspath(__file__), "--serve-static",
+                    os.path.join(APP_DIR, "static")]
         return None
 
     def start(self):
@@ -214,9 +214,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(404, {"error": "no such path"})
 
 
+def _bind_without_dns(server):
+    # HTTPServer.server_bind resolves its own name with getfqdn(): a
+    # reverse DNS lookup that takes 5 s to time out in a container without
+    # a reachable resolver, delaying every instance's start.
+    socketserver.TCPServer.server_bind(server)
+    server.server_name = "localhost"
+    server.server_port = server.server_address[1]
+
+
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    server_bind = _bind_without_dns
 
 
 def reap_children(*_):
@@ -250,6 +260,10 @@ def serve_wsgi(path):
         daemon_threads = True
         allow_reuse_address = True
 
+        def server_bind(self):
+            _bind_without_dns(self)
+            self.setup_environ()
+
     class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
         def log_message(self, *args):
             pass
@@ -260,9 +274,23 @@ def serve_wsgi(path):
     httpd.serve_forever()
 
 
+def serve_static(directory):
+    """Threaded static file server for ``static/`` web bundles."""
+    import functools
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=directory)
+    Server(("0.0.0.0", APP_PORT), handler).serve_forever()
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-wsgi":
         return serve_wsgi(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-static":
+        return serve_static(sys.argv[2])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

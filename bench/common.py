@@ -1,0 +1,126 @@
+"""Shared benchmark plumbing: a private edge, memory sampling, results.
+
+Every benchmark brings up its own embedded edge (own namespace prefix and
+address plan), measures our system and its floor in the same run, writes
+JSON and a PNG under bench/results/ and prints its summary as one JSON
+object on its last line.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mec_conpaas.cli import client as client_mod  # noqa: E402
+from mec_conpaas.edge import cluster  # noqa: E402
+from mec_conpaas.manager import topology as topology_mod  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ISOLATED = os.path.join(os.path.dirname(topology_mod.DEFAULT),
+                        "edge-topology-isolated.yaml")
+
+
+def machine():
+    return {"cpus": os.cpu_count(), "machine": platform.machine(),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                            / 2**30, 1)}
+
+
+class BenchEdge:
+    def __init__(self, prefix, port, **manager_opts):
+        self.state = tempfile.mkdtemp(prefix="mec-bench-")
+        self.edge = cluster.Edge(self.state, ISOLATED, prefix=prefix,
+                                 manager_port=port, manager_opts=manager_opts,
+                                 log=lambda m: print("edge:", m, file=sys.stderr))
+
+    def __enter__(self):
+        self.edge.up()
+        token = open(self.edge.path("admin-token")).read().strip()
+        self.client = client_mod.Client(self.edge.manager_url(), token)
+        return self
+
+    def __exit__(self, *exc):
+        self.edge.down(quiet=True)
+        subprocess.run(["rm", "-rf", self.state])
+
+
+def proc_memory(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmRSS", "VmHWM")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) // 1024
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                out["Pss"] = int(line.split()[1]) // 1024
+    return {"rss_mb": out["VmRSS"], "peak_rss_mb": out["VmHWM"], "pss_mb": out["Pss"]}
+
+
+class MemorySampler:
+    """Peak RSS/PSS of the manager and one node agent over a run."""
+
+    def __init__(self, edge, names=("manager", "agent-ap-1")):
+        self.edge = edge
+        self.names = names
+        self.idle = {n: proc_memory(edge._pid(n)) for n in names}
+        self.peak = {n: dict(v) for n, v in self.idle.items()}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(0.2):
+            for n in self.names:
+                pid = self.edge._pid(n)
+                if pid:
+                    m = proc_memory(pid)
+                    p = self.peak[n]
+                    p["peak_rss_mb"] = max(p["peak_rss_mb"], m["peak_rss_mb"])
+                    p["pss_mb"] = max(p["pss_mb"], m["pss_mb"])
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+        return {"idle": self.idle, "during_run": self.peak}
+
+
+def shaping_note(status):
+    s = status["latency_shaping"]
+    return {"method": s["method"], "active": s["active"], "note": s["note"],
+            "master_to_ap_rtt": s["master_to_ap_rtt"]}
+
+
+def write(name, summary, plot):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, name + ".json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    plot(ax)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, name + ".png"), dpi=100)
+    print(json.dumps(summary, sort_keys=True))
+
+
+def wait_http_200(url, timeout=120, interval=0.02):
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise RuntimeError("no HTTP 200 from %s within %ds" % (url, timeout))

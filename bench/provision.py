@@ -1,0 +1,119 @@
+"""Create-to-first-HTTP-200 of a web service, PaaS vs raw container.
+
+PaaS: POST /v1/services, until the first 200 through ap-1's stable
+endpoint (HAProxy).  Floor, same run, same node, same base image, same
+domain definition and same app: mount the overlay, unpack the bundle,
+start the libvirt LXC domain directly and wait for the app's first 200.
+Both are timed from the master's namespace.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from mec_conpaas import bundles  # noqa: E402
+from mec_conpaas.agents.node import containers  # noqa: E402
+from mec_conpaas.manager.service import build_sample_bundle  # noqa: E402
+
+
+def paas_once(b, n):
+    c = b.client
+    t0 = time.monotonic()
+    res = c.create_service("web", "prov%d" % n, node="ap-1")
+    port = res["service"]["port"]
+    ap_addr = b.edge.net.client_addresses("ap-1")[0]
+    t1 = common.wait_http_200("http://%s:%d/" % (ap_addr, port))
+    op = c.wait(res["operation"]["id"])
+    assert op["state"] == "SUCCEEDED", op
+    c.wait(c.delete_service("prov%d" % n)["operation"]["id"])
+    return t1 - t0
+
+
+def floor_once(b, bundle_path, n):
+    """The same container, started by hand on ap-1's libvirtd."""
+    ap = "ap-1"
+    base = b.edge.path("nodes", ap)
+    sock = os.path.join(base, "libvirt", "run", "libvirt-sock")
+    uri = "lxc:///system?socket=" + sock
+    work = tempfile.mkdtemp(prefix="floor-", dir=base)
+    paths = {k: os.path.join(work, k) for k in ("upper", "work", "rootfs", "state")}
+    paths["bridge"] = "mecbr0"
+    name = "floor-%d" % n
+    addr = "10.250.1.%d" % (200 + n % 50)
+    libvirtd = b.edge._pid("libvirtd-" + ap)
+    t0 = time.monotonic()
+    for key in ("upper", "work", "rootfs", "state"):
+        os.makedirs(paths[key])
+    # Unpack into the upper layer before mounting (changing a layer under a
+    # mounted overlay is undefined), then mount in the node's mount
+    # namespace, as the node agent does.
+    bundles.extract(bundle_path, os.path.join(paths["upper"], "srv", "app"), 10**8)
+    subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % libvirtd, "mount", "-t",
+                    "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (
+                        b.edge.image_dir, paths["upper"], paths["work"]),
+                    paths["rootfs"]], check=True)
+    spec = {"id": name, "service_type": "web", "service_name": name,
+            "memory_mb": 128, "cpus": 0.5}
+    xml = containers._domain_xml(name, spec, paths, addr, 24, "10.250.1.1")
+    with open(os.path.join(work, "dom.xml"), "w") as f:
+        f.write(xml)
+    res = subprocess.run(["virsh", "-q", "-c", uri, "create",
+                          os.path.join(work, "dom.xml")], capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError("floor container did not start: " + res.stderr)
+    t1 = common.wait_http_200("http://%s:8080/" % addr)
+    subprocess.run(["virsh", "-q", "-c", uri, "destroy", name], capture_output=True)
+    subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % libvirtd, "umount",
+                    paths["rootfs"]], check=True)
+    subprocess.run(["rm", "-rf", work])
+    return t1 - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="3 rounds instead of 10")
+    p.add_argument("--rounds", type=int)
+    args = p.parse_args()
+    rounds = args.rounds or (3 if args.quick else 10)
+    bundle = tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False)
+    bundle.write(build_sample_bundle())
+    bundle.close()
+    with common.BenchEdge("mcb-", 9692) as b:
+        status = b.edge.status()
+        mem = common.MemorySampler(b.edge)
+        paas, floor = [], []
+        for n in range(rounds):
+            # Interleave so both see the same machine conditions.
+            floor.append(floor_once(b, bundle.name, n))
+            paas.append(paas_once(b, n))
+            print("round %d: paas %.2f s, floor %.2f s" % (n, paas[-1], floor[-1]),
+                  file=sys.stderr)
+        memory = mem.finish()
+    os.unlink(bundle.name)
+    med_p, med_f = statistics.median(paas), statistics.median(floor)
+    summary = {
+        "benchmark": "provision", "rounds": rounds,
+        "paas_create_to_200_s": {"median": round(med_p, 3), "all": [round(x, 3) for x in paas]},
+        "floor_container_to_200_s": {"median": round(med_f, 3),
+                                     "all": [round(x, 3) for x in floor]},
+        "ratio": round(med_p / med_f, 2), "target_ratio": 2.0,
+        "memory_mb": memory, "latency_shaping": common.shaping_note(status),
+        "machine": common.machine(),
+        "reference": {"mec_conpaas_paper_pi2_s": 90, "picasso_pi3_s": 1.42},
+    }
+
+    def plot(ax):
+        ax.boxplot([paas, floor], tick_labels=["MEC-ConPaaS create", "raw libvirt LXC"])
+        ax.set_ylabel("seconds to first HTTP 200")
+        ax.set_title("Provisioning: median ratio %.2f (target <= 2.0)" % summary["ratio"])
+    common.write("provision", summary, plot)
+
+
+if __name__ == "__main__":
+    main()
