@@ -52,6 +52,8 @@ def operation_view(op):
             "progress": op.progress, "step": op.step, "error": op.error,
             "service": op.service_name, "params": op.params,
             "attempts": op.attempts, "created_at": _iso(op.created_at),
+            # Measured timings of migration's critical windows (ms).
+            "windows": (op.journal or {}).get("windows", []),
             "updated_at": _iso(op.updated_at)}
 
 

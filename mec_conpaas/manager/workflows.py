@@ -213,24 +213,33 @@ class MigrateService(Workflow):
         ctx.progress(pct + 30 // total, step + "copying state (bulk)")
         self.driver.copy_state(old_ref, old_id, to_ref, new_id)
         ctx.record(pair=dict(pair, frozen=True))
-        t0 = time.monotonic()
+        # The critical window: from here until the proxies switch, requests
+        # for this service wait.  Keep it to network round trips only.
+        marks = [("start", time.monotonic())]
         frozen = self.driver.freeze(old_ref, old_id, quiesce_port=APP_PORT)
-        ctx.progress(pct + 50 // total, step + "old instance frozen; final copy")
+        marks.append(("freeze", time.monotonic()))
         final = self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+        marks.append(("final_copy", time.monotonic()))
         with session_scope() as s:
             s.get(models.Instance, new_id).state = "ACTIVE"
             s.get(models.Instance, old_id).state = "DELETING"
             op = s.get(models.Operation, ctx.op_id)
             ctx.journal["pair"] = dict(pair, frozen=True, switched=True)
             op.journal = dict(ctx.journal)
+        marks.append(("commit", time.monotonic()))
         self.cluster.push_proxies(draining=[old_id])
-        switched_ms = (time.monotonic() - t0) * 1000
+        marks.append(("switch", time.monotonic()))
+        switched_ms = (marks[-1][1] - marks[0][1]) * 1000
+        steps = {name: round((t - marks[i][1]) * 1000, 1)
+                 for i, (name, t) in enumerate(marks[1:])}
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
                      "freeze (%d freeze attempt(s), final copy: %d files); removing "
                      "the old instance" % (switched_ms, frozen.get("attempts", 1),
                                            final.get("files", 0)))
         self.destroy_instance(old_id)
-        ctx.record(pair=None, last_switch_ms=round(switched_ms, 1))
+        steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
+            dict(steps, freeze_to_switch=round(switched_ms, 1))])
 
     def _undo_unswitched(self, ctx):
         pair = ctx.journal.get("pair")

@@ -173,6 +173,8 @@ class LibvirtContainers:
             st = dom.state()[0]
             state = {libvirt.VIR_DOMAIN_RUNNING: "RUNNING",
                      libvirt.VIR_DOMAIN_PAUSED: "FROZEN"}.get(st, "SHUTOFF")
+            if state == "RUNNING" and _freezer_state(PREFIX + instance_id) == "FROZEN":
+                state = "FROZEN"
         return dict(meta, state=state)
 
     def create(self, spec):
@@ -226,14 +228,14 @@ class LibvirtContainers:
         if dom is not None:
             import libvirt
             try:
-                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                if _freezer_state(PREFIX + instance_id) != "THAWED":
                     # A frozen instance was migrated away: its state is
                     # copied already.  SIGKILL every task while frozen, so
                     # that on thaw they die before running another
                     # instruction (no late write to the copied state, no
-                    # late answer), and the peers see resets.
+                    # late answer), and the peers see resets at once.
                     _kill_frozen(PREFIX + instance_id)
-                    dom.resume()
+                    _set_freezer(PREFIX + instance_id, "THAWED")
                 dom.destroy()
             except libvirt.libvirtError as e:
                 LOG.warning("destroying %s: %s", instance_id, e)
@@ -254,33 +256,30 @@ class LibvirtContainers:
         each freeze we look at the container's TCP sockets and, if one is
         mid-request, thaw for a few milliseconds and try again.
         """
-        dom = self._domain(instance_id)
-        if dom is None:
+        if self._domain(instance_id) is None:
             raise exception.NotFound("no running instance %s" % instance_id)
+        name = PREFIX + instance_id
         deadline = time.monotonic() + max_wait_ms / 1000.0
         attempts = 0
         while True:
             attempts += 1
-            dom.suspend()
+            _set_freezer(name, "FROZEN")
             if quiesce_port is None:
                 return {"attempts": attempts, "quiescent": None}
-            busy = _requests_in_progress(PREFIX + instance_id, quiesce_port)
+            busy = _requests_in_progress(name, quiesce_port)
             if not busy:
                 return {"attempts": attempts, "quiescent": True}
             if time.monotonic() > deadline:
                 LOG.warning("%s: %d request(s) still in progress after %d ms; "
                             "freezing anyway", instance_id, busy, max_wait_ms)
                 return {"attempts": attempts, "quiescent": False}
-            dom.resume()
+            _set_freezer(name, "THAWED")
             time.sleep(0.002)
 
     def thaw(self, instance_id):
-        dom = self._domain(instance_id)
-        if dom is None:
+        if self._domain(instance_id) is None:
             raise exception.NotFound("no running instance %s" % instance_id)
-        import libvirt
-        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-            dom.resume()
+        _set_freezer(PREFIX + instance_id, "THAWED")
 
     def state_dir(self, instance_id):
         if self._meta(instance_id) is None:
@@ -326,17 +325,52 @@ def _cgroup_read(pid, controller, name):
     return None
 
 
-def _kill_frozen(domain_name):
+def _freezer_dir(domain_name):
     import glob
+    dirs = glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc" % domain_name)
+    if not dirs:
+        raise exception.NodeError("no freezer cgroup for %s" % domain_name)
+    return dirs[0]
+
+
+def _freezer_state(domain_name):
+    try:
+        with open(os.path.join(_freezer_dir(domain_name), "freezer.state")) as f:
+            return f.read().strip()
+    except (exception.NodeError, OSError):
+        return "THAWED"
+
+
+def _set_freezer(domain_name, state, timeout=2.0):
+    """The cgroup (v1) freezer directly: libvirt's suspend polls it with a
+    back-off that costs tens of milliseconds, inside migration's critical
+    window."""
+    path = os.path.join(_freezer_dir(domain_name), "freezer.state")
+    with open(path, "w") as f:
+        f.write(state)
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path) as f:
+            if f.read().strip() == state:
+                return
+        if time.monotonic() > deadline:
+            raise exception.NodeError("%s did not reach %s" % (domain_name, state))
+        time.sleep(0.001)
+
+
+def _kill_frozen(domain_name):
+    """SIGKILL the container's own tasks (not libvirt's controller, which
+    shares the cgroup but not the network namespace)."""
     import signal
-    for tasks in glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc/tasks"
-                           % domain_name):
-        with open(tasks) as f:
-            for pid in f.read().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    own = os.readlink("/proc/self/ns/net")
+    with open(os.path.join(_freezer_dir(domain_name), "tasks")) as f:
+        pids = f.read().split()
+    for pid in pids:
+        try:
+            if os.readlink("/proc/%s/ns/net" % pid) != own:
+                os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
 
 
 def _container_pid(domain_name):

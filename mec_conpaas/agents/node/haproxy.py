@@ -207,10 +207,14 @@ class HAProxy:
             for addr, name in by_addr.items():
                 state = "drain" if addr in draining else "maint"
                 commands.append("set server %s/%s state %s" % (backend, name, state))
-        for cmd in commands:
-            out = self.runtime(cmd).strip()
-            if out and "not found" in out.lower():
-                raise exception.NodeError("HAProxy refused %r: %s" % (cmd, out))
+        if commands:
+            # One exchange for the whole batch: the runtime API takes
+            # ';'-separated commands.
+            out = self.runtime("; ".join(commands)).strip()
+            for line in out.splitlines():
+                if "not found" in line.lower() or "no such" in line.lower() \
+                        or "require" in line.lower():
+                    raise exception.NodeError("HAProxy refused a command: %s" % line)
 
     def status(self):
         out = {}

@@ -4,13 +4,14 @@ The node agent uses the standard library's threaded HTTP server instead of
 a framework: a framework alone would cost a third of the agent's memory
 budget on a 1 GB Pi.
 """
+import http.client
 import http.server
 import json
 import logging
 import re
 import socketserver
-import urllib.error
-import urllib.request
+import threading
+import urllib.parse
 
 from mec_conpaas import exception
 
@@ -47,6 +48,7 @@ class Response:
 def make_handler(router, authenticate):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 60  # close kept-alive connections idle this long
 
         def log_message(self, fmt, *args):
             LOG.debug("%s " + fmt, self.address_string(), *args)
@@ -112,28 +114,67 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_port = self.server_address[1]
 
 
+_local = threading.local()
+
+
+def _connection(host, port, timeout, fresh=False):
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    conn = pool.get((host, port))
+    if conn is None or fresh:
+        if conn is not None:
+            conn.close()
+        conn = pool[(host, port)] = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.timeout = timeout
+    if conn.sock is not None:
+        conn.sock.settimeout(timeout)
+    return conn
+
+
 def call(method, url, token=None, body=None, timeout=30, raw=False):
-    """JSON request with stdlib urllib; raises NodeError with the remote
-    message on failure."""
-    data = None
+    """JSON request over a kept-alive connection (one per thread and peer).
+
+    Migration's critical window is a handful of these calls over shaped
+    links: a new TCP handshake each time would double it.  Every node agent
+    call is idempotent, so a request on a connection the peer closed while
+    idle is retried once on a fresh one.  Raises NodeError carrying the
+    remote message.
+    """
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path + ("?" + parts.query if parts.query else "")
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = "Bearer " + token
+    data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            payload = resp.read()
-            return payload if raw else (json.loads(payload) if payload else None)
-    except urllib.error.HTTPError as e:
+    for attempt in (0, 1):
+        conn = _connection(parts.hostname, parts.port or 80, timeout, fresh=attempt == 1)
+        reused = conn.sock is not None
         try:
-            msg = json.loads(e.read())["error"]["message"]
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            break
+        except (http.client.RemoteDisconnected, ConnectionResetError,
+                BrokenPipeError, http.client.CannotSendRequest) as e:
+            conn.close()
+            if reused and attempt == 0:
+                continue
+            raise exception.NodeError("%s %s: %s" % (method, url, e)) from None
+        except OSError as e:
+            conn.close()
+            raise exception.NodeError("%s %s: %s" % (method, url, e)) from None
+    if resp.will_close:
+        conn.close()
+    if resp.status >= 400:
+        try:
+            msg = json.loads(payload)["error"]["message"]
         except Exception:
-            msg = e.reason
+            msg = resp.reason
         err = exception.NodeError("%s %s: %s" % (method, url, msg))
-        err.remote_status = e.code
-        raise err from None
-    except OSError as e:
-        raise exception.NodeError("%s %s: %s" % (method, url, e)) from None
+        err.remote_status = resp.status
+        raise err
+    return payload if raw else (json.loads(payload) if payload else None)
