@@ -187,6 +187,9 @@ class Builder:
         self.mount("devpts", f"{r}/dev/pts", "-t", "devpts",
                    "-o", "gid=5,mode=620,newinstance,ptmxmode=0666")
         self.mount("tmpfs", f"{r}/run", "-t", "tmpfs", "-o", "mode=755")
+        # What systemd would create at boot and roles validate against (sshd -t).
+        os.makedirs(f"{r}/run/sshd", mode=0o755, exist_ok=True)
+        os.makedirs(f"{r}/run/lock", mode=0o1777, exist_ok=True)
         archives = os.path.join(self.cache, "apt-archives")
         os.makedirs(os.path.join(archives, "partial"), exist_ok=True)
         self.mount(archives, f"{r}/var/cache/apt/archives", "--bind")
@@ -432,7 +435,8 @@ class Builder:
                  "-e", json.dumps({
                      "mec_conpaas_package_controller_python": wrapper,
                      "mec_conpaas_package_wheelhouse_controller": wheelhouse,
-                     "mec_conpaas_package_source": REPO})]
+                     "mec_conpaas_package_source": REPO,
+                     "first_boot_node_agent_required": "mec_conpaas_node" in roles})]
         for ev in self.args.extra_vars or []:
             extra += ["-e", ev]
         run([self.ansible, "-i", inv, play, *extra], env=env)
@@ -561,17 +565,27 @@ class Builder:
             shutil.move(boot_dir, f"{r}/boot/firmware")
 
     def compress(self):
+        if self.prof["xz_level"] < 0:
+            # No compression (CI profile): the raw image is the artifact.
+            raw = os.path.join(self.out, f"{self.name}.img")
+            run(["cp", "--sparse=always", self.img, raw])
+            self.xz = raw
+        else:
+            self.xz = self._xz()
+        digest = run(["sha256sum", os.path.basename(self.xz)], capture=True,
+                     cwd=self.out).stdout
+        with open(self.xz + ".sha256", "w") as f:
+            f.write(digest)
+        self.result["xz_bytes"] = os.path.getsize(self.xz)
+        self.result["sha256"] = digest.split()[0]
+
+    def _xz(self):
         xz = os.path.join(self.out, f"{self.name}.img.xz")
         with open(xz + ".partial", "wb") as f:
             subprocess.run(["xz", "-T0", f"-{self.prof['xz_level']}", "-c", self.img],
                            stdout=f, check=True)
         os.rename(xz + ".partial", xz)
-        digest = run(["sha256sum", os.path.basename(xz)], capture=True, cwd=self.out).stdout
-        with open(xz + ".sha256", "w") as f:
-            f.write(digest)
-        self.xz = xz
-        self.result["xz_bytes"] = os.path.getsize(xz)
-        self.result["sha256"] = digest.split()[0]
+        return xz
 
     def manifest(self):
         p = self.prof
