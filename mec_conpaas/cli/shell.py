@@ -18,6 +18,9 @@ class MecConpaasApp(app.App):
         self._client = None
 
     def build_option_parser(self, description, version, argparse_kwargs=None):
+        # No prefix matching: "service migrate --to" must not be read as
+        # the global "--token".
+        argparse_kwargs = dict(argparse_kwargs or {}, allow_abbrev=False)
         parser = super().build_option_parser(description, version, argparse_kwargs)
         parser.add_argument("--url", help="manager URL (env MEC_CONPAAS_URL; "
                             "default from ~/.config/mec-conpaas/credentials.yaml)")

@@ -95,7 +95,10 @@ class EdgeNetwork:
             run("ip", "netns", "add", ns)
             self.ip(ap, "link", "set", "lo", "up")
             run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            self.ip(ap, "link", "add", BRIDGE, "type", "bridge")
+            # A fixed, locally administered MAC: by default a bridge takes
+            # the lowest MAC of its ports, which changes with every container.
+            self.ip(ap, "link", "add", BRIDGE, "address",
+                    "02:4d:45:43:%02x:01" % (self.aps.index(ap) + 1), "type", "bridge")
             self.ip(ap, "addr", "add", self.bridge_address(ap) + "/%d" % (
                 ipaddress.ip_network(self.topo["nodes"][ap]["instance_network"])
                 .prefixlen), "dev", BRIDGE)

@@ -51,7 +51,7 @@ class NodeAgent:
         except OSError:
             self.mac, bridge_addr = "00:00:00:00:00:00", None
         self.address = opts.advertise_address or bridge_addr or "127.0.0.1"
-        self.id = str(uuid.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
+        self.id = self._load_id()
         self.token = self._load_token()
         self.reporter = report_mod.Reporter(conf.state_path)
         self.haproxy = haproxy_mod.HAProxy(conf)
@@ -63,6 +63,21 @@ class NodeAgent:
         self.registered = threading.Event()
         self.stop = threading.Event()
         self.proxy_lock = threading.Lock()
+
+    def _load_id(self):
+        """Node id from host name and MAC (as in seed 002), fixed at first
+        start: a bridge's MAC follows its ports, so recomputing it later
+        could turn this node into a stranger."""
+        path = os.path.join(self.conf.state_path, "node-id")
+        os.makedirs(self.conf.state_path, exist_ok=True)
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            node_id = str(uuid.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
+            with open(path, "w") as f:
+                f.write(node_id)
+            return node_id
 
     def _load_token(self):
         path = os.path.join(self.conf.state_path, "node-agent.token")
@@ -107,7 +122,7 @@ class NodeAgent:
             except exception.NodeError as e:
                 if getattr(e, "remote_status", None) == 404:
                     self.registered.clear()  # manager lost us: register again
-                LOG.warning("manager unreachable: %s", e.message)
+                LOG.warning("registration or heartbeat failed: %s", e.message)
             self.stop.wait(interval)
 
     def fetch_bundle(self, sha256, cache_dir):
