@@ -445,13 +445,31 @@ class Builder:
     def finalize(self):
         r = self.root
         self.undivert("/usr/sbin/update-initramfs")
+        # Kernel arguments the roles added to cmdline.txt (edge_tuning: cgroups)
+        # would be lost whenever the raspi-firmware hook regenerates it (here,
+        # and on every kernel update on the Pi): persist them where the hook
+        # reads them.
+        cmd_file = f"{r}/boot/firmware/cmdline.txt"
+        roles_words = open(cmd_file).read().split() if os.path.exists(cmd_file) else []
         # One initramfs, MODULES=list; its post-update hook (raspi-firmware) copies
         # it to /boot/firmware next to the kernel and regenerates cmdline.txt.
         self.chroot("update-initramfs", "-c", "-k", self.kernel_version)
         # Ensure the kernel hook ran with our settings (cmdline.txt, config.txt, dtbs).
         self.chroot("/etc/kernel/postinst.d/z50-raspi-firmware", self.kernel_version,
-                    check=False)
-        cmdline = open(f"{r}/boot/firmware/cmdline.txt").read().strip()
+                    env_extra={"DEB_MAINT_PARAMS": "configure"})
+        hook_words = open(cmd_file).read().split()
+        keys = {w.split("=", 1)[0] for w in hook_words}
+        missing = [w for w in roles_words
+                   if w not in hook_words and w.split("=", 1)[0] not in keys]
+        if missing:
+            log(f"keeping kernel arguments added by the roles: {' '.join(missing)}")
+            extra = f"{r}/etc/default/raspi-extra-cmdline"
+            words = open(extra).read().split() + missing
+            with open(extra, "w") as f:
+                f.write(" ".join(words) + "\n")
+            self.chroot("/etc/kernel/postinst.d/z50-raspi-firmware", self.kernel_version,
+                        env_extra={"DEB_MAINT_PARAMS": "configure"})
+        cmdline = open(cmd_file).read().strip()
         if (f"root=PARTUUID={self.root_partuuid}" not in cmdline
                 or "cgroup_enable=memory" not in cmdline):
             raise BuildError(f"unexpected cmdline.txt: {cmdline!r}")
