@@ -63,7 +63,10 @@ class CloudDriver(abc.ABC):
     def thaw(self, node, instance_id):
         raise NotImplementedError
 
-    def copy_state(self, src: NodeRef, src_id: str, dst: NodeRef, dst_id: str):
+    def copy_state(self, src: NodeRef, src_id: str, dst: NodeRef, dst_id: str,
+                   final=False):
+        """Bulk copy (``final=False``) while the source serves, then the
+        final delta with the source frozen."""
         raise NotImplementedError
 
     def logs(self, node, instance_id) -> str:

@@ -45,7 +45,12 @@ class LxcDriver(base.CloudDriver):
     def thaw(self, node, instance_id):
         self._call(node, "POST", "/v1/instances/%s/thaw" % instance_id)
 
-    def copy_state(self, src, src_id, dst, dst_id):
+    def copy_state(self, src, src_id, dst, dst_id, final=False):
+        if final:
+            # The source pushes the delta since the bulk copy it served.
+            return self._call(src, "POST", "/v1/instances/%s/state/push" % src_id, {
+                "target": {"url": dst.url, "token": dst.agent_token,
+                           "instance_id": dst_id}}, timeout=600)
         return self._call(dst, "POST", "/v1/instances/%s/state/pull" % dst_id, {
             "source": {"url": src.url, "token": src.agent_token,
                        "instance_id": src_id}}, timeout=600)

@@ -218,7 +218,7 @@ class MigrateService(Workflow):
         marks = [("start", time.monotonic())]
         frozen = self.driver.freeze(old_ref, old_id, quiesce_port=APP_PORT)
         marks.append(("freeze", time.monotonic()))
-        final = self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+        final = self.driver.copy_state(old_ref, old_id, to_ref, new_id, final=True)
         marks.append(("final_copy", time.monotonic()))
         with session_scope() as s:
             s.get(models.Instance, new_id).state = "ACTIVE"

@@ -63,6 +63,7 @@ class NodeAgent:
         self.registered = threading.Event()
         self.stop = threading.Event()
         self.proxy_lock = threading.Lock()
+        self.served_manifests = {}
 
     def _load_id(self):
         """Node id from host name and MAC (as in seed 002), fixed at first
@@ -173,8 +174,9 @@ class NodeAgent:
             self._need_containers().thaw(iid), {"thawed": iid})[1])
         r.add("GET", inst + "/logs", lambda body, iid: {
             "log": self._need_containers().logs(iid)})
-        r.add("GET", inst + "/state/manifest", lambda body, iid: {
-            "manifest": statesync.manifest(self._need_containers().state_dir(iid))})
+        r.add("GET", inst + "/state/manifest", self.serve_manifest)
+        r.add("POST", inst + "/state/push", self.push_state)
+        r.add("POST", inst + "/state/import", self.import_state)
         r.add("POST", inst + "/state/export", lambda body, iid: httpserver.Response(
             statesync.export_tar(self._need_containers().state_dir(iid),
                                  body.get("paths", [])),
@@ -195,6 +197,33 @@ class NodeAgent:
                                {"paths": paths}, raw=True, timeout=300)
         nbytes = statesync.import_tar(dest, data, remote)
         return {"files": len(paths), "bytes": nbytes}
+
+    def serve_manifest(self, body, iid):
+        manifest = statesync.manifest(self._need_containers().state_dir(iid))
+        # What the peer is about to copy: the base of a later delta push.
+        self.served_manifests[iid] = manifest
+        return {"manifest": manifest}
+
+    def push_state(self, body, iid):
+        """Final copy, driven from the source: send only what changed since
+        the manifest served for the bulk copy, with the full manifest so the
+        target applies deletions too.  One node-to-node round trip."""
+        src = self._need_containers().state_dir(iid)
+        dst = body["target"]
+        current = statesync.manifest(src)
+        base = self.served_manifests.pop(iid, {})
+        paths = statesync.wanted(base, current)
+        data = statesync.export_tar(src, paths, with_manifest=current)
+        httpserver.call("POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/import"
+                        % dst["instance_id"], dst["token"], data, timeout=300,
+                        content_type="application/x-tar")
+        return {"files": len(paths), "bytes": len(data)}
+
+    def import_state(self, body, iid):
+        if not isinstance(body, bytes):
+            raise exception.BadRequest("expected an application/x-tar body")
+        dest = self._need_containers().state_dir(iid)
+        return {"bytes": statesync.import_tar(dest, body)}
 
     def put_proxy(self, body):
         if not isinstance(body, dict) or not isinstance(body.get("services"), dict):

@@ -74,6 +74,8 @@ def make_handler(router, authenticate):
                         body = json.loads(raw)
                     except ValueError:
                         raise exception.BadRequest("request body is not JSON")
+                elif raw:
+                    body = raw  # binary uploads (state tarballs)
                 result = func(body=body, **params)
                 if isinstance(result, Response):
                     self._reply(result.status, result.body, result.content_type)
@@ -132,7 +134,8 @@ def _connection(host, port, timeout, fresh=False):
     return conn
 
 
-def call(method, url, token=None, body=None, timeout=30, raw=False):
+def call(method, url, token=None, body=None, timeout=30, raw=False,
+         content_type="application/json"):
     """JSON request over a kept-alive connection (one per thread and peer).
 
     Migration's critical window is a handful of these calls over shaped
@@ -147,7 +150,10 @@ def call(method, url, token=None, body=None, timeout=30, raw=False):
     if token:
         headers["Authorization"] = "Bearer " + token
     data = None
-    if body is not None:
+    if isinstance(body, bytes):
+        data = body
+        headers["Content-Type"] = content_type
+    elif body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     for attempt in (0, 1):

@@ -7,6 +7,7 @@ for a tar of the entries it lacks or that differ, and deletes what the
 source no longer has.
 """
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -38,9 +39,19 @@ def wanted(local, remote):
                   if meta[0] != "d" and local.get(p) != meta)
 
 
-def export_tar(root, paths):
+MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
+
+
+def export_tar(root, paths, with_manifest=None):
+    """Tar of ``paths``; with ``with_manifest``, the source's full manifest
+    travels as the first member so the receiver can also apply deletions."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        if with_manifest is not None:
+            data = json.dumps(with_manifest).encode()
+            info = tarfile.TarInfo(MANIFEST_MEMBER)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
         for rel in paths:
             full = os.path.join(root, rel)
             if os.path.lexists(full):
@@ -48,9 +59,12 @@ def export_tar(root, paths):
     return buf.getvalue()
 
 
-def import_tar(root, data, remote_manifest):
+def import_tar(root, data, remote_manifest=None):
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         for member in tar.getmembers():
+            if member.name == MANIFEST_MEMBER:
+                remote_manifest = json.load(tar.extractfile(member))
+                continue
             norm = os.path.normpath(member.name)
             if norm.startswith("..") or os.path.isabs(norm) or not (
                     member.isfile() or member.issym()):
