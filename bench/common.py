@@ -37,7 +37,8 @@ class BenchEdge:
         self.state = tempfile.mkdtemp(prefix="mec-bench-")
         self.edge = cluster.Edge(self.state, ISOLATED, prefix=prefix,
                                  manager_port=port, manager_opts=manager_opts,
-                                 log=lambda m: print("edge:", m, file=sys.stderr))
+                                 log=lambda m: print("edge:", m, file=sys.stderr),
+                                 user_credentials=False)
 
     def __enter__(self):
         self.edge.up()

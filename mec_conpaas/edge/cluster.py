@@ -36,7 +36,8 @@ class Edge:
 
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
-                 image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None):
+                 image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None,
+                 user_credentials=True):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -47,6 +48,7 @@ class Edge:
         self.image_dir = image_dir
         self.log = log
         self.manager_opts = manager_opts or {}
+        self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
     # -- helpers -------------------------------------------------------------
@@ -232,6 +234,8 @@ class Edge:
                  "token": open(self.path("admin-token")).read().strip()}
         with open(self.path("credentials.yaml"), "w") as f:
             yaml.safe_dump(creds, f)
+        if not self.user_credentials:
+            return
         home = os.path.expanduser("~/.config/mec-conpaas")
         os.makedirs(home, exist_ok=True)
         fd = os.open(os.path.join(home, "credentials.yaml"),

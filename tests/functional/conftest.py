@@ -40,7 +40,7 @@ def edge():
                          "max_bundle_size": 1024 * 1024,
                          "node_heartbeat_timeout": 6,
                          "health_timeout": 30},
-                     log=lambda m: print("edge:", m))
+                     log=lambda m: print("edge:", m), user_credentials=False)
     e.up()
     yield e
     e.down()
