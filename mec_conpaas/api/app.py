@@ -335,21 +335,27 @@ def create_app(manager):
         count = body.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise exception.BadRequest("count must be an integer >= 0")
+        node = body.get("node")
+        if node is not None and not isinstance(node, str):
+            raise exception.BadRequest("node must be a node name")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             require_state(svc, ("RUNNING",), "scaled")
             current = len([i for i in svc.instances if i.state == "ACTIVE"])
+            if node:
+                up_node(s, node)
             if count > current:
                 capacity = manager.cluster.capacity(s)
                 free = sum(max(0, v["max_instances"] - v["used"])
-                           for v in capacity.values() if v["up"])
+                           for n, v in capacity.items()
+                           if v["up"] and (not node or n == node))
                 if count - current > free:
                     raise exception.InsufficientCapacity(
                         "count %d needs %d more instance(s) but the up nodes "
                         "have %d free slot(s)" % (count, count - current, free))
             svc.state = "ADAPTING"
             op_id = new_operation(s, ctx, "scale", svc, count=count,
-                                  previous=current).id
+                                  previous=current, node=node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/migrate")

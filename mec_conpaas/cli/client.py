@@ -84,9 +84,11 @@ class Client:
     def delete_service(self, name):
         return self.request("DELETE", "/v1/services/" + name)
 
-    def scale(self, name, count):
-        return self.request("POST", "/v1/services/%s/scale" % name,
-                            json={"count": count})
+    def scale(self, name, count, node=None):
+        body = {"count": count}
+        if node:
+            body["node"] = node
+        return self.request("POST", "/v1/services/%s/scale" % name, json=body)
 
     def migrate(self, name, to):
         return self.request("POST", "/v1/services/%s/migrate" % name, json={"to": to})

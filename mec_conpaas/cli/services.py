@@ -105,10 +105,14 @@ class ScaleService(_Mutating):
         parser = super().get_parser(prog_name)
         parser.add_argument("name")
         parser.add_argument("--count", type=int, required=True)
+        parser.add_argument("--node", help="put new instances on this access point "
+                            "(default: least loaded among the nearest to the "
+                            "service's home)")
         return parser
 
     def take_action(self, parsed_args):
-        res = self.app.client.scale(parsed_args.name, parsed_args.count)
+        res = self.app.client.scale(parsed_args.name, parsed_args.count,
+                                    parsed_args.node)
         return self.finish(parsed_args, res, parsed_args.name)
 
 

@@ -86,11 +86,14 @@ class Workflow:
                     models.Instance.state == "ACTIVE")
                 .order_by(models.Instance.created_at))]
 
-    def grow(self, ctx, service_id, count, home):
+    def grow(self, ctx, service_id, count, home, node=None):
+        """Add instances: on ``node`` if named, else by placement policy."""
         with session_scope() as s:
             capacity = self.cluster.capacity(s)
             names = [n.name for n in self.cluster.nodes(s)]
-        targets = placement.place(count, home, capacity,
+        if node:
+            capacity = {n: v for n, v in capacity.items() if n == node}
+        targets = placement.place(count, node or home, capacity,
                                   self.cluster.distances(names))
         for n, node in enumerate(targets, 1):
             ctx.progress(10 + int(70 * (n - 1) / len(targets)),
@@ -141,7 +144,7 @@ class ScaleService(Workflow):
         with session_scope() as s:
             home = s.get(models.Service, sid).home_node
         if target > len(current):
-            self.grow(ctx, sid, target - len(current), home)
+            self.grow(ctx, sid, target - len(current), home, ctx.params.get("node"))
             ctx.progress(85, "adding the new instances to the proxies")
             self.cluster.push_proxies()
         elif target < len(current):

@@ -65,9 +65,15 @@ def test_scale_to_two(edge, admin):
     served = {json.loads(client_get(edge, "ap-1", svc["port"])["body"])["instance"]
               for _ in range(6)}
     assert served == {i["address"] for i in svc["instances"]}
+    # Placement on a named access point; scale-in removes the farthest.
+    wait_op(admin, admin.scale("shop", 3, node="ap-2"))
+    svc = admin.service("shop")
+    assert sorted(i["node"] for i in svc["instances"]) == ["ap-1", "ap-1", "ap-2"]
+    assert running_ids(edge) == instance_ids(svc)
     wait_op(admin, admin.scale("shop", 1))
     svc = admin.service("shop")
     assert len(instance_ids(svc)) == 1
+    assert [i["node"] for i in svc["instances"]] == ["ap-1"]
     assert running_ids(edge) == instance_ids(svc)
 
 
