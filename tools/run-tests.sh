@@ -1,7 +1,44 @@
 #!/bin/bash
-# README command 2: the whole test suite (what .ci/run calls).
-set -euo pipefail
+# README command 2: the whole test suite, as .ci/run calls it.
+#
+#   tools/run-tests.sh            every part
+#   tools/run-tests.sh paas       PaaS layer: lint, unit and functional tests on a
+#                                 real embedded edge (tests/unit, tests/functional)
+#   tools/run-tests.sh deploy     Ansible roles and playbooks on an LXC test bed
+#                                 (tools/ci/deploy.sh, tests/deploy)
+#   tools/run-tests.sh image      SD-card image build, image-spec test and emulated
+#                                 boot (tools/ci/image.sh, tests/image)
+#
+# Each part installs what it needs (run as root on Debian 12) and cleans up
+# what it started.  Every part runs even if an earlier one failed; the exit
+# status is non-zero if any failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-tools/install-deps.sh
-.venv/bin/ruff check mec_conpaas tests bench tools
-.venv/bin/pytest -p no:cacheprovider -v tests/unit tests/functional "$@"
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(paas deploy image)
+
+paas() {
+    tools/install-deps.sh || return 1
+    .venv/bin/ruff check mec_conpaas tests/unit tests/functional bench/common.py \
+        bench/provision.py bench/migrate.py || return 1
+    .venv/bin/pytest -p no:cacheprovider -v tests/unit tests/functional
+}
+
+summary=()
+status=0
+for part in "${parts[@]}"; do
+    start=$(date +%s)
+    echo "=== part '$part' ==="
+    case "$part" in
+        paas) paas ;;
+        deploy) bash tools/ci/deploy.sh ;;
+        image) bash tools/ci/image.sh ;;
+        *) echo "unknown part '$part': use paas, deploy or image" >&2; false ;;
+    esac
+    rc=$?
+    [ $rc -ne 0 ] && status=1
+    summary+=("$part: $([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)") in $(( $(date +%s) - start )) s")
+done
+echo "=== summary ==="
+printf '  %s\n' "${summary[@]}"
+exit $status
