@@ -231,6 +231,22 @@ def create_app(manager):
             raise exception.BadRequest("count must be an integer")
         if count < 1:
             raise exception.BadRequest("a new service needs count >= 1")
+        # Everything that needs no bundle is checked before one is stored.
+        with session_scope() as s:
+            if s.scalar(select(models.Service).where(
+                    models.Service.tenant_id == ctx.tenant_id,
+                    models.Service.name == name)):
+                raise exception.Conflict("a service named %r exists already: "
+                                         "pick another name" % name)
+            if form.get("node"):
+                up_node(s, form["node"])
+            capacity = manager.cluster.capacity(s)
+            free = sum(max(0, v["max_instances"] - v["used"])
+                       for v in capacity.values() if v["up"])
+            if count > free:
+                raise exception.InsufficientCapacity(
+                    "count %d is above the %d free instance slots of the up "
+                    "nodes" % (count, free))
         upload = flask.request.files.get("bundle")
         with tempfile.NamedTemporaryFile(dir=bundle_dir, delete=False,
                                          suffix=".part") as tmp:
@@ -267,13 +283,6 @@ def create_app(manager):
                 if not ups:
                     raise exception.Conflict("no node is up to run instances")
                 node_name = ups[0]
-            capacity = manager.cluster.capacity(s)
-            free = sum(max(0, v["max_instances"] - v["used"])
-                       for v in capacity.values() if v["up"])
-            if count > free:
-                raise exception.InsufficientCapacity(
-                    "count %d is above the %d free instance slots of the up "
-                    "nodes" % (count, free))
             used = set(s.scalars(select(models.Service.port)))
             port = next((p for p in range(conf.manager.service_port_min,
                                           conf.manager.service_port_max + 1)

@@ -119,6 +119,15 @@ class Cluster:
             raise exception.NodeError("switching proxies failed on "
                                       + "; ".join(errors))
 
+    def forget_bundle(self, sha256):
+        """Remove a bundle no service uses any more (nodes keep their cached
+        copy until their instances are gone)."""
+        import os
+        try:
+            os.unlink(os.path.join(self.conf.state_path, "bundles", sha256 + ".tar.gz"))
+        except FileNotFoundError:
+            pass
+
     # -- service agents --------------------------------------------------
     def wait_healthy(self, address, timeout=None):
         timeout = timeout or self.conf.manager.health_timeout

@@ -293,7 +293,13 @@ class DeleteService(Workflow):
         with session_scope() as s:
             svc = s.get(models.Service, sid)
             if svc is not None:
+                sha = svc.bundle_sha256
                 s.delete(svc)
+                s.flush()
+                shared = s.scalar(select(models.Service.id).where(
+                    models.Service.bundle_sha256 == sha).limit(1))
+                if shared is None:
+                    self.cluster.forget_bundle(sha)
 
     def rollback(self, ctx, message):
         self.set_state(ctx.service_id, "ERROR", message)
