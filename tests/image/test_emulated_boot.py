@@ -104,7 +104,8 @@ class Guest:
 
     def start(self):
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "1024",
-               "-smp", "2", "-display", "none", "-monitor", "none",
+               "-smp", os.environ.get("MEC_CONPAAS_BOOT_SMP", "2"),
+               "-display", "none", "-monitor", "none",
                "-serial", f"file:{self.console}",
                "-kernel", os.path.join(self.dir, "vmlinuz"),
                "-initrd", os.path.join(self.dir, "initrd.img"),
@@ -208,19 +209,50 @@ def settings(pubkey, master_port, hostname="ap-test-1"):
         "backbone = dhcp\r\n")
 
 
+MALFORMED = ("hostname = ap_bad_name!\n"           # invalid
+             "wifi_ssid = x\n"
+             "wifi_passphrase = short\n"           # invalid (< 8)
+             "wifi_country = Netherlands\n"        # invalid
+             "master = 192.0.2.10\n"
+             "registration_token = t\n"
+             "ssh_authorized_key = {pub}\n"
+             "colour = blue\n")                    # unknown key
+
+
 @pytest.fixture(scope="module")
-def booted(image, keypair, master):
+def fleet(image, keypair, master):
+    """All boots start at once (each qemu is one more process sharing the CPUs):
+    'good' (valid settings), 'malformed', 'missing' (no settings file).
+    MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
     key, pub = keypair
-    g = Guest(image, image.workdir, "good", settings(pub, master.port))
-    g.start()
+    wanted = os.environ.get("MEC_CONPAAS_BOOTS", "good,malformed,missing").split(",")
+    texts = {"good": settings(pub, master.port), "malformed": MALFORMED.format(pub=pub),
+             "missing": None}
+    guests = {}
     try:
-        ssh = SSH(g, key)
-        t_ssh = ssh.wait()
-        ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
-        g.timings = {"ssh_login_s": round(t_ssh, 1)}
-        yield g, ssh
+        for name in ("good", "malformed", "missing"):
+            if name in wanted:
+                guests[name] = Guest(image, image.workdir, name, texts[name])
+                guests[name].start()
+        yield guests
     finally:
-        g.stop()
+        for g in guests.values():
+            g.stop()
+
+
+def guest(fleet, name):
+    if name not in fleet:
+        pytest.skip(f"boot {name!r} not selected (MEC_CONPAAS_BOOTS)")
+    return fleet[name]
+
+
+@pytest.fixture(scope="module")
+def booted(fleet, keypair):
+    g = guest(fleet, "good")
+    ssh = SSH(g, keypair[0])
+    ssh.wait()
+    ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
+    return g, ssh
 
 
 def test_reaches_multi_user(booted):
@@ -325,57 +357,40 @@ def test_nova_compute_enabled(image, booted):
 
 
 # -------------------------------------------------------------- bad input
-def test_malformed_settings_reported_and_nothing_half_applied(image, rootfs, keypair):
+def test_malformed_settings_reported_and_nothing_half_applied(fleet, rootfs, keypair):
     """A malformed file: errors on the console and in the journal (priority err),
     the node is reachable over SSH with the key from the file, and nothing else
     from the file was applied."""
-    key, pub = keypair
-    bad = ("hostname = ap_bad_name!\n"           # invalid
-           "wifi_ssid = x\n"
-           "wifi_passphrase = short\n"           # invalid (< 8)
-           "wifi_country = Netherlands\n"        # invalid
-           "master = 192.0.2.10\n"
-           "registration_token = t\n"
-           f"ssh_authorized_key = {pub}\n"
-           "colour = blue\n")                    # unknown key
-    g = Guest(image, image.workdir, "malformed", bad)
-    g.start()
-    try:
-        ssh = SSH(g, key)
-        ssh.wait()
-        ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
-        props = ssh.run("systemctl show -p ActiveState -p Result mec-conpaas-firstboot").stdout
-        assert "ActiveState=failed" in props, props
-        errs = ssh.run("sudo journalctl -b -p err -t mec-conpaas-firstboot --no-pager").stdout
-        for what in ("hostname", "wifi_passphrase", "wifi_country", "unknown setting 'colour'"):
-            assert what in errs, (what, errs)
-        console = g.console_text()
-        assert "mec-conpaas.txt: hostname" in console and "NOT configured" in console
-        assert ssh.run("hostname").stdout.strip() != "ap_bad_name!"
-        assert ssh.run("cat /etc/hostname").stdout == rootfs.read("/etc/hostname")
-        assert ssh.run("sudo test -e /var/lib/mec-conpaas/firstboot.done",
-                       check=False).returncode != 0
-        assert "FAILED" in ssh.run("cat /etc/issue.d/mec-conpaas-firstboot.issue").stdout
-    finally:
-        g.stop()
+    g = guest(fleet, "malformed")
+    ssh = SSH(g, keypair[0])
+    ssh.wait()
+    ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
+    props = ssh.run("systemctl show -p ActiveState -p Result mec-conpaas-firstboot").stdout
+    assert "ActiveState=failed" in props, props
+    errs = ssh.run("sudo journalctl -b -p err -t mec-conpaas-firstboot --no-pager").stdout
+    for what in ("hostname", "wifi_passphrase", "wifi_country", "unknown setting 'colour'"):
+        assert what in errs, (what, errs)
+    console = g.console_text()
+    assert "mec-conpaas.txt: hostname" in console and "NOT configured" in console
+    assert ssh.run("hostname").stdout.strip() != "ap_bad_name!"
+    assert ssh.run("cat /etc/hostname").stdout == rootfs.read("/etc/hostname")
+    assert ssh.run("sudo test -e /var/lib/mec-conpaas/firstboot.done",
+                   check=False).returncode != 0
+    assert "FAILED" in ssh.run("cat /etc/issue.d/mec-conpaas-firstboot.issue").stdout
 
 
-def test_missing_settings_reported_and_ssh_up(image):
+def test_missing_settings_reported_and_ssh_up(fleet):
     """No file at all: reported on the console, sshd still answers."""
-    g = Guest(image, image.workdir, "missing", None)
-    g.start()
-    try:
-        g.wait_console(r"mec-conpaas\.txt: file not found")
-        g.wait_console(r"login: ?$")
-        deadline = time.monotonic() + 120
-        banner = b""
-        while time.monotonic() < deadline and not banner.startswith(b"SSH-2.0"):
-            try:
-                with socket.create_connection(("127.0.0.1", g.ssh_port), timeout=10) as s:
-                    banner = s.recv(64)
-            except OSError:
-                time.sleep(2)
-        assert banner.startswith(b"SSH-2.0"), banner
-        assert "NOT configured" in g.console_text()
-    finally:
-        g.stop()
+    g = guest(fleet, "missing")
+    g.wait_console(r"mec-conpaas\.txt: file not found")
+    g.wait_console(r"login: ?$")
+    deadline = time.monotonic() + 120
+    banner = b""
+    while time.monotonic() < deadline and not banner.startswith(b"SSH-2.0"):
+        try:
+            with socket.create_connection(("127.0.0.1", g.ssh_port), timeout=10) as s:
+                banner = s.recv(64)
+        except OSError:
+            time.sleep(2)
+    assert banner.startswith(b"SSH-2.0"), banner
+    assert "NOT configured" in g.console_text()

@@ -8,7 +8,8 @@
 # Environment:
 #   MEC_CONPAAS_IMAGE_PROFILE  image-builder/profiles.ini section (default: ci)
 #   MEC_CONPAAS_IMAGE_BOOT     "all" (default): good + malformed + missing-file
-#                              boots; "good": one boot; "none": spec test only
+#                              boots, run in parallel; "good": one boot;
+#                              "none": spec test only
 #   MEC_CONPAAS_IMAGE_OUT      where the image goes (default $MEC_CONPAAS_IMAGE_WORK/out)
 #   MEC_CONPAAS_IMAGE_WORK     work dir (default image-builder/work/ci; keeps the
 #                              debootstrap/apt cache between runs on one machine)
@@ -90,9 +91,9 @@ log "built $IMAGE ($(du -h "$IMAGE" | cut -f1))"
 
 log "tests (boot: $BOOT)"
 case "$BOOT" in
-    all) SELECT=() ;;
-    good) SELECT=(-k "not malformed and not missing") ;;
-    none) SELECT=(-m "not emulated_boot") ;;
+    all) SELECT=(); export MEC_CONPAAS_BOOTS=good,malformed,missing ;;
+    good) SELECT=(-k "not malformed and not missing"); export MEC_CONPAAS_BOOTS=good ;;
+    none) SELECT=(-m "not emulated_boot"); export MEC_CONPAAS_BOOTS= ;;
     *) echo "MEC_CONPAAS_IMAGE_BOOT must be all, good or none" >&2; exit 2 ;;
 esac
 mkdir -p "$TESTTMP"
