@@ -69,8 +69,11 @@ def boot(image_xz, workdir, timeout=900):
     """Boot a copy (+1 GiB, settings file with a fresh key) and time the console
     login prompt and the first SSH login."""
     raw = os.path.join(workdir, "disk.img")
-    with open(raw, "wb") as f:
-        subprocess.run(["xz", "-dc", "-T0", image_xz], stdout=f, check=True)
+    if image_xz.endswith(".xz"):
+        with open(raw, "wb") as f:
+            subprocess.run(["xz", "-dc", "-T0", image_xz], stdout=f, check=True)
+    else:  # uncompressed profile (ci)
+        subprocess.run(["cp", "--sparse=always", image_xz, raw], check=True)
     with open(raw, "r+b") as f:
         f.truncate(os.path.getsize(raw) + 1024 * MIB)
     table = json.loads(sh("sfdisk", "-J", raw).stdout)["partitiontable"]
@@ -178,7 +181,8 @@ def main():
         raise SystemExit("bench/image_build.py needs root (it runs the image builder)")
     if args.quick:
         if args.image:
-            with open(args.image[:-len(".img.xz")] + ".build.json") as f:
+            base = args.image[:-len(".xz")] if args.image.endswith(".xz") else args.image
+            with open(base[:-len(".img")] + ".build.json") as f:
                 rec = json.load(f)
         else:
             rec = newest_record(args.out_dir, args.profile)
