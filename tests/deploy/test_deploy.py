@@ -126,14 +126,20 @@ def test_hostapd_and_dnsmasq_configurations_validate(aps):
         assert "ssid=mec-%s\n" % ap.name in conf
         assert "country_code=NL" in conf and "wpa=2" in conf
         # No radio here: hostapd parses and applies the whole file with the 'none' driver
-        # (only the interface and driver lines differ from the deployed file).
-        out = ap.run(
-            "sed -e 's/^driver=.*/driver=none/' -e 's/^interface=.*/interface=lo/' "
-            "-e 's|^ctrl_interface=.*|ctrl_interface=/tmp/hostapd-test|' "
-            "/etc/hostapd/hostapd.conf > /tmp/hostapd-test.conf && "
-            "timeout 3 hostapd -dd /tmp/hostapd-test.conf; echo rc=$?", check=False)
-        assert "rc=124" in out.stdout, out.stdout[-2000:]  # still running after 3 s: it started
-        assert "Line " not in out.stdout, out.stdout[-2000:]  # no configuration parse error
+        # (only the interface, driver and control socket lines differ from the deployed file).
+        prep = ("sed -e 's/^driver=.*/driver=none/' -e 's/^interface=.*/interface=lo/' "
+                "-e 's|^ctrl_interface=.*|ctrl_interface=/tmp/hostapd-test|' "
+                "/etc/hostapd/hostapd.conf > /tmp/hostapd-test.conf")
+        out = ap.run(prep + " && timeout 3 hostapd -dd /tmp/hostapd-test.conf; echo rc=$?",
+                     check=False).stdout
+        assert "Configuration file: /tmp/hostapd-test.conf" in out, out[-2000:]
+        assert "errors found in configuration file" not in out, out[-2000:]
+        assert "new country code NL" in out, out[-2000:]
+        assert out.rstrip().endswith("rc=124"), out[-2000:]  # still running after 3 s
+        # the same check rejects a broken file (negative control)
+        bad = ap.run(prep + " && echo wpa_pairwise_bogus=1 >> /tmp/hostapd-test.conf && "
+                     "timeout 3 hostapd /tmp/hostapd-test.conf; echo rc=$?", check=False).stdout
+        assert "errors found in configuration file" in bad and not bad.rstrip().endswith("rc=124"), bad
         ap.run("dnsmasq --test --conf-file=/etc/dnsmasq.d/mec-conpaas-ap.conf")
         assert ap.run("systemctl is-enabled hostapd").stdout.strip() == "enabled"
         assert ap.run("systemctl is-active dnsmasq").stdout.strip() == "active"

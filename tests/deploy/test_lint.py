@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from tests.deploy.conftest import REPO, ansible_env
+from tests.deploy.conftest import REPO
+from tests.deploy.conftest import ansible_env
 
 PLAYBOOKS = sorted(glob.glob(os.path.join(REPO, "playbooks", "*.yml")))
 LINT_PATHS = ["roles", "playbooks", "etc/inventory"]

@@ -35,12 +35,12 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
 log() { echo "[testbed $(date +%T)] $*" >&2; }
 
-container_conf() {  # name ip mac-suffix
-    local name=$1 ip=$2 n=$3
+container_conf() {  # name ip mac-suffix [hostname]
+    local name=$1 ip=$2 n=$3 uts=${4:-$1}
     cat <<CONF
 lxc.include = /usr/share/lxc/config/debian.common.conf
 lxc.arch = amd64
-lxc.uts.name = $name
+lxc.uts.name = $uts
 lxc.rootfs.path = dir:/var/lib/lxc/$name/rootfs
 lxc.tty.max = 4
 lxc.pty.max = 1024
@@ -58,7 +58,6 @@ lxc.net.0.name = eth0
 lxc.net.0.flags = up
 lxc.net.0.hwaddr = 02:4d:43:00:00:$(printf %02x "$n")
 lxc.net.0.ipv4.address = $ip/24
-lxc.net.0.ipv4.gateway = $HOSTIP
 lxc.net.1.type = veth
 lxc.net.1.link = $PBR
 lxc.net.1.name = eth1
@@ -106,6 +105,15 @@ WantedBy=sysinit.target
 UNIT
     ln -sf ../testbed-cgroup-fix.service "$r/etc/systemd/system/sysinit.target.wants/testbed-cgroup-fix.service"
     install -m 600 "$STATE/id_ed25519.pub" "$r/root/.ssh/authorized_keys"
+    # No default route and no resolver: the test hosts talk only to each other and to the
+    # apt proxy on the bridge (a lookup fails at once instead of timing out; RabbitMQ's and
+    # Erlang's name lookups hung for minutes with an unreachable nameserver).
+    : > "$r/etc/resolv.conf"
+    {
+        printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'
+        printf '%s\tmaster\n' "$NET.10"
+        for i in $(seq 1 "$(cat "$STATE/n_ap")"); do printf '%s\tap-%s\n' "$NET.$((10 + i))" "$i"; done
+    } > "$r/etc/hosts"
     # LXC configures eth0/eth1 itself: no DHCP client holding up boot (and SSH) for minutes
     printf 'auto lo\niface lo inet loopback\niface eth0 inet manual\niface eth1 inet manual\n' > "$r/etc/network/interfaces"
     if [ -x "$r/usr/bin/ssh-keygen" ]; then
@@ -182,7 +190,7 @@ up() {
         if ! lxc-info -n "$name" >/dev/null 2>&1; then
             log "copying $BASE to $name"
             lxc-copy -n "$BASE" -N "$name" >/dev/null
-            container_conf "$name" "$ip" $((10 + i)) > "/var/lib/lxc/$name/config"
+            container_conf "$name" "$ip" $((10 + i)) "${name#"$PREFIX"-}" > "/var/lib/lxc/$name/config"
             prepare_rootfs "/var/lib/lxc/$name/rootfs"
         fi
         [ "$(lxc-info -n "$name" -sH)" = RUNNING ] || lxc-start -n "$name"
