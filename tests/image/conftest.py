@@ -18,10 +18,14 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
+from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
 from imagelib import Root  # noqa: E402
+from imagelib import StandInMaster  # noqa: E402
 from imagelib import find_image  # noqa: E402
+from imagelib import settings  # noqa: E402
 from imagelib import sh  # noqa: E402
 
 
@@ -70,3 +74,63 @@ def rootfs(image):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "emulated_boot: boots the image under qemu-system-aarch64")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Emulated boots last: they are started at the beginning of the session
+    (see _start_boots_early) and boot while the other tests run."""
+    items.sort(key=lambda it: it.get_closest_marker("emulated_boot") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_boots_early(request):
+    if any(it.get_closest_marker("emulated_boot") for it in request.session.items) \
+            and os.environ.get("MEC_CONPAAS_BOOTS", "good") and _image_available():
+        request.getfixturevalue("fleet")
+
+
+def _image_available():
+    try:
+        find_image()
+    except BaseException:  # pytest.skip / pytest.fail: let the tests report it
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def keypair(image):
+    d = os.path.join(image.workdir, "sshkey")
+    os.makedirs(d, exist_ok=True)
+    key = os.path.join(d, "id_ed25519")
+    if not os.path.exists(key):
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-test", "-f", key)
+    with open(key + ".pub") as f:
+        return key, f.read().strip()
+
+
+@pytest.fixture(scope="session")
+def master():
+    m = StandInMaster()
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def fleet(image, keypair, master):
+    """All boots start at once (each qemu is one more process sharing the CPUs):
+    'good' (valid settings), 'malformed', 'missing' (no settings file).
+    MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
+    key, pub = keypair
+    wanted = os.environ.get("MEC_CONPAAS_BOOTS", "good,malformed,missing").split(",")
+    texts = {"good": settings(pub, master.port), "malformed": MALFORMED.format(pub=pub),
+             "missing": None}
+    guests = {}
+    try:
+        for name in ("good", "malformed", "missing"):
+            if name in wanted:
+                guests[name] = Guest(image, image.workdir, name, texts[name])
+                guests[name].start()
+        yield guests
+    finally:
+        for g in guests.values():
+            g.stop()

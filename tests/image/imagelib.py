@@ -11,9 +11,15 @@ Needs root (losetup, mount), sfdisk, mtools, e2fsprogs, xz.
 
 import glob
 import hashlib
+import http.server
 import json
 import os
+import re
+import shutil
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -119,3 +125,174 @@ def roles_in(image):
 def needs_role(image, role):
     if role not in roles_in(image):
         pytest.skip(f"profile {image.manifest['profile']!r} does not apply role {role}")
+
+
+# ----------------------------------------------------------- emulated boots
+BOOT_TIMEOUT = int(os.environ.get("MEC_CONPAAS_BOOT_TIMEOUT", "900"))
+GROW_MIB = 1024
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StandInMaster:
+    """Records every HTTP request (the node agent registering) and answers 200."""
+
+    def __init__(self):
+        self.requests = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n).decode("utf-8", "replace") if n else ""
+                outer.requests.append({"method": self.command, "path": self.path, "body": body,
+                                       "auth": self.headers.get("Authorization", "")})
+                data = json.dumps({"status": "ok", "id": "stand-in"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Guest:
+    def __init__(self, image, workdir, name, settings_text):
+        self.image, self.name = image, name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.disk = os.path.join(self.dir, "disk.img")
+        sh("cp", "--sparse=always", image.raw, self.disk)
+        self.orig_bytes = os.path.getsize(self.disk)
+        with open(self.disk, "r+b") as f:
+            f.truncate(self.orig_bytes + GROW_MIB * MIB)
+        mt = f"{self.disk}@@{image.offset(1)}"
+        if settings_text is not None:
+            cfg = os.path.join(self.dir, "mec-conpaas.txt")
+            with open(cfg, "w") as f:
+                f.write(settings_text)
+            sh("mcopy", "-o", "-i", mt, cfg, "::mec-conpaas.txt")
+        kver = image.manifest["kernel"]
+        for f in ("vmlinuz", "initrd.img"):
+            sh("mcopy", "-o", "-i", mt, f"::{f}-{kver}", os.path.join(self.dir, f))
+        cmdline = image.boot_read("cmdline.txt").split()
+        cmdline = [a for a in cmdline if not a.startswith("console=")] + ["console=ttyAMA0"]
+        self.cmdline = " ".join(cmdline)
+        self.console = os.path.join(self.dir, "console.log")
+        self.ssh_port = free_port()
+        self.proc = None
+
+    def start(self):
+        cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "1024",
+               "-smp", os.environ.get("MEC_CONPAAS_BOOT_SMP", "2"),
+               "-display", "none", "-monitor", "none",
+               "-serial", f"file:{self.console}",
+               "-kernel", os.path.join(self.dir, "vmlinuz"),
+               "-initrd", os.path.join(self.dir, "initrd.img"),
+               "-append", self.cmdline,
+               "-drive", f"file={self.disk},if=virtio,format=raw",
+               "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+               "-device", "virtio-net-pci,netdev=n0", "-no-reboot"]
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+
+    def console_text(self):
+        try:
+            with open(self.console, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_console(self, pattern, timeout=BOOT_TIMEOUT):
+        deadline = self.t0 + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.console_text(), re.M)
+            if m:
+                return time.monotonic() - self.t0
+            if self.proc.poll() is not None:
+                break
+            time.sleep(1)
+        pytest.fail(f"{self.name}: {pattern!r} not on the console after "
+                    f"{time.monotonic() - self.t0:.0f} s\n...{self.console_text()[-3000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        art = os.environ.get("MEC_CONPAAS_ARTIFACTS")
+        if art:
+            os.makedirs(art, exist_ok=True)
+            shutil.copy(self.console, os.path.join(art, f"console-{self.name}.log"))
+
+
+class SSH:
+    def __init__(self, guest, key):
+        self.guest, self.key = guest, key
+
+    def run(self, command, check=True, timeout=120):
+        cmd = ["ssh", "-i", self.key, "-p", str(self.guest.ssh_port), "-o", "BatchMode=yes",
+               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "mec@127.0.0.1", command]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"ssh {command!r} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def wait(self, timeout=BOOT_TIMEOUT):
+        deadline = self.guest.t0 + timeout
+        while time.monotonic() < deadline:
+            if self.guest.proc.poll() is not None:
+                break
+            try:
+                if self.run("true", check=False, timeout=30).returncode == 0:
+                    return time.monotonic() - self.guest.t0
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(3)
+        pytest.fail(f"no SSH login after {time.monotonic() - self.guest.t0:.0f} s\n"
+                    f"...{self.guest.console_text()[-4000:]}")
+
+
+def settings(pubkey, master_port, hostname="ap-test-1"):
+    return (
+        "# written by tests/image/test_emulated_boot.py\r\n"  # CRLF: as from a Windows editor
+        f"hostname = {hostname}\r\n"
+        "wifi_ssid = MEC-ConPaaS test\r\n"
+        "wifi_passphrase = \"not a real passphrase\"\r\n"
+        "wifi_country = nl\r\n"
+        f"master = http://10.0.2.2:{master_port}\r\n"
+        "registration_token = image-test-token\r\n"
+        f"ssh_authorized_key = {pubkey}\r\n"
+        "backbone = dhcp\r\n")
+
+
+MALFORMED = ("hostname = ap_bad_name!\n"           # invalid
+             "wifi_ssid = x\n"
+             "wifi_passphrase = short\n"           # invalid (< 8)
+             "wifi_country = Netherlands\n"        # invalid
+             "master = 192.0.2.10\n"
+             "registration_token = t\n"
+             "ssh_authorized_key = {pub}\n"
+             "colour = blue\n")                    # unknown key
