@@ -113,8 +113,13 @@ def write(name, summary, plot):
     print(json.dumps(summary, sort_keys=True))
 
 
-def wait_http_200(url, timeout=120, interval=0.02):
+def wait_http_200(url, edge, timeout=120, interval=0.02):
+    import urllib.parse
     import urllib.request
+    host = urllib.parse.urlsplit(url).hostname
+    if not edge.net.routed_locally(host):
+        raise RuntimeError("%s is not routed through the edge's own link: "
+                           "refusing to send traffic off this machine" % host)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

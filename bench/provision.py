@@ -28,7 +28,7 @@ def paas_once(b, n):
     res = c.create_service("web", "prov%d" % n, node="ap-1")
     port = res["service"]["port"]
     ap_addr = b.edge.net.client_addresses("ap-1")[0]
-    t1 = common.wait_http_200("http://%s:%d/" % (ap_addr, port))
+    t1 = common.wait_http_200("http://%s:%d/" % (ap_addr, port), b.edge)
     op = c.wait(res["operation"]["id"])
     assert op["state"] == "SUCCEEDED", op
     c.wait(c.delete_service("prov%d" % n)["operation"]["id"])
@@ -67,7 +67,7 @@ def floor_once(b, bundle_path, n):
                           os.path.join(work, "dom.xml")], capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError("floor container did not start: " + res.stderr)
-    t1 = common.wait_http_200("http://%s:8080/" % addr)
+    t1 = common.wait_http_200("http://%s:8080/" % addr, b.edge)
     subprocess.run(["virsh", "-q", "-c", uri, "destroy", name], capture_output=True)
     subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % libvirtd, "umount",
                     paths["rootfs"]], check=True)

@@ -224,6 +224,9 @@ class Edge:
         conf = self.path("master", "mec-conpaas.conf")
         proc = self._spawn("manager", [self._tool("mec-conpaas-manager"),
                                        "--config-file", conf])
+        if not self.net.routed_locally(self.net.master_address()):
+            raise EdgeError("the master address %s is not on this edge's link"
+                            % self.net.master_address())
         self._wait("manager API", lambda: shaping.measure_rtt_ms(
             self.net.master_address(), self.manager_port, 1) is not None,
             timeout=60, proc=proc, logname="manager")
@@ -321,8 +324,11 @@ class Edge:
             name = f[:-4]
             procs[name] = "running" if self._pid(name) else "dead"
         rtts = {}
+        up = bool(self.net.existing_netns())
         for ap in self.net.aps:
-            measured = shaping.measure_rtt_ms(self.net.bridge_address(ap), 9681)
+            addr = self.net.bridge_address(ap)
+            measured = (shaping.measure_rtt_ms(addr, 9681)
+                        if up and self.net.routed_locally(addr) else None)
             expected = shaping.expected_rtt_ms(self.net, ap) if mode != "off" else 0.0
             rtts[ap] = {"expected_ms": expected,
                         "measured_ms": round(measured, 2) if measured else None}
@@ -330,7 +336,7 @@ class Edge:
         verified = mode in ("netem", "nfqueue") and linkd_ok and all(
             r["measured_ms"] is not None and r["measured_ms"] >= 0.8 * r["expected_ms"]
             for r in rtts.values())
-        return {"up": bool(self.net.existing_netns()), "access_points": self.net.aps,
+        return {"up": up, "access_points": self.net.aps,
                 "manager_url": self.manager_url(), "processes": procs,
                 "latency_shaping": {
                     "method": mode, "active": verified,

@@ -183,6 +183,18 @@ class EdgeNetwork:
                 end = lk.a if lk.a in hops else lk.b
                 self.ip(src, "route", "replace", str(lk.net), "via", gateway(end))
 
+    def routed_locally(self, address):
+        """True if the root namespace reaches ``address`` through this
+        edge's own link: never probe an address that would leave the
+        machine by the default route."""
+        master_ifs = {lk.if_a if lk.a == "master" else lk.if_b for lk in self.links
+                      if "master" in (lk.a, lk.b)}
+        out = run("ip", "-o", "route", "get", address, check=False).stdout.split()
+        if "dev" in out:
+            dev = out[out.index("dev") + 1]
+            return dev in master_ifs or (dev == "lo" and address == self.master_address())
+        return False
+
     # -- teardown ----------------------------------------------------------
     def existing_netns(self):
         out = run("ip", "netns", "list", check=False).stdout
