@@ -37,6 +37,9 @@ def test_edge_is_up_with_latency_shaping(edge, admin):
     assert shaping["active"], shaping
     # ap-3 is three links (1 + 2 + 2 ms one way) from the master.
     assert shaping["master_to_ap_rtt"]["ap-3"]["measured_ms"] >= 9.0
+    # Probes go only where the edge's own link leads.
+    assert edge.net.routed_locally(edge.net.bridge_address("ap-3"))
+    assert not edge.net.routed_locally("10.99.99.1")
 
 
 def test_create_web_service_answers_through_ap1(edge, admin):
