@@ -14,6 +14,9 @@ VENV=${MEC_DEPLOY_VENV:-/opt/mec-deploy-ci/venv}
 export MEC_DEPLOY_STATE=${MEC_DEPLOY_STATE:-/var/tmp/mec-deploy-testbed}
 export MEC_DEPLOY_LOG_DIR=${MEC_DEPLOY_LOG_DIR:-/var/tmp/mec-deploy-logs}
 export DEBIAN_FRONTEND=noninteractive
+# full: the whole functional test (OpenStack included); system: common, edge_tuning and
+# wifi_ap only (see docs/deploy.rst, "CI vs. the full run")
+export MEC_DEPLOY_SCOPE=${MEC_DEPLOY_SCOPE:-system}
 T0=$(date +%s)
 log() { echo "[deploy-ci +$(( $(date +%s) - T0 ))s] $*"; }
 

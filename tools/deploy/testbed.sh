@@ -126,9 +126,9 @@ UNIT
 }
 
 start_acng() {
-    mkdir -p "$STATE/acng/cfg" "$STATE/acng/log" /var/cache/mec-deploy-acng
+    mkdir -p "$STATE/acng/cfg" "$STATE/acng/log" /var/cache/mec-deploy-acng-$PREFIX
     cat > "$STATE/acng/cfg/acng.conf" <<ACNG
-CacheDir: /var/cache/mec-deploy-acng
+CacheDir: /var/cache/mec-deploy-acng-$PREFIX
 LogDir: $STATE/acng/log
 SupportDir: /usr/lib/apt-cacher-ng
 Port: $ACNG_PORT
@@ -136,7 +136,7 @@ BindAddress: $HOSTIP
 ExThreshold: 4
 PassThroughPattern: ^$
 ACNG
-    chown -R apt-cacher-ng: "$STATE/acng" /var/cache/mec-deploy-acng
+    chown -R apt-cacher-ng: "$STATE/acng" /var/cache/mec-deploy-acng-$PREFIX
     if [ -f "$STATE/acng.pid" ] && kill -0 "$(cat "$STATE/acng.pid")" 2>/dev/null; then return; fi
     apt-cacher-ng -c "$STATE/acng/cfg" ForeGround=1 >"$STATE/acng/out.log" 2>&1 &
     echo $! > "$STATE/acng.pid"
