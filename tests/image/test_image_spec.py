@@ -86,8 +86,8 @@ def test_boot_partition_kernel_initrd_cmdline(image):
     for f in (f"vmlinuz-{kver}", f"initrd.img-{kver}", "config.txt", "cmdline.txt",
               "mec-conpaas.txt.example"):
         assert f in files, f"{f} missing on the boot partition: {files}"
-    assert any(f.startswith("bcm2710-rpi-3-b") for f in files), "no Pi 3 device tree"
-    assert any(f.startswith("bcm2711-rpi-4-b") for f in files), "no Pi 4 device tree"
+    assert "bcm2837-rpi-3-b.dtb" in files, "no Pi 3 device tree"
+    assert "bcm2711-rpi-4-b.dtb" in files, "no Pi 4 device tree"
     assert "start4.elf" in files and "bootcode.bin" in files
     cmdline = shlex.split(image.boot_read("cmdline.txt"))
     assert f"root=PARTUUID={image.partuuid(2)}" in cmdline, cmdline
