@@ -360,8 +360,13 @@ class Builder:
         with open(f"{self.root}/etc/fstab", "w") as f:
             f.write("# mec-conpaas image: by PARTUUID (image-builder/build.py)\n"
                     f"PARTUUID={self.root_partuuid}\t/\text4\tdefaults,noatime\t0\t1\n"
+                    # nofail: a missing/unreadable boot partition must not drop the
+                    # node into emergency mode (unreachable); first boot then reports
+                    # the settings file as missing.  Generous device timeout: udev
+                    # coldplug is slow under emulation on a busy host.
                     f"PARTUUID={self.boot_partuuid}\t/boot/firmware\tvfat\t"
-                    "defaults,noatime,umask=0077\t0\t2\n")
+                    "defaults,noatime,umask=0077,nofail,x-systemd.device-timeout=5min"
+                    "\t0\t2\n")
 
     def divert(self, path):
         self.chroot("dpkg-divert", "--local", "--rename", "--add", path)
