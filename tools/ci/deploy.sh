@@ -23,7 +23,7 @@ log() { echo "[deploy-ci +$(( $(date +%s) - T0 ))s] $*"; }
 cleanup() {
     local rc=$?
     log "cleanup"
-    bash "$REPO/tools/deploy/testbed.sh" down || true
+    MEC_DEPLOY_DESTROY_BASE=1 bash "$REPO/tools/deploy/testbed.sh" down || true
     # apt-cacher-ng's postinst may have started the distribution's daemon
     if [ -n "${ACNG_WAS_RUNNING:-}" ] && [ "$ACNG_WAS_RUNNING" = no ] && [ -x /etc/init.d/apt-cacher-ng ]; then
         /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true
