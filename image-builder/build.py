@@ -387,6 +387,15 @@ class Builder:
         if len(kernels) != 1:
             raise BuildError(f"expected exactly one kernel in the image, found {kernels}")
         self.kernel_version = kernels[0]
+        # The raspi-firmware kernel hook fills /boot/firmware (cmdline.txt, config.txt,
+        # DTBs) only when an initrd exists, and initramfs builds are held back until
+        # finalize(): give it a placeholder so the roles see (and may edit) cmdline.txt.
+        placeholder = f"{self.root}/boot/initrd.img-{self.kernel_version}"
+        if not os.path.exists(placeholder):
+            open(placeholder, "w").close()
+            self.placeholder_initrd = placeholder
+        self.chroot("/etc/kernel/postinst.d/z50-raspi-firmware", self.kernel_version,
+                    env_extra={"DEB_MAINT_PARAMS": "configure"})
         # systemd-resolved replaced resolv.conf with a symlink; keep host DNS during the build.
         if os.path.islink(f"{self.root}/etc/resolv.conf"):
             os.remove(f"{self.root}/etc/resolv.conf")
@@ -450,6 +459,9 @@ class Builder:
     def finalize(self):
         r = self.root
         self.undivert("/usr/sbin/update-initramfs")
+        if getattr(self, "placeholder_initrd", None) and \
+                os.path.getsize(self.placeholder_initrd) == 0:
+            os.remove(self.placeholder_initrd)
         # Kernel arguments the roles added to cmdline.txt (edge_tuning: cgroups)
         # would be lost whenever the raspi-firmware hook regenerates it (here,
         # and on every kernel update on the Pi): persist them where the hook
