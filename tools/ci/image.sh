@@ -33,7 +33,7 @@ cleanup() {
     set +e
     log "cleanup"
     # qemu processes whose disk is under our work dir (started by the tests).
-    for pid in $(pgrep -x qemu-system-aarch64); do
+    for pid in $(pgrep -f '^qemu-system-aarch64 '); do
         if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$WORK/"; then
             log "killing qemu $pid"; kill "$pid"; sleep 2; kill -9 "$pid" 2>/dev/null
         fi
@@ -62,8 +62,10 @@ trap 'exit 130' INT TERM
 
 log "host packages"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
+# Another apt run on the machine holds the lock: wait for it (up to 10 min).
+APT=(apt-get -o DPkg::Lock::Timeout=600)
+"${APT[@]}" update -qq
+"${APT[@]}" install -y -qq --no-install-recommends \
     debootstrap qemu-user-static binfmt-support qemu-system-arm ipxe-qemu \
     mtools dosfstools e2fsprogs fdisk util-linux xz-utils openssh-client \
     python3 python3-venv ca-certificates gpgv debian-archive-keyring >/dev/null
