@@ -10,11 +10,13 @@ Measures, on this machine:
     memory cgroup: anonymous + shared memory (what `free` reports as used, without page
     cache), and the resident size of the edge node's OpenStack processes.
 
-    bench/deploy.py [--quick] [--reuse] [--n-ap N] [--keep]
+    bench/deploy.py [--quick] [--reuse] [--n-ap N] [--keep] [--scope full|system]
 
 --quick  one AP node instead of two and no second run
 --reuse  measure an already deployed test bed (no deployment: RAM + server create only)
 --keep   leave the test bed running
+--scope system   deploy with --skip-tags openstack,paas (common, edge_tuning, wifi_ap): no
+         instance is created, bare_to_active_s is null; RAM is then the base system's
 
 Writes bench/results/deploy-<UTC time>.json and .png; prints the summary as ONE JSON object
 on its last line. Targets (issue 3): first ACTIVE instance <= 12 min on 2 cores; edge node
@@ -56,14 +58,14 @@ def ssh(addr, command, timeout=900):
         capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def playbook(name, log_name):
+def playbook(name, log_name, extra=()):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     os.makedirs("/var/tmp/mec-deploy-logs", exist_ok=True)
     path = "/var/tmp/mec-deploy-logs/bench-%s.log" % log_name
     t0 = time.monotonic()
     with open(path, "w") as f:
         rc = subprocess.run(["ansible-playbook", "-i", os.path.join(STATE, "inventory.yml"),
-                             os.path.join(REPO, "playbooks", name)], cwd=REPO, env=env,
+                             os.path.join(REPO, "playbooks", name)] + list(extra), cwd=REPO, env=env,
                             stdout=f, stderr=subprocess.STDOUT).returncode
     seconds = time.monotonic() - t0
     with open(path) as f:
@@ -173,6 +175,7 @@ def main():
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--n-ap", type=int, default=None)
+    ap.add_argument("--scope", choices=("full", "system"), default="full")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (LXC containers)")
@@ -180,6 +183,8 @@ def main():
     phases = {"testbed_up": None, "site_first_run": None, "image_upload": None,
               "server_create_to_active": None, "site_second_run": None}
     second_changed = None
+    extra = [] if args.scope == "full" else ["--skip-tags", "openstack,paas"]
+    memory, edge_procs = {}, {}
     try:
         if not args.reuse:
             subprocess.run(["bash", TESTBED, "down"], check=True)
@@ -187,24 +192,25 @@ def main():
             subprocess.run(["bash", TESTBED, "up", str(n_ap)], check=True)
             phases["testbed_up"] = time.monotonic() - t0
             log("test bed up in %.0f s" % phases["testbed_up"])
-            phases["site_first_run"], _ = playbook("site.yml", "site-first")
+            phases["site_first_run"], _ = playbook("site.yml", "site-first", extra)
             log("site.yml first run %.0f s" % phases["site_first_run"])
         h = hosts()
         aps = sorted(n for n in h if n.startswith("ap-"))
-        phases["image_upload"], phases["server_create_to_active"] = server_active(h["master"], aps[0])
-        log("server ACTIVE on %s after %.1f s" % (aps[0], phases["server_create_to_active"]))
+        if args.scope == "full":
+            phases["image_upload"], phases["server_create_to_active"] = server_active(h["master"], aps[0])
+            log("server ACTIVE on %s after %.1f s" % (aps[0], phases["server_create_to_active"]))
         memory = {"master": cgroup_memory("%s-master" % PREFIX)}
         for name in aps:
             memory[name] = cgroup_memory("%s-%s" % (PREFIX, name))
         edge_procs = edge_process_rss(h[aps[0]])
         if not args.quick and not args.reuse:
-            phases["site_second_run"], second_changed = playbook("site.yml", "site-second")
+            phases["site_second_run"], second_changed = playbook("site.yml", "site-second", extra)
             log("site.yml second run %.0f s, changed=%s" % (phases["site_second_run"], second_changed))
     finally:
         if not args.keep and not args.reuse:
             subprocess.run(["bash", TESTBED, "down"])
     to_active = None
-    if phases["site_first_run"] is not None:
+    if phases["site_first_run"] is not None and phases["server_create_to_active"] is not None:
         to_active = (phases["testbed_up"] + phases["site_first_run"] + phases["image_upload"]
                      + phases["server_create_to_active"])
     with open("/proc/loadavg") as f:
@@ -213,7 +219,7 @@ def main():
         "benchmark": "deploy",
         "utc": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": "%d cores, load %s at the end" % (os.cpu_count(), "/".join(load)),
-        "n_ap": n_ap, "quick": args.quick, "reuse": args.reuse,
+        "n_ap": n_ap, "quick": args.quick, "reuse": args.reuse, "scope": args.scope,
         "phases_s": {k: (round(v, 1) if v is not None else None) for k, v in phases.items()},
         "bare_to_active_s": round(to_active, 1) if to_active is not None else None,
         "target_bare_to_active_s": TARGET_ACTIVE_S,
@@ -226,7 +232,7 @@ def main():
     }
     os.makedirs(RESULTS, exist_ok=True)
     stamp = result["utc"].replace(":", "").replace("-", "")
-    base = os.path.join(RESULTS, "deploy-%s" % stamp)
+    base = os.path.join(RESULTS, "deploy-%s%s" % ("" if args.scope == "full" else "system-", stamp))
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=2)
     plot(result, base + ".png")
