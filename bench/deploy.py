@@ -157,8 +157,9 @@ def plot(result, path):
         a.axvline(result["bare_to_active_s"] / 60, color="green", ls=":",
                   label="bare host to ACTIVE %.1f min" % (result["bare_to_active_s"] / 60))
     a.set_xlabel("minutes")
-    a.set_title("Deployment phases (%s)" % result["machine"])
-    a.legend(fontsize=8)
+    a.set_title("Deployment phases, scope %s (%s)" % (result["scope"], result["machine"]), fontsize=9)
+    if result["bare_to_active_s"] is not None:
+        a.legend(fontsize=8)
     names = list(result["memory"])
     b.bar(names, [result["memory"][n]["used_mb"] for n in names], color="tab:orange")
     b.axhline(TARGET_EDGE_MB, color="red", ls="--", label="edge target 600 MB")
