@@ -35,7 +35,7 @@ def main():
     for _ in range(30):
         try:
             conn = openstack.connect()
-            conn.identity.get_token()
+            conn.authorize()
             break
         except Exception:  # keystone still starting
             time.sleep(2)
