@@ -244,6 +244,13 @@ def test_first_boot_units_enabled(rootfs):
     assert not rootfs.exists("/usr/sbin/policy-rc.d"), "build-time policy-rc.d left behind"
 
 
+def test_backbone_reachable_without_settings(rootfs):
+    """Without (valid) settings the backbone still comes up by DHCP: a node with a
+    missing or malformed file must stay reachable over SSH."""
+    net = rootfs.read("/etc/systemd/network/90-mec-conpaas-backbone-default.network")
+    assert "Name=eth0" in net and "DHCP=yes" in net
+
+
 def test_node_agent_installed(image, rootfs):
     needs_role(image, "mec_conpaas_node")
     assert rootfs.exists("/opt/mec-conpaas/venv/bin/mec-conpaas-node-agent")
