@@ -69,5 +69,12 @@ class CloudDriver(abc.ABC):
         final delta with the source frozen."""
         raise NotImplementedError
 
+    def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None):
+        """Freeze the source, then copy the final delta: migration's critical
+        window.  Drivers that can do both in one request override this."""
+        frozen = self.freeze(src, src_id, quiesce_port)
+        copied = self.copy_state(src, src_id, dst, dst_id, final=True)
+        return dict(copied, freeze_attempts=(frozen or {}).get("attempts", 1))
+
     def logs(self, node, instance_id) -> str:
         raise NotImplementedError

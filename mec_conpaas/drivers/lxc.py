@@ -55,6 +55,13 @@ class LxcDriver(base.CloudDriver):
             "source": {"url": src.url, "token": src.agent_token,
                        "instance_id": src_id}}, timeout=600)
 
+    def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None):
+        # One request: the source agent freezes, then pushes the delta.
+        return self._call(src, "POST", "/v1/instances/%s/state/push" % src_id, {
+            "freeze": {"quiesce_port": quiesce_port},
+            "target": {"url": dst.url, "token": dst.agent_token,
+                       "instance_id": dst_id}}, timeout=600)
+
     def logs(self, node, instance_id):
         return self._call(node, "GET", "/v1/instances/%s/logs" % instance_id)["log"]
 

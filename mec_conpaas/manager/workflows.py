@@ -219,10 +219,9 @@ class MigrateService(Workflow):
         # The critical window: from here until the proxies switch, requests
         # for this service wait.  Keep it to network round trips only.
         marks = [("start", time.monotonic())]
-        frozen = self.driver.freeze(old_ref, old_id, quiesce_port=APP_PORT)
-        marks.append(("freeze", time.monotonic()))
-        final = self.driver.copy_state(old_ref, old_id, to_ref, new_id, final=True)
-        marks.append(("final_copy", time.monotonic()))
+        final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
+                                            quiesce_port=APP_PORT)
+        marks.append(("freeze_and_final_copy", time.monotonic()))
         with session_scope() as s:
             s.get(models.Instance, new_id).state = "ACTIVE"
             s.get(models.Instance, old_id).state = "DELETING"
@@ -237,7 +236,7 @@ class MigrateService(Workflow):
                  for i, (name, t) in enumerate(marks[1:])}
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
                      "freeze (%d freeze attempt(s), final copy: %d files); removing "
-                     "the old instance" % (switched_ms, frozen.get("attempts", 1),
+                     "the old instance" % (switched_ms, final.get("freeze_attempts") or 1,
                                            final.get("files", 0)))
         self.destroy_instance(old_id)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)

@@ -208,8 +208,12 @@ class NodeAgent:
         """Final copy, driven from the source: send only what changed since
         the manifest served for the bulk copy, with the full manifest so the
         target applies deletions too.  One node-to-node round trip."""
-        src = self._need_containers().state_dir(iid)
+        containers = self._need_containers()
+        src = containers.state_dir(iid)
         dst = body["target"]
+        frozen = {}
+        if body.get("freeze") is not None:
+            frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
         current = statesync.manifest(src)
         base = self.served_manifests.pop(iid, {})
         paths = statesync.wanted(base, current)
@@ -217,7 +221,8 @@ class NodeAgent:
         httpserver.call("POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/import"
                         % dst["instance_id"], dst["token"], data, timeout=300,
                         content_type="application/x-tar")
-        return {"files": len(paths), "bytes": len(data)}
+        return {"files": len(paths), "bytes": len(data),
+                "freeze_attempts": frozen.get("attempts")}
 
     def import_state(self, body, iid):
         if not isinstance(body, bytes):
