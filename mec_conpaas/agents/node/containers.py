@@ -203,6 +203,7 @@ class LibvirtContainers:
                             self.conf.manager.max_bundle_members)
             xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
                               self.network.prefixlen, self.gateway)
+            _forget_neighbour(address)
             self.conn().createXML(xml, 0)
         except Exception:
             LOG.exception("creating instance %s failed; cleaning up", instance_id)
@@ -240,6 +241,9 @@ class LibvirtContainers:
             except libvirt.libvirtError as e:
                 LOG.warning("destroying %s: %s", instance_id, e)
         paths = self._paths(instance_id)
+        meta = self._meta(instance_id)
+        if meta:
+            _forget_neighbour(meta["address"])
         if os.path.ismount(paths["rootfs"]):
             subprocess.run(["umount", "-l", paths["rootfs"]], check=False)
         shutil.rmtree(paths["base"], ignore_errors=True)
@@ -323,6 +327,13 @@ def _cgroup_read(pid, controller, name):
             with open(os.path.join(base, entry, name)) as f:
                 return int(f.read().strip())
     return None
+
+
+def _forget_neighbour(address):
+    """Drop the ARP entry of an instance address: a reused address would
+    otherwise be sent to the removed veth's MAC until the kernel re-probes
+    (seconds), stalling the new instance's first requests."""
+    subprocess.run(["ip", "neigh", "flush", "to", address], capture_output=True)
 
 
 def _freezer_dir(domain_name):
