@@ -240,9 +240,7 @@ def create_app(manager):
                                          "pick another name" % name)
             if form.get("node"):
                 up_node(s, form["node"])
-            capacity = manager.cluster.capacity(s)
-            free = sum(max(0, v["max_instances"] - v["used"])
-                       for v in capacity.values() if v["up"])
+            free = manager.cluster.free_slots(s)
             if count > free:
                 raise exception.InsufficientCapacity(
                     "count %d is above the %d free instance slots of the up "
@@ -354,10 +352,7 @@ def create_app(manager):
             if node:
                 up_node(s, node)
             if count > current:
-                capacity = manager.cluster.capacity(s)
-                free = sum(max(0, v["max_instances"] - v["used"])
-                           for n, v in capacity.items()
-                           if v["up"] and (not node or n == node))
+                free = manager.cluster.free_slots(s, node or None)
                 if count - current > free:
                     raise exception.InsufficientCapacity(
                         "count %d needs %d more instance(s) but the up nodes "

@@ -1,6 +1,4 @@
 """Helpers shared by the CLI commands: waiting with progress, columns."""
-import sys
-
 from cliff import command
 
 from mec_conpaas.cli import client as client_mod
@@ -56,8 +54,3 @@ def operation_columns(op):
     keys = ("id", "kind", "service", "state", "progress", "step", "error",
             "attempts", "created_at", "updated_at")
     return keys, tuple(op.get(k) for k in keys)
-
-
-def fail(stream, message):
-    stream.write("error: %s\n" % message)
-    sys.exit(1)

@@ -76,6 +76,12 @@ class Cluster:
                          "used": used.get(n.name, 0), "up": n.state == "up"}
                 for n in self.nodes(session)}
 
+    def free_slots(self, session, node=None):
+        """Free instance slots on the up nodes (or on ``node`` only)."""
+        return sum(max(0, v["max_instances"] - v["used"])
+                   for n, v in self.capacity(session).items()
+                   if v["up"] and (node is None or n == node))
+
     # -- proxies ---------------------------------------------------------
     def desired_proxies(self, session, draining=()):
         """Per access point: every service's near/far/draining servers."""

@@ -7,8 +7,6 @@ healthy).  Moving instances between slots, draining and disabling go
 through HAProxy's runtime API; only adding or removing a service (a
 frontend) rewrites the configuration, with a hitless master-worker reload.
 """
-import hashlib
-import json
 import logging
 import os
 import socket
@@ -100,10 +98,6 @@ class HAProxy:
             f.write(text)
         os.replace(tmp, self.config_path)
         return True
-
-    def config_digest(self):
-        with open(self.config_path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
 
     # -- sockets -------------------------------------------------------
     @staticmethod
@@ -233,7 +227,3 @@ class HAProxy:
                                     "addr": f[73] if len(f) > 73 else ""})
             out[sid] = {"port": self.services[sid]["port"], "servers": servers}
         return out
-
-
-def dump(services):
-    return json.dumps(services, sort_keys=True)
