@@ -1,9 +1,11 @@
 """An admin drains a node holding another tenant's services: everything moves
 off it make-before-break under load, the node is refused as a target until
-enabled, and a drain that cannot complete changes nothing."""
+enabled, and a drain that cannot complete changes nothing; remove-node.yml's
+helper drains through the same call."""
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +18,8 @@ from tests.functional.conftest import containers
 from tests.functional.conftest import new_tenant
 from tests.functional.conftest import wait_op
 
+HELPER = os.path.join(os.path.dirname(__file__), "..", "..", "roles",
+                      "openstack_controller", "files", "mec_drain_node.py")
 DISABLED = ("node ap-1 is disabled (maintenance): choose another node or "
             "`mec-conpaas node enable ap-1`")
 
@@ -157,3 +161,30 @@ def test_cli_drain_waits_for_every_operation(edge, admin, tenant):
                                                              "ap-3"])}
     assert containers(edge, "ap-1") == []
     assert running(edge) == instance_ids(tenant)
+
+
+def test_remove_node_helper_drains_and_is_idempotent(edge, admin, tenant, tmp_path):
+    """roles/openstack_controller/files/mec_drain_node.py against the real
+    manager, nova stubbed out (no OpenStack here)."""
+    (tmp_path / "openstack.py").write_text(
+        "class _Compute:\n"
+        "    def services(self, **kw):\n        return []\n"
+        "    def servers(self, **kw):\n        return []\n"
+        "def connect():\n    return type('C', (), {'compute': _Compute()})()\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    argv = [sys.executable, HELPER, "ap-3", edge.manager_url(), edge.path("admin-token")]
+
+    def helper():
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout.splitlines()[-1])
+
+    # ap-3 holds three instances (api's two, shop's one); ap-1 has room.
+    admin.enable_node("ap-1")
+    assert helper() == {"changed": ["MEC-ConPaaS node ap-3 disabled",
+                                    "service api of tenant tenant-d moved off ap-3",
+                                    "service shop of tenant tenant-d moved off ap-3"]}
+    assert containers(edge, "ap-3") == [] and len(containers(edge, "ap-1")) == 3
+    assert running(edge) == instance_ids(tenant)
+    assert helper() == {"changed": []}
+    assert admin.node("ap-3")["schedulable"] is False
