@@ -19,6 +19,7 @@ from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import auth
+from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -34,6 +35,8 @@ def node_view(node):
             "address": node.address, "hostname": node.hostname, "mac": node.mac,
             "container_backend": node.container_backend,
             "max_instances": node.max_instances,
+            "schedulable": not node.disabled,
+            "disabled_reason": node.disabled_reason,
             "last_heartbeat": _iso(node.last_heartbeat),
             "report": node.report or {}}
 
@@ -94,8 +97,10 @@ def create_app(manager):
             raise exception.NotFound("no such API path")
         return ctx
 
-    def json_body():
+    def json_body(optional=False):
         body = flask.request.get_json(silent=True)
+        if body is None and optional and not flask.request.get_data():
+            return {}
         if not isinstance(body, dict):
             raise exception.BadRequest("request body must be a JSON object")
         return body
@@ -108,22 +113,36 @@ def create_app(manager):
                                      "list shows yours)" % name)
         return svc
 
+    def find_node(s, name):
+        """A node by name or id, its up/down state current."""
+        nodes = manager.cluster.nodes(s)
+        for n in nodes:
+            if name in (n.name, n.id):
+                return n
+        raise exception.NotFound("no node named %r; known nodes: %s" % (
+            name, ", ".join(n.name for n in nodes) or "none"))
+
+    def disabled_message(node):
+        return "node %s is disabled%s: choose another node or `mec-conpaas " \
+               "node enable %s`" % (node.name, " (%s)" % node.disabled_reason
+                                    if node.disabled_reason else "", node.name)
+
     def up_node(s, name):
-        nodes = {n.name: n for n in manager.cluster.nodes(s)}
-        if name not in nodes:
-            raise exception.NotFound("no node named %r; known nodes: %s" % (
-                name, ", ".join(sorted(nodes)) or "none"))
-        node = nodes[name]
+        """A node new instances may go to: up, running containers, enabled."""
+        node = find_node(s, name)
         if node.state != "up":
             raise exception.Conflict("node %s is down (no heartbeat for %ds): "
                                      "choose another node" % (
                                          name, conf.manager.node_heartbeat_timeout))
         if node.container_backend != "libvirt" and conf.manager.driver == "lxc":
             raise exception.Conflict("node %s does not run containers" % name)
+        if node.disabled:
+            raise exception.Conflict(disabled_message(node))
         return node
 
-    def new_operation(s, ctx, kind, svc, **params):
-        op = models.Operation(tenant_id=ctx.tenant_id, service_id=svc.id,
+    def new_operation(s, kind, svc, **params):
+        """An operation on ``svc``; it belongs to the service's tenant."""
+        op = models.Operation(tenant_id=svc.tenant_id, service_id=svc.id,
                               service_name=svc.name, kind=kind, params=params,
                               journal={})
         s.add(op)
@@ -196,10 +215,73 @@ def create_app(manager):
     def show_node(name):
         context()
         with session_scope() as s:
-            for n in manager.cluster.nodes(s):
-                if name in (n.name, n.id):
-                    return flask.jsonify(node=node_view(n))
-        raise exception.NotFound("no node named %r" % name)
+            return flask.jsonify(node=node_view(find_node(s, name)))
+
+    @app.post("/v1/nodes/<name>/drain")
+    def drain_node(name):
+        """Make a node unschedulable and move every instance off it.
+
+        All or nothing: when a service on the node is busy or the other
+        nodes lack the slots, the answer is 409 and nothing changes.
+        """
+        context("admin")
+        reason = json_body(optional=True).get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
+            raise exception.BadRequest("reason must be a text of at most 255 "
+                                       "characters")
+        with session_scope() as s:
+            node = find_node(s, name)
+            svcs = list(s.scalars(select(models.Service).where(
+                models.Service.id.in_(select(models.Instance.service_id).where(
+                    models.Instance.node_name == node.name)))
+                .order_by(models.Service.name, models.Service.id)))
+            tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
+            busy = ["%s (tenant %s) is %s" % (v.name, tenants.get(v.tenant_id), v.state)
+                    for v in svcs if v.state != "RUNNING"]
+            if busy:
+                raise exception.Conflict(
+                    "node %s was not drained, nothing was changed: service %s; "
+                    "retry the drain when their operations end (an ERROR "
+                    "service must be deleted by its owner first)" % (
+                        node.name, ", ".join(busy)))
+            if svcs and node.state != "up":
+                raise exception.Conflict(
+                    "node %s is down: its instances cannot be moved make-"
+                    "before-break; bring its node agent back, then retry" % node.name)
+            moving = [{"id": v.id, "home": v.home_node,
+                       "instances": [i.id for i in v.instances
+                                     if i.node_name == node.name and i.state == "ACTIVE"]}
+                      for v in svcs]
+            plan = placement.evacuate(
+                node.name, [m for m in moving if m["instances"]],
+                manager.cluster.capacity(s),
+                manager.cluster.distances([n.name for n in manager.cluster.nodes(s)]))
+            node.disabled = True
+            node.disabled_reason = reason or node.disabled_reason
+            op_ids = []
+            for v in (v for v in svcs if v.id in plan):
+                v.state = "ADAPTING"
+                op_ids.append(new_operation(s, "drain", v, drain=node.name,
+                                            **plan[v.id]).id)
+            view = node_view(node)
+        LOG.info("node %s disabled (%s); drain: %d operation(s)", view["name"],
+                 view["disabled_reason"], len(op_ids))
+        for op_id in op_ids:
+            manager.engine.submit(op_id)
+        with session_scope() as s:
+            ops = [s.get(models.Operation, i) for i in op_ids]
+            return flask.jsonify(node=view, operations=[
+                dict(operation_view(o), tenant=tenants.get(o.tenant_id))
+                for o in ops]), 202 if ops else 200
+
+    @app.post("/v1/nodes/<name>/enable")
+    def enable_node(name):
+        context("admin")
+        with session_scope() as s:
+            node = find_node(s, name)
+            node.disabled = False
+            node.disabled_reason = None
+            return flask.jsonify(node=node_view(node))
 
     @app.get("/v1/bundles/<sha>")
     def get_bundle(sha):
@@ -277,9 +359,10 @@ def create_app(manager):
                 up_node(s, node_name)
             else:
                 ups = [n.name for n in manager.cluster.nodes(s, up_only=True)
-                       if n.max_instances > 0]
+                       if n.max_instances > 0 and not n.disabled]
                 if not ups:
-                    raise exception.Conflict("no node is up to run instances")
+                    raise exception.Conflict("no node is up and enabled to run "
+                                             "instances")
                 node_name = ups[0]
             used = set(s.scalars(select(models.Service.port)))
             port = next((p for p in range(conf.manager.service_port_min,
@@ -299,7 +382,7 @@ def create_app(manager):
             except sa_exc.IntegrityError:
                 raise exception.Conflict("service name or port taken "
                                          "concurrently; retry")
-            op = new_operation(s, ctx, "create", svc, count=count, node=node_name)
+            op = new_operation(s, "create", svc, count=count, node=node_name)
             op_id = op.id
         return accepted(op_id)
 
@@ -332,7 +415,7 @@ def create_app(manager):
             svc = get_service(s, ctx, name)
             require_state(svc, ("INIT", "RUNNING", "STOPPED", "ERROR"), "deleted")
             svc.state = "EPILOGUE"
-            op_id = new_operation(s, ctx, "delete", svc).id
+            op_id = new_operation(s, "delete", svc).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/scale")
@@ -358,7 +441,7 @@ def create_app(manager):
                         "count %d needs %d more instance(s) but the up nodes "
                         "have %d free slot(s)" % (count, count - current, free))
             svc.state = "ADAPTING"
-            op_id = new_operation(s, ctx, "scale", svc, count=count,
+            op_id = new_operation(s, "scale", svc, count=count,
                                   previous=current, node=node).id
         return accepted(op_id)
 
@@ -387,7 +470,7 @@ def create_app(manager):
                     "node %s has %d free slot(s), %d needed" % (
                         target, cap["max_instances"] - cap["used"], len(on_home)))
             svc.state = "ADAPTING"
-            op_id = new_operation(s, ctx, "migrate", svc, to=target,
+            op_id = new_operation(s, "migrate", svc, to=target,
                                   source=svc.home_node).id
         return accepted(op_id)
 
@@ -422,7 +505,8 @@ def create_app(manager):
         ctx = context("admin", "member")
         with session_scope() as s:
             op = s.get(models.Operation, op_id)
-            if op is None or op.tenant_id != ctx.tenant_id:
+            # Admins follow any tenant's operation (a node drain's).
+            if op is None or (op.tenant_id != ctx.tenant_id and ctx.role != "admin"):
                 raise exception.NotFound("no operation %s" % op_id)
             return flask.jsonify(operation=operation_view(op))
 

@@ -61,6 +61,15 @@ class Client:
     def node(self, name):
         return self.request("GET", "/v1/nodes/" + name)["node"]
 
+    def drain_node(self, name, reason=None):
+        """Disable a node and move its instances away (admin); returns the
+        node and the operations moving them."""
+        return self.request("POST", "/v1/nodes/%s/drain" % name,
+                            json={"reason": reason} if reason else {})
+
+    def enable_node(self, name):
+        return self.request("POST", "/v1/nodes/%s/enable" % name)["node"]
+
     def services(self):
         return self.request("GET", "/v1/services")["services"]
 
@@ -103,14 +112,23 @@ class Client:
         return self.request("GET", "/v1/operations")["operations"]
 
     def wait(self, op_id, timeout=600, on_progress=None, interval=0.2):
+        return self.wait_all([op_id], timeout, on_progress, interval)[0]
+
+    def wait_all(self, op_ids, timeout=600, on_progress=None, interval=0.2):
+        """Wait until every operation has ended; return them in order."""
         deadline = time.monotonic() + timeout
+        ops = {}
         while True:
-            op = self.operation(op_id)
-            if on_progress:
-                on_progress(op)
-            if op["state"] in ("SUCCEEDED", "FAILED"):
-                return op
+            for op_id in op_ids:
+                if ops.get(op_id, {}).get("state") not in ("SUCCEEDED", "FAILED"):
+                    ops[op_id] = self.operation(op_id)
+                    if on_progress:
+                        on_progress(ops[op_id])
+            pending = [o for o in ops.values()
+                       if o["state"] not in ("SUCCEEDED", "FAILED")]
+            if not pending:
+                return [ops[i] for i in op_ids]
             if time.monotonic() > deadline:
                 raise ApiError(0, "operation %s still %s after %ds" % (
-                    op_id, op["state"], timeout))
+                    pending[0]["id"], pending[0]["state"], timeout))
             time.sleep(interval)

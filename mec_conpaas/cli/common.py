@@ -30,6 +30,14 @@ def wait_for(app, result, parsed_args):
     op = result["operation"]
     if not parsed_args.wait:
         return op
+    op = wait_all(app, [op], parsed_args.timeout)[0]
+    if op["state"] == "FAILED":
+        raise client_mod.ApiError(0, "operation %s failed: %s" % (op["id"], op["error"]))
+    return op
+
+
+def wait_all(app, ops, timeout):
+    """Wait for operations, one progress bar each; return them ended."""
     from rich.console import Console
     from rich.progress import BarColumn
     from rich.progress import Progress
@@ -38,16 +46,13 @@ def wait_for(app, result, parsed_args):
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), console=console,
                   transient=not console.is_terminal) as progress:
-        task = progress.add_task(op["kind"], total=100)
+        tasks = {o["id"]: progress.add_task(o["kind"], total=100) for o in ops}
 
         def show(o):
-            progress.update(task, completed=o["progress"],
+            progress.update(tasks[o["id"]], completed=o["progress"],
                             description="%s %s: %s" % (o["kind"], o["service"] or "",
                                                        o["step"]))
-        op = app.client.wait(op["id"], parsed_args.timeout, show)
-    if op["state"] == "FAILED":
-        raise client_mod.ApiError(0, "operation %s failed: %s" % (op["id"], op["error"]))
-    return op
+        return app.client.wait_all([o["id"] for o in ops], timeout, show)
 
 
 def operation_columns(op):

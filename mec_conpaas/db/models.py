@@ -8,6 +8,7 @@ import datetime
 import uuid
 
 from sqlalchemy import JSON
+from sqlalchemy import Boolean
 from sqlalchemy import DateTime
 from sqlalchemy import Float
 from sqlalchemy import ForeignKey
@@ -15,6 +16,7 @@ from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import false
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -65,6 +67,12 @@ class Node(Base):
     instance_network: Mapped[str | None] = mapped_column(String(64))
     max_instances: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default="up")
+    # An admin's "node drain" makes a node unschedulable (nova's "service
+    # disable", kubectl's "cordon"): nothing new is placed there until
+    # "node enable"; it keeps serving as an access point.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False,
+                                           server_default=false())
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
     report: Mapped[dict] = mapped_column(JSON, default=dict)
     registered_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     last_heartbeat: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)

@@ -73,14 +73,16 @@ class Cluster:
         for inst in session.scalars(select(models.Instance)):
             used[inst.node_name] = used.get(inst.node_name, 0) + 1
         return {n.name: {"max_instances": n.max_instances,
-                         "used": used.get(n.name, 0), "up": n.state == "up"}
+                         "used": used.get(n.name, 0), "up": n.state == "up",
+                         "schedulable": not n.disabled}
                 for n in self.nodes(session)}
 
     def free_slots(self, session, node=None):
-        """Free instance slots on the up nodes (or on ``node`` only)."""
-        return sum(max(0, v["max_instances"] - v["used"])
+        """Free instance slots on the up, schedulable nodes (or on ``node``
+        only)."""
+        return sum(placement.free_slots(v)
                    for n, v in self.capacity(session).items()
-                   if v["up"] and (node is None or n == node))
+                   if placement.placeable(v) and (node is None or n == node))
 
     # -- proxies ---------------------------------------------------------
     def desired_proxies(self, session, draining=()):

@@ -180,33 +180,48 @@ class ScaleService(Workflow):
 
 
 class MigrateService(Workflow):
-    """Make-before-break migration (MEC-ConPaaS §VI)."""
+    """Make-before-break migration (MEC-ConPaaS §VI).
+
+    ``migrate`` moves the instances on the service's home node to ``to``,
+    which becomes the home.  ``drain`` (an admin's node drain) names each
+    instance and its target in ``moves``, and the new ``home`` if the
+    drained node was the home.  Instances already moved by an interrupted
+    attempt are gone from the store, so a resumed run skips them.
+    """
 
     def run(self, ctx):
         sid = ctx.service_id
-        target = ctx.params["to"]
         if ctx.resumed:
             self._undo_unswitched(ctx)
         self.set_state(sid, "ADAPTING")
-        with session_scope() as s:
-            svc = s.get(models.Service, sid)
-            source = svc.home_node
-            to_ref = self.cluster.node_ref(s, target)
-        moving = [(i, n) for i, n, _ in self.active(sid) if n == source]
-        for n, (old_id, node) in enumerate(moving, 1):
-            self._move(ctx, sid, old_id, node, target, to_ref, n, len(moving))
-        with session_scope() as s:
-            s.get(models.Service, sid).home_node = target
+        moving = self._moves(ctx)
+        for n, (old_id, node, target) in enumerate(moving, 1):
+            self._move(ctx, sid, old_id, node, target, n, len(moving))
+        home = ctx.params.get("to") or ctx.params.get("home")
+        if home:
+            with session_scope() as s:
+                s.get(models.Service, sid).home_node = home
         ctx.progress(95, "retiring drained proxy slots")
         self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
 
-    def _move(self, ctx, sid, old_id, old_node, target, to_ref, n, total):
+    def _moves(self, ctx):
+        """(instance, its node, target) for every instance still to move."""
+        active = {i: n for i, n, _ in self.active(ctx.service_id)}
+        if "moves" in ctx.params:
+            return [(m["instance"], active[m["instance"]], m["to"])
+                    for m in ctx.params["moves"] if m["instance"] in active]
+        with session_scope() as s:
+            source = s.get(models.Service, ctx.service_id).home_node
+        return [(i, n, ctx.params["to"]) for i, n in active.items() if n == source]
+
+    def _move(self, ctx, sid, old_id, old_node, target, n, total):
         pct = 5 + 90 * (n - 1) // total
         step = "instance %d/%d: " % (n, total)
         with session_scope() as s:
             old_ref = self.cluster.node_ref(s, old_node)
+            to_ref = self.cluster.node_ref(s, target)
         ctx.progress(pct, step + "starting a new instance on %s" % target)
         ctx.record(pair={"old": old_id, "new": None, "frozen": False,
                          "switched": False})
@@ -306,4 +321,5 @@ class DeleteService(Workflow):
 
 def all_workflows(cluster):
     return {"create": CreateService(cluster), "scale": ScaleService(cluster),
-            "migrate": MigrateService(cluster), "delete": DeleteService(cluster)}
+            "migrate": MigrateService(cluster), "drain": MigrateService(cluster),
+            "delete": DeleteService(cluster)}

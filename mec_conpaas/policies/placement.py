@@ -50,13 +50,19 @@ def free_slots(node):
     return max(0, node["max_instances"] - node["used"])
 
 
+def placeable(node):
+    """Up and not disabled by an admin (``schedulable`` absent means yes)."""
+    return node["up"] and node.get("schedulable", True)
+
+
 def place(count, home, nodes, dist, exclude=()):
     """Choose nodes for ``count`` new instances: least loaded among the
     nearest to ``home`` with a free slot, widening outwards.
 
-    ``nodes``: ``{name: {"max_instances", "used", "up"}}``.
+    ``nodes``: ``{name: {"max_instances", "used", "up", "schedulable"}}``;
+    down and disabled nodes get nothing.
     """
-    pool = {n: dict(v) for n, v in nodes.items() if v["up"] and n not in exclude}
+    pool = {n: dict(v) for n, v in nodes.items() if placeable(v) and n not in exclude}
     total = sum(free_slots(v) for v in pool.values())
     if count > total:
         raise exception.InsufficientCapacity(
@@ -79,3 +85,33 @@ def victims(count, home, instances, dist):
     order = sorted(instances, key=lambda i: (-dist.get(home, {}).get(i["node"], 0.0),
                                              -i["seq"]))
     return order[:count]
+
+
+def evacuate(node, services, nodes, dist):
+    """Plan a node drain: a target for every instance on ``node``.
+
+    ``services``: ``[{"id", "home", "instances": [ids on node]}]``, in the
+    order they are to be served; ``nodes`` as for :func:`place`.  Targets are
+    the least loaded among the nearest to ``node`` (its users stay close),
+    the services sharing the other nodes' free slots.  A service whose home
+    is ``node`` gets the target of its first instance as new home.
+
+    Returns ``{service id: {"moves": [{"instance", "to"}], "home": new home
+    or None}}``; raises InsufficientCapacity, having planned nothing, when
+    the other up, schedulable nodes lack the slots.
+    """
+    needed = sum(len(s["instances"]) for s in services)
+    free = sum(free_slots(v) for n, v in nodes.items() if placeable(v) and n != node)
+    if needed > free:
+        raise exception.InsufficientCapacity(
+            "draining %s needs %d free instance slot(s) on the other up, "
+            "schedulable nodes but they have %d: add or enable nodes, or scale "
+            "services in, then retry; nothing was changed" % (node, needed, free))
+    targets = iter(place(needed, node, nodes, dist, exclude=(node,)))
+    plan = {}
+    for svc in services:
+        moves = [{"instance": i, "to": next(targets)} for i in svc["instances"]]
+        plan[svc["id"]] = {"moves": moves,
+                           "home": moves[0]["to"] if moves and svc["home"] == node
+                           else None}
+    return plan

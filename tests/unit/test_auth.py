@@ -1,21 +1,9 @@
 import pytest
 
-from mec_conpaas import conf as conf_mod
 from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
 from mec_conpaas.manager import auth
-
-
-@pytest.fixture
-def store(tmp_path):
-    conf = conf_mod.parse_args([])
-    conf.set_override("connection", "sqlite:///%s/a.sqlite" % tmp_path, group="database")
-    db.reset()
-    db.upgrade()
-    yield
-    db.reset()
-    conf.clear_override("connection", group="database")
 
 
 def test_tokens_are_stored_hashed(store):

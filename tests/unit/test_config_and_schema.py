@@ -3,10 +3,12 @@ import os
 import subprocess
 import sys
 
+import alembic.command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import select
+from sqlalchemy import text
 
-from mec_conpaas import conf as conf_mod
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
 
@@ -24,16 +26,53 @@ def test_sample_config_is_current(tmp_path):
         "regenerate it: tox -e genconfig"
 
 
-def test_migrations_match_models(tmp_path):
-    conf = conf_mod.parse_args([])
-    conf.set_override("connection", "sqlite:///%s/t.sqlite" % tmp_path, group="database")
-    try:
-        db.reset()
-        db.upgrade()
-        assert db.current_revision() == "0001"
-        with db.get_engine().connect() as c:
-            diff = compare_metadata(MigrationContext.configure(c), models.Base.metadata)
-        assert diff == []
-    finally:
-        db.reset()
-        conf.clear_override("connection", group="database")
+def test_migrations_match_models(conf):
+    db.upgrade()
+    assert db.current_revision() == "0002"
+    with db.get_engine().connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c), models.Base.metadata)
+    assert diff == []
+
+
+def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
+    """0001 -> head on a store in use: nodes become schedulable, nothing is
+    lost."""
+    db.upgrade("0001")
+    now = models.utcnow()
+    with db.get_engine().begin() as c:
+        c.execute(text(
+            "INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'alice', :now)"),
+            {"now": now})
+        for name in ("ap-1", "ap-2"):
+            c.execute(text(
+                "INSERT INTO nodes (id, name, hostname, mac, address, agent_port, "
+                "agent_token, container_backend, max_instances, state, report, "
+                "registered_at, last_heartbeat) VALUES (:n, :n, :n, "
+                "'02:00:00:00:00:01', '10.0.0.1', 9681, 'x', 'libvirt', 3, 'up', "
+                "'{}', :now, :now)"), {"n": name, "now": now})
+        c.execute(text(
+            "INSERT INTO services (id, tenant_id, name, type, state, home_node, port, "
+            "bundle_sha256, memory_mb, cpus, created_at, updated_at) VALUES ('s1', "
+            "'t1', 'shop', 'web', 'RUNNING', 'ap-1', 20000, 'f00', 64, 0.5, :now, "
+            ":now)"), {"now": now})
+        c.execute(text(
+            "INSERT INTO instances (id, service_id, node_name, role, state, "
+            "created_at) VALUES ('i1', 's1', 'ap-1', 'worker', 'ACTIVE', :now)"),
+            {"now": now})
+    db.upgrade()
+    assert db.current_revision() == "0002"
+    with db.session_scope() as s:
+        nodes = s.scalars(select(models.Node).order_by(models.Node.name)).all()
+        assert [(n.name, n.disabled, n.disabled_reason) for n in nodes] == [
+            ("ap-1", False, None), ("ap-2", False, None)]
+        svc = s.get(models.Service, "s1")
+        assert (svc.name, svc.home_node, [i.id for i in svc.instances]) == (
+            "shop", "ap-1", ["i1"])
+        nodes[0].disabled = True
+    with db.session_scope() as s:
+        assert s.get(models.Node, "ap-1").disabled is True
+    alembic.command.downgrade(db.alembic_config(), "0001")
+    with db.get_engine().connect() as c:
+        rows = c.execute(text("SELECT * FROM nodes ORDER BY name")).mappings().all()
+    assert [r["name"] for r in rows] == ["ap-1", "ap-2"]
+    assert "disabled" not in rows[0]

@@ -52,3 +52,37 @@ def test_victims_farthest_then_newest():
     inst = [{"id": "a", "node": "ap-1", "seq": 0}, {"id": "b", "node": "ap-3", "seq": 1},
             {"id": "c", "node": "ap-1", "seq": 2}]
     assert [v["id"] for v in placement.victims(2, "ap-1", inst, d)] == ["b", "c"]
+
+
+def test_place_skips_disabled_nodes():
+    d = placement.distances(TOPO, NODES)
+    n = nodes()
+    n["ap-1"]["schedulable"] = False
+    assert placement.place(3, "ap-1", n, d) == ["ap-2", "ap-2", "ap-3"]
+    with pytest.raises(exception.InsufficientCapacity, match="only 4 free"):
+        placement.place(5, "ap-1", n, d)
+
+
+def test_evacuate_nearest_then_least_loaded_shared_across_services():
+    d = placement.distances(TOPO, NODES)
+    n = nodes(ap_1=2, ap_2=1)
+    # "web" lives on ap-1; "api" lives on ap-2 with one instance scaled out to ap-1.
+    plan = placement.evacuate("ap-1", [{"id": "api", "home": "ap-2", "instances": ["a1"]},
+                                       {"id": "web", "home": "ap-1",
+                                        "instances": ["w1", "w2"]}], n, d)
+    assert plan == {"api": {"moves": [{"instance": "a1", "to": "ap-2"}], "home": None},
+                    "web": {"moves": [{"instance": "w1", "to": "ap-3"},
+                                      {"instance": "w2", "to": "ap-3"}],
+                            "home": "ap-3"}}
+
+
+def test_evacuate_refuses_without_room_and_ignores_disabled_nodes():
+    d = placement.distances(TOPO, NODES)
+    n = nodes(ap_1=2, ap_2=1, ap_3=1)
+    n["ap-3"]["schedulable"] = False
+    with pytest.raises(exception.InsufficientCapacity,
+                       match="draining ap-1 needs 2 free instance slot.s. on the other "
+                             "up, schedulable nodes but they have 1.*nothing was changed"):
+        placement.evacuate("ap-1", [{"id": "web", "home": "ap-1",
+                                     "instances": ["w1", "w2"]}], n, d)
+    assert placement.evacuate("ap-1", [], n, d) == {}

@@ -4,19 +4,26 @@
 Usage: mec-drain-node NODE MANAGER_URL ADMIN_TOKEN_FILE
 
 1. nova: disable the node's nova-compute service, so the scheduler places nothing there.
-2. MEC-ConPaaS: migrate every service whose home is NODE to the up node with the most free
-   slots (make-before-break migrations of the manager), waiting for each operation.
+2. MEC-ConPaaS: drain the node (POST /v1/nodes/NODE/drain with the admin token): the
+   manager marks it unschedulable and moves the instances of every tenant's services off
+   it, make-before-break, to the nearest, least loaded other nodes; wait for each of the
+   operations it returns, then drain again to check that nothing is left there.
 3. nova: fail if instances that MEC-ConPaaS does not manage remain on the node.
-Prints one JSON object {"changed": [...]}.
-Limitation: the manager's REST API lists services per tenant, so this drains the services
-of the tenant of ADMIN_TOKEN_FILE (the admin tenant).
+Prints one JSON object {"changed": [...]}; a run on a node already drained and empty
+changes nothing.  Errors (a busy service, too few free slots elsewhere, a failed move) end
+the run with the manager's message; rerun once it is dealt with.
 """
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import openstack
+
+REASON = "leaving the cloud (remove-node.yml)"
+ROUNDS = 3          # drains until the node holds nothing
+WAIT = 900          # seconds for one round's operations
 
 
 def api(url, token, method="GET", body=None):
@@ -24,8 +31,37 @@ def api(url, token, method="GET", body=None):
                                  data=json.dumps(body).encode() if body is not None else None,
                                  headers={"Authorization": "Bearer " + token,
                                           "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"{}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(e)
+        sys.exit("%s %s: HTTP %d: %s" % (method, url, e.code, message))
+
+
+def wait(manager, token, ops):
+    """Wait for the drain's operations; exit naming the ones that failed."""
+    deadline = time.monotonic() + WAIT
+    pending = {o["id"]: o for o in ops}
+    ended = {}
+    while pending:
+        if time.monotonic() > deadline:
+            sys.exit("drain operations still running after %ds: %s" % (
+                WAIT, ", ".join(pending)))
+        time.sleep(2)
+        for op_id in list(pending):
+            op = api(manager + "/v1/operations/" + op_id, token)["operation"]
+            if op["state"] in ("SUCCEEDED", "FAILED"):
+                ended[op_id] = dict(op, tenant=pending.pop(op_id).get("tenant"))
+    ended = [ended[o["id"]] for o in ops]
+    failed = ["%s of tenant %s: %s" % (o["service"], o["tenant"], o["error"])
+              for o in ended if o["state"] != "SUCCEEDED"]
+    if failed:
+        sys.exit("moving services off the node failed: " + "; ".join(failed))
+    return ended
 
 
 def main():
@@ -37,26 +73,19 @@ def main():
         if svc.status != "disabled":
             conn.compute.disable_service(svc, disabled_reason="draining: leaving the cloud")
             changed.append("nova-compute on %s disabled" % node)
-    nodes = api(manager + "/v1/nodes", token).get("nodes", [])
-    for svc in api(manager + "/v1/services", token).get("services", []):
-        if svc["home_node"] != node or svc["state"] != "RUNNING":
-            continue
-        targets = [n for n in nodes if n["name"] != node and n["state"] == "up"]
-        if not targets:
-            sys.exit("no other up node to drain %s to" % svc["name"])
-        target = max(targets, key=lambda n: n.get("max_instances", 0)
-                     - len((n.get("report") or {}).get("instances", [])))
-        op = api(manager + "/v1/services/%s/migrate" % svc["name"], token, "POST",
-                 {"to": target["name"]})
-        op_id = op.get("operation", {}).get("id") or op.get("id")
-        for _ in range(300):
-            state = api(manager + "/v1/operations/%s" % op_id, token)["operation"]["state"]
-            if state not in ("PENDING", "RUNNING"):
-                break
-            time.sleep(2)
-        if state != "DONE" and state != "SUCCEEDED":
-            sys.exit("migration of %s to %s ended %s" % (svc["name"], target["name"], state))
-        changed.append("service %s migrated to %s" % (svc["name"], target["name"]))
+    if api(manager + "/v1/nodes/" + node, token)["node"]["schedulable"]:
+        changed.append("MEC-ConPaaS node %s disabled" % node)
+    for _ in range(ROUNDS):
+        ops = api(manager + "/v1/nodes/%s/drain" % node, token, "POST",
+                  {"reason": REASON})["operations"]
+        if not ops:
+            break
+        for op in wait(manager, token, ops):
+            changed.append("service %s of tenant %s moved off %s" % (
+                op["service"], op["tenant"], node))
+    else:
+        sys.exit("%s held instances again after each of %d drains: an operation keeps "
+                 "placing them there" % (node, ROUNDS))
     left = [s.name for s in conn.compute.servers(all_projects=True, host=node)]
     if left:
         sys.exit("instances still on %s (not managed by MEC-ConPaaS): %s" % (node, ", ".join(left)))
