@@ -64,9 +64,10 @@ def playbook(name, log_name, extra=()):
     path = "/var/tmp/mec-deploy-logs/bench-%s.log" % log_name
     t0 = time.monotonic()
     with open(path, "w") as f:
-        rc = subprocess.run(["ansible-playbook", "-i", os.path.join(STATE, "inventory.yml"),
-                             os.path.join(REPO, "playbooks", name)] + list(extra), cwd=REPO, env=env,
-                            stdout=f, stderr=subprocess.STDOUT).returncode
+        cmd = ["ansible-playbook", "-i", os.path.join(STATE, "inventory.yml"),
+               os.path.join(REPO, "playbooks", name)] + list(extra)
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f,
+                            stderr=subprocess.STDOUT).returncode
     seconds = time.monotonic() - t0
     with open(path) as f:
         out = f.read()
@@ -157,7 +158,8 @@ def plot(result, path):
         a.axvline(result["bare_to_active_s"] / 60, color="green", ls=":",
                   label="bare host to ACTIVE %.1f min" % (result["bare_to_active_s"] / 60))
     a.set_xlabel("minutes")
-    a.set_title("Deployment phases, scope %s (%s)" % (result["scope"], result["machine"]), fontsize=9)
+    a.set_title("Deployment phases, scope %s (%s)" % (result["scope"], result["machine"]),
+                fontsize=9)
     if result["bare_to_active_s"] is not None:
         a.legend(fontsize=8)
     names = list(result["memory"])
@@ -198,7 +200,8 @@ def main():
         h = hosts()
         aps = sorted(n for n in h if n.startswith("ap-"))
         if args.scope == "full":
-            phases["image_upload"], phases["server_create_to_active"] = server_active(h["master"], aps[0])
+            upload, active = server_active(h["master"], aps[0])
+            phases["image_upload"], phases["server_create_to_active"] = upload, active
             log("server ACTIVE on %s after %.1f s" % (aps[0], phases["server_create_to_active"]))
         memory = {"master": cgroup_memory("%s-master" % PREFIX)}
         for name in aps:
@@ -206,7 +209,8 @@ def main():
         edge_procs = edge_process_rss(h[aps[0]])
         if not args.quick and not args.reuse:
             phases["site_second_run"], second_changed = playbook("site.yml", "site-second", extra)
-            log("site.yml second run %.0f s, changed=%s" % (phases["site_second_run"], second_changed))
+            log("site.yml second run %.0f s, changed=%s" % (phases["site_second_run"],
+                                                            second_changed))
     finally:
         if not args.keep and not args.reuse:
             subprocess.run(["bash", TESTBED, "down"])

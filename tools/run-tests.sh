@@ -19,8 +19,7 @@ parts=("$@")
 
 paas() {
     tools/install-deps.sh || return 1
-    .venv/bin/ruff check mec_conpaas tests/unit tests/functional bench/common.py \
-        bench/provision.py bench/migrate.py || return 1
+    .venv/bin/ruff check mec_conpaas tests bench tools image-builder || return 1
     .venv/bin/pytest -p no:cacheprovider -v tests/unit tests/functional
 }
 

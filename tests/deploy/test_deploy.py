@@ -9,7 +9,9 @@ import time
 import paramiko
 import pytest
 
-from tests.deploy.conftest import SCOPE_ARGS, full_only, run_playbook
+from tests.deploy.conftest import SCOPE_ARGS
+from tests.deploy.conftest import full_only
+from tests.deploy.conftest import run_playbook
 
 OPENSTACK_PORTS = {"keystone": 5000, "glance": 9292, "placement": 8778, "nova": 8774,
                    "neutron": 9696, "cinder": 8776}
@@ -59,8 +61,8 @@ def test_compute_service_list_shows_edge_nodes_up(master, aps):
 @full_only
 def test_edge_nodes_have_no_database_settings(aps):
     for ap in aps:
-        out = ap.run("grep -E '^\\[(api_)?database\\]' /etc/nova/nova.conf /etc/nova/nova-compute.conf",
-                     check=False)
+        out = ap.run("grep -E '^\\[(api_)?database\\]' /etc/nova/nova.conf "
+                     "/etc/nova/nova-compute.conf", check=False)
         assert out.stdout.strip() == "", (ap.name, out.stdout)
         conf = ap.run("cat /etc/nova/nova-compute.conf").stdout
         for line in ("virt_type = lxc", "use_cow_images = False", "force_raw_images = True"):
@@ -125,7 +127,7 @@ def test_swappiness_is_100_on_edge_nodes(aps):
 
 
 def test_hostapd_and_dnsmasq_configurations_validate(aps):
-    for i, ap in enumerate(aps, start=1):
+    for ap in aps:
         conf = ap.run("cat /etc/hostapd/hostapd.conf").stdout
         assert "ssid=mec-%s\n" % ap.name in conf
         assert "country_code=NL" in conf and "wpa=2" in conf
@@ -143,7 +145,8 @@ def test_hostapd_and_dnsmasq_configurations_validate(aps):
         # the same check rejects a broken file (negative control)
         bad = ap.run(prep + " && echo wpa_pairwise_bogus=1 >> /tmp/hostapd-test.conf && "
                      "timeout 3 hostapd /tmp/hostapd-test.conf; echo rc=$?", check=False).stdout
-        assert "errors found in configuration file" in bad and not bad.rstrip().endswith("rc=124"), bad
+        assert "errors found in configuration file" in bad, bad
+        assert not bad.rstrip().endswith("rc=124"), bad
         ap.run("dnsmasq --test --conf-file=/etc/dnsmasq.d/mec-conpaas-ap.conf")
         assert ap.run("systemctl is-enabled hostapd").stdout.strip() == "enabled"
         assert ap.run("systemctl is-active dnsmasq").stdout.strip() == "active"
@@ -180,7 +183,8 @@ def test_mec_conpaas_manager_knows_the_edge_nodes(master, aps):
         time.sleep(3)
     for ap in aps:
         for unit in ("mec-conpaas-haproxy", "mec-conpaas-node-agent"):
-            assert ap.run("systemctl is-active %s" % unit).stdout.strip() == "active", (ap.name, unit)
+            state = ap.run("systemctl is-active %s" % unit).stdout.strip()
+            assert state == "active", (ap.name, unit)
 
 
 def test_second_run_reports_no_change(testbed, deployed):
