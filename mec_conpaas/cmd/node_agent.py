@@ -1,4 +1,5 @@
 """mec-conpaas-node-agent: the agent on every access point."""
+import os
 import sys
 
 from oslo_config import cfg
@@ -10,6 +11,11 @@ cli_opts = [
     cfg.BoolOpt("write-haproxy-config", default=False,
                 help="Write the initial HAProxy configuration and exit "
                      "(ExecStartPre of the HAProxy unit)."),
+    cfg.BoolOpt("build-base-image", default=False,
+                help="Build [node_agent] base_image_path with debootstrap if it "
+                     "is missing, then exit (a oneshot unit before the agent: "
+                     "deployed nodes build it once, from their own Debian "
+                     "mirror; http_proxy is honoured)."),
 ]
 
 
@@ -21,8 +27,15 @@ def main(argv=None):
     if conf.write_haproxy_config:
         from mec_conpaas.agents.node import haproxy
         proxy = haproxy.HAProxy(conf)
-        if not __import__("os").path.exists(proxy.config_path):
+        if not os.path.exists(proxy.config_path):
             proxy.write_config({})
+        return 0
+    if conf.build_base_image:
+        from mec_conpaas.edge import image
+        try:
+            image.build(conf.node_agent.base_image_path)
+        except RuntimeError as e:
+            sys.exit("mec-conpaas-node-agent: %s" % e)
         return 0
     from mec_conpaas.agents.node import agent
     agent.NodeAgent(conf).serve()

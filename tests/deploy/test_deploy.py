@@ -187,6 +187,40 @@ def test_mec_conpaas_manager_knows_the_edge_nodes(master, aps):
             assert state == "active", (ap.name, unit)
 
 
+@full_only
+def test_developer_creates_and_migrates_a_service_on_the_deployed_edge(master, aps):
+    """The developer's path on a cluster the playbooks deployed: the mec-conpaas CLI on
+    the master creates the sample web service on ap-1 (a libvirt LXC container inside the
+    AP node), it answers through the AP's HAProxy, migrates to ap-2 and still answers."""
+    cli = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 MEC_CONPAAS_TOKEN=$(cat "
+           "/etc/mec-conpaas/admin-token) /opt/mec-conpaas/venv/bin/mec-conpaas ")
+    name = "deploy-check"
+    first, last = aps[0], aps[-1]
+    master.run(cli + "service delete %s" % name, check=False, timeout=300)
+    try:
+        master.run(cli + "service create web %s --node %s -f json" % (name, first.name),
+                   timeout=600)
+        svc = json.loads(master.run(cli + "service show %s -f json" % name).stdout)
+        assert svc["state"] == "RUNNING" and svc["home_node"] == first.name, svc
+        port = svc["port"]
+        for ap in aps:  # the endpoint answers on every AP (near or far tier)
+            out = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
+                             % (ap.address, port)).stdout.strip()
+            assert out == "200", (ap.name, port, out)
+        domains = first.run("virsh -c lxc:///system list --name").stdout.split()
+        assert any(d.startswith("mec-") for d in domains), domains
+        if first is not last:
+            master.run(cli + "service migrate %s --to %s -f json" % (name, last.name),
+                       timeout=600)
+            svc = json.loads(master.run(cli + "service show %s -f json" % name).stdout)
+            assert svc["home_node"] == last.name, svc
+            out = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
+                             % (last.address, port)).stdout.strip()
+            assert out == "200", out
+    finally:
+        master.run(cli + "service delete %s" % name, check=False, timeout=300)
+
+
 def test_second_run_reports_no_change(testbed, deployed):
     recap, seconds, log = run_playbook("site.yml", "site-second", *SCOPE_ARGS)
     print("\nsite.yml second run: %.0f s" % seconds)
