@@ -5,10 +5,15 @@ Measures, on this machine:
   * time from bare Debian 12 hosts (fresh system containers: tools/deploy/testbed.sh up)
     to a first ACTIVE LXC instance through the playbooks: site.yml's first run, then a
     raw image upload and `openstack server create --wait` on an AP's availability zone;
+  * its floor, in the same run: playbooks/packages.yml alone first (downloading and
+    installing every node's packages, nothing configured), which any deployment of the
+    same services pays; site.yml then configures (its package tasks find everything
+    installed). ratio_to_package_floor = bare host to ACTIVE / packages phase;
   * the second (idempotent) run of site.yml;
   * RAM used on the master and on an edge node after deployment, from each container's
     memory cgroup: anonymous + shared memory (what `free` reports as used, without page
-    cache), and the resident size of the edge node's OpenStack processes.
+    cache), and the resident size of the edge node's OpenStack processes. The peer figure
+    for the edge node is the K3s agent's 268 MB on a Pi 4 (seed paper; not measured here).
 
     bench/deploy.py [--quick] [--reuse] [--n-ap N] [--keep] [--scope full|system]
 
@@ -41,6 +46,7 @@ STATE = os.environ.get("MEC_DEPLOY_STATE", "/var/tmp/mec-deploy-testbed")
 PREFIX = os.environ.get("MEC_DEPLOY_PREFIX", "mecci")
 TARGET_ACTIVE_S = 12 * 60
 TARGET_EDGE_MB = 600
+PEER_K3S_AGENT_MB = 268  # K3s agent alone on a Pi 4 (seed paper figure, not measured here)
 MB = 1024 * 1024
 EDGE_PROCS = ("nova-compute", "neutron-linuxbridge-agent", "cinder-volume", "libvirtd",
               "privsep-helper", "mec-conpaas-node-agent", "haproxy")
@@ -165,6 +171,7 @@ def plot(result, path):
     names = list(result["memory"])
     b.bar(names, [result["memory"][n]["used_mb"] for n in names], color="tab:orange")
     b.axhline(TARGET_EDGE_MB, color="red", ls="--", label="edge target 600 MB")
+    b.axhline(PEER_K3S_AGENT_MB, color="grey", ls=":", label="K3s agent alone (paper)")
     b.set_ylabel("MB used (anon + shmem, cgroup)")
     b.set_title("RAM after deployment")
     b.legend(fontsize=8)
@@ -183,7 +190,8 @@ def main():
     if os.geteuid() != 0:
         sys.exit("needs root (LXC containers)")
     n_ap = args.n_ap or (1 if args.quick else 2)
-    phases = {"testbed_up": None, "site_first_run": None, "image_upload": None,
+    phases = {"testbed_up": None, "packages_floor": None, "site_first_run": None,
+              "image_upload": None,
               "server_create_to_active": None, "site_second_run": None}
     second_changed = None
     extra = [] if args.scope == "full" else ["--skip-tags", "openstack,paas"]
@@ -195,6 +203,8 @@ def main():
             subprocess.run(["bash", TESTBED, "up", str(n_ap)], check=True)
             phases["testbed_up"] = time.monotonic() - t0
             log("test bed up in %.0f s" % phases["testbed_up"])
+            phases["packages_floor"], _ = playbook("packages.yml", "packages", extra)
+            log("packages (floor) %.0f s" % phases["packages_floor"])
             phases["site_first_run"], _ = playbook("site.yml", "site-first", extra)
             log("site.yml first run %.0f s" % phases["site_first_run"])
         h = hosts()
@@ -216,8 +226,8 @@ def main():
             subprocess.run(["bash", TESTBED, "down"])
     to_active = None
     if phases["site_first_run"] is not None and phases["server_create_to_active"] is not None:
-        to_active = (phases["testbed_up"] + phases["site_first_run"] + phases["image_upload"]
-                     + phases["server_create_to_active"])
+        to_active = (phases["testbed_up"] + phases["packages_floor"] + phases["site_first_run"]
+                     + phases["image_upload"] + phases["server_create_to_active"])
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     result = {
@@ -228,6 +238,9 @@ def main():
         "phases_s": {k: (round(v, 1) if v is not None else None) for k, v in phases.items()},
         "bare_to_active_s": round(to_active, 1) if to_active is not None else None,
         "target_bare_to_active_s": TARGET_ACTIVE_S,
+        "ratio_to_package_floor": (round(to_active / phases["packages_floor"], 2)
+                                   if to_active and phases["packages_floor"] else None),
+        "peer_k3s_agent_mb": PEER_K3S_AGENT_MB,
         "memory": memory,
         "edge_openstack_process_rss_mb": edge_procs,
         "edge_used_mb": memory[aps[0]]["used_mb"],

@@ -46,6 +46,12 @@ def main():
     def domain_id():
         return idn.find_domain("default").id
 
+    # 'service': the role the APIs' keystone_authtoken requires of service tokens
+    # (service_token_roles_required = true): nova's calls to neutron carry one.
+    for name in spec.get("roles", []):
+        if idn.find_role(name) is None:
+            idn.create_role(name=name)
+            changed.append("role %s" % name)
     for name in spec.get("projects", []):
         if idn.find_project(name, domain_id=domain_id()) is None:
             idn.create_project(name=name, domain_id=domain_id())
@@ -56,10 +62,11 @@ def main():
             user = idn.create_user(name=u["name"], password=u["password"], domain_id=domain_id())
             changed.append("user %s" % u["name"])
         project = idn.find_project(u["project"], domain_id=domain_id())
-        role = idn.find_role(u["role"])
-        if not idn.validate_user_has_project_role(project, user, role):
-            idn.assign_project_role_to_user(project, user, role)
-            changed.append("role %s on %s" % (u["name"], u["project"]))
+        for role_name in u["roles"]:
+            role = idn.find_role(role_name)
+            if not idn.validate_user_has_project_role(project, user, role):
+                idn.assign_project_role_to_user(project, user, role)
+                changed.append("role %s of %s on %s" % (role_name, u["name"], u["project"]))
         if not password_ok(conn, u):
             idn.update_user(user, password=u["password"])
             changed.append("password %s" % u["name"])
