@@ -228,3 +228,60 @@ def test_second_run_reports_no_change(testbed, deployed):
     for host, counts in recap.items():
         assert counts["failed"] == 0, (host, counts, log)
         assert counts["changed"] == 0, (host, counts, log)
+
+
+@full_only
+def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
+    """Last (it changes the test bed): remove-node.yml drains the last AP's services to
+    another AP and deregisters it; add-node.yml makes it a compute host, an availability
+    zone and a schedulable PaaS node again, touching only routes on the other hosts."""
+    if len(aps) < 2:
+        pytest.skip("needs two APs")
+    node, other = aps[-1], aps[0]
+    cli = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 MEC_CONPAAS_TOKEN=$(cat "
+           "/etc/mec-conpaas/admin-token) /opt/mec-conpaas/venv/bin/mec-conpaas ")
+    name = "deploy-moving"
+
+    def computes():
+        out = master.openstack("compute service list --service nova-compute -f json")
+        return {s["Host"]: (s["Status"], s["State"]) for s in out}
+
+    def zones():
+        return {z["Zone Name"] for z in
+                master.openstack("availability zone list --compute -f json")}
+
+    def paas_node(ap):
+        nodes = json.loads(master.run(cli + "node list -f json").stdout)
+        return next(n for n in nodes if n["name"] == ap.name)
+
+    master.run(cli + "service create web %s --node %s" % (name, node.name), timeout=600)
+    try:
+        port = json.loads(master.run(cli + "service show %s -f json" % name).stdout)["port"]
+        recap, seconds, log = run_playbook("remove-node.yml", "remove-node",
+                                           "-e", "node=" + node.name)
+        print("\nremove-node.yml: %.0f s" % seconds)
+        assert all(c["failed"] == 0 for c in recap.values()), (recap, log)
+        assert other.name not in recap, recap  # nothing done on the other APs
+        svc = json.loads(master.run(cli + "service show %s -f json" % name).stdout)
+        assert svc["state"] == "RUNNING" and svc["home_node"] == other.name, svc
+        code = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
+                          % (other.address, port)).stdout.strip()
+        assert code == "200", code
+        assert node.name not in computes() and node.name not in zones()
+        assert paas_node(node)["schedulable"] is False
+
+        recap, seconds, log = run_playbook("add-node.yml", "add-node",
+                                           "-e", "node=" + node.name)
+        print("add-node.yml: %.0f s" % seconds)
+        assert all(c["failed"] == 0 for c in recap.values()), (recap, log)
+        assert recap[other.name]["changed"] == 0, recap  # routes unchanged: same node back
+        assert computes()[node.name] == ("enabled", "up")
+        assert node.name in zones()
+        back = paas_node(node)
+        assert back["state"] == "up" and back["schedulable"] is True, back
+        master.run(cli + "service migrate %s --to %s" % (name, node.name), timeout=600)
+        code = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
+                          % (node.address, port)).stdout.strip()
+        assert code == "200", code
+    finally:
+        master.run(cli + "service delete %s" % name, check=False, timeout=300)

@@ -14,9 +14,10 @@ VENV=${MEC_DEPLOY_VENV:-/opt/mec-deploy-ci/venv}
 export MEC_DEPLOY_STATE=${MEC_DEPLOY_STATE:-/var/tmp/mec-deploy-testbed}
 export MEC_DEPLOY_LOG_DIR=${MEC_DEPLOY_LOG_DIR:-/var/tmp/mec-deploy-logs}
 export DEBIAN_FRONTEND=noninteractive
-# full: the whole functional test (OpenStack included); system: common, edge_tuning and
+# full (default, what CI runs): the whole functional test (OpenStack, the PaaS layer,
+# remove-node/add-node included); system: common, edge_tuning and
 # wifi_ap only (see docs/deploy.rst, "CI vs. the full run")
-export MEC_DEPLOY_SCOPE=${MEC_DEPLOY_SCOPE:-system}
+export MEC_DEPLOY_SCOPE=${MEC_DEPLOY_SCOPE:-full}
 T0=$(date +%s)
 log() { echo "[deploy-ci +$(( $(date +%s) - T0 ))s] $*"; }
 
