@@ -353,8 +353,9 @@ class Builder:
         with open(f"{r}/etc/default/raspi-firmware", "w") as f:
             f.write(f"# mec-conpaas image\nROOTPART=PARTUUID={self.root_partuuid}\n"
                     "CONSOLES=\"serial0,115200 tty1\"\n")
+        # Extra kernel arguments for that hook: roles/edge_tuning adds the cgroup ones.
         with open(f"{r}/etc/default/raspi-extra-cmdline", "w") as f:
-            f.write("cgroup_enable=memory cgroup_memory=1\n")
+            f.write("\n")
         with open(f"{r}/etc/hostname", "w") as f:
             f.write("mec-edge\n")
         with open(f"{r}/etc/hosts", "w") as f:
@@ -497,7 +498,8 @@ class Builder:
                         env_extra={"DEB_MAINT_PARAMS": "configure"})
         cmdline = open(cmd_file).read().strip()
         if (f"root=PARTUUID={self.root_partuuid}" not in cmdline
-                or "cgroup_enable=memory" not in cmdline):
+                or ("edge_tuning" in self.prof["roles"]
+                    and "cgroup_enable=memory" not in cmdline)):
             raise BuildError(f"unexpected cmdline.txt: {cmdline!r}")
         for f in (f"vmlinuz-{self.kernel_version}", f"initrd.img-{self.kernel_version}",
                   "config.txt"):
