@@ -114,7 +114,9 @@ def boot(image_xz, workdir, timeout=900):
     try:
         while time.monotonic() - t0 < timeout and proc.poll() is None:
             text = open(console, errors="replace").read() if os.path.exists(console) else ""
-            if res["login_prompt_s"] is None and re.search(r"login: ?$", text, re.M):
+            # kernel messages may follow the prompt on the same line
+            prompt = re.search(r"login: ?(\[ *\d+\.\d+\].*)?$", text, re.M)
+            if res["login_prompt_s"] is None and prompt:
                 res["login_prompt_s"] = round(time.monotonic() - t0, 1)
             if res["ssh_login_s"] is None:
                 r = subprocess.run(["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes",
