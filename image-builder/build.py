@@ -353,8 +353,9 @@ class Builder:
         with open(f"{r}/etc/default/raspi-firmware", "w") as f:
             f.write(f"# mec-conpaas image\nROOTPART=PARTUUID={self.root_partuuid}\n"
                     "CONSOLES=\"serial0,115200 tty1\"\n")
+        # Extra kernel arguments for that hook: roles/edge_tuning adds the cgroup ones.
         with open(f"{r}/etc/default/raspi-extra-cmdline", "w") as f:
-            f.write("cgroup_enable=memory cgroup_memory=1\n")
+            f.write("\n")
         with open(f"{r}/etc/hostname", "w") as f:
             f.write("mec-edge\n")
         with open(f"{r}/etc/hosts", "w") as f:
@@ -497,7 +498,8 @@ class Builder:
                         env_extra={"DEB_MAINT_PARAMS": "configure"})
         cmdline = open(cmd_file).read().strip()
         if (f"root=PARTUUID={self.root_partuuid}" not in cmdline
-                or "cgroup_enable=memory" not in cmdline):
+                or ("edge_tuning" in self.prof["roles"]
+                    and "cgroup_enable=memory" not in cmdline)):
             raise BuildError(f"unexpected cmdline.txt: {cmdline!r}")
         for f in (f"vmlinuz-{self.kernel_version}", f"initrd.img-{self.kernel_version}",
                   "config.txt"):
@@ -700,15 +702,47 @@ class Builder:
         self.manifest_path = path
 
     # ------------------------------------------------------------------ main
+    def resume_base(self):
+        """--resume: take over the root tree an earlier build of this profile left
+        behind after its base stage (it failed or was stopped in roles)."""
+        r = self.root
+        try:
+            rootpart = open(f"{r}/etc/default/raspi-firmware").read()
+        except OSError:
+            raise BuildError(f"--resume: no root tree of an earlier build in {r}")
+        m = re.search(r"^ROOTPART=PARTUUID=([0-9a-f]{8})-02$", rootpart, re.M)
+        if not m or not os.path.exists(f"{r}/usr/sbin/policy-rc.d") or \
+                not os.path.exists(f"{r}/usr/sbin/update-initramfs.distrib"):
+            raise BuildError(f"--resume: {r} did not get through the base stage")
+        self.disk_id = m.group(1)
+        self.boot_partuuid = f"{self.disk_id}-01"
+        self.root_partuuid = f"{self.disk_id}-02"
+        kernels = sorted(os.listdir(f"{r}/lib/modules"))
+        if len(kernels) != 1:
+            raise BuildError(f"expected exactly one kernel in the image, found {kernels}")
+        self.kernel_version = kernels[0]
+        placeholder = f"{r}/boot/initrd.img-{self.kernel_version}"
+        if os.path.exists(placeholder) and os.path.getsize(placeholder) == 0:
+            self.placeholder_initrd = placeholder
+        shutil.copy("/etc/resolv.conf", f"{r}/etc/resolv.conf")
+        self.result["resumed"] = ("root tree of an earlier build reused: bootstrap and "
+                                  "base not run, roles re-applied over it")
+        log(f"resuming {r} (disk id {self.disk_id}, kernel {self.kernel_version})")
+
     def build(self):
         try:
             with self.stage("preflight"):
                 self.preflight()
-            with self.stage("bootstrap"):
-                self.bootstrap()
-            self.mount_chroot_fs()
-            with self.stage("base"):
-                self.base()
+            if self.args.resume:
+                self.umount_all()
+                self.resume_base()
+                self.mount_chroot_fs()
+            else:
+                with self.stage("bootstrap"):
+                    self.bootstrap()
+                self.mount_chroot_fs()
+                with self.stage("base"):
+                    self.base()
             with self.stage("roles"):
                 self.roles()
             with self.stage("finalize"):
@@ -748,6 +782,10 @@ def main(argv=None):
     ap.add_argument("--no-rootfs-cache", action="store_true",
                     help="do not reuse/store the bootstrapped tree (download cache still used)")
     ap.add_argument("--keep-root", action="store_true", help="keep the root tree after the build")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the root tree an earlier build of this profile left after a "
+                    "failure in the roles stage: skip bootstrap and base, re-apply the roles "
+                    "(idempotent) and finish; the build record says so")
     ap.add_argument("-e", "--extra-vars", action="append", help="passed to ansible-playbook -e")
     args = ap.parse_args(argv)
     if args.disk_id and not re.fullmatch(r"[0-9a-f]{8}", args.disk_id):

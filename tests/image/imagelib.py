@@ -128,6 +128,9 @@ def needs_role(image, role):
 
 
 # ----------------------------------------------------------- emulated boots
+# A getty login prompt on the serial console; kernel messages may follow it on the
+# same line (seen on the full image: "ap-test-1 login: [  172.05] Rounding down ...").
+LOGIN_PROMPT = r"login: ?(\[ *\d+\.\d+\].*)?$"
 BOOT_TIMEOUT = int(os.environ.get("MEC_CONPAAS_BOOT_TIMEOUT", "900"))
 GROW_MIB = 1024
 

@@ -151,6 +151,25 @@ def test_swappiness_100_in_sysctl_d(image, rootfs):
     assert source.startswith("/etc/sysctl.d/")
 
 
+def test_cgroup_arguments_survive_kernel_updates(image, rootfs):
+    """Debian's raspi-firmware hook rewrites cmdline.txt on every kernel update from
+    /etc/default/raspi-extra-cmdline: edge_tuning must have put the arguments there."""
+    needs_role(image, "edge_tuning")
+    words = rootfs.read("/etc/default/raspi-extra-cmdline").split()
+    assert {"cgroup_enable=memory", "cgroup_memory=1"} <= set(words), words
+
+
+def test_openstack_my_ip_is_an_address_or_absent(image, rootfs):
+    """my_ip is the image's placeholder address (first boot replaces or removes it) or
+    absent, never the chroot directory the roles ran against (ansible_host)."""
+    needs_role(image, "nova_compute_lxc")
+    for f in ("/etc/nova/nova.conf", "/etc/cinder/cinder.conf"):
+        if not rootfs.exists(f):
+            continue
+        for value in re.findall(r"^\s*my_ip\s*=\s*(\S*)", rootfs.read(f), re.M):
+            assert re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", value), f"{f}: my_ip = {value!r}"
+
+
 def test_nova_conf_virt_type_lxc(image, rootfs):
     needs_role(image, "nova_compute_lxc")
     cp = configparser.ConfigParser(strict=False, interpolation=None)

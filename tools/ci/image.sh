@@ -20,6 +20,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PROFILE="${MEC_CONPAAS_IMAGE_PROFILE:-ci}"
 BOOT="${MEC_CONPAAS_IMAGE_BOOT:-all}"
 WORK="${MEC_CONPAAS_IMAGE_WORK:-$REPO/image-builder/work/ci}"
+# Canonical path: cleanup matches it against /proc/*/root and /proc/self/mounts,
+# which show real paths (image-builder/work may be a symlink to a shared cache).
+mkdir -p "$WORK"
+WORK="$(readlink -f "$WORK")"
 OUT="${MEC_CONPAAS_IMAGE_OUT:-$WORK/out}"
 VENV="$WORK/venv"
 TESTTMP="$WORK/test-tmp"
