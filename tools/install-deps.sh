@@ -26,4 +26,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip setuptools wheel
 .venv/bin/pip install -q -e '.[edge,bench,test]'
-echo "installed: $(.venv/bin/python --version), $(haproxy -v | head -1 | cut -d' ' -f1-3), libvirt $(libvirtd --version | awk '{print $NF}')"
+echo "installed: $(.venv/bin/python --version), $(haproxy -v | sed -n 1p | cut -d' ' -f1-3), libvirt $(libvirtd --version | awk '{print $NF}')"

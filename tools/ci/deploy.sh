@@ -48,7 +48,7 @@ log "python venv (ansible-core, ansible collections bundle, linters, pytest)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q -r "$REPO/tools/deploy/requirements.txt"
 export PATH="$VENV/bin:$PATH"
-ansible --version | head -1
+ansible --version | sed -n 1p  # sed reads all: head would break the pipe (pipefail)
 
 log "pytest tests/deploy"
 cd "$REPO"
