@@ -178,7 +178,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--image",
                     help="with --quick: this NAME.img.xz (its NAME.build.json next to it)")
-    ap.add_argument("--work-dir", default=os.path.join(REPO, "image-builder", "work"))
+    ap.add_argument("--work-dir", default=os.path.join(REPO, "image-builder", "build-cache"))
     ap.add_argument("--out-dir", default=os.path.join(REPO, "image-builder", "out"))
     args = ap.parse_args()
     if os.geteuid() != 0:

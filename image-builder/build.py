@@ -776,7 +776,7 @@ def main(argv=None):
     ap.add_argument("--version",
                     help="version string in the image name (default: setup.cfg version + git)")
     ap.add_argument("--mirror", help="Debian mirror (default: the host's configured one)")
-    ap.add_argument("--work-dir", default=os.path.join(HERE, "work"))
+    ap.add_argument("--work-dir", default=os.path.join(HERE, "build-cache"))
     ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))
     ap.add_argument("--disk-id", help="8 hex digits for the DOS disk identifier (PARTUUID prefix)")
     ap.add_argument("--no-rootfs-cache", action="store_true",

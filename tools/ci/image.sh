@@ -11,7 +11,7 @@
 #                              boots, run in parallel; "good": one boot;
 #                              "none": spec test only
 #   MEC_CONPAAS_IMAGE_OUT      where the image goes (default $MEC_CONPAAS_IMAGE_WORK/out)
-#   MEC_CONPAAS_IMAGE_WORK     work dir (default image-builder/work/ci; keeps the
+#   MEC_CONPAAS_IMAGE_WORK     work dir (default image-builder/build-cache/ci; keeps the
 #                              debootstrap/apt cache between runs on one machine)
 set -euo pipefail
 exec </dev/null
@@ -19,9 +19,9 @@ exec </dev/null
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PROFILE="${MEC_CONPAAS_IMAGE_PROFILE:-ci}"
 BOOT="${MEC_CONPAAS_IMAGE_BOOT:-all}"
-WORK="${MEC_CONPAAS_IMAGE_WORK:-$REPO/image-builder/work/ci}"
+WORK="${MEC_CONPAAS_IMAGE_WORK:-$REPO/image-builder/build-cache/ci}"
 # Canonical path: cleanup matches it against /proc/*/root and /proc/self/mounts,
-# which show real paths (image-builder/work may be a symlink to a shared cache).
+# which show real paths (image-builder/build-cache may be a symlink to a shared cache).
 mkdir -p "$WORK"
 WORK="$(readlink -f "$WORK")"
 OUT="${MEC_CONPAAS_IMAGE_OUT:-$WORK/out}"

@@ -7,7 +7,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export MEC_CONPAAS_IMAGE_PROFILE="${MEC_CONPAAS_IMAGE_PROFILE:-edge}"
-export MEC_CONPAAS_IMAGE_WORK="${MEC_CONPAAS_IMAGE_WORK:-$REPO/image-builder/work}"
+export MEC_CONPAAS_IMAGE_WORK="${MEC_CONPAAS_IMAGE_WORK:-$REPO/image-builder/build-cache}"
 export MEC_CONPAAS_IMAGE_OUT="${MEC_CONPAAS_IMAGE_OUT:-$REPO/image-builder/out}"
 T0=$(date +%s)
 bash "$REPO/tools/ci/image.sh"
