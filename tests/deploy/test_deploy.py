@@ -13,6 +13,9 @@ from tests.deploy.conftest import SCOPE_ARGS
 from tests.deploy.conftest import full_only
 from tests.deploy.conftest import run_playbook
 
+# The developer's CLI as installed on the master by mec_conpaas_manager, as admin.
+PAAS_CLI = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 MEC_CONPAAS_TOKEN=$(cat "
+            "/etc/mec-conpaas/admin-token) /opt/mec-conpaas/venv/bin/mec-conpaas ")
 OPENSTACK_PORTS = {"keystone": 5000, "glance": 9292, "placement": 8778, "nova": 8774,
                    "neutron": 9696, "cinder": 8776}
 
@@ -187,38 +190,40 @@ def test_mec_conpaas_manager_knows_the_edge_nodes(master, aps):
             assert state == "active", (ap.name, unit)
 
 
+def http_status(master, address, port):
+    """HTTP status of a service endpoint, fetched from the master."""
+    return master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
+                      % (address, port)).stdout.strip()
+
+
 @full_only
 def test_developer_creates_and_migrates_a_service_on_the_deployed_edge(master, aps):
     """The developer's path on a cluster the playbooks deployed: the mec-conpaas CLI on
     the master creates the sample web service on ap-1 (a libvirt LXC container inside the
     AP node), it answers through the AP's HAProxy, migrates to ap-2 and still answers."""
-    cli = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 MEC_CONPAAS_TOKEN=$(cat "
-           "/etc/mec-conpaas/admin-token) /opt/mec-conpaas/venv/bin/mec-conpaas ")
     name = "deploy-check"
     first, last = aps[0], aps[-1]
-    master.run(cli + "service delete %s" % name, check=False, timeout=300)
+    master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
     try:
-        master.run(cli + "service create web %s --node %s -f json" % (name, first.name),
+        master.run(PAAS_CLI + "service create web %s --node %s -f json" % (name, first.name),
                    timeout=600)
-        svc = json.loads(master.run(cli + "service show %s -f json" % name).stdout)
+        svc = json.loads(master.run(PAAS_CLI + "service show %s -f json" % name).stdout)
         assert svc["state"] == "RUNNING" and svc["home_node"] == first.name, svc
         port = svc["port"]
         for ap in aps:  # the endpoint answers on every AP (near or far tier)
-            out = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
-                             % (ap.address, port)).stdout.strip()
+            out = http_status(master, ap.address, port)
             assert out == "200", (ap.name, port, out)
         domains = first.run("virsh -c lxc:///system list --name").stdout.split()
         assert any(d.startswith("mec-") for d in domains), domains
         if first is not last:
-            master.run(cli + "service migrate %s --to %s -f json" % (name, last.name),
+            master.run(PAAS_CLI + "service migrate %s --to %s -f json" % (name, last.name),
                        timeout=600)
-            svc = json.loads(master.run(cli + "service show %s -f json" % name).stdout)
+            svc = json.loads(master.run(PAAS_CLI + "service show %s -f json" % name).stdout)
             assert svc["home_node"] == last.name, svc
-            out = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
-                             % (last.address, port)).stdout.strip()
+            out = http_status(master, last.address, port)
             assert out == "200", out
     finally:
-        master.run(cli + "service delete %s" % name, check=False, timeout=300)
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
 
 
 def test_second_run_reports_no_change(testbed, deployed):
@@ -238,8 +243,6 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
     if len(aps) < 2:
         pytest.skip("needs two APs")
     node, other = aps[-1], aps[0]
-    cli = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 MEC_CONPAAS_TOKEN=$(cat "
-           "/etc/mec-conpaas/admin-token) /opt/mec-conpaas/venv/bin/mec-conpaas ")
     name = "deploy-moving"
 
     def computes():
@@ -251,21 +254,20 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
                 master.openstack("availability zone list --compute -f json")}
 
     def paas_node(ap):
-        nodes = json.loads(master.run(cli + "node list -f json").stdout)
+        nodes = json.loads(master.run(PAAS_CLI + "node list -f json").stdout)
         return next(n for n in nodes if n["name"] == ap.name)
 
-    master.run(cli + "service create web %s --node %s" % (name, node.name), timeout=600)
+    master.run(PAAS_CLI + "service create web %s --node %s" % (name, node.name), timeout=600)
     try:
-        port = json.loads(master.run(cli + "service show %s -f json" % name).stdout)["port"]
+        port = json.loads(master.run(PAAS_CLI + "service show %s -f json" % name).stdout)["port"]
         recap, seconds, log = run_playbook("remove-node.yml", "remove-node",
                                            "-e", "node=" + node.name)
         print("\nremove-node.yml: %.0f s" % seconds)
         assert all(c["failed"] == 0 for c in recap.values()), (recap, log)
         assert other.name not in recap, recap  # nothing done on the other APs
-        svc = json.loads(master.run(cli + "service show %s -f json" % name).stdout)
+        svc = json.loads(master.run(PAAS_CLI + "service show %s -f json" % name).stdout)
         assert svc["state"] == "RUNNING" and svc["home_node"] == other.name, svc
-        code = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
-                          % (other.address, port)).stdout.strip()
+        code = http_status(master, other.address, port)
         assert code == "200", code
         assert node.name not in computes() and node.name not in zones()
         assert paas_node(node)["schedulable"] is False
@@ -279,9 +281,8 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
         assert node.name in zones()
         back = paas_node(node)
         assert back["state"] == "up" and back["schedulable"] is True, back
-        master.run(cli + "service migrate %s --to %s" % (name, node.name), timeout=600)
-        code = master.run("curl -s -m 10 -o /dev/null -w '%%{http_code}' http://%s:%s/"
-                          % (node.address, port)).stdout.strip()
+        master.run(PAAS_CLI + "service migrate %s --to %s" % (name, node.name), timeout=600)
+        code = http_status(master, node.address, port)
         assert code == "200", code
     finally:
-        master.run(cli + "service delete %s" % name, check=False, timeout=300)
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
