@@ -6,6 +6,9 @@ Stages (each timed; the timings go into OUT/NAME.build.json):
   preflight   root, free disk, tools; binfmt_misc mounted, qemu-aarch64 enabled
   bootstrap   debootstrap --arch=arm64 from a cached download tarball
   base        kernel, firmware, systemd, ssh (initramfs rebuilds held back)
+  packages    the roles' tasks tagged 'packages' only; the tree is then cached
+              (cache/layer-*.tar) keyed on everything it depends on, and a
+              later build with the same inputs starts from it ('layer')
   roles       the project's Ansible roles through the chroot connection,
               mec_conpaas_image_build=true, then roles/first_boot
   finalize    one initramfs (MODULES=list), cmdline.txt, fstab, no host keys,
@@ -25,6 +28,7 @@ import configparser
 import contextlib
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,8 +91,9 @@ def load_profile(name, path=os.path.join(HERE, "profiles.ini")):
                 "components"):
         prof[key] = prof.get(key, "").split()
     for key in ("erase_block_mib", "first_partition_mib", "boot_size_mib", "root_slack_mib",
-                "xz_level", "min_free_gib"):
+                "xz_level", "min_free_gib", "package_layers_kept"):
         prof[key] = int(prof[key])
+    prof["package_layer"] = cp.getboolean(name, "package_layer")
     prof["name"] = name
     return prof
 
@@ -408,7 +414,8 @@ class Builder:
             os.remove(f"{self.root}/etc/resolv.conf")
         shutil.copy("/etc/resolv.conf", f"{self.root}/etc/resolv.conf")
 
-    def roles(self):
+    def roles(self, tags=None):
+        """Apply the profile's roles (then first_boot); with ``tags``, only those tasks."""
         roles = self.prof["roles"] + ["first_boot"]
         pdir = os.path.join(self.bdir, "ansible")
         os.makedirs(pdir, exist_ok=True)
@@ -460,8 +467,94 @@ class Builder:
                      "first_boot_node_agent_required": "mec_conpaas_node" in roles})]
         for ev in self.args.extra_vars or []:
             extra += ["-e", ev]
+        if tags:
+            extra += ["--tags", tags]
         run([self.ansible, "-i", inv, play, *extra], env=env)
         self.result["roles"] = roles
+
+    # ---------------------------------------------------------- package layer
+    def layer_key(self):
+        """Digest of everything the tree after bootstrap, base and the roles'
+        'packages' tasks depends on; None (no layer cache) when it can't be known.
+
+        The Debian archive's current InRelease files are part of it, so a
+        security or point-release update of the mirror invalidates the layer
+        instead of baking stale packages into a new image.
+        """
+        p = self.prof
+        h = hashlib.sha256()
+
+        def add(label, data):
+            h.update(f"{label}\0{len(data)}\0".encode())
+            h.update(data if isinstance(data, bytes) else data.encode())
+
+        for key in ("suite", "arch", "variant", "mirror", "components", "debootstrap_include",
+                    "base_packages", "initramfs_modules"):
+            add(key, json.dumps(p[key]))
+        # The builder code that writes the tree before the roles.
+        for fn in (Builder.bootstrap, Builder.configure_apt_and_holds, Builder.divert,
+                   Builder.base):
+            add(fn.__name__, inspect.getsource(fn))
+        security = re.sub(r"/debian$", "/debian-security", p["mirror"])
+        for base, suite in ((p["mirror"], p["suite"]), (p["mirror"], f"{p['suite']}-updates"),
+                            (security, f"{p['suite']}-security")):
+            url = f"{base}/dists/{suite}/InRelease"
+            try:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    add(url, hashlib.sha256(r.read()).hexdigest())
+            except OSError as e:
+                log(f"package layer cache off: cannot read {url} ({e})")
+                return None
+        # What the tagged tasks install: every role's variables and metadata (role
+        # dependencies included) and every task file holding a 'packages' task.
+        roles_dir = os.path.join(REPO, "roles")
+        for role in sorted(os.listdir(roles_dir)):
+            for sub in ("defaults", "vars", "meta", "tasks"):
+                d = os.path.join(roles_dir, role, sub)
+                for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+                    path = os.path.join(d, name)
+                    data = open(path, "rb").read()
+                    if sub != "tasks" or re.search(rb"tags:.*\bpackages\b", data):
+                        add(os.path.relpath(path, REPO), data)
+        add("image-vars", open(os.path.join(HERE, "image-vars.yml"), "rb").read())
+        add("roles", json.dumps(p["roles"]))
+        add("extra_vars", json.dumps(self.args.extra_vars or []))
+        return h.hexdigest()[:16]
+
+    def layer_path(self, key):
+        return os.path.join(self.cache, f"layer-{self.prof['name']}-{key}.tar")
+
+    def save_layer(self, key):
+        """Tar the tree (nothing mounted in it) and keep the newest layers only."""
+        path = self.layer_path(key)
+        run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "-cf", path + ".partial", "."])
+        os.rename(path + ".partial", path)
+        prefix = f"layer-{self.prof['name']}-"
+        old = sorted((os.path.join(self.cache, f) for f in os.listdir(self.cache)
+                      if f.startswith(prefix) and f.endswith(".tar")),
+                     key=os.path.getmtime, reverse=True)
+        for stale in old[max(self.prof["package_layers_kept"], 1):]:
+            log(f"removing old package layer {stale}")
+            os.remove(stale)
+
+    def restore_layer(self, key):
+        if os.path.exists(self.root):
+            self.umount_all()
+            shutil.rmtree(self.root)
+        os.makedirs(self.root)
+        run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "-xpf", self.layer_path(key)])
+        os.utime(self.layer_path(key))  # most recently used: kept longest
+        self.adopt_tree()
+        # This build's disk identifier, not the one the layer was made with.
+        with open(f"{self.root}/etc/default/raspi-firmware") as f:
+            text = f.read()
+        with open(f"{self.root}/etc/default/raspi-firmware", "w") as f:
+            f.write(re.sub(r"^ROOTPART=.*$", f"ROOTPART=PARTUUID={self.root_partuuid}", text,
+                           flags=re.M))
+        self.write_fstab()
+        shutil.copy("/etc/resolv.conf", f"{self.root}/etc/resolv.conf")
 
     def finalize(self):
         r = self.root
@@ -517,6 +610,12 @@ class Builder:
         os.remove(f"{r}/etc/dpkg/dpkg.cfg.d/90mec-conpaas-build")
         os.remove(f"{r}/etc/resolv.conf")
         os.symlink("../run/systemd/resolve/stub-resolv.conf", f"{r}/etc/resolv.conf")
+        # The .deb cache is bind-mounted from build-cache/cache/apt-archives: keep it
+        # for the next build (apt-get clean would empty it), clean only the tree's.
+        archives = f"{r}/var/cache/apt/archives"
+        if archives in self.mounts:
+            run(["umount", archives])
+            self.mounts.remove(archives)
         self.chroot("apt-get", "clean")
         # Package manifest (same data as dpkg -l), before unmounting.
         q = self.chroot("dpkg-query", "-W",
@@ -702,6 +801,16 @@ class Builder:
         self.manifest_path = path
 
     # ------------------------------------------------------------------ main
+    def adopt_tree(self):
+        """What base() would have learnt, from a tree made by an earlier build."""
+        kernels = sorted(os.listdir(f"{self.root}/lib/modules"))
+        if len(kernels) != 1:
+            raise BuildError(f"expected exactly one kernel in the image, found {kernels}")
+        self.kernel_version = kernels[0]
+        placeholder = f"{self.root}/boot/initrd.img-{self.kernel_version}"
+        if os.path.exists(placeholder) and os.path.getsize(placeholder) == 0:
+            self.placeholder_initrd = placeholder
+
     def resume_base(self):
         """--resume: take over the root tree an earlier build of this profile left
         behind after its base stage (it failed or was stopped in roles)."""
@@ -717,13 +826,7 @@ class Builder:
         self.disk_id = m.group(1)
         self.boot_partuuid = f"{self.disk_id}-01"
         self.root_partuuid = f"{self.disk_id}-02"
-        kernels = sorted(os.listdir(f"{r}/lib/modules"))
-        if len(kernels) != 1:
-            raise BuildError(f"expected exactly one kernel in the image, found {kernels}")
-        self.kernel_version = kernels[0]
-        placeholder = f"{r}/boot/initrd.img-{self.kernel_version}"
-        if os.path.exists(placeholder) and os.path.getsize(placeholder) == 0:
-            self.placeholder_initrd = placeholder
+        self.adopt_tree()
         shutil.copy("/etc/resolv.conf", f"{r}/etc/resolv.conf")
         self.result["resumed"] = ("root tree of an earlier build reused: bootstrap and "
                                   "base not run, roles re-applied over it")
@@ -738,11 +841,26 @@ class Builder:
                 self.resume_base()
                 self.mount_chroot_fs()
             else:
-                with self.stage("bootstrap"):
-                    self.bootstrap()
-                self.mount_chroot_fs()
-                with self.stage("base"):
-                    self.base()
+                key = self.layer_key() if self.prof["package_layer"] \
+                    and not self.args.no_rootfs_cache else None
+                self.result["package_layer"] = "off" if key is None else "miss"
+                if key and os.path.exists(self.layer_path(key)):
+                    with self.stage("layer"):
+                        self.restore_layer(key)
+                    self.result["package_layer"] = "hit"
+                    self.mount_chroot_fs()
+                else:
+                    with self.stage("bootstrap"):
+                        self.bootstrap()
+                    self.mount_chroot_fs()
+                    with self.stage("base"):
+                        self.base()
+                    if key:
+                        with self.stage("packages"):
+                            self.roles(tags="packages")
+                            self.umount_all()
+                            self.save_layer(key)
+                        self.mount_chroot_fs()
             with self.stage("roles"):
                 self.roles()
             with self.stage("finalize"):
@@ -780,7 +898,8 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))
     ap.add_argument("--disk-id", help="8 hex digits for the DOS disk identifier (PARTUUID prefix)")
     ap.add_argument("--no-rootfs-cache", action="store_true",
-                    help="do not reuse/store the bootstrapped tree (download cache still used)")
+                    help="do not reuse/store the bootstrapped tree or the package layer "
+                    "(download cache still used)")
     ap.add_argument("--keep-root", action="store_true", help="keep the root tree after the build")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the root tree an earlier build of this profile left after a "

@@ -22,8 +22,8 @@ from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
 from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
+from imagelib import Manager  # noqa: E402
 from imagelib import Root  # noqa: E402
-from imagelib import StandInMaster  # noqa: E402
 from imagelib import find_image  # noqa: E402
 from imagelib import settings  # noqa: E402
 from imagelib import sh  # noqa: E402
@@ -109,8 +109,9 @@ def keypair(image):
 
 
 @pytest.fixture(scope="session")
-def master():
-    m = StandInMaster()
+def master(tmp_path_factory):
+    """The real manager the booted node registers and enrolls with."""
+    m = Manager(str(tmp_path_factory.mktemp("image-master")))
     yield m
     m.close()
 
@@ -122,8 +123,8 @@ def fleet(image, keypair, master):
     MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
     key, pub = keypair
     wanted = os.environ.get("MEC_CONPAAS_BOOTS", "good,malformed,missing").split(",")
-    texts = {"good": settings(pub, master.port), "malformed": MALFORMED.format(pub=pub),
-             "missing": None}
+    texts = {"good": settings(pub, master.port, master.node_token),
+             "malformed": MALFORMED.format(pub=pub), "missing": None}
     guests = {}
     try:
         for name in ("good", "malformed", "missing"):

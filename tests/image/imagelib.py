@@ -11,15 +11,16 @@ Needs root (losetup, mount), sfdisk, mtools, e2fsprogs, xz.
 
 import glob
 import hashlib
-import http.server
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
-import threading
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -141,39 +142,88 @@ def free_port():
         return s.getsockname()[1]
 
 
-class StandInMaster:
-    """Records every HTTP request (the node agent registering) and answers 200."""
+# What the master's manager hands out at enrollment in these tests (not real secrets).
+ENROLLMENT = {"controller_host": "10.0.2.2", "passwords": {
+    k: f"image-test-{k.replace('_', '-')}-pw" for k in
+    ("rabbit", "nova", "placement", "neutron", "cinder", "cinder_db")}}
 
-    def __init__(self):
-        self.requests = []
-        outer = self
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def _any(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n).decode("utf-8", "replace") if n else ""
-                outer.requests.append({"method": self.command, "path": self.path, "body": body,
-                                       "auth": self.headers.get("Authorization", "")})
-                data = json.dumps({"status": "ok", "id": "stand-in"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+class Manager:
+    """The real MEC-ConPaaS manager (mec-conpaas-manager, from this checkout) as the
+    master a node registers and enrolls with: its own SQLite state, a node token
+    and an admin token made with mec-conpaas-manage, an OpenStack enrollment file.
+    It listens on 127.0.0.1 (qemu user networking shows it to guests as 10.0.2.2).
+    """
 
-            do_GET = do_POST = do_PUT = do_PATCH = _any
+    def __init__(self, workdir, enrollment=ENROLLMENT):
+        self.dir = os.path.join(workdir, "master")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.enrollment = enrollment
+        self.enrollment_file = os.path.join(self.dir, "openstack-enrollment.json")
+        if enrollment is not None:
+            with open(self.enrollment_file, "w") as f:
+                json.dump(enrollment, f)
+        self.conf = os.path.join(self.dir, "mec-conpaas.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"[DEFAULT]\nstate_path = {self.dir}/state\nrun_path = {self.dir}/run\n"
+                    f"log_file = {self.dir}/manager.log\n"
+                    f"[api]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
+                    "[manager]\ndriver = lxc\n"
+                    + (f"openstack_enrollment_file = {self.enrollment_file}\n"
+                       if enrollment is not None else ""))
+        manage = [sys.executable, "-m", "mec_conpaas.cmd.manage", "--config-file", self.conf]
+        sh(*manage, "db", "sync")
+        admin_file = os.path.join(self.dir, "admin.token")
+        sh(*manage, "bootstrap", "--admin-token-file", admin_file)
+        with open(admin_file) as f:
+            self.admin_token = f.read().strip()
+        self.node_token = sh(*manage, "node-token", "create").stdout.strip()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mec_conpaas.cmd.manager", "--config-file", self.conf],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.get("/v1/nodes", self.admin_token)
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError("the manager did not start:\n" + self.log()[-3000:])
+                time.sleep(0.5)
 
-            def log_message(self, *a):
-                pass
+    def get(self, path, token):
+        """(status, JSON body) of an API call."""
+        req = urllib.request.Request(self.url + path,
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def node(self, name):
+        status, body = self.get(f"/v1/nodes/{name}", self.admin_token)
+        return body.get("node") if status == 200 else None
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "manager.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class Guest:
@@ -278,7 +328,7 @@ class SSH:
                     f"...{self.guest.console_text()[-4000:]}")
 
 
-def settings(pubkey, master_port, hostname="ap-test-1"):
+def settings(pubkey, master_port, token, hostname="ap-test-1"):
     return (
         "# written by tests/image/test_emulated_boot.py\r\n"  # CRLF: as from a Windows editor
         f"hostname = {hostname}\r\n"
@@ -286,7 +336,7 @@ def settings(pubkey, master_port, hostname="ap-test-1"):
         "wifi_passphrase = \"not a real passphrase\"\r\n"
         "wifi_country = nl\r\n"
         f"master = http://10.0.2.2:{master_port}\r\n"
-        "registration_token = image-test-token\r\n"
+        f"registration_token = {token}\r\n"
         f"ssh_authorized_key = {pubkey}\r\n"
         "backbone = dhcp\r\n")
 

@@ -6,9 +6,10 @@ The image is copied and enlarged by 1 GiB (a card bigger than the image), a
 settings file is put on its FAT boot partition with mtools, and the node is
 reached over SSH through qemu user networking forwarded to 127.0.0.1, logging
 in with the key from that file: the login itself checks that the key was
-installed, that host keys were generated and that sshd runs.  A stand-in
-master listens on 127.0.0.1 (the guest sees it as 10.0.2.2) and records what
-the node agent sends when it registers.
+installed, that host keys were generated and that sshd runs.  The real
+manager (mec-conpaas-manager from this checkout) listens on 127.0.0.1 (the
+guest sees it as 10.0.2.2): the node agent registers with it and first boot's
+enrollment fetches the OpenStack service passwords from it.
 
 Select with -m emulated_boot; MEC_CONPAAS_BOOT_TIMEOUT (s, default 900) bounds
 each boot.  Console logs are kept in MEC_CONPAAS_ARTIFACTS if set.
@@ -121,23 +122,51 @@ def test_registers_with_master(image, booted, master):
     g, ssh = booted
     conf = ssh.run("sudo cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     assert re.search(rf"^manager_url = http://10\.0\.2\.2:{master.port}$", conf, re.M), conf
-    assert re.search(r"^registration_token = image-test-token$", conf, re.M)
+    assert re.search(rf"^registration_token = {re.escape(master.node_token)}$", conf, re.M)
     assert re.search(r"^node_name = ap-test-1$", conf, re.M)
     if "mec_conpaas_node" not in roles_in(image):
         pytest.skip("profile without mec_conpaas_node: no node agent to register")
     assert ssh.run("systemctl is-enabled mec-conpaas-node-agent").stdout.strip() == "enabled"
+    # The real manager lists the node once its agent registered and heartbeats.
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(
-            r["path"].endswith("/register") for r in master.requests):
-        time.sleep(2)
-    assert master.requests, "the node agent never contacted the master"
-    # The node agent's registration call (mec_conpaas/agents/node/agent.py).
-    regs = [r for r in master.requests
-            if r["method"] == "POST" and r["path"].endswith("/v1/nodes/register")]
-    assert regs, master.requests[:5]
-    body = json.loads(regs[0]["body"])
-    assert body["name"] == "ap-test-1", body
-    assert regs[0]["auth"] == "Bearer image-test-token"
+    node = None
+    while time.monotonic() < deadline:
+        node = master.node("ap-test-1")
+        if node and node["state"] == "up":
+            break
+        time.sleep(3)
+    assert node and node["state"] == "up", (node, master.log()[-2000:])
+    assert node["hostname"] == "ap-test-1"
+    assert node["report"], "no resource report heartbeated by the node agent"
+
+
+def test_enrolled_with_master(image, booted, master):
+    """The image's OpenStack files carried placeholder passwords; first boot's
+    enrollment put the master's in and started the OpenStack units."""
+    g, ssh = booted
+    if "nova_compute_lxc" not in roles_in(image):
+        pytest.skip("profile without nova_compute_lxc: no OpenStack service to enroll")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and ssh.run(
+            "sudo test -f /var/lib/mec-conpaas/openstack.enrolled", check=False).returncode:
+        time.sleep(3)
+    log = ssh.run("sudo journalctl -b -t mec-conpaas-enroll --no-pager", check=False).stdout
+    assert ssh.run("sudo test -f /var/lib/mec-conpaas/openstack.enrolled",
+                   check=False).returncode == 0, log
+    pw = master.enrollment["passwords"]
+    nova = ssh.run("sudo cat /etc/nova/nova.conf").stdout
+    assert f"transport_url = rabbit://openstack:{pw['rabbit']}@10.0.2.2:5672/" in nova
+    assert f"password = {pw['nova']}" in nova and f"password = {pw['placement']}" in nova
+    every = ssh.run("sudo cat /etc/nova/nova.conf /etc/neutron/neutron.conf "
+                    "/etc/cinder/cinder.conf").stdout
+    assert "mec-unset-" not in every, "a password placeholder was left"
+    assert f":{pw['cinder_db']}@10.0.2.2/cinder" in every
+    # Held back by their drop-in until enrolled, then started by enroll.
+    for unit in ("nova-compute", "neutron-linuxbridge-agent", "cinder-volume"):
+        props = ssh.run(f"systemctl show -p ConditionResult -p ExecMainStartTimestamp "
+                        f"{unit}").stdout
+        assert "ConditionResult=yes" in props, (unit, props, log)
+        assert not re.search(r"^ExecMainStartTimestamp=$", props, re.M), (unit, props)
 
 
 def test_nova_compute_enabled(image, booted):

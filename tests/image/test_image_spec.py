@@ -3,13 +3,16 @@ careful reviewer would (issue 4).  See conftest.py for which image is used."""
 
 import configparser
 import glob
+import json
 import os
 import re
 import shlex
 import subprocess
 
 import pytest
+import yaml
 from imagelib import MIB
+from imagelib import REPO
 from imagelib import needs_role
 from imagelib import roles_in
 from imagelib import sh
@@ -195,6 +198,27 @@ def test_only_compute_and_volume_from_openstack(image, rootfs):
     assert not installed & control_plane, installed & control_plane
 
 
+def test_openstack_has_placeholder_passwords_and_waits_for_enrollment(image, rootfs):
+    """No deployment's secret is in the image: the OpenStack files carry the
+    image-vars.yml placeholders (first boot's enrollment replaces them), and the
+    units that need them are held back until then."""
+    needs_role(image, "nova_compute_lxc")
+    needs_role(image, "cinder_volume")
+    with open(os.path.join(REPO, "image-builder", "image-vars.yml")) as f:
+        placeholders = yaml.safe_load(f)["mec_conpaas_openstack_passwords"]
+    fb = json.loads(rootfs.read("/etc/mec-conpaas/firstboot.json"))
+    assert fb["password_placeholders"] == placeholders
+    text = "".join(rootfs.read(p) for p in fb["placeholder_files"] if rootfs.exists(p))
+    for name in ("rabbit", "nova", "placement", "neutron", "cinder_db"):
+        assert placeholders[name] in text, f"{name} password placeholder not in the configs"
+    for unit in ("nova-compute.service", "neutron-linuxbridge-agent.service",
+                 "cinder-volume.service"):
+        assert unit in fb["openstack_units"]
+        dropin = rootfs.read(f"/etc/systemd/system/{unit}.d/mec-conpaas-enrolled.conf")
+        assert "ConditionPathExists=/var/lib/mec-conpaas/openstack.enrolled" in dropin
+    assert not rootfs.exists("/var/lib/mec-conpaas/openstack.enrolled")
+
+
 def test_no_ssh_host_keys(rootfs):
     keys = glob.glob(rootfs.p("/etc/ssh") + "/ssh_host_*")
     assert keys == [], keys
@@ -249,7 +273,8 @@ def test_first_boot_units_enabled(rootfs):
     wants = {
         "sysinit.target.wants": ["mec-conpaas-growroot.service",
                                  "mec-conpaas-ssh-hostkeys.service"],
-        "multi-user.target.wants": ["mec-conpaas-firstboot.service", "ssh.service",
+        "multi-user.target.wants": ["mec-conpaas-firstboot.service",
+                                    "mec-conpaas-enroll.service", "ssh.service",
                                     "systemd-networkd.service"],
     }
     for target, units in wants.items():

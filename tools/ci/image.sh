@@ -80,11 +80,14 @@ fi
 update-binfmts --enable qemu-aarch64 || true
 grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64
 
-log "python venv (ansible: ansible-core + the collections bundle with community.general)"
+log "python venv (ansible-core + the bundle with community.general, pinned like the playbooks'; the manager for the tests)"
 mkdir -p "$WORK" "$OUT" "$ARTIFACTS"
 [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --no-cache-dir 'ansible-core>=2.15' 'ansible>=9' 'pytest>=7' 2>&1 \
-    | grep -v "^WARNING: Location" || true
+# The same ansible-core as tools/deploy (a constraints file): the roles run under one
+# Ansible, whether over SSH or the chroot connection.  The checkout itself: the image
+# tests run the real manager that booted nodes register and enroll with.
+"$VENV/bin/pip" install -q --no-cache-dir -c "$REPO/tools/deploy/requirements.txt" \
+    ansible-core ansible pytest -e "$REPO" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/ansible-doc" -t connection community.general.chroot >/dev/null
 
 log "build (profile $PROFILE)"
