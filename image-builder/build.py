@@ -505,10 +505,11 @@ class Builder:
             except OSError as e:
                 log(f"package layer cache off: cannot read {url} ({e})")
                 return None
-        # What the tagged tasks install: every role's variables and metadata (role
-        # dependencies included) and every task file holding a 'packages' task.
+        # What the tagged tasks install: the variables and metadata of the roles this
+        # profile applies (with their dependencies) and every task file of theirs
+        # holding a 'packages' task.
         roles_dir = os.path.join(REPO, "roles")
-        for role in sorted(os.listdir(roles_dir)):
+        for role in self.applied_roles():
             for sub in ("defaults", "vars", "meta", "tasks"):
                 d = os.path.join(roles_dir, role, sub)
                 for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
@@ -520,6 +521,23 @@ class Builder:
         add("roles", json.dumps(p["roles"]))
         add("extra_vars", json.dumps(self.args.extra_vars or []))
         return h.hexdigest()[:16]
+
+    def applied_roles(self):
+        """The profile's roles, first_boot and, transitively, their meta dependencies."""
+        import yaml  # ansible's dependency: present wherever ansible-playbook is
+        todo, seen = self.prof["roles"] + ["first_boot"], set()
+        while todo:
+            role = todo.pop()
+            if role in seen:
+                continue
+            seen.add(role)
+            meta = os.path.join(REPO, "roles", role, "meta", "main.yml")
+            if os.path.exists(meta):
+                with open(meta) as f:
+                    deps = (yaml.safe_load(f) or {}).get("dependencies") or []
+                todo += [d if isinstance(d, str) else d.get("role") or d.get("name")
+                         for d in deps]
+        return sorted(seen)
 
     def layer_path(self, key):
         return os.path.join(self.cache, f"layer-{self.prof['name']}-{key}.tar")
