@@ -81,6 +81,11 @@ Possible values:
 * a path: the file above; when it is missing, unreadable or incomplete
   the endpoint answers 503 ``enrollment_unavailable`` and the manager
   logs what is wrong.
+
+Related options:
+* The ``mec_conpaas_manager`` Ansible role writes
+  ``/etc/mec-conpaas/openstack-enrollment.json`` and sets this option when
+  the deployment has OpenStack.
 """),
 ]
 
