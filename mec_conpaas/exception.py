@@ -55,3 +55,16 @@ class NodeError(MecError):
     """A node agent or container failed; operations roll back on it."""
     status = 502
     code = "node_error"
+
+
+class EnrollmentNotConfigured(NotFound):
+    """This manager hands out no OpenStack credentials (an edge without
+    OpenStack): the node should be deployed without OpenStack."""
+    code = "enrollment_not_configured"
+
+
+class EnrollmentUnavailable(MecError):
+    """The enrollment file is configured but cannot be served; the admin
+    must fix it; the node may retry."""
+    status = 503
+    code = "enrollment_unavailable"

@@ -19,6 +19,7 @@ from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import auth
+from mec_conpaas.manager import enrollment
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
@@ -191,6 +192,16 @@ def create_app(manager):
             node.state = "up"
         LOG.info("node %s registered from %s", body["name"], body["address"])
         return flask.jsonify(id=body["id"])
+
+    @app.get("/v1/nodes/enrollment")
+    def node_enrollment():
+        """The deployment's OpenStack service credentials, for a node's first
+        boot; the file is read on each request (rotation needs no restart)."""
+        ctx = context("node", "admin")
+        creds = enrollment.load(conf.manager.openstack_enrollment_file)
+        LOG.info("OpenStack enrollment fetched with %s token %s (user %s) from %s",
+                 ctx.role, ctx.token_id, ctx.user, flask.request.remote_addr)
+        return flask.jsonify(openstack=creds)
 
     @app.post("/v1/nodes/<node_id>/heartbeat")
     def heartbeat(node_id):

@@ -60,6 +60,33 @@ Possible values:
 Seconds a removed instance keeps serving the requests it already has
 before it is destroyed.
 """),
+    cfg.StrOpt("openstack_enrollment_file",
+               help="""
+JSON file with the deployment's OpenStack service credentials, served to
+edge nodes at ``GET /v1/nodes/enrollment``.
+
+A flashed Pi image carries nova-compute, neutron-linuxbridge-agent and
+cinder-volume with placeholder passwords; at first boot the node fetches
+the real ones here, authenticated by its registration token.  The file is
+read on every request, so passwords can be rotated without a restart.  It
+holds secrets: keep it readable only by the manager (mode 0640).  Format::
+
+    {"controller_host": "192.0.2.10",
+     "passwords": {"rabbit": "...", "nova": "...", "placement": "...",
+                   "neutron": "...", "cinder": "...", "cinder_db": "..."}}
+
+Possible values:
+* unset: no OpenStack on this edge; the endpoint answers 404
+  ``enrollment_not_configured``.
+* a path: the file above; when it is missing, unreadable or incomplete
+  the endpoint answers 503 ``enrollment_unavailable`` and the manager
+  logs what is wrong.
+
+Related options:
+* The ``mec_conpaas_manager`` Ansible role writes
+  ``/etc/mec-conpaas/openstack-enrollment.json`` and sets this option when
+  the deployment has OpenStack.
+"""),
 ]
 
 

@@ -19,6 +19,7 @@ class Context:
     role: str
     user: str
     tenant_id: str | None
+    token_id: str | None = None  # for logs: which token, never its secret
 
 
 def issue(session, role, user, tenant_id=None):
@@ -47,4 +48,5 @@ def authenticate(session, header):
         models.Token.secret_hash == digest(secret.strip())))
     if token is None:
         raise exception.Unauthorized("unknown token")
-    return Context(role=token.role, user=token.user, tenant_id=token.tenant_id)
+    return Context(role=token.role, user=token.user, tenant_id=token.tenant_id,
+                   token_id=token.id)

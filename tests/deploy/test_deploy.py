@@ -1,10 +1,12 @@
 """The playbooks deployed for real on the LXC test bed: what a sysadmin would check."""
+import configparser
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 
 import paramiko
 import pytest
@@ -188,6 +190,39 @@ def test_mec_conpaas_manager_knows_the_edge_nodes(master, aps):
         for unit in ("mec-conpaas-haproxy", "mec-conpaas-node-agent"):
             state = ap.run("systemctl is-active %s" % unit).stdout.strip()
             assert state == "active", (ap.name, unit)
+
+
+def ini(text):
+    """An oslo.config / INI file's sections, as its service would read them."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read_string(text)
+    return parser
+
+
+@full_only
+def test_a_node_enrolls_with_its_registration_token(master, aps):
+    """What a flashed node's first boot does (roles/first_boot): GET /v1/nodes/enrollment
+    from the manager with its registration token. The passwords served are the ones the
+    playbooks gave the AP's nova-compute, and the file holding them is root's only."""
+    ap = aps[0]
+    agent = ini(ap.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout)["node_agent"]
+    out = ap.run("curl -s -m 10 -w '\\n%%{http_code}' -H 'Authorization: Bearer %s' "
+                 "%s/v1/nodes/enrollment" % (agent["registration_token"],
+                                             agent["manager_url"])).stdout
+    body, _, code = out.rpartition("\n")
+    assert code == "200", out
+    creds = json.loads(body)["openstack"]
+    assert sorted(creds["passwords"]) == ["cinder", "cinder_db", "neutron", "nova",
+                                          "placement", "rabbit"], sorted(creds["passwords"])
+    nova = ini(ap.run("cat /etc/nova/nova.conf").stdout)
+    rabbit = urllib.parse.urlsplit(nova["DEFAULT"]["transport_url"])
+    assert creds["controller_host"] == rabbit.hostname
+    assert creds["passwords"]["rabbit"] == rabbit.password
+    assert creds["passwords"]["nova"] == nova["keystone_authtoken"]["password"]
+    assert creds["passwords"]["placement"] == nova["placement"]["password"]
+    assert creds["passwords"]["neutron"] == nova["neutron"]["password"]
+    mode = master.run("stat -c '%a %U %G' /etc/mec-conpaas/openstack-enrollment.json").stdout
+    assert mode.split() == ["640", "root", "root"], mode
 
 
 def http_status(master, address, port):

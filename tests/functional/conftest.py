@@ -32,6 +32,11 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def enrollment_file(state):
+    """The test edge manager's [manager] openstack_enrollment_file."""
+    return os.path.join(state, "master", "openstack-enrollment.json")
+
+
 @pytest.fixture(scope="session")
 def edge():
     state = tempfile.mkdtemp(prefix="mec-edge-test-")
@@ -39,7 +44,9 @@ def edge():
                      manager_port=9690, manager_opts={
                          "max_bundle_size": 1024 * 1024,
                          "node_heartbeat_timeout": 6,
-                         "health_timeout": 30},
+                         "health_timeout": 30,
+                         # written by test_enrollment; read on each request
+                         "openstack_enrollment_file": enrollment_file(state)},
                      log=lambda m: print("edge:", m), user_credentials=False)
     e.up()
     yield e
