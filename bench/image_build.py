@@ -4,11 +4,19 @@ machine (debootstrap under emulation, roles, assembly, compression), image
 and root filesystem sizes, and first-boot-to-login time under emulation
 (qemu-system-aarch64 -M virt -cpu cortex-a53 -m 1024).
 
-    bench/image_build.py [--profile edge] [--cold] [--quick] [--image X.img.xz]
+    bench/image_build.py [--profile edge] [--floor-profile base] [--cold] [--quick]
+                         [--image X.img.xz]
 
---cold   empty the download caches first (debootstrap tarball, apt archives)
---quick  no build: measure the newest already-built image of the profile
-         (or --image) - sizes from its build record, one emulated boot.
+The floor, measured in the same run: the ``base`` profile, i.e. the same
+builder making a bare Debian Pi image with first boot but none of the
+project's roles (no OpenStack, Wi-Fi AP or node agent).  The ratios say what
+our roles cost in build time and boot time over a plain Pi OS image.
+
+--cold   empty the caches first (debootstrap tarball, bootstrapped tree, apt
+         archives, package layers): both builds start from nothing
+--quick  no build: the newest already-built images of both profiles (or
+         --image), sizes and times from their build records, one emulated
+         boot each (the floor image is built if there is none)
 
 Writes bench/results/image_build-<profile>-<UTC time>.json and .png; prints
 the summary as ONE JSON object on its last line.  Targets (issue 4): full edge
@@ -144,13 +152,49 @@ def boot(image_xz, workdir, timeout=900):
     return res
 
 
+def measure(profile, args):
+    """Build record (built now, or the newest one with --quick) and one boot."""
+    if args.quick:
+        if args.image and profile == args.profile:
+            base = args.image[:-len(".xz")] if args.image.endswith(".xz") else args.image
+            with open(base[:-len(".img")] + ".build.json") as f:
+                rec = json.load(f)
+        else:
+            try:
+                rec = newest_record(args.out_dir, profile)
+            except SystemExit:
+                rec = build(profile, args.work_dir, args.out_dir, cold=False)
+                rec["measured_now"] = True
+        rec.setdefault("wall_s", rec.get("total_s"))
+        rec.setdefault("measured_now", False)
+    else:
+        rec = build(profile, args.work_dir, args.out_dir, args.cold)
+        rec["measured_now"] = True
+    tmp = tempfile.mkdtemp(prefix="mec-bench-boot-", dir=args.work_dir)
+    try:
+        rec["boot"] = boot(rec["image"], tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rec
+
+
+def ratio(a, b):
+    return round(a / b, 2) if a is not None and b else None
+
+
 def plot(summary, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     stages = summary["build"]["stages_s"]
-    a.barh(list(stages), list(stages.values()), color="tab:blue")
+    a.barh(list(stages), list(stages.values()), color="tab:blue", label=summary["profile"])
+    fl = summary.get("floor")
+    if fl:
+        fs = fl["build"]["stages_s"]
+        a.barh(list(fs), list(fs.values()), color="tab:gray", alpha=0.6,
+               label=f"floor: {fl['profile']} ({fl['build']['total_s']:.0f} s)")
+        a.legend(fontsize=8)
     a.set_xlabel("seconds")
     partial = " of a RESUMED build, partial" if summary["build"].get("resumed") else ""
     a.set_title(f"build stages, profile {summary['profile']} "
@@ -163,8 +207,10 @@ def plot(summary, path):
     b.bar(labels, vals, color=["tab:green", "tab:gray", "tab:orange"])
     b.axhline(TARGET_XZ_BYTES / 1e6, color="red", ls="--", label="xz target 600 MB")
     bt = summary["boot"]
+    floor_boot = (f" (floor {fl['boot'].get('login_prompt_s')} s / "
+                  f"{fl['boot'].get('ssh_login_s')} s)") if fl else ""
     b.set_title(f"sizes; emulated boot: login prompt {bt.get('login_prompt_s')} s, "
-                f"ssh {bt.get('ssh_login_s')} s", fontsize=9)
+                f"ssh {bt.get('ssh_login_s')} s{floor_boot}", fontsize=9)
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -180,42 +226,48 @@ def main():
                     help="with --quick: this NAME.img.xz (its NAME.build.json next to it)")
     ap.add_argument("--work-dir", default=os.path.join(REPO, "image-builder", "build-cache"))
     ap.add_argument("--out-dir", default=os.path.join(REPO, "image-builder", "out"))
+    ap.add_argument("--floor-profile", default="base",
+                    help="profile measured as the floor in the same run ('none': skip)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/image_build.py needs root (it runs the image builder)")
-    if args.quick:
-        if args.image:
-            base = args.image[:-len(".xz")] if args.image.endswith(".xz") else args.image
-            with open(base[:-len(".img")] + ".build.json") as f:
-                rec = json.load(f)
-        else:
-            rec = newest_record(args.out_dir, args.profile)
-        rec.setdefault("wall_s", rec.get("total_s"))
-        rec["measured_now"] = False
-    else:
-        rec = build(args.profile, args.work_dir, args.out_dir, args.cold)
-        rec["measured_now"] = True
-    tmp = tempfile.mkdtemp(prefix="mec-bench-boot-", dir=args.work_dir)
-    try:
-        boot_res = boot(rec["image"], tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    rec = measure(args.profile, args)
+    floor = None if args.floor_profile == "none" else measure(args.floor_profile, args)
+    boot_res = rec["boot"]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+    def build_view(r):
+        return {"stages_s": r["stages_s"], "total_s": r["total_s"], "wall_s": r["wall_s"],
+                "measured_now": r["measured_now"],
+                "debootstrap_cache": r.get("debootstrap_cache"),
+                "package_layer": r.get("package_layer"),
+                # build.py --resume: bootstrap and base were not run, total_s is partial.
+                "resumed": r.get("resumed")}
+
+    load = os.getloadavg()
     summary = {
         "benchmark": "image_build", "profile": rec["profile"], "quick": args.quick,
         "cold": args.cold, "host_cpus": os.cpu_count(), "time": stamp,
+        "loadavg_at_end": [round(x, 2) for x in load],
         "image": os.path.basename(rec["image"]),
-        "build": {"stages_s": rec["stages_s"], "total_s": rec["total_s"],
-                  "wall_s": rec["wall_s"], "measured_now": rec["measured_now"],
-                  "debootstrap_cache": rec.get("debootstrap_cache"),
-                  # build.py --resume: bootstrap and base were not run, total_s is partial.
-                  "resumed": rec.get("resumed")},
+        "build": build_view(rec),
         "sizes": {"xz_bytes": rec["xz_bytes"], "image_bytes": rec["image_mib"] * MIB,
                   "root_partition_bytes": rec["root_partition_mib"] * MIB,
                   "root_tree_bytes": rec["root_tree_bytes"]},
         "boot": boot_res,
         "targets": {"build_s_max": TARGET_BUILD_S, "xz_bytes_max": TARGET_XZ_BYTES},
     }
+    if floor:
+        summary["floor"] = {"profile": floor["profile"], "image": os.path.basename(floor["image"]),
+                            "build": build_view(floor), "boot": floor["boot"],
+                            "xz_bytes": floor["xz_bytes"],
+                            "root_tree_bytes": floor["root_tree_bytes"]}
+        summary["ratios_to_floor"] = {
+            "build_total": ratio(rec["total_s"], floor["total_s"]),
+            "login_prompt": ratio(boot_res["login_prompt_s"], floor["boot"]["login_prompt_s"]),
+            "ssh_login": ratio(boot_res["ssh_login_s"], floor["boot"]["ssh_login_s"]),
+            "root_tree": ratio(rec["root_tree_bytes"], floor["root_tree_bytes"]),
+        }
     summary["targets_met"] = {
         # None: not measurable from a resumed (partial) build.
         "build_time": None if rec.get("resumed") else rec["total_s"] <= TARGET_BUILD_S,

@@ -109,11 +109,23 @@ def keypair(image):
 
 
 @pytest.fixture(scope="session")
-def master(tmp_path_factory):
+def managers(tmp_path_factory):
+    """Start real managers (imagelib.Manager) on demand; all stopped at the end."""
+    started = []
+
+    def start(name, **kw):
+        started.append(Manager(str(tmp_path_factory.mktemp(name)), **kw))
+        return started[-1]
+
+    yield start
+    for m in started:
+        m.close()
+
+
+@pytest.fixture(scope="session")
+def master(managers):
     """The real manager the booted node registers and enrolls with."""
-    m = Manager(str(tmp_path_factory.mktemp("image-master")))
-    yield m
-    m.close()
+    return managers("image-master")
 
 
 @pytest.fixture(scope="session")

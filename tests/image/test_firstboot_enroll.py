@@ -13,7 +13,6 @@ import pytest
 import yaml
 from imagelib import ENROLLMENT
 from imagelib import REPO
-from imagelib import Manager
 from imagelib import free_port
 
 SCRIPT = os.path.join(REPO, "roles", "first_boot", "files", "mec-conpaas-firstboot")
@@ -27,18 +26,14 @@ CINDER = "[database]\nconnection = mysql+pymysql://cinder:{cinder_db}@mec-master
 
 
 @pytest.fixture(scope="module")
-def manager(tmp_path_factory):
-    m = Manager(str(tmp_path_factory.mktemp("enroll-master")))
-    yield m
-    m.close()
+def manager(managers):
+    return managers("enroll-master")
 
 
 @pytest.fixture(scope="module")
-def bare_manager(tmp_path_factory):
+def bare_manager(managers):
     """A master without OpenStack: no enrollment file configured."""
-    m = Manager(str(tmp_path_factory.mktemp("enroll-bare")), enrollment=None)
-    yield m
-    m.close()
+    return managers("enroll-bare", enrollment=None)
 
 
 def node(tmp_path, url, token):
