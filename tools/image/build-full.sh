@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full researcher image (profile "edge": all roles, xz -6) with the same
+# The full researcher image (profile "edge": all roles, xz -1) with the same
 # checks as CI: image-spec test and all emulated boots.  Output in
 # image-builder/out/.  Too long for CI together with the rest of the suite
 # when caches are cold; see image-builder/README.rst, "Measurements".
