@@ -98,7 +98,7 @@ def test_kernel_command_line(image, booted):
     assert mounts == ["/dev/vda1", "vfat"], mounts
 
 
-def test_settings_file_applied(booted):
+def test_settings_file_applied(booted, master):
     g, ssh = booted
     assert ssh.run("hostname").stdout.strip() == "ap-test-1"
     assert ssh.run("cat /etc/hostname").stdout.strip() == "ap-test-1"
@@ -111,6 +111,11 @@ def test_settings_file_applied(booted):
     assert ssh.run("sudo test -f /var/lib/mec-conpaas/firstboot.done", check=False).returncode == 0
     log = ssh.run("sudo journalctl -b -u mec-conpaas-firstboot --no-pager").stdout
     assert "configuration from /boot/firmware/mec-conpaas.txt applied" in log
+    # Applied secrets are gone from the FAT file (readable by anyone with the card).
+    card = ssh.run("sudo cat /boot/firmware/mec-conpaas.txt").stdout
+    assert "not a real passphrase" not in card and master.node_token not in card
+    assert "# wifi_passphrase = (removed by first boot" in card
+    assert "# registration_token = (removed by first boot" in card
     # New host keys were made on this boot, and password logins are off.
     assert ssh.run("ls /etc/ssh/ssh_host_ed25519_key.pub", check=False).returncode == 0
     sshd = ssh.run("sudo sshd -T").stdout.splitlines()

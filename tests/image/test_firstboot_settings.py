@@ -111,3 +111,27 @@ def test_gateway_without_static_address(tmp_path):
 def test_not_utf8(tmp_path):
     rc, _, err = check(tmp_path, render(dict(GOOD, wifi_ssid="caf\xe9")), encoding="latin-1")
     assert rc == 1 and "cannot read" in err and "Traceback" not in err
+
+
+def test_secrets_removed_from_the_card_after_first_boot(tmp_path):
+    """After a successful apply, the passphrase and the token are commented out of the
+    FAT file (CRLF and the rest kept); a re-run then fails on the missing keys instead
+    of applying the placeholder text."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("mec_conpaas_firstboot", SCRIPT)
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    f = tmp_path / "mec-conpaas.txt"
+    text = "\ufeff" + render(GOOD, eol="\r\n")
+    f.write_bytes(text.encode())
+    mod.redact_secrets(mod.DEFAULT_SETTINGS, str(f), text)
+    new = f.read_bytes().decode()
+    assert "correct horse" not in new and "tok-123" not in new
+    assert "# wifi_passphrase = (removed by first boot" in new
+    assert "# registration_token = (removed by first boot" in new
+    assert f"ssh_authorized_key = {KEY}\r\n" in new and "hostname = ap-1\r\n" in new
+    assert new.count("\r\n") == len(GOOD)
+    rc, _, err = check(tmp_path, new)
+    assert rc == 1 and "wifi_passphrase is missing" in err and "registration_token" in err
