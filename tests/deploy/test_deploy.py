@@ -64,28 +64,6 @@ def test_compute_service_list_shows_edge_nodes_up(master, aps):
 
 
 @full_only
-def test_a_compute_node_in_no_zone_gets_its_own(master, aps):
-    """What a flashed node meets: it joins OpenStack by itself at first boot (enrollment),
-    not through add-node.yml, so nothing lists it; mec-os-azs.timer on the master puts
-    every enabled compute host that is in no aggregate into its own availability zone."""
-    ap = aps[-1]
-    assert master.run("systemctl is-active mec-os-azs.timer").stdout.strip() == "active"
-    master.openstack("aggregate remove host az-%s %s" % (ap.name, ap.name))
-    t0 = time.monotonic()
-    agg = master.openstack("aggregate show az-%s -f json" % ap.name)
-    assert ap.name not in (agg.get("hosts") or []), agg
-    while time.monotonic() - t0 < 240 and ap.name not in (agg.get("hosts") or []):
-        time.sleep(5)
-        agg = master.openstack("aggregate show az-%s -f json" % ap.name)
-    assert ap.name in (agg.get("hosts") or []), agg
-    print("%s back in its zone after %.0f s" % (ap.name, time.monotonic() - t0))
-    zones = {z["Zone Name"] for z in master.openstack("availability zone list --compute -f json")}
-    assert ap.name in zones
-    log = master.run("journalctl -u mec-os-azs --no-pager -n 200").stdout
-    assert "host %s in az-%s" % (ap.name, ap.name) in log, log[-2000:]
-
-
-@full_only
 def test_edge_nodes_have_no_database_settings(aps):
     for ap in aps:
         out = ap.run("grep -E '^\\[(api_)?database\\]' /etc/nova/nova.conf "

@@ -13,7 +13,6 @@ import sys
 import time
 
 import openstack
-import openstack.exceptions
 
 
 def password_ok(conn, u):
@@ -26,28 +25,6 @@ def password_ok(conn, u):
         return True
     except Exception:
         return False
-
-
-def aggregate(conn, name, zone, changed):
-    """The aggregate ``name``, created with its zone if missing.  The availability-zone
-    timer (mec-os-azs) and a playbook may create the same one at once: a conflict means
-    the other won, and its aggregate is used."""
-    agg = next((x for x in conn.compute.aggregates() if x.name == name), None)
-    if agg is None:
-        try:
-            agg = conn.compute.create_aggregate(name=name, availability_zone=zone)
-            changed.append("aggregate %s" % name)
-        except openstack.exceptions.ConflictException:
-            agg = next(x for x in conn.compute.aggregates() if x.name == name)
-    return agg
-
-
-def add_host(conn, agg, host, changed):
-    try:
-        conn.compute.add_host_to_aggregate(agg, host)
-        changed.append("host %s in %s" % (host, agg.name))
-    except openstack.exceptions.ConflictException:  # added meanwhile by the other one
-        pass
 
 
 def main():
@@ -118,26 +95,19 @@ def main():
     if "aggregates" in spec:
         services = {s.host for s in conn.compute.services() if s.binary == "nova-compute"}
         for a in spec["aggregates"]:
-            agg = aggregate(conn, a["name"], a["zone"], changed)
+            agg = next((x for x in conn.compute.aggregates() if x.name == a["name"]), None)
+            if agg is None:
+                agg = conn.compute.create_aggregate(name=a["name"],
+                                                    availability_zone=a["zone"])
+                changed.append("aggregate %s" % a["name"])
             for host in a.get("hosts", []):
                 if host in services and host not in (agg.hosts or []):
-                    add_host(conn, agg, host, changed)
+                    conn.compute.add_host_to_aggregate(agg, host)
+                    changed.append("host %s in %s" % (host, a["name"]))
             for host in list(agg.hosts or []):
                 if host not in a.get("hosts", []):
                     conn.compute.remove_host_from_aggregate(agg, host)
                     changed.append("host %s out of %s" % (host, a["name"]))
-    own = spec.get("every_compute_own_az")
-    if own:
-        # Nodes nobody listed (a flashed Pi that enrolled at first boot): every enabled
-        # nova-compute host in no aggregate gets its own availability zone, like the
-        # playbooks give theirs.  Disabled ones are being removed (remove-node.yml).
-        placed = {h for a in conn.compute.aggregates() for h in (a.hosts or [])}
-        for s in conn.compute.services():
-            if s.binary != "nova-compute" or s.status != "enabled" or s.host in placed:
-                continue
-            agg = aggregate(conn, own.get("name_prefix", "az-") + s.host,
-                            own.get("zone_prefix", "") + s.host, changed)
-            add_host(conn, agg, s.host, changed)
     for n in spec.get("networks", []):
         net = conn.network.find_network(n["name"])
         if net is None:
