@@ -200,6 +200,23 @@ class Builder:
         os.makedirs(os.path.join(archives, "partial"), exist_ok=True)
         self.mount(archives, f"{r}/var/cache/apt/archives", "--bind")
 
+    def fresh_root(self):
+        """An empty root directory (an earlier build's tree unmounted and removed)."""
+        if os.path.exists(self.root):
+            self.umount_all()
+            shutil.rmtree(self.root)
+        os.makedirs(self.root)
+
+    def save_tree(self, path):
+        """Tar the root tree (nothing may be mounted in it) to ``path``, atomically."""
+        run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "-cf", path + ".partial", "."])
+        os.rename(path + ".partial", path)
+
+    def load_tree(self, path):
+        run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "-xpf", path])
+
     def kill_chroot_processes(self):
         """Kill processes whose root directory is our chroot (we started them)."""
         real = os.path.realpath(self.root)
@@ -282,23 +299,17 @@ class Builder:
             self.result["debootstrap_cache"] = "miss"
         else:
             self.result["debootstrap_cache"] = "hit"
-        if os.path.exists(self.root):
-            self.umount_all()
-            shutil.rmtree(self.root)
-        os.makedirs(self.root)
+        self.fresh_root()
         # The bootstrapped tree (second stage under emulation: ~4 min) is cached too.
         rootfs_cache = tarball[:-len(".tgz")] + "-rootfs.tar"
         if os.path.exists(rootfs_cache) and not self.args.no_rootfs_cache:
-            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                 "-xpf", rootfs_cache])
+            self.load_tree(rootfs_cache)
             self.result["rootfs_cache"] = "hit"
             return
         run(["debootstrap", *common, f"--unpack-tarball={tarball}", p["suite"], self.root,
              p["mirror"]])
         if not self.args.no_rootfs_cache:
-            run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                 "-cf", rootfs_cache + ".partial", "."])
-            os.rename(rootfs_cache + ".partial", rootfs_cache)
+            self.save_tree(rootfs_cache)
         self.result["rootfs_cache"] = "miss"
 
     def configure_apt_and_holds(self):
@@ -524,7 +535,11 @@ class Builder:
 
     def applied_roles(self):
         """The profile's roles, first_boot and, transitively, their meta dependencies."""
-        import yaml  # ansible's dependency: present wherever ansible-playbook is
+        try:
+            import yaml  # ansible's dependency
+        except ImportError:
+            raise BuildError("PyYAML is missing: run build.py with the python of the venv "
+                             "that has ansible (tools/ci/image.sh makes one)") from None
         todo, seen = self.prof["roles"] + ["first_boot"], set()
         while todo:
             role = todo.pop()
@@ -544,10 +559,7 @@ class Builder:
 
     def save_layer(self, key):
         """Tar the tree (nothing mounted in it) and keep the newest layers only."""
-        path = self.layer_path(key)
-        run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-             "-cf", path + ".partial", "."])
-        os.rename(path + ".partial", path)
+        self.save_tree(self.layer_path(key))
         prefix = f"layer-{self.prof['name']}-"
         old = sorted((os.path.join(self.cache, f) for f in os.listdir(self.cache)
                       if f.startswith(prefix) and f.endswith(".tar")),
@@ -557,12 +569,8 @@ class Builder:
             os.remove(stale)
 
     def restore_layer(self, key):
-        if os.path.exists(self.root):
-            self.umount_all()
-            shutil.rmtree(self.root)
-        os.makedirs(self.root)
-        run(["tar", "-C", self.root, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-             "-xpf", self.layer_path(key)])
+        self.fresh_root()
+        self.load_tree(self.layer_path(key))
         os.utime(self.layer_path(key))  # most recently used: kept longest
         self.adopt_tree()
         # This build's disk identifier, not the one the layer was made with.

@@ -87,7 +87,7 @@ mkdir -p "$WORK" "$OUT" "$ARTIFACTS"
 # Ansible, whether over SSH or the chroot connection.  The checkout itself: the image
 # tests run the real manager that booted nodes register and enroll with.
 "$VENV/bin/pip" install -q --no-cache-dir -c "$REPO/tools/deploy/requirements.txt" \
-    ansible-core ansible pytest -e "$REPO" 2>&1 | grep -v "^WARNING: Location" || true
+    ansible-core ansible pytest -e "$REPO" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "$VENV/bin/ansible-doc" -t connection community.general.chroot >/dev/null
 
 log "build (profile $PROFILE)"
