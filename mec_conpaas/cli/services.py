@@ -1,4 +1,4 @@
-"""service create | list | show | delete | logs | scale | migrate"""
+"""service create | list | show | delete | logs | scale | migrate | stop | start"""
 from cliff import lister
 from cliff import show
 
@@ -127,4 +127,25 @@ class MigrateService(_Mutating):
 
     def take_action(self, parsed_args):
         res = self.app.client.migrate(parsed_args.name, parsed_args.to)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class StopService(_Mutating):
+    """Stop every instance (cleanup.sh), keeping their state and the port."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.stop(parsed_args.name)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class StartService(StopService):
+    """Start a stopped service: its instances come back with their state."""
+
+    def take_action(self, parsed_args):
+        res = self.app.client.start(parsed_args.name)
         return self.finish(parsed_args, res, parsed_args.name)
