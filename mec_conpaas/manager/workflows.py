@@ -377,8 +377,8 @@ class StopService(Workflow):
         for n, iid in enumerate(ids, 1):
             ctx.progress(60 + 30 * n // len(ids), "removing instance %s" % iid)
             self.destroy_instance(iid)
-        self.cluster.push_proxies()
         self.set_state(sid, "STOPPED")
+        self.cluster.push_proxies()  # the endpoint stays, with no server
 
     def _save(self, ctx, sid, ids):
         path = self.cluster.saved_dir(sid)
