@@ -9,7 +9,8 @@ SHOW_KEYS = ("id", "name", "type", "state", "home_node", "port", "instances",
 
 
 def _show(svc, op=None):
-    inst = ", ".join("%s@%s(%s)" % (i["address"], i["node"], i["state"].lower())
+    inst = ", ".join("%s@%s(%s, %s)" % (i["address"], i["node"], i["state"].lower(),
+                                        i.get("role", "worker"))
                      for i in svc["instances"])
     return SHOW_KEYS, (svc["id"], svc["name"], svc["type"], svc["state"],
                        svc["home_node"], svc["port"], inst, svc["error"],

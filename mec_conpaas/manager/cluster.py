@@ -191,7 +191,9 @@ class Cluster:
     def notify_peers(self, service_id):
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
-            addrs = [i.address for i in svc.instances
+            # The master first: workers find it there after it moved.
+            addrs = [i.address for i in sorted(svc.instances,
+                                               key=lambda i: i.role != "master")
                      if i.state == "ACTIVE" and i.address] if svc else []
         for addr in addrs:
             try:

@@ -131,12 +131,13 @@ PY
 """
 ENV_INIT = b"#!/bin/sh\necho \"$MY_ROLE $MASTER_IP $MY_IP\" > /var/lib/service/env\n"
 ENV_CLEANUP = b"#!/bin/sh\necho \"cleanup ran on $MY_IP\" >> /var/lib/service/cleanup\n"
+ENV_NOTIFY = b"#!/bin/sh\necho \"$PEERS\" > /var/lib/service/peers.$MY_IP\n"
 
 
 def env_bundle(path):
     with tarfile.open(path, "w:gz") as tar:
         for name, data in (("run.sh", ENV_RUN), ("init.sh", ENV_INIT),
-                           ("cleanup.sh", ENV_CLEANUP)):
+                           ("cleanup.sh", ENV_CLEANUP), ("notify.sh", ENV_NOTIFY)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o755
@@ -159,6 +160,11 @@ def test_roles_master_ip_and_cleanup(tmp_path, edge, admin):
     assert seen[second["id"]] == ["worker", master_ip, second["address"]]
     # The role moves with a migration; scale-in never takes the master.
     wait_op(admin, admin.migrate("roles", "ap-3"))
+    svc, seen = envs()
+    master = [i for i in svc["instances"] if i["role"] == "master"][0]
+    for inst in svc["instances"]:  # PEERS lists the moved master first
+        peers = state_file(edge, inst, "peers." + inst["address"]).split()
+        assert peers[0] == master["address"] and len(peers) == 2
     wait_op(admin, admin.scale("roles", 1))
     svc, seen = envs()
     (only,) = svc["instances"]
