@@ -28,6 +28,11 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 SERVICE_TYPES = ("generic", "web")
 
 
+class StoreUnavailable(exception.MecError):
+    status = 503
+    code = "store_unavailable"
+
+
 def _iso(ts):
     return ts.replace(tzinfo=datetime.timezone.utc).isoformat() if ts else None
 
@@ -77,24 +82,19 @@ def create_app(manager):
 
     # The store's own errors never reach a user raw: a constraint broken by
     # a concurrent change is a conflict to retry, a busy or unreachable
-    # database a 503 to retry later.
-    @app.errorhandler(sa_exc.IntegrityError)
-    def store_conflict(e):
-        LOG.warning("%s %s: %s", flask.request.method, flask.request.path, e)
-        return flask.jsonify(error={
-            "code": "conflict",
-            "message": "the request conflicts with a concurrent change (a name, "
-                       "port or service taken meanwhile): nothing was changed; "
-                       "retry"}), 409
-
-    @app.errorhandler(sa_exc.OperationalError)
-    def store_unavailable(e):
+    # database a 503 to retry later; the transaction was rolled back.
+    @app.errorhandler(sa_exc.SQLAlchemyError)
+    def store_error(e):
         LOG.error("%s %s: %s", flask.request.method, flask.request.path, e)
-        return flask.jsonify(error={
-            "code": "store_unavailable",
-            "message": "the manager's database is busy or unreachable: nothing "
-                       "was changed; retry in a few seconds (the manager log "
-                       "says more)"}), 503
+        if isinstance(e, sa_exc.IntegrityError):
+            return mec_error(exception.Conflict(
+                "the request conflicts with a concurrent change (a name, port or "
+                "service taken meanwhile): nothing was changed; retry"))
+        if isinstance(e, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+            return mec_error(StoreUnavailable(
+                "the manager's database is busy or unreachable: nothing was "
+                "changed; retry in a few seconds (the manager log says more)"))
+        return internal_error(e)
 
     @app.errorhandler(500)
     def internal_error(e):
