@@ -138,7 +138,7 @@ class LibvirtContainers:
                 "[node_agent] disk_mb = %d is too small for an ext4 image: set it "
                 "to 16 or more, or to 0 for no disk limit" % opts.disk_mb)
         os.makedirs(self.bundle_cache, exist_ok=True)
-        _check_traversable(self.root)
+        _open_for_instances(self.root, conf.state_path)
 
     # -- libvirt -------------------------------------------------------
     def conn(self):
@@ -442,14 +442,19 @@ class LibvirtContainers:
         return out
 
 
-def _check_traversable(path):
+def _open_for_instances(path, own_root):
     """Instances' roots sit under ``path`` and libvirt mounts them as the
     instance's root, an unprivileged uid: every directory on the way must
     let others through (x), or containers fail to start with an obscure
-    'Permission denied'."""
+    'Permission denied'.  Our own directories (up to ``own_root``, the
+    agent's state_path, often 0750) get o+x; others are only checked."""
     path = os.path.abspath(path)
+    own_root = os.path.abspath(own_root)
     while True:
-        if not os.stat(path).st_mode & 0o001:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001 and (path + "/").startswith(own_root + "/"):
+            os.chmod(path, (mode & 0o7777) | 0o001)
+        elif not mode & 0o001:
             raise exception.NodeError(
                 "%s is not searchable by other users (mode %o), so instances, "
                 "whose root is an unprivileged uid, cannot reach their files under "
