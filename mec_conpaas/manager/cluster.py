@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.agents.node import httpserver
+from mec_conpaas.agents.node import isolation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
@@ -114,9 +115,14 @@ class Cluster:
     def push_proxies(self, draining=()):
         with session_scope() as s:
             plan = self.desired_proxies(s, draining)
+            # Every node's, so each node's isolation rules know which
+            # addresses are instances (see agents/node/isolation.py).
+            nets = sorted({n.instance_network for n in self.nodes(s)
+                           if n.instance_network})
         futures = {name: self._pool.submit(
             httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
-            {"services": services}, 30) for name, (ref, services) in plan.items()}
+            {"services": services, "instance_networks": nets}, 30)
+            for name, (ref, services) in plan.items()}
         errors = []
         for name, fut in futures.items():
             try:
@@ -137,14 +143,21 @@ class Cluster:
             pass
 
     # -- service agents --------------------------------------------------
-    def wait_healthy(self, address, timeout=None):
+    @staticmethod
+    def agent_secret(ref, instance_id):
+        """The secret of an instance's service agent on node ``ref``."""
+        return isolation.agent_secret(ref.agent_token, instance_id)
+
+    def wait_healthy(self, address, secret=None, timeout=None):
+        """Wait for the service agent's health; with its ``secret`` the
+        answer says why it is not healthy (without, only whether)."""
         timeout = timeout or self.conf.manager.health_timeout
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             try:
                 resp = httpserver.call("GET", "http://%s:%d/health" % (
-                    address, SERVICE_AGENT_PORT), timeout=2)
+                    address, SERVICE_AGENT_PORT), secret, timeout=2)
                 if resp and resp.get("healthy"):
                     return resp
                 last = resp.get("detail") if resp else last
@@ -157,12 +170,17 @@ class Cluster:
     def notify_peers(self, service_id):
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
-            addrs = [i.address for i in svc.instances
-                     if i.state == "ACTIVE" and i.address] if svc else []
-        for addr in addrs:
+            active = [i for i in svc.instances
+                      if i.state == "ACTIVE" and i.address] if svc else []
+            tokens = {n.name: n.agent_token for n in self.nodes(s)}
+            addrs = [i.address for i in active]
+            agents = [(i.address, isolation.agent_secret(tokens[i.node_name], i.id))
+                      for i in active if i.node_name in tokens]
+        for addr, secret in agents:
             try:
                 httpserver.call("POST", "http://%s:%d/notify" % (
-                    addr, SERVICE_AGENT_PORT), body={"peers": addrs}, timeout=10)
+                    addr, SERVICE_AGENT_PORT), secret, body={"peers": addrs},
+                    timeout=10)
             except exception.NodeError as e:
                 LOG.warning("notify %s: %s", addr, e.message)
 

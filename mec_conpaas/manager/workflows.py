@@ -52,7 +52,8 @@ class Workflow:
         info = self.driver.create_instance(ref, spec)
         with session_scope() as s:
             s.get(models.Instance, spec.id).address = info["address"]
-        self.cluster.wait_healthy(info["address"])
+        self.cluster.wait_healthy(info["address"],
+                                  self.cluster.agent_secret(ref, spec.id))
         with session_scope() as s:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id

@@ -27,6 +27,9 @@ SERVICE_AGENT = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                              "service", "agent.py")
 APP_PORT = 8080
 AGENT_PORT = 8999
+# Read once by the service agent at its start, then removed: the app
+# (started after) never sees it.  Never in the environment.
+AGENT_SECRET_FILE = "etc/mec-conpaas/agent-secret"
 
 
 def _domain_xml(name, spec, paths, address, prefixlen, gateway):
@@ -84,6 +87,8 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway):
 
 
 class LibvirtContainers:
+    # instance id -> its service agent's secret; set by the node agent.
+    agent_secret = None
 
     def __init__(self, conf, fetch_bundle):
         self.conf = conf
@@ -201,6 +206,9 @@ class LibvirtContainers:
             bundles.extract(bundle, app_dir,
                             self.conf.manager.max_bundle_size,
                             self.conf.manager.max_bundle_members)
+            if self.agent_secret:
+                _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
+                              self.agent_secret(instance_id))
             xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
                               self.network.prefixlen, self.gateway)
             _forget_neighbour(address)
@@ -318,6 +326,31 @@ class LibvirtContainers:
             except Exception:  # a container stopping under us
                 continue
         return out
+
+
+    def ports(self):
+        """This node's instance bridge ports, ``{ifname: address}``: what
+        each port may send as its source (see isolation)."""
+        import xml.etree.ElementTree as ET
+        out = {}
+        for entry in os.listdir(self.root):
+            meta = self._meta(entry) if not entry.startswith(".") else None
+            dom = self._domain(entry) if meta else None
+            try:
+                desc = ET.fromstring(dom.XMLDesc(0)) if dom is not None else None
+            except Exception:  # a domain going away under us
+                continue
+            for target in desc.iterfind("devices/interface/target") \
+                    if desc is not None else ():
+                out[target.get("dev")] = meta["address"]
+        return out
+
+
+def _write_secret(path, secret):
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
 
 
 def _cgroup_read(pid, controller, name):
