@@ -162,7 +162,8 @@ class NodeAgent:
         r = httpserver.Router()
         inst = r"/v1/instances/(?P<iid>[0-9a-f-]{36})"
         r.add("GET", "/v1/health", lambda body: {
-            "id": self.id, "name": self.name, "haproxy": self.haproxy.alive()})
+            "id": self.id, "name": self.name, "haproxy": self.haproxy.alive(),
+            "isolation": self.isolation.status()})
         r.add("GET", "/v1/report", lambda body: self.reporter.report(
             self.containers.usage() if self.containers else {}))
         r.add("GET", "/v1/instances",
@@ -249,7 +250,8 @@ class NodeAgent:
             raise exception.BadRequest("expected {'services': {...}}")
         with self.proxy_lock:
             status = self.haproxy.apply(body["services"])
-            # After HAProxy: the switch is what migration's window waits for.
+            # In the background: this answer is in migration's critical
+            # window, and the rules take milliseconds more (see isolation).
             self.isolation.update(body["services"], body.get("instance_networks"))
             return {"services": status}
 

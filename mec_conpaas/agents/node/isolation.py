@@ -24,7 +24,11 @@ its own address (IPv4 and ARP; nothing else, so no IPv6 link-local
 detour), or a container could borrow a peer's address to get through.
 
 The last desired state is kept in ``$state_path/isolation.json`` so a
-restarted agent restores the rules before the manager talks to it again.
+restarted agent restores the rules before the manager talks to it again;
+the tables stay while the agent is down (instances stay isolated).  New
+membership is applied in the background, a few milliseconds after the
+proxy switch answered (``GET /v1/health`` shows ``isolation``: ``ok`` or
+the error).
 """
 import ctypes
 import hashlib
@@ -171,9 +175,13 @@ class Isolation:
         self.own_network = opts.instance_network
         self.ports = ports
         self.path = os.path.join(conf.state_path, "isolation.json")
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()        # self.desired
+        self.apply_lock = threading.Lock()  # the tables
         self.nft = Nft() if self.enabled else None
         self.applied = None
+        self.error = None
+        self.worker = None
+        self.wake = threading.Event()
         try:
             with open(self.path) as f:
                 self.desired = json.load(f)
@@ -181,36 +189,60 @@ class Isolation:
             self.desired = {"services": {}, "instance_networks": []}
 
     def update(self, services, instance_networks=None):
-        """New service membership from the manager; applied at once."""
+        """New service membership from the manager, applied by a background
+        thread: the manager's proxy switch (inside migration's critical
+        window) does not wait for it.  Bursts are coalesced; the newest
+        state always wins."""
+        if not self.enabled:
+            return
         with self.lock:
-            desired = {"services": services,
-                       "instance_networks": list(instance_networks or
-                                                 self.desired["instance_networks"])}
-            if desired != self.desired:
-                self.desired = desired
-                tmp = self.path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(desired, f)
-                os.replace(tmp, self.path)
-        self.apply()
+            self.desired = {"services": services,
+                            "instance_networks": list(instance_networks or
+                                                      self.desired["instance_networks"])}
+            if self.worker is None:
+                self.worker = threading.Thread(target=self._work, daemon=True,
+                                               name="isolation")
+                self.worker.start()
+        self.wake.set()
+
+    def _work(self):
+        saved = None
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            try:
+                with self.lock:
+                    desired = self.desired
+                if desired != saved:
+                    tmp = self.path + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(desired, f)
+                    os.replace(tmp, self.path)
+                    saved = desired
+                self.apply()
+            except Exception as e:  # keep serving; the next change retries
+                self.error = str(getattr(e, "message", e))
+                LOG.error("isolation rules not applied: %s", self.error)
+
+    def status(self):
+        if not self.enabled:
+            return "off"
+        return "error: " + self.error if self.error else "ok"
 
     def apply(self):
         """Converge the tables on the desired state and this node's ports."""
         if not self.enabled:
             return
         with self.lock:
-            nets = set(self.desired["instance_networks"]) | {self.own_network}
-            text = render(self.desired["services"], nets, self.ports(),
+            desired = self.desired
+        with self.apply_lock:
+            nets = set(desired["instance_networks"]) | {self.own_network}
+            text = render(desired["services"], nets, self.ports(),
                           self.client_ifs, self.agent_port)
             if text != self.applied:
-                self.nft.run(text)
-                self.applied = text
-
-    def remove(self):
-        """Drop both tables (an agent taken out of service for good)."""
-        if not self.enabled:
-            return
-        with self.lock:
-            self.nft.run("".join("table %s %s\ndelete table %s %s\n" % (
-                f, TABLE, f, TABLE) for f in FAMILIES))
-            self.applied = None
+                try:
+                    self.nft.run(text)
+                except exception.NodeError as e:
+                    self.error = e.message
+                    raise
+                self.applied, self.error = text, None
