@@ -18,26 +18,16 @@ import urllib.request
 import pytest
 
 from mec_conpaas.agents.node import isolation
+from tests.functional import test_generic
 from tests.functional.conftest import new_tenant
 from tests.functional.conftest import wait_op
 from tests.functional.test_generic import tcp_echo
 
 # The generic echo service of test_generic, which also records what the
 # app can see: its environment and the directory the secret was left in.
-RUN = b"""#!/bin/sh
-env > /var/lib/service/env
-ls -a /etc/mec-conpaas > /var/lib/service/etc-ls 2>&1
-exec python3 - <<'PY'
-import os, socketserver
-class H(socketserver.StreamRequestHandler):
-    def handle(self):
-        line = self.rfile.readline().strip()
-        self.wfile.write(b"echo " + line + b" from " + os.environ["MY_IP"].encode() + b"\\n")
-class S(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-S(("0.0.0.0", 8080), H).serve_forever()
-PY
-"""
+RUN = (b"#!/bin/sh\nenv > /var/lib/service/env\n"
+       b"ls -a /etc/mec-conpaas > /var/lib/service/etc-ls 2>&1\n"
+       + test_generic.RUN.split(b"\n", 1)[1])
 
 PROBE = """
 import concurrent.futures, json, socket, sys
