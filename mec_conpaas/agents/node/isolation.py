@@ -129,7 +129,10 @@ def render(services, instance_networks, ports, client_ifs, agent_port):
     # Shared by both tables: bridged traffic meets it in the bridge table,
     # routed traffic in the inet one (and, where br_netfilter is on, both).
     peers = ["ip saddr @gateways accept",  # the nodes themselves
+             # no node agent, whichever of its addresses is asked
              "ip saddr @instance_nets ip daddr @gateways tcp dport %d drop" % agent_port,
+             "ip saddr @instance_nets ip daddr != @instance_nets tcp dport %d drop"
+             % agent_port,
              "ip daddr @gateways accept"] + wifi + [
              "ip saddr != @instance_nets accept",
              "ip daddr != @instance_nets accept"]
