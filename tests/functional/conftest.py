@@ -57,6 +57,10 @@ def edge():
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True,
                                text=True).stdout
     assert PREFIX not in leftovers, "namespaces left behind: " + leftovers
+    # Isolation tables live in the access points' namespaces only.
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
+                            text=True).stdout
+    assert "mec_isolation" not in tables, "nftables tables left behind: " + tables
     procs = subprocess.run(["pgrep", "-af", state], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), "processes left behind: " + procs
