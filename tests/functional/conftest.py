@@ -99,6 +99,16 @@ def containers(edge, ap):
     return sorted(n[len("mec-"):] for n in out.split() if n.startswith("mec-"))
 
 
+def state_file(edge, ap, instance_id, name):
+    """A file of an instance's state directory, read where it is mounted:
+    in the access point's mount namespace (its disk image)."""
+    path = edge.path("nodes", ap, "instances", instance_id, "fs", "state", name)
+    res = subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % edge._pid("libvirtd-" + ap),
+                          "--", "cat", path], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def all_containers(edge):
     return {ap: containers(edge, ap) for ap in edge.net.aps}
 

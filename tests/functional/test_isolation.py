@@ -20,6 +20,7 @@ import pytest
 from mec_conpaas.agents.node import isolation
 from tests.functional import test_generic
 from tests.functional.conftest import new_tenant
+from tests.functional.conftest import state_file
 from tests.functional.conftest import wait_op
 from tests.functional.test_generic import tcp_echo
 
@@ -189,18 +190,19 @@ def test_service_agent_api_needs_the_instance_secret(edge, two_tenants):
     secret = isolation.agent_secret(token, a1["id"])
     other = isolation.agent_secret(token, b1["id"])
     addr = a1["address"]  # the master (this namespace) may reach every agent
-    for method, path in (("POST", "/notify"), ("POST", "/interrupt"), ("GET", "/logs")):
+    for method, path in (("POST", "/notify"), ("POST", "/interrupt"), ("GET", "/logs"),
+                         ("POST", "/start"), ("POST", "/stop"), ("POST", "/restore")):
         assert agent_call(method, addr, path)[0] == 401
         assert agent_call(method, addr, path, other)[0] == 401  # B's secret
     assert agent_call("GET", addr, "/health") == (200, {"healthy": True})
     status, body = agent_call("GET", addr, "/health", secret)
     assert status == 200 and body["state"] == "RUNNING", body
     assert agent_call("POST", addr, "/interrupt", secret)[0] == 200
-    # The app never saw it: not in its environment, its file gone.
-    state = edge.path("nodes", "ap-1", "instances", a1["id"], "state")
-    env = open(os.path.join(state, "env")).read()
+    # The app never saw it: not in its environment, its file gone (the
+    # directory, the instance root's own, lists empty).
+    env = state_file(edge, "ap-1", a1["id"], "env")
     assert "MY_IP=" + addr in env and secret not in env
-    assert "agent-secret" not in open(os.path.join(state, "etc-ls")).read()
+    assert state_file(edge, "ap-1", a1["id"], "etc-ls").split() == [".", ".."]
 
 
 def test_tenants_see_nodes_but_not_others_instances(edge, admin, two_tenants):
