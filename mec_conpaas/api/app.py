@@ -37,7 +37,14 @@ def _iso(ts):
     return ts.replace(tzinfo=datetime.timezone.utc).isoformat() if ts else None
 
 
-def node_view(node):
+def node_view(node, own=None):
+    """A node as a caller sees it: with ``own`` (a tenant's instance ids),
+    the report's per-container usage keeps only those: tenants must not
+    learn which instances other tenants run where."""
+    report = dict(node.report or {})
+    if own is not None:
+        report["containers"] = {k: v for k, v in (report.get("containers") or {}).items()
+                                if k in own}
     return {"id": node.id, "name": node.name, "state": node.state,
             "address": node.address, "hostname": node.hostname, "mac": node.mac,
             "container_backend": node.container_backend,
@@ -45,7 +52,7 @@ def node_view(node):
             "schedulable": not node.disabled,
             "disabled_reason": node.disabled_reason,
             "last_heartbeat": _iso(node.last_heartbeat),
-            "report": node.report or {}}
+            "report": report}
 
 
 def service_view(svc):
@@ -252,17 +259,27 @@ def create_app(manager):
             node.state = "up"
         return flask.jsonify(ok=True)
 
+    def own_instances(s, ctx):
+        """Instance ids the caller may see in node reports (None: all)."""
+        if ctx.role in ("admin", "node"):
+            return None
+        return set(s.scalars(select(models.Instance.id).join(models.Service).where(
+            models.Service.tenant_id == ctx.tenant_id)))
+
     @app.get("/v1/nodes")
     def list_nodes():
-        context()
+        ctx = context()
         with session_scope() as s:
-            return flask.jsonify(nodes=[node_view(n) for n in manager.cluster.nodes(s)])
+            own = own_instances(s, ctx)
+            return flask.jsonify(nodes=[node_view(n, own)
+                                        for n in manager.cluster.nodes(s)])
 
     @app.get("/v1/nodes/<name>")
     def show_node(name):
-        context()
+        ctx = context()
         with session_scope() as s:
-            return flask.jsonify(node=node_view(find_node(s, name)))
+            return flask.jsonify(node=node_view(find_node(s, name),
+                                                own_instances(s, ctx)))
 
     @app.post("/v1/nodes/<name>/drain")
     def drain_node(name):

@@ -47,6 +47,9 @@ CAPABILITIES = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid",
                 "setuid", "setpcap", "net_bind_service", "sys_chroot",
                 "audit_write")
 MEMSW = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+# Read once by the service agent at its start, then removed: the app
+# (started after) never sees it.  Never in the environment.
+AGENT_SECRET_FILE = "etc/mec-conpaas/agent-secret"
 
 
 def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
@@ -120,6 +123,8 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
 
 
 class LibvirtContainers:
+    # instance id -> its service agent's secret; set by the node agent.
+    agent_secret = None
 
     def __init__(self, conf, fetch_bundle):
         self.conf = conf
@@ -288,6 +293,9 @@ class LibvirtContainers:
                             self.conf.manager.max_bundle_size,
                             self.conf.manager.max_bundle_members)
             _chown_tree(app_dir, *ids[:2])  # the application may write its files
+            if self.agent_secret:
+                _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
+                              self.agent_secret(instance_id), *ids[:2])
             xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
                               self.network.prefixlen, self.gateway, ids)
             _forget_neighbour(address)
@@ -452,6 +460,23 @@ class LibvirtContainers:
                 continue
         return out
 
+    def ports(self):
+        """This node's instance bridge ports, ``{ifname: address}``: what
+        each port may send as its source (see isolation)."""
+        import xml.etree.ElementTree as ET
+        out = {}
+        for entry in os.listdir(self.root):
+            meta = self._meta(entry) if not entry.startswith(".") else None
+            dom = self._domain(entry) if meta else None
+            try:
+                desc = ET.fromstring(dom.XMLDesc(0)) if dom is not None else None
+            except Exception:  # a domain going away under us
+                continue
+            for target in desc.iterfind("devices/interface/target") \
+                    if desc is not None else ():
+                out[target.get("dev")] = meta["address"]
+        return out
+
 
 def _open_for_instances(path, own_root):
     """Instances' roots sit under ``path`` and libvirt mounts them as the
@@ -491,6 +516,21 @@ def _chown_tree(path, uid, gid):
     for _, dirs, files, dirfd in os.fwalk(path):
         for name in dirs + files:
             os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+
+
+def _write_secret(path, secret, uid, gid):
+    """Leave the service agent's secret where only the instance's root (a
+    host uid of its own range, see root_ids) can read it and, once read,
+    remove it: the directory and the file are given to that uid, or the
+    agent inside could neither read nor delete what host root wrote."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chown(directory, uid, gid, follow_symlinks=False)
+    os.chmod(directory, 0o700)  # whatever the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
+    with os.fdopen(fd, "w") as f:
+        os.fchown(f.fileno(), uid, gid)
+        f.write(secret)
 
 
 PIDS_ROOT = "/sys/fs/cgroup/pids/machine"

@@ -187,9 +187,14 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
         conn.close()
     if resp.status >= 400:
         try:
-            msg = json.loads(payload)["error"]["message"]
+            # Node agents and the manager answer {"error": {"message": ...}};
+            # service agents {"error": "..."}, or their health's "detail".
+            answer = json.loads(payload)
+            msg = answer.get("error") or answer.get("detail")
+            msg = msg.get("message") if isinstance(msg, dict) else msg
         except Exception:
-            msg = resp.reason
+            msg = None
+        msg = msg or resp.reason
         err = exception.NodeError("%s %s: %s" % (method, url, msg))
         err.remote_status = resp.status
         raise err
