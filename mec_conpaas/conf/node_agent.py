@@ -48,8 +48,13 @@ Possible values:
 * true: needs the ``nftables`` package (libnftables).
 * false: no filtering; any instance or Wi-Fi user reaches every instance.
 
+Only nodes that run the instances themselves (``container_backend =
+libvirt``) filter: with ``none`` nova creates the instances and neutron's
+port security and security groups are what keep them apart.
+
 Related options:
 * ``client_interfaces``
+* ``container_backend``
 """),
     cfg.ListOpt("client_interfaces", default=["wlan0"],
                 help="""

@@ -172,7 +172,9 @@ class Isolation:
 
     def __init__(self, conf, ports=dict):
         opts = conf.node_agent
-        self.enabled = opts.network_isolation
+        # Without containers of its own (backend 'none': nova's) the node
+        # owns no bridge port to filter; neutron does that job there.
+        self.enabled = opts.network_isolation and opts.container_backend == "libvirt"
         self.client_ifs = list(opts.client_interfaces)
         self.agent_port = opts.bind_port
         self.own_network = opts.instance_network
