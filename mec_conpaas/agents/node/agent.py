@@ -39,6 +39,17 @@ def interface_info(ifname):
         s.close()
 
 
+def _peer(body, key):
+    """The peer node agent a state copy talks to, checked before any work."""
+    peer = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(peer, dict) or not all(
+            isinstance(peer.get(k), str) and peer[k]
+            for k in ("url", "token", "instance_id")):
+        raise exception.BadRequest(
+            "expected {%r: {'url': ..., 'token': ..., 'instance_id': ...}}" % key)
+    return peer
+
+
 class NodeAgent:
 
     def __init__(self, conf):
@@ -177,19 +188,24 @@ class NodeAgent:
         r.add("GET", inst + "/state/manifest", self.serve_manifest)
         r.add("POST", inst + "/state/push", self.push_state)
         r.add("POST", inst + "/state/import", self.import_state)
-        r.add("POST", inst + "/state/export", lambda body, iid: httpserver.Response(
-            statesync.export_tar(self._need_containers().state_dir(iid),
-                                 body.get("paths", [])),
-            content_type="application/x-tar"))
+        r.add("POST", inst + "/state/export", self.export_state)
         r.add("POST", inst + "/state/pull", self.pull_state)
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
         return r
 
+    def export_state(self, body, iid):
+        paths = body.get("paths") if isinstance(body, dict) else None
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise exception.BadRequest("expected {'paths': [relative path, ...]}")
+        return httpserver.Response(
+            statesync.export_tar(self._need_containers().state_dir(iid), paths),
+            content_type="application/x-tar")
+
     def pull_state(self, body, iid):
         """Copy a peer instance's state directory into this one."""
         dest = self._need_containers().state_dir(iid)
-        src = body["source"]
+        src = _peer(body, "source")
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
         remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
         paths = statesync.wanted(statesync.manifest(dest), remote)
@@ -210,9 +226,9 @@ class NodeAgent:
         target applies deletions too.  One node-to-node round trip."""
         containers = self._need_containers()
         src = containers.state_dir(iid)
-        dst = body["target"]
+        dst = _peer(body, "target")
         frozen = {}
-        if body.get("freeze") is not None:
+        if isinstance(body.get("freeze"), dict):
             frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
         current = statesync.manifest(src)
         base = self.served_manifests.pop(iid, {})

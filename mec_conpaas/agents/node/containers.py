@@ -20,6 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas import safefs
 
 LOG = logging.getLogger(__name__)
 PREFIX = "mec-"
@@ -291,15 +292,22 @@ class LibvirtContainers:
         return self._paths(instance_id)["state"]
 
     def logs(self, instance_id):
-        path = os.path.join(self._paths(instance_id)["upper"], "var", "log",
-                            "mec-app.log")
+        """The end of the app's log, read from the host side.
+
+        The file lies in the tenant's upper layer, so it is opened through
+        ``safefs``: an app that replaced it (or ``/var/log``) with a link to
+        a host path gets a refusal, never that file."""
         try:
-            with open(path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 65536))
-                return f.read().decode("utf-8", "replace")
+            data = safefs.read_tail(self._paths(instance_id)["upper"],
+                                    "var/log/mec-app.log", 65536)
+        except safefs.UnsafePath as e:
+            raise exception.Conflict(
+                "the app's log /var/log/mec-app.log is not shown: %s; the "
+                "node reads logs without following links, so keep it a "
+                "regular file" % e.why) from None
         except OSError:
             return ""
+        return data.decode("utf-8", "replace")
 
     def usage(self):
         """Per-container cgroup usage, as PiCasso's monitoring agent reports."""
