@@ -101,8 +101,8 @@ def test_hostile_archive_and_manifest_write_nothing_outside(tmp_path):
         dev.type = tarfile.CHRTYPE
         tar.addfile(dev)
     statesync.import_tar(str(root), buf.getvalue(),
-                         {"via": ["d", 0, 0, 0o755], "via/y": ["d", 0, 0, 0o755], "/tmp/z": ["d", 0, 0, 0o755],
-                          "via/x": ["f", 4, 0, 0o644]})
+                         {"via": ["d", 0, 0, 0o755], "via/y": ["d", 0, 0, 0o755],
+                          "/tmp/z": ["d", 0, 0, 0o755], "via/x": ["f", 4, 0, 0o644]})
     assert os.listdir(outside) == [] and not (tmp_path / "escape").exists()
     # The link 'via' became the directory the manifest says it is.
     assert sorted(os.listdir(root)) == ["via"] and not (root / "via").is_symlink()

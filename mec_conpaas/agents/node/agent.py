@@ -204,8 +204,8 @@ class NodeAgent:
 
     def pull_state(self, body, iid):
         """Copy a peer instance's state directory into this one."""
-        dest = self._need_containers().state_dir(iid)
         src = _peer(body, "source")
+        dest = self._need_containers().state_dir(iid)
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
         remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
         paths = statesync.wanted(statesync.manifest(dest), remote)
@@ -224,9 +224,9 @@ class NodeAgent:
         """Final copy, driven from the source: send only what changed since
         the manifest served for the bulk copy, with the full manifest so the
         target applies deletions too.  One node-to-node round trip."""
+        dst = _peer(body, "target")
         containers = self._need_containers()
         src = containers.state_dir(iid)
-        dst = _peer(body, "target")
         frozen = {}
         if isinstance(body.get("freeze"), dict):
             frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
