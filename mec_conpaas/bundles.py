@@ -293,12 +293,7 @@ def extract(path, dest, max_size, max_members=20000, owner=None):
         try:
             _extract_into(path, dest, top, max_size, max_members)
             if owner is not None:
-                os.chown(top, *owner)
-                for rel, _st in list(safefs.walk(top)):
-                    parent, name = safefs.parent_of(top, rel)
-                    with safefs.closing(parent):
-                        os.chown(name, *owner, dir_fd=parent,
-                                 follow_symlinks=False)
+                safefs.chown_tree(top, *owner)
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise

@@ -161,10 +161,13 @@ def remove(dirfd, name):
 
 
 def walk(rootfd):
-    """Every entry below ``rootfd`` as (relative path, lstat result),
-    parents before children.  Directories are entered by ``open_dir``
-    (never through a link) and one at a time, so a deep tree costs neither
-    recursion nor descriptors; entries that vanish meanwhile are skipped."""
+    """Every entry below ``rootfd`` as (relative path, lstat result, open
+    descriptor of its directory, name), parents before children.
+
+    Directories are entered by ``open_dir`` (never through a link) and one
+    at a time, so a deep tree costs neither recursion nor descriptors; the
+    directory's descriptor is valid until the next entry is asked for.
+    Entries that vanish meanwhile are skipped."""
     pending = [[]]
     while pending:
         parts = pending.pop()
@@ -180,9 +183,19 @@ def walk(rootfd):
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                yield "/".join(parts + [entry.name]), st
+                yield "/".join(parts + [entry.name]), st, fd, entry.name
                 if stat.S_ISDIR(st.st_mode):
                     pending.append(parts + [entry.name])
+
+
+def chown_tree(rootfd, uid, gid):
+    """Give a tree and everything in it to uid:gid; links themselves."""
+    os.fchown(rootfd, uid, gid)
+    for _rel, _st, fd, name in walk(rootfd):
+        try:
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
 
 
 def parent_of(rootfd, rel, create=None, replace=False):

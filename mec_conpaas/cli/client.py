@@ -90,8 +90,9 @@ class Client:
             if files:
                 files["bundle"][1].close()
 
-    def delete_service(self, name):
-        return self.request("DELETE", "/v1/services/" + name)
+    def delete_service(self, name, force=False):
+        return self.request("DELETE", "/v1/services/" + name,
+                            params={"force": "true"} if force else None)
 
     def scale(self, name, count, node=None):
         body = {"count": count}

@@ -77,10 +77,14 @@ class DeleteService(common.ApiCommand, show.ShowOne):
     def get_parser(self, prog_name):
         parser = common.add_wait_args(super().get_parser(prog_name))
         parser.add_argument("name")
+        parser.add_argument("--force", action="store_true",
+                            help="admin only: forget the instances and proxy "
+                            "entries on nodes that do not answer (a node that "
+                            "is gone); they are swept if it comes back")
         return parser
 
     def take_action(self, parsed_args):
-        res = self.app.client.delete_service(parsed_args.name)
+        res = self.app.client.delete_service(parsed_args.name, parsed_args.force)
         return common.operation_columns(common.wait_for(self.app, res, parsed_args))
 
 

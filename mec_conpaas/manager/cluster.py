@@ -6,6 +6,7 @@ Workflows use this; it is the only place that contacts node agents
 import concurrent.futures
 import datetime
 import logging
+import threading
 import time
 
 from sqlalchemy import select
@@ -32,6 +33,9 @@ class Cluster:
             self.topology = topology_mod.load(conf.manager.topology_file)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="fanout")
+        # Operations and the sweep push proxies: one plan at a time, so an
+        # older plan never lands after a newer one.
+        self._proxy_lock = threading.Lock()
 
     # -- nodes -----------------------------------------------------------
     def heartbeat_deadline(self):
@@ -112,17 +116,18 @@ class Cluster:
         return {n.name: (self.ref(n), out[n.name]) for n in nodes}
 
     def push_proxies(self, draining=()):
-        with session_scope() as s:
-            plan = self.desired_proxies(s, draining)
-        futures = {name: self._pool.submit(
-            httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
-            {"services": services}, 30) for name, (ref, services) in plan.items()}
         errors = []
-        for name, fut in futures.items():
-            try:
-                fut.result()
-            except exception.NodeError as e:
-                errors.append("%s: %s" % (name, e.message))
+        with self._proxy_lock:
+            with session_scope() as s:
+                plan = self.desired_proxies(s, draining)
+            futures = {name: self._pool.submit(
+                httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
+                {"services": services}, 30) for name, (ref, services) in plan.items()}
+            for name, fut in futures.items():
+                try:
+                    fut.result()
+                except exception.NodeError as e:
+                    errors.append("%s: %s" % (name, e.message))
         if errors:
             raise exception.NodeError("switching proxies failed on "
                                       + "; ".join(errors))
@@ -167,22 +172,34 @@ class Cluster:
                 LOG.warning("notify %s: %s", addr, e.message)
 
     def sweep_orphans(self):
-        """Delete containers no instance row accounts for."""
+        """Delete containers no instance row accounts for.
+
+        Rows are written before their container exists and removed after it
+        is gone, so listing the containers *before* reading the rows never
+        takes an instance being created for an orphan.
+        """
         with session_scope() as s:
-            known = {i.id for i in s.scalars(select(models.Instance))}
             refs = [self.ref(n) for n in self.nodes(s, up_only=True)
                     if n.container_backend == "libvirt"]
-        removed = []
+        present = {}
         for ref in refs:
             try:
-                present = self.driver.list_instances(ref)
+                present[ref] = self.driver.list_instances(ref)
             except exception.NodeError as e:
                 LOG.warning("cannot list instances on %s: %s", ref.name, e.message)
-                continue
-            for inst in present:
-                if inst["id"] not in known:
-                    LOG.warning("removing orphan container %s on %s",
-                                inst["id"], ref.name)
+        with session_scope() as s:
+            known = set(s.scalars(select(models.Instance.id)))
+        removed = []
+        for ref, instances in present.items():
+            for inst in instances:
+                if inst["id"] in known:
+                    continue
+                LOG.warning("removing orphan container %s on %s", inst["id"],
+                            ref.name)
+                try:
                     self.driver.delete_instance(ref, inst["id"])
                     removed.append(inst["id"])
+                except exception.NodeError as e:
+                    LOG.warning("orphan %s on %s: %s", inst["id"], ref.name,
+                                e.message)
         return removed

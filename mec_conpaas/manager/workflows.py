@@ -8,12 +8,14 @@ containers) before converging on the operation's goal.
 import logging
 import time
 
+from sqlalchemy import or_
 from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
+from mec_conpaas.manager import engine
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
@@ -57,26 +59,91 @@ class Workflow:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
 
-    def destroy_instance(self, instance_id):
+    def destroy_instance(self, instance_id, ctx=None, force=False):
+        """Remove an instance's container, then its row.
+
+        On a node that is down (no heartbeat) nothing can be removed: the
+        row stays DELETING, keeping the node's slot counted, and the sweep
+        removes the container when the node is back.  ``force`` (an
+        admin's delete) forgets the row also when the node fails to answer;
+        the sweep removes the container as an orphan then.  Returns whether
+        the instance is gone.
+        """
         with session_scope() as s:
             inst = s.get(models.Instance, instance_id)
             if inst is None:
-                return
-            ref = self.cluster.node_ref(s, inst.node_name)
-        self.driver.delete_instance(ref, instance_id)
+                return True
+            node = s.scalar(select(models.Node).where(
+                models.Node.name == inst.node_name))
+            down = node is None or node.last_heartbeat < \
+                self.cluster.heartbeat_deadline()
+            if down:
+                inst.state = "DELETING"
+                if force:
+                    s.delete(inst)
+            else:
+                ref = self.cluster.ref(node)
+        if down:
+            left = "forgotten" if force else "left"
+            LOG.warning("instance %s is on %s, which is down: %s for the sweep",
+                        instance_id, inst.node_name, left)
+            if ctx is not None:
+                ctx.record(left=sorted(set(ctx.journal.get("left", []))
+                                       | {"%s@%s" % (instance_id, inst.node_name)}))
+            return force
+        try:
+            self.driver.delete_instance(ref, instance_id)
+        except exception.NodeError as e:
+            if not force:
+                raise
+            LOG.warning("forgetting instance %s on %s: %s", instance_id,
+                        ref.name, e.message)
         with session_scope() as s:
             inst = s.get(models.Instance, instance_id)
             if inst is not None:
                 s.delete(inst)
+        return True
 
-    def cleanup_unfinished(self, service_id):
+    def instances(self, service_id, states):
         with session_scope() as s:
-            ids = [i.id for i in s.scalars(select(models.Instance).where(
+            return [i.id for i in s.scalars(select(models.Instance).where(
                 models.Instance.service_id == service_id,
-                models.Instance.state.in_(("BUILDING", "STANDBY"))))]
-        for iid in ids:
+                models.Instance.state.in_(states))
+                .order_by(models.Instance.created_at))]
+
+    def cleanup_unfinished(self, ctx, service_id):
+        for iid in self.instances(service_id, ("BUILDING", "STANDBY")):
             LOG.warning("removing unfinished instance %s", iid)
-            self.destroy_instance(iid)
+            self.destroy_instance(iid, ctx)
+
+    def finish_removals(self, ctx, service_id):
+        """Remove the instances an interrupted attempt had taken out of
+        service (DELETING): the proxies first, then the containers."""
+        gone = self.instances(service_id, ("DELETING",))
+        if gone:
+            self.cluster.push_proxies()
+            for iid in gone:
+                LOG.warning("removing instance %s left DELETING", iid)
+                self.destroy_instance(iid, ctx)
+
+    def recover(self, ctx):
+        """What a resumed attempt does first: clear what the last one left
+        half-made or half-removed."""
+        self.cleanup_unfinished(ctx, ctx.service_id)
+        self.finish_removals(ctx, ctx.service_id)
+
+    def best_effort(self, *steps):
+        """Run every step of a rollback even when one fails; raise the
+        first error after all were tried."""
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as e:
+                LOG.exception("rollback step failed")
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def active(self, service_id):
         with session_scope() as s:
@@ -102,14 +169,20 @@ class Workflow:
 
     def rollback_created(self, ctx, service_id):
         for iid in ctx.journal.get("created", []):
-            self.destroy_instance(iid)
+            self.destroy_instance(iid, ctx)
+
+    def finish(self, ctx):
+        """What the operation's last step says when it ends."""
+        if ctx.journal.get("left"):
+            ctx.record(note="done; on a down node, removed when it is back: "
+                       + ", ".join(ctx.journal["left"]))
 
 
 class CreateService(Workflow):
 
     def run(self, ctx):
         sid = ctx.service_id
-        self.cleanup_unfinished(sid)
+        self.cleanup_unfinished(ctx, sid)
         self.set_state(sid, "PROLOGUE")
         with session_scope() as s:
             home = s.get(models.Service, sid).home_node
@@ -120,16 +193,17 @@ class CreateService(Workflow):
         self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
+        self.finish(ctx)
 
     def rollback(self, ctx, message):
         sid = ctx.service_id
         with session_scope() as s:
             ids = [i.id for i in s.scalars(select(models.Instance).where(
                 models.Instance.service_id == sid))]
-        for iid in ids:
-            self.destroy_instance(iid)
-        self.set_state(sid, "ERROR", message)
-        self.cluster.push_proxies()
+        self.best_effort(
+            *[lambda iid=iid: self.destroy_instance(iid, ctx) for iid in ids],
+            lambda: self.set_state(sid, "ERROR", message),
+            self.cluster.push_proxies)
 
 
 class ScaleService(Workflow):
@@ -138,7 +212,7 @@ class ScaleService(Workflow):
         sid = ctx.service_id
         target = ctx.params["count"]
         if ctx.resumed:
-            self.cleanup_unfinished(sid)
+            self.recover(ctx)
         self.set_state(sid, "ADAPTING")
         current = self.active(sid)
         with session_scope() as s:
@@ -158,6 +232,7 @@ class ScaleService(Workflow):
             gone = [c["id"] for c in chosen]
             ctx.record(removing=gone)
             ctx.progress(30, "draining %d instance(s)" % len(gone))
+            # From here a resumed attempt finishes the removal (recover).
             with session_scope() as s:
                 for iid in gone:
                     s.get(models.Instance, iid).state = "DELETING"
@@ -165,18 +240,22 @@ class ScaleService(Workflow):
             time.sleep(self.cluster.conf.manager.drain_timeout)
             for n, iid in enumerate(gone, 1):
                 ctx.progress(50 + 30 * n // len(gone), "removing instance %s" % iid)
-                self.destroy_instance(iid)
+                self.destroy_instance(iid, ctx)
             self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
+        self.finish(ctx)
 
     def rollback(self, ctx, message):
         sid = ctx.service_id
-        self.rollback_created(ctx, sid)
-        for iid in ctx.journal.get("removing", []):
-            self.destroy_instance(iid)  # removal is never undone
-        self.set_state(sid, "RUNNING", message)
-        self.cluster.push_proxies()
+        self.best_effort(
+            lambda: self.rollback_created(ctx, sid),
+            lambda: self.cleanup_unfinished(ctx, sid),
+            # removal is never undone
+            *[lambda iid=iid: self.destroy_instance(iid, ctx)
+              for iid in ctx.journal.get("removing", [])],
+            lambda: self.set_state(sid, "RUNNING", message),
+            self.cluster.push_proxies)
 
 
 class MigrateService(Workflow):
@@ -193,6 +272,7 @@ class MigrateService(Workflow):
         sid = ctx.service_id
         if ctx.resumed:
             self._undo_unswitched(ctx)
+            self.recover(ctx)
         self.set_state(sid, "ADAPTING")
         moving = self._moves(ctx)
         for n, (old_id, node, target) in enumerate(moving, 1):
@@ -205,6 +285,7 @@ class MigrateService(Workflow):
         self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
+        self.finish(ctx)
 
     def _moves(self, ctx):
         """(instance, its node, target) for every instance still to move."""
@@ -253,7 +334,7 @@ class MigrateService(Workflow):
                      "freeze (%d freeze attempt(s), final copy: %d files); removing "
                      "the old instance" % (switched_ms, final.get("freeze_attempts") or 1,
                                            final.get("files", 0)))
-        self.destroy_instance(old_id)
+        self.destroy_instance(old_id, ctx)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
         ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
             dict(steps, freeze_to_switch=round(switched_ms, 1))])
@@ -263,13 +344,13 @@ class MigrateService(Workflow):
         if not pair:
             return
         if pair.get("switched"):
-            self.destroy_instance(pair["old"])  # past the point of no return
+            self.destroy_instance(pair["old"], ctx)  # past the point of no return
         else:
             if pair.get("frozen"):
                 self._thaw(pair["old"])
             if pair.get("new"):
-                self.destroy_instance(pair["new"])
-            self.cleanup_unfinished(ctx.service_id)
+                self.destroy_instance(pair["new"], ctx)
+            self.cleanup_unfinished(ctx, ctx.service_id)
             self.cluster.push_proxies()
         ctx.record(pair=None)
 
@@ -285,14 +366,24 @@ class MigrateService(Workflow):
             LOG.warning("thawing %s: %s", instance_id, e.message)
 
     def rollback(self, ctx, message):
-        self._undo_unswitched(ctx)
-        self.set_state(ctx.service_id, "RUNNING", message)
+        self.best_effort(
+            lambda: self._undo_unswitched(ctx),
+            lambda: self.recover(ctx),
+            lambda: self.set_state(ctx.service_id, "RUNNING", message),
+            self.cluster.push_proxies)
 
 
 class DeleteService(Workflow):
+    """Remove every instance, then the service.
+
+    Instances on a down node stay DELETING, detached from the service, until
+    the sweep removes them when the node is back; ``force`` (an admin's)
+    forgets the ones it cannot reach, and the proxies it cannot update.
+    """
 
     def run(self, ctx):
         sid = ctx.service_id
+        force = bool(ctx.params.get("force"))
         self.set_state(sid, "EPILOGUE")
         with session_scope() as s:
             ids = [i.id for i in s.scalars(select(models.Instance).where(
@@ -300,13 +391,20 @@ class DeleteService(Workflow):
             for iid in ids:
                 s.get(models.Instance, iid).state = "DELETING"
         ctx.progress(20, "removing the endpoint from the proxies")
-        self.cluster.push_proxies()
+        try:
+            self.cluster.push_proxies()
+        except exception.NodeError as e:
+            if not force:
+                raise
+            LOG.warning("forced delete of %s: %s", sid, e.message)
         for n, iid in enumerate(ids, 1):
             ctx.progress(20 + 70 * n // max(1, len(ids)), "removing instance %s" % iid)
-            self.destroy_instance(iid)
+            self.destroy_instance(iid, ctx, force=force)
         with session_scope() as s:
             svc = s.get(models.Service, sid)
             if svc is not None:
+                for inst in list(svc.instances):
+                    inst.service_id = None  # left on a down node: the sweep's
                 sha = svc.bundle_sha256
                 s.delete(svc)
                 s.flush()
@@ -314,9 +412,42 @@ class DeleteService(Workflow):
                     models.Service.bundle_sha256 == sha).limit(1))
                 if shared is None:
                     self.cluster.forget_bundle(sha)
+        self.finish(ctx)
 
     def rollback(self, ctx, message):
         self.set_state(ctx.service_id, "ERROR", message)
+
+
+class Sweeper(Workflow):
+    """The periodic sweep: what no running operation accounts for."""
+
+    def sweep(self):
+        with session_scope() as s:
+            engine.release_ended(s)
+            leftovers = s.scalars(
+                select(models.Instance.id)
+                .outerjoin(models.Service,
+                           models.Service.id == models.Instance.service_id)
+                .where(models.Instance.state.in_(("BUILDING", "STANDBY", "DELETING")),
+                       or_(models.Instance.service_id.is_(None),
+                           models.Service.operation_id.is_(None)))).all()
+            draining = s.scalars(
+                select(models.Instance.id).join(models.Service).where(
+                    models.Instance.state == "DELETING",
+                    models.Service.operation_id.is_not(None))).all()
+        removed = []
+        for iid in leftovers:
+            try:
+                if self.destroy_instance(iid):
+                    removed.append(iid)
+            except exception.NodeError as e:
+                LOG.warning("sweep: instance %s: %s", iid, e.message)
+        removed += self.cluster.sweep_orphans()
+        try:
+            self.cluster.push_proxies(draining=draining)
+        except exception.NodeError as e:
+            LOG.warning("sweep: %s", e.message)
+        return removed
 
 
 def all_workflows(cluster):

@@ -57,9 +57,9 @@ def test_links_to_node_secrets_are_not_followed(tmp_path, edge, admin):
     wait_op(admin, admin.create_service("generic", "thief", node="ap-1", bundle=path))
     try:
         iid = admin.service("thief")["instances"][0]["id"]
-        base = edge.path("nodes", "ap-1", "instances", iid)
-        log = os.path.join(base, "upper", "var", "log", "mec-app.log")
-        real = os.path.join(base, "state", "real")
+        fs = edge.path("nodes", "ap-1", "instances", iid, "fs")  # its disk image
+        log = os.path.join(fs, "upper", "var", "log", "mec-app.log")
+        real = os.path.join(fs, "state", "real")
         deadline = time.monotonic() + 20
         while not (os.path.islink(log) and os.path.islink(real)) and \
                 time.monotonic() < deadline:
@@ -77,7 +77,7 @@ def test_links_to_node_secrets_are_not_followed(tmp_path, edge, admin):
         wait_op(admin, admin.migrate("thief", "ap-2"))
         (inst,) = admin.service("thief")["instances"]
         assert inst["node"] == "ap-2"
-        state = edge.path("nodes", "ap-2", "instances", inst["id"], "state")
+        state = edge.path("nodes", "ap-2", "instances", inst["id"], "fs", "state")
         assert os.readlink(os.path.join(state, "etc")) == "/etc"
         assert not os.path.islink(os.path.join(state, "real"))
         with open(os.path.join(state, "real", "f")) as f:

@@ -1,6 +1,8 @@
 """Files the node agent reads from a container's tree are never reached
 through a link, whatever the tenant puts there."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,10 +14,15 @@ IID = "0b5f2d0c-5d7e-4a77-8f2e-7d3c1f4a9e01"
 
 
 @pytest.fixture
-def node(conf, tmp_path):
-    conf.set_override("instances_path", str(tmp_path / "instances"), group="node_agent")
+def node(conf):
+    # Instances' unprivileged roots must reach their files: every directory
+    # on the way lets others through, which pytest's tmp_path does not.
+    top = tempfile.mkdtemp(prefix="mec-safefs-")
+    os.chmod(top, 0o711)
+    conf.set_override("instances_path", os.path.join(top, "instances"), group="node_agent")
     yield containers_mod.LibvirtContainers(conf, fetch_bundle=None)
     conf.clear_override("instances_path", group="node_agent")
+    shutil.rmtree(top)
 
 
 @pytest.fixture
@@ -26,7 +33,7 @@ def secret(tmp_path):
 
 
 def log_dir(node):
-    path = os.path.join(node.root, IID, "upper", "var", "log")
+    path = os.path.join(node._paths(IID)["upper"], "var", "log")
     os.makedirs(path)
     return path
 
@@ -47,9 +54,10 @@ def test_log_replaced_by_a_link_is_refused(node, secret):
 
 
 def test_log_directory_replaced_by_a_link_is_refused(node, secret):
-    os.makedirs(os.path.join(node.root, IID, "upper", "var"))
+    var = os.path.join(node._paths(IID)["upper"], "var")
+    os.makedirs(var)
     os.rename(secret, secret.parent / "mec-app.log")
-    os.symlink(str(secret.parent), os.path.join(node.root, IID, "upper", "var", "log"))
+    os.symlink(str(secret.parent), os.path.join(var, "log"))
     with pytest.raises(exception.Conflict, match="'log' is a link"):
         node.logs(IID)
 

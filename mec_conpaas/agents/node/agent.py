@@ -212,6 +212,7 @@ class NodeAgent:
         data = httpserver.call("POST", base + "/export", src["token"],
                                {"paths": paths}, raw=True, timeout=300)
         nbytes = statesync.import_tar(dest, data, remote)
+        self.containers.chown_to_instance(iid, dest)
         return {"files": len(paths), "bytes": nbytes}
 
     def serve_manifest(self, body, iid):
@@ -244,7 +245,9 @@ class NodeAgent:
         if not isinstance(body, bytes):
             raise exception.BadRequest("expected an application/x-tar body")
         dest = self._need_containers().state_dir(iid)
-        return {"bytes": statesync.import_tar(dest, body)}
+        nbytes = statesync.import_tar(dest, body)
+        self.containers.chown_to_instance(iid, dest)
+        return {"bytes": nbytes}
 
     def put_proxy(self, body):
         if not isinstance(body, dict) or not isinstance(body.get("services"), dict):

@@ -34,14 +34,12 @@ def manifest(root):
 
 def _manifest(rootfd):
     out = {}
-    for rel, st in safefs.walk(rootfd):
+    for rel, st, parent, name in safefs.walk(rootfd):
         if stat.S_ISLNK(st.st_mode):
             # A link is its target; its own mtime cannot be copied.
             try:
-                parent, name = safefs.parent_of(rootfd, rel)
-                with safefs.closing(parent):
-                    out[rel] = ["l", os.readlink(name, dir_fd=parent), 0, 0]
-            except (OSError, safefs.UnsafePath):
+                out[rel] = ["l", os.readlink(name, dir_fd=parent), 0, 0]
+            except OSError:
                 continue  # gone or replaced meanwhile
         elif stat.S_ISDIR(st.st_mode):
             # Directory mtimes change as files come and go: not state.
