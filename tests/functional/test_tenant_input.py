@@ -38,6 +38,13 @@ def test_link_chain_bundle_refused(tmp_path, edge, admin, case):
     assert os.listdir(edge.path("master", "bundles")) == []
 
 
+def instance_fs(edge, ap, iid):
+    """An instance's disk image as its access point sees it: mounted in the
+    mount namespace its libvirtd and node agent share."""
+    return "/proc/%d/root%s" % (edge._pid("libvirtd-" + ap),
+                                edge.path("nodes", ap, "instances", iid, "fs"))
+
+
 def test_links_to_node_secrets_are_not_followed(tmp_path, edge, admin):
     secret = edge.path("nodes", "ap-1", "node-agent.token")
     token = open(secret).read().strip()
@@ -57,7 +64,7 @@ def test_links_to_node_secrets_are_not_followed(tmp_path, edge, admin):
     wait_op(admin, admin.create_service("generic", "thief", node="ap-1", bundle=path))
     try:
         iid = admin.service("thief")["instances"][0]["id"]
-        fs = edge.path("nodes", "ap-1", "instances", iid, "fs")  # its disk image
+        fs = instance_fs(edge, "ap-1", iid)
         log = os.path.join(fs, "upper", "var", "log", "mec-app.log")
         real = os.path.join(fs, "state", "real")
         deadline = time.monotonic() + 20
@@ -77,7 +84,7 @@ def test_links_to_node_secrets_are_not_followed(tmp_path, edge, admin):
         wait_op(admin, admin.migrate("thief", "ap-2"))
         (inst,) = admin.service("thief")["instances"]
         assert inst["node"] == "ap-2"
-        state = edge.path("nodes", "ap-2", "instances", inst["id"], "fs", "state")
+        state = os.path.join(instance_fs(edge, "ap-2", inst["id"]), "state")
         assert os.readlink(os.path.join(state, "etc")) == "/etc"
         assert not os.path.islink(os.path.join(state, "real"))
         with open(os.path.join(state, "real", "f")) as f:
