@@ -138,12 +138,14 @@ def read_tail(root, rel, limit):
         size = os.fstat(fd).st_size
         os.lseek(fd, max(0, size - limit), os.SEEK_SET)
         chunks = []
-        while True:
-            block = os.read(fd, limit)
+        left = limit  # a log still growing must not keep us reading
+        while left > 0:
+            block = os.read(fd, left)
             if not block:
                 break
             chunks.append(block)
-        return b"".join(chunks)[-limit:]
+            left -= len(block)
+        return b"".join(chunks)
 
 
 def remove(dirfd, name):

@@ -26,7 +26,7 @@ from mec_conpaas import exception
 from mec_conpaas.agents.node import statesync
 
 OUT = "@OUT@"  # stands for the victims' absolute directory
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 component = st.sampled_from(["a", "b", "victim", "victims", "..", ".", "", "L" * 200,
