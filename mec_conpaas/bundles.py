@@ -93,14 +93,13 @@ class _Tree:
         try:
             parts = safefs.components(norm)
         except safefs.UnsafePath as e:
-            if e.why == "name too long":
-                raise exception.InvalidBundle(
-                    "bundle member %r: name too long (at most %d bytes a "
-                    "component, %d a path)" % (name, safefs.NAME_MAX,
-                                               safefs.PATH_MAX)) from None
-            raise exception.InvalidBundle(
-                "bundle member %r contains '..': paths must stay inside the "
-                "bundle" % name) from None
+            fix = {"name too long": "at most %d bytes a component, %d a path"
+                   % (safefs.NAME_MAX, safefs.PATH_MAX),
+                   "contains '..'": "paths must stay inside the bundle",
+                   "absolute path": "store paths relative to the bundle's "
+                   "top directory"}.get(e.why, "rename it")
+            raise exception.InvalidBundle("bundle member %r: %s: %s"
+                                          % (name, e.why, fix)) from None
         if member.ischr() or member.isblk() or member.isfifo():
             raise exception.InvalidBundle(
                 "bundle member %r is a device or FIFO: bundles may hold only "

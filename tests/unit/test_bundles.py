@@ -74,6 +74,7 @@ def test_valid_generic_bundle(tmp_path):
     ([f("run.sh"), link("h", "l", tarfile.LNKTYPE)], "not a regular file"),
     ([f("run.sh"), link("l", "."), link("h", "l", tarfile.LNKTYPE)], "not a regular file"),
     ([f("run.sh"), f("x" * 256)], "name too long"),
+    ([f("run.sh"), f(".//etc/cron.d/x")], "absolute path"),
     ([f("run.sh"), link("p", "", tarfile.FIFOTYPE)], "FIFO"),
 ])
 def test_refused(tmp_path, members, words):
