@@ -52,7 +52,8 @@ def service_view(svc):
     return {"id": svc.id, "name": svc.name, "type": svc.type, "state": svc.state,
             "home_node": svc.home_node, "port": svc.port,
             "instances": [{"id": i.id, "node": i.node_name, "address": i.address,
-                           "state": i.state} for i in svc.instances],
+                           "state": i.state, "role": i.role}
+                          for i in svc.instances],
             "bundle_sha256": svc.bundle_sha256, "error": svc.error,
             # The operation holding the service, if one runs on it.
             "operation": svc.operation_id,
@@ -531,6 +532,37 @@ def create_app(manager):
                         target, cap["max_instances"] - cap["used"], len(on_home)))
             op_id = new_operation(s, "migrate", svc, "ADAPTING", ("RUNNING",),
                                   "migrated", to=target, source=svc.home_node).id
+        return accepted(op_id)
+
+    @app.post("/v1/services/<name>/stop")
+    def stop_service(name):
+        """Stop every instance, keeping its state (on the manager) and the
+        service's endpoint port."""
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            engine_mod.refuse(s, svc, ("RUNNING",), "stopped")
+            count = len([i for i in svc.instances if i.state == "ACTIVE"])
+            op_id = new_operation(s, "stop", svc, "EPILOGUE", ("RUNNING",),
+                                  "stopped", count=count).id
+        return accepted(op_id)
+
+    @app.post("/v1/services/<name>/start")
+    def start_service(name):
+        """Bring a stopped service's instances back with their state."""
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            engine_mod.refuse(s, svc, ("STOPPED",), "started")
+            count = manager.cluster.saved_count(svc.id)
+            free = manager.cluster.free_slots(s)
+            if count > free:
+                raise exception.InsufficientCapacity(
+                    "service %s had %d instance(s) but the up nodes have %d free "
+                    "slot(s): free some (scale or stop other services) or add "
+                    "nodes, then retry" % (name, count, free))
+            op_id = new_operation(s, "start", svc, "PROLOGUE", ("STOPPED",),
+                                  "started", count=count).id
         return accepted(op_id)
 
     @app.get("/v1/services/<name>/logs")

@@ -103,6 +103,12 @@ class Client:
     def migrate(self, name, to):
         return self.request("POST", "/v1/services/%s/migrate" % name, json={"to": to})
 
+    def stop(self, name):
+        return self.request("POST", "/v1/services/%s/stop" % name)
+
+    def start(self, name):
+        return self.request("POST", "/v1/services/%s/start" % name)
+
     def logs(self, name):
         return self.request("GET", "/v1/services/%s/logs" % name)["logs"]
 

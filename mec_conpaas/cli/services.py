@@ -1,4 +1,4 @@
-"""service create | list | show | delete | logs | scale | migrate"""
+"""service create | list | show | delete | logs | scale | migrate | stop | start"""
 from cliff import lister
 from cliff import show
 
@@ -9,7 +9,8 @@ SHOW_KEYS = ("id", "name", "type", "state", "home_node", "port", "instances",
 
 
 def _show(svc, op=None):
-    inst = ", ".join("%s@%s(%s)" % (i["address"], i["node"], i["state"].lower())
+    inst = ", ".join("%s@%s(%s, %s)" % (i["address"], i["node"], i["state"].lower(),
+                                        i.get("role", "worker"))
                      for i in svc["instances"])
     return SHOW_KEYS, (svc["id"], svc["name"], svc["type"], svc["state"],
                        svc["home_node"], svc["port"], inst, svc["error"],
@@ -131,4 +132,25 @@ class MigrateService(_Mutating):
 
     def take_action(self, parsed_args):
         res = self.app.client.migrate(parsed_args.name, parsed_args.to)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class StopService(_Mutating):
+    """Stop every instance (cleanup.sh), keeping their state and the port."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.stop(parsed_args.name)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class StartService(StopService):
+    """Start a stopped service: its instances come back with their state."""
+
+    def take_action(self, parsed_args):
+        res = self.app.client.start(parsed_args.name)
         return self.finish(parsed_args, res, parsed_args.name)

@@ -5,7 +5,9 @@ Workflows use this; it is the only place that contacts node agents
 """
 import concurrent.futures
 import datetime
+import json
 import logging
+import os
 import threading
 import time
 
@@ -132,10 +134,21 @@ class Cluster:
             raise exception.NodeError("switching proxies failed on "
                                       + "; ".join(errors))
 
+    def saved_dir(self, service_id):
+        """Where a stopped service's instances' state is kept."""
+        return os.path.join(self.conf.state_path, "stopped", service_id)
+
+    def saved_count(self, service_id):
+        """Instances a stopped service had (0 if none were saved)."""
+        try:
+            with open(os.path.join(self.saved_dir(service_id), "index.json")) as f:
+                return len(json.load(f))
+        except FileNotFoundError:
+            return 0
+
     def forget_bundle(self, sha256):
         """Remove a bundle no service uses any more (nodes keep their cached
         copy until their instances are gone)."""
-        import os
         try:
             os.unlink(os.path.join(self.conf.state_path, "bundles", sha256 + ".tar.gz"))
         except FileNotFoundError:
@@ -159,10 +172,33 @@ class Cluster:
         raise exception.NodeError("instance %s did not become healthy within "
                                   "%ds: %s" % (address, timeout, last))
 
+    def agent_call(self, address, path, body=None, timeout=10, wait_up=False):
+        """POST to an instance's service agent; with ``wait_up``, retry
+        while the container is still booting (nothing listens yet)."""
+        deadline = time.monotonic() + self.conf.manager.health_timeout
+        while True:
+            try:
+                return httpserver.call("POST", "http://%s:%d%s" % (
+                    address, SERVICE_AGENT_PORT, path), body=body or {},
+                    timeout=timeout)
+            except exception.NodeError as e:
+                if not wait_up or getattr(e, "remote_status", None) or \
+                        time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def start_app(self, address):
+        """Release a held instance (its state is in) and wait until its app
+        is healthy."""
+        self.agent_call(address, "/start", wait_up=True)
+        return self.wait_healthy(address)
+
     def notify_peers(self, service_id):
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
-            addrs = [i.address for i in svc.instances
+            # The master first: workers find it there after it moved.
+            addrs = [i.address for i in sorted(svc.instances,
+                                               key=lambda i: i.role != "master")
                      if i.state == "ACTIVE" and i.address] if svc else []
         for addr in addrs:
             try:

@@ -1,11 +1,14 @@
-"""Service workflows: create, scale, migrate, delete.
+"""Service workflows: create, scale, migrate, stop, start, delete.
 
 Each ``run`` is idempotent: after a manager restart the engine calls it
 again with ``ctx.resumed`` set, and it first removes what an interrupted
 attempt left half-made (instance rows still BUILDING or STANDBY, and their
 containers) before converging on the operation's goal.
 """
+import json
 import logging
+import os
+import shutil
 import time
 
 from sqlalchemy import or_
@@ -36,28 +39,59 @@ class Workflow:
                 svc.state = state
                 svc.error = error
 
-    def start_instance(self, ctx, service_id, node_name, state_after="ACTIVE"):
-        """Create one instance and wait until it is healthy."""
+    def start_instance(self, ctx, service_id, node_name, state_after="ACTIVE",
+                       role=None, fill=None):
+        """Create one instance and wait until it is healthy.
+
+        ``fill(node_ref, instance_id)``, if given, puts the instance's state
+        in while it is held: its app starts only afterwards, so an app that
+        reads its state when it starts sees it.  ``role``: ``master`` or
+        ``worker``; by default the instance is the master when the service
+        has none (its first instance).
+        """
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
             ref = self.cluster.node_ref(s, node_name)
+            if role is None:
+                has_master = s.scalar(select(models.Instance.id).where(
+                    models.Instance.service_id == service_id,
+                    models.Instance.role == "master",
+                    models.Instance.state != "DELETING").limit(1))
+                role = "worker" if has_master else "master"
             inst = models.Instance(service_id=service_id, node_name=node_name,
-                                   state="BUILDING")
+                                   state="BUILDING", role=role)
             s.add(inst)
             s.flush()
             spec = base.InstanceSpec(
                 id=inst.id, service_id=svc.id, service_name=svc.name,
                 service_type=svc.type, bundle_sha256=svc.bundle_sha256,
-                memory_mb=svc.memory_mb, cpus=svc.cpus,
-                master_ip=self.cluster.conf.api.bind_host)
+                memory_mb=svc.memory_mb, cpus=svc.cpus, role=role,
+                hold=fill is not None)
         ctx.record(created=ctx.journal.get("created", []) + [spec.id])
         info = self.driver.create_instance(ref, spec)
         with session_scope() as s:
             s.get(models.Instance, spec.id).address = info["address"]
-        self.cluster.wait_healthy(info["address"])
+        if fill is None:
+            self.cluster.wait_healthy(info["address"])
+        else:
+            fill(ref, spec.id)
+            self.cluster.start_app(info["address"])
         with session_scope() as s:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
+
+    def commit(self, ctx, states, **journal):
+        """Instance states and journal entries in one transaction: the
+        point of no return of a step, for a resumed run to see exactly."""
+        with session_scope() as s:
+            for iid, state in states.items():
+                s.get(models.Instance, iid).state = state
+            ctx.journal.update(journal)
+            s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
+
+    def address(self, instance_id):
+        with session_scope() as s:
+            return s.get(models.Instance, instance_id).address
 
     def destroy_instance(self, instance_id, ctx=None, force=False):
         """Remove an instance's container, then its row.
@@ -153,6 +187,12 @@ class Workflow:
                     models.Instance.state == "ACTIVE")
                 .order_by(models.Instance.created_at))]
 
+    def masters(self, service_id):
+        with session_scope() as s:
+            return set(s.scalars(select(models.Instance.id).where(
+                models.Instance.service_id == service_id,
+                models.Instance.role == "master")))
+
     def grow(self, ctx, service_id, count, home, node=None):
         """Add instances: on ``node`` if named, else by placement policy."""
         with session_scope() as s:
@@ -225,9 +265,12 @@ class ScaleService(Workflow):
             with session_scope() as s:
                 names = [n.name for n in self.cluster.nodes(s)]
             seq = {iid: n for n, (iid, _, _) in enumerate(current)}
+            # The master goes last: only when the service scales to 0.
+            masters = self.masters(sid) if target else set()
             chosen = placement.victims(
                 len(current) - target, home,
-                [{"id": i, "node": n, "seq": seq[i]} for i, n, _ in current],
+                [{"id": i, "node": n, "seq": seq[i]} for i, n, _ in current
+                 if i not in masters],
                 self.cluster.distances(names))
             gone = [c["id"] for c in chosen]
             ctx.record(removing=gone)
@@ -302,38 +345,54 @@ class MigrateService(Workflow):
         step = "instance %d/%d: " % (n, total)
         with session_scope() as s:
             old_ref = self.cluster.node_ref(s, old_node)
-            to_ref = self.cluster.node_ref(s, target)
-        ctx.progress(pct, step + "starting a new instance on %s" % target)
+            role = s.get(models.Instance, old_id).role
+
+        def bulk(to_ref, new_id):
+            ctx.record(pair=dict(ctx.journal["pair"], new=new_id))
+            ctx.progress(pct + 20 // total, step + "copying state (bulk) into the "
+                         "held instance")
+            self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+            ctx.progress(pct + 30 // total, step + "starting its app")
+
+        ctx.progress(pct, step + "starting a held instance on %s" % target)
         ctx.record(pair={"old": old_id, "new": None, "frozen": False,
                          "switched": False})
-        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY")
+        # The role moves with the instance: a migrated master stays master.
+        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY",
+                                     role=role, fill=bulk)
         pair = dict(ctx.journal["pair"], new=new_id)
-        ctx.record(pair=pair)
-        ctx.progress(pct + 30 // total, step + "copying state (bulk)")
-        self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+        with session_scope() as s:
+            to_ref = self.cluster.node_ref(s, target)
+        new_addr = self.address(new_id)
+        # Without restore.sh the target's app is stopped now, outside the
+        # critical window, and started again once the final delta is in.
+        mode = self.cluster.agent_call(new_addr, "/restore",
+                                       {"phase": "prepare"})["mode"]
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
-        # for this service wait.  Keep it to network round trips only.
+        # for this service wait.  Network round trips, and the app taking
+        # up the final delta (restore.sh, or its restart).
         marks = [("start", time.monotonic())]
         final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
-                                            quiesce_port=APP_PORT)
-        marks.append(("freeze_and_final_copy", time.monotonic()))
-        with session_scope() as s:
-            s.get(models.Instance, new_id).state = "ACTIVE"
-            s.get(models.Instance, old_id).state = "DELETING"
-            op = s.get(models.Operation, ctx.op_id)
-            ctx.journal["pair"] = dict(pair, frozen=True, switched=True)
-            op.journal = dict(ctx.journal)
+                                            quiesce_port=APP_PORT, restore=True)
+        if final.get("restore") is None:
+            final["restore"] = self.cluster.agent_call(
+                new_addr, "/restore", {"phase": "finish"}, timeout=70)
+        marks.append(("freeze_copy_restore", time.monotonic()))
+        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
+                    pair=dict(pair, frozen=True, switched=True))
         marks.append(("commit", time.monotonic()))
         self.cluster.push_proxies(draining=[old_id])
         marks.append(("switch", time.monotonic()))
         switched_ms = (marks[-1][1] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
                  for i, (name, t) in enumerate(marks[1:])}
+        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"))
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
-                     "freeze (%d freeze attempt(s), final copy: %d files); removing "
-                     "the old instance" % (switched_ms, final.get("freeze_attempts") or 1,
-                                           final.get("files", 0)))
+                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
+                     "%s ms); removing the old instance" % (
+                         switched_ms, final.get("freeze_attempts") or 1,
+                         final.get("files", 0), mode, steps["restore_ms"]))
         self.destroy_instance(old_id, ctx)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
         ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
@@ -373,6 +432,137 @@ class MigrateService(Workflow):
             self.cluster.push_proxies)
 
 
+class StopService(Workflow):
+    """ConPaaS's stop: no instance runs, the state and the port stay.
+
+    Every instance leaves the proxies, runs ``cleanup.sh`` and stops its
+    app (SIGTERM); then its whole state directory is saved on the manager
+    (``$state_path/stopped/SERVICE/``) with its role and node.  Only when
+    all are saved (``saved`` in the journal, the point of no return) are
+    the containers removed: before it, a failure starts the apps again.
+    """
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        self.set_state(sid, "EPILOGUE")
+        with session_scope() as s:
+            rows = sorted(s.scalars(select(models.Instance).where(
+                models.Instance.service_id == sid)),
+                key=lambda i: (i.role != "master", i.created_at))
+            ids = [i.id for i in rows if i.state in ("ACTIVE", "DELETING")]
+        if not ctx.journal.get("saved"):
+            ctx.record(stopping=ids)
+            ctx.progress(10, "taking %d instance(s) out of the proxies" % len(ids))
+            self.commit(ctx, {iid: "DELETING" for iid in ids})
+            self.cluster.push_proxies(draining=ids)
+            time.sleep(self.cluster.conf.manager.drain_timeout)
+            self._save(ctx, sid, ids)
+            ctx.record(saved=True)
+        for n, iid in enumerate(ids, 1):
+            ctx.progress(60 + 30 * n // len(ids), "removing instance %s" % iid)
+            self.destroy_instance(iid, ctx)
+        self.set_state(sid, "STOPPED")
+        self.cluster.push_proxies()  # the endpoint stays, with no server
+        self.finish(ctx)
+
+    def _save(self, ctx, sid, ids):
+        path = self.cluster.saved_dir(sid)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        index = []
+        for n, iid in enumerate(ids, 1):
+            ctx.progress(20 + 40 * n // len(ids), "stopping instance %d/%d "
+                         "(cleanup.sh) and saving its state" % (n, len(ids)))
+            with session_scope() as s:
+                inst = s.get(models.Instance, iid)
+                ref = self.cluster.node_ref(s, inst.node_name)
+                entry = {"instance": iid, "role": inst.role, "node": inst.node_name,
+                         "file": iid + ".tar"}
+                addr = inst.address
+            try:
+                res = self.cluster.agent_call(addr, "/stop", timeout=60)
+                LOG.info("instance %s stopped, cleanup.sh exit code %s", iid,
+                         res.get("cleanup_exit_code"))
+            except exception.NodeError as e:
+                # Its app is not running then: what its state directory
+                # holds is all there is to save.
+                LOG.warning("stopping the app of %s: %s", iid, e.message)
+            _write_atomic(os.path.join(path, entry["file"]),
+                          self.driver.export_state(ref, iid))
+            index.append(entry)
+        _write_atomic(os.path.join(path, "index.json"), json.dumps(index).encode())
+
+    def rollback(self, ctx, message):
+        sid = ctx.service_id
+        if ctx.journal.get("saved"):
+            self.run(ctx)  # past the point of no return: finish the stop
+            self.set_state(sid, "STOPPED", message)
+            return
+        with session_scope() as s:
+            present = {i.id: i.address for i in s.scalars(select(models.Instance)
+                       .where(models.Instance.id.in_(ctx.journal.get("stopping", []))))}
+        for addr in present.values():
+            self.cluster.agent_call(addr, "/start")  # no-op if still running
+            self.cluster.wait_healthy(addr)
+        self.commit(ctx, {iid: "ACTIVE" for iid in present})
+        shutil.rmtree(self.cluster.saved_dir(sid), ignore_errors=True)
+        self.cluster.push_proxies()
+        self.set_state(sid, "RUNNING", message)
+
+
+class StartService(Workflow):
+    """Bring a stopped service's instances back, each with its saved state
+    put in before its app starts, its role, and on its old node when that
+    has room (else the nearest with a free slot)."""
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        if ctx.resumed:
+            self.cleanup_unfinished(ctx, sid)
+        self.set_state(sid, "PROLOGUE")
+        path = self.cluster.saved_dir(sid)
+        with open(os.path.join(path, "index.json")) as f:
+            index = json.load(f)
+        for n, entry in enumerate(index, 1):
+            if entry["instance"] in ctx.journal.get("restored", []):
+                continue
+            with session_scope() as s:
+                names = [x.name for x in self.cluster.nodes(s)]
+                node = placement.place(1, entry["node"], self.cluster.capacity(s),
+                                       self.cluster.distances(names))[0]
+            with open(os.path.join(path, entry["file"]), "rb") as f:
+                data = f.read()
+            ctx.progress(10 + 75 * (n - 1) // len(index), "starting instance "
+                         "%d/%d (%s) on %s with its saved state" % (
+                             n, len(index), entry["role"], node))
+            new_id = self.start_instance(
+                ctx, sid, node, state_after="STANDBY", role=entry["role"],
+                fill=lambda ref, iid, data=data: self.driver.import_state(ref, iid, data))
+            self.commit(ctx, {new_id: "ACTIVE"}, restored=ctx.journal.get(
+                "restored", []) + [entry["instance"]])
+        ctx.progress(90, "adding the instances to the proxies")
+        self.cluster.push_proxies()
+        self.cluster.notify_peers(sid)
+        shutil.rmtree(path, ignore_errors=True)
+        self.set_state(sid, "RUNNING")
+        self.finish(ctx)
+
+    def rollback(self, ctx, message):
+        # The saved state stays: start can be retried.
+        self.rollback_created(ctx, ctx.service_id)
+        self.cluster.push_proxies()
+        self.set_state(ctx.service_id, "STOPPED", message)
+
+
+def _write_atomic(path, data):
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class DeleteService(Workflow):
     """Remove every instance, then the service.
 
@@ -400,6 +590,7 @@ class DeleteService(Workflow):
         for n, iid in enumerate(ids, 1):
             ctx.progress(20 + 70 * n // max(1, len(ids)), "removing instance %s" % iid)
             self.destroy_instance(iid, ctx, force=force)
+        shutil.rmtree(self.cluster.saved_dir(sid), ignore_errors=True)
         with session_scope() as s:
             svc = s.get(models.Service, sid)
             if svc is not None:
@@ -453,4 +644,5 @@ class Sweeper(Workflow):
 def all_workflows(cluster):
     return {"create": CreateService(cluster), "scale": ScaleService(cluster),
             "migrate": MigrateService(cluster), "drain": MigrateService(cluster),
+            "stop": StopService(cluster), "start": StartService(cluster),
             "delete": DeleteService(cluster)}

@@ -58,6 +58,9 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
         "MEC_SERVICE_TYPE": spec["service_type"],
         "MEC_SERVICE_NAME": spec["service_name"],
         "MEC_INSTANCE_ID": spec["id"],
+        # Held: the service agent starts the app only when told to, once
+        # the state copied in from the host side is complete.
+        "MEC_HOLD": "1" if spec.get("hold") else "",
         "MEC_APP_PORT": str(APP_PORT),
         "MEC_AGENT_PORT": str(AGENT_PORT),
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -409,6 +412,12 @@ class LibvirtContainers:
         if self._domain(instance_id) is None:
             raise exception.NotFound("no running instance %s" % instance_id)
         _set_freezer(PREFIX + instance_id, "THAWED")
+
+    def address(self, instance_id):
+        meta = self._meta(instance_id)
+        if meta is None:
+            raise exception.NotFound("no instance %s on this node" % instance_id)
+        return meta["address"]
 
     def state_dir(self, instance_id):
         if self._meta(instance_id) is None:

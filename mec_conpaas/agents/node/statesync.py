@@ -79,6 +79,12 @@ def export_tar(root, paths, with_manifest=None):
     return buf.getvalue()
 
 
+def archive(root):
+    """The whole state directory, as ``import_tar`` takes it."""
+    current = manifest(root)
+    return export_tar(root, wanted({}, current), with_manifest=current)
+
+
 def _export_one(tar, rootfd, rel):
     parent, name = safefs.parent_of(rootfd, rel)
     with safefs.closing(parent):
