@@ -44,6 +44,17 @@ def interface_info(ifname):
         s.close()
 
 
+def _peer(body, key):
+    """The peer node agent a state copy talks to, checked before any work."""
+    peer = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(peer, dict) or not all(
+            isinstance(peer.get(k), str) and peer[k]
+            for k in ("url", "token", "instance_id")):
+        raise exception.BadRequest(
+            "expected {%r: {'url': ..., 'token': ..., 'instance_id': ...}}" % key)
+    return peer
+
+
 class NodeAgent:
 
     def __init__(self, conf):
@@ -190,10 +201,7 @@ class NodeAgent:
         r.add("GET", inst + "/state/archive", lambda body, iid: httpserver.Response(
             statesync.archive(self._need_containers().state_dir(iid)),
             content_type="application/x-tar"))
-        r.add("POST", inst + "/state/export", lambda body, iid: httpserver.Response(
-            statesync.export_tar(self._need_containers().state_dir(iid),
-                                 body.get("paths", [])),
-            content_type="application/x-tar"))
+        r.add("POST", inst + "/state/export", self.export_state)
         r.add("POST", inst + "/state/pull", self.pull_state)
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
@@ -210,10 +218,18 @@ class NodeAgent:
         self.isolation.apply()
         return {"deleted": iid}
 
+    def export_state(self, body, iid):
+        paths = body.get("paths") if isinstance(body, dict) else None
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise exception.BadRequest("expected {'paths': [relative path, ...]}")
+        return httpserver.Response(
+            statesync.export_tar(self._need_containers().state_dir(iid), paths),
+            content_type="application/x-tar")
+
     def pull_state(self, body, iid):
         """Copy a peer instance's state directory into this one."""
+        src = _peer(body, "source")
         dest = self._need_containers().state_dir(iid)
-        src = body["source"]
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
         remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
         paths = statesync.wanted(statesync.manifest(dest), remote)
@@ -233,11 +249,11 @@ class NodeAgent:
         """Final copy, driven from the source: send only what changed since
         the manifest served for the bulk copy, with the full manifest so the
         target applies deletions too.  One node-to-node round trip."""
+        dst = _peer(body, "target")
         containers = self._need_containers()
         src = containers.state_dir(iid)
-        dst = body["target"]
         frozen = {}
-        if body.get("freeze") is not None:
+        if isinstance(body.get("freeze"), dict):
             frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
         current = statesync.manifest(src)
         base = self.served_manifests.pop(iid, {})

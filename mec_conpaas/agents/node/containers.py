@@ -29,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas import safefs
 from mec_conpaas.agents.node import idmap
 
 LOG = logging.getLogger(__name__)
@@ -289,10 +290,10 @@ class LibvirtContainers:
             app_dir = os.path.join(paths["rootfs"], "srv", "app")
             if os.path.isdir(app_dir):
                 shutil.rmtree(app_dir)
+            # Owned by the instance's root: the application may write its files.
             bundles.extract(bundle, app_dir,
                             self.conf.manager.max_bundle_size,
-                            self.conf.manager.max_bundle_members)
-            _chown_tree(app_dir, *ids[:2])  # the application may write its files
+                            self.conf.manager.max_bundle_members, owner=ids[:2])
             if self.agent_secret:
                 _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
                               self.agent_secret(instance_id), *ids[:2])
@@ -432,15 +433,22 @@ class LibvirtContainers:
         return self._paths(instance_id)["state"]
 
     def logs(self, instance_id):
-        path = os.path.join(self._paths(instance_id)["upper"], "var", "log",
-                            "mec-app.log")
+        """The end of the app's log, read from the host side.
+
+        The file lies in the tenant's upper layer, so it is opened through
+        ``safefs``: an app that replaced it (or ``/var/log``) with a link to
+        a host path gets a refusal, never that file."""
         try:
-            with open(path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 65536))
-                return f.read().decode("utf-8", "replace")
+            data = safefs.read_tail(self._paths(instance_id)["upper"],
+                                    "var/log/mec-app.log", 65536)
+        except safefs.UnsafePath as e:
+            raise exception.Conflict(
+                "the app's log /var/log/mec-app.log is not shown: %s; the "
+                "node reads logs without following links, so keep it a "
+                "regular file" % e.why) from None
         except OSError:
             return ""
+        return data.decode("utf-8", "replace")
 
     def usage(self):
         """Per-container cgroup usage, as PiCasso's monitoring agent reports."""
@@ -509,13 +517,10 @@ def _run(argv, what):
 
 
 def _chown_tree(path, uid, gid):
-    """lchown a tree, never following links: it may hold what an instance
-    made (fwalk holds directory fds, so a directory swapped for a link
-    mid-walk is not entered)."""
-    os.chown(path, uid, gid, follow_symlinks=False)
-    for _, dirs, files, dirfd in os.fwalk(path):
-        for name in dirs + files:
-            os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+    """lchown a tree that may hold what an instance made, following no
+    link (safefs)."""
+    with safefs.closing(safefs.open_root(path)) as fd:
+        safefs.chown_tree(fd, uid, gid)
 
 
 def _write_secret(path, secret, uid, gid):
