@@ -1,0 +1,164 @@
+"""One access point's endpoint under overload: errors and p99 latency.
+
+50 Wi-Fi users on ap-1 (closed loops: each sends its next request when the
+last is answered) use one web service whose instances are on ap-1, ap-2
+and ap-3.  Each instance serves at most ``[manager] instance_maxconn``
+requests at once (worker slots, each request holding one for a fixed
+time), so 50 users saturate the local instance.  Measured, each on a fresh
+edge in the same run:
+
+* ``ours``: the default proxy (per-instance maxconn, queue, far instances
+  take the overflow: ``proxy_far_tier = spill``);
+* ``old`` (the floor we replace): no maxconn, far instances are HAProxy
+  backup servers (``proxy_far_tier = backup``, ``instance_maxconn = 0``);
+* ``queue_only`` (full run only): maxconn and queue, but far instances
+  stay backup servers, to tell what the queue and the spill each bring.
+
+Before the load, one user checks that an unsaturated endpoint still sends
+every request to the local instance.
+"""
+import argparse
+import collections
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from mec_conpaas.conf import manager as manager_conf  # noqa: E402
+from mec_conpaas.edge import loadgen  # noqa: E402
+from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: E402
+
+CLIENTS = 50
+HOLD_S = 0.2  # how long a request holds one of the instance's worker slots
+MAXCONN = next(o.default for o in manager_conf.manager_opts
+               if o.name == "instance_maxconn")
+CONFIGS = {"ours": {},
+           "old": {"proxy_far_tier": "backup", "instance_maxconn": 0},
+           "queue_only": {"proxy_far_tier": "backup"}}
+
+SLOW_APP = '''\
+"""A web app with {workers} worker slots: each request holds one for
+{hold} s; more requests at once wait for a slot."""
+import json
+import os
+import threading
+import time
+
+SLOTS = threading.BoundedSemaphore({workers})
+
+
+def application(environ, start_response):
+    if environ.get("HTTP_X_MEC_HEALTH") or environ["PATH_INFO"] == "/health":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    with SLOTS:
+        time.sleep({hold})
+    body = json.dumps({{"instance": os.environ.get("MY_IP")}}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def slow_bundle(path, workers=MAXCONN, hold=HOLD_S):
+    """A web bundle whose instances take ``workers`` requests at once."""
+    import io
+    import tarfile
+    data = SLOW_APP.format(workers=workers, hold=hold).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("wsgi.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def deploy(c, bundle, aps=("ap-1", "ap-2", "ap-3")):
+    """The service with one instance on each of ``aps``; its instances'
+    address -> node."""
+    op = c.wait(c.create_service("web", "slow", node=aps[0], bundle=bundle)
+                ["operation"]["id"], 300)
+    assert op["state"] == "SUCCEEDED", op
+    for n, ap in enumerate(aps[1:], 2):
+        op = c.wait(c.scale("slow", n, node=ap)["operation"]["id"], 300)
+        assert op["state"] == "SUCCEEDED", op
+    svc = c.service("slow")
+    return svc, {i["address"]: i["node"] for i in svc["instances"]}
+
+
+def served_by(results, nodes):
+    count = collections.Counter(nodes.get(r.get("instance"), "?")
+                                for r in results if r["ok"])
+    return dict(sorted(count.items()))
+
+
+def run(name, opts, seconds, port_base):
+    with common.BenchEdge("mco-", port_base, **opts) as b:
+        c, edge = b.client, b.edge
+        status = edge.status()
+        svc, nodes = deploy(c, slow_bundle(os.path.join(b.state, "slow.tar.gz")))
+        port = svc["port"]
+        light = Load(edge, "ap-1", port, interval=0.05)
+        time.sleep(2)
+        light = light.stop()
+        load = Load(edge, "ap-1", port, interval=0, clients=CLIENTS)
+        time.sleep(seconds)
+        results = load.stop()
+    s = loadgen.summarize(results)
+    return {"config": name, "manager_opts": opts, "requests": s["requests"],
+            "failed_requests": s["failed"], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+            "errors": s["errors"], "served_by": served_by(results, nodes),
+            "throughput_rps": round(s["requests"] / seconds, 1),
+            "light_load_served_by": served_by(light, nodes),
+            "light_load_failed": loadgen.summarize(light)["failed"],
+            "tiers_seen_from_ap1": {i["node"]: i["tier"] for i in svc["instances"]},
+            "latency_ms": sorted(1000 * (r["end"] - r["start"]) for r in results),
+            "latency_shaping": common.shaping_note(status)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seconds", type=float)
+    args = p.parse_args()
+    seconds = args.seconds or (15 if args.quick else 40)
+    names = ["ours", "old"] if args.quick else ["ours", "old", "queue_only"]
+    runs = {}
+    for name in names:
+        print("config %s: %d users for %.0f s" % (name, CLIENTS, seconds),
+              file=sys.stderr)
+        runs[name] = run(name, CONFIGS[name], seconds, 9694)
+        print({k: v for k, v in runs[name].items() if k != "latency_ms"},
+              file=sys.stderr)
+    ours, old = runs["ours"], runs["old"]
+    summary = {
+        "benchmark": "overload", "clients": CLIENTS, "seconds": seconds,
+        "instance_maxconn": MAXCONN, "request_hold_s": HOLD_S,
+        "failed_requests": ours["failed_requests"], "target_failed": 0,
+        "p99_ms": ours["p99_ms"], "floor_p99_ms_old_config": old["p99_ms"],
+        "floor_failed_requests_old_config": old["failed_requests"],
+        "ratio_p99_old_vs_ours": round(old["p99_ms"] / ours["p99_ms"], 2)
+        if ours["p99_ms"] else None,
+        "runs": {n: {k: v for k, v in r.items() if k != "latency_ms"}
+                 for n, r in runs.items()},
+        "machine": common.machine(),
+    }
+
+    def plot(ax):
+        for n, r in runs.items():
+            lat = r["latency_ms"]
+            ax.plot(lat, [100 * (i + 1) / len(lat) for i in range(len(lat))],
+                    label="%s: p99 %.0f ms, %d failed" % (n, r["p99_ms"],
+                                                          r["failed_requests"]))
+        ax.set_xscale("log")
+        ax.set_xlabel("request latency (ms, log)")
+        ax.set_ylabel("% of requests")
+        ax.set_title("%d users on ap-1, instances on ap-1..3 (maxconn %d)"
+                     % (CLIENTS, MAXCONN))
+        ax.legend()
+    common.write("overload", summary, plot)
+
+
+if __name__ == "__main__":
+    main()
