@@ -32,47 +32,12 @@ from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: E402
 
 CLIENTS = 50
 HOLD_S = 0.2  # how long a request holds one of the instance's worker slots
+CPU_S = 0.01  # or how much CPU time it computes
 MAXCONN = next(o.default for o in manager_conf.manager_opts
                if o.name == "instance_maxconn")
 CONFIGS = {"ours": {},
            "old": {"proxy_far_tier": "backup", "instance_maxconn": 0},
            "queue_only": {"proxy_far_tier": "backup"}}
-
-SLOW_APP = '''\
-"""A web app with {workers} worker slots: each request holds one for
-{hold} s; more requests at once wait for a slot."""
-import json
-import os
-import threading
-import time
-
-SLOTS = threading.BoundedSemaphore({workers})
-
-
-def application(environ, start_response):
-    if environ.get("HTTP_X_MEC_HEALTH") or environ["PATH_INFO"] == "/health":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok"]
-    with SLOTS:
-        time.sleep({hold})
-    body = json.dumps({{"instance": os.environ.get("MY_IP")}}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
-
-def slow_bundle(path, workers=MAXCONN, hold=HOLD_S):
-    """A web bundle whose instances take ``workers`` requests at once."""
-    import io
-    import tarfile
-    data = SLOW_APP.format(workers=workers, hold=hold).encode()
-    with tarfile.open(path, "w:gz") as tar:
-        info = tarfile.TarInfo("wsgi.py")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return path
-
 
 def deploy(c, bundle, aps=("ap-1", "ap-2", "ap-3")):
     """The service with one instance on each of ``aps``; its instances'
@@ -93,11 +58,13 @@ def served_by(results, nodes):
     return dict(sorted(count.items()))
 
 
-def run(name, opts, seconds, port_base):
+def run(name, opts, seconds, port_base, cpu):
     with common.BenchEdge("mco-", port_base, **opts) as b:
         c, edge = b.client, b.edge
         status = edge.status()
-        svc, nodes = deploy(c, slow_bundle(os.path.join(b.state, "slow.tar.gz")))
+        svc, nodes = deploy(c, loadgen.slow_web_bundle(
+            os.path.join(b.state, "slow.tar.gz"), MAXCONN,
+            CPU_S if cpu else HOLD_S, cpu))
         port = svc["port"]
         light = Load(edge, "ap-1", port, interval=0.05)
         time.sleep(2)
@@ -121,14 +88,21 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seconds", type=float)
+    p.add_argument("--configs", nargs="+", help="configurations to run, among "
+                   "%s, or maxconnN (ours with instance_maxconn N)" % ", ".join(CONFIGS))
+    p.add_argument("--cpu", action="store_true", help="requests compute "
+                   "(%g s of CPU time each) instead of waiting" % CPU_S)
     args = p.parse_args()
     seconds = args.seconds or (15 if args.quick else 40)
-    names = ["ours", "old"] if args.quick else ["ours", "old", "queue_only"]
+    names = args.configs or (["ours", "old"] if args.quick
+                             else ["ours", "old", "queue_only"])
     runs = {}
     for name in names:
         print("config %s: %d users for %.0f s" % (name, CLIENTS, seconds),
               file=sys.stderr)
-        runs[name] = run(name, CONFIGS[name], seconds, 9694)
+        opts = CONFIGS.get(name) if name in CONFIGS else \
+            {"instance_maxconn": int(name[len("maxconn"):])}
+        runs[name] = run(name, opts, seconds, 9694, args.cpu)
         print({k: v for k, v in runs[name].items() if k != "latency_ms"},
               file=sys.stderr)
     ours, old = runs["ours"], runs["old"]

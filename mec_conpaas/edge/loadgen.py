@@ -10,12 +10,14 @@ does).
 """
 import argparse
 import http.client
+import io
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -118,8 +120,51 @@ def summarize(results):
                               if not r["ok"]})[:5]}
 
 
+SLOW_APP = '''\
+"""A web app with {workers} worker slots: each request holds one for
+{hold} s ({how}); more requests at once wait for a slot."""
+import json
+import os
+import threading
+import time
+
+SLOTS = threading.BoundedSemaphore({workers})
+
+
+def application(environ, start_response):
+    if environ.get("HTTP_X_MEC_HEALTH") or environ["PATH_INFO"] == "/health":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    with SLOTS:
+        if {cpu}:
+            start = time.thread_time()
+            while time.thread_time() - start < {hold}:
+                pass
+        else:
+            time.sleep({hold})
+    body = json.dumps({{"instance": os.environ.get("MY_IP")}}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def slow_web_bundle(path, workers, hold, cpu=False):
+    """A web bundle whose instances serve ``workers`` requests at once, each
+    for ``hold`` seconds: an instance a few users saturate.  ``cpu``: the
+    request computes for ``hold`` s of CPU time instead of waiting (its
+    instance's CPU quota, not its slots, is then the limit)."""
+    data = SLOW_APP.format(workers=workers, hold=hold, cpu=bool(cpu),
+                           how="computing" if cpu else "waiting").encode()
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("wsgi.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 class ClientLoad:
-    """The loadgen running as the Wi-Fi user of one access point."""
+    """The loadgen running as the Wi-Fi user(s) of one access point."""
 
     def __init__(self, edge, ap, port, interval=0.01, clients=1):
         self.dir = tempfile.mkdtemp(prefix="mec-load-")

@@ -1,11 +1,40 @@
 """The access point's stable service endpoints (PiCasso's service proxy).
 
-Every service has one frontend on a fixed port and one backend with two
-tiers of server slots: ``near`` (instances nearest to this access point)
-and ``far`` (``backup`` servers, used only when no near instance is
-healthy).  Moving instances between slots, draining and disabling go
-through HAProxy's runtime API; only adding or removing a service (a
-frontend) rewrites the configuration, with a hitless master-worker reload.
+Every service has one frontend on a fixed port and two tiers of server
+slots: ``near`` (the instances nearest to this access point: the manager's
+``local`` tier) and ``far`` (the others).  Each server takes at most the
+service's ``maxconn`` requests at once; the rest wait in HAProxy's queue
+(``timeout queue``), so a saturated instance is not handed more than it
+can take.  Connection failures are retried, on another server.
+
+The far tier is, per the manager's ``far_tier``:
+
+``spill``
+    a second backend (``bf_``) the frontend picks when the near backend
+    already has requests queued (every near server at maxconn) or has no
+    server up, and a far server is up.  Queued near requests stay queued
+    (they are next for a near slot); the following ones spill.
+``backup``
+    ``backup`` servers in the near backend: used only when no near server
+    is up (what this proxy did before spilling).
+
+Why a second backend chosen on ``queue()``: with 50 users on one access
+point and the service's instances on three (bench/overload.py), the
+backup tier left the far instances idle while the local one was
+saturated; ``balance first`` over one backend would spill too, but sends
+every request to the first near server until it is full, so two local
+instances no longer share a light load; weighted far servers in one
+round-robin backend would take a share of every light load, one hop
+further from the user.  The queue test keeps light loads local and
+round-robin, and spills only what the local tier cannot take.  Health
+checks allow a saturated instance 3 s to answer (a busy instance is not a
+dead one: marking it down under load is what turned overload into 503s).
+
+Moving instances between slots, draining and disabling go through
+HAProxy's runtime API, one batched exchange for both backends (a new near
+server is ready before a leaving far one stops); only adding or removing a
+service, or changing its far tier or maxconn, rewrites the configuration,
+with a hitless master-worker reload.
 """
 import logging
 import os
@@ -29,10 +58,10 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout queue 10s
-    timeout check 1s
+    timeout check 3s
     retries 3
     option redispatch 1
-    default-server inter 300ms fastinter 200ms downinter 300ms rise 1 fall 2
+    default-server inter 300ms fastinter 200ms downinter 300ms rise 1 fall 3
 """
 
 SERVICE = """
