@@ -2,17 +2,19 @@
 
 50 Wi-Fi users on ap-1 (closed loops: each sends its next request when the
 last is answered) use one web service whose instances are on ap-1, ap-2
-and ap-3.  Each instance serves at most ``[manager] instance_maxconn``
-requests at once (worker slots, each request holding one for a fixed
-time), so 50 users saturate the local instance.  Measured, each on a fresh
-edge in the same run:
+and ap-3.  Each request computes for 10 ms of CPU time in an instance of
+``instance_cpus`` (half a core); with ``--wait`` it sleeps 0.2 s holding
+one of ``instance_maxconn`` worker slots instead.  Either way 50 users
+saturate the local instance, as the review's 50 users did.  Measured,
+each on a fresh edge in the same run:
 
 * ``ours``: the default proxy (per-instance maxconn, queue, far instances
   take the overflow: ``proxy_far_tier = spill``);
 * ``old`` (the floor we replace): no maxconn, far instances are HAProxy
   backup servers (``proxy_far_tier = backup``, ``instance_maxconn = 0``);
 * ``queue_only`` (full run only): maxconn and queue, but far instances
-  stay backup servers, to tell what the queue and the spill each bring.
+  stay backup servers, to tell what the queue and the spill each bring;
+* ``maxconnN`` (on request): ours with ``instance_maxconn = N``.
 
 Before the load, one user checks that an unsaturated endpoint still sends
 every request to the local instance.
@@ -33,8 +35,8 @@ from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: E402
 CLIENTS = 50
 HOLD_S = 0.2  # how long a request holds one of the instance's worker slots
 CPU_S = 0.01  # or how much CPU time it computes
-MAXCONN = next(o.default for o in manager_conf.manager_opts
-               if o.name == "instance_maxconn")
+DEFAULTS = {o.name: o.default for o in manager_conf.manager_opts}
+MAXCONN = DEFAULTS["instance_maxconn"]
 CONFIGS = {"ours": {},
            "old": {"proxy_far_tier": "backup", "instance_maxconn": 0},
            "queue_only": {"proxy_far_tier": "backup"}}
@@ -63,7 +65,8 @@ def run(name, opts, seconds, port_base, cpu):
         c, edge = b.client, b.edge
         status = edge.status()
         svc, nodes = deploy(c, loadgen.slow_web_bundle(
-            os.path.join(b.state, "slow.tar.gz"), MAXCONN,
+            os.path.join(b.state, "slow.tar.gz"),
+            CLIENTS if cpu else MAXCONN,  # computing: the CPU is the limit
             CPU_S if cpu else HOLD_S, cpu))
         port = svc["port"]
         light = Load(edge, "ap-1", port, interval=0.05)
@@ -90,25 +93,34 @@ def main():
     p.add_argument("--seconds", type=float)
     p.add_argument("--configs", nargs="+", help="configurations to run, among "
                    "%s, or maxconnN (ours with instance_maxconn N)" % ", ".join(CONFIGS))
-    p.add_argument("--cpu", action="store_true", help="requests compute "
-                   "(%g s of CPU time each) instead of waiting" % CPU_S)
+    p.add_argument("--wait", action="store_true", help="requests wait "
+                   "(%g s each, holding a worker slot) instead of computing "
+                   "(%g s of CPU time each)" % (HOLD_S, CPU_S))
     args = p.parse_args()
     seconds = args.seconds or (15 if args.quick else 40)
     names = args.configs or (["ours", "old"] if args.quick
                              else ["ours", "old", "queue_only"])
+    bad = [n for n in names if n not in CONFIGS and not (
+        n.startswith("maxconn") and n[len("maxconn"):].isdigit())]
+    if bad or not {"ours", "old"} <= set(names):
+        p.error("--configs: %s; ours and old are needed for the ratio"
+                % ("unknown %s" % ", ".join(bad) if bad else "missing ours or old"))
     runs = {}
     for name in names:
         print("config %s: %d users for %.0f s" % (name, CLIENTS, seconds),
               file=sys.stderr)
         opts = CONFIGS.get(name) if name in CONFIGS else \
             {"instance_maxconn": int(name[len("maxconn"):])}
-        runs[name] = run(name, opts, seconds, 9694, args.cpu)
+        runs[name] = run(name, opts, seconds, 9694, not args.wait)
         print({k: v for k, v in runs[name].items() if k != "latency_ms"},
               file=sys.stderr)
     ours, old = runs["ours"], runs["old"]
     summary = {
         "benchmark": "overload", "clients": CLIENTS, "seconds": seconds,
-        "instance_maxconn": MAXCONN, "request_hold_s": HOLD_S,
+        "instance_maxconn": MAXCONN,
+        "app": "waits %g s in one of %d slots" % (HOLD_S, MAXCONN) if args.wait
+        else "computes %g s of CPU time (instance: %g core)" % (
+            CPU_S, DEFAULTS["instance_cpus"]),
         "failed_requests": ours["failed_requests"], "target_failed": 0,
         "p99_ms": ours["p99_ms"], "floor_p99_ms_old_config": old["p99_ms"],
         "floor_failed_requests_old_config": old["failed_requests"],
@@ -129,7 +141,7 @@ def main():
         ax.set_xlabel("request latency (ms, log)")
         ax.set_ylabel("% of requests")
         ax.set_title("%d users on ap-1, instances on ap-1..3 (maxconn %d)"
-                     % (CLIENTS, MAXCONN))
+                     % (CLIENTS, MAXCONN), fontsize=10)
         ax.legend()
     common.write("overload", summary, plot)
 

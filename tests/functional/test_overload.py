@@ -11,7 +11,6 @@ import time
 
 import yaml
 
-from mec_conpaas import conf as conf_mod
 from mec_conpaas.edge import loadgen
 from tests.functional.conftest import Load
 from tests.functional.conftest import wait_op
@@ -24,9 +23,10 @@ def served_by(results, nodes):
 
 
 def test_overload_queues_and_spills_without_errors(tmp_path, edge, admin):
-    maxconn = conf_mod.parse_args([]).manager.instance_maxconn
-    # Each instance serves `maxconn` requests at once, each for 0.2 s.
-    bundle = loadgen.slow_web_bundle(str(tmp_path / "slow.tar.gz"), maxconn, 0.2)
+    # Each request computes for 10 ms in an instance of half a core: 50
+    # users saturate one (the proxy's instance_maxconn keeps it healthy).
+    bundle = loadgen.slow_web_bundle(str(tmp_path / "slow.tar.gz"), USERS, 0.01,
+                                     cpu=True)
     wait_op(admin, admin.create_service("web", "burst", node="ap-1", bundle=bundle))
     wait_op(admin, admin.scale("burst", 2, node="ap-2"))
     svc = admin.service("burst")
