@@ -46,6 +46,50 @@ that created it fails and is rolled back.
 """),
     cfg.IntOpt("operation_workers", default=4, min=1,
                help="Operations run in parallel (one at a time per service)."),
+    cfg.IntOpt("operation_max_attempts", default=3, min=1,
+               help="""
+Attempts an operation gets before it ends FAILED and is rolled back.
+
+Each start counts, including the one a restarted manager makes to resume
+it, so a manager that keeps crashing during an operation gives up on it.
+Errors the user caused (4xx) are not retried.
+
+Possible values:
+* 1: never retry.
+* N > 1: retry N - 1 times, waiting ``operation_retry_delay`` seconds,
+  doubled after each attempt.
+
+Related options:
+* ``operation_retry_delay``
+"""),
+    cfg.IntOpt("operation_retry_delay", default=5, min=0,
+               help="""
+Seconds before an operation's second attempt; each later attempt waits
+twice as long as the one before.
+
+Possible values:
+* 0: retry at once.
+* a number of seconds, e.g. more than ``node_heartbeat_timeout`` / 2 so a
+  node that died mid-operation is marked down by the second retry.
+
+Related options:
+* ``operation_max_attempts``
+"""),
+    cfg.IntOpt("orphan_sweep_interval", default=60, min=1,
+               help="""
+Seconds between two sweeps of the edge, and before the first one.
+
+A sweep removes containers no instance row accounts for (e.g. on a node
+that was down when its service was deleted with ``--force``), removes
+instances left DELETING, BUILDING or STANDBY by an operation that has
+ended (never those of a running operation), and pushes every up access
+point its proxy configuration again, which drops entries of deleted
+services on a node that was down and refills a restarted node agent.
+
+Possible values:
+* a number of seconds (the sweep lists the containers of every up node,
+  one request per node).
+"""),
     cfg.StrOpt("topology_file",
                help="""
 Edge topology (YAML) giving the latency of each link between access points.

@@ -55,6 +55,58 @@ free slots of all nodes.
 Root filesystem tree shared read-only (overlayfs lower layer) by all
 instances; built once with ``mec-conpaas-edge build-image``.
 """),
+    cfg.IntOpt("idmap_start", default=1000000000, min=1, max=4294967294,
+               help="""
+First host uid (and gid) of the ranges instances' user namespaces map to.
+
+Every instance gets its own range of ``idmap_size`` ids from here on: its
+root is an unprivileged host uid that owns nothing outside the instance,
+and no two instances (of the same or different tenants) share an id.
+
+Possible values:
+* a uid above every ordinary account and /etc/subuid range of the node
+  (Debian's subordinate ids end at 600100000); the ranges must fit below
+  4294967295.
+
+Related options:
+* ``idmap_size``, ``idmap_slots``.
+"""),
+    cfg.IntOpt("idmap_size", default=65536, min=65536,
+               help="""
+Ids in each instance's user namespace (0 .. size-1 inside).
+
+Possible values:
+* 65536 or more: Debian's own accounts go up to 65534 (nobody).
+"""),
+    cfg.IntOpt("idmap_slots", default=32, min=1,
+               help="""
+Ranges reserved for this node: instances that can exist at the same time,
+including ones being created or deleted during migration.
+
+Possible values:
+* at least ``max_instances``; ``idmap_start + idmap_slots * idmap_size``
+  must stay below 4294967295.
+"""),
+    cfg.IntOpt("pids_limit", default=512, min=16,
+               help="""
+Processes and threads an instance may have at once (cgroup pids
+controller): a fork bomb stops there, not at the node's pid_max.
+
+Possible values:
+* 16 or more; a threaded web application needs one per concurrent request.
+  The default leaves a Pi (pid_max 32768) room for 8 instances and itself.
+"""),
+    cfg.IntOpt("disk_mb", default=1024, min=0,
+               help="""
+Disk space (MiB) of an instance's writable layer, state directory and log
+together: a sparse ext4 image on a loop device per instance, so a full
+instance gets ENOSPC without filling the node's card.
+
+Possible values:
+* 0: no limit (plain directories on ``instances_path``; for hosts without
+  loop devices);
+* otherwise the size in MiB (at least 16); only what is written takes space.
+"""),
     cfg.StrOpt("haproxy_binary", default="/usr/sbin/haproxy",
                help="HAProxy executable."),
     cfg.StrOpt("haproxy_config", default="$state_path/haproxy/haproxy.cfg",

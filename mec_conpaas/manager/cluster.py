@@ -5,7 +5,10 @@ Workflows use this; it is the only place that contacts node agents
 """
 import concurrent.futures
 import datetime
+import json
 import logging
+import os
+import threading
 import time
 
 from sqlalchemy import select
@@ -32,6 +35,9 @@ class Cluster:
             self.topology = topology_mod.load(conf.manager.topology_file)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="fanout")
+        # Operations and the sweep push proxies: one plan at a time, so an
+        # older plan never lands after a newer one.
+        self._proxy_lock = threading.Lock()
 
     # -- nodes -----------------------------------------------------------
     def heartbeat_deadline(self):
@@ -128,25 +134,37 @@ class Cluster:
                                   self.conf.manager.proxy_far_tier)
 
     def push_proxies(self, draining=()):
-        with session_scope() as s:
-            plan = self.desired_proxies(s, draining)
-        futures = {name: self._pool.submit(
-            httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
-            {"services": services}, 30) for name, (ref, services) in plan.items()}
         errors = []
-        for name, fut in futures.items():
-            try:
-                fut.result()
-            except exception.NodeError as e:
-                errors.append("%s: %s" % (name, e.message))
+        with self._proxy_lock:
+            with session_scope() as s:
+                plan = self.desired_proxies(s, draining)
+            futures = {name: self._pool.submit(
+                httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
+                {"services": services}, 30) for name, (ref, services) in plan.items()}
+            for name, fut in futures.items():
+                try:
+                    fut.result()
+                except exception.NodeError as e:
+                    errors.append("%s: %s" % (name, e.message))
         if errors:
             raise exception.NodeError("switching proxies failed on "
                                       + "; ".join(errors))
 
+    def saved_dir(self, service_id):
+        """Where a stopped service's instances' state is kept."""
+        return os.path.join(self.conf.state_path, "stopped", service_id)
+
+    def saved_count(self, service_id):
+        """Instances a stopped service had (0 if none were saved)."""
+        try:
+            with open(os.path.join(self.saved_dir(service_id), "index.json")) as f:
+                return len(json.load(f))
+        except FileNotFoundError:
+            return 0
+
     def forget_bundle(self, sha256):
         """Remove a bundle no service uses any more (nodes keep their cached
         copy until their instances are gone)."""
-        import os
         try:
             os.unlink(os.path.join(self.conf.state_path, "bundles", sha256 + ".tar.gz"))
         except FileNotFoundError:
@@ -170,10 +188,33 @@ class Cluster:
         raise exception.NodeError("instance %s did not become healthy within "
                                   "%ds: %s" % (address, timeout, last))
 
+    def agent_call(self, address, path, body=None, timeout=10, wait_up=False):
+        """POST to an instance's service agent; with ``wait_up``, retry
+        while the container is still booting (nothing listens yet)."""
+        deadline = time.monotonic() + self.conf.manager.health_timeout
+        while True:
+            try:
+                return httpserver.call("POST", "http://%s:%d%s" % (
+                    address, SERVICE_AGENT_PORT, path), body=body or {},
+                    timeout=timeout)
+            except exception.NodeError as e:
+                if not wait_up or getattr(e, "remote_status", None) or \
+                        time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def start_app(self, address):
+        """Release a held instance (its state is in) and wait until its app
+        is healthy."""
+        self.agent_call(address, "/start", wait_up=True)
+        return self.wait_healthy(address)
+
     def notify_peers(self, service_id):
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
-            addrs = [i.address for i in svc.instances
+            # The master first: workers find it there after it moved.
+            addrs = [i.address for i in sorted(svc.instances,
+                                               key=lambda i: i.role != "master")
                      if i.state == "ACTIVE" and i.address] if svc else []
         for addr in addrs:
             try:
@@ -183,22 +224,34 @@ class Cluster:
                 LOG.warning("notify %s: %s", addr, e.message)
 
     def sweep_orphans(self):
-        """Delete containers no instance row accounts for."""
+        """Delete containers no instance row accounts for.
+
+        Rows are written before their container exists and removed after it
+        is gone, so listing the containers *before* reading the rows never
+        takes an instance being created for an orphan.
+        """
         with session_scope() as s:
-            known = {i.id for i in s.scalars(select(models.Instance))}
             refs = [self.ref(n) for n in self.nodes(s, up_only=True)
                     if n.container_backend == "libvirt"]
-        removed = []
+        present = {}
         for ref in refs:
             try:
-                present = self.driver.list_instances(ref)
+                present[ref] = self.driver.list_instances(ref)
             except exception.NodeError as e:
                 LOG.warning("cannot list instances on %s: %s", ref.name, e.message)
-                continue
-            for inst in present:
-                if inst["id"] not in known:
-                    LOG.warning("removing orphan container %s on %s",
-                                inst["id"], ref.name)
+        with session_scope() as s:
+            known = set(s.scalars(select(models.Instance.id)))
+        removed = []
+        for ref, instances in present.items():
+            for inst in instances:
+                if inst["id"] in known:
+                    continue
+                LOG.warning("removing orphan container %s on %s", inst["id"],
+                            ref.name)
+                try:
                     self.driver.delete_instance(ref, inst["id"])
                     removed.append(inst["id"])
+                except exception.NodeError as e:
+                    LOG.warning("orphan %s on %s: %s", inst["id"], ref.name,
+                                e.message)
         return removed

@@ -45,6 +45,9 @@ def edge():
                          "max_bundle_size": 1024 * 1024,
                          "node_heartbeat_timeout": 6,
                          "health_timeout": 30,
+                         # test_converge: retries and the sweep within a test
+                         "operation_retry_delay": 1,
+                         "orphan_sweep_interval": 3,
                          # written by test_enrollment; read on each request
                          "openstack_enrollment_file": enrollment_file(state)},
                      log=lambda m: print("edge:", m), user_credentials=False)

@@ -48,7 +48,7 @@ def test_overload_queues_and_spills_without_errors(tmp_path, edge, admin):
     assert shown.returncode == 0, shown.stderr
     shown = yaml.safe_load(shown.stdout)
     assert shown["tiers"] == svc["tiers"]
-    assert "@ap-2(active, spill)" in shown["instances"]
+    assert "@ap-2(active, worker, spill)" in shown["instances"]
 
     # One user does not saturate anything: nearest instance only.
     light = Load(edge, "ap-1", svc["port"], interval=0.02)

@@ -12,6 +12,7 @@ import secrets
 import socket
 import struct
 import threading
+import urllib.parse
 import uuid
 
 from mec_conpaas import exception
@@ -21,6 +22,8 @@ from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import statesync
 
 LOG = logging.getLogger(__name__)
+SERVICE_AGENT_PORT = 8999
+RESTORE_TIMEOUT = 60  # s an app may take to come back with migrated state
 NODE_NAMESPACE = uuid.UUID("6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10")
 
 
@@ -161,8 +164,8 @@ class NodeAgent:
             self.containers.usage() if self.containers else {}))
         r.add("GET", "/v1/instances",
               lambda body: {"instances": self._need_containers().list()})
-        r.add("POST", "/v1/instances",
-              lambda body: self._need_containers().create(body))
+        r.add("POST", "/v1/instances", lambda body: self._need_containers().create(
+            dict(body, master_ip=body.get("master_ip") or self.manager_address())))
         r.add("GET", inst, lambda body, iid: self._need_containers().info(iid))
         r.add("DELETE", inst, lambda body, iid: (
             self._need_containers().delete(iid), {"deleted": iid})[1])
@@ -177,6 +180,10 @@ class NodeAgent:
         r.add("GET", inst + "/state/manifest", self.serve_manifest)
         r.add("POST", inst + "/state/push", self.push_state)
         r.add("POST", inst + "/state/import", self.import_state)
+        r.add("POST", inst + "/state/import-final", self.import_final)
+        r.add("GET", inst + "/state/archive", lambda body, iid: httpserver.Response(
+            statesync.archive(self._need_containers().state_dir(iid)),
+            content_type="application/x-tar"))
         r.add("POST", inst + "/state/export", lambda body, iid: httpserver.Response(
             statesync.export_tar(self._need_containers().state_dir(iid),
                                  body.get("paths", [])),
@@ -196,6 +203,7 @@ class NodeAgent:
         data = httpserver.call("POST", base + "/export", src["token"],
                                {"paths": paths}, raw=True, timeout=300)
         nbytes = statesync.import_tar(dest, data, remote)
+        self.containers.chown_to_instance(iid, dest)
         return {"files": len(paths), "bytes": nbytes}
 
     def serve_manifest(self, body, iid):
@@ -218,17 +226,51 @@ class NodeAgent:
         base = self.served_manifests.pop(iid, {})
         paths = statesync.wanted(base, current)
         data = statesync.export_tar(src, paths, with_manifest=current)
-        httpserver.call("POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/import"
-                        % dst["instance_id"], dst["token"], data, timeout=300,
-                        content_type="application/x-tar")
+        got = httpserver.call(
+            "POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/%s" % (
+                dst["instance_id"], "import-final" if dst.get("restore") else "import"),
+            dst["token"], data, timeout=300 + RESTORE_TIMEOUT,
+            content_type="application/x-tar")
         return {"files": len(paths), "bytes": len(data),
-                "freeze_attempts": frozen.get("attempts")}
+                "freeze_attempts": frozen.get("attempts"),
+                "restore": (got or {}).get("restore")}
 
     def import_state(self, body, iid):
         if not isinstance(body, bytes):
             raise exception.BadRequest("expected an application/x-tar body")
         dest = self._need_containers().state_dir(iid)
-        return {"bytes": statesync.import_tar(dest, body)}
+        nbytes = statesync.import_tar(dest, body)
+        self.containers.chown_to_instance(iid, dest)
+        return {"bytes": nbytes}
+
+    def import_final(self, body, iid):
+        """Migration's final delta, then the app takes it up (restore.sh or
+        a restart, by its service agent) before the proxies switch: a call
+        on this node's bridge, inside the critical window."""
+        res = self.import_state(body, iid)
+        try:
+            res["restore"] = httpserver.call(
+                "POST", "http://%s:%d/restore" % (
+                    self._need_containers().address(iid), SERVICE_AGENT_PORT),
+                body={"phase": "finish", "timeout": RESTORE_TIMEOUT},
+                timeout=RESTORE_TIMEOUT + 5)
+        except exception.NodeError as e:
+            raise exception.Conflict("instance %s did not take up its migrated "
+                                     "state: %s" % (iid, e.message))
+        return res
+
+    def manager_address(self):
+        """The manager's address as this node reaches it (``MASTER_IP``):
+        the host of ``manager_url``, resolved; when that is a loopback
+        address the manager runs here, and instances reach it at this
+        node's own address."""
+        host = urllib.parse.urlsplit(self.conf.node_agent.manager_url).hostname
+        try:
+            addr = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        except (OSError, IndexError):
+            raise exception.NodeError(
+                "cannot resolve the host of [node_agent] manager_url %r" % host)
+        return self.address if addr.startswith("127.") else addr
 
     def put_proxy(self, body):
         if not isinstance(body, dict) or not isinstance(body.get("services"), dict):

@@ -59,6 +59,12 @@ def export_tar(root, paths, with_manifest=None):
     return buf.getvalue()
 
 
+def archive(root):
+    """The whole state directory, as ``import_tar`` takes it."""
+    current = manifest(root)
+    return export_tar(root, wanted({}, current), with_manifest=current)
+
+
 def import_tar(root, data, remote_manifest=None):
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         for member in tar.getmembers():
