@@ -26,9 +26,13 @@ every request to the first near server until it is full, so two local
 instances no longer share a light load; weighted far servers in one
 round-robin backend would take a share of every light load, one hop
 further from the user.  The queue test keeps light loads local and
-round-robin, and spills only what the local tier cannot take.  Health
-checks allow a saturated instance 3 s to answer (a busy instance is not a
-dead one: marking it down under load is what turned overload into 503s).
+round-robin, and spills only what the local tier cannot take.  Measured
+there: the old backup tier failed 259 of 2,067 requests (503s after the
+connection retries: the saturated instance's listen backlog overflowed),
+p99 4.0 s; queueing alone failed none, p99 1.2 s; queue and spill failed
+none of 5,184, p99 0.6 s.  Health checks give an instance 3 s to answer,
+more than the service agent's own 2 s probe of the app, so that a slow,
+busy instance is judged by its agent, not cut off by HAProxy first.
 
 Moving instances between slots, draining and disabling go through
 HAProxy's runtime API, one batched exchange for both backends (a new near
