@@ -87,6 +87,16 @@ def wait_op(client, result, timeout=180):
     return op
 
 
+def state_path(edge, node, instance_id, *name):
+    """An instance's state directory (or a file in it) as its node sees it:
+    the directory is on the instance's disk image, which is mounted in the
+    access point's own mount namespace, so the test reads it through the
+    root of a process there."""
+    pid = edge._pid("libvirtd-" + node)
+    return "/proc/%d/root%s" % (pid, edge.path("nodes", node, "instances", instance_id,
+                                                "fs", "state", *name))
+
+
 def containers(edge, ap):
     """Names of the libvirt domains really running on an access point."""
     sock = edge.path("nodes", ap, "libvirt", "run", "libvirt-sock")
