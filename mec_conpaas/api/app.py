@@ -55,12 +55,19 @@ def node_view(node, own=None):
             "report": report}
 
 
-def service_view(svc):
+def service_view(svc, tiers=None):
+    """``tiers`` (Cluster.service_tiers): per access point, what each active
+    instance is to its proxy; an instance's own ``tier`` is the one seen
+    from the service's home node (None: not serving, or home is down)."""
+    tiers = tiers or {}
+    home = tiers.get(svc.home_node, {})
     return {"id": svc.id, "name": svc.name, "type": svc.type, "state": svc.state,
             "home_node": svc.home_node, "port": svc.port,
             "instances": [{"id": i.id, "node": i.node_name, "address": i.address,
-                           "state": i.state, "role": i.role}
+                           "state": i.state, "role": i.role,
+                           "tier": home.get(i.id)}
                           for i in svc.instances],
+            "tiers": tiers,
             "bundle_sha256": svc.bundle_sha256, "error": svc.error,
             # The operation holding the service, if one runs on it.
             "operation": svc.operation_id,
@@ -197,12 +204,11 @@ def create_app(manager):
         manager.engine.submit(op_id)
         with session_scope() as s:
             op = s.get(models.Operation, op_id)
+            svc = s.get(models.Service, op.service_id) if op.service_id else None
             return flask.jsonify(operation=operation_view(op),
-                                 service=service_view(s.get(models.Service,
-                                                            op.service_id))
-                                 if op.service_id and s.get(models.Service,
-                                                            op.service_id)
-                                 else None), 202
+                                 service=service_view(
+                                     svc, manager.cluster.service_tiers(s, svc))
+                                 if svc else None), 202
 
     # -- nodes -------------------------------------------------------------
     @app.post("/v1/nodes/register")
@@ -463,13 +469,16 @@ def create_app(manager):
             svcs = s.scalars(select(models.Service).where(
                 models.Service.tenant_id == ctx.tenant_id)
                 .order_by(models.Service.name))
-            return flask.jsonify(services=[service_view(v) for v in svcs])
+            return flask.jsonify(services=[
+                service_view(v, manager.cluster.service_tiers(s, v)) for v in svcs])
 
     @app.get("/v1/services/<name>")
     def show_service(name):
         ctx = context("admin", "member")
         with session_scope() as s:
-            return flask.jsonify(service=service_view(get_service(s, ctx, name)))
+            svc = get_service(s, ctx, name)
+            return flask.jsonify(service=service_view(
+                svc, manager.cluster.service_tiers(s, svc)))
 
     @app.delete("/v1/services/<name>")
     def delete_service(name):

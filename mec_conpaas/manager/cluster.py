@@ -93,10 +93,12 @@ class Cluster:
 
     # -- proxies ---------------------------------------------------------
     def desired_proxies(self, session, draining=()):
-        """Per access point: every service's near/far/draining servers."""
+        """Per access point: every service's near/far/draining servers and
+        how its far tier is used (placement.tier_map)."""
         nodes = self.nodes(session, up_only=True)
         names = [n.name for n in self.nodes(session)]
         dist = self.distances(names)
+        far_tier = self.conf.manager.proxy_far_tier
         services = list(session.scalars(select(models.Service)))
         out = {n.name: {} for n in nodes}
         for svc in services:
@@ -108,15 +110,29 @@ class Cluster:
                       and i.id not in draining}
             drain = [{"addr": i.address} for i in svc.instances
                      if i.id in draining and i.address]
+            tiers = placement.tier_map([n.name for n in nodes], active, dist, far_tier)
             for node in nodes:
-                near, far = placement.tiers(node.name, active, dist)
                 out[node.name][svc.id] = {
                     "name": svc.name, "port": svc.port,
                     "mode": "http" if svc.type == "web" else "tcp",
-                    "near": [{"addr": a} for a in near],
-                    "far": [{"addr": a} for a in far],
+                    "maxconn": self.conf.manager.instance_maxconn,
+                    "far_tier": far_tier,
+                    "near": [{"addr": a} for a, t in sorted(tiers[node.name].items())
+                             if t == "local"],
+                    "far": [{"addr": a} for a, t in sorted(tiers[node.name].items())
+                            if t != "local"],
                     "draining": drain}
         return {n.name: (self.ref(n), out[n.name]) for n in nodes}
+
+    def service_tiers(self, session, svc):
+        """``{ap: {instance id: tier}}`` of a service's active instances, as
+        the up access points' proxies use them (desired_proxies)."""
+        names = [n.name for n in self.nodes(session)]
+        active = {i.id: i.node_name for i in svc.instances
+                  if i.state == "ACTIVE" and i.address}
+        return placement.tier_map([n.name for n in self.nodes(session, up_only=True)],
+                                  active, self.distances(names),
+                                  self.conf.manager.proxy_far_tier)
 
     def push_proxies(self, draining=()):
         errors = []
