@@ -271,6 +271,9 @@ class LibvirtContainers:
         with self.lock:
             if self._meta(instance_id):
                 return self.info(instance_id)  # idempotent retry
+            # Again at each create (a few stats): a deployment tool may have
+            # reset a directory's mode since the agent started.
+            _open_for_instances(self.root, self.conf.state_path)
             address = self._allocate_address()
             slot = self._allocate_slot()
             paths = self._paths(instance_id)
