@@ -160,3 +160,19 @@ def test_extract_needs_an_empty_dest_and_leaves_nothing_on_error(tmp_path):
     with pytest.raises(exception.InvalidBundle, match="appears twice"):
         bundles.extract(bad, str(tmp_path / "new"), LIMIT)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(not hasattr(tarfile, "data_filter"),
+                    reason="this Python predates tarfile's extraction filters")
+def test_data_mode_is_the_standard_librarys_data_filter():
+    """Nodes run Debian 12's Python 3.11.2 (no filters), so bundles carry
+    their own copy of the 'data' filter's mode rule: it must agree with the
+    standard library's for every mode a tar header can hold."""
+    for kind in (tarfile.REGTYPE, tarfile.LNKTYPE):
+        for mode in range(0o10000):
+            info = tarfile.TarInfo("f")
+            info.type, info.mode = kind, mode
+            if kind == tarfile.LNKTYPE:
+                info.linkname = "g"
+            expected = tarfile.data_filter(info, "/nonexistent").mode
+            assert bundles.data_mode(mode) == expected, oct(mode)
