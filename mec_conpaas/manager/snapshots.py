@@ -55,6 +55,7 @@ class Snapshots:
         self.conf = conf
         self.root = os.path.join(conf.state_path, "snapshots")
         self._too_big = {}  # instance -> size already logged as too big
+        self._failing = set()  # instances whose last snapshot failed (logged)
 
     # -- the store -------------------------------------------------------
     def _dir(self, service_id, instance_id):
@@ -224,8 +225,12 @@ class Snapshots:
             try:
                 if self.take(sid, iid, ref):
                     copied.append(iid)
+                self._failing.discard(iid)
             except (exception.MecError, OSError, subprocess.CalledProcessError) as e:
-                LOG.warning("snapshot of instance %s on %s failed: %s", iid,
-                            ref.name, getattr(e, "message", None) or e)
+                # Once per failure streak: a dying node fails every round.
+                LOG.log(logging.DEBUG if iid in self._failing else logging.WARNING,
+                        "snapshot of instance %s on %s failed (its last one is "
+                        "kept): %s", iid, ref.name, getattr(e, "message", None) or e)
+                self._failing.add(iid)
         self.prune()
         return copied

@@ -11,8 +11,13 @@ from mec_conpaas.db import models
 from mec_conpaas.db import session as db
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import snapshots
+from mec_conpaas.manager import workflows
 from tests.unit.test_api_nodes import add_service
 from tests.unit.test_api_nodes import edge  # noqa: F401  (fixture)
+from tests.unit.test_operations import engine  # noqa: F401  (fixture)
+from tests.unit.test_operations import held_op
+from tests.unit.test_operations import nodes_down
+from tests.unit.test_operations import wait_ended
 
 T0 = datetime.datetime(2024, 1, 1, 12, 0, 0)
 
@@ -182,3 +187,65 @@ def test_prune_forgets_deleted_services_and_instances(store, tmp_path):
         assert os.listdir(os.path.join(snaps.root, "svc")) == ["i-1"]
     finally:
         store.clear_override("state_path")
+
+
+def heal_op(sid, journal=None, state="PENDING", attempts=0):
+    op_id = held_op(sid, "heal", state, attempts, journal)
+    with db.session_scope() as ses:
+        ses.get(models.Operation, op_id).params = {"nodes": {"ap-2": "no heartbeat"}}
+        for inst in ses.get(models.Service, sid).instances:
+            inst.address = "127.0.0.1"  # notify_peers: refused at once
+    return op_id
+
+
+def test_a_heal_resumed_after_its_switch_finishes_it(edge, engine, tmp_path):  # noqa: F811
+    _, _, manager = edge
+    nodes_down("ap-1", "ap-2", "ap-3")
+    sid = add_service("web", "alice", "ap-1", ["ap-1", "ap-2"])
+    with db.session_scope() as ses:
+        new, old = ses.get(models.Service, sid).instances
+        new_id, old_id = new.id, old.id
+        old.state, old.service_id = "DELETING", None  # switched, then killed
+    src = tmp_path / "state"
+    src.mkdir()
+    (src / "hits").write_text("7")
+    snaps = snapshots.Snapshots(manager.conf)
+    snaps.apply(sid, old_id, statesync.manifest(str(src)),
+                lambda paths: statesync.export_tar(str(src), paths))
+    op_id = heal_op(sid, {"pair": {"old": old_id, "new": new_id, "switched": True}},
+                    state="RUNNING", attempts=1)
+    assert engine(workflows.all_workflows(manager.cluster)).resume_all() == [op_id]
+    op, svc = wait_ended(op_id)
+    assert (op.state, op.attempts) == ("SUCCEEDED", 2), op.error
+    assert (svc.state, svc.operation_id) == ("RUNNING", None)
+    assert snaps.current(sid, old_id) == (None, None)
+    state, meta = snaps.current(sid, new_id)
+    assert open(os.path.join(state, "hits")).read() == "7"
+
+
+def test_a_heal_with_no_room_fails_saying_what_to_do(edge, engine):  # noqa: F811
+    _, alice, manager = edge
+    nodes_down("ap-1", "ap-2", "ap-3")
+    sid = add_service("web", "alice", "ap-2", ["ap-2"])
+    # A replacement a killed attempt left half-made goes first.
+    with db.session_scope() as ses:
+        ses.add(models.Instance(service_id=sid, node_name="ap-1", state="STANDBY"))
+    op_id = heal_op(sid, state="RUNNING", attempts=1)
+    manager.engine = engine(workflows.all_workflows(manager.cluster))
+    manager.engine.resume_all()
+    op, svc = wait_ended(op_id)
+    assert op.state == "FAILED" and op.attempts == 2
+    with db.session_scope() as ses:
+        [lost] = [i for i in ses.get(models.Service, sid).instances if i.state == "ACTIVE"]
+    assert op.error == (
+        "attempt 2 of 3: instance %s was lost with node ap-2 and cannot be re-placed: no other up, "
+        "schedulable node has a free instance slot; add or enable a node, or scale "
+        "another service in (it is tried again after [manager] node_lost_grace), or "
+        "delete this service (rolled back)" % lost.id)
+    # Left to the sweep (its node is down), and the service stays deletable.
+    assert [i["state"] for i in alice("GET", "/v1/services/web")[1]["service"]["instances"]] \
+        == ["ACTIVE", "DELETING"]
+    assert (svc.state, svc.operation_id) == ("RUNNING", None)
+    status, body = alice("DELETE", "/v1/services/web")
+    assert status == 202, body
+    assert wait_ended(body["operation"]["id"])[0].state == "SUCCEEDED"
