@@ -420,6 +420,18 @@ class DeleteService(Workflow):
         self.set_state(ctx.service_id, "ERROR", message)
 
 
+def _restored_note(entry):
+    """What a heal's last step says a replacement started with: what the
+    user may have lost is what was written after it."""
+    if not entry["snapshot_taken_at"]:
+        what = "no snapshot: empty state"
+    else:
+        what = "snapshot of %s, %d bytes" % (time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["snapshot_taken_at"])),
+            entry["bytes"])
+    return "re-placed %s with %s (%s)" % (entry["lost"], entry["new"], what)
+
+
 class HealService(Workflow):
     """Re-place the instances a lost node took with it (``heal``, started
     by ``nodeloss``, never by a user).
@@ -453,10 +465,12 @@ class HealService(Workflow):
                     if i.state == "ACTIVE" and i.node_name in lost]
         for n, (old_id, node) in enumerate(todo, 1):
             home = self._replace(ctx, sid, old_id, node, lost, home, n, len(todo))
+        notes = [_restored_note(r) for r in ctx.journal.get("restored", [])]
         back = sorted(set(ctx.params["nodes"]) - set(lost))
         if back:
-            ctx.record(note="done; back before being re-placed, left alone: "
-                       + ", ".join(back))
+            notes.append("back before being re-placed, left alone: " + ", ".join(back))
+        if notes:
+            ctx.record(note="done; " + "; ".join(notes))
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
         self.finish(ctx)

@@ -129,6 +129,8 @@ def test_a_lost_node_s_service_comes_back_elsewhere_with_its_snapshot(
         [op] = [o for o in admin.operations() if o["kind"] == "heal"]
         assert op["state"] == "SUCCEEDED", op
         assert list(op["params"]["nodes"]) == ["ap-2"]
+        assert op["step"].startswith("done; re-placed %s with %s (snapshot of " % (
+            old["id"], new["id"])), op["step"]
         # The last snapshot is what the new instance serves from.
         assert hits(edge, "ap-1", port) == (count + 1, new["address"])
         assert hits(edge, "ap-3", port) == (count + 2, new["address"])
