@@ -19,6 +19,8 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine
+from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import snapshots
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
@@ -609,6 +611,142 @@ class DeleteService(Workflow):
         self.set_state(ctx.service_id, "ERROR", message)
 
 
+def _restored_note(entry):
+    """What a heal's last step says a replacement started with: what the
+    user may have lost is what was written after it."""
+    if not entry["snapshot_taken_at"]:
+        what = "no snapshot: empty state"
+    else:
+        what = "snapshot of %s, %d bytes" % (time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["snapshot_taken_at"])),
+            entry["bytes"])
+    return "re-placed %s with %s (%s)" % (entry["lost"], entry["new"], what)
+
+
+class HealService(Workflow):
+    """Re-place the instances a lost node took with it (``heal``, started
+    by ``nodeloss``, never by a user).
+
+    ``params["nodes"]``: ``{lost node: why}``.  Each ACTIVE instance there
+    gets a replacement on the node placement chooses nearest to the
+    service's home (never a down, disabled or lost one), which gets the
+    lost instance's last snapshot; then, in one transaction, the
+    replacement becomes ACTIVE and the lost instance leaves the service
+    (DELETING, no service: the sweep removes its container when the node
+    returns, and no proxy plan counts it), and the proxies switch.  A lost
+    home gives the service the first replacement's node as home.  A node
+    that came back before the operation ran is left alone.
+    """
+
+    def __init__(self, cluster):
+        super().__init__(cluster)
+        self.snapshots = snapshots.Snapshots(cluster.conf)
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        if ctx.resumed:
+            self._finish_switched(ctx)
+            self.recover(ctx)
+        self.set_state(sid, "ADAPTING")
+        lost = [n for n in sorted(ctx.params["nodes"]) if not self._answers(n)]
+        with session_scope() as s:
+            svc = s.get(models.Service, sid)
+            home = svc.home_node
+            todo = [(i.id, i.node_name) for i in svc.instances
+                    if i.state == "ACTIVE" and i.node_name in lost]
+        for n, (old_id, node) in enumerate(todo, 1):
+            home = self._replace(ctx, sid, old_id, node, lost, home, n, len(todo))
+        notes = [_restored_note(r) for r in ctx.journal.get("restored", [])]
+        back = sorted(set(ctx.params["nodes"]) - set(lost))
+        if back:
+            notes.append("back before being re-placed, left alone: " + ", ".join(back))
+        if notes:
+            ctx.record(note="done; " + "; ".join(notes))
+        self.cluster.notify_peers(sid)
+        self.set_state(sid, "RUNNING")
+        self.finish(ctx)
+
+    def _answers(self, node):
+        """Whether a node reported lost is back: heartbeating and its agent
+        answering."""
+        with session_scope() as s:
+            up = {n.name: self.cluster.ref(n) for n in self.cluster.nodes(s, up_only=True)}
+        return node in up and nodeloss.agent_error(up[node]) is None
+
+    def _target(self, old_id, home, lost):
+        with session_scope() as s:
+            capacity = self.cluster.capacity(s)
+            names = [n.name for n in self.cluster.nodes(s)]
+        try:
+            return placement.place(1, home, capacity, self.cluster.distances(names),
+                                   exclude=lost)[0]
+        except exception.InsufficientCapacity:
+            raise exception.InsufficientCapacity(
+                "instance %s was lost with node %s and cannot be re-placed: no "
+                "other up, schedulable node has a free instance slot; add or "
+                "enable a node, or scale another service in (it is tried again "
+                "after [manager] node_lost_grace), or delete this service" % (
+                    old_id, ", ".join(lost))) from None
+
+    def _replace(self, ctx, sid, old_id, node, lost, home, n, total):
+        pct = 5 + 85 * (n - 1) // total
+        step = "instance %d/%d (lost with %s): " % (n, total, node)
+        target = self._target(old_id, home, lost)
+        ctx.record(pair={"old": old_id, "new": None, "switched": False})
+        ctx.progress(pct, step + "starting a replacement on %s" % target)
+        fill = self._fill(ctx, sid, old_id)
+        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY")
+        ctx.record(pair={"old": old_id, "new": new_id, "switched": False})
+        with session_scope() as s:
+            fill(self.cluster.node_ref(s, target), new_id)
+        new_home = target if home in lost else home
+        with session_scope() as s:
+            s.get(models.Instance, new_id).state = "ACTIVE"
+            old = s.get(models.Instance, old_id)
+            old.state, old.service_id = "DELETING", None
+            s.get(models.Service, sid).home_node = new_home
+            ctx.journal["pair"] = {"old": old_id, "new": new_id, "switched": True}
+            s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
+        ctx.progress(pct + 80 // total, step + "switching the proxies to %s" % target)
+        self._finish_switched(ctx)
+        return new_home
+
+    def _fill(self, ctx, sid, old_id):
+        """The step that puts the lost instance's last snapshot into its
+        replacement: ``fill(node_ref, instance_id)``."""
+        def fill(ref, new_id):
+            meta = self.snapshots.restore(ref, new_id, sid, old_id)
+            if meta is None:
+                LOG.warning("instance %s had no snapshot: its replacement %s "
+                            "starts with an empty state directory", old_id, new_id)
+            ctx.record(restored=ctx.journal.get("restored", []) + [{
+                "lost": old_id, "new": new_id,
+                "snapshot_taken_at": meta and meta["taken_at"],
+                "bytes": meta and meta["bytes"]}])
+        return fill
+
+    def _finish_switched(self, ctx):
+        """After a switch: proxies, and the snapshot goes to the new
+        instance.  A proxy that cannot be reached (the lost node itself, if
+        it still heartbeats) gets its plan from the sweep later."""
+        pair = ctx.journal.get("pair")
+        if not pair or not pair.get("switched"):
+            return
+        try:
+            self.cluster.push_proxies()
+        except exception.NodeError as e:
+            LOG.warning("heal of %s: %s", ctx.service_id, e.message)
+        self.snapshots.move(ctx.service_id, pair["old"], pair["new"])
+        ctx.record(pair=None)
+
+    def rollback(self, ctx, message):
+        sid = ctx.service_id
+        self.best_effort(
+            lambda: self._finish_switched(ctx),
+            lambda: self.cleanup_unfinished(ctx, sid),
+            lambda: self.set_state(sid, "RUNNING", message))
+
+
 class Sweeper(Workflow):
     """The periodic sweep: what no running operation accounts for."""
 
@@ -645,4 +783,4 @@ def all_workflows(cluster):
     return {"create": CreateService(cluster), "scale": ScaleService(cluster),
             "migrate": MigrateService(cluster), "drain": MigrateService(cluster),
             "stop": StopService(cluster), "start": StartService(cluster),
-            "delete": DeleteService(cluster)}
+            "delete": DeleteService(cluster), "heal": HealService(cluster)}
