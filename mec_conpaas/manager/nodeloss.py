@@ -126,8 +126,13 @@ class NodeLoss:
         try:
             with session_scope() as s:
                 svc = s.get(models.Service, service_id)
+                # Only RUNNING services, no operation holding them: a
+                # STOPPED one has no instance to re-place (its state is
+                # saved on the manager), and a service being stopped,
+                # started, scaled, ... is healed after its operation, if
+                # its instances are still on the lost node then.
                 if svc is None or svc.state != "RUNNING" or svc.operation_id:
-                    return None  # the operation holding it goes first
+                    return None
                 recent = s.scalar(select(models.Operation.id).where(
                     models.Operation.service_id == service_id,
                     models.Operation.kind == "heal",
@@ -138,13 +143,11 @@ class NodeLoss:
                     return None  # tried within the grace: wait another one
                 nodes = sorted({i.node_name for i in svc.instances
                                 if i.state == "ACTIVE" and i.node_name in gone})
-                op = models.Operation(
-                    tenant_id=svc.tenant_id, service_id=svc.id,
-                    service_name=svc.name, kind="heal", journal={},
-                    params={"nodes": {n: gone[n] for n in nodes}})
-                s.add(op)
-                s.flush()
-                engine_mod.claim(s, svc, op.id, "ADAPTING", ("RUNNING",), "healed")
+                if not nodes:
+                    return None  # changed since the query above
+                op = engine_mod.new_operation(
+                    s, "heal", svc, "ADAPTING", ("RUNNING",), "healed",
+                    nodes={n: gone[n] for n in nodes})
                 LOG.warning("service %s: node(s) %s lost (%s): re-placing its "
                             "instances (operation %s)", svc.name, ", ".join(nodes),
                             "; ".join(gone[n] for n in nodes), op.id)

@@ -115,16 +115,14 @@ class Snapshots:
                 shutil.rmtree(os.path.join(top, entry), ignore_errors=True)
 
     def archive(self, service_id, instance_id):
-        """The snapshot as a tar the node agent's ``state/import`` applies
-        whole (with its manifest, so files it lacks are deleted), and its
+        """The snapshot as the whole-directory tar ``service stop`` saves
+        and a driver's ``import_state`` puts into a held instance, and its
         metadata; (None, None) if there is none."""
         with _LOCK:
             state, meta = self.current(service_id, instance_id)
             if state is None:
                 return None, None
-            manifest = meta["manifest"]
-            return statesync.export_tar(state, statesync.wanted({}, manifest),
-                                        with_manifest=manifest), meta
+            return statesync.archive(state), meta
 
     def move(self, service_id, old_id, new_id):
         """Hand a re-placed instance's snapshot to its replacement (its
@@ -197,17 +195,6 @@ class Snapshots:
         return self.apply(service_id, instance_id, remote, lambda paths: httpserver.call(
             "POST", url + "/export", ref.agent_token, {"paths": paths}, raw=True,
             timeout=300), node=ref.name)
-
-    def restore(self, ref, instance_id, service_id, source_id):
-        """Put the snapshot of ``source_id`` into ``instance_id``; returns
-        the snapshot's metadata, or None when there was none."""
-        data, meta = self.archive(service_id, source_id)
-        if data is None:
-            return None
-        httpserver.call("POST", self._state_url(ref, instance_id) + "/import",
-                        ref.agent_token, data, timeout=300,
-                        content_type="application/x-tar")
-        return meta
 
     def run_once(self, cluster):
         """One round: every ACTIVE instance of a RUNNING service that no

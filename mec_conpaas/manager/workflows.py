@@ -692,13 +692,16 @@ class HealService(Workflow):
         pct = 5 + 85 * (n - 1) // total
         step = "instance %d/%d (lost with %s): " % (n, total, node)
         target = self._target(old_id, home, lost)
-        ctx.record(pair={"old": old_id, "new": None, "switched": False})
-        ctx.progress(pct, step + "starting a replacement on %s" % target)
-        fill = self._fill(ctx, sid, old_id)
-        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY")
-        ctx.record(pair={"old": old_id, "new": new_id, "switched": False})
         with session_scope() as s:
-            fill(self.cluster.node_ref(s, target), new_id)
+            role = s.get(models.Instance, old_id).role
+        ctx.record(pair={"old": old_id, "new": None, "switched": False})
+        ctx.progress(pct, step + "starting a held %s on %s" % (role, target))
+        # Held until the snapshot is in: an app that reads its state when
+        # it starts sees it.  The role is the lost instance's: a lost
+        # master is replaced by a master.
+        fill = self._fill(ctx, sid, old_id, pct + 40 // total, step)
+        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY",
+                                     role=role, fill=fill)
         new_home = target if home in lost else home
         with session_scope() as s:
             s.get(models.Instance, new_id).state = "ACTIVE"
@@ -711,15 +714,23 @@ class HealService(Workflow):
         self._finish_switched(ctx)
         return new_home
 
-    def _fill(self, ctx, sid, old_id):
-        """The step that puts the lost instance's last snapshot into its
-        replacement: ``fill(node_ref, instance_id)``."""
+    def _fill(self, ctx, sid, old_id, pct, step):
+        """The held start's ``fill``: the lost instance's last snapshot
+        goes into its replacement before the replacement's app starts."""
         def fill(ref, new_id):
-            meta = self.snapshots.restore(ref, new_id, sid, old_id)
-            if meta is None:
+            ctx.record(pair=dict(ctx.journal["pair"], new=new_id))
+            ctx.progress(pct, step + "putting the last snapshot of %s into "
+                         "the held %s" % (old_id, new_id))
+            data, meta = self.snapshots.archive(sid, old_id)
+            if data is None:
                 LOG.warning("instance %s had no snapshot: its replacement %s "
                             "starts with an empty state directory", old_id, new_id)
-            ctx.record(restored=ctx.journal.get("restored", []) + [{
+            else:
+                self.driver.import_state(ref, new_id, data)
+            # One entry per lost instance: a resumed heal that replaces it
+            # again says what the replacement that stayed started with.
+            ctx.record(restored=[r for r in ctx.journal.get("restored", [])
+                                 if r["lost"] != old_id] + [{
                 "lost": old_id, "new": new_id,
                 "snapshot_taken_at": meta and meta["taken_at"],
                 "bytes": meta and meta["bytes"]}])
