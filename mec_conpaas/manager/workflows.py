@@ -82,12 +82,15 @@ class Workflow:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
 
-    def commit(self, ctx, states, **journal):
+    def commit(self, ctx, states, also=None, **journal):
         """Instance states and journal entries in one transaction: the
-        point of no return of a step, for a resumed run to see exactly."""
+        point of no return of a step, for a resumed run to see exactly.
+        ``also(session)`` makes the step's other changes in it."""
         with session_scope() as s:
             for iid, state in states.items():
                 s.get(models.Instance, iid).state = state
+            if also is not None:
+                also(s)
             ctx.journal.update(journal)
             s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
 
@@ -703,13 +706,13 @@ class HealService(Workflow):
         new_id = self.start_instance(ctx, sid, target, state_after="STANDBY",
                                      role=role, fill=fill)
         new_home = target if home in lost else home
-        with session_scope() as s:
-            s.get(models.Instance, new_id).state = "ACTIVE"
-            old = s.get(models.Instance, old_id)
-            old.state, old.service_id = "DELETING", None
+
+        def leave(s):
+            # The lost instance leaves the service: no plan counts it.
+            s.get(models.Instance, old_id).service_id = None
             s.get(models.Service, sid).home_node = new_home
-            ctx.journal["pair"] = {"old": old_id, "new": new_id, "switched": True}
-            s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
+        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"}, also=leave,
+                    pair={"old": old_id, "new": new_id, "switched": True})
         ctx.progress(pct + 80 // total, step + "switching the proxies to %s" % target)
         self._finish_switched(ctx)
         return new_home

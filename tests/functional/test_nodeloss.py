@@ -5,6 +5,9 @@ manager changes nothing.  An access point powered off (agent, containers,
 HAProxy, libvirtd killed) is lost after [manager] node_lost_grace: its
 service comes back elsewhere with the state of its last snapshot, and when
 the node returns its stale container is removed and gets no request.
+The service's app reads its state once, when it starts: the replacement
+is started held, gets the snapshot, and only then starts its app, with
+the lost instance's role.
 """
 import json
 import signal
@@ -13,9 +16,11 @@ import time
 import pytest
 
 from mec_conpaas.agents.node import httpserver
+from mec_conpaas.manager import service as service_mod
 from tests.functional.conftest import all_containers
 from tests.functional.conftest import client_get
 from tests.functional.conftest import wait_op
+from tests.functional.test_stateful import MEMCOUNTER
 
 GRACE = 8  # s; the edge's node_heartbeat_timeout is 6
 
@@ -64,11 +69,15 @@ def snapshot_hits(edge, svc, instance):
 
 
 @pytest.fixture(scope="module")
-def healing(edge, admin):
+def healing(edge, admin, tmp_path_factory):
     saved = dict(edge.manager_opts)
     edge.restart_manager(node_lost_grace=GRACE, snapshot_interval=1)
     wait_for("nodes up", lambda: all_up(admin))
-    res = admin.create_service("web", "lost", node="ap-2")
+    # An app that reads its counter once, when it starts: a replacement
+    # counts on from the snapshot only if it was put in before the start.
+    bundle = tmp_path_factory.mktemp("nodeloss") / "memcounter.tar.gz"
+    bundle.write_bytes(service_mod.build_sample_bundle(MEMCOUNTER))
+    res = admin.create_service("web", "lost", node="ap-2", bundle=str(bundle))
     wait_op(admin, res)
     yield admin.service("lost")
     edge.manager_opts.clear()
@@ -124,6 +133,8 @@ def test_a_lost_node_s_service_comes_back_elsewhere_with_its_snapshot(
         now = wait_for("the service re-placed", healed, timeout=GRACE + 60)
         healed_in = time.monotonic() - t0
         [new] = now["instances"]
+        # The lost master is replaced by a master.
+        assert (old["role"], new["role"]) == ("master", "master")
         assert new["state"] == "ACTIVE" and new["node"] != "ap-2"
         assert now["home_node"] == new["node"]
         [op] = [o for o in admin.operations() if o["kind"] == "heal"]
@@ -131,8 +142,11 @@ def test_a_lost_node_s_service_comes_back_elsewhere_with_its_snapshot(
         assert list(op["params"]["nodes"]) == ["ap-2"]
         assert op["step"].startswith("done; re-placed %s with %s (snapshot of " % (
             old["id"], new["id"])), op["step"]
-        # The last snapshot is what the new instance serves from.
-        assert hits(edge, "ap-1", port) == (count + 1, new["address"])
+        # The last snapshot is what the new instance's app loaded when it
+        # started, as a master.
+        body = json.loads(client_get(edge, "ap-1", port)["body"])
+        assert (body["hits"], body["instance"], body["role"]) == (
+            count + 1, new["address"], "master")
         assert hits(edge, "ap-3", port) == (count + 2, new["address"])
         print("re-placed %.1f s after power-off (grace %d s)" % (healed_in, GRACE))
     finally:

@@ -5,10 +5,12 @@ import datetime
 import os
 
 import pytest
+from sqlalchemy import select
 
 from mec_conpaas.agents.node import statesync
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
+from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import snapshots
 from mec_conpaas.manager import workflows
@@ -65,8 +67,16 @@ def test_a_lost_node_starts_one_heal_per_running_service_it_holds(edge):  # noqa
         web = add_service("web", "alice", "ap-2", ["ap-2", "ap-1"], port=20001)
         busy = add_service("busy", "alice", "ap-2", ["ap-2"], port=20002)
         elsewhere = add_service("elsewhere", "alice", "ap-1", ["ap-1"], port=20003)
+        # Stopped: what a stop on a down node leaves (its instance DELETING,
+        # for the sweep), and nothing to re-place.
+        stopped = add_service("stopped", "alice", "ap-2", ["ap-2"], state="STOPPED",
+                              port=20004)
         with db.session_scope() as ses:
-            ses.get(models.Service, busy).operation_id = "held-by-something"
+            for inst in ses.get(models.Service, stopped).instances:
+                inst.state = "DELETING"
+            # Being stopped: its stop holds it, the heal waits.
+            stop = engine_mod.new_operation(ses, "stop", ses.get(models.Service, busy),
+                                            "EPILOGUE", ("RUNNING",), "stopped").id
         loss = nodeloss.NodeLoss(manager.cluster, manager.engine)
         # Just started: the manager gives every node a whole grace.
         assert loss.check() == []
@@ -84,6 +94,17 @@ def test_a_lost_node_starts_one_heal_per_running_service_it_holds(edge):  # noqa
             op.state = "FAILED"
             svc.operation_id, svc.state = None, "RUNNING"
         assert loss.check() == []
+        # The stop ends: a STOPPED service is never healed.
+        with db.session_scope() as ses:
+            for inst in ses.get(models.Service, busy).instances:
+                inst.state = "DELETING"
+            ses.get(models.Operation, stop).state = "SUCCEEDED"
+            engine_mod.release(ses, stop)
+            ses.get(models.Service, busy).state = "STOPPED"
+        assert loss.check() == []
+        with db.session_scope() as ses:
+            assert [o.kind for o in ses.scalars(select(models.Operation).where(
+                models.Operation.service_id.in_([busy, stopped])))] == ["stop"]
         # ap-1 heartbeats but its agent does not answer: only probed so far.
         assert "ap-1" in loss.unreachable and "ap-3" not in loss.unreachable
     finally:
