@@ -1,4 +1,4 @@
-"""Service workflows: create, scale, migrate, stop, start, delete.
+"""Service workflows: create, scale, migrate, stop, start, delete, heal.
 
 Each ``run`` is idempotent: after a manager restart the engine calls it
 again with ``ctx.resumed`` set, and it first removes what an interrupted
@@ -506,9 +506,16 @@ class StopService(Workflow):
         with session_scope() as s:
             present = {i.id: i.address for i in s.scalars(select(models.Instance)
                        .where(models.Instance.id.in_(ctx.journal.get("stopping", []))))}
-        for addr in present.values():
-            self.cluster.agent_call(addr, "/start")  # no-op if still running
-            self.cluster.wait_healthy(addr)
+        for iid, addr in present.items():
+            try:
+                self.cluster.agent_call(addr, "/start")  # no-op if still running
+                self.cluster.wait_healthy(addr)
+            except exception.NodeError as e:
+                # Its node is down (why the stop failed, most likely): it
+                # is the service's again as it was, for its node's return
+                # or, if the node is lost, a heal.
+                LOG.warning("stop of %s rolled back: instance %s did not start "
+                            "again: %s", sid, iid, e.message)
         self.commit(ctx, {iid: "ACTIVE" for iid in present})
         shutil.rmtree(self.cluster.saved_dir(sid), ignore_errors=True)
         self.cluster.push_proxies()
@@ -632,8 +639,9 @@ class HealService(Workflow):
 
     ``params["nodes"]``: ``{lost node: why}``.  Each ACTIVE instance there
     gets a replacement on the node placement chooses nearest to the
-    service's home (never a down, disabled or lost one), which gets the
-    lost instance's last snapshot; then, in one transaction, the
+    service's home (never a down, disabled or lost one), started held
+    with the lost instance's role, which gets the lost instance's last
+    snapshot before its app starts; then, in one transaction, the
     replacement becomes ACTIVE and the lost instance leaves the service
     (DELETING, no service: the sweep removes its container when the node
     returns, and no proxy plan counts it), and the proxies switch.  A lost

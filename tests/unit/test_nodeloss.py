@@ -10,6 +10,8 @@ from sqlalchemy import select
 from mec_conpaas.agents.node import statesync
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
+from mec_conpaas.drivers import lxc
+from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import snapshots
@@ -270,3 +272,41 @@ def test_a_heal_with_no_room_fails_saying_what_to_do(edge, engine):  # noqa: F81
     status, body = alice("DELETE", "/v1/services/web")
     assert status == 202, body
     assert wait_ended(body["operation"]["id"])[0].state == "SUCCEEDED"
+
+
+def test_a_stop_cut_off_by_a_lost_node_leaves_the_service_to_a_heal(edge, engine):  # noqa: F811
+    _, _, manager = edge
+    sid = add_service("web", "alice", "ap-2", ["ap-2"])
+    nodes_down("ap-1", "ap-3")  # no proxy to push to
+    heartbeat("ap-2", 45)  # lost: its agent and instance refuse at once
+    with db.session_scope() as ses:
+        [inst] = ses.get(models.Service, sid).instances
+        inst.address = "127.0.0.1"
+        stop = engine_mod.new_operation(ses, "stop", ses.get(models.Service, sid),
+                                        "EPILOGUE", ("RUNNING",), "stopped").id
+    # The reference driver, asking ap-2's agent (refused at once).
+    cluster = cluster_mod.Cluster(manager.conf, lxc.LxcDriver())
+    manager.conf.set_override("drain_timeout", 0, group="manager")
+    try:
+        engine(workflows.all_workflows(cluster)).submit(stop)
+        op, svc = wait_ended(stop, timeout=30)
+    finally:
+        manager.conf.clear_override("drain_timeout", group="manager")
+    # Its state cannot be saved: the stop fails and gives the service back
+    # as it was, not in ERROR, so that the heal can take it.
+    assert op.state == "FAILED" and op.error.endswith("(rolled back)"), op.error
+    assert (svc.state, svc.operation_id) == ("RUNNING", None)
+    with db.session_scope() as ses:
+        assert [i.state for i in ses.get(models.Service, sid).instances] == ["ACTIVE"]
+    conf = manager.conf
+    conf.set_override("node_lost_grace", 30, group="manager")
+    conf.set_override("node_heartbeat_timeout", 10, group="manager")
+    try:
+        loss = nodeloss.NodeLoss(manager.cluster, manager.engine)
+        loss.started -= s(3600)
+        [heal] = loss.check()
+        with db.session_scope() as ses:
+            assert ses.get(models.Operation, heal).kind == "heal"
+    finally:
+        conf.clear_override("node_lost_grace", group="manager")
+        conf.clear_override("node_heartbeat_timeout", group="manager")
