@@ -653,10 +653,15 @@ class HealService(Workflow):
         super().__init__(cluster)
         self.snapshots = snapshots.Snapshots(cluster.conf)
 
+    def recover(self, ctx):
+        # A replacement switched in before the last attempt stopped is
+        # past the point of no return: finish its switch first.
+        self._finish_switched(ctx)
+        super().recover(ctx)
+
     def run(self, ctx):
         sid = ctx.service_id
         if ctx.resumed:
-            self._finish_switched(ctx)
             self.recover(ctx)
         self.set_state(sid, "ADAPTING")
         lost = [n for n in sorted(ctx.params["nodes"]) if not self._answers(n)]
