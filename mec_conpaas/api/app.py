@@ -37,7 +37,14 @@ def _iso(ts):
     return ts.replace(tzinfo=datetime.timezone.utc).isoformat() if ts else None
 
 
-def node_view(node):
+def node_view(node, own=None):
+    """A node as a caller sees it: with ``own`` (a tenant's instance ids),
+    the report's per-container usage keeps only those: tenants must not
+    learn which instances other tenants run where."""
+    report = dict(node.report or {})
+    if own is not None:
+        report["containers"] = {k: v for k, v in (report.get("containers") or {}).items()
+                                if k in own}
     return {"id": node.id, "name": node.name, "state": node.state,
             "address": node.address, "hostname": node.hostname, "mac": node.mac,
             "container_backend": node.container_backend,
@@ -45,15 +52,22 @@ def node_view(node):
             "schedulable": not node.disabled,
             "disabled_reason": node.disabled_reason,
             "last_heartbeat": _iso(node.last_heartbeat),
-            "report": node.report or {}}
+            "report": report}
 
 
-def service_view(svc):
+def service_view(svc, tiers=None):
+    """``tiers`` (Cluster.service_tiers): per access point, what each active
+    instance is to its proxy; an instance's own ``tier`` is the one seen
+    from the service's home node (None: not serving, or home is down)."""
+    tiers = tiers or {}
+    home = tiers.get(svc.home_node, {})
     return {"id": svc.id, "name": svc.name, "type": svc.type, "state": svc.state,
             "home_node": svc.home_node, "port": svc.port,
             "instances": [{"id": i.id, "node": i.node_name, "address": i.address,
-                           "state": i.state, "role": i.role}
+                           "state": i.state, "role": i.role,
+                           "tier": home.get(i.id)}
                           for i in svc.instances],
+            "tiers": tiers,
             "bundle_sha256": svc.bundle_sha256, "error": svc.error,
             # The operation holding the service, if one runs on it.
             "operation": svc.operation_id,
@@ -178,12 +192,11 @@ def create_app(manager):
         manager.engine.submit(op_id)
         with session_scope() as s:
             op = s.get(models.Operation, op_id)
+            svc = s.get(models.Service, op.service_id) if op.service_id else None
             return flask.jsonify(operation=operation_view(op),
-                                 service=service_view(s.get(models.Service,
-                                                            op.service_id))
-                                 if op.service_id and s.get(models.Service,
-                                                            op.service_id)
-                                 else None), 202
+                                 service=service_view(
+                                     svc, manager.cluster.service_tiers(s, svc))
+                                 if svc else None), 202
 
     # -- nodes -------------------------------------------------------------
     @app.post("/v1/nodes/register")
@@ -240,17 +253,27 @@ def create_app(manager):
             node.state = "up"
         return flask.jsonify(ok=True)
 
+    def own_instances(s, ctx):
+        """Instance ids the caller may see in node reports (None: all)."""
+        if ctx.role in ("admin", "node"):
+            return None
+        return set(s.scalars(select(models.Instance.id).join(models.Service).where(
+            models.Service.tenant_id == ctx.tenant_id)))
+
     @app.get("/v1/nodes")
     def list_nodes():
-        context()
+        ctx = context()
         with session_scope() as s:
-            return flask.jsonify(nodes=[node_view(n) for n in manager.cluster.nodes(s)])
+            own = own_instances(s, ctx)
+            return flask.jsonify(nodes=[node_view(n, own)
+                                        for n in manager.cluster.nodes(s)])
 
     @app.get("/v1/nodes/<name>")
     def show_node(name):
-        context()
+        ctx = context()
         with session_scope() as s:
-            return flask.jsonify(node=node_view(find_node(s, name)))
+            return flask.jsonify(node=node_view(find_node(s, name),
+                                                own_instances(s, ctx)))
 
     @app.post("/v1/nodes/<name>/drain")
     def drain_node(name):
@@ -434,13 +457,16 @@ def create_app(manager):
             svcs = s.scalars(select(models.Service).where(
                 models.Service.tenant_id == ctx.tenant_id)
                 .order_by(models.Service.name))
-            return flask.jsonify(services=[service_view(v) for v in svcs])
+            return flask.jsonify(services=[
+                service_view(v, manager.cluster.service_tiers(s, v)) for v in svcs])
 
     @app.get("/v1/services/<name>")
     def show_service(name):
         ctx = context("admin", "member")
         with session_scope() as s:
-            return flask.jsonify(service=service_view(get_service(s, ctx, name)))
+            svc = get_service(s, ctx, name)
+            return flask.jsonify(service=service_view(
+                svc, manager.cluster.service_tiers(s, svc)))
 
     @app.delete("/v1/services/<name>")
     def delete_service(name):

@@ -5,16 +5,18 @@ from cliff import show
 from mec_conpaas.cli import common
 
 SHOW_KEYS = ("id", "name", "type", "state", "home_node", "port", "instances",
-             "error", "operation")
+             "tiers", "error", "operation")
 
 
 def _show(svc, op=None):
-    inst = ", ".join("%s@%s(%s, %s)" % (i["address"], i["node"], i["state"].lower(),
-                                        i.get("role", "worker"))
-                     for i in svc["instances"])
+    # An instance's tier as the home node's proxy uses it; ``tiers`` has
+    # every access point's view.
+    inst = ", ".join("%s@%s(%s)" % (i["address"], i["node"], ", ".join(
+        filter(None, (i["state"].lower(), i.get("role", "worker"), i.get("tier")))))
+        for i in svc["instances"])
     return SHOW_KEYS, (svc["id"], svc["name"], svc["type"], svc["state"],
-                       svc["home_node"], svc["port"], inst, svc["error"],
-                       op["id"] if op else None)
+                       svc["home_node"], svc["port"], inst, svc.get("tiers", {}),
+                       svc["error"], op["id"] if op else None)
 
 
 class _Mutating(common.ApiCommand, show.ShowOne):

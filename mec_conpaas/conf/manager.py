@@ -173,6 +173,46 @@ Used to compute which instances are nearest to each access point.
 Possible values:
 * unset: every node is equally near to every other.
 """),
+    cfg.IntOpt("instance_maxconn", default=4, min=0,
+               help="""
+Requests each access point's HAProxy has in progress at once on one service
+instance.
+
+Further requests wait in HAProxy's queue (at most ``timeout queue``, 10 s)
+for a free slot, or spill to the service's farther instances (see
+``proxy_far_tier``), instead of piling onto an instance that cannot take
+them.  Size it to what one instance serves at once without slowing down.
+The default suits the web servers the service agent runs (a listen backlog
+of 5, a half-core instance): measured with 50 users on one access point
+(bench/overload.py, computing app), 2 to 8 gave no failed request, 4 the
+lowest p99; 16 let a busy instance's backlog overflow, and the dropped
+connections failed after HAProxy's retries.
+
+Possible values:
+* a positive number of requests;
+* ``0``: no limit (HAProxy never queues; an overloaded instance answers
+  slowly or drops connections).
+
+Related options:
+* ``proxy_far_tier``
+"""),
+    cfg.StrOpt("proxy_far_tier", default="spill",
+               choices=[("spill", "farther instances take what overflows the "
+                         "nearest ones (their slots all busy), and everything "
+                         "while none of the nearest is up"),
+                        ("backup", "farther instances are HAProxy backup "
+                         "servers: used only while none of the nearest is up; "
+                         "overload waits in the queue")],
+               help="""
+What an access point's proxy does with a service's instances that are not
+the nearest to it.
+
+``service show`` tells each instance's tier (``local``, ``spill`` or
+``backup``) per access point.
+
+Related options:
+* ``instance_maxconn``: the nearest instances' slots.
+"""),
     cfg.IntOpt("drain_timeout", default=5, min=0,
                help="""
 Seconds a removed instance keeps serving the requests it already has

@@ -38,6 +38,33 @@ Possible values:
                help="libvirt connection URI of the local LXC driver."),
     cfg.StrOpt("bridge", default="mecbr0",
                help="Bridge the instances' veth interfaces are attached to."),
+    cfg.BoolOpt("network_isolation", default=True,
+                help="""
+Keep tenants apart on the network with this node's nftables tables
+(``bridge``/``inet mec_isolation``): an instance reaches only its own
+service's instances, Wi-Fi users only the access point's endpoints.
+
+Possible values:
+* true: needs the ``nftables`` package (libnftables).
+* false: no filtering; any instance or Wi-Fi user reaches every instance.
+
+Only nodes that run the instances themselves (``container_backend =
+libvirt``) filter: with ``none`` nova creates the instances and neutron's
+port security and security groups are what keep them apart.
+
+Related options:
+* ``client_interfaces``
+* ``container_backend``
+"""),
+    cfg.ListOpt("client_interfaces", default=["wlan0"],
+                help="""
+Interfaces of this access point's Wi-Fi users (hostapd's interface):
+traffic arriving on them may reach the access point's endpoints but no
+instance address.
+
+Possible values:
+* a list of interface names; empty if the node serves no Wi-Fi users.
+"""),
     cfg.StrOpt("instance_network", default="10.240.1.0/24",
                help="""
 IPv4 network of the instances on this node; the bridge holds its first

@@ -73,11 +73,12 @@ class Workflow:
         info = self.driver.create_instance(ref, spec)
         with session_scope() as s:
             s.get(models.Instance, spec.id).address = info["address"]
+        secret = self.cluster.agent_secret(ref, spec.id)
         if fill is None:
-            self.cluster.wait_healthy(info["address"])
+            self.cluster.wait_healthy(info["address"], secret)
         else:
             fill(ref, spec.id)
-            self.cluster.start_app(info["address"])
+            self.cluster.start_app(info["address"], secret)
         with session_scope() as s:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
@@ -93,10 +94,6 @@ class Workflow:
                 also(s)
             ctx.journal.update(journal)
             s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
-
-    def address(self, instance_id):
-        with session_scope() as s:
-            return s.get(models.Instance, instance_id).address
 
     def destroy_instance(self, instance_id, ctx=None, force=False):
         """Remove an instance's container, then its row.
@@ -368,10 +365,10 @@ class MigrateService(Workflow):
         pair = dict(ctx.journal["pair"], new=new_id)
         with session_scope() as s:
             to_ref = self.cluster.node_ref(s, target)
-        new_addr = self.address(new_id)
+        new_addr, new_secret = self.cluster.service_agent(new_id)
         # Without restore.sh the target's app is stopped now, outside the
         # critical window, and started again once the final delta is in.
-        mode = self.cluster.agent_call(new_addr, "/restore",
+        mode = self.cluster.agent_call(new_addr, new_secret, "/restore",
                                        {"phase": "prepare"})["mode"]
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
@@ -382,7 +379,7 @@ class MigrateService(Workflow):
                                             quiesce_port=APP_PORT, restore=True)
         if final.get("restore") is None:
             final["restore"] = self.cluster.agent_call(
-                new_addr, "/restore", {"phase": "finish"}, timeout=70)
+                new_addr, new_secret, "/restore", {"phase": "finish"}, timeout=70)
         marks.append(("freeze_copy_restore", time.monotonic()))
         self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
                     pair=dict(pair, frozen=True, switched=True))
@@ -485,7 +482,8 @@ class StopService(Workflow):
                          "file": iid + ".tar"}
                 addr = inst.address
             try:
-                res = self.cluster.agent_call(addr, "/stop", timeout=60)
+                res = self.cluster.agent_call(
+                    addr, self.cluster.agent_secret(ref, iid), "/stop", timeout=60)
                 LOG.info("instance %s stopped, cleanup.sh exit code %s", iid,
                          res.get("cleanup_exit_code"))
             except exception.NodeError as e:
@@ -504,12 +502,13 @@ class StopService(Workflow):
             self.set_state(sid, "STOPPED", message)
             return
         with session_scope() as s:
-            present = {i.id: i.address for i in s.scalars(select(models.Instance)
-                       .where(models.Instance.id.in_(ctx.journal.get("stopping", []))))}
-        for iid, addr in present.items():
+            present = list(s.scalars(select(models.Instance.id).where(
+                models.Instance.id.in_(ctx.journal.get("stopping", [])))))
+        for iid in present:
             try:
-                self.cluster.agent_call(addr, "/start")  # no-op if still running
-                self.cluster.wait_healthy(addr)
+                addr, secret = self.cluster.service_agent(iid)
+                self.cluster.agent_call(addr, secret, "/start")  # no-op if still running
+                self.cluster.wait_healthy(addr, secret)
             except exception.NodeError as e:
                 # Its node is down (why the stop failed, most likely): it
                 # is the service's again as it was, for its node's return

@@ -60,6 +60,10 @@ def edge():
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True,
                                text=True).stdout
     assert PREFIX not in leftovers, "namespaces left behind: " + leftovers
+    # Isolation tables live in the access points' namespaces only.
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
+                            text=True).stdout
+    assert "mec_isolation" not in tables, "nftables tables left behind: " + tables
     procs = subprocess.run(["pgrep", "-af", state], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), "processes left behind: " + procs
@@ -90,22 +94,22 @@ def wait_op(client, result, timeout=180):
     return op
 
 
-def state_path(edge, node, instance_id, *name):
-    """An instance's state directory (or a file in it) as its node sees it:
-    the directory is on the instance's disk image, which is mounted in the
-    access point's own mount namespace, so the test reads it through the
-    root of a process there."""
-    pid = edge._pid("libvirtd-" + node)
-    return "/proc/%d/root%s" % (pid, edge.path("nodes", node, "instances", instance_id,
-                                                "fs", "state", *name))
-
-
 def containers(edge, ap):
     """Names of the libvirt domains really running on an access point."""
     sock = edge.path("nodes", ap, "libvirt", "run", "libvirt-sock")
     out = subprocess.run(["virsh", "-c", "lxc:///system?socket=" + sock, "list",
                           "--name"], capture_output=True, text=True, check=True).stdout
     return sorted(n[len("mec-"):] for n in out.split() if n.startswith("mec-"))
+
+
+def state_file(edge, ap, instance_id, name):
+    """A file of an instance's state directory, read where it is mounted:
+    in the access point's mount namespace (its disk image)."""
+    path = edge.path("nodes", ap, "instances", instance_id, "fs", "state", name)
+    res = subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % edge._pid("libvirtd-" + ap),
+                          "--", "cat", path], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
 
 
 def all_containers(edge):

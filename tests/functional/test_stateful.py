@@ -18,7 +18,7 @@ from mec_conpaas.manager import service as service_mod
 from tests.functional.conftest import Load
 from tests.functional.conftest import all_containers
 from tests.functional.conftest import client_get
-from tests.functional.conftest import state_path
+from tests.functional.conftest import state_file as read_state
 from tests.functional.conftest import wait_op
 from tests.functional.test_generic import tcp_echo
 
@@ -34,8 +34,7 @@ def active(svc):
 
 
 def state_file(edge, inst, name):
-    with open(state_path(edge, inst["node"], inst["id"], name)) as f:
-        return f.read()
+    return read_state(edge, inst["node"], inst["id"], name)
 
 
 def test_in_memory_counter_continues_across_ten_migrations(tmp_path, edge, admin):

@@ -29,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas import safefs
 from mec_conpaas.agents.node import idmap
 
 LOG = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ CAPABILITIES = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid",
                 "setuid", "setpcap", "net_bind_service", "sys_chroot",
                 "audit_write")
 MEMSW = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+# Read once by the service agent at its start, then removed: the app
+# (started after) never sees it.  Never in the environment.
+AGENT_SECRET_FILE = "etc/mec-conpaas/agent-secret"
 
 
 def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
@@ -120,6 +124,8 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
 
 
 class LibvirtContainers:
+    # instance id -> its service agent's secret; set by the node agent.
+    agent_secret = None
 
     def __init__(self, conf, fetch_bundle):
         self.conf = conf
@@ -265,6 +271,9 @@ class LibvirtContainers:
         with self.lock:
             if self._meta(instance_id):
                 return self.info(instance_id)  # idempotent retry
+            # Again at each create (a few stats): a deployment tool may have
+            # reset a directory's mode since the agent started.
+            _open_for_instances(self.root, self.conf.state_path)
             address = self._allocate_address()
             slot = self._allocate_slot()
             paths = self._paths(instance_id)
@@ -284,10 +293,13 @@ class LibvirtContainers:
             app_dir = os.path.join(paths["rootfs"], "srv", "app")
             if os.path.isdir(app_dir):
                 shutil.rmtree(app_dir)
+            # Owned by the instance's root: the application may write its files.
             bundles.extract(bundle, app_dir,
                             self.conf.manager.max_bundle_size,
-                            self.conf.manager.max_bundle_members)
-            _chown_tree(app_dir, *ids[:2])  # the application may write its files
+                            self.conf.manager.max_bundle_members, owner=ids[:2])
+            if self.agent_secret:
+                _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
+                              self.agent_secret(instance_id), *ids[:2])
             xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
                               self.network.prefixlen, self.gateway, ids)
             _forget_neighbour(address)
@@ -424,15 +436,22 @@ class LibvirtContainers:
         return self._paths(instance_id)["state"]
 
     def logs(self, instance_id):
-        path = os.path.join(self._paths(instance_id)["upper"], "var", "log",
-                            "mec-app.log")
+        """The end of the app's log, read from the host side.
+
+        The file lies in the tenant's upper layer, so it is opened through
+        ``safefs``: an app that replaced it (or ``/var/log``) with a link to
+        a host path gets a refusal, never that file."""
         try:
-            with open(path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 65536))
-                return f.read().decode("utf-8", "replace")
+            data = safefs.read_tail(self._paths(instance_id)["upper"],
+                                    "var/log/mec-app.log", 65536)
+        except safefs.UnsafePath as e:
+            raise exception.Conflict(
+                "the app's log /var/log/mec-app.log is not shown: %s; the "
+                "node reads logs without following links, so keep it a "
+                "regular file" % e.why) from None
         except OSError:
             return ""
+        return data.decode("utf-8", "replace")
 
     def usage(self):
         """Per-container cgroup usage, as PiCasso's monitoring agent reports."""
@@ -450,6 +469,23 @@ class LibvirtContainers:
                 out[entry] = {"memory_bytes": mem, "cpu_ns": cpu}
             except Exception:  # a container stopping under us
                 continue
+        return out
+
+    def ports(self):
+        """This node's instance bridge ports, ``{ifname: address}``: what
+        each port may send as its source (see isolation)."""
+        import xml.etree.ElementTree as ET
+        out = {}
+        for entry in os.listdir(self.root):
+            meta = self._meta(entry) if not entry.startswith(".") else None
+            dom = self._domain(entry) if meta else None
+            try:
+                desc = ET.fromstring(dom.XMLDesc(0)) if dom is not None else None
+            except Exception:  # a domain going away under us
+                continue
+            for target in desc.iterfind("devices/interface/target") \
+                    if desc is not None else ():
+                out[target.get("dev")] = meta["address"]
         return out
 
 
@@ -484,13 +520,25 @@ def _run(argv, what):
 
 
 def _chown_tree(path, uid, gid):
-    """lchown a tree, never following links: it may hold what an instance
-    made (fwalk holds directory fds, so a directory swapped for a link
-    mid-walk is not entered)."""
-    os.chown(path, uid, gid, follow_symlinks=False)
-    for _, dirs, files, dirfd in os.fwalk(path):
-        for name in dirs + files:
-            os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+    """lchown a tree that may hold what an instance made, following no
+    link (safefs)."""
+    with safefs.closing(safefs.open_root(path)) as fd:
+        safefs.chown_tree(fd, uid, gid)
+
+
+def _write_secret(path, secret, uid, gid):
+    """Leave the service agent's secret where only the instance's root (a
+    host uid of its own range, see root_ids) can read it and, once read,
+    remove it: the directory and the file are given to that uid, or the
+    agent inside could neither read nor delete what host root wrote."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chown(directory, uid, gid, follow_symlinks=False)
+    os.chmod(directory, 0o700)  # whatever the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
+    with os.fdopen(fd, "w") as f:
+        os.fchown(f.fileno(), uid, gid)
+        f.write(secret)
 
 
 PIDS_ROOT = "/sys/fs/cgroup/pids/machine"

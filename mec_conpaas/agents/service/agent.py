@@ -11,7 +11,15 @@ the copied state; ``POST /restore`` applies a later delta (``restore.sh``,
 or a restart of the app).  It runs inside minimal images on Pis, so it uses only the Python
 standard library, and it is the only program the manager talks to inside a
 container.
+
+Its API wants ``Authorization: Bearer <secret>``, the per-instance secret
+the node agent leaves in ``SECRET_FILE`` (read and removed here before the
+app starts).  Only ``GET /health`` answers without it, and then says no
+more than healthy or not (200/503): that is what the access point's
+HAProxy checks, whose server slots move between instances at run time
+and so cannot carry a per-instance header.
 """
+import hmac
 import http.server
 import importlib.util
 import json
@@ -33,6 +41,24 @@ APP_PORT = int(os.environ.get("MEC_APP_PORT", "8080"))
 AGENT_PORT = int(os.environ.get("MEC_AGENT_PORT", "8999"))
 PEERS_FILE = os.path.join(os.environ.get("MEC_RUN_DIR", "/run/mec"), "peers")
 HOLD = os.environ.get("MEC_HOLD") == "1"
+# containers.AGENT_SECRET_FILE
+SECRET_FILE = os.environ.get("MEC_SECRET_FILE", "/etc/mec-conpaas/agent-secret")
+MAX_BODY = 1024 * 1024
+SECRET = None
+
+
+def load_secret():
+    """Read the secret and remove its file, so the app never finds it."""
+    global SECRET
+    try:
+        with open(SECRET_FILE) as f:
+            SECRET = f.read().strip() or None
+    except OSError:
+        SECRET = None
+    try:
+        os.unlink(SECRET_FILE)
+    except OSError:
+        pass
 
 
 class App:
@@ -240,9 +266,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _authorized(self):
+        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+        return SECRET is not None and scheme.lower() == "bearer" and \
+            hmac.compare_digest(value.strip().encode(), SECRET.encode())
+
+    def _refuse(self):
+        self._send(401, {"error": "missing or wrong service agent secret: only "
+                         "the manager and this node may call this API"})
+
     def _send(self, code, body):
         data = json.dumps(body).encode()
         self.send_response(code)
+        if code == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -255,9 +292,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             ok, detail = APP.healthy()
+            if not self._authorized():
+                return self._send(200 if ok else 503, {"healthy": ok})
             self._send(200 if ok else 503, {
                 "healthy": ok, "detail": detail, "state": APP.state,
                 "restarts": APP.restarts})
+        elif not self._authorized():
+            self._refuse()
         elif self.path.startswith("/logs"):
             try:
                 with open(LOG_FILE, "rb") as f:
@@ -272,8 +313,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self.close_connection = True
+            return self._send(413, {"error": "body larger than %d bytes" % MAX_BODY})
+        data = self.rfile.read(length)
+        if not self._authorized():
+            return self._refuse()
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(data or b"{}")
         except ValueError:
             return self._send(400, {"error": "body is not JSON"})
         if self.path == "/notify":
@@ -374,6 +421,7 @@ def main():
         return serve_wsgi(sys.argv[2])
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-static":
         return serve_static(sys.argv[2])
+    load_secret()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
