@@ -188,18 +188,6 @@ def create_app(manager):
             raise exception.Conflict(disabled_message(node))
         return node
 
-    def new_operation(s, kind, svc, state, allowed=None, action="changed",
-                      **params):
-        """An operation on ``svc``, holding it (409 if another one does or
-        its state is not ``allowed``); it belongs to the service's tenant."""
-        op = models.Operation(tenant_id=svc.tenant_id, service_id=svc.id,
-                              service_name=svc.name, kind=kind, params=params,
-                              journal={})
-        s.add(op)
-        s.flush()
-        engine_mod.claim(s, svc, op.id, state, allowed, action)
-        return op
-
     def accepted(op_id):
         manager.engine.submit(op_id)
         with session_scope() as s:
@@ -330,9 +318,9 @@ def create_app(manager):
             node.disabled_reason = reason or node.disabled_reason
             op_ids = []
             for v in (v for v in svcs if v.id in plan):
-                op_ids.append(new_operation(s, "drain", v, "ADAPTING", ("RUNNING",),
-                                            "drained", drain=node.name,
-                                            **plan[v.id]).id)
+                op_ids.append(engine_mod.new_operation(s, "drain", v, "ADAPTING", ("RUNNING",),
+                                                       "drained", drain=node.name,
+                                                       **plan[v.id]).id)
             view = node_view(node)
         LOG.info("node %s disabled (%s); drain: %d operation(s)", view["name"],
                  view["disabled_reason"], len(op_ids))
@@ -501,8 +489,8 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, None, "deleted")
-            op_id = new_operation(s, "delete", svc, "EPILOGUE", action="deleted",
-                                  **({"force": True} if force else {})).id
+            op_id = engine_mod.new_operation(s, "delete", svc, "EPILOGUE", action="deleted",
+                                             **({"force": True} if force else {})).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/scale")
@@ -527,9 +515,9 @@ def create_app(manager):
                     raise exception.InsufficientCapacity(
                         "count %d needs %d more instance(s) but the up nodes "
                         "have %d free slot(s)" % (count, count - current, free))
-            op_id = new_operation(s, "scale", svc, "ADAPTING", ("RUNNING",),
-                                  "scaled", count=count, previous=current,
-                                  node=node).id
+            op_id = engine_mod.new_operation(s, "scale", svc, "ADAPTING", ("RUNNING",),
+                                             "scaled", count=count, previous=current,
+                                             node=node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/migrate")
@@ -556,8 +544,8 @@ def create_app(manager):
                 raise exception.InsufficientCapacity(
                     "node %s has %d free slot(s), %d needed" % (
                         target, cap["max_instances"] - cap["used"], len(on_home)))
-            op_id = new_operation(s, "migrate", svc, "ADAPTING", ("RUNNING",),
-                                  "migrated", to=target, source=svc.home_node).id
+            op_id = engine_mod.new_operation(s, "migrate", svc, "ADAPTING", ("RUNNING",),
+                                             "migrated", to=target, source=svc.home_node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/stop")
@@ -569,8 +557,8 @@ def create_app(manager):
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "stopped")
             count = len([i for i in svc.instances if i.state == "ACTIVE"])
-            op_id = new_operation(s, "stop", svc, "EPILOGUE", ("RUNNING",),
-                                  "stopped", count=count).id
+            op_id = engine_mod.new_operation(s, "stop", svc, "EPILOGUE", ("RUNNING",),
+                                             "stopped", count=count).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/start")
@@ -587,8 +575,8 @@ def create_app(manager):
                     "service %s had %d instance(s) but the up nodes have %d free "
                     "slot(s): free some (scale or stop other services) or add "
                     "nodes, then retry" % (name, count, free))
-            op_id = new_operation(s, "start", svc, "PROLOGUE", ("STOPPED",),
-                                  "started", count=count).id
+            op_id = engine_mod.new_operation(s, "start", svc, "PROLOGUE", ("STOPPED",),
+                                             "started", count=count).id
         return accepted(op_id)
 
     @app.get("/v1/services/<name>/logs")

@@ -90,6 +90,80 @@ Possible values:
 * a number of seconds (the sweep lists the containers of every up node,
   one request per node).
 """),
+    cfg.IntOpt("node_lost_grace", default=120, min=0,
+               help="""
+Seconds a node may go without a heartbeat, or with its node agent not
+answering the manager, before its services' instances are re-placed on
+other up nodes (a ``heal`` operation per service), with the state of
+their last snapshot.
+
+This is a trade-off, and there is no value that is right everywhere:
+
+* too short, and a Wi-Fi hiccup, a backbone switch restarting or a Pi
+  rebooting (about a minute from an SD card) moves services that were
+  about to come back by themselves.  Each needless move starts a new
+  instance elsewhere, loses the writes made since the last snapshot (the
+  instance on the flaky node kept serving its local users meanwhile) and
+  leaves a stale container for the sweep when the node returns.
+* too long, and users of a service whose only instance was on a node that
+  really died get no answer until the grace ends and the new instance
+  has started.
+
+The clock starts at the node's last heartbeat, and never before this
+manager started: a manager that was itself down or cut off does not take
+its own absence for the nodes'.  A failed ``heal`` (no room anywhere) is
+tried again after another grace period while the node stays lost.
+
+Possible values:
+* 0: never re-place automatically (a lost node's services wait for it, or
+  for their owner to delete them).
+* a number of seconds; values below ``node_heartbeat_timeout`` count as
+  ``node_heartbeat_timeout``.  The default (2 minutes) rides out Wi-Fi
+  reconnections and a reboot.
+
+Related options:
+* ``node_heartbeat_timeout`` marks a node down (nothing new is placed
+  there) long before it is lost.
+* ``snapshot_interval``: what a re-placed instance can lose.
+"""),
+    cfg.IntOpt("snapshot_interval", default=30, min=0,
+               help="""
+Seconds between two snapshots of each running instance's state
+directory, kept on the manager (``$state_path/snapshots/SERVICE/INSTANCE``)
+for when its node is lost.
+
+Each snapshot asks the node agent for a manifest of the state directory
+(one small request) and copies nothing when it is unchanged; otherwise
+only the files that changed travel.  A re-placed instance loses what was
+written after the last snapshot; files are copied one by one while the
+app runs, so two files changed together may come from moments a few
+milliseconds apart (an app that renames a finished file into place never
+leaves half a file).
+
+Possible values:
+* 0: no snapshots; re-placed instances start with an empty state
+  directory.
+* a number of seconds: at most that many seconds of writes (plus one copy)
+  are lost when a node dies; shorter costs one manifest request per
+  instance per interval.
+
+Related options:
+* ``snapshot_max_bytes``; ``node_lost_grace`` (no snapshots are taken
+  when it is 0: nothing would use them).
+"""),
+    cfg.IntOpt("snapshot_max_bytes", default=64 * 1024 * 1024, min=0,
+               help="""
+Largest state directory (sum of its files' sizes, in bytes) the manager
+snapshots, per instance.
+
+A bigger one is not copied (the manager logs it once per change of size);
+its last snapshot that fitted, if any, is what a re-placement restores.
+
+Possible values:
+* 0: no limit.
+* a number of bytes; the manager's disk needs room for one snapshot per
+  running instance, plus the files that changed during a copy.
+"""),
     cfg.StrOpt("topology_file",
                help="""
 Edge topology (YAML) giving the latency of each link between access points.

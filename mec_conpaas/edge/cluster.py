@@ -199,7 +199,7 @@ class Edge:
                     f.write("%s = %s\n" % (k, v))
                 f.write("\n")
 
-    def _start_master(self):
+    def _write_master_conf(self):
         conf = self.path("master", "mec-conpaas.conf")
         self._write_conf(conf, {
             "DEFAULT": {"state_path": self.path("master"),
@@ -209,6 +209,10 @@ class Edge:
             "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
                              "node_heartbeat_timeout": 10}, **self.manager_opts),
         })
+        return conf
+
+    def _start_master(self):
+        conf = self._write_master_conf()
         manage = [self._tool("mec-conpaas-manage"), "--config-file", conf]
         subprocess.run(manage + ["db", "sync"], check=True, capture_output=True)
         if not os.path.exists(self.path("admin-token")):
@@ -234,6 +238,15 @@ class Edge:
             self.net.master_address(), self.manager_port, 1) is not None,
             timeout=60, proc=proc, logname="manager")
         return proc
+
+    def restart_manager(self, **manager_opts):
+        """SIGKILL the manager (nothing is flushed), update its ``[manager]``
+        options, start it again."""
+        self.kill("manager", signal.SIGKILL)
+        self._wait("manager stopped", lambda: not self._pid("manager"), timeout=10)
+        self.manager_opts.update(manager_opts)
+        self._write_master_conf()
+        return self.start_manager()
 
     def _write_credentials(self):
         creds = {"url": self.manager_url(),
@@ -368,6 +381,33 @@ class Edge:
                              capture_output=True, text=True).stdout.split()
         for name in out:
             subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
+
+    def node_down(self, ap):
+        """Power an access point off: its containers stop, its node agent,
+        HAProxy and libvirtd are killed (SIGKILL, nothing is flushed), so its
+        mounts go with libvirtd's mount namespace.  What stays is what a
+        powered-off Pi keeps: its disk (instance directories, the agent's
+        state) and its wires (namespace, bridge, links)."""
+        self.kill("agent-" + ap, signal.SIGKILL)
+        self.destroy_containers(ap)
+        names = ("agent-" + ap, "haproxy-" + ap, "libvirtd-" + ap)
+        for name in names[1:]:
+            self.kill(name, signal.SIGKILL)
+        self._wait(ap + " powered off", lambda: not any(self._pid(n) for n in names),
+                   timeout=20)
+
+    def node_up(self, ap):
+        """Power an access point on again after :meth:`node_down`: its boot
+        clears ``/run`` (stale sockets would look like live daemons), then
+        libvirtd, HAProxy (every endpoint with no server until the manager
+        says otherwise) and the node agent start as at ``up``."""
+        base = self.path("nodes", ap)
+        shutil.rmtree(os.path.join(base, "libvirt", "run"), ignore_errors=True)
+        run = os.path.join(base, "run")
+        for entry in os.listdir(run) if os.path.isdir(run) else []:
+            if entry.endswith(".sock"):
+                os.unlink(os.path.join(run, entry))
+        self._start_ap(ap)
 
     def kill(self, name, sig=signal.SIGTERM):
         pid = self._pid(name)

@@ -71,6 +71,21 @@ def claim(session, svc, op_id, state, allowed=None, action="changed"):
                                  % svc.name)
 
 
+def new_operation(session, kind, svc, state, allowed=None, action="changed",
+                  **params):
+    """Store an operation on ``svc`` that holds it (Conflict if another one
+    does or its state is not ``allowed``); it belongs to the service's
+    tenant.  The API's calls and the manager's own operations (``heal``)
+    start the same way, so they exclude each other alike."""
+    op = models.Operation(tenant_id=svc.tenant_id, service_id=svc.id,
+                          service_name=svc.name, kind=kind, params=params,
+                          journal={})
+    session.add(op)
+    session.flush()
+    claim(session, svc, op.id, state, allowed, action)
+    return op
+
+
 def settle(svc, message):
     """Leave a service no operation holds in a state that accepts calls."""
     if svc.state in TRANSITIONAL:

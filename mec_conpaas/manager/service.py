@@ -9,6 +9,8 @@ from mec_conpaas.db import session as db
 from mec_conpaas.drivers import lxc
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
+from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import snapshots
 from mec_conpaas.manager import workflows
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class Manager:
         self.cluster = cluster_mod.Cluster(conf, self.driver)
         self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
         self.sweeper = workflows.Sweeper(self.cluster)
+        self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)
+        self.snapshots = snapshots.Snapshots(conf)
         self._sample = None
         self.stop = threading.Event()
 
@@ -57,6 +61,7 @@ class Manager:
         while not self.stop.wait(interval):
             try:
                 self.cluster.mark_down_nodes()
+                self.nodeloss.check()
             except Exception:
                 LOG.exception("node monitor")
 
@@ -66,6 +71,19 @@ class Manager:
         if resumed:
             LOG.warning("resumed %d operation(s)", len(resumed))
         threading.Thread(target=self.sweep_loop, daemon=True).start()
+        threading.Thread(target=self.snapshot_loop, daemon=True).start()
+
+    def snapshot_loop(self):
+        """Copies of instances' state for when their node is lost: only
+        while something would use them."""
+        opts = self.conf.manager
+        while not self.stop.wait(opts.snapshot_interval or 60):
+            if not (opts.snapshot_interval and opts.node_lost_grace):
+                continue
+            try:
+                self.snapshots.run_once(self.cluster)
+            except Exception:
+                LOG.exception("snapshots")
 
     def sweep_loop(self):
         # The first sweep waits for node agents to heartbeat again after a

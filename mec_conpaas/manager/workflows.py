@@ -1,4 +1,4 @@
-"""Service workflows: create, scale, migrate, stop, start, delete.
+"""Service workflows: create, scale, migrate, stop, start, delete, heal.
 
 Each ``run`` is idempotent: after a manager restart the engine calls it
 again with ``ctx.resumed`` set, and it first removes what an interrupted
@@ -19,6 +19,8 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine
+from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import snapshots
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
@@ -81,12 +83,15 @@ class Workflow:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
 
-    def commit(self, ctx, states, **journal):
+    def commit(self, ctx, states, also=None, **journal):
         """Instance states and journal entries in one transaction: the
-        point of no return of a step, for a resumed run to see exactly."""
+        point of no return of a step, for a resumed run to see exactly.
+        ``also(session)`` makes the step's other changes in it."""
         with session_scope() as s:
             for iid, state in states.items():
                 s.get(models.Instance, iid).state = state
+            if also is not None:
+                also(s)
             ctx.journal.update(journal)
             s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
 
@@ -500,9 +505,16 @@ class StopService(Workflow):
             present = list(s.scalars(select(models.Instance.id).where(
                 models.Instance.id.in_(ctx.journal.get("stopping", [])))))
         for iid in present:
-            addr, secret = self.cluster.service_agent(iid)
-            self.cluster.agent_call(addr, secret, "/start")  # no-op if still running
-            self.cluster.wait_healthy(addr, secret)
+            try:
+                addr, secret = self.cluster.service_agent(iid)
+                self.cluster.agent_call(addr, secret, "/start")  # no-op if still running
+                self.cluster.wait_healthy(addr, secret)
+            except exception.NodeError as e:
+                # Its node is down (why the stop failed, most likely): it
+                # is the service's again as it was, for its node's return
+                # or, if the node is lost, a heal.
+                LOG.warning("stop of %s rolled back: instance %s did not start "
+                            "again: %s", sid, iid, e.message)
         self.commit(ctx, {iid: "ACTIVE" for iid in present})
         shutil.rmtree(self.cluster.saved_dir(sid), ignore_errors=True)
         self.cluster.push_proxies()
@@ -608,6 +620,159 @@ class DeleteService(Workflow):
         self.set_state(ctx.service_id, "ERROR", message)
 
 
+def _restored_note(entry):
+    """What a heal's last step says a replacement started with: what the
+    user may have lost is what was written after it."""
+    if not entry["snapshot_taken_at"]:
+        what = "no snapshot: empty state"
+    else:
+        what = "snapshot of %s, %d bytes" % (time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["snapshot_taken_at"])),
+            entry["bytes"])
+    return "re-placed %s with %s (%s)" % (entry["lost"], entry["new"], what)
+
+
+class HealService(Workflow):
+    """Re-place the instances a lost node took with it (``heal``, started
+    by ``nodeloss``, never by a user).
+
+    ``params["nodes"]``: ``{lost node: why}``.  Each ACTIVE instance there
+    gets a replacement on the node placement chooses nearest to the
+    service's home (never a down, disabled or lost one), started held
+    with the lost instance's role, which gets the lost instance's last
+    snapshot before its app starts; then, in one transaction, the
+    replacement becomes ACTIVE and the lost instance leaves the service
+    (DELETING, no service: the sweep removes its container when the node
+    returns, and no proxy plan counts it), and the proxies switch.  A lost
+    home gives the service the first replacement's node as home.  A node
+    that came back before the operation ran is left alone.
+    """
+
+    def __init__(self, cluster):
+        super().__init__(cluster)
+        self.snapshots = snapshots.Snapshots(cluster.conf)
+
+    def recover(self, ctx):
+        # A replacement switched in before the last attempt stopped is
+        # past the point of no return: finish its switch first.
+        self._finish_switched(ctx)
+        super().recover(ctx)
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        if ctx.resumed:
+            self.recover(ctx)
+        self.set_state(sid, "ADAPTING")
+        lost = [n for n in sorted(ctx.params["nodes"]) if not self._answers(n)]
+        with session_scope() as s:
+            svc = s.get(models.Service, sid)
+            home = svc.home_node
+            todo = [(i.id, i.node_name) for i in svc.instances
+                    if i.state == "ACTIVE" and i.node_name in lost]
+        for n, (old_id, node) in enumerate(todo, 1):
+            home = self._replace(ctx, sid, old_id, node, lost, home, n, len(todo))
+        notes = [_restored_note(r) for r in ctx.journal.get("restored", [])]
+        back = sorted(set(ctx.params["nodes"]) - set(lost))
+        if back:
+            notes.append("back before being re-placed, left alone: " + ", ".join(back))
+        if notes:
+            ctx.record(note="done; " + "; ".join(notes))
+        self.cluster.notify_peers(sid)
+        self.set_state(sid, "RUNNING")
+        self.finish(ctx)
+
+    def _answers(self, node):
+        """Whether a node reported lost is back: heartbeating and its agent
+        answering."""
+        with session_scope() as s:
+            up = {n.name: self.cluster.ref(n) for n in self.cluster.nodes(s, up_only=True)}
+        return node in up and nodeloss.agent_error(up[node]) is None
+
+    def _target(self, old_id, home, lost):
+        with session_scope() as s:
+            capacity = self.cluster.capacity(s)
+            names = [n.name for n in self.cluster.nodes(s)]
+        try:
+            return placement.place(1, home, capacity, self.cluster.distances(names),
+                                   exclude=lost)[0]
+        except exception.InsufficientCapacity:
+            raise exception.InsufficientCapacity(
+                "instance %s was lost with node %s and cannot be re-placed: no "
+                "other up, schedulable node has a free instance slot; add or "
+                "enable a node, or scale another service in (it is tried again "
+                "after [manager] node_lost_grace), or delete this service" % (
+                    old_id, ", ".join(lost))) from None
+
+    def _replace(self, ctx, sid, old_id, node, lost, home, n, total):
+        pct = 5 + 85 * (n - 1) // total
+        step = "instance %d/%d (lost with %s): " % (n, total, node)
+        target = self._target(old_id, home, lost)
+        with session_scope() as s:
+            role = s.get(models.Instance, old_id).role
+        ctx.record(pair={"old": old_id, "new": None, "switched": False})
+        ctx.progress(pct, step + "starting a held %s on %s" % (role, target))
+        # Held until the snapshot is in: an app that reads its state when
+        # it starts sees it.  The role is the lost instance's: a lost
+        # master is replaced by a master.
+        fill = self._fill(ctx, sid, old_id, pct + 40 // total, step)
+        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY",
+                                     role=role, fill=fill)
+        new_home = target if home in lost else home
+
+        def leave(s):
+            # The lost instance leaves the service: no plan counts it.
+            s.get(models.Instance, old_id).service_id = None
+            s.get(models.Service, sid).home_node = new_home
+        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"}, also=leave,
+                    pair={"old": old_id, "new": new_id, "switched": True})
+        ctx.progress(pct + 80 // total, step + "switching the proxies to %s" % target)
+        self._finish_switched(ctx)
+        return new_home
+
+    def _fill(self, ctx, sid, old_id, pct, step):
+        """The held start's ``fill``: the lost instance's last snapshot
+        goes into its replacement before the replacement's app starts."""
+        def fill(ref, new_id):
+            ctx.record(pair=dict(ctx.journal["pair"], new=new_id))
+            ctx.progress(pct, step + "putting the last snapshot of %s into "
+                         "the held %s" % (old_id, new_id))
+            data, meta = self.snapshots.archive(sid, old_id)
+            if data is None:
+                LOG.warning("instance %s had no snapshot: its replacement %s "
+                            "starts with an empty state directory", old_id, new_id)
+            else:
+                self.driver.import_state(ref, new_id, data)
+            # One entry per lost instance: a resumed heal that replaces it
+            # again says what the replacement that stayed started with.
+            ctx.record(restored=[r for r in ctx.journal.get("restored", [])
+                                 if r["lost"] != old_id] + [{
+                "lost": old_id, "new": new_id,
+                "snapshot_taken_at": meta and meta["taken_at"],
+                "bytes": meta and meta["bytes"]}])
+        return fill
+
+    def _finish_switched(self, ctx):
+        """After a switch: proxies, and the snapshot goes to the new
+        instance.  A proxy that cannot be reached (the lost node itself, if
+        it still heartbeats) gets its plan from the sweep later."""
+        pair = ctx.journal.get("pair")
+        if not pair or not pair.get("switched"):
+            return
+        try:
+            self.cluster.push_proxies()
+        except exception.NodeError as e:
+            LOG.warning("heal of %s: %s", ctx.service_id, e.message)
+        self.snapshots.move(ctx.service_id, pair["old"], pair["new"])
+        ctx.record(pair=None)
+
+    def rollback(self, ctx, message):
+        sid = ctx.service_id
+        self.best_effort(
+            lambda: self._finish_switched(ctx),
+            lambda: self.cleanup_unfinished(ctx, sid),
+            lambda: self.set_state(sid, "RUNNING", message))
+
+
 class Sweeper(Workflow):
     """The periodic sweep: what no running operation accounts for."""
 
@@ -644,4 +809,4 @@ def all_workflows(cluster):
     return {"create": CreateService(cluster), "scale": ScaleService(cluster),
             "migrate": MigrateService(cluster), "drain": MigrateService(cluster),
             "stop": StopService(cluster), "start": StartService(cluster),
-            "delete": DeleteService(cluster)}
+            "delete": DeleteService(cluster), "heal": HealService(cluster)}

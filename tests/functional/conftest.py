@@ -48,6 +48,9 @@ def edge():
                          # test_converge: retries and the sweep within a test
                          "operation_retry_delay": 1,
                          "orphan_sweep_interval": 3,
+                         # Nothing re-placed behind the tests' backs (agents
+                         # are killed on purpose); test_nodeloss sets it.
+                         "node_lost_grace": 0,
                          # written by test_enrollment; read on each request
                          "openstack_enrollment_file": enrollment_file(state)},
                      log=lambda m: print("edge:", m), user_credentials=False)

@@ -242,7 +242,10 @@ class NodeAgent:
     def serve_manifest(self, body, iid):
         manifest = statesync.manifest(self._need_containers().state_dir(iid))
         # What the peer is about to copy: the base of a later delta push.
-        self.served_manifests[iid] = manifest
+        # Not the manager's snapshots: one taken during a migration would
+        # move the base past what the target has.
+        if not (isinstance(body, dict) and body.get("snapshot")):
+            self.served_manifests[iid] = manifest
         return {"manifest": manifest}
 
     def push_state(self, body, iid):
