@@ -1,0 +1,89 @@
+"""schemathesis fuzzes the running manager from its own OpenAPI document,
+with an admin's token and a tenant's: no 5xx, no answer off the document,
+and nothing left half-made (services, operations, containers, nodes).
+
+Creates start real containers: each service a case creates is deleted
+before the next case runs, so at most one exists at a time; the example
+counts below bound the run.
+"""
+import hypothesis
+import pytest
+import schemathesis
+from schemathesis import GenerationMode
+from schemathesis import checks as st_checks
+from schemathesis.specs.openapi import checks as oa_checks
+
+from tests.functional.conftest import all_containers
+from tests.functional.conftest import new_tenant
+
+# Registering writes a node row that no API call removes (the unit tests
+# check its answers); the rest is fuzzed.
+EXCLUDED = ("registerNode",)
+CHECKS = [st_checks.not_a_server_error, oa_checks.status_code_conformance,
+          oa_checks.content_type_conformance, oa_checks.response_schema_conformance,
+          oa_checks.negative_data_rejection, oa_checks.ignored_auth]
+ENDED = ("SUCCEEDED", "FAILED", "ROLLED_BACK")
+
+
+@pytest.fixture(scope="module")
+def clients(edge, admin):
+    return {"admin": admin, "tenant": new_tenant(edge, "fuzz")}
+
+
+@pytest.fixture(scope="module")
+def operations(edge, clients):
+    schema = schemathesis.openapi.from_url(edge.manager_url() + "/v1/openapi.json")
+    return [r.ok() for r in schema.exclude(operation_id=EXCLUDED).get_all_operations()]
+
+
+def remove_services(client):
+    """Delete what a case made, waiting for each operation to end."""
+    for svc in client.services():
+        ops = [o for o in client.operations()
+               if o["service"] == svc["name"] and o["state"] not in ENDED]
+        client.wait_all([o["id"] for o in ops], timeout=120)
+        client.wait(client.delete_service(svc["name"])["operation"]["id"], timeout=120)
+
+
+def fuzz(operations, client, max_examples):
+    """Every operation with positive and negative cases; all failures at once."""
+    auth = {"Authorization": "Bearer " + client.token}
+    failures = []
+    for op in operations:
+        @hypothesis.settings(max_examples=max_examples, deadline=None,
+                             derandomize=True, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.given(case=op.as_strategy(generation_mode=GenerationMode.POSITIVE)
+                          | op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        def run(case):
+            response = case.call(headers=auth)
+            try:
+                case.validate_response(response, checks=CHECKS, headers=auth)
+            finally:
+                if response.status_code == 202 and case.method == "POST":
+                    remove_services(client)
+
+        try:
+            run()
+        except Exception as e:  # a check's failure group, shrunk by hypothesis
+            failures.append("%s: %s" % (op.label, e))
+    assert not failures, "\n\n".join(failures)
+
+
+def test_fuzz_as_tenant(operations, clients):
+    fuzz(operations, clients["tenant"], max_examples=20)
+
+
+def test_fuzz_as_admin(operations, clients):
+    fuzz(operations, clients["admin"], max_examples=20)
+
+
+def test_nothing_left_half_made(edge, clients):
+    """Runs after the fuzzing (file order): every operation ended, no
+    service, container or bundle left, every node schedulable."""
+    for client in clients.values():
+        stuck = [o for o in client.operations() if o["state"] not in ENDED]
+        client.wait_all([o["id"] for o in stuck], timeout=120)
+        assert client.services() == []
+    assert all_containers(edge) == {ap: [] for ap in edge.net.aps}
+    assert [n["name"] for n in clients["admin"].nodes() if not n["schedulable"]] == []
