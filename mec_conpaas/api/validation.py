@@ -155,12 +155,11 @@ def check_request():
     req = flask.request
     if req.routing_exception is not None:
         return  # 404/405 answer as they are
-    try:
-        errors = [e for e in spec().iter_request_errors(_Request(req))
-                  if not isinstance(e, req_exc.SecurityValidationError)]
-    except PathError:
-        LOG.error("%s %s is not in the API's OpenAPI document: not validated",
-                  req.method, req.url_rule.rule)
+    errors = [e for e in spec().iter_request_errors(_Request(req))
+              if not isinstance(e, req_exc.SecurityValidationError)]
+    if any(isinstance(e, PathError) for e in errors):
+        # HEAD and OPTIONS, which Flask answers for every GET route (a route
+        # missing from the document fails tests/unit/test_api_openapi.py).
         return
     if errors:
         flask.g.off_schema = exception.BadRequest(_message(errors))
@@ -182,7 +181,7 @@ def check_response(response):
     errors = [e for e in spec().iter_response_errors(_Request(req),
                                                       FlaskOpenAPIResponse(response))
               if not isinstance(e, req_exc.SecurityValidationError)]
-    if not errors:
+    if not errors or any(isinstance(e, PathError) for e in errors):
         return response
     detail = "; ".join("%s%s" % (e, ": %s" % e.__cause__ if e.__cause__ else "")
                        for e in errors)[:2000]

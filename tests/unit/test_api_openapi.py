@@ -54,10 +54,14 @@ def test_every_route_is_in_the_document_and_back(api):
 
 
 def test_document_is_served_without_a_token(api):
-    _, _, flask_app = api
+    _, alice, flask_app = api
     resp = flask_app.test_client().get("/v1/openapi.json")
     assert resp.status_code == 200
     assert resp.get_json() == validation.document()
+    # What Flask answers beyond the document still works.
+    auth = {"Authorization": "Bearer " + alice.token}
+    assert alice.client.head("/v1/services", headers=auth).status_code == 200
+    assert alice.client.options("/v1/services", headers=auth).status_code == 200
 
 
 @pytest.mark.parametrize("method,path,kwargs,words", [
