@@ -323,7 +323,7 @@ def create_app(manager):
         if stype not in SERVICE_TYPES:
             raise exception.BadRequest("unknown service type %r: use one of %s"
                                        % (stype, ", ".join(SERVICE_TYPES)))
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):  # match() would let "web\n" in
             raise exception.BadRequest(
                 "invalid service name %r: use 1-32 lowercase letters, digits "
                 "and '-', starting with a letter" % name)

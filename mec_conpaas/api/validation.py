@@ -196,6 +196,7 @@ def check_response(response):
 
 
 def install(app, validate_responses=False):
+    spec()  # a broken document stops the manager at start, not at a request
     app.before_request(check_request)
     if validate_responses:
         app.after_request(check_response)

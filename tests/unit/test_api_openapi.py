@@ -84,6 +84,8 @@ def test_document_is_served_without_a_token(api):
     ("POST", "/v1/services", {"data": {"type": "web", "name": "Shop",
                                        "bundle": (io.BytesIO(b"x"), "a.tgz")}},
      "invalid service name 'Shop': use 1-32 lowercase"),
+    ("POST", "/v1/services", {"data": {"type": "web", "name": "shop\n"}},
+     "invalid service name 'shop\\n'"),
     ("POST", "/v1/services", {"data": {"name": "shop"}},
      "unknown service type '': use one of generic, web"),
     ("POST", "/v1/nodes/register", {"json": {"id": "n", "name": "n", "hostname": "h",
