@@ -93,11 +93,11 @@ def fuzz(operations, client, max_examples):
 
 
 def test_fuzz_as_tenant(operations, clients):
-    fuzz(operations, clients["tenant"], max_examples=20)
+    fuzz(operations, clients["tenant"], max_examples=30)
 
 
 def test_fuzz_as_admin(operations, clients):
-    fuzz(operations, clients["admin"], max_examples=20)
+    fuzz(operations, clients["admin"], max_examples=30)
 
 
 def test_nothing_left_half_made(edge, clients):
