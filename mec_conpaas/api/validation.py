@@ -74,8 +74,12 @@ def _field_error(schema, field, value, fallback):
     """The document's message for ``field`` when it has one."""
     template = schema.get("x-error") if isinstance(schema, dict) else None
     if not template:
-        return "%s: %s" % (field, fallback) if field else fallback
-    return template.format(value="" if value is None else value)
+        text = "%s: %s" % (field, fallback) if field else fallback
+    else:
+        if isinstance(value, str) and len(value) > 40:
+            value = value[:40] + "..."
+        text = template.format(value="" if value is None else value)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _body_schema(operation):

@@ -101,6 +101,14 @@ def test_off_schema_requests_get_400_naming_the_field(api, method, path, kwargs,
     assert words in body["error"]["message"], body
 
 
+def test_long_values_are_cut_in_messages(api):
+    admin, _, _ = api
+    status, body = admin("POST", "/v1/services", data={"type": "web",
+                                                       "name": "A" * 5000})
+    assert status == 400 and len(body["error"]["message"]) < 200, body
+    assert body["error"]["message"].startswith("invalid service name 'AAAA")
+
+
 def test_token_and_role_come_before_the_schema(api):
     admin, alice, flask_app = api
     anonymous = flask_app.test_client().post("/v1/services/web/scale", json={})
