@@ -10,12 +10,13 @@ import gzip
 import hashlib
 import io
 import os
-import posixpath
+import shutil
 import stat
 import tarfile
 import zlib
 
 from mec_conpaas import exception
+from mec_conpaas import safefs
 
 SCRIPTS = ("init.sh", "run.sh", "notify.sh", "interrupt.sh", "cleanup.sh")
 CHUNK = 1 << 16
@@ -59,46 +60,147 @@ def _normalise(name):
     return name.rstrip("/")
 
 
-def _check_member(member, names):
-    name = member.name
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise exception.InvalidBundle(
-            "bundle member %r has an absolute path: store paths relative "
-            "to the bundle's top directory" % name)
-    norm = _normalise(name)
-    if ".." in norm.split("/"):
-        raise exception.InvalidBundle(
-            "bundle member %r contains '..': paths must stay inside the "
-            "bundle" % name)
-    if member.ischr() or member.isblk() or member.isfifo():
-        raise exception.InvalidBundle(
-            "bundle member %r is a device or FIFO: bundles may hold only "
-            "regular files, directories and links inside the bundle" % name)
-    if not (member.isfile() or member.isdir() or member.issym()
-            or member.islnk()):
-        raise exception.InvalidBundle(
-            "bundle member %r has an unsupported type" % name)
-    if member.mode & (stat.S_ISUID | stat.S_ISGID):
-        raise exception.InvalidBundle(
-            "bundle member %r is setuid or setgid: clear those bits "
-            "(chmod u-s,g-s)" % name)
-    if member.issym():
-        target = member.linkname
-        resolved = posixpath.normpath(
-            posixpath.join(posixpath.dirname(norm), target))
-        if target.startswith("/") or resolved == ".." or \
-                resolved.startswith("../"):
+MAX_HOPS = 40  # as the kernel's limit on links followed in one lookup
+DIR, FILE, LINK = "d", "f", "l"
+
+
+class _Tree:
+    """The tree the members seen so far build, to judge each new member
+    against the links before it.
+
+    Checking links one at a time is not enough: ``a -> .`` then ``a/b ->
+    ..`` are both harmless alone and together reach outside.  So link
+    targets are resolved here through the links already seen, the way the
+    kernel would, and a member whose own path passes through a link is
+    refused outright.  A name may appear once (directories may repeat), and
+    a missing directory a link target passes through is taken to be a
+    directory from then on, so no later member can turn an accepted link
+    into one that leaves the bundle.
+    """
+
+    def __init__(self):
+        self.kinds = {"": DIR}  # path -> DIR, FILE or (LINK, target)
+
+    def add(self, member):
+        """Check one member; return its normalised name and, for a hard
+        link, the path of the regular file it links to."""
+        name = member.name
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
             raise exception.InvalidBundle(
-                "symlink %r points outside the bundle (to %r): make it a "
-                "relative link to a file inside the bundle" % (name, target))
-    if member.islnk():
-        target = _normalise(member.linkname)
-        if target.startswith("/") or ".." in target.split("/") or \
-                target not in names:
+                "bundle member %r has an absolute path: store paths relative "
+                "to the bundle's top directory" % name)
+        norm = _normalise(name)
+        try:
+            parts = safefs.components(norm)
+        except safefs.UnsafePath as e:
+            fix = {"name too long": "at most %d bytes a component, %d a path"
+                   % (safefs.NAME_MAX, safefs.PATH_MAX),
+                   "contains '..'": "paths must stay inside the bundle",
+                   "absolute path": "store paths relative to the bundle's "
+                   "top directory"}.get(e.why, "rename it")
+            raise exception.InvalidBundle("bundle member %r: %s: %s"
+                                          % (name, e.why, fix)) from None
+        if member.ischr() or member.isblk() or member.isfifo():
             raise exception.InvalidBundle(
-                "hard link %r points outside the bundle (to %r)"
-                % (name, member.linkname))
-    return norm
+                "bundle member %r is a device or FIFO: bundles may hold only "
+                "regular files, directories and links inside the bundle" % name)
+        if not (member.isfile() or member.isdir() or member.issym()
+                or member.islnk()):
+            raise exception.InvalidBundle(
+                "bundle member %r has an unsupported type" % name)
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            raise exception.InvalidBundle(
+                "bundle member %r is setuid or setgid: clear those bits "
+                "(chmod u-s,g-s)" % name)
+        norm = "/".join(parts)
+        if not parts:
+            if not member.isdir():
+                raise exception.InvalidBundle(
+                    "bundle member %r names the top directory but is not a "
+                    "directory" % name)
+            return norm, None
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            kind = self.kinds.setdefault(prefix, DIR)
+            if kind == FILE:
+                raise exception.InvalidBundle(
+                    "bundle member %r is below %r, which is a file"
+                    % (name, prefix))
+            if kind != DIR:
+                raise exception.InvalidBundle(
+                    "bundle member %r is inside symlink %r: links are not "
+                    "followed when unpacking; store the member at its real "
+                    "path" % (name, prefix))
+        if norm in self.kinds and not (member.isdir() and
+                                       self.kinds[norm] == DIR):
+            raise exception.InvalidBundle(
+                "bundle member %r appears twice, or replaces a directory "
+                "that other members or links pass through: each path may "
+                "appear once" % name)
+        source = None
+        if member.issym():
+            self._resolve(parts[:-1], member.linkname, "symlink %r" % name)
+            if norm in self.kinds:  # its target passes through itself
+                raise exception.InvalidBundle(
+                    "symlink %r resolves through itself (a loop): point it "
+                    "at its file directly" % name)
+            self.kinds[norm] = (LINK, member.linkname)
+        elif member.islnk():
+            what = "hard link %r" % name
+            target = _normalise(member.linkname)
+            try:
+                safefs.components(target)
+            except safefs.UnsafePath:
+                raise exception.InvalidBundle(
+                    "%s points outside the bundle (to %r)"
+                    % (what, member.linkname)) from None
+            source = self._resolve([], target, what)
+            if self.kinds.get(source) != FILE:
+                raise exception.InvalidBundle(
+                    "%s points to %r, which is not a regular file earlier in "
+                    "the bundle" % (what, member.linkname))
+            self.kinds[norm] = FILE
+        else:
+            self.kinds[norm] = DIR if member.isdir() else FILE
+        return norm, source
+
+    def _resolve(self, start, target, what):
+        """Path, relative to the top, that ``target`` (seen from the
+        directory ``start``) names, following the links already seen."""
+        outside = exception.InvalidBundle(
+            "%s points outside the bundle (to %r): make it a relative link "
+            "to a file inside the bundle" % (what, target))
+        if not target or target.startswith("/"):
+            raise outside
+        here = list(start)
+        todo = target.split("/")[::-1]
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not here:
+                    raise outside
+                here.pop()
+                continue
+            path = "/".join(here + [name])
+            kind = self.kinds.get(path)
+            if isinstance(kind, tuple):  # a link: read on from its target
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise exception.InvalidBundle(
+                        "%s resolves through too many links (or a loop): "
+                        "point it at its file directly" % what)
+                todo.extend(kind[1].split("/")[::-1])
+                continue
+            if any(n not in ("", ".") for n in todo):
+                if kind == FILE:
+                    raise exception.InvalidBundle(
+                        "%s passes through %r, which is a file" % (what, path))
+                self.kinds[path] = DIR
+            here.append(name)
+        return "/".join(here)
 
 
 def _open_tar(fileobj, limit):
@@ -119,7 +221,7 @@ def _iter_members(path, max_size, max_members):
                 "bundle is not gzip-compressed: upload a .tar.gz "
                 "(tar czf app.tar.gz -C app .)")
         f.seek(0)
-        names = set()
+        tree = _Tree()
         count = 0
         try:
             _reader, tar = _open_tar(f, max_size)
@@ -128,9 +230,8 @@ def _iter_members(path, max_size, max_members):
                 if count > max_members:
                     raise exception.InvalidBundle(
                         "bundle has more than %d members" % max_members)
-                norm = _check_member(member, names)
-                names.add(norm)
-                yield tar, member, norm
+                norm, source = tree.add(member)
+                yield tar, member, norm, source
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise exception.InvalidBundle(
                 "bundle is not a valid gzip-compressed tar archive (%s): "
@@ -146,7 +247,8 @@ def validate(path, service_type, max_size, max_members=20000):
             digest.update(block)
     files = []
     unpacked = 0
-    for _tar, member, norm in _iter_members(path, max_size, max_members):
+    for _tar, member, norm, _source in _iter_members(path, max_size,
+                                                     max_members):
         if member.isfile():
             unpacked += member.size
             if unpacked > max_size:
@@ -168,33 +270,78 @@ def validate(path, service_type, max_size, max_members=20000):
                       unpacked_size=unpacked, members=len(files), files=files)
 
 
-def extract(path, dest, max_size, max_members=20000):
-    """Unpack a bundle (re-validated member by member) into ``dest``."""
-    os.makedirs(dest, exist_ok=True)
+def extract(path, dest, max_size, max_members=20000, owner=None):
+    """Unpack a bundle (re-validated member by member) into ``dest``, which
+    must be missing or empty.
+
+    Every entry is created through ``safefs``: relative to a descriptor of
+    its parent directory, with no link followed, so whatever the archive
+    holds the kernel writes nothing outside ``dest``.  This rather than
+    unpacking in a child that drops privileges: it needs no uid the tenant
+    could otherwise use, no fork of the threaded agent, and it guards the
+    reads and writes of state copies and logs the same way.  ``owner``:
+    (uid, gid) every unpacked entry is given afterwards, e.g. the uid a
+    user-namespaced container's root maps to; None keeps the caller's.
+    On any error ``dest`` is removed again: nothing half-unpacked stays.
+    """
+    os.makedirs(dest, mode=0o755, exist_ok=True)
+    with safefs.closing(safefs.open_root(dest)) as top:
+        if os.listdir(top):
+            raise exception.Conflict(
+                "cannot unpack a bundle into %s: not empty" % dest)
+        try:
+            _extract_into(path, dest, top, max_size, max_members)
+            if owner is not None:
+                safefs.chown_tree(top, *owner)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+
+def _extract_into(path, dest, top, max_size, max_members):
     written = 0
-    for tar, member, norm in _iter_members(path, max_size, max_members):
+    for tar, member, norm, source in _iter_members(path, max_size,
+                                                   max_members):
+        try:
+            # The standard library's 'data' filter on top of the checks
+            # above: it sets sane modes (no group/other write, u+rw, dirs
+            # 0755) and drops the archive's owners.
+            member = tarfile.data_filter(member, dest)
+        except tarfile.FilterError as e:
+            raise exception.InvalidBundle(
+                "bundle member %r refused: %s" % (member.name, e)) from None
         if not norm:
             continue
-        target = os.path.join(dest, norm)
-        if member.isdir():
-            os.makedirs(target, exist_ok=True)
-            os.chmod(target, (member.mode & 0o777) | 0o700)
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if member.issym():
-            os.symlink(member.linkname, target)
-        elif member.islnk():
-            os.link(os.path.join(dest, _normalise(member.linkname)), target)
-        else:
-            src = tar.extractfile(member)
-            with open(target, "wb") as out:
-                while True:
-                    block = src.read(CHUNK)
-                    if not block:
-                        break
-                    written += len(block)
-                    if written > max_size:
-                        raise exception.BundleTooLarge(
-                            "bundle unpacks to more than %d bytes" % max_size)
-                    out.write(block)
-            os.chmod(target, member.mode & 0o777)
+        parts = norm.split("/")
+        with safefs.closing(safefs.open_dir(top, parts[:-1], create=0o755)) \
+                as parent:
+            name = parts[-1]
+            if member.isdir():
+                os.close(safefs.open_dir(parent, [name], create=0o755))
+            elif member.issym():
+                os.symlink(member.linkname, name, dir_fd=parent)
+            elif member.islnk():
+                with safefs.closing(safefs.open_dir(
+                        top, source.split("/")[:-1])) as src_parent:
+                    os.link(source.split("/")[-1], name, src_dir_fd=src_parent,
+                            dst_dir_fd=parent, follow_symlinks=False)
+            else:
+                written = _write_file(tar.extractfile(member), parent, name,
+                                      member.mode or 0o644, written, max_size)
+
+
+def _write_file(src, parent, name, mode, written, max_size):
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    with os.fdopen(fd, "wb") as out:
+        while True:
+            block = src.read(CHUNK)
+            if not block:
+                break
+            written += len(block)
+            if written > max_size:
+                raise exception.BundleTooLarge(
+                    "bundle unpacks to more than %d bytes" % max_size)
+            out.write(block)
+        os.fchmod(out.fileno(), mode)
+    return written

@@ -10,7 +10,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients libvirt-dev pkg-config
       gcc python3-dev haproxy debootstrap iproute2 iptables iputils-ping
-      libnetfilter-queue-dev libnfnetlink-dev util-linux procps ca-certificates)
+      libnetfilter-queue-dev libnfnetlink-dev util-linux procps ca-certificates
+      libcap2-bin nftables)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

@@ -20,6 +20,7 @@ from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import auth
+from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
 from mec_conpaas.policies import placement
 
@@ -28,11 +29,23 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 SERVICE_TYPES = ("generic", "web")
 
 
+class StoreUnavailable(exception.MecError):
+    status = 503
+    code = "store_unavailable"
+
+
 def _iso(ts):
     return ts.replace(tzinfo=datetime.timezone.utc).isoformat() if ts else None
 
 
-def node_view(node):
+def node_view(node, own=None):
+    """A node as a caller sees it: with ``own`` (a tenant's instance ids),
+    the report's per-container usage keeps only those: tenants must not
+    learn which instances other tenants run where."""
+    report = dict(node.report or {})
+    if own is not None:
+        report["containers"] = {k: v for k, v in (report.get("containers") or {}).items()
+                                if k in own}
     return {"id": node.id, "name": node.name, "state": node.state,
             "address": node.address, "hostname": node.hostname, "mac": node.mac,
             "container_backend": node.container_backend,
@@ -40,15 +53,25 @@ def node_view(node):
             "schedulable": not node.disabled,
             "disabled_reason": node.disabled_reason,
             "last_heartbeat": _iso(node.last_heartbeat),
-            "report": node.report or {}}
+            "report": report}
 
 
-def service_view(svc):
+def service_view(svc, tiers=None):
+    """``tiers`` (Cluster.service_tiers): per access point, what each active
+    instance is to its proxy; an instance's own ``tier`` is the one seen
+    from the service's home node (None: not serving, or home is down)."""
+    tiers = tiers or {}
+    home = tiers.get(svc.home_node, {})
     return {"id": svc.id, "name": svc.name, "type": svc.type, "state": svc.state,
             "home_node": svc.home_node, "port": svc.port,
             "instances": [{"id": i.id, "node": i.node_name, "address": i.address,
-                           "state": i.state} for i in svc.instances],
+                           "state": i.state, "role": i.role,
+                           "tier": home.get(i.id)}
+                          for i in svc.instances],
+            "tiers": tiers,
             "bundle_sha256": svc.bundle_sha256, "error": svc.error,
+            # The operation holding the service, if one runs on it.
+            "operation": svc.operation_id,
             "created_at": _iso(svc.created_at), "updated_at": _iso(svc.updated_at)}
 
 
@@ -79,6 +102,30 @@ def create_app(manager):
     @app.errorhandler(exception.MecError)
     def mec_error(e):
         return flask.jsonify(error={"code": e.code, "message": e.message}), e.status
+
+    # The store's own errors never reach a user raw: a constraint broken by
+    # a concurrent change is a conflict to retry, a busy or unreachable
+    # database a 503 to retry later; the transaction was rolled back.
+    @app.errorhandler(sa_exc.SQLAlchemyError)
+    def store_error(e):
+        LOG.error("%s %s: %s", flask.request.method, flask.request.path, e)
+        if isinstance(e, sa_exc.IntegrityError):
+            return mec_error(exception.Conflict(
+                "the request conflicts with a concurrent change (a name, port or "
+                "service taken meanwhile): nothing was changed; retry"))
+        if isinstance(e, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+            return mec_error(StoreUnavailable(
+                "the manager's database is busy or unreachable: nothing was "
+                "changed; retry in a few seconds (the manager log says more)"))
+        return internal_error(e)
+
+    @app.errorhandler(500)
+    def internal_error(e):
+        LOG.error("%s %s failed: %r", flask.request.method, flask.request.path,
+                  getattr(e, "original_exception", e))
+        return flask.jsonify(error={
+            "code": "internal_error",
+            "message": "the manager failed on this request (its log says why)"}), 500
 
     @app.errorhandler(413)
     def too_large(_e):
@@ -150,25 +197,27 @@ def create_app(manager):
             raise exception.Conflict(disabled_message(node))
         return node
 
-    def new_operation(s, kind, svc, **params):
-        """An operation on ``svc``; it belongs to the service's tenant."""
+    def new_operation(s, kind, svc, state, allowed=None, action="changed",
+                      **params):
+        """An operation on ``svc``, holding it (409 if another one does or
+        its state is not ``allowed``); it belongs to the service's tenant."""
         op = models.Operation(tenant_id=svc.tenant_id, service_id=svc.id,
                               service_name=svc.name, kind=kind, params=params,
                               journal={})
         s.add(op)
         s.flush()
+        engine_mod.claim(s, svc, op.id, state, allowed, action)
         return op
 
     def accepted(op_id):
         manager.engine.submit(op_id)
         with session_scope() as s:
             op = s.get(models.Operation, op_id)
+            svc = s.get(models.Service, op.service_id) if op.service_id else None
             return flask.jsonify(operation=operation_view(op),
-                                 service=service_view(s.get(models.Service,
-                                                            op.service_id))
-                                 if op.service_id and s.get(models.Service,
-                                                            op.service_id)
-                                 else None), 202
+                                 service=service_view(
+                                     svc, manager.cluster.service_tiers(s, svc))
+                                 if svc else None), 202
 
     # -- nodes -------------------------------------------------------------
     @app.post("/v1/nodes/register")
@@ -225,17 +274,27 @@ def create_app(manager):
             node.state = "up"
         return flask.jsonify(ok=True)
 
+    def own_instances(s, ctx):
+        """Instance ids the caller may see in node reports (None: all)."""
+        if ctx.role in ("admin", "node"):
+            return None
+        return set(s.scalars(select(models.Instance.id).join(models.Service).where(
+            models.Service.tenant_id == ctx.tenant_id)))
+
     @app.get("/v1/nodes")
     def list_nodes():
-        context()
+        ctx = context()
         with session_scope() as s:
-            return flask.jsonify(nodes=[node_view(n) for n in manager.cluster.nodes(s)])
+            own = own_instances(s, ctx)
+            return flask.jsonify(nodes=[node_view(n, own)
+                                        for n in manager.cluster.nodes(s)])
 
     @app.get("/v1/nodes/<name>")
     def show_node(name):
-        context()
+        ctx = context()
         with session_scope() as s:
-            return flask.jsonify(node=node_view(find_node(s, name)))
+            return flask.jsonify(node=node_view(find_node(s, name),
+                                                own_instances(s, ctx)))
 
     @app.post("/v1/nodes/<name>/drain")
     def drain_node(name):
@@ -257,7 +316,7 @@ def create_app(manager):
                 .order_by(models.Service.name, models.Service.id)))
             tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
             busy = ["%s (tenant %s) is %s" % (v.name, tenants.get(v.tenant_id), v.state)
-                    for v in svcs if v.state != "RUNNING"]
+                    for v in svcs if v.state != "RUNNING" or v.operation_id]
             if busy:
                 raise exception.Conflict(
                     "node %s was not drained, nothing was changed: service %s; "
@@ -280,8 +339,8 @@ def create_app(manager):
             node.disabled_reason = reason or node.disabled_reason
             op_ids = []
             for v in (v for v in svcs if v.id in plan):
-                v.state = "ADAPTING"
-                op_ids.append(new_operation(s, "drain", v, drain=node.name,
+                op_ids.append(new_operation(s, "drain", v, "ADAPTING", ("RUNNING",),
+                                            "drained", drain=node.name,
                                             **plan[v.id]).id)
             view = node_view(node)
         LOG.info("node %s disabled (%s); drain: %d operation(s)", view["name"],
@@ -391,19 +450,25 @@ def create_app(manager):
             if port is None:
                 raise exception.Conflict("all endpoint ports are in use: raise "
                                          "[manager] service_port_max")
+            # Held by its create from the start: a delete meanwhile gets 409.
+            op_id = models.new_id()
             svc = models.Service(tenant_id=ctx.tenant_id, name=name, type=stype,
                                  state="INIT", home_node=node_name, port=port,
                                  bundle_sha256=info.sha256,
                                  memory_mb=conf.manager.instance_memory_mb,
-                                 cpus=conf.manager.instance_cpus)
+                                 cpus=conf.manager.instance_cpus,
+                                 operation_id=op_id)
             s.add(svc)
             try:
                 s.flush()
             except sa_exc.IntegrityError:
                 raise exception.Conflict("service name or port taken "
                                          "concurrently; retry")
-            op = new_operation(s, "create", svc, count=count, node=node_name)
-            op_id = op.id
+            s.add(models.Operation(id=op_id, tenant_id=ctx.tenant_id,
+                                   service_id=svc.id, service_name=name,
+                                   kind="create", params={"count": count,
+                                                          "node": node_name},
+                                   journal={}))
         return accepted(op_id)
 
     @app.get("/v1/services")
@@ -413,29 +478,40 @@ def create_app(manager):
             svcs = s.scalars(select(models.Service).where(
                 models.Service.tenant_id == ctx.tenant_id)
                 .order_by(models.Service.name))
-            return flask.jsonify(services=[service_view(v) for v in svcs])
+            return flask.jsonify(services=[
+                service_view(v, manager.cluster.service_tiers(s, v)) for v in svcs])
 
     @app.get("/v1/services/<name>")
     def show_service(name):
         ctx = context("admin", "member")
         with session_scope() as s:
-            return flask.jsonify(service=service_view(get_service(s, ctx, name)))
-
-    def require_state(svc, allowed, action):
-        if svc.state not in allowed:
-            raise exception.Conflict(
-                "service %s is %s; it can be %s only when %s (wait for its "
-                "current operation: mec-conpaas operation list)" % (
-                    svc.name, svc.state, action, " or ".join(allowed)))
+            svc = get_service(s, ctx, name)
+            return flask.jsonify(service=service_view(
+                svc, manager.cluster.service_tiers(s, svc)))
 
     @app.delete("/v1/services/<name>")
     def delete_service(name):
+        """Accepted in any state no operation holds (a delete waits for
+        nothing: 409 while a create, scale, ... runs, retry when it ends).
+
+        ``?force=true`` (admins) forgets the instances and proxies it cannot
+        reach, e.g. on a node that will not come back.
+        """
         ctx = context("admin", "member")
+        force = flask.request.args.get("force", "false").lower()
+        if force not in ("true", "false", "1", "0", "yes", "no"):
+            raise exception.BadRequest("force must be true or false")
+        force = force in ("true", "1", "yes")
+        if force and ctx.role != "admin":
+            raise exception.Forbidden(
+                "only an admin can force a delete (it forgets instances on nodes "
+                "that do not answer): delete without force; instances on a down "
+                "node are removed when it is back")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
-            require_state(svc, ("INIT", "RUNNING", "STOPPED", "ERROR"), "deleted")
-            svc.state = "EPILOGUE"
-            op_id = new_operation(s, "delete", svc).id
+            engine_mod.refuse(s, svc, None, "deleted")
+            op_id = new_operation(s, "delete", svc, "EPILOGUE", action="deleted",
+                                  **({"force": True} if force else {})).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/scale")
@@ -450,7 +526,7 @@ def create_app(manager):
             raise exception.BadRequest("node must be a node name")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
-            require_state(svc, ("RUNNING",), "scaled")
+            engine_mod.refuse(s, svc, ("RUNNING",), "scaled")
             current = len([i for i in svc.instances if i.state == "ACTIVE"])
             if node:
                 up_node(s, node)
@@ -460,9 +536,9 @@ def create_app(manager):
                     raise exception.InsufficientCapacity(
                         "count %d needs %d more instance(s) but the up nodes "
                         "have %d free slot(s)" % (count, count - current, free))
-            svc.state = "ADAPTING"
-            op_id = new_operation(s, "scale", svc, count=count,
-                                  previous=current, node=node).id
+            op_id = new_operation(s, "scale", svc, "ADAPTING", ("RUNNING",),
+                                  "scaled", count=count, previous=current,
+                                  node=node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/migrate")
@@ -474,7 +550,7 @@ def create_app(manager):
             raise exception.BadRequest("migrate needs 'to': the target node name")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
-            require_state(svc, ("RUNNING",), "migrated")
+            engine_mod.refuse(s, svc, ("RUNNING",), "migrated")
             up_node(s, target)
             on_home = [i for i in svc.instances
                        if i.state == "ACTIVE" and i.node_name == svc.home_node]
@@ -489,9 +565,39 @@ def create_app(manager):
                 raise exception.InsufficientCapacity(
                     "node %s has %d free slot(s), %d needed" % (
                         target, cap["max_instances"] - cap["used"], len(on_home)))
-            svc.state = "ADAPTING"
-            op_id = new_operation(s, "migrate", svc, to=target,
-                                  source=svc.home_node).id
+            op_id = new_operation(s, "migrate", svc, "ADAPTING", ("RUNNING",),
+                                  "migrated", to=target, source=svc.home_node).id
+        return accepted(op_id)
+
+    @app.post("/v1/services/<name>/stop")
+    def stop_service(name):
+        """Stop every instance, keeping its state (on the manager) and the
+        service's endpoint port."""
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            engine_mod.refuse(s, svc, ("RUNNING",), "stopped")
+            count = len([i for i in svc.instances if i.state == "ACTIVE"])
+            op_id = new_operation(s, "stop", svc, "EPILOGUE", ("RUNNING",),
+                                  "stopped", count=count).id
+        return accepted(op_id)
+
+    @app.post("/v1/services/<name>/start")
+    def start_service(name):
+        """Bring a stopped service's instances back with their state."""
+        ctx = context("admin", "member")
+        with session_scope() as s:
+            svc = get_service(s, ctx, name)
+            engine_mod.refuse(s, svc, ("STOPPED",), "started")
+            count = manager.cluster.saved_count(svc.id)
+            free = manager.cluster.free_slots(s)
+            if count > free:
+                raise exception.InsufficientCapacity(
+                    "service %s had %d instance(s) but the up nodes have %d free "
+                    "slot(s): free some (scale or stop other services) or add "
+                    "nodes, then retry" % (name, count, free))
+            op_id = new_operation(s, "start", svc, "PROLOGUE", ("STOPPED",),
+                                  "started", count=count).id
         return accepted(op_id)
 
     @app.get("/v1/services/<name>/logs")

@@ -90,8 +90,9 @@ class Client:
             if files:
                 files["bundle"][1].close()
 
-    def delete_service(self, name):
-        return self.request("DELETE", "/v1/services/" + name)
+    def delete_service(self, name, force=False):
+        return self.request("DELETE", "/v1/services/" + name,
+                            params={"force": "true"} if force else None)
 
     def scale(self, name, count, node=None):
         body = {"count": count}
@@ -101,6 +102,12 @@ class Client:
 
     def migrate(self, name, to):
         return self.request("POST", "/v1/services/%s/migrate" % name, json={"to": to})
+
+    def stop(self, name):
+        return self.request("POST", "/v1/services/%s/stop" % name)
+
+    def start(self, name):
+        return self.request("POST", "/v1/services/%s/start" % name)
 
     def logs(self, name):
         return self.request("GET", "/v1/services/%s/logs" % name)["logs"]

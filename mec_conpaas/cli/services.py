@@ -1,19 +1,22 @@
-"""service create | list | show | delete | logs | scale | migrate"""
+"""service create | list | show | delete | logs | scale | migrate | stop | start"""
 from cliff import lister
 from cliff import show
 
 from mec_conpaas.cli import common
 
 SHOW_KEYS = ("id", "name", "type", "state", "home_node", "port", "instances",
-             "error", "operation")
+             "tiers", "error", "operation")
 
 
 def _show(svc, op=None):
-    inst = ", ".join("%s@%s(%s)" % (i["address"], i["node"], i["state"].lower())
-                     for i in svc["instances"])
+    # An instance's tier as the home node's proxy uses it; ``tiers`` has
+    # every access point's view.
+    inst = ", ".join("%s@%s(%s)" % (i["address"], i["node"], ", ".join(
+        filter(None, (i["state"].lower(), i.get("role", "worker"), i.get("tier")))))
+        for i in svc["instances"])
     return SHOW_KEYS, (svc["id"], svc["name"], svc["type"], svc["state"],
-                       svc["home_node"], svc["port"], inst, svc["error"],
-                       op["id"] if op else None)
+                       svc["home_node"], svc["port"], inst, svc.get("tiers", {}),
+                       svc["error"], op["id"] if op else None)
 
 
 class _Mutating(common.ApiCommand, show.ShowOne):
@@ -77,10 +80,14 @@ class DeleteService(common.ApiCommand, show.ShowOne):
     def get_parser(self, prog_name):
         parser = common.add_wait_args(super().get_parser(prog_name))
         parser.add_argument("name")
+        parser.add_argument("--force", action="store_true",
+                            help="admin only: forget the instances and proxy "
+                            "entries on nodes that do not answer (a node that "
+                            "is gone); they are swept if it comes back")
         return parser
 
     def take_action(self, parsed_args):
-        res = self.app.client.delete_service(parsed_args.name)
+        res = self.app.client.delete_service(parsed_args.name, parsed_args.force)
         return common.operation_columns(common.wait_for(self.app, res, parsed_args))
 
 
@@ -127,4 +134,25 @@ class MigrateService(_Mutating):
 
     def take_action(self, parsed_args):
         res = self.app.client.migrate(parsed_args.name, parsed_args.to)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class StopService(_Mutating):
+    """Stop every instance (cleanup.sh), keeping their state and the port."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.stop(parsed_args.name)
+        return self.finish(parsed_args, res, parsed_args.name)
+
+
+class StartService(StopService):
+    """Start a stopped service: its instances come back with their state."""
+
+    def take_action(self, parsed_args):
+        res = self.app.client.start(parsed_args.name)
         return self.finish(parsed_args, res, parsed_args.name)

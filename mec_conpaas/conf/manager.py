@@ -46,6 +46,50 @@ that created it fails and is rolled back.
 """),
     cfg.IntOpt("operation_workers", default=4, min=1,
                help="Operations run in parallel (one at a time per service)."),
+    cfg.IntOpt("operation_max_attempts", default=3, min=1,
+               help="""
+Attempts an operation gets before it ends FAILED and is rolled back.
+
+Each start counts, including the one a restarted manager makes to resume
+it, so a manager that keeps crashing during an operation gives up on it.
+Errors the user caused (4xx) are not retried.
+
+Possible values:
+* 1: never retry.
+* N > 1: retry N - 1 times, waiting ``operation_retry_delay`` seconds,
+  doubled after each attempt.
+
+Related options:
+* ``operation_retry_delay``
+"""),
+    cfg.IntOpt("operation_retry_delay", default=5, min=0,
+               help="""
+Seconds before an operation's second attempt; each later attempt waits
+twice as long as the one before.
+
+Possible values:
+* 0: retry at once.
+* a number of seconds, e.g. more than ``node_heartbeat_timeout`` / 2 so a
+  node that died mid-operation is marked down by the second retry.
+
+Related options:
+* ``operation_max_attempts``
+"""),
+    cfg.IntOpt("orphan_sweep_interval", default=60, min=1,
+               help="""
+Seconds between two sweeps of the edge, and before the first one.
+
+A sweep removes containers no instance row accounts for (e.g. on a node
+that was down when its service was deleted with ``--force``), removes
+instances left DELETING, BUILDING or STANDBY by an operation that has
+ended (never those of a running operation), and pushes every up access
+point its proxy configuration again, which drops entries of deleted
+services on a node that was down and refills a restarted node agent.
+
+Possible values:
+* a number of seconds (the sweep lists the containers of every up node,
+  one request per node).
+"""),
     cfg.StrOpt("topology_file",
                help="""
 Edge topology (YAML) giving the latency of each link between access points.
@@ -54,6 +98,46 @@ Used to compute which instances are nearest to each access point.
 
 Possible values:
 * unset: every node is equally near to every other.
+"""),
+    cfg.IntOpt("instance_maxconn", default=4, min=0,
+               help="""
+Requests each access point's HAProxy has in progress at once on one service
+instance.
+
+Further requests wait in HAProxy's queue (at most ``timeout queue``, 10 s)
+for a free slot, or spill to the service's farther instances (see
+``proxy_far_tier``), instead of piling onto an instance that cannot take
+them.  Size it to what one instance serves at once without slowing down.
+The default suits the web servers the service agent runs (a listen backlog
+of 5, a half-core instance): measured with 50 users on one access point
+(bench/overload.py, computing app), 2 to 8 gave no failed request, 4 the
+lowest p99; 16 let a busy instance's backlog overflow, and the dropped
+connections failed after HAProxy's retries.
+
+Possible values:
+* a positive number of requests;
+* ``0``: no limit (HAProxy never queues; an overloaded instance answers
+  slowly or drops connections).
+
+Related options:
+* ``proxy_far_tier``
+"""),
+    cfg.StrOpt("proxy_far_tier", default="spill",
+               choices=[("spill", "farther instances take what overflows the "
+                         "nearest ones (their slots all busy), and everything "
+                         "while none of the nearest is up"),
+                        ("backup", "farther instances are HAProxy backup "
+                         "servers: used only while none of the nearest is up; "
+                         "overload waits in the queue")],
+               help="""
+What an access point's proxy does with a service's instances that are not
+the nearest to it.
+
+``service show`` tells each instance's tier (``local``, ``spill`` or
+``backup``) per access point.
+
+Related options:
+* ``instance_maxconn``: the nearest instances' slots.
 """),
     cfg.IntOpt("drain_timeout", default=5, min=0,
                help="""

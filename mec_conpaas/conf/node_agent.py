@@ -38,6 +38,33 @@ Possible values:
                help="libvirt connection URI of the local LXC driver."),
     cfg.StrOpt("bridge", default="mecbr0",
                help="Bridge the instances' veth interfaces are attached to."),
+    cfg.BoolOpt("network_isolation", default=True,
+                help="""
+Keep tenants apart on the network with this node's nftables tables
+(``bridge``/``inet mec_isolation``): an instance reaches only its own
+service's instances, Wi-Fi users only the access point's endpoints.
+
+Possible values:
+* true: needs the ``nftables`` package (libnftables).
+* false: no filtering; any instance or Wi-Fi user reaches every instance.
+
+Only nodes that run the instances themselves (``container_backend =
+libvirt``) filter: with ``none`` nova creates the instances and neutron's
+port security and security groups are what keep them apart.
+
+Related options:
+* ``client_interfaces``
+* ``container_backend``
+"""),
+    cfg.ListOpt("client_interfaces", default=["wlan0"],
+                help="""
+Interfaces of this access point's Wi-Fi users (hostapd's interface):
+traffic arriving on them may reach the access point's endpoints but no
+instance address.
+
+Possible values:
+* a list of interface names; empty if the node serves no Wi-Fi users.
+"""),
     cfg.StrOpt("instance_network", default="10.240.1.0/24",
                help="""
 IPv4 network of the instances on this node; the bridge holds its first
@@ -54,6 +81,58 @@ free slots of all nodes.
                help="""
 Root filesystem tree shared read-only (overlayfs lower layer) by all
 instances; built once with ``mec-conpaas-edge build-image``.
+"""),
+    cfg.IntOpt("idmap_start", default=1000000000, min=1, max=4294967294,
+               help="""
+First host uid (and gid) of the ranges instances' user namespaces map to.
+
+Every instance gets its own range of ``idmap_size`` ids from here on: its
+root is an unprivileged host uid that owns nothing outside the instance,
+and no two instances (of the same or different tenants) share an id.
+
+Possible values:
+* a uid above every ordinary account and /etc/subuid range of the node
+  (Debian's subordinate ids end at 600100000); the ranges must fit below
+  4294967295.
+
+Related options:
+* ``idmap_size``, ``idmap_slots``.
+"""),
+    cfg.IntOpt("idmap_size", default=65536, min=65536,
+               help="""
+Ids in each instance's user namespace (0 .. size-1 inside).
+
+Possible values:
+* 65536 or more: Debian's own accounts go up to 65534 (nobody).
+"""),
+    cfg.IntOpt("idmap_slots", default=32, min=1,
+               help="""
+Ranges reserved for this node: instances that can exist at the same time,
+including ones being created or deleted during migration.
+
+Possible values:
+* at least ``max_instances``; ``idmap_start + idmap_slots * idmap_size``
+  must stay below 4294967295.
+"""),
+    cfg.IntOpt("pids_limit", default=512, min=16,
+               help="""
+Processes and threads an instance may have at once (cgroup pids
+controller): a fork bomb stops there, not at the node's pid_max.
+
+Possible values:
+* 16 or more; a threaded web application needs one per concurrent request.
+  The default leaves a Pi (pid_max 32768) room for 8 instances and itself.
+"""),
+    cfg.IntOpt("disk_mb", default=1024, min=0,
+               help="""
+Disk space (MiB) of an instance's writable layer, state directory and log
+together: a sparse ext4 image on a loop device per instance, so a full
+instance gets ENOSPC without filling the node's card.
+
+Possible values:
+* 0: no limit (plain directories on ``instances_path``; for hosts without
+  loop devices);
+* otherwise the size in MiB (at least 16); only what is written takes space.
 """),
     cfg.StrOpt("haproxy_binary", default="/usr/sbin/haproxy",
                help="HAProxy executable."),

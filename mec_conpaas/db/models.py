@@ -92,6 +92,10 @@ class Service(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     cpus: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # The operation that holds the service: set atomically by a conditional
+    # UPDATE (or on insert, for a create) and cleared when it ends, so one
+    # mutating operation at a time runs per service on any SQL backend.
+    operation_id: Mapped[str | None] = mapped_column(String(36), index=True)
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
                                                           onupdate=utcnow)
@@ -102,12 +106,16 @@ class Service(Base):
 class Instance(Base):
     __tablename__ = "instances"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    service_id: Mapped[str] = mapped_column(ForeignKey("services.id"), index=True)
+    # None once its service is deleted while its node was down: the row
+    # keeps the node's slot counted until the sweep removes the container.
+    service_id: Mapped[str | None] = mapped_column(ForeignKey("services.id"),
+                                                   index=True)
     node_name: Mapped[str] = mapped_column(String(64))
     address: Mapped[str | None] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16), default="worker")
-    # BUILDING -> ACTIVE -> DELETING; rows in BUILDING after a crash are
-    # treated as never finished.
+    # BUILDING (STANDBY) -> ACTIVE -> DELETING; rows in BUILDING after a
+    # crash are treated as never finished.  A DELETING row whose service no
+    # operation holds (or that has no service) is the orphan sweep's.
     state: Mapped[str] = mapped_column(String(16), default="BUILDING")
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     service = relationship("Service", back_populates="instances")
@@ -120,7 +128,9 @@ class Operation(Base):
     service_id: Mapped[str | None] = mapped_column(String(36), index=True)
     service_name: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
-    # PENDING -> RUNNING -> SUCCEEDED | FAILED | ROLLED_BACK
+    # PENDING -> RUNNING -> SUCCEEDED | FAILED; a failed attempt goes back
+    # to PENDING until [manager] operation_max_attempts (counted in
+    # ``attempts``, across restarts) is reached.
     state: Mapped[str] = mapped_column(String(16), default="PENDING")
     progress: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[str] = mapped_column(String(255), default="")

@@ -36,7 +36,11 @@ class InstanceSpec:
     memory_mb: int
     cpus: float
     role: str = "worker"
+    # Empty: the node fills in the manager's address as it reaches it.
     master_ip: str = ""
+    # Start the container with the app held: its service agent runs
+    # init.sh/run.sh only on POST /start, after the state is copied in.
+    hold: bool = False
 
 
 class CloudDriver(abc.ABC):
@@ -69,12 +73,27 @@ class CloudDriver(abc.ABC):
         final delta with the source frozen."""
         raise NotImplementedError
 
-    def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None):
+    def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None,
+                        restore=False):
         """Freeze the source, then copy the final delta: migration's critical
-        window.  Drivers that can do both in one request override this."""
+        window.  With ``restore``, a driver may also have the target's app
+        take the delta up (its service agent's ``POST /restore``, phase
+        ``finish``) and return its answer as ``"restore"``; without that key
+        the manager asks the service agent itself.  Drivers that can do it
+        all in one request override this."""
         frozen = self.freeze(src, src_id, quiesce_port)
         copied = self.copy_state(src, src_id, dst, dst_id, final=True)
         return dict(copied, freeze_attempts=(frozen or {}).get("attempts", 1))
+
+    def export_state(self, node, instance_id) -> bytes:
+        """The instance's whole state directory as a tar that
+        ``import_state`` takes (``service stop`` keeps it)."""
+        raise NotImplementedError
+
+    def import_state(self, node, instance_id, data: bytes) -> None:
+        """Replace an instance's state directory with an ``export_state``
+        tar; the instance should still be held."""
+        raise NotImplementedError
 
     def logs(self, node, instance_id) -> str:
         raise NotImplementedError

@@ -17,7 +17,8 @@ class LxcDriver(base.CloudDriver):
     @staticmethod
     def _call(node, method, path, body=None, timeout=60, raw=False):
         return httpserver.call(method, node.url + path, node.agent_token, body,
-                               timeout=timeout, raw=raw)
+                               timeout=timeout, raw=raw,
+                               content_type="application/x-tar")
 
     def create_instance(self, node, spec):
         return self._call(node, "POST", "/v1/instances", {
@@ -26,6 +27,7 @@ class LxcDriver(base.CloudDriver):
             "service_type": spec.service_type,
             "bundle_sha256": spec.bundle_sha256, "memory_mb": spec.memory_mb,
             "cpus": spec.cpus, "role": spec.role, "master_ip": spec.master_ip,
+            "hold": spec.hold,
         }, timeout=180)
 
     def delete_instance(self, node, instance_id):
@@ -55,12 +57,22 @@ class LxcDriver(base.CloudDriver):
             "source": {"url": src.url, "token": src.agent_token,
                        "instance_id": src_id}}, timeout=600)
 
-    def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None):
-        # One request: the source agent freezes, then pushes the delta.
+    def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None,
+                        restore=False):
+        # One request: the source agent freezes, then pushes the delta; the
+        # target's node agent has the app take it up (a local call).
         return self._call(src, "POST", "/v1/instances/%s/state/push" % src_id, {
             "freeze": {"quiesce_port": quiesce_port},
             "target": {"url": dst.url, "token": dst.agent_token,
-                       "instance_id": dst_id}}, timeout=600)
+                       "instance_id": dst_id, "restore": restore}}, timeout=600)
+
+    def export_state(self, node, instance_id):
+        return self._call(node, "GET", "/v1/instances/%s/state/archive" % instance_id,
+                          raw=True, timeout=600)
+
+    def import_state(self, node, instance_id, data):
+        self._call(node, "POST", "/v1/instances/%s/state/import" % instance_id,
+                   data, timeout=600)
 
     def logs(self, node, instance_id):
         return self._call(node, "GET", "/v1/instances/%s/logs" % instance_id)["log"]

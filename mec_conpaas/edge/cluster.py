@@ -17,6 +17,7 @@ import time
 import yaml
 
 from mec_conpaas.agents.node import httpserver
+from mec_conpaas.conf import node_agent as node_conf
 from mec_conpaas.edge import image as image_mod
 from mec_conpaas.edge import network as net_mod
 from mec_conpaas.edge import shaping
@@ -145,6 +146,8 @@ class Edge:
         t0 = time.monotonic()
         image_mod.build(self.image_dir, log=self.log)
         os.makedirs(self.state, exist_ok=True)
+        # Instances' roots (unprivileged uids) reach their files through it.
+        os.chmod(self.state, os.stat(self.state).st_mode | 0o001)
         self.log("creating %d access points and their links..." % len(self.net.aps))
         try:
             self.net.create()
@@ -277,9 +280,11 @@ class Edge:
                 "node_name": ap, "bind_host": "0.0.0.0",
                 "advertise_address": self.net.bridge_address(ap),
                 "bridge": net_mod.BRIDGE,
+                "client_interfaces": net_mod.WIFI_AP_IF,
                 "instance_network": spec["instance_network"],
                 "max_instances": spec.get("max_instances", 8),
-                "base_image_path": self.image_dir, "heartbeat_interval": 2},
+                "base_image_path": self.image_dir, "heartbeat_interval": 2,
+                "idmap_start": self._idmap_start(ap)},
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
                         "--write-haproxy-config"], check=True, capture_output=True)
@@ -291,6 +296,13 @@ class Edge:
             os.path.join(base, "run", "haproxy-admin.sock")), timeout=20, proc=proc,
             logname="haproxy-" + ap)
         self.start_node_agent(ap, libvirtd_pid)
+
+    def _idmap_start(self, ap):
+        """Emulated access points share one kernel: each gets its own uid
+        ranges, as instances on different Pis never share a uid either."""
+        defaults = {o.name: o.default for o in node_conf.node_opts}
+        return defaults["idmap_start"] + self.net.aps.index(ap) * \
+            defaults["idmap_slots"] * defaults["idmap_size"]
 
     def start_node_agent(self, ap, libvirtd_pid=None):
         libvirtd_pid = libvirtd_pid or self._pid("libvirtd-" + ap)

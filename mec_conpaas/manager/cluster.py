@@ -5,13 +5,17 @@ Workflows use this; it is the only place that contacts node agents
 """
 import concurrent.futures
 import datetime
+import json
 import logging
+import os
+import threading
 import time
 
 from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.agents.node import httpserver
+from mec_conpaas.agents.node import isolation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
@@ -32,6 +36,9 @@ class Cluster:
             self.topology = topology_mod.load(conf.manager.topology_file)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="fanout")
+        # Operations and the sweep push proxies: one plan at a time, so an
+        # older plan never lands after a newer one.
+        self._proxy_lock = threading.Lock()
 
     # -- nodes -----------------------------------------------------------
     def heartbeat_deadline(self):
@@ -86,10 +93,12 @@ class Cluster:
 
     # -- proxies ---------------------------------------------------------
     def desired_proxies(self, session, draining=()):
-        """Per access point: every service's near/far/draining servers."""
+        """Per access point: every service's near/far/draining servers and
+        how its far tier is used (placement.tier_map)."""
         nodes = self.nodes(session, up_only=True)
         names = [n.name for n in self.nodes(session)]
         dist = self.distances(names)
+        far_tier = self.conf.manager.proxy_far_tier
         services = list(session.scalars(select(models.Service)))
         out = {n.name: {} for n in nodes}
         for svc in services:
@@ -101,50 +110,98 @@ class Cluster:
                       and i.id not in draining}
             drain = [{"addr": i.address} for i in svc.instances
                      if i.id in draining and i.address]
+            tiers = placement.tier_map([n.name for n in nodes], active, dist, far_tier)
             for node in nodes:
-                near, far = placement.tiers(node.name, active, dist)
                 out[node.name][svc.id] = {
                     "name": svc.name, "port": svc.port,
                     "mode": "http" if svc.type == "web" else "tcp",
-                    "near": [{"addr": a} for a in near],
-                    "far": [{"addr": a} for a in far],
+                    "maxconn": self.conf.manager.instance_maxconn,
+                    "far_tier": far_tier,
+                    "near": [{"addr": a} for a, t in sorted(tiers[node.name].items())
+                             if t == "local"],
+                    "far": [{"addr": a} for a, t in sorted(tiers[node.name].items())
+                            if t != "local"],
                     "draining": drain}
         return {n.name: (self.ref(n), out[n.name]) for n in nodes}
 
+    def service_tiers(self, session, svc):
+        """``{ap: {instance id: tier}}`` of a service's active instances, as
+        the up access points' proxies use them (desired_proxies)."""
+        names = [n.name for n in self.nodes(session)]
+        active = {i.id: i.node_name for i in svc.instances
+                  if i.state == "ACTIVE" and i.address}
+        return placement.tier_map([n.name for n in self.nodes(session, up_only=True)],
+                                  active, self.distances(names),
+                                  self.conf.manager.proxy_far_tier)
+
     def push_proxies(self, draining=()):
-        with session_scope() as s:
-            plan = self.desired_proxies(s, draining)
-        futures = {name: self._pool.submit(
-            httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
-            {"services": services}, 30) for name, (ref, services) in plan.items()}
         errors = []
-        for name, fut in futures.items():
-            try:
-                fut.result()
-            except exception.NodeError as e:
-                errors.append("%s: %s" % (name, e.message))
+        with self._proxy_lock:
+            with session_scope() as s:
+                plan = self.desired_proxies(s, draining)
+                # Every node's, so each node's isolation rules know which
+                # addresses are instances (see agents/node/isolation.py).
+                nets = sorted({n.instance_network for n in self.nodes(s)
+                               if n.instance_network})
+            futures = {name: self._pool.submit(
+                httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
+                {"services": services, "instance_networks": nets}, 30)
+                for name, (ref, services) in plan.items()}
+            for name, fut in futures.items():
+                try:
+                    fut.result()
+                except exception.NodeError as e:
+                    errors.append("%s: %s" % (name, e.message))
         if errors:
             raise exception.NodeError("switching proxies failed on "
                                       + "; ".join(errors))
 
+    def saved_dir(self, service_id):
+        """Where a stopped service's instances' state is kept."""
+        return os.path.join(self.conf.state_path, "stopped", service_id)
+
+    def saved_count(self, service_id):
+        """Instances a stopped service had (0 if none were saved)."""
+        try:
+            with open(os.path.join(self.saved_dir(service_id), "index.json")) as f:
+                return len(json.load(f))
+        except FileNotFoundError:
+            return 0
+
     def forget_bundle(self, sha256):
         """Remove a bundle no service uses any more (nodes keep their cached
         copy until their instances are gone)."""
-        import os
         try:
             os.unlink(os.path.join(self.conf.state_path, "bundles", sha256 + ".tar.gz"))
         except FileNotFoundError:
             pass
 
     # -- service agents --------------------------------------------------
-    def wait_healthy(self, address, timeout=None):
+    @staticmethod
+    def agent_secret(ref, instance_id):
+        """The secret of an instance's service agent on node ``ref``."""
+        return isolation.agent_secret(ref.agent_token, instance_id)
+
+    def service_agent(self, instance_id):
+        """``(address, secret)`` of an instance's service agent, for
+        ``agent_call`` and ``wait_healthy``."""
+        with session_scope() as s:
+            inst = s.get(models.Instance, instance_id)
+            if inst is None:
+                raise exception.NotFound("no instance %s" % instance_id)
+            return inst.address, self.agent_secret(
+                self.node_ref(s, inst.node_name), instance_id)
+
+    def wait_healthy(self, address, secret=None, timeout=None):
+        """Wait for the service agent's health; with its ``secret`` the
+        answer says why it is not healthy (without, only whether)."""
         timeout = timeout or self.conf.manager.health_timeout
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             try:
                 resp = httpserver.call("GET", "http://%s:%d/health" % (
-                    address, SERVICE_AGENT_PORT), timeout=2)
+                    address, SERVICE_AGENT_PORT), secret, timeout=2)
                 if resp and resp.get("healthy"):
                     return resp
                 last = resp.get("detail") if resp else last
@@ -154,35 +211,76 @@ class Cluster:
         raise exception.NodeError("instance %s did not become healthy within "
                                   "%ds: %s" % (address, timeout, last))
 
+    def agent_call(self, address, secret, path, body=None, timeout=10,
+                   wait_up=False):
+        """POST to an instance's service agent (``secret``: see
+        ``agent_secret``); with ``wait_up``, retry while the container is
+        still booting (nothing listens yet)."""
+        deadline = time.monotonic() + self.conf.manager.health_timeout
+        while True:
+            try:
+                return httpserver.call("POST", "http://%s:%d%s" % (
+                    address, SERVICE_AGENT_PORT, path), secret, body=body or {},
+                    timeout=timeout)
+            except exception.NodeError as e:
+                if not wait_up or getattr(e, "remote_status", None) or \
+                        time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def start_app(self, address, secret):
+        """Release a held instance (its state is in) and wait until its app
+        is healthy."""
+        self.agent_call(address, secret, "/start", wait_up=True)
+        return self.wait_healthy(address, secret)
+
     def notify_peers(self, service_id):
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
-            addrs = [i.address for i in svc.instances
-                     if i.state == "ACTIVE" and i.address] if svc else []
-        for addr in addrs:
+            # The master first: workers find it there after it moved.
+            active = [i for i in sorted(svc.instances, key=lambda i: i.role != "master")
+                      if i.state == "ACTIVE" and i.address] if svc else []
+            tokens = {n.name: n.agent_token for n in self.nodes(s)}
+            addrs = [i.address for i in active]
+            agents = [(i.address, isolation.agent_secret(tokens[i.node_name], i.id))
+                      for i in active if i.node_name in tokens]
+        for addr, secret in agents:
             try:
                 httpserver.call("POST", "http://%s:%d/notify" % (
-                    addr, SERVICE_AGENT_PORT), body={"peers": addrs}, timeout=10)
+                    addr, SERVICE_AGENT_PORT), secret, body={"peers": addrs},
+                    timeout=10)
             except exception.NodeError as e:
                 LOG.warning("notify %s: %s", addr, e.message)
 
     def sweep_orphans(self):
-        """Delete containers no instance row accounts for."""
+        """Delete containers no instance row accounts for.
+
+        Rows are written before their container exists and removed after it
+        is gone, so listing the containers *before* reading the rows never
+        takes an instance being created for an orphan.
+        """
         with session_scope() as s:
-            known = {i.id for i in s.scalars(select(models.Instance))}
             refs = [self.ref(n) for n in self.nodes(s, up_only=True)
                     if n.container_backend == "libvirt"]
-        removed = []
+        present = {}
         for ref in refs:
             try:
-                present = self.driver.list_instances(ref)
+                present[ref] = self.driver.list_instances(ref)
             except exception.NodeError as e:
                 LOG.warning("cannot list instances on %s: %s", ref.name, e.message)
-                continue
-            for inst in present:
-                if inst["id"] not in known:
-                    LOG.warning("removing orphan container %s on %s",
-                                inst["id"], ref.name)
+        with session_scope() as s:
+            known = set(s.scalars(select(models.Instance.id)))
+        removed = []
+        for ref, instances in present.items():
+            for inst in instances:
+                if inst["id"] in known:
+                    continue
+                LOG.warning("removing orphan container %s on %s", inst["id"],
+                            ref.name)
+                try:
                     self.driver.delete_instance(ref, inst["id"])
                     removed.append(inst["id"])
+                except exception.NodeError as e:
+                    LOG.warning("orphan %s on %s: %s", inst["id"], ref.name,
+                                e.message)
         return removed

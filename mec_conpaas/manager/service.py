@@ -42,8 +42,8 @@ class Manager:
             db.upgrade()
         self.driver = lxc.load(conf.manager.driver)
         self.cluster = cluster_mod.Cluster(conf, self.driver)
-        self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster),
-                                        conf.manager.operation_workers)
+        self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
+        self.sweeper = workflows.Sweeper(self.cluster)
         self._sample = None
         self.stop = threading.Event()
 
@@ -61,25 +61,26 @@ class Manager:
                 LOG.exception("node monitor")
 
     def recover(self):
-        """Resume unfinished operations, then remove orphan containers once
-        node agents have had time to re-register."""
+        """Resume unfinished operations, then sweep the edge periodically."""
         resumed = self.engine.resume_all()
         if resumed:
             LOG.warning("resumed %d operation(s)", len(resumed))
+        threading.Thread(target=self.sweep_loop, daemon=True).start()
 
-        def sweep():
-            # Wait for the resumed operations first: their instances are not
-            # orphans.
-            while not self.stop.wait(1):
-                if self.engine.idle():
-                    break
+    def sweep_loop(self):
+        # The first sweep waits for node agents to heartbeat again after a
+        # restart: only up nodes are swept.
+        opts = self.conf.manager
+        wait = min(opts.orphan_sweep_interval, opts.node_heartbeat_timeout)
+        while not self.stop.wait(wait):
+            wait = opts.orphan_sweep_interval
             try:
-                removed = self.cluster.sweep_orphans()
+                removed = self.sweeper.sweep()
                 if removed:
-                    LOG.warning("removed %d orphan container(s)", len(removed))
+                    LOG.warning("sweep removed %d leftover instance(s)/"
+                                "container(s): %s", len(removed), ", ".join(removed))
             except Exception:
-                LOG.exception("orphan sweep")
-        threading.Thread(target=sweep, daemon=True).start()
+                LOG.exception("sweep")
 
     def serve(self):
         import waitress

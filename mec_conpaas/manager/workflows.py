@@ -1,19 +1,24 @@
-"""Service workflows: create, scale, migrate, delete.
+"""Service workflows: create, scale, migrate, stop, start, delete.
 
 Each ``run`` is idempotent: after a manager restart the engine calls it
 again with ``ctx.resumed`` set, and it first removes what an interrupted
 attempt left half-made (instance rows still BUILDING or STANDBY, and their
 containers) before converging on the operation's goal.
 """
+import json
 import logging
+import os
+import shutil
 import time
 
+from sqlalchemy import or_
 from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
+from mec_conpaas.manager import engine
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
@@ -34,49 +39,142 @@ class Workflow:
                 svc.state = state
                 svc.error = error
 
-    def start_instance(self, ctx, service_id, node_name, state_after="ACTIVE"):
-        """Create one instance and wait until it is healthy."""
+    def start_instance(self, ctx, service_id, node_name, state_after="ACTIVE",
+                       role=None, fill=None):
+        """Create one instance and wait until it is healthy.
+
+        ``fill(node_ref, instance_id)``, if given, puts the instance's state
+        in while it is held: its app starts only afterwards, so an app that
+        reads its state when it starts sees it.  ``role``: ``master`` or
+        ``worker``; by default the instance is the master when the service
+        has none (its first instance).
+        """
         with session_scope() as s:
             svc = s.get(models.Service, service_id)
             ref = self.cluster.node_ref(s, node_name)
+            if role is None:
+                has_master = s.scalar(select(models.Instance.id).where(
+                    models.Instance.service_id == service_id,
+                    models.Instance.role == "master",
+                    models.Instance.state != "DELETING").limit(1))
+                role = "worker" if has_master else "master"
             inst = models.Instance(service_id=service_id, node_name=node_name,
-                                   state="BUILDING")
+                                   state="BUILDING", role=role)
             s.add(inst)
             s.flush()
             spec = base.InstanceSpec(
                 id=inst.id, service_id=svc.id, service_name=svc.name,
                 service_type=svc.type, bundle_sha256=svc.bundle_sha256,
-                memory_mb=svc.memory_mb, cpus=svc.cpus,
-                master_ip=self.cluster.conf.api.bind_host)
+                memory_mb=svc.memory_mb, cpus=svc.cpus, role=role,
+                hold=fill is not None)
         ctx.record(created=ctx.journal.get("created", []) + [spec.id])
         info = self.driver.create_instance(ref, spec)
         with session_scope() as s:
             s.get(models.Instance, spec.id).address = info["address"]
-        self.cluster.wait_healthy(info["address"])
+        secret = self.cluster.agent_secret(ref, spec.id)
+        if fill is None:
+            self.cluster.wait_healthy(info["address"], secret)
+        else:
+            fill(ref, spec.id)
+            self.cluster.start_app(info["address"], secret)
         with session_scope() as s:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
 
-    def destroy_instance(self, instance_id):
+    def commit(self, ctx, states, **journal):
+        """Instance states and journal entries in one transaction: the
+        point of no return of a step, for a resumed run to see exactly."""
+        with session_scope() as s:
+            for iid, state in states.items():
+                s.get(models.Instance, iid).state = state
+            ctx.journal.update(journal)
+            s.get(models.Operation, ctx.op_id).journal = dict(ctx.journal)
+
+    def destroy_instance(self, instance_id, ctx=None, force=False):
+        """Remove an instance's container, then its row.
+
+        On a node that is down (no heartbeat) nothing can be removed: the
+        row stays DELETING, keeping the node's slot counted, and the sweep
+        removes the container when the node is back.  ``force`` (an
+        admin's delete) forgets the row also when the node fails to answer;
+        the sweep removes the container as an orphan then.  Returns whether
+        the instance is gone.
+        """
         with session_scope() as s:
             inst = s.get(models.Instance, instance_id)
             if inst is None:
-                return
-            ref = self.cluster.node_ref(s, inst.node_name)
-        self.driver.delete_instance(ref, instance_id)
+                return True
+            node = s.scalar(select(models.Node).where(
+                models.Node.name == inst.node_name))
+            down = node is None or node.last_heartbeat < \
+                self.cluster.heartbeat_deadline()
+            if down:
+                inst.state = "DELETING"
+                if force:
+                    s.delete(inst)
+            else:
+                ref = self.cluster.ref(node)
+        if down:
+            left = "forgotten" if force else "left"
+            LOG.warning("instance %s is on %s, which is down: %s for the sweep",
+                        instance_id, inst.node_name, left)
+            if ctx is not None:
+                ctx.record(left=sorted(set(ctx.journal.get("left", []))
+                                       | {"%s@%s" % (instance_id, inst.node_name)}))
+            return force
+        try:
+            self.driver.delete_instance(ref, instance_id)
+        except exception.NodeError as e:
+            if not force:
+                raise
+            LOG.warning("forgetting instance %s on %s: %s", instance_id,
+                        ref.name, e.message)
         with session_scope() as s:
             inst = s.get(models.Instance, instance_id)
             if inst is not None:
                 s.delete(inst)
+        return True
 
-    def cleanup_unfinished(self, service_id):
+    def instances(self, service_id, states):
         with session_scope() as s:
-            ids = [i.id for i in s.scalars(select(models.Instance).where(
+            return [i.id for i in s.scalars(select(models.Instance).where(
                 models.Instance.service_id == service_id,
-                models.Instance.state.in_(("BUILDING", "STANDBY"))))]
-        for iid in ids:
+                models.Instance.state.in_(states))
+                .order_by(models.Instance.created_at))]
+
+    def cleanup_unfinished(self, ctx, service_id):
+        for iid in self.instances(service_id, ("BUILDING", "STANDBY")):
             LOG.warning("removing unfinished instance %s", iid)
-            self.destroy_instance(iid)
+            self.destroy_instance(iid, ctx)
+
+    def finish_removals(self, ctx, service_id):
+        """Remove the instances an interrupted attempt had taken out of
+        service (DELETING): the proxies first, then the containers."""
+        gone = self.instances(service_id, ("DELETING",))
+        if gone:
+            self.cluster.push_proxies()
+            for iid in gone:
+                LOG.warning("removing instance %s left DELETING", iid)
+                self.destroy_instance(iid, ctx)
+
+    def recover(self, ctx):
+        """What a resumed attempt does first: clear what the last one left
+        half-made or half-removed."""
+        self.cleanup_unfinished(ctx, ctx.service_id)
+        self.finish_removals(ctx, ctx.service_id)
+
+    def best_effort(self, *steps):
+        """Run every step of a rollback even when one fails; raise the
+        first error after all were tried."""
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as e:
+                LOG.exception("rollback step failed")
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def active(self, service_id):
         with session_scope() as s:
@@ -85,6 +183,12 @@ class Workflow:
                     models.Instance.service_id == service_id,
                     models.Instance.state == "ACTIVE")
                 .order_by(models.Instance.created_at))]
+
+    def masters(self, service_id):
+        with session_scope() as s:
+            return set(s.scalars(select(models.Instance.id).where(
+                models.Instance.service_id == service_id,
+                models.Instance.role == "master")))
 
     def grow(self, ctx, service_id, count, home, node=None):
         """Add instances: on ``node`` if named, else by placement policy."""
@@ -102,14 +206,20 @@ class Workflow:
 
     def rollback_created(self, ctx, service_id):
         for iid in ctx.journal.get("created", []):
-            self.destroy_instance(iid)
+            self.destroy_instance(iid, ctx)
+
+    def finish(self, ctx):
+        """What the operation's last step says when it ends."""
+        if ctx.journal.get("left"):
+            ctx.record(note="done; on a down node, removed when it is back: "
+                       + ", ".join(ctx.journal["left"]))
 
 
 class CreateService(Workflow):
 
     def run(self, ctx):
         sid = ctx.service_id
-        self.cleanup_unfinished(sid)
+        self.cleanup_unfinished(ctx, sid)
         self.set_state(sid, "PROLOGUE")
         with session_scope() as s:
             home = s.get(models.Service, sid).home_node
@@ -120,16 +230,17 @@ class CreateService(Workflow):
         self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
+        self.finish(ctx)
 
     def rollback(self, ctx, message):
         sid = ctx.service_id
         with session_scope() as s:
             ids = [i.id for i in s.scalars(select(models.Instance).where(
                 models.Instance.service_id == sid))]
-        for iid in ids:
-            self.destroy_instance(iid)
-        self.set_state(sid, "ERROR", message)
-        self.cluster.push_proxies()
+        self.best_effort(
+            *[lambda iid=iid: self.destroy_instance(iid, ctx) for iid in ids],
+            lambda: self.set_state(sid, "ERROR", message),
+            self.cluster.push_proxies)
 
 
 class ScaleService(Workflow):
@@ -138,7 +249,7 @@ class ScaleService(Workflow):
         sid = ctx.service_id
         target = ctx.params["count"]
         if ctx.resumed:
-            self.cleanup_unfinished(sid)
+            self.recover(ctx)
         self.set_state(sid, "ADAPTING")
         current = self.active(sid)
         with session_scope() as s:
@@ -151,13 +262,17 @@ class ScaleService(Workflow):
             with session_scope() as s:
                 names = [n.name for n in self.cluster.nodes(s)]
             seq = {iid: n for n, (iid, _, _) in enumerate(current)}
+            # The master goes last: only when the service scales to 0.
+            masters = self.masters(sid) if target else set()
             chosen = placement.victims(
                 len(current) - target, home,
-                [{"id": i, "node": n, "seq": seq[i]} for i, n, _ in current],
+                [{"id": i, "node": n, "seq": seq[i]} for i, n, _ in current
+                 if i not in masters],
                 self.cluster.distances(names))
             gone = [c["id"] for c in chosen]
             ctx.record(removing=gone)
             ctx.progress(30, "draining %d instance(s)" % len(gone))
+            # From here a resumed attempt finishes the removal (recover).
             with session_scope() as s:
                 for iid in gone:
                     s.get(models.Instance, iid).state = "DELETING"
@@ -165,18 +280,22 @@ class ScaleService(Workflow):
             time.sleep(self.cluster.conf.manager.drain_timeout)
             for n, iid in enumerate(gone, 1):
                 ctx.progress(50 + 30 * n // len(gone), "removing instance %s" % iid)
-                self.destroy_instance(iid)
+                self.destroy_instance(iid, ctx)
             self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
+        self.finish(ctx)
 
     def rollback(self, ctx, message):
         sid = ctx.service_id
-        self.rollback_created(ctx, sid)
-        for iid in ctx.journal.get("removing", []):
-            self.destroy_instance(iid)  # removal is never undone
-        self.set_state(sid, "RUNNING", message)
-        self.cluster.push_proxies()
+        self.best_effort(
+            lambda: self.rollback_created(ctx, sid),
+            lambda: self.cleanup_unfinished(ctx, sid),
+            # removal is never undone
+            *[lambda iid=iid: self.destroy_instance(iid, ctx)
+              for iid in ctx.journal.get("removing", [])],
+            lambda: self.set_state(sid, "RUNNING", message),
+            self.cluster.push_proxies)
 
 
 class MigrateService(Workflow):
@@ -193,6 +312,7 @@ class MigrateService(Workflow):
         sid = ctx.service_id
         if ctx.resumed:
             self._undo_unswitched(ctx)
+            self.recover(ctx)
         self.set_state(sid, "ADAPTING")
         moving = self._moves(ctx)
         for n, (old_id, node, target) in enumerate(moving, 1):
@@ -205,6 +325,7 @@ class MigrateService(Workflow):
         self.cluster.push_proxies()
         self.cluster.notify_peers(sid)
         self.set_state(sid, "RUNNING")
+        self.finish(ctx)
 
     def _moves(self, ctx):
         """(instance, its node, target) for every instance still to move."""
@@ -221,39 +342,55 @@ class MigrateService(Workflow):
         step = "instance %d/%d: " % (n, total)
         with session_scope() as s:
             old_ref = self.cluster.node_ref(s, old_node)
-            to_ref = self.cluster.node_ref(s, target)
-        ctx.progress(pct, step + "starting a new instance on %s" % target)
+            role = s.get(models.Instance, old_id).role
+
+        def bulk(to_ref, new_id):
+            ctx.record(pair=dict(ctx.journal["pair"], new=new_id))
+            ctx.progress(pct + 20 // total, step + "copying state (bulk) into the "
+                         "held instance")
+            self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+            ctx.progress(pct + 30 // total, step + "starting its app")
+
+        ctx.progress(pct, step + "starting a held instance on %s" % target)
         ctx.record(pair={"old": old_id, "new": None, "frozen": False,
                          "switched": False})
-        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY")
+        # The role moves with the instance: a migrated master stays master.
+        new_id = self.start_instance(ctx, sid, target, state_after="STANDBY",
+                                     role=role, fill=bulk)
         pair = dict(ctx.journal["pair"], new=new_id)
-        ctx.record(pair=pair)
-        ctx.progress(pct + 30 // total, step + "copying state (bulk)")
-        self.driver.copy_state(old_ref, old_id, to_ref, new_id)
+        with session_scope() as s:
+            to_ref = self.cluster.node_ref(s, target)
+        new_addr, new_secret = self.cluster.service_agent(new_id)
+        # Without restore.sh the target's app is stopped now, outside the
+        # critical window, and started again once the final delta is in.
+        mode = self.cluster.agent_call(new_addr, new_secret, "/restore",
+                                       {"phase": "prepare"})["mode"]
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
-        # for this service wait.  Keep it to network round trips only.
+        # for this service wait.  Network round trips, and the app taking
+        # up the final delta (restore.sh, or its restart).
         marks = [("start", time.monotonic())]
         final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
-                                            quiesce_port=APP_PORT)
-        marks.append(("freeze_and_final_copy", time.monotonic()))
-        with session_scope() as s:
-            s.get(models.Instance, new_id).state = "ACTIVE"
-            s.get(models.Instance, old_id).state = "DELETING"
-            op = s.get(models.Operation, ctx.op_id)
-            ctx.journal["pair"] = dict(pair, frozen=True, switched=True)
-            op.journal = dict(ctx.journal)
+                                            quiesce_port=APP_PORT, restore=True)
+        if final.get("restore") is None:
+            final["restore"] = self.cluster.agent_call(
+                new_addr, new_secret, "/restore", {"phase": "finish"}, timeout=70)
+        marks.append(("freeze_copy_restore", time.monotonic()))
+        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
+                    pair=dict(pair, frozen=True, switched=True))
         marks.append(("commit", time.monotonic()))
         self.cluster.push_proxies(draining=[old_id])
         marks.append(("switch", time.monotonic()))
         switched_ms = (marks[-1][1] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
                  for i, (name, t) in enumerate(marks[1:])}
+        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"))
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
-                     "freeze (%d freeze attempt(s), final copy: %d files); removing "
-                     "the old instance" % (switched_ms, final.get("freeze_attempts") or 1,
-                                           final.get("files", 0)))
-        self.destroy_instance(old_id)
+                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
+                     "%s ms); removing the old instance" % (
+                         switched_ms, final.get("freeze_attempts") or 1,
+                         final.get("files", 0), mode, steps["restore_ms"]))
+        self.destroy_instance(old_id, ctx)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
         ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
             dict(steps, freeze_to_switch=round(switched_ms, 1))])
@@ -263,13 +400,13 @@ class MigrateService(Workflow):
         if not pair:
             return
         if pair.get("switched"):
-            self.destroy_instance(pair["old"])  # past the point of no return
+            self.destroy_instance(pair["old"], ctx)  # past the point of no return
         else:
             if pair.get("frozen"):
                 self._thaw(pair["old"])
             if pair.get("new"):
-                self.destroy_instance(pair["new"])
-            self.cleanup_unfinished(ctx.service_id)
+                self.destroy_instance(pair["new"], ctx)
+            self.cleanup_unfinished(ctx, ctx.service_id)
             self.cluster.push_proxies()
         ctx.record(pair=None)
 
@@ -285,14 +422,157 @@ class MigrateService(Workflow):
             LOG.warning("thawing %s: %s", instance_id, e.message)
 
     def rollback(self, ctx, message):
-        self._undo_unswitched(ctx)
-        self.set_state(ctx.service_id, "RUNNING", message)
+        self.best_effort(
+            lambda: self._undo_unswitched(ctx),
+            lambda: self.recover(ctx),
+            lambda: self.set_state(ctx.service_id, "RUNNING", message),
+            self.cluster.push_proxies)
 
 
-class DeleteService(Workflow):
+class StopService(Workflow):
+    """ConPaaS's stop: no instance runs, the state and the port stay.
+
+    Every instance leaves the proxies, runs ``cleanup.sh`` and stops its
+    app (SIGTERM); then its whole state directory is saved on the manager
+    (``$state_path/stopped/SERVICE/``) with its role and node.  Only when
+    all are saved (``saved`` in the journal, the point of no return) are
+    the containers removed: before it, a failure starts the apps again.
+    """
 
     def run(self, ctx):
         sid = ctx.service_id
+        self.set_state(sid, "EPILOGUE")
+        with session_scope() as s:
+            rows = sorted(s.scalars(select(models.Instance).where(
+                models.Instance.service_id == sid)),
+                key=lambda i: (i.role != "master", i.created_at))
+            ids = [i.id for i in rows if i.state in ("ACTIVE", "DELETING")]
+        if not ctx.journal.get("saved"):
+            ctx.record(stopping=ids)
+            ctx.progress(10, "taking %d instance(s) out of the proxies" % len(ids))
+            self.commit(ctx, {iid: "DELETING" for iid in ids})
+            self.cluster.push_proxies(draining=ids)
+            time.sleep(self.cluster.conf.manager.drain_timeout)
+            self._save(ctx, sid, ids)
+            ctx.record(saved=True)
+        for n, iid in enumerate(ids, 1):
+            ctx.progress(60 + 30 * n // len(ids), "removing instance %s" % iid)
+            self.destroy_instance(iid, ctx)
+        self.set_state(sid, "STOPPED")
+        self.cluster.push_proxies()  # the endpoint stays, with no server
+        self.finish(ctx)
+
+    def _save(self, ctx, sid, ids):
+        path = self.cluster.saved_dir(sid)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        index = []
+        for n, iid in enumerate(ids, 1):
+            ctx.progress(20 + 40 * n // len(ids), "stopping instance %d/%d "
+                         "(cleanup.sh) and saving its state" % (n, len(ids)))
+            with session_scope() as s:
+                inst = s.get(models.Instance, iid)
+                ref = self.cluster.node_ref(s, inst.node_name)
+                entry = {"instance": iid, "role": inst.role, "node": inst.node_name,
+                         "file": iid + ".tar"}
+                addr = inst.address
+            try:
+                res = self.cluster.agent_call(
+                    addr, self.cluster.agent_secret(ref, iid), "/stop", timeout=60)
+                LOG.info("instance %s stopped, cleanup.sh exit code %s", iid,
+                         res.get("cleanup_exit_code"))
+            except exception.NodeError as e:
+                # Its app is not running then: what its state directory
+                # holds is all there is to save.
+                LOG.warning("stopping the app of %s: %s", iid, e.message)
+            _write_atomic(os.path.join(path, entry["file"]),
+                          self.driver.export_state(ref, iid))
+            index.append(entry)
+        _write_atomic(os.path.join(path, "index.json"), json.dumps(index).encode())
+
+    def rollback(self, ctx, message):
+        sid = ctx.service_id
+        if ctx.journal.get("saved"):
+            self.run(ctx)  # past the point of no return: finish the stop
+            self.set_state(sid, "STOPPED", message)
+            return
+        with session_scope() as s:
+            present = list(s.scalars(select(models.Instance.id).where(
+                models.Instance.id.in_(ctx.journal.get("stopping", [])))))
+        for iid in present:
+            addr, secret = self.cluster.service_agent(iid)
+            self.cluster.agent_call(addr, secret, "/start")  # no-op if still running
+            self.cluster.wait_healthy(addr, secret)
+        self.commit(ctx, {iid: "ACTIVE" for iid in present})
+        shutil.rmtree(self.cluster.saved_dir(sid), ignore_errors=True)
+        self.cluster.push_proxies()
+        self.set_state(sid, "RUNNING", message)
+
+
+class StartService(Workflow):
+    """Bring a stopped service's instances back, each with its saved state
+    put in before its app starts, its role, and on its old node when that
+    has room (else the nearest with a free slot)."""
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        if ctx.resumed:
+            self.cleanup_unfinished(ctx, sid)
+        self.set_state(sid, "PROLOGUE")
+        path = self.cluster.saved_dir(sid)
+        with open(os.path.join(path, "index.json")) as f:
+            index = json.load(f)
+        for n, entry in enumerate(index, 1):
+            if entry["instance"] in ctx.journal.get("restored", []):
+                continue
+            with session_scope() as s:
+                names = [x.name for x in self.cluster.nodes(s)]
+                node = placement.place(1, entry["node"], self.cluster.capacity(s),
+                                       self.cluster.distances(names))[0]
+            with open(os.path.join(path, entry["file"]), "rb") as f:
+                data = f.read()
+            ctx.progress(10 + 75 * (n - 1) // len(index), "starting instance "
+                         "%d/%d (%s) on %s with its saved state" % (
+                             n, len(index), entry["role"], node))
+            new_id = self.start_instance(
+                ctx, sid, node, state_after="STANDBY", role=entry["role"],
+                fill=lambda ref, iid, data=data: self.driver.import_state(ref, iid, data))
+            self.commit(ctx, {new_id: "ACTIVE"}, restored=ctx.journal.get(
+                "restored", []) + [entry["instance"]])
+        ctx.progress(90, "adding the instances to the proxies")
+        self.cluster.push_proxies()
+        self.cluster.notify_peers(sid)
+        shutil.rmtree(path, ignore_errors=True)
+        self.set_state(sid, "RUNNING")
+        self.finish(ctx)
+
+    def rollback(self, ctx, message):
+        # The saved state stays: start can be retried.
+        self.rollback_created(ctx, ctx.service_id)
+        self.cluster.push_proxies()
+        self.set_state(ctx.service_id, "STOPPED", message)
+
+
+def _write_atomic(path, data):
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class DeleteService(Workflow):
+    """Remove every instance, then the service.
+
+    Instances on a down node stay DELETING, detached from the service, until
+    the sweep removes them when the node is back; ``force`` (an admin's)
+    forgets the ones it cannot reach, and the proxies it cannot update.
+    """
+
+    def run(self, ctx):
+        sid = ctx.service_id
+        force = bool(ctx.params.get("force"))
         self.set_state(sid, "EPILOGUE")
         with session_scope() as s:
             ids = [i.id for i in s.scalars(select(models.Instance).where(
@@ -300,13 +580,21 @@ class DeleteService(Workflow):
             for iid in ids:
                 s.get(models.Instance, iid).state = "DELETING"
         ctx.progress(20, "removing the endpoint from the proxies")
-        self.cluster.push_proxies()
+        try:
+            self.cluster.push_proxies()
+        except exception.NodeError as e:
+            if not force:
+                raise
+            LOG.warning("forced delete of %s: %s", sid, e.message)
         for n, iid in enumerate(ids, 1):
             ctx.progress(20 + 70 * n // max(1, len(ids)), "removing instance %s" % iid)
-            self.destroy_instance(iid)
+            self.destroy_instance(iid, ctx, force=force)
+        shutil.rmtree(self.cluster.saved_dir(sid), ignore_errors=True)
         with session_scope() as s:
             svc = s.get(models.Service, sid)
             if svc is not None:
+                for inst in list(svc.instances):
+                    inst.service_id = None  # left on a down node: the sweep's
                 sha = svc.bundle_sha256
                 s.delete(svc)
                 s.flush()
@@ -314,12 +602,46 @@ class DeleteService(Workflow):
                     models.Service.bundle_sha256 == sha).limit(1))
                 if shared is None:
                     self.cluster.forget_bundle(sha)
+        self.finish(ctx)
 
     def rollback(self, ctx, message):
         self.set_state(ctx.service_id, "ERROR", message)
 
 
+class Sweeper(Workflow):
+    """The periodic sweep: what no running operation accounts for."""
+
+    def sweep(self):
+        with session_scope() as s:
+            engine.release_ended(s)
+            leftovers = s.scalars(
+                select(models.Instance.id)
+                .outerjoin(models.Service,
+                           models.Service.id == models.Instance.service_id)
+                .where(models.Instance.state.in_(("BUILDING", "STANDBY", "DELETING")),
+                       or_(models.Instance.service_id.is_(None),
+                           models.Service.operation_id.is_(None)))).all()
+            draining = s.scalars(
+                select(models.Instance.id).join(models.Service).where(
+                    models.Instance.state == "DELETING",
+                    models.Service.operation_id.is_not(None))).all()
+        removed = []
+        for iid in leftovers:
+            try:
+                if self.destroy_instance(iid):
+                    removed.append(iid)
+            except exception.NodeError as e:
+                LOG.warning("sweep: instance %s: %s", iid, e.message)
+        removed += self.cluster.sweep_orphans()
+        try:
+            self.cluster.push_proxies(draining=draining)
+        except exception.NodeError as e:
+            LOG.warning("sweep: %s", e.message)
+        return removed
+
+
 def all_workflows(cluster):
     return {"create": CreateService(cluster), "scale": ScaleService(cluster),
             "migrate": MigrateService(cluster), "drain": MigrateService(cluster),
+            "stop": StopService(cluster), "start": StartService(cluster),
             "delete": DeleteService(cluster)}

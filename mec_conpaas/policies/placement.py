@@ -35,15 +35,36 @@ def distances(topology, nodes):
     return out
 
 
+FAR_TIERS = ("spill", "backup")
+
+
 def tiers(ap, instance_nodes, dist):
     """Split instances into the ones nearest to access point ``ap`` and the
-    rest (HAProxy's backup tier)."""
+    rest (its proxy's far tier)."""
     if not instance_nodes:
         return [], []
     best = min(dist[ap][n] for n in instance_nodes.values())
     near = [i for i, n in instance_nodes.items() if dist[ap][n] == best]
     far = [i for i, n in instance_nodes.items() if dist[ap][n] != best]
     return sorted(near), sorted(far)
+
+
+def tier_map(aps, instance_nodes, dist, far_tier="spill"):
+    """What every instance is to every access point's proxy.
+
+    ``{ap: {instance: "local" | "spill" | "backup"}}``: ``local`` instances
+    (the nearest) take every request while they have free slots; the
+    others are the ``far_tier``: ``spill`` takes what overflows the local
+    tier (and everything when no local instance is up), ``backup`` only
+    what arrives while no local instance is up.
+    """
+    if far_tier not in FAR_TIERS:
+        raise ValueError("far tier must be one of %s, not %r" % (FAR_TIERS, far_tier))
+    out = {}
+    for ap in aps:
+        near, far = tiers(ap, instance_nodes, dist)
+        out[ap] = dict([(i, "local") for i in near] + [(i, far_tier) for i in far])
+    return out
 
 
 def free_slots(node):

@@ -45,6 +45,9 @@ def edge():
                          "max_bundle_size": 1024 * 1024,
                          "node_heartbeat_timeout": 6,
                          "health_timeout": 30,
+                         # test_converge: retries and the sweep within a test
+                         "operation_retry_delay": 1,
+                         "orphan_sweep_interval": 3,
                          # written by test_enrollment; read on each request
                          "openstack_enrollment_file": enrollment_file(state)},
                      log=lambda m: print("edge:", m), user_credentials=False)
@@ -54,6 +57,10 @@ def edge():
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True,
                                text=True).stdout
     assert PREFIX not in leftovers, "namespaces left behind: " + leftovers
+    # Isolation tables live in the access points' namespaces only.
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
+                            text=True).stdout
+    assert "mec_isolation" not in tables, "nftables tables left behind: " + tables
     procs = subprocess.run(["pgrep", "-af", state], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), "processes left behind: " + procs
@@ -90,6 +97,16 @@ def containers(edge, ap):
     out = subprocess.run(["virsh", "-c", "lxc:///system?socket=" + sock, "list",
                           "--name"], capture_output=True, text=True, check=True).stdout
     return sorted(n[len("mec-"):] for n in out.split() if n.startswith("mec-"))
+
+
+def state_file(edge, ap, instance_id, name):
+    """A file of an instance's state directory, read where it is mounted:
+    in the access point's mount namespace (its disk image)."""
+    path = edge.path("nodes", ap, "instances", instance_id, "fs", "state", name)
+    res = subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % edge._pid("libvirtd-" + ap),
+                          "--", "cat", path], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
 
 
 def all_containers(edge):

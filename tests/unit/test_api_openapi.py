@@ -125,6 +125,7 @@ def test_answers_follow_the_document(api):
     admin, alice, _ = api
     add_service("web", "alice", "ap-1", ["ap-1"])
     add_service("mover", "alice", "ap-3", ["ap-3"], port=20010)
+    add_service("idle", "alice", "ap-1", ["ap-1"], port=20020)
     calls = [
         (admin, "POST", "/v1/nodes/ap-3/drain", {"json": {"reason": "x"}}, 202),
         (admin, "POST", "/v1/nodes/ap-3/enable", {}, 200),
@@ -138,7 +139,10 @@ def test_answers_follow_the_document(api):
         (alice, "POST", "/v1/services/web/scale", {"json": {"count": 3}}, 202),
         (alice, "POST", "/v1/services/web/scale", {"json": {"count": 3}}, 409),
         (alice, "DELETE", "/v1/services/ghost", {}, 404),
-        (alice, "DELETE", "/v1/services/new?force=true", {}, 202),
+        (alice, "DELETE", "/v1/services/new?force=true", {}, 403),
+        (admin, "DELETE", "/v1/services/ghost?force=true", {}, 404),
+        (alice, "DELETE", "/v1/services/new", {}, 409),  # its create holds it
+        (alice, "DELETE", "/v1/services/idle", {}, 202),
         (alice, "POST", "/v1/services/mover/migrate", {"json": {"to": "ap-1"}}, 409),
         (alice, "GET", "/v1/bundles/" + "0" * 64, {}, 404),
         (admin, "GET", "/v1/bundles/" + "0" * 64, {}, 404),
@@ -161,7 +165,7 @@ def test_an_answer_off_the_document_is_a_500_that_says_so(api, monkeypatch):
     _, alice, _ = api
     add_service("web", "alice", "ap-1", ["ap-1"])
     view = app_mod.service_view
-    monkeypatch.setattr(app_mod, "service_view", lambda svc: dict(view(svc), port="80"))
+    monkeypatch.setattr(app_mod, "service_view", lambda *a, **k: dict(view(*a, **k), port="80"))
     status, body = alice("GET", "/v1/services/web")
     assert status == 500 and body["error"]["code"] == "answer_off_schema"
     assert "'80' is not of type 'integer'" in body["error"]["message"], body

@@ -59,6 +59,23 @@ def test_valid_generic_bundle(tmp_path):
     ([f("run.sh"), link("d", "", tarfile.BLKTYPE)], "device"),
     ([f("run.sh"), f("s", mode=0o2755)], "setgid"),
     ([f("init.sh")], "no run.sh"),
+    # Links that are harmless one by one and reach outside together.
+    ([f("run.sh"), link("a", "."), link("a/b", ".."), f("a/b/x")], "inside symlink 'a'"),
+    ([f("run.sh"), link("a", "."), link("b", "a/..")], "points outside"),
+    ([f("run.sh"), link("a", "d/e"), link("d/e", "../.."), f("a/x")], "points outside"),
+    # A later member may not turn an accepted link into one that escapes.
+    ([f("run.sh"), link("x", "d/.."), link("d", ".")], "appears twice"),
+    ([f("run.sh"), link("run.sh", "/etc/passwd")], "appears twice"),
+    ([f("run.sh"), link("a", "b"), link("b", "a/x/y")], "loop"),
+    ([f("run.sh"), link("c0", "run.sh")] + [link("c%d" % (i + 1), "c%d" % i)
+                                            for i in range(41)], "too many links"),
+    ([f("run.sh"), link("l", "run.sh/x")], "which is a file"),
+    ([f("run.sh"), f("run.sh/x")], "which is a file"),
+    ([f("run.sh"), link("h", "l", tarfile.LNKTYPE)], "not a regular file"),
+    ([f("run.sh"), link("l", "."), link("h", "l", tarfile.LNKTYPE)], "not a regular file"),
+    ([f("run.sh"), f("x" * 256)], "name too long"),
+    ([f("run.sh"), f(".//etc/cron.d/x")], "absolute path"),
+    ([f("run.sh"), link("p", "", tarfile.FIFOTYPE)], "FIFO"),
 ])
 def test_refused(tmp_path, members, words):
     path = tgz(tmp_path, members)
@@ -111,3 +128,35 @@ def test_member_count_limit(tmp_path):
     path = tgz(tmp_path, [f("run.sh")] + [f("d/%d" % i, b"") for i in range(30)])
     with pytest.raises(exception.InvalidBundle, match="more than 10 members"):
         bundles.validate(path, "generic", LIMIT, max_members=10)
+
+
+def test_links_resolved_through_earlier_links(tmp_path):
+    """Links into directories that come later, and hard links through a
+    symlink, are fine: they resolve inside the bundle."""
+    path = tgz(tmp_path, [f("run.sh"), link("lib/cur", "../v2/lib"),
+                          f("v2/lib/m.py", b"m=1"), link("h", "lib/cur/m.py", tarfile.LNKTYPE)])
+    bundles.validate(path, "generic", LIMIT)
+    out = tmp_path / "out"
+    bundles.extract(path, str(out), LIMIT, owner=(65534, 65534))
+    assert (out / "lib" / "cur" / "m.py").read_bytes() == b"m=1"
+    assert os.stat(out / "h").st_ino == os.stat(out / "v2" / "lib" / "m.py").st_ino
+    # The 'data' filter's modes and the owner asked for, on every entry.
+    for entry in [out, *out.rglob("*")]:
+        st = os.lstat(entry)
+        assert (st.st_uid, st.st_gid) == (65534, 65534)
+        if not entry.is_symlink():
+            assert st.st_mode & 0o7022 == 0
+
+
+def test_extract_needs_an_empty_dest_and_leaves_nothing_on_error(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine").write_text("keep")
+    good = tgz(tmp_path, [f("run.sh")], "good.tar.gz")
+    with pytest.raises(exception.Conflict, match="not empty"):
+        bundles.extract(good, str(out), LIMIT)
+    assert (out / "mine").read_text() == "keep"
+    bad = tgz(tmp_path, [f("run.sh"), f("lib/a.py"), link("lib/a.py", "x")])
+    with pytest.raises(exception.InvalidBundle, match="appears twice"):
+        bundles.extract(bad, str(tmp_path / "new"), LIMIT)
+    assert not (tmp_path / "new").exists()

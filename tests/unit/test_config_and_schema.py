@@ -28,7 +28,7 @@ def test_sample_config_is_current(tmp_path):
 
 def test_migrations_match_models(conf):
     db.upgrade()
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == "0003"
     with db.get_engine().connect() as c:
         diff = compare_metadata(MigrationContext.configure(c), models.Base.metadata)
     assert diff == []
@@ -59,8 +59,16 @@ def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
             "INSERT INTO instances (id, service_id, node_name, role, state, "
             "created_at) VALUES ('i1', 's1', 'ap-1', 'worker', 'ACTIVE', :now)"),
             {"now": now})
+        # An operation still unfinished comes to hold its service.
+        for op_id, state in (("o1", "SUCCEEDED"), ("o2", "RUNNING")):
+            c.execute(text(
+                "INSERT INTO operations (id, tenant_id, service_id, service_name, "
+                "kind, state, progress, step, params, journal, attempts, created_at, "
+                "updated_at) VALUES (:id, 't1', 's1', 'shop', 'scale', :state, 0, "
+                "'', '{}', '{}', 1, :now, :now)"), {"id": op_id, "state": state,
+                                                   "now": now})
     db.upgrade()
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == "0003"
     with db.session_scope() as s:
         nodes = s.scalars(select(models.Node).order_by(models.Node.name)).all()
         assert [(n.name, n.disabled, n.disabled_reason) for n in nodes] == [
@@ -68,6 +76,7 @@ def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
         svc = s.get(models.Service, "s1")
         assert (svc.name, svc.home_node, [i.id for i in svc.instances]) == (
             "shop", "ap-1", ["i1"])
+        assert svc.operation_id == "o2"
         nodes[0].disabled = True
     with db.session_scope() as s:
         assert s.get(models.Node, "ap-1").disabled is True

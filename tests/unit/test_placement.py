@@ -26,6 +26,22 @@ def test_tiers_nearest_first():
     assert near == ["b"] and far == ["a"]
 
 
+def test_tier_map_per_access_point():
+    d = placement.distances(TOPO, NODES)
+    inst = {"a": "ap-1", "b": "ap-2", "c": "ap-3"}
+    tiers = placement.tier_map(NODES, inst, d)
+    assert tiers["ap-1"] == {"a": "local", "b": "spill", "c": "spill"}
+    assert tiers["ap-2"] == {"a": "spill", "b": "local", "c": "spill"}
+    assert placement.tier_map(["ap-3"], inst, d, "backup") == {
+        "ap-3": {"a": "backup", "b": "backup", "c": "local"}}
+    # Equally near instances are all local; no instance, no tiers.
+    assert placement.tier_map(["ap-2"], {"a": "ap-1", "c": "ap-3"}, d) == {
+        "ap-2": {"a": "local", "c": "local"}}
+    assert placement.tier_map(NODES, {}, d) == {n: {} for n in NODES}
+    with pytest.raises(ValueError):
+        placement.tier_map(NODES, inst, d, "nearest")
+
+
 def nodes(**used):
     return {n: {"max_instances": 2, "used": used.get(n.replace("-", "_"), 0), "up": True}
             for n in NODES}

@@ -1,5 +1,10 @@
+import io
 import os
+import tarfile
 
+import pytest
+
+from mec_conpaas import exception
 from mec_conpaas.agents.node import statesync
 
 
@@ -44,3 +49,63 @@ def test_delta_push_carries_its_manifest(tmp_path):
     statesync.import_tar(str(dst), statesync.export_tar(str(src), paths,
                                                         with_manifest=current))
     assert sorted(os.listdir(dst)) == ["keep", "new"]
+
+
+def test_links_are_copied_as_links_never_followed(tmp_path):
+    """A tenant's state with a link to /etc and a linked directory: the
+    source reads nothing through them, the target writes nothing through
+    its own, and deletions remove links, not what they point to."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("node secret")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    os.symlink("/etc", src / "etc")
+    os.symlink(str(outside), src / "data")
+    (src / "real").mkdir()
+    (src / "real" / "f").write_text("state")
+    remote = statesync.manifest(str(src))
+    assert remote["etc"] == ["l", "/etc", 0, 0] and remote["data"][0] == "l"
+    assert sorted(remote) == ["data", "etc", "real", "real/f"]
+    # A peer asking for paths through the links gets the links alone.
+    tar = statesync.export_tar(str(src), ["etc/passwd", "data/secret", "etc", "data",
+                                          "real/f", "../outside/secret", "/etc/passwd"])
+    assert b"node secret" not in tar and b"root:" not in tar
+    # The target's own links (left by its instance) are not written through.
+    os.symlink(str(outside), dst / "real")
+    os.symlink(str(outside), dst / "stale")
+    before = sorted(os.listdir(outside))
+    statesync.import_tar(str(dst), tar, remote)
+    assert sorted(os.listdir(outside)) == before
+    assert (outside / "secret").read_text() == "node secret"
+    assert os.readlink(dst / "etc") == "/etc" and os.readlink(dst / "data") == str(outside)
+    assert not (dst / "real").is_symlink() and (dst / "real" / "f").read_text() == "state"
+    assert not os.path.lexists(dst / "stale")
+    assert statesync.manifest(str(dst)) == remote
+
+
+def test_hostile_archive_and_manifest_write_nothing_outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "state"
+    root.mkdir()
+    os.symlink(str(outside), root / "via")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("../escape", "/abs", "via/x", "via/../../escape2"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        dev = tarfile.TarInfo("dev")
+        dev.type = tarfile.CHRTYPE
+        tar.addfile(dev)
+    statesync.import_tar(str(root), buf.getvalue(),
+                         {"via": ["d", 0, 0, 0o755], "via/y": ["d", 0, 0, 0o755],
+                          "/tmp/z": ["d", 0, 0, 0o755], "via/x": ["f", 4, 0, 0o644]})
+    assert os.listdir(outside) == [] and not (tmp_path / "escape").exists()
+    # The link 'via' became the directory the manifest says it is.
+    assert sorted(os.listdir(root)) == ["via"] and not (root / "via").is_symlink()
+    assert sorted(os.listdir(root / "via")) == ["x", "y"]
+    with pytest.raises(exception.BadRequest, match="manifest"):
+        statesync.import_tar(str(root), statesync.export_tar(str(root), []), {"a": "f"})

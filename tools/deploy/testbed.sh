@@ -87,12 +87,18 @@ for c in cpu cpuacct; do
 done
 [ -e /dev/loop-control ] || mknod /dev/loop-control c 10 237
 for i in $(seq 0 15); do [ -e /dev/loop$i ] || mknod /dev/loop$i b 7 $i; done
+# LXC bind-mounts a file over /proc/sys/kernel/random/boot_id.  The kernel refuses a
+# new proc mount in a user namespace while a file is mounted over part of the
+# visible one (mount_too_revealing), so the node agent's user-namespaced instances
+# failed to start ("Failed to mount proc on /proc ... Operation not permitted").
+# A real Pi has no such mount.
+umount /proc/sys/kernel/random/boot_id 2>/dev/null
 exit 0
 FIX
     chmod 755 "$r/usr/local/sbin/testbed-cgroup-fix"
     cat > "$r/etc/systemd/system/testbed-cgroup-fix.service" <<'UNIT'
 [Unit]
-Description=Test bed: separate cpu/cpuacct cgroup mounts and loop devices
+Description=Test bed: separate cpu/cpuacct cgroup mounts, loop devices, a proc that user namespaces may mount
 DefaultDependencies=no
 After=sys-fs-cgroup.mount local-fs.target
 Before=sysinit.target libvirtd.service

@@ -5,6 +5,7 @@ container operations for the ``lxc`` driver and keeps the access point's
 HAProxy in line with what the manager wants.
 """
 import fcntl
+import functools
 import hmac
 import logging
 import os
@@ -12,15 +13,19 @@ import secrets
 import socket
 import struct
 import threading
+import urllib.parse
 import uuid
 
 from mec_conpaas import exception
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
+from mec_conpaas.agents.node import isolation as isolation_mod
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import statesync
 
 LOG = logging.getLogger(__name__)
+SERVICE_AGENT_PORT = 8999
+RESTORE_TIMEOUT = 60  # s an app may take to come back with migrated state
 NODE_NAMESPACE = uuid.UUID("6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10")
 
 
@@ -39,6 +44,17 @@ def interface_info(ifname):
         s.close()
 
 
+def _peer(body, key):
+    """The peer node agent a state copy talks to, checked before any work."""
+    peer = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(peer, dict) or not all(
+            isinstance(peer.get(k), str) and peer[k]
+            for k in ("url", "token", "instance_id")):
+        raise exception.BadRequest(
+            "expected {%r: {'url': ..., 'token': ..., 'instance_id': ...}}" % key)
+    return peer
+
+
 class NodeAgent:
 
     def __init__(self, conf):
@@ -53,6 +69,8 @@ class NodeAgent:
         self.address = opts.advertise_address or bridge_addr or "127.0.0.1"
         self.id = self._load_id()
         self.token = self._load_token()
+        # instance id -> its service agent's secret (see isolation.agent_secret)
+        self.agent_secret = functools.partial(isolation_mod.agent_secret, self.token)
         self.reporter = report_mod.Reporter(conf.state_path)
         self.haproxy = haproxy_mod.HAProxy(conf)
         self.containers = None
@@ -60,6 +78,9 @@ class NodeAgent:
             from mec_conpaas.agents.node import containers
             os.makedirs(opts.instances_path, exist_ok=True)
             self.containers = containers.LibvirtContainers(conf, self.fetch_bundle)
+            self.containers.agent_secret = self.agent_secret
+        self.isolation = isolation_mod.Isolation(
+            conf, self.containers.ports if self.containers else dict)
         self.registered = threading.Event()
         self.stop = threading.Event()
         self.proxy_lock = threading.Lock()
@@ -156,16 +177,15 @@ class NodeAgent:
         r = httpserver.Router()
         inst = r"/v1/instances/(?P<iid>[0-9a-f-]{36})"
         r.add("GET", "/v1/health", lambda body: {
-            "id": self.id, "name": self.name, "haproxy": self.haproxy.alive()})
+            "id": self.id, "name": self.name, "haproxy": self.haproxy.alive(),
+            "isolation": self.isolation.status()})
         r.add("GET", "/v1/report", lambda body: self.reporter.report(
             self.containers.usage() if self.containers else {}))
         r.add("GET", "/v1/instances",
               lambda body: {"instances": self._need_containers().list()})
-        r.add("POST", "/v1/instances",
-              lambda body: self._need_containers().create(body))
+        r.add("POST", "/v1/instances", self.create_instance)
         r.add("GET", inst, lambda body, iid: self._need_containers().info(iid))
-        r.add("DELETE", inst, lambda body, iid: (
-            self._need_containers().delete(iid), {"deleted": iid})[1])
+        r.add("DELETE", inst, self.delete_instance)
         r.add("POST", inst + "/freeze", lambda body, iid: dict(
             self._need_containers().freeze(iid, (body or {}).get("quiesce_port"),
                                            (body or {}).get("max_wait_ms", 300)),
@@ -177,25 +197,46 @@ class NodeAgent:
         r.add("GET", inst + "/state/manifest", self.serve_manifest)
         r.add("POST", inst + "/state/push", self.push_state)
         r.add("POST", inst + "/state/import", self.import_state)
-        r.add("POST", inst + "/state/export", lambda body, iid: httpserver.Response(
-            statesync.export_tar(self._need_containers().state_dir(iid),
-                                 body.get("paths", [])),
+        r.add("POST", inst + "/state/import-final", self.import_final)
+        r.add("GET", inst + "/state/archive", lambda body, iid: httpserver.Response(
+            statesync.archive(self._need_containers().state_dir(iid)),
             content_type="application/x-tar"))
+        r.add("POST", inst + "/state/export", self.export_state)
         r.add("POST", inst + "/state/pull", self.pull_state)
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
         return r
 
+    def create_instance(self, body):
+        info = self._need_containers().create(
+            dict(body, master_ip=body.get("master_ip") or self.manager_address()))
+        self.isolation.apply()  # its port may send its own address only
+        return info
+
+    def delete_instance(self, body, iid):
+        self._need_containers().delete(iid)
+        self.isolation.apply()
+        return {"deleted": iid}
+
+    def export_state(self, body, iid):
+        paths = body.get("paths") if isinstance(body, dict) else None
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise exception.BadRequest("expected {'paths': [relative path, ...]}")
+        return httpserver.Response(
+            statesync.export_tar(self._need_containers().state_dir(iid), paths),
+            content_type="application/x-tar")
+
     def pull_state(self, body, iid):
         """Copy a peer instance's state directory into this one."""
+        src = _peer(body, "source")
         dest = self._need_containers().state_dir(iid)
-        src = body["source"]
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
         remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
         paths = statesync.wanted(statesync.manifest(dest), remote)
         data = httpserver.call("POST", base + "/export", src["token"],
                                {"paths": paths}, raw=True, timeout=300)
         nbytes = statesync.import_tar(dest, data, remote)
+        self.containers.chown_to_instance(iid, dest)
         return {"files": len(paths), "bytes": nbytes}
 
     def serve_manifest(self, body, iid):
@@ -208,37 +249,77 @@ class NodeAgent:
         """Final copy, driven from the source: send only what changed since
         the manifest served for the bulk copy, with the full manifest so the
         target applies deletions too.  One node-to-node round trip."""
+        dst = _peer(body, "target")
         containers = self._need_containers()
         src = containers.state_dir(iid)
-        dst = body["target"]
         frozen = {}
-        if body.get("freeze") is not None:
+        if isinstance(body.get("freeze"), dict):
             frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
         current = statesync.manifest(src)
         base = self.served_manifests.pop(iid, {})
         paths = statesync.wanted(base, current)
         data = statesync.export_tar(src, paths, with_manifest=current)
-        httpserver.call("POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/import"
-                        % dst["instance_id"], dst["token"], data, timeout=300,
-                        content_type="application/x-tar")
+        got = httpserver.call(
+            "POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/%s" % (
+                dst["instance_id"], "import-final" if dst.get("restore") else "import"),
+            dst["token"], data, timeout=300 + RESTORE_TIMEOUT,
+            content_type="application/x-tar")
         return {"files": len(paths), "bytes": len(data),
-                "freeze_attempts": frozen.get("attempts")}
+                "freeze_attempts": frozen.get("attempts"),
+                "restore": (got or {}).get("restore")}
 
     def import_state(self, body, iid):
         if not isinstance(body, bytes):
             raise exception.BadRequest("expected an application/x-tar body")
         dest = self._need_containers().state_dir(iid)
-        return {"bytes": statesync.import_tar(dest, body)}
+        nbytes = statesync.import_tar(dest, body)
+        self.containers.chown_to_instance(iid, dest)
+        return {"bytes": nbytes}
+
+    def import_final(self, body, iid):
+        """Migration's final delta, then the app takes it up (restore.sh or
+        a restart, by its service agent) before the proxies switch: a call
+        on this node's bridge, inside the critical window."""
+        res = self.import_state(body, iid)
+        try:
+            res["restore"] = httpserver.call(
+                "POST", "http://%s:%d/restore" % (
+                    self._need_containers().address(iid), SERVICE_AGENT_PORT),
+                self.agent_secret(iid),
+                body={"phase": "finish", "timeout": RESTORE_TIMEOUT},
+                timeout=RESTORE_TIMEOUT + 5)
+        except exception.NodeError as e:
+            raise exception.Conflict("instance %s did not take up its migrated "
+                                     "state: %s" % (iid, e.message))
+        return res
+
+    def manager_address(self):
+        """The manager's address as this node reaches it (``MASTER_IP``):
+        the host of ``manager_url``, resolved; when that is a loopback
+        address the manager runs here, and instances reach it at this
+        node's own address."""
+        host = urllib.parse.urlsplit(self.conf.node_agent.manager_url).hostname
+        try:
+            addr = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        except (OSError, IndexError):
+            raise exception.NodeError(
+                "cannot resolve the host of [node_agent] manager_url %r" % host)
+        return self.address if addr.startswith("127.") else addr
 
     def put_proxy(self, body):
         if not isinstance(body, dict) or not isinstance(body.get("services"), dict):
             raise exception.BadRequest("expected {'services': {...}}")
         with self.proxy_lock:
-            return {"services": self.haproxy.apply(body["services"])}
+            status = self.haproxy.apply(body["services"])
+            # In the background: this answer is in migration's critical
+            # window, and the rules take milliseconds more (see isolation).
+            self.isolation.update(body["services"], body.get("instance_networks"))
+            return {"services": status}
 
     def serve(self):
         opts = self.conf.node_agent
         self.haproxy.write_config(self.haproxy.services)
+        self.isolation.apply()  # as last told, until the manager tells again
         server = httpserver.Server((opts.bind_host, opts.bind_port),
                                    httpserver.make_handler(self.router(),
                                                            self.authenticate))

@@ -5,7 +5,16 @@ Each instance: an overlayfs root (shared read-only base image + its own
 upper layer), its bundle in ``/srv/app``, a state directory bind-mounted at
 ``/var/lib/service`` (kept outside the overlay so migration can copy it from
 the host side while the instance is frozen), a veth on the node's bridge
-with a static address, and cgroup CPU/memory limits.
+with a static address, and cgroup CPU/memory/pids limits.
+
+Instances are user-namespaced: each gets its own range of host ids
+(``[node_agent] idmap_*``), so root inside is an unprivileged uid on the
+node that owns nothing but the instance's own files.  The shared base image
+is seen through an idmapped mount as owned by that range (no copy); the
+upper layer, the state directory and the log live on a per-instance sparse
+ext4 image (``disk_mb``) owned by the range, so a full disk is the
+instance's problem alone.  Capabilities not needed by the service agent
+and ordinary applications are dropped.
 """
 import ipaddress
 import json
@@ -20,6 +29,8 @@ from xml.sax.saxutils import quoteattr
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas import safefs
+from mec_conpaas.agents.node import idmap
 
 LOG = logging.getLogger(__name__)
 PREFIX = "mec-"
@@ -27,9 +38,22 @@ SERVICE_AGENT = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                              "service", "agent.py")
 APP_PORT = 8080
 AGENT_PORT = 8999
+# Capabilities an instance keeps (inside its own user namespace): what the
+# service agent, init scripts and ordinary daemons use (file ownership,
+# switching users, signals, low ports, chroot).  Dropped among others:
+# sys_admin (mounts), net_admin and net_raw (netfilter, raw sockets: the
+# kernel code most often behind namespace escapes), sys_ptrace, mknod,
+# sys_module, sys_time.
+CAPABILITIES = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid",
+                "setuid", "setpcap", "net_bind_service", "sys_chroot",
+                "audit_write")
+MEMSW = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+# Read once by the service agent at its start, then removed: the app
+# (started after) never sees it.  Never in the environment.
+AGENT_SECRET_FILE = "etc/mec-conpaas/agent-secret"
 
 
-def _domain_xml(name, spec, paths, address, prefixlen, gateway):
+def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
     env = {
         "MY_IP": address,
         "MY_ROLE": spec.get("role", "worker"),
@@ -37,6 +61,9 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway):
         "MEC_SERVICE_TYPE": spec["service_type"],
         "MEC_SERVICE_NAME": spec["service_name"],
         "MEC_INSTANCE_ID": spec["id"],
+        # Held: the service agent starts the app only when told to, once
+        # the state copied in from the host side is complete.
+        "MEC_HOLD": "1" if spec.get("hold") else "",
         "MEC_APP_PORT": str(APP_PORT),
         "MEC_AGENT_PORT": str(AGENT_PORT),
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -45,11 +72,24 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway):
     initenv = "".join("<initenv name=%s>%s</initenv>" % (quoteattr(k), escape(v))
                       for k, v in env.items() if v)  # libvirt refuses empty values
     quota = max(1000, int(float(spec["cpus"]) * 100000))
+    memory = int(spec["memory_mb"])
+    # Without swap accounting (memsw) the memory limit alone applies; with
+    # it, an instance may not push its excess out to the node's swap.
+    memtune = ("<memtune><swap_hard_limit unit='MiB'>%d</swap_hard_limit></memtune>"
+               % memory if os.path.exists(MEMSW) else "")
+    caps = "".join("<%s state='on'/>" % c for c in CAPABILITIES)
+    uid, gid, count = ids
     return f"""<domain type='lxc'>
   <name>{name}</name>
-  <memory unit='MiB'>{int(spec['memory_mb'])}</memory>
+  <memory unit='MiB'>{memory}</memory>
+  {memtune}
   <vcpu>1</vcpu>
   <cputune><period>100000</period><quota>{quota}</quota></cputune>
+  <features><capabilities policy='deny'>{caps}</capabilities></features>
+  <idmap>
+    <uid start='0' target='{uid}' count='{count}'/>
+    <gid start='0' target='{gid}' count='{count}'/>
+  </idmap>
   <os>
     <type>exe</type>
     <init>/usr/bin/python3</init>
@@ -84,6 +124,8 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway):
 
 
 class LibvirtContainers:
+    # instance id -> its service agent's secret; set by the node agent.
+    agent_secret = None
 
     def __init__(self, conf, fetch_bundle):
         self.conf = conf
@@ -94,7 +136,18 @@ class LibvirtContainers:
         self.gateway = str(next(self.network.hosts()))
         self.lock = threading.Lock()
         self._conn = None
+        opts = conf.node_agent
+        last = opts.idmap_start + opts.idmap_slots * opts.idmap_size
+        if last > 0xFFFFFFFF:
+            raise exception.NodeError(
+                "[node_agent] idmap_start + idmap_slots * idmap_size = %d passes the "
+                "largest uid (4294967295): lower idmap_start or idmap_slots" % last)
+        if 0 < opts.disk_mb < 16:
+            raise exception.NodeError(
+                "[node_agent] disk_mb = %d is too small for an ext4 image: set it "
+                "to 16 or more, or to 0 for no disk limit" % opts.disk_mb)
         os.makedirs(self.bundle_cache, exist_ok=True)
+        _open_for_instances(self.root, conf.state_path)
 
     # -- libvirt -------------------------------------------------------
     def conn(self):
@@ -113,12 +166,35 @@ class LibvirtContainers:
     # -- bookkeeping ---------------------------------------------------
     def _paths(self, instance_id):
         base = os.path.join(self.root, instance_id)
-        return {"base": base, "upper": os.path.join(base, "upper"),
-                "work": os.path.join(base, "work"),
+        fs = os.path.join(base, "fs")  # the instance's disk image, mounted
+        return {"base": base, "fs": fs, "disk": os.path.join(base, "disk.img"),
+                "upper": os.path.join(fs, "upper"),
+                "work": os.path.join(fs, "work"),
+                "state": os.path.join(fs, "state"),
+                "lower": os.path.join(base, "lower"),
                 "rootfs": os.path.join(base, "rootfs"),
-                "state": os.path.join(base, "state"),
                 "meta": os.path.join(base, "meta.json"),
                 "bridge": self.conf.node_agent.bridge}
+
+    def _ids(self, slot):
+        """(uid, gid, count) of the host range an idmap slot maps to."""
+        opts = self.conf.node_agent
+        first = opts.idmap_start + slot * opts.idmap_size
+        return first, first, opts.idmap_size
+
+    def root_ids(self, instance_id):
+        """Host (uid, gid) of root inside the instance: what must own files
+        the instance writes (its bundle in /srv/app, its state), and what
+        to switch to when handling them on its behalf."""
+        meta = self._meta(instance_id)
+        if meta is None:
+            raise exception.NotFound("no instance %s on this node" % instance_id)
+        return self._ids(meta["idmap_slot"])[:2]
+
+    def chown_to_instance(self, instance_id, path):
+        """Give a tree the node wrote for an instance (its imported state)
+        to the instance's root, without following the links in it."""
+        _chown_tree(path, *self.root_ids(instance_id))
 
     def _meta(self, instance_id):
         try:
@@ -127,21 +203,34 @@ class LibvirtContainers:
         except (OSError, ValueError):
             return None
 
-    def _used_addresses(self):
+    def _used(self, key):
         used = set()
         for entry in os.listdir(self.root):
             meta = self._meta(entry) if not entry.startswith(".") else None
-            if meta:
-                used.add(meta["address"])
+            if meta and key in meta:
+                used.add(meta[key])
         return used
 
     def _allocate_address(self):
-        used = self._used_addresses() | {self.gateway}
+        used = self._used("address") | {self.gateway}
         for host in self.network.hosts():
             if str(host) not in used:
                 return str(host)
         raise exception.InsufficientCapacity(
             "node has no free address left in %s" % self.network)
+
+    def _allocate_slot(self):
+        """A uid range no other instance on this node uses: one per
+        instance, so an instance that escapes its container still owns
+        no other tenant's files (they cost nothing more: the base image
+        is idmapped, not copied)."""
+        used = self._used("idmap_slot")
+        for slot in range(self.conf.node_agent.idmap_slots):
+            if slot not in used:
+                return slot
+        raise exception.InsufficientCapacity(
+            "node has no free uid range left ([node_agent] idmap_slots = %d)"
+            % self.conf.node_agent.idmap_slots)
 
     # -- operations ----------------------------------------------------
     def list(self):
@@ -182,47 +271,93 @@ class LibvirtContainers:
         with self.lock:
             if self._meta(instance_id):
                 return self.info(instance_id)  # idempotent retry
+            # Again at each create (a few stats): a deployment tool may have
+            # reset a directory's mode since the agent started.
+            _open_for_instances(self.root, self.conf.state_path)
             address = self._allocate_address()
+            slot = self._allocate_slot()
             paths = self._paths(instance_id)
-            for key in ("upper", "work", "rootfs", "state"):
-                os.makedirs(paths[key], exist_ok=True)
+            os.makedirs(paths["base"], exist_ok=True)
             meta = {"id": instance_id, "service_id": spec["service_id"],
                     "service_name": spec["service_name"],
                     "service_type": spec["service_type"],
-                    "address": address, "role": spec.get("role", "worker")}
+                    "address": address, "role": spec.get("role", "worker"),
+                    "idmap_slot": slot}
             with open(paths["meta"], "w") as f:
                 json.dump(meta, f)
+        ids = self._ids(slot)
         try:
             bundle = self.fetch_bundle(spec["bundle_sha256"], self.bundle_cache)
-            self._mount_root(paths)
+            self._prepare_disk(paths, ids)
+            self._mount_root(paths, ids)
             app_dir = os.path.join(paths["rootfs"], "srv", "app")
             if os.path.isdir(app_dir):
                 shutil.rmtree(app_dir)
+            # Owned by the instance's root: the application may write its files.
             bundles.extract(bundle, app_dir,
                             self.conf.manager.max_bundle_size,
-                            self.conf.manager.max_bundle_members)
+                            self.conf.manager.max_bundle_members, owner=ids[:2])
+            if self.agent_secret:
+                _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
+                              self.agent_secret(instance_id), *ids[:2])
             xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
-                              self.network.prefixlen, self.gateway)
+                              self.network.prefixlen, self.gateway, ids)
             _forget_neighbour(address)
             self.conn().createXML(xml, 0)
+            _limit_pids(PREFIX + instance_id, self.conf.node_agent.pids_limit)
         except Exception:
             LOG.exception("creating instance %s failed; cleaning up", instance_id)
             self.delete(instance_id)
             raise
         return self.info(instance_id)
 
-    def _mount_root(self, paths):
+    def _prepare_disk(self, paths, ids):
+        """The instance's own filesystem for everything it writes (upper
+        layer, state, log), owned by its root."""
+        size_mb = self.conf.node_agent.disk_mb
+        os.makedirs(paths["fs"], exist_ok=True)
+        if size_mb and not os.path.ismount(paths["fs"]):
+            with open(paths["disk"], "wb") as f:
+                f.truncate(size_mb << 20)  # sparse: only what is written costs
+            # No blocks reserved for (host) root: the instance is not root.
+            # Inode tables and journal are never zeroed (a fresh sparse file
+            # reads as zeros already; noinit_itable stops the kernel doing it
+            # later): 0.7 MB written instead of 33 MB for 1 GiB, on an SD card.
+            _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+                  "lazy_itable_init=1,lazy_journal_init=1,nodiscard", paths["disk"]],
+                 "creating the instance's disk image")
+            _run(["mount", "-t", "ext4", "-o", "loop,nodev,nosuid,noinit_itable",
+                  paths["disk"], paths["fs"]], "mounting the instance's disk image")
+        for key in ("upper", "work", "state"):
+            os.makedirs(paths[key], exist_ok=True)
+        os.chown(paths["upper"], *ids[:2])  # the overlay root's owner
+        os.chown(paths["state"], *ids[:2])
+
+    def _mount_root(self, paths, ids):
         if os.path.ismount(paths["rootfs"]):
             return
+        os.makedirs(paths["rootfs"], exist_ok=True)
         base = self.conf.node_agent.base_image_path
         if not os.path.isfile(os.path.join(base, "usr", "bin", "python3")):
             raise exception.NodeError(
                 "base image %s is missing or incomplete: build it with "
                 "'mec-conpaas-edge build-image'" % base)
-        opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (
-            base, paths["upper"], paths["work"])
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts,
-                        paths["rootfs"]], check=True, capture_output=True)
+        os.makedirs(paths["lower"], exist_ok=True)
+        try:
+            idmap.mount(base, paths["lower"], *ids)
+        except idmap.IdmapError as e:
+            raise exception.NodeError(
+                "cannot give instances their own uids: %s. User-namespaced "
+                "instances need Linux >= 5.19 (idmapped mounts under overlayfs) "
+                "and user namespaces enabled (user.max_user_namespaces > 0)" % e)
+        try:
+            opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (
+                paths["lower"], paths["upper"], paths["work"])
+            _run(["mount", "-t", "overlay", "overlay", "-o", opts, paths["rootfs"]],
+                 "mounting the instance's root")
+        finally:
+            # overlayfs holds its own private clone of the lower layer.
+            _run(["umount", paths["lower"]], "unmounting the idmapped base image")
 
     def delete(self, instance_id):
         dom = self._domain(instance_id)
@@ -244,8 +379,12 @@ class LibvirtContainers:
         meta = self._meta(instance_id)
         if meta:
             _forget_neighbour(meta["address"])
-        if os.path.ismount(paths["rootfs"]):
-            subprocess.run(["umount", "-l", paths["rootfs"]], check=False)
+        for key in ("rootfs", "lower", "fs"):  # the loop device goes with fs
+            if os.path.ismount(paths[key]):
+                if subprocess.run(["umount", paths[key]],
+                                  capture_output=True).returncode:
+                    subprocess.run(["umount", "-l", paths[key]], check=False)
+        _remove_pids_cgroup(PREFIX + instance_id)
         shutil.rmtree(paths["base"], ignore_errors=True)
 
     def freeze(self, instance_id, quiesce_port=None, max_wait_ms=300):
@@ -285,21 +424,34 @@ class LibvirtContainers:
             raise exception.NotFound("no running instance %s" % instance_id)
         _set_freezer(PREFIX + instance_id, "THAWED")
 
+    def address(self, instance_id):
+        meta = self._meta(instance_id)
+        if meta is None:
+            raise exception.NotFound("no instance %s on this node" % instance_id)
+        return meta["address"]
+
     def state_dir(self, instance_id):
         if self._meta(instance_id) is None:
             raise exception.NotFound("no instance %s on this node" % instance_id)
         return self._paths(instance_id)["state"]
 
     def logs(self, instance_id):
-        path = os.path.join(self._paths(instance_id)["upper"], "var", "log",
-                            "mec-app.log")
+        """The end of the app's log, read from the host side.
+
+        The file lies in the tenant's upper layer, so it is opened through
+        ``safefs``: an app that replaced it (or ``/var/log``) with a link to
+        a host path gets a refusal, never that file."""
         try:
-            with open(path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 65536))
-                return f.read().decode("utf-8", "replace")
+            data = safefs.read_tail(self._paths(instance_id)["upper"],
+                                    "var/log/mec-app.log", 65536)
+        except safefs.UnsafePath as e:
+            raise exception.Conflict(
+                "the app's log /var/log/mec-app.log is not shown: %s; the "
+                "node reads logs without following links, so keep it a "
+                "regular file" % e.why) from None
         except OSError:
             return ""
+        return data.decode("utf-8", "replace")
 
     def usage(self):
         """Per-container cgroup usage, as PiCasso's monitoring agent reports."""
@@ -318,6 +470,120 @@ class LibvirtContainers:
             except Exception:  # a container stopping under us
                 continue
         return out
+
+    def ports(self):
+        """This node's instance bridge ports, ``{ifname: address}``: what
+        each port may send as its source (see isolation)."""
+        import xml.etree.ElementTree as ET
+        out = {}
+        for entry in os.listdir(self.root):
+            meta = self._meta(entry) if not entry.startswith(".") else None
+            dom = self._domain(entry) if meta else None
+            try:
+                desc = ET.fromstring(dom.XMLDesc(0)) if dom is not None else None
+            except Exception:  # a domain going away under us
+                continue
+            for target in desc.iterfind("devices/interface/target") \
+                    if desc is not None else ():
+                out[target.get("dev")] = meta["address"]
+        return out
+
+
+def _open_for_instances(path, own_root):
+    """Instances' roots sit under ``path`` and libvirt mounts them as the
+    instance's root, an unprivileged uid: every directory on the way must
+    let others through (x), or containers fail to start with an obscure
+    'Permission denied'.  Our own directories (up to ``own_root``, the
+    agent's state_path, often 0750) get o+x; others are only checked."""
+    path = os.path.abspath(path)
+    own_root = os.path.abspath(own_root)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001 and (path + "/").startswith(own_root + "/"):
+            os.chmod(path, (mode & 0o7777) | 0o001)
+        elif not mode & 0o001:
+            raise exception.NodeError(
+                "%s is not searchable by other users (mode %o), so instances, "
+                "whose root is an unprivileged uid, cannot reach their files under "
+                "[node_agent] instances_path: chmod o+x %s" % (
+                    path, os.stat(path).st_mode & 0o7777, path))
+        if path == "/":
+            return
+        path = os.path.dirname(path)
+
+
+def _run(argv, what):
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode:
+        raise exception.NodeError("%s failed (%s): %s" % (
+            what, " ".join(argv[:2]), (res.stderr or res.stdout).strip()))
+
+
+def _chown_tree(path, uid, gid):
+    """lchown a tree that may hold what an instance made, following no
+    link (safefs)."""
+    with safefs.closing(safefs.open_root(path)) as fd:
+        safefs.chown_tree(fd, uid, gid)
+
+
+def _write_secret(path, secret, uid, gid):
+    """Leave the service agent's secret where only the instance's root (a
+    host uid of its own range, see root_ids) can read it and, once read,
+    remove it: the directory and the file are given to that uid, or the
+    agent inside could neither read nor delete what host root wrote."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chown(directory, uid, gid, follow_symlinks=False)
+    os.chmod(directory, 0o700)  # whatever the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
+    with os.fdopen(fd, "w") as f:
+        os.fchown(f.fileno(), uid, gid)
+        f.write(secret)
+
+
+PIDS_ROOT = "/sys/fs/cgroup/pids/machine"
+
+
+def _limit_pids(domain_name, limit):
+    """Put the instance in a pids cgroup (v1) of its own.
+
+    libvirt's LXC driver manages no pids controller, so the instance is
+    moved there just after it starts, while frozen: a process that forks
+    at that moment is either stopped before or created inside the cgroup,
+    none escapes.
+    """
+    leaf = os.path.basename(_freezer_dir(domain_name))
+    cgroup = os.path.join(PIDS_ROOT, leaf)
+    os.makedirs(cgroup, exist_ok=True)
+    with open(os.path.join(cgroup, "pids.max"), "w") as f:
+        f.write(str(limit))
+    _set_freezer(domain_name, "FROZEN")
+    try:
+        for pid in _container_tasks(domain_name, "cgroup.procs"):
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except ProcessLookupError:
+                pass
+    finally:
+        _set_freezer(domain_name, "THAWED")
+
+
+def _remove_pids_cgroup(domain_name, timeout=5.0):
+    import glob
+    deadline = time.monotonic() + timeout
+    for cgroup in glob.glob(os.path.join(PIDS_ROOT, "*-%s.libvirt-lxc" % domain_name)):
+        while True:  # killed tasks leave the cgroup as they are reaped
+            try:
+                os.rmdir(cgroup)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    LOG.warning("pids cgroup %s is still busy; left behind", cgroup)
+                    break
+                time.sleep(0.05)
 
 
 def _cgroup_read(pid, controller, name):
@@ -369,35 +635,37 @@ def _set_freezer(domain_name, state, timeout=2.0):
         time.sleep(0.001)
 
 
-def _kill_frozen(domain_name):
-    """SIGKILL the container's own tasks (not libvirt's controller, which
-    shares the cgroup but not the network namespace)."""
-    import signal
+def _container_tasks(domain_name, table="tasks"):
+    """The container's own tasks (or processes, with ``cgroup.procs``):
+    not libvirt's controller, which shares the cgroup but not the network
+    namespace."""
+    try:
+        with open(os.path.join(_freezer_dir(domain_name), table)) as f:
+            pids = f.read().split()
+    except (exception.NodeError, OSError):
+        return
     own = os.readlink("/proc/self/ns/net")
-    with open(os.path.join(_freezer_dir(domain_name), "tasks")) as f:
-        pids = f.read().split()
     for pid in pids:
         try:
             if os.readlink("/proc/%s/ns/net" % pid) != own:
-                os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, FileNotFoundError):
+                yield pid
+        except OSError:
+            continue
+
+
+def _kill_frozen(domain_name):
+    """SIGKILL the container's own tasks."""
+    import signal
+    for pid in _container_tasks(domain_name):
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
 def _container_pid(domain_name):
     """A pid inside the container (not libvirt's controller)."""
-    import glob
-    own = os.readlink("/proc/self/ns/net")
-    for tasks in glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc/tasks"
-                           % domain_name):
-        with open(tasks) as f:
-            for pid in f.read().split():
-                try:
-                    if os.readlink("/proc/%s/ns/net" % pid) != own:
-                        return pid
-                except OSError:
-                    continue
-    return None
+    return next(_container_tasks(domain_name), None)
 
 
 def _requests_in_progress(domain_name, port):

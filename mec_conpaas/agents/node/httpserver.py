@@ -19,6 +19,16 @@ from mec_conpaas import exception
 LOG = logging.getLogger(__name__)
 
 
+class MethodNotAllowed(exception.MecError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method, path, allowed):
+        super().__init__("%s is not allowed on %s: use %s"
+                         % (method, path, " or ".join(allowed)))
+        self.headers = {"Allow": ", ".join(allowed)}
+
+
 class Router:
     def __init__(self):
         self.routes = []
@@ -27,15 +37,15 @@ class Router:
         self.routes.append((method, re.compile("^" + pattern + "$"), func))
 
     def match(self, method, path):
-        allowed = False
+        allowed = []
         for m, rx, func in self.routes:
             mo = rx.match(path)
             if mo:
                 if m == method:
                     return func, mo.groupdict()
-                allowed = True
+                allowed.append(m)
         if allowed:
-            raise exception.MecError("method not allowed")
+            raise MethodNotAllowed(method, path, sorted(set(allowed)))
         raise exception.NotFound("no such resource: %s" % path)
 
 
@@ -47,6 +57,11 @@ class Response:
 
 
 def make_handler(router, authenticate):
+    """Request handler: the caller is authenticated before anything else,
+    so one without a valid token learns nothing (not even which paths
+    exist); then unknown paths get 404 and known ones with another method
+    405 with ``Allow``."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = 60  # close kept-alive connections idle this long
@@ -57,54 +72,69 @@ def make_handler(router, authenticate):
         def log_message(self, fmt, *args):
             LOG.debug("%s " + fmt, self.address_string(), *args)
 
-        def _reply(self, status, body, content_type="application/json"):
+        def _reply(self, status, body, content_type="application/json",
+                   headers=None):
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _read_body(self):
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0 or self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                raise exception.BadRequest(
+                    "send the request body with a valid Content-Length")
+            raw = self.rfile.read(length) if length else b""
+            if raw and "json" in (self.headers.get("Content-Type") or "json"):
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    raise exception.BadRequest("request body is not JSON")
+            return raw or None  # binary uploads (state tarballs)
 
         def _handle(self, method):
             try:
-                path = self.path.split("?", 1)[0]
-                func, params = router.match(method, path)
-                authenticate(self.headers.get("Authorization", ""))
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = None
-                if raw and "json" in (self.headers.get("Content-Type") or "json"):
-                    try:
-                        body = json.loads(raw)
-                    except ValueError:
-                        raise exception.BadRequest("request body is not JSON")
-                elif raw:
-                    body = raw  # binary uploads (state tarballs)
-                result = func(body=body, **params)
+                try:
+                    authenticate(self.headers.get("Authorization", ""))
+                    func, params = router.match(method, self.path.split("?", 1)[0])
+                except exception.MecError:
+                    # The body stays unread: this connection cannot go on.
+                    if self.headers.get("Content-Length", "0") != "0" or \
+                            self.headers.get("Transfer-Encoding"):
+                        self.close_connection = True
+                    raise
+                result = func(body=self._read_body(), **params)
                 if isinstance(result, Response):
                     self._reply(result.status, result.body, result.content_type)
                 else:
                     self._reply(200, result)
             except exception.MecError as e:
+                headers = dict(getattr(e, "headers", None) or {})
+                if e.status == 401:
+                    headers["WWW-Authenticate"] = "Bearer"
                 self._reply(e.status, {"error": {"code": e.code,
-                                                 "message": e.message}})
+                                                 "message": e.message}},
+                            headers=headers)
             except Exception as e:  # a bug, but the caller deserves JSON
                 LOG.exception("request %s %s failed", method, self.path)
                 self._reply(500, {"error": {"code": "internal_error",
                                             "message": str(e)}})
 
-        def do_GET(self):
-            self._handle("GET")
-
-        def do_POST(self):
-            self._handle("POST")
-
-        def do_PUT(self):
-            self._handle("PUT")
-
-        def do_DELETE(self):
-            self._handle("DELETE")
-
+    for _method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                    "OPTIONS"):
+        setattr(Handler, "do_" + _method,
+                lambda self, m=_method: self._handle(m))
     return Handler
 
 
@@ -187,9 +217,14 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
         conn.close()
     if resp.status >= 400:
         try:
-            msg = json.loads(payload)["error"]["message"]
+            # Node agents and the manager answer {"error": {"message": ...}};
+            # service agents {"error": "..."}, or their health's "detail".
+            answer = json.loads(payload)
+            msg = answer.get("error") or answer.get("detail")
+            msg = msg.get("message") if isinstance(msg, dict) else msg
         except Exception:
-            msg = resp.reason
+            msg = None
+        msg = msg or resp.reason
         err = exception.NodeError("%s %s: %s" % (method, url, msg))
         err.remote_status = resp.status
         raise err

@@ -5,31 +5,47 @@ then, with the old instance frozen, a final copy of only what changed.
 Both use the same steps: the target asks the source for a manifest, asks
 for a tar of the entries it lacks or that differ, and deletes what the
 source no longer has.
+
+The state directory belongs to the tenant, whose instance may change it
+while we copy, and both ends run as root: every path is walked through
+``safefs``, so no link is followed on either side (in the manifest, the
+export, the import or the deletions).  Links are copied as links (their
+target text); a path that passes through a linked directory is neither
+read nor written; setuid/setgid bits, devices, FIFOs and sockets are not
+copied.
 """
 import io
 import json
 import os
-import shutil
+import secrets
+import stat
 import tarfile
+
+from mec_conpaas import exception
+from mec_conpaas import safefs
+
+KINDS = ("f", "d", "l")
 
 
 def manifest(root):
+    with safefs.closing(safefs.open_root(root)) as rootfd:
+        return _manifest(rootfd)
+
+
+def _manifest(rootfd):
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            st = os.lstat(path)
-            if os.path.islink(path):
-                # A link is its target; its own mtime cannot be copied.
-                out[rel] = ["l", os.readlink(path), 0, 0]
-                continue
-            if name in dirnames:
-                # Directory mtimes change as files come and go: not state.
-                out[rel] = ["d", 0, 0, st.st_mode & 0o7777]
-                continue
-            out[rel] = ["f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777]
+    for rel, st, parent, name in safefs.walk(rootfd):
+        if stat.S_ISLNK(st.st_mode):
+            # A link is its target; its own mtime cannot be copied.
+            try:
+                out[rel] = ["l", os.readlink(name, dir_fd=parent), 0, 0]
+            except OSError:
+                continue  # gone or replaced meanwhile
+        elif stat.S_ISDIR(st.st_mode):
+            # Directory mtimes change as files come and go: not state.
+            out[rel] = ["d", 0, 0, st.st_mode & 0o777]
+        elif stat.S_ISREG(st.st_mode):
+            out[rel] = ["f", st.st_size, st.st_mtime_ns, st.st_mode & 0o777]
     return out
 
 
@@ -44,55 +60,149 @@ MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
 
 def export_tar(root, paths, with_manifest=None):
     """Tar of ``paths``; with ``with_manifest``, the source's full manifest
-    travels as the first member so the receiver can also apply deletions."""
+    travels as the first member so the receiver can also apply deletions.
+    Paths that are gone, or are reached only through a link, are left out:
+    the next manifest tells the receiver."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with safefs.closing(safefs.open_root(root)) as rootfd, \
+            tarfile.open(fileobj=buf, mode="w") as tar:
         if with_manifest is not None:
             data = json.dumps(with_manifest).encode()
             info = tarfile.TarInfo(MANIFEST_MEMBER)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         for rel in paths:
-            full = os.path.join(root, rel)
-            if os.path.lexists(full):
-                tar.add(full, arcname=rel, recursive=False)
+            try:
+                _export_one(tar, rootfd, rel)
+            except (safefs.UnsafePath, FileNotFoundError, NotADirectoryError):
+                continue
     return buf.getvalue()
 
 
+def archive(root):
+    """The whole state directory, as ``import_tar`` takes it."""
+    current = manifest(root)
+    return export_tar(root, wanted({}, current), with_manifest=current)
+
+
+def _export_one(tar, rootfd, rel):
+    parent, name = safefs.parent_of(rootfd, rel)
+    with safefs.closing(parent):
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        info = tarfile.TarInfo(rel)
+        info.mtime = st.st_mtime
+        info.mode = st.st_mode & 0o777
+        if stat.S_ISLNK(st.st_mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(name, dir_fd=parent)
+            tar.addfile(info)
+        elif stat.S_ISREG(st.st_mode):
+            # Read whole first: a running instance may resize the file,
+            # and the tar header must carry the length really sent.
+            with os.fdopen(safefs.open_file(parent, name), "rb") as f:
+                data = f.read()
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _checked_manifest(value):
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 4
+            and v[0] in KINDS for k, v in value.items()):
+        raise exception.BadRequest(
+            "state archive's manifest is not a map of path -> [kind, size, "
+            "mtime_ns, mode]")
+    return value
+
+
 def import_tar(root, data, remote_manifest=None):
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        for member in tar.getmembers():
+    """Apply a tar made by ``export_tar`` to ``root``; with a manifest
+    (passed or carried in the tar), also create the source's directories
+    and delete what the source no longer has."""
+    if remote_manifest is not None:
+        remote_manifest = _checked_manifest(remote_manifest)
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r")
+    except tarfile.TarError as e:
+        raise exception.BadRequest("state archive is not a tar (%s)" % e) from None
+    with tar, safefs.closing(safefs.open_root(root)) as rootfd:
+        for member in tar:
             if member.name == MANIFEST_MEMBER:
-                remote_manifest = json.load(tar.extractfile(member))
+                try:
+                    remote_manifest = _checked_manifest(
+                        json.load(tar.extractfile(member)))
+                except ValueError:
+                    raise exception.BadRequest(
+                        "state archive's manifest is not JSON") from None
                 continue
-            norm = os.path.normpath(member.name)
-            if norm.startswith("..") or os.path.isabs(norm) or not (
-                    member.isfile() or member.issym()):
+            if not (member.isfile() or member.issym()):
                 continue
-            dest = os.path.join(root, norm)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            if os.path.lexists(dest) and not os.path.isdir(dest):
-                os.unlink(dest)
-            if member.issym():
-                os.symlink(member.linkname, dest)
-                continue
-            src = tar.extractfile(member)
-            tmp = dest + ".mec-part"
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(src, f)
-            os.chmod(tmp, member.mode & 0o7777)
-            mtime_ns = int(remote_manifest.get(norm, [0, 0, member.mtime * 10**9])[2])
-            os.utime(tmp, ns=(mtime_ns, mtime_ns))
-            os.replace(tmp, dest)
-    # Directories (with their modes) and deletions.
-    for rel, meta in sorted(remote_manifest.items()):
-        if meta[0] == "d":
-            os.makedirs(os.path.join(root, rel), exist_ok=True)
-    local = manifest(root)
-    for rel in sorted(set(local) - set(remote_manifest), key=len, reverse=True):
-        full = os.path.join(root, rel)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full, ignore_errors=True)
-        elif os.path.lexists(full):
-            os.unlink(full)
+            try:
+                parent, name = safefs.parent_of(rootfd, member.name,
+                                                create=0o755, replace=True)
+            except safefs.UnsafePath:
+                continue  # absolute, '..' or empty: never ours to write
+            with safefs.closing(parent):
+                if member.issym():
+                    safefs.remove(parent, name)
+                    os.symlink(member.linkname, name, dir_fd=parent)
+                else:
+                    meta = (remote_manifest or {}).get(member.name)
+                    mtime_ns = int(meta[2]) if meta and meta[0] == "f" \
+                        else int(member.mtime) * 10**9
+                    _replace_file(parent, name, tar.extractfile(member),
+                                  member.mode & 0o777, mtime_ns)
+        if remote_manifest is not None:
+            _apply_tree(rootfd, remote_manifest)
     return len(data)
+
+
+def _replace_file(parent, name, src, mode, mtime_ns):
+    """Write to a fresh temporary name, then rename over ``name``: the
+    instance never sees half a file, and rename replaces a link itself."""
+    tmp = ".mec-part-" + secrets.token_hex(6)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while True:
+                block = src.read(1 << 16)
+                if not block:
+                    break
+                f.write(block)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=parent,
+                                    follow_symlinks=False).st_mode):
+                safefs.remove(parent, name)  # rename cannot replace a dir
+        except FileNotFoundError:
+            pass
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        safefs.remove(parent, tmp)
+        raise
+
+
+def _apply_tree(rootfd, remote):
+    """Directories (with their modes) and deletions."""
+    for rel, meta in sorted(remote.items()):
+        if meta[0] != "d":
+            continue
+        try:
+            parts = safefs.components(rel)
+        except safefs.UnsafePath:
+            continue
+        if parts:
+            with safefs.closing(safefs.open_dir(rootfd, parts, create=0o755,
+                                                replace=True)) as fd:
+                os.fchmod(fd, int(meta[3]) & 0o777)
+    local = _manifest(rootfd)
+    for rel in sorted(set(local) - set(remote), key=len, reverse=True):
+        try:
+            parent, name = safefs.parent_of(rootfd, rel)
+        except (safefs.UnsafePath, FileNotFoundError, NotADirectoryError):
+            continue  # its directory went first
+        with safefs.closing(parent):
+            safefs.remove(parent, name)

@@ -4,10 +4,22 @@
 It implements ConPaaS's generic-service contract (``init.sh`` once, then
 ``run.sh``; ``notify.sh`` when peers change; ``interrupt.sh``;
 ``cleanup.sh`` on stop) and answers the manager's and HAProxy's health
-checks.  It runs inside minimal images on Pis, so it uses only the Python
+checks.  An instance created to receive state (migration, ``service
+start``) boots *held* (``MEC_HOLD=1``): the agent answers but runs nothing
+until ``POST /start``, so the app's first read of its state directory sees
+the copied state; ``POST /restore`` applies a later delta (``restore.sh``,
+or a restart of the app).  It runs inside minimal images on Pis, so it uses only the Python
 standard library, and it is the only program the manager talks to inside a
 container.
+
+Its API wants ``Authorization: Bearer <secret>``, the per-instance secret
+the node agent leaves in ``SECRET_FILE`` (read and removed here before the
+app starts).  Only ``GET /health`` answers without it, and then says no
+more than healthy or not (200/503): that is what the access point's
+HAProxy checks, whose server slots move between instances at run time
+and so cannot carry a per-instance header.
 """
+import hmac
 import http.server
 import importlib.util
 import json
@@ -28,6 +40,25 @@ SERVICE_TYPE = os.environ.get("MEC_SERVICE_TYPE", "generic")
 APP_PORT = int(os.environ.get("MEC_APP_PORT", "8080"))
 AGENT_PORT = int(os.environ.get("MEC_AGENT_PORT", "8999"))
 PEERS_FILE = os.path.join(os.environ.get("MEC_RUN_DIR", "/run/mec"), "peers")
+HOLD = os.environ.get("MEC_HOLD") == "1"
+# containers.AGENT_SECRET_FILE
+SECRET_FILE = os.environ.get("MEC_SECRET_FILE", "/etc/mec-conpaas/agent-secret")
+MAX_BODY = 1024 * 1024
+SECRET = None
+
+
+def load_secret():
+    """Read the secret and remove its file, so the app never finds it."""
+    global SECRET
+    try:
+        with open(SECRET_FILE) as f:
+            SECRET = f.read().strip() or None
+    except OSError:
+        SECRET = None
+    try:
+        os.unlink(SECRET_FILE)
+    except OSError:
+        pass
 
 
 class App:
@@ -89,14 +120,29 @@ class App:
         return None
 
     def start(self):
+        """init.sh once, then supervise run.sh; a held agent waits for
+        ``POST /start`` (its state is being copied in from the host), a
+        stopped one starts run.sh again."""
+        with self.lock:
+            if self.state not in ("INIT", "HELD", "STOPPED"):
+                return False
+            again, self.state = self.state == "STOPPED", "PROLOGUE"
+        if again:  # a stop undone: init.sh ran already
+            self._start_process()
+            return True
         os.makedirs(STATE_DIR, exist_ok=True)
-        self.state = "PROLOGUE"
         rc = self.run_hook("init.sh", timeout=300)
         if rc not in (None, 0):
             self.state = "ERROR"
             self._logline("init.sh failed with exit code %s" % rc)
-            return
-        threading.Thread(target=self._supervise, daemon=True).start()
+            return True
+        self._start_process()
+        return True
+
+    def _start_process(self):
+        self.stopping = False
+        self.supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self.supervisor.start()
 
     def _supervise(self):
         cmd = self.command()
@@ -104,8 +150,10 @@ class App:
             self.state = "ERROR"
             self._logline("nothing to run: no run.sh")
             return
-        while not self.stopping:
+        while True:
             with self.lock:
+                if self.stopping:
+                    break
                 self.proc = subprocess.Popen(cmd, cwd=APP_DIR, env=self.env(),
                                              stdout=self.log, stderr=self.log,
                                              start_new_session=True)
@@ -118,7 +166,57 @@ class App:
             self._logline("application exited with %s; restarting" % rc)
             time.sleep(min(5, 0.2 * self.restarts))
 
+    def _stop_process(self, sig=signal.SIGTERM, grace=10):
+        """End the app and its supervisor (no automatic restart)."""
+        with self.lock:
+            self.stopping = True
+            proc = self.proc
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if getattr(self, "supervisor", None) is not None:
+            self.supervisor.join(grace)
+
+    def restore(self, phase, timeout=60):
+        """Make the running app take up state that changed under it.
+
+        ``prepare`` (before the source is frozen): without ``restore.sh``
+        the app is killed with SIGKILL, so that it cannot write its stale
+        in-memory view over the state about to arrive.  ``finish`` (the
+        final delta is in): run ``restore.sh``, or start ``run.sh`` again;
+        then wait until the app is healthy.
+        """
+        hook = self.script("restore.sh")
+        mode = "restore.sh" if hook else "restart"
+        if phase == "prepare":
+            if not hook:
+                self._stop_process(signal.SIGKILL)
+                self.state = "RESTORING"
+            return {"mode": mode}
+        t0 = time.monotonic()
+        if hook:
+            rc = self.run_hook("restore.sh", timeout=timeout)
+            if rc != 0:
+                return {"mode": mode, "healthy": False,
+                        "detail": "restore.sh exited %s" % rc}
+        else:
+            self._stop_process(signal.SIGKILL)  # no-op after prepare
+            self._start_process()
+        deadline = t0 + timeout
+        ok, detail = self.healthy()
+        while not ok and time.monotonic() < deadline:
+            time.sleep(0.005)
+            ok, detail = self.healthy()
+        return {"mode": mode, "healthy": ok, "detail": detail,
+                "ms": round((time.monotonic() - t0) * 1000, 1)}
+
     def healthy(self):
+        if self.state == "HELD":
+            return False, "held until its state is in (POST /start)"
         if self.state != "RUNNING" or self.proc is None or \
                 self.proc.poll() is not None:
             return False, "application is %s" % self.state.lower()
@@ -148,16 +246,14 @@ class App:
         return self.run_hook("notify.sh")
 
     def stop(self):
-        self.stopping = True
-        self.run_hook("cleanup.sh", timeout=30)
-        with self.lock:
-            proc = self.proc
-        if proc and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        """ConPaaS's stop: cleanup.sh, then the app gets SIGTERM (10 s to
+        write its state back before SIGKILL)."""
+        if self.state == "STOPPED":
+            return None
+        rc = self.run_hook("cleanup.sh", timeout=30)
+        self._stop_process(signal.SIGTERM)
+        self.state = "STOPPED"
+        return rc
 
 
 APP = App()
@@ -170,9 +266,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _authorized(self):
+        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+        return SECRET is not None and scheme.lower() == "bearer" and \
+            hmac.compare_digest(value.strip().encode(), SECRET.encode())
+
+    def _refuse(self):
+        self._send(401, {"error": "missing or wrong service agent secret: only "
+                         "the manager and this node may call this API"})
+
     def _send(self, code, body):
         data = json.dumps(body).encode()
         self.send_response(code)
+        if code == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -185,9 +292,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             ok, detail = APP.healthy()
+            if not self._authorized():
+                return self._send(200 if ok else 503, {"healthy": ok})
             self._send(200 if ok else 503, {
                 "healthy": ok, "detail": detail, "state": APP.state,
                 "restarts": APP.restarts})
+        elif not self._authorized():
+            self._refuse()
         elif self.path.startswith("/logs"):
             try:
                 with open(LOG_FILE, "rb") as f:
@@ -202,8 +313,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self.close_connection = True
+            return self._send(413, {"error": "body larger than %d bytes" % MAX_BODY})
+        data = self.rfile.read(length)
+        if not self._authorized():
+            return self._refuse()
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(data or b"{}")
         except ValueError:
             return self._send(400, {"error": "body is not JSON"})
         if self.path == "/notify":
@@ -211,6 +328,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, {"notify_exit_code": rc})
         elif self.path == "/interrupt":
             self._send(200, {"exit_code": APP.run_hook("interrupt.sh")})
+        elif self.path == "/start":
+            # init.sh may take minutes: the caller polls /health.
+            threading.Thread(target=APP.start, daemon=True).start()
+            self._send(202, {"state": APP.state})
+        elif self.path == "/restore":
+            phase = body.get("phase")
+            if phase not in ("prepare", "finish"):
+                return self._send(400, {"error": "phase must be prepare or finish"})
+            res = APP.restore(phase, float(body.get("timeout", 60)))
+            self._send(200 if res.get("healthy", True) else 503, res)
+        elif self.path == "/stop":
+            self._send(200, {"cleanup_exit_code": APP.stop(), "state": APP.state})
         else:
             self._send(404, {"error": "no such path"})
 
@@ -292,12 +421,16 @@ def main():
         return serve_wsgi(sys.argv[2])
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-static":
         return serve_static(sys.argv[2])
+    load_secret()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = Server(("0.0.0.0", AGENT_PORT), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    APP.start()
+    if HOLD:
+        APP.state = "HELD"
+    else:
+        APP.start()
     while not stop.wait(1.0):
         if os.getpid() == 1:
             reap_children()

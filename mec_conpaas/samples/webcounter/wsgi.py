@@ -1,6 +1,7 @@
 """Sample web service: counts requests in its state directory.
 
-The count survives migration because the state directory is copied; the
+The count survives migration because the state directory is copied (and it
+is re-read on every request: ``restore.sh`` has nothing to do); the
 answer names the instance that served it so tests and the demo can see
 where requests go.
 """
