@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import auth
@@ -90,6 +91,13 @@ def create_app(manager):
     app.config["MAX_CONTENT_LENGTH"] = conf.manager.max_bundle_size + 1024 * 1024
     bundle_dir = os.path.join(conf.state_path, "bundles")
     os.makedirs(bundle_dir, exist_ok=True)
+    validation.install(app, conf.api.validate_responses)
+
+    @app.get("/v1/openapi.json")
+    def openapi_document():
+        """Unauthenticated, like OpenStack's version documents: it tells
+        nothing about what exists."""
+        return flask.jsonify(validation.document())
 
     @app.errorhandler(exception.MecError)
     def mec_error(e):
@@ -143,6 +151,7 @@ def create_app(manager):
             # Tenants must not learn what exists: nodes' private endpoints
             # answer like unknown paths.
             raise exception.NotFound("no such API path")
+        validation.raise_if_off_schema()
         return ctx
 
     def json_body(optional=False):
@@ -361,7 +370,7 @@ def create_app(manager):
         if stype not in SERVICE_TYPES:
             raise exception.BadRequest("unknown service type %r: use one of %s"
                                        % (stype, ", ".join(SERVICE_TYPES)))
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):  # match() would let "web\n" in
             raise exception.BadRequest(
                 "invalid service name %r: use 1-32 lowercase letters, digits "
                 "and '-', starting with a letter" % name)

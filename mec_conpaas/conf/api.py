@@ -21,6 +21,17 @@ URL clients and node agents use to reach the manager.
 Possible values:
 * unset: derived from ``bind_host`` and ``bind_port``.
 """),
+    cfg.BoolOpt("validate_responses", default=False,
+                help="""
+Check every answer against the API's OpenAPI document (mec_conpaas/api/openapi.yaml).
+
+An answer off the document is logged and replaced by a 500 that says so: for
+tests and debugging (requests are always checked).
+
+Possible values:
+* false: answers are not checked (production)
+* true: answers are checked (see README, "OpenAPI document", for the cost)
+"""),
 ]
 
 
