@@ -72,19 +72,24 @@ def snapshot_hits(edge, svc, instance):
 def healing(edge, admin, tmp_path_factory):
     saved = dict(edge.manager_opts)
     edge.restart_manager(node_lost_grace=GRACE, snapshot_interval=1)
-    wait_for("nodes up", lambda: all_up(admin))
-    # An app that reads its counter once, when it starts: a replacement
-    # counts on from the snapshot only if it was put in before the start.
-    bundle = tmp_path_factory.mktemp("nodeloss") / "memcounter.tar.gz"
-    bundle.write_bytes(service_mod.build_sample_bundle(MEMCOUNTER))
-    res = admin.create_service("web", "lost", node="ap-2", bundle=str(bundle))
-    wait_op(admin, res)
-    yield admin.service("lost")
-    edge.manager_opts.clear()
-    edge.manager_opts.update(saved)
-    edge.restart_manager()
-    wait_for("nodes up", lambda: all_up(admin))
-    wait_op(admin, admin.delete_service("lost"))
+    try:
+        wait_for("nodes up", lambda: all_up(admin))
+        # An app that reads its counter once, when it starts: a replacement
+        # counts on from the snapshot only if it was put in before the start.
+        bundle = tmp_path_factory.mktemp("nodeloss") / "memcounter.tar.gz"
+        bundle.write_bytes(service_mod.build_sample_bundle(MEMCOUNTER))
+        res = admin.create_service("web", "lost", node="ap-2", bundle=str(bundle))
+        wait_op(admin, res)
+        yield admin.service("lost")
+    finally:
+        # The later modules must not see heals behind their backs, even
+        # when this setup failed.
+        edge.manager_opts.clear()
+        edge.manager_opts.update(saved)
+        edge.restart_manager()
+        wait_for("nodes up", lambda: all_up(admin))
+    if any(s["name"] == "lost" for s in admin.services()):
+        wait_op(admin, admin.delete_service("lost"))
 
 
 def test_the_access_point_serves_while_the_manager_is_away(edge, admin, healing):
