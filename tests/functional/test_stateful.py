@@ -57,11 +57,18 @@ def test_in_memory_counter_continues_across_ten_migrations(tmp_path, edge, admin
     hits = [r["hits"] for r in results]
     # Loaded at each start, counted in memory: every request counted once.
     assert hits == list(range(1, len(hits) + 1)), hits
+    # The count reaching the last instance intact already shows the state
+    # passed through all ten.  The client also sees the serving instance
+    # change: not necessarily ten times, since a loaded machine can stall
+    # its sequential requests past a short-lived instance's whole life
+    # (seen once in CI: 8 of 10, no failure, the count continuous).
     served = [r["instance"] for r in results]
-    assert sum(a != b for a, b in zip(served, served[1:])) == 10
+    changes = sum(a != b for a, b in zip(served, served[1:]))
+    assert 5 <= changes <= 10, (changes, summary)
     assert [w["restore_mode"] for w in windows] == ["restart"] * 10
-    print("memcounter: %d requests; freeze_to_switch ms %s; restart ms %s" % (
-        len(hits), [w["freeze_to_switch"] for w in windows],
+    print("memcounter: %d requests, %d instance changes seen, longest gap %s ms; "
+          "freeze_to_switch ms %s; restart ms %s" % (
+        len(hits), changes, summary.get("max_gap_ms"), [w["freeze_to_switch"] for w in windows],
         [w["restore_ms"] for w in windows]))
     svc = admin.service("mem")
     assert [(i["node"], i["role"]) for i in svc["instances"]] == [("ap-1", "master")]
