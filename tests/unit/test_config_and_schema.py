@@ -85,3 +85,21 @@ def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
         rows = c.execute(text("SELECT * FROM nodes ORDER BY name")).mappings().all()
     assert [r["name"] for r in rows] == ["ap-1", "ap-2"]
     assert "disabled" not in rows[0]
+
+
+def test_package_data_ships_every_non_python_file():
+    """Deployed nodes and the master install a built wheel, not the checkout:
+    a data file the programs read but setup.cfg's package_data misses is
+    absent there (the OpenAPI document was, and the manager never started
+    on the deploy test bed)."""
+    import configparser
+    import fnmatch
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    patterns = cfg["options.package_data"]["mec_conpaas"].split()
+    tracked = subprocess.run(["git", "ls-files", "mec_conpaas"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.split()
+    data = [f[len("mec_conpaas/"):] for f in tracked if not f.endswith(".py")]
+    assert data, "git ls-files found nothing: run the tests from a checkout"
+    missing = [f for f in data if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert not missing, "add to [options.package_data] in setup.cfg: %s" % missing
