@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 PKGS=(libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients libvirt-dev pkg-config
       gcc python3-dev haproxy debootstrap iproute2 iptables iputils-ping
       libnetfilter-queue-dev libnfnetlink-dev util-linux procps ca-certificates
-      libcap2-bin nftables)
+      libcap2-bin nftables python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

@@ -20,7 +20,13 @@ parts=("$@")
 paas() {
     tools/install-deps.sh || return 1
     .venv/bin/ruff check mec_conpaas tests bench tools image-builder || return 1
-    .venv/bin/pytest -p no:cacheprovider -v tests/unit tests/functional
+    .venv/bin/pytest -p no:cacheprovider -v tests/unit tests/functional || return 1
+    # Deployed nodes and images run Debian 12's own Python (3.11.2), which may be
+    # older than the one .venv was made with: the unit tests again on it (a
+    # 3.11.4 API once broke every create on deployed nodes).
+    [ -x .venv-debian/bin/python ] || /usr/bin/python3 -m venv .venv-debian || return 1
+    .venv-debian/bin/pip install -q -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    .venv-debian/bin/pytest -p no:cacheprovider -q tests/unit
 }
 
 summary=()
