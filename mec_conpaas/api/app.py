@@ -624,4 +624,7 @@ def create_app(manager):
                 raise exception.NotFound("no operation %s" % op_id)
             return flask.jsonify(operation=operation_view(op))
 
+    # /metrics and /dashboard (mec_conpaas/api/web.py).
+    from mec_conpaas.api import web
+    web.register(app, manager)
     return app

@@ -25,6 +25,7 @@ from sqlalchemy import update
 from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
+from mec_conpaas.manager import metrics
 
 LOG = logging.getLogger(__name__)
 TERMINAL = ("SUCCEEDED", "FAILED")
@@ -218,6 +219,7 @@ class Engine:
                 op.error = None
                 op.step = ctx.journal.get("note") or "done"
                 release(s, op_id)
+                metrics.operation_ended(op)
         except Exception:
             # The store itself failed: the operation stays unfinished and is
             # resumed by the next start (its attempt counted).
@@ -247,6 +249,7 @@ class Engine:
             op.state = "FAILED"
             op.error = message
             release(s, ctx.op_id, message)
+            metrics.operation_ended(op)
         LOG.error("operation %s (%s) FAILED: %s", ctx.op_id, ctx.kind, message)
 
     def resume_all(self):

@@ -13,6 +13,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 import urllib.parse
 import uuid
 
@@ -20,6 +21,7 @@ from mec_conpaas import exception
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
+from mec_conpaas.agents.node import metrics as metrics_mod
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import statesync
 
@@ -85,6 +87,8 @@ class NodeAgent:
         self.stop = threading.Event()
         self.proxy_lock = threading.Lock()
         self.served_manifests = {}
+        self.last_heartbeat = None  # time.monotonic() of the last one accepted
+        self.metrics = metrics_mod.registry(self)
 
     def _load_id(self):
         """Node id from host name and MAC (as in seed 002), fixed at first
@@ -141,6 +145,7 @@ class NodeAgent:
                 usage = self.containers.usage() if self.containers else {}
                 self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
                              {"report": self.reporter.report(usage)})
+                self.last_heartbeat = time.monotonic()
             except exception.NodeError as e:
                 if getattr(e, "remote_status", None) == 404:
                     self.registered.clear()  # manager lost us: register again
@@ -205,6 +210,7 @@ class NodeAgent:
         r.add("POST", inst + "/state/pull", self.pull_state)
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
+        r.add("GET", "/metrics", lambda body: metrics_mod.exposition(self.metrics))
         return r
 
     def create_instance(self, body):

@@ -1,0 +1,143 @@
+"""What the manager serves beside its REST API: Prometheus ``/metrics`` and
+the web dashboard under ``/dashboard``.
+
+Both use the API's bearer tokens.  The dashboard is static files from this
+package (no asset from the internet: the page must work on an edge with
+no route out) plus one JSON view of what the caller may see, also streamed
+as server-sent events.  The page does every action through the REST API
+itself, so it shows the API's own errors.
+
+Login is a PaaS token (kept in the browser's sessionStorage).  Keystone
+login hooks in at :func:`caller`: whatever ``auth.authenticate`` accepts as
+a bearer token (a keystone token, with keystonemiddleware in front), the
+dashboard accepts, once the page can obtain one (``LOGIN_METHODS``).
+"""
+import json
+import os
+import time
+
+import flask
+import prometheus_client
+from sqlalchemy import select
+
+from mec_conpaas import exception
+from mec_conpaas.api import app as app_mod
+from mec_conpaas.db import models
+from mec_conpaas.db.session import session_scope
+from mec_conpaas.manager import auth
+from mec_conpaas.manager import metrics
+
+STATIC = os.path.join(os.path.dirname(__file__), "static", "dashboard")
+# How the page may sign in: "token" (a PaaS token).  A keystone login adds
+# "keystone" here and a route that trades credentials for a token.
+LOGIN_METHODS = ("token",)
+EVENT_INTERVAL = 0.2   # s between looks at the store for an event stream
+EVENT_KEEPALIVE = 15   # s between comments on an idle stream
+EVENT_LIFETIME = 600   # s before a stream ends (the page reconnects)
+RECENT_OPERATIONS = 20
+
+
+def caller(*roles):
+    """The caller's context, or the API's 401; a role not in ``roles``
+    gets 404, like an unknown path (as the REST API's ``context``)."""
+    with session_scope() as s:
+        ctx = auth.authenticate(s, flask.request.headers.get("Authorization"))
+    if roles and ctx.role not in roles:
+        raise exception.NotFound("no such API path")
+    return ctx
+
+
+def snapshot(manager, ctx):
+    """The dashboard's view: the map (nodes, backbone links), services with
+    instances and endpoints, recent operations.  A tenant sees its own
+    services and operations, and only its own instances in node reports;
+    an admin sees every tenant's."""
+    admin = ctx.role == "admin"
+    topo = manager.cluster.topology or {}
+    with session_scope() as s:
+        tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
+        svc_q = select(models.Service).order_by(models.Service.name)
+        op_q = select(models.Operation).order_by(
+            models.Operation.created_at.desc()).limit(RECENT_OPERATIONS)
+        own = None
+        if not admin:
+            svc_q = svc_q.where(models.Service.tenant_id == ctx.tenant_id)
+            op_q = op_q.where(models.Operation.tenant_id == ctx.tenant_id)
+            own = set(s.scalars(select(models.Instance.id).join(models.Service).where(
+                models.Service.tenant_id == ctx.tenant_id)))
+        capacity = manager.cluster.capacity(s)
+        nodes = []
+        for n in manager.cluster.nodes(s):
+            view = app_mod.node_view(n, own)
+            view["used"] = capacity[n.name]["used"]
+            nodes.append(view)
+        services = []
+        for svc in s.scalars(svc_q):
+            view = app_mod.service_view(svc, manager.cluster.service_tiers(s, svc))
+            view.update(tenant=tenants.get(svc.tenant_id),
+                        own=svc.tenant_id == ctx.tenant_id)
+            services.append(view)
+        operations = [dict(app_mod.operation_view(o), tenant=tenants.get(o.tenant_id))
+                      for o in s.scalars(op_q)]
+    return {"user": {"name": ctx.user, "role": ctx.role,
+                     "tenant": tenants.get(ctx.tenant_id)},
+            "nodes": nodes,
+            "links": [{"a": a, "b": b, "latency_ms": ms}
+                      for a, b, ms in topo.get("links", [])],
+            "services": services, "operations": operations}
+
+
+def register(app, manager):
+    registry = metrics.registry(manager.cluster)
+    page = flask.Blueprint("dashboard", __name__, static_folder=STATIC,
+                           static_url_path="/dashboard/static")
+
+    @page.get("/metrics")
+    def prometheus_metrics():
+        """Admin (or node) tokens only: the labels name every tenant's
+        services and nodes."""
+        caller("admin", "node")
+        return flask.Response(prometheus_client.generate_latest(registry),
+                              content_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    @page.get("/dashboard")
+    def dashboard():
+        """The page itself needs no token: it asks for one."""
+        resp = flask.send_from_directory(STATIC, "index.html")
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
+
+    @page.get("/dashboard/login-methods")
+    def login_methods():
+        return flask.jsonify(methods=list(LOGIN_METHODS))
+
+    @page.get("/dashboard/state")
+    def state():
+        return flask.jsonify(snapshot(manager, caller("admin", "member")))
+
+    @page.get("/dashboard/events")
+    def events():
+        """Server-sent events: ``state`` with the whole view whenever it
+        changes (looked at every EVENT_INTERVAL).  Read with fetch(), not
+        EventSource, so that the token goes in the Authorization header."""
+        ctx = caller("admin", "member")
+
+        def stream():
+            last, idle_since, end = None, time.monotonic(), time.monotonic() + \
+                EVENT_LIFETIME
+            yield "retry: 1000\n\n"
+            while time.monotonic() < end and not manager.stop.is_set():
+                data = json.dumps(snapshot(manager, ctx), sort_keys=True)
+                if data != last:
+                    last, idle_since = data, time.monotonic()
+                    yield "event: state\ndata: %s\n\n" % data
+                elif time.monotonic() - idle_since > EVENT_KEEPALIVE:
+                    idle_since = time.monotonic()
+                    yield ": keepalive\n\n"
+                time.sleep(EVENT_INTERVAL)
+
+        return flask.Response(stream(), mimetype="text/event-stream",
+                              headers={"Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+
+    app.register_blueprint(page)

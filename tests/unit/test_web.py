@@ -1,0 +1,116 @@
+"""/metrics and the dashboard's JSON view on a real store and the real
+engine (no containers: the workflows here only journal)."""
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from mec_conpaas.manager import metrics
+from tests.unit.test_api_nodes import add_service
+from tests.unit.test_api_nodes import edge  # noqa: F401  (fixture)
+from tests.unit.test_operations import engine  # noqa: F401  (fixture)
+from tests.unit.test_operations import held_op
+from tests.unit.test_operations import wait_ended
+
+
+def samples(text):
+    """{(name, sorted labels): value} of an exposition."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def scrape(api):
+    resp = api.client.get("/metrics", headers={"Authorization": "Bearer " + api.token})
+    assert resp.status_code == 200, resp.data
+    assert resp.content_type.startswith("text/plain")
+    return samples(resp.get_data(as_text=True))
+
+
+class Migrating:
+    """A workflow that journals a critical window, as migrate does."""
+
+    def run(self, ctx):
+        ctx.record(windows=[{"freeze_to_switch": 42.0}, {"freeze_to_switch": 640.0}])
+
+    def rollback(self, ctx, message):
+        pass
+
+
+def test_metrics_need_an_admin_token(edge):  # noqa: F811
+    admin, alice, _ = edge
+    client = admin.client
+    assert client.get("/metrics").status_code == 401
+    resp = client.get("/metrics", headers={"Authorization": "Bearer " + alice.token})
+    assert resp.status_code == 404  # as an unknown path, to a tenant
+    add_service("web", "alice", "ap-1", ["ap-1", "ap-2"])
+    got = scrape(admin)
+    assert got[("mec_conpaas_node_instance_slots", (("node", "ap-1"),))] == 3
+    assert got[("mec_conpaas_node_instances", (("node", "ap-1"),))] == 1
+    assert got[("mec_conpaas_node_instances", (("node", "ap-3"),))] == 0
+    assert got[("mec_conpaas_services", (("state", "RUNNING"),))] == 1
+    assert got[("mec_conpaas_node_heartbeat_age_seconds", (("node", "ap-2"),))] >= 0
+
+
+def test_operations_and_windows_are_counted_when_they_end(edge, engine):  # noqa: F811
+    admin, _, _ = edge
+    labels = (("kind", "migrate"), ("result", "succeeded"))
+    before = scrape(admin)
+    eng = engine({"migrate": Migrating()})
+    op_id = held_op(add_service("web", "alice", "ap-1", ["ap-1"]), kind="migrate")
+    eng.submit(op_id)
+    wait_ended(op_id)
+    after = scrape(admin)
+
+    def delta(name, lbl):
+        return after.get((name, lbl), 0) - before.get((name, lbl), 0)
+    assert delta("mec_conpaas_operations_total", labels) == 1
+    assert delta("mec_conpaas_operation_duration_seconds_count", labels) == 1
+    window = (("kind", "migrate"),)
+    assert delta("mec_conpaas_migration_freeze_to_switch_seconds_count", window) == 2
+    assert delta("mec_conpaas_migration_freeze_to_switch_seconds_sum", window) == \
+        (42.0 + 640.0) / 1000
+    # Buckets from the histogram's own bounds: 42 ms is under 0.05 s, 640 ms not.
+    assert delta("mec_conpaas_migration_freeze_to_switch_seconds_bucket",
+                 window + (("le", "0.05"),)) == 1
+    assert delta("mec_conpaas_migration_freeze_to_switch_seconds_bucket",
+                 window + (("le", "0.75"),)) == 2
+    assert 0.05 in metrics.FREEZE_TO_SWITCH._upper_bounds
+
+
+def test_dashboard_view_shows_a_tenant_only_its_own(edge):  # noqa: F811
+    admin, alice, _ = edge
+    add_service("web", "alice", "ap-1", ["ap-1"])
+    add_service("own", "admin", "ap-3", ["ap-3"], port=20020)
+    status, mine = alice("GET", "/dashboard/state")
+    assert status == 200
+    assert [s["name"] for s in mine["services"]] == ["web"]
+    assert [n["name"] for n in mine["nodes"]] == ["ap-1", "ap-2", "ap-3"]
+    assert {(link["a"], link["b"]) for link in mine["links"]} == {
+        ("ap-1", "ap-2"), ("ap-2", "ap-3")}
+    status, everything = admin("GET", "/dashboard/state")
+    assert sorted((s["name"], s["tenant"], s["own"]) for s in everything["services"]) \
+        == [("own", "admin", True), ("web", "alice", False)]
+    assert alice.client.get("/dashboard/state").status_code == 401
+    page = alice.client.get("/dashboard")
+    assert page.status_code == 200 and b"dashboard.js" in page.data
+    # Every asset the page names is served from the package.
+    for asset in ("dashboard.js", "dashboard.css"):
+        assert alice.client.get("/dashboard/static/" + asset).status_code == 200
+
+
+def test_event_stream_sends_the_view(edge):  # noqa: F811
+    _, alice, manager = edge
+    import threading
+    manager.stop = threading.Event()
+    add_service("web", "alice", "ap-1", ["ap-1"])
+    resp = alice.client.get("/dashboard/events", buffered=False, headers={
+        "Authorization": "Bearer " + alice.token})
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+    text = ""
+    for chunk in resp.response:
+        text += chunk.decode() if isinstance(chunk, bytes) else chunk
+        if "event: state" in text and text.endswith("\n\n"):
+            break
+    manager.stop.set()
+    resp.close()
+    data = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    assert [s["name"] for s in json.loads(data[0])["services"]] == ["web"]
