@@ -1,7 +1,8 @@
 """mec-conpaas-edge: an embedded edge cloud on this one machine.
 
   up [--demo]     three emulated access points, the manager, and with --demo
-                  a sample web service deployed on ap-1 then migrated to ap-3
+                  a sample web service deployed on ap-1 then migrated to ap-3;
+                  with --with-prometheus, Debian's prometheus scraping them
   status          processes and whether latency shaping is really active
   down            remove every container, namespace and process it started
   build-image     build (and cache) the base service image only
@@ -89,6 +90,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up")
     up.add_argument("--demo", action="store_true")
+    up.add_argument("--with-prometheus", action="store_true",
+                    help="start Debian's prometheus against the edge (loopback)")
+    up.add_argument("--prometheus-port", type=int, default=9090)
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("build-image")
@@ -111,6 +115,11 @@ def main(argv=None):
                       % (ap, r["expected_ms"], r["measured_ms"]))
             step("manager: %s; CLI credentials in %s" % (status["manager_url"],
                                                          status["credentials"]))
+            if args.with_prometheus:
+                from mec_conpaas.edge import prometheus
+                step("prometheus: %s (config %s)" % (
+                    prometheus.start(edge, args.prometheus_port),
+                    edge.path(prometheus.NAME, "prometheus.yml")))
             if args.demo:
                 demo(edge)
         elif args.command == "status":
