@@ -200,7 +200,7 @@ function renderMap(view) {
     const p = pos[n.name];
     const cls = ["ap", n.state === "up" ? "up" : "down", n.schedulable ? "" : "disabled"].join(" ");
     const ap = svg("g", { class: cls, "data-node": n.name, transform: `translate(${p.x - W / 2},${p.y - H / 2})` });
-    ap.append(svg("rect", { width: W, height: H, rx: 8 }));
+    ap.append(svg("rect", { class: "box", width: W, height: H, rx: 8 }));
     ap.append(svg("text", { class: "name", x: 8, y: 18 }, n.name));
     ap.append(svg("text", { x: 8, y: 34 }, `${n.state}${n.schedulable ? "" : ", drained"}`));
     const used = n.used || 0, max = n.max_instances || 0;

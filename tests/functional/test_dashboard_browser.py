@@ -1,0 +1,190 @@
+"""The web dashboard in a real browser (Debian's chromium through
+chromium-driver) against the embedded edge: a tenant logs in, sees the
+three access points, creates a service with a bundle upload, migrates it
+to ap-3 with the page's own control and sees the move, scales it, deletes
+it; another tenant's service never shows.
+
+Screenshots of every step go to $MEC_TEST_ARTIFACTS/dashboard
+(default /tmp/mec-test-artifacts/dashboard), not to the repository.
+"""
+import hashlib
+import os
+import shutil
+import time
+import urllib.parse
+
+import pytest
+
+from mec_conpaas.manager import service as service_mod
+from tests.functional.conftest import new_tenant
+from tests.functional.conftest import wait_op
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+ARTIFACTS = os.path.join(os.environ.get("MEC_TEST_ARTIFACTS", "/tmp/mec-test-artifacts"),
+                         "dashboard")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
+                                      "(tools/install-deps.sh)")
+
+
+def browser(manager_url):
+    """Headless chromium that can reach the manager and nothing else: every
+    other address goes to a proxy that does not exist, so an asset from the
+    internet would fail to load."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--window-size=1400,1000",
+                "--proxy-server=http://127.0.0.1:9",
+                "--proxy-bypass-list=" + urllib.parse.urlsplit(manager_url).hostname):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+
+
+class Page:
+    def __init__(self, driver, url):
+        self.driver = driver
+        self.url = url
+        self.shots = 0
+        os.makedirs(ARTIFACTS, exist_ok=True)
+
+    def shot(self, name):
+        self.shots += 1
+        self.driver.save_screenshot(os.path.join(ARTIFACTS, "%02d-%s.png" % (
+            self.shots, name)))
+
+    def js(self, script, *args):
+        return self.driver.execute_script(script, *args)
+
+    def until(self, what, predicate, timeout=120, interval=0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = predicate()
+            if got:
+                return got
+            time.sleep(interval)
+        self.shot("timeout")
+        pytest.fail("the page never showed %s" % what)
+
+    def instances(self, service):
+        """(node, state) of the service's instances on the map."""
+        return sorted(tuple(x) for x in self.js(
+            "return Array.from(document.querySelectorAll("
+            "'#map g.inst[data-service=\"' + arguments[0] + '\"]'))"
+            ".map(e => [e.dataset.node, e.dataset.state]);", service))
+
+    def card(self, service, selector=""):
+        from selenium.webdriver.common.by import By
+        return self.driver.find_element(
+            By.CSS_SELECTOR, '.card.service[data-service="%s"] %s' % (service, selector))
+
+    def login(self, token):
+        from selenium.webdriver.common.by import By
+        self.driver.get(self.url + "/dashboard")
+        self.shot("login")
+        self.driver.find_element(By.ID, "login-token").send_keys(token)
+        self.driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+
+
+@pytest.fixture
+def page(edge):
+    driver = browser(edge.manager_url())
+    try:
+        yield Page(driver, edge.manager_url())
+    finally:
+        driver.quit()
+
+
+def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    bundle = tmp_path / "webcounter.tar.gz"
+    bundle.write_bytes(service_mod.build_sample_bundle())
+    # Another tenant's service, which the tenant below must never see.
+    hidden = admin.create_service("web", "admin-only", node="ap-2")
+    tenant = new_tenant(edge, "browser")
+
+    page.login(tenant.token)
+    page.until("three access points", lambda: len(page.js(
+        "return document.querySelectorAll('#map g.ap')")) == 3)
+    assert sorted(page.js("return Array.from(document.querySelectorAll('#map g.ap'))"
+                          ".map(e => e.dataset.node)")) == ["ap-1", "ap-2", "ap-3"]
+    # Every script and style came from the manager (no route elsewhere).
+    origins = page.js("return performance.getEntriesByType('resource')"
+                      ".map(e => new URL(e.name).origin)")
+    assert set(origins) <= {edge.manager_url()}, origins
+    page.shot("map")
+
+    form = page.driver.find_element(By.ID, "create-form")
+    form.find_element(By.NAME, "name").send_keys("webui")
+    Select(form.find_element(By.NAME, "type")).select_by_value("web")
+    form.find_element(By.NAME, "bundle").send_keys(str(bundle))
+    Select(form.find_element(By.NAME, "node")).select_by_value("ap-1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    page.until("the new service on ap-1",
+               lambda: page.instances("webui") == [("ap-1", "ACTIVE")])
+    page.shot("created-on-ap-1")
+    svc = tenant.service("webui")
+    assert svc["bundle_sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert [i["node"] for i in svc["instances"]] == ["ap-1"]
+
+    # The API's refusal is shown in place, and the form keeps what was typed.
+    form.find_element(By.NAME, "name").send_keys("webui")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    error = page.until("the API's error", lambda: form.find_element(
+        By.CSS_SELECTOR, ".error").text)
+    assert "a service named 'webui' exists already" in error
+    assert form.find_element(By.NAME, "name").get_attribute("value") == "webui"
+    page.shot("create-refused-in-place")
+
+    # Migrate with the card's own control; follow the map meanwhile.
+    Select(page.card("webui", "select[name=to]")).select_by_value("ap-3")
+    page.card("webui", "button.migrate").click()
+    seen, shot_moving = [], False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        now = page.instances("webui")
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if not shot_moving and {n for n, _ in now} == {"ap-1", "ap-3"}:
+            page.shot("migrating")
+            shot_moving = True
+        if now == [("ap-3", "ACTIVE")] and page.card("webui").get_attribute(
+                "data-state") == "RUNNING":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the move never completed on the page: %s" % seen)
+    page.shot("migrated-to-ap-3")
+    # The move was seen while it happened: the new instance on ap-3 beside
+    # the one on ap-1 (make-before-break), then ap-1's gone.
+    assert any({n for n, _ in s} == {"ap-1", "ap-3"} for s in seen), seen
+    assert tenant.service("webui")["home_node"] == "ap-3"
+
+    count = page.card("webui", "input[name=count]")
+    count.clear()
+    count.send_keys("2")
+    page.card("webui", "button.scale").click()
+    page.until("two instances", lambda: [s for _, s in page.instances("webui")]
+               == ["ACTIVE", "ACTIVE"])
+    page.shot("scaled-to-2")
+    assert len(tenant.service("webui")["instances"]) == 2
+
+    page.card("webui", "button.delete").click()
+    page.until("the service gone", lambda: not page.js(
+        "return document.querySelectorAll('[data-service=\"webui\"]').length"))
+    page.shot("deleted")
+    assert [s["name"] for s in tenant.services()] == []
+
+    # Tenants: the admin's service exists (and shows to the admin), but
+    # never on this tenant's page nor in its API.
+    wait_op(admin, hidden)
+    time.sleep(1)  # a state event or more after it is RUNNING
+    assert "admin-only" not in page.driver.page_source
+    assert "admin-only" not in [s["name"] for s in tenant.services()]
+    admin_view = admin.request("GET", "/dashboard/state")
+    assert "admin-only" in [s["name"] for s in admin_view["services"]]
+    wait_op(admin, admin.delete_service("admin-only"))
