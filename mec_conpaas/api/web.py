@@ -14,6 +14,7 @@ dashboard accepts, once the page can obtain one (``LOGIN_METHODS``).
 """
 import json
 import os
+import threading
 import time
 
 import flask
@@ -32,9 +33,16 @@ STATIC = os.path.join(os.path.dirname(__file__), "static", "dashboard")
 # "keystone" here and a route that trades credentials for a token.
 LOGIN_METHODS = ("token",)
 EVENT_INTERVAL = 0.2   # s between looks at the store for an event stream
-EVENT_KEEPALIVE = 15   # s between comments on an idle stream
+# s between comments on an idle stream: writing is how the server learns
+# that a page went away, and a stream holds one of its [api] threads.
+EVENT_KEEPALIVE = 1
 EVENT_LIFETIME = 600   # s before a stream ends (the page reconnects)
 RECENT_OPERATIONS = 20
+
+
+class TooManyStreams(exception.MecError):
+    status = 503
+    code = "too_many_streams"
 
 
 def caller(*roles):
@@ -89,6 +97,10 @@ def snapshot(manager, ctx):
 
 def register(app, manager):
     registry = metrics.registry(manager.cluster)
+    # Each open stream holds one of the API server's threads: at most half
+    # of them, so that the REST API always has the others.
+    max_streams = max(1, manager.conf.api.threads // 2)
+    streams = threading.BoundedSemaphore(max_streams)
     page = flask.Blueprint("dashboard", __name__, static_folder=STATIC,
                            static_url_path="/dashboard/static")
 
@@ -121,6 +133,11 @@ def register(app, manager):
         changes (looked at every EVENT_INTERVAL).  Read with fetch(), not
         EventSource, so that the token goes in the Authorization header."""
         ctx = caller("admin", "member")
+        if not streams.acquire(blocking=False):
+            raise TooManyStreams(
+                "%d dashboard pages already get live updates (half of the "
+                "manager's [api] threads): close one, or raise [api] threads"
+                % max_streams)
 
         def stream():
             last, idle_since, end = None, time.monotonic(), time.monotonic() + \
@@ -136,8 +153,10 @@ def register(app, manager):
                     yield ": keepalive\n\n"
                 time.sleep(EVENT_INTERVAL)
 
-        return flask.Response(stream(), mimetype="text/event-stream",
+        resp = flask.Response(stream(), mimetype="text/event-stream",
                               headers={"Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
+        resp.call_on_close(streams.release)  # also if the stream never ran
+        return resp
 
     app.register_blueprint(page)

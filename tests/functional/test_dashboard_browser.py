@@ -9,39 +9,20 @@ Screenshots of every step go to $MEC_TEST_ARTIFACTS/dashboard
 """
 import hashlib
 import os
-import shutil
 import time
-import urllib.parse
 
 import pytest
 
+from mec_conpaas.edge import browser
 from mec_conpaas.manager import service as service_mod
 from tests.functional.conftest import new_tenant
 from tests.functional.conftest import wait_op
 
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
 ARTIFACTS = os.path.join(os.environ.get("MEC_TEST_ARTIFACTS", "/tmp/mec-test-artifacts"),
                          "dashboard")
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
-                                      "(tools/install-deps.sh)")
-
-
-def browser(manager_url):
-    """Headless chromium that can reach the manager and nothing else: every
-    other address goes to a proxy that does not exist, so an asset from the
-    internet would fail to load."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", "--window-size=1400,1000",
-                "--proxy-server=http://127.0.0.1:9",
-                "--proxy-bypass-list=" + urllib.parse.urlsplit(manager_url).hostname):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+    not browser.available(),
+    reason="needs Debian's chromium and chromium-driver (tools/install-deps.sh)")
 
 
 class Page:
@@ -91,7 +72,7 @@ class Page:
 
 @pytest.fixture
 def page(edge):
-    driver = browser(edge.manager_url())
+    driver = browser.start(edge.manager_url())
     try:
         yield Page(driver, edge.manager_url())
     finally:

@@ -114,3 +114,24 @@ def test_event_stream_sends_the_view(edge):  # noqa: F811
     resp.close()
     data = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
     assert [s["name"] for s in json.loads(data[0])["services"]] == ["web"]
+
+
+def test_event_streams_leave_the_api_half_of_its_threads(edge):  # noqa: F811
+    _, alice, manager = edge
+    import threading
+    manager.stop = threading.Event()
+    auth = {"Authorization": "Bearer " + alice.token}
+    limit = manager.conf.api.threads // 2
+    open_ = [alice.client.get("/dashboard/events", buffered=False, headers=auth)
+             for _ in range(limit)]
+    assert {r.status_code for r in open_} == {200}
+    refused = alice.client.get("/dashboard/events", buffered=False, headers=auth)
+    assert refused.status_code == 503
+    assert "[api] threads" in refused.get_json()["error"]["message"]
+    open_.pop().close()  # a page went away: its slot is free again
+    again = alice.client.get("/dashboard/events", buffered=False, headers=auth)
+    assert again.status_code == 200
+    for r in open_ + [again]:
+        r.close()
+    # The REST API still answers meanwhile.
+    assert alice("GET", "/v1/services")[0] == 200
