@@ -1,15 +1,24 @@
 """/metrics and the dashboard's JSON view on a real store and the real
 engine (no containers: the workflows here only journal)."""
+import glob
+import http.client
 import json
+import math
+import os
+import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from mec_conpaas.manager import metrics
 from tests.unit.test_api_nodes import add_service
 from tests.unit.test_api_nodes import edge  # noqa: F401  (fixture)
+from tests.unit.test_node_http import node  # noqa: F401  (fixture)
+from tests.unit.test_node_http import request
 from tests.unit.test_operations import engine  # noqa: F401  (fixture)
 from tests.unit.test_operations import held_op
 from tests.unit.test_operations import wait_ended
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def samples(text):
@@ -135,3 +144,51 @@ def test_event_streams_leave_the_api_half_of_its_threads(edge):  # noqa: F811
         r.close()
     # The REST API still answers meanwhile.
     assert alice("GET", "/v1/services")[0] == 200
+
+
+def test_node_agent_metrics_take_only_its_token(node):  # noqa: F811
+    agent, port = node
+    resp, _ = request(port, "GET", "/metrics")
+    assert resp.status == 401
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + agent.token})
+    conn_resp = conn.getresponse()
+    text = conn_resp.read().decode()
+    conn.close()
+    assert conn_resp.status == 200
+    assert conn_resp.getheader("Content-Type").startswith("text/plain")
+    got = samples(text)
+    assert got[("mec_conpaas_proxy_up", ())] == 0  # no HAProxy runs here
+    assert math.isinf(got[("mec_conpaas_node_heartbeat_age_seconds", ())])
+    assert got[("mec_conpaas_node_memory_total_bytes", ())] == \
+        agent.reporter.memory()["total_bytes"]
+
+
+def exported():
+    """Metric names the code defines (PREFIX + "name", or its gauge helpers)."""
+    names = set()
+    for path in ("mec_conpaas/manager/metrics.py", "mec_conpaas/agents/node/metrics.py"):
+        with open(os.path.join(ROOT, path)) as f:
+            names |= {"mec_conpaas_" + n for n in re.findall(
+                r'(?:PREFIX \+\s*|gauge\()\s*"(\w+)"', f.read())}
+    return names
+
+
+def test_docs_name_only_exported_metrics():
+    names = exported()
+    assert {"mec_conpaas_proxy_requests", "mec_conpaas_node_up",
+            "mec_conpaas_node_load1"} <= names
+    used = set()
+    for path in glob.glob(os.path.join(ROOT, "docs", "monitoring", "*")):
+        with open(path) as f:
+            text = f.read()
+        if path.endswith(".json"):
+            json.loads(text)  # Grafana imports it
+        used |= set(re.findall(r"mec_conpaas_\w+", text))
+    with open(os.path.join(ROOT, "docs", "monitoring.rst")) as f:
+        used |= {"mec_conpaas_" + n for n in re.findall(
+            r"``((?:node|proxy|operation|migration|services)\w*)", f.read())
+            if not n.endswith("_") and ("_" in n or n == "services")}
+    assert len(used) > 20
+    base = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
+    assert base - names == set()
