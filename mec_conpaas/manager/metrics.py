@@ -46,6 +46,26 @@ def operation_ended(op):
             FREEZE_TO_SWITCH.labels(op.kind).observe(ms / 1000.0)
 
 
+# Gauges read from the store at scrape time: name -> (labels, help).
+GAUGES = {
+    "node_up": (["node"], "1 while the node heartbeats within [manager] "
+                "node_heartbeat_timeout."),
+    "node_schedulable": (["node"], "1 unless the node is disabled (drained)."),
+    "node_instance_slots": (["node"], "Instances the node may run (its "
+                            "max_instances)."),
+    "node_instances": (["node"], "Instances placed on the node."),
+    "node_heartbeat_age_seconds": (["node"], "Seconds since the node's last "
+                                   "heartbeat reached the manager."),
+    "node_memory_total_bytes": (["node"], "Node memory, as its last report says."),
+    "node_memory_available_bytes": (["node"], "Node memory available, as its "
+                                    "last report says."),
+    "node_cpu_percent": (["node"], "Node CPU use over its last heartbeat "
+                         "interval."),
+    "services": (["state"], "Services by state."),
+    "operations_in_progress": (["kind"], "Operations pending or running, by kind."),
+}
+
+
 class StateCollector:
     """Nodes, heartbeats and services as the store has them now."""
 
@@ -53,55 +73,36 @@ class StateCollector:
         self.cluster = cluster
 
     def collect(self):
-        def gauge(name, doc, labels=("node",)):
-            return core.GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
-
-        up = gauge("node_up", "1 while the node heartbeats within "
-                   "[manager] node_heartbeat_timeout.")
-        sched = gauge("node_schedulable", "1 unless the node is disabled "
-                      "(drained).")
-        slots = gauge("node_instance_slots", "Instances the node may run "
-                      "(its max_instances).")
-        used = gauge("node_instances", "Instances placed on the node.")
-        age = gauge("node_heartbeat_age_seconds", "Seconds since the node's "
-                    "last heartbeat reached the manager.")
-        mem_total = gauge("node_memory_total_bytes", "Node memory, as its "
-                          "last report says.")
-        mem_avail = gauge("node_memory_available_bytes", "Node memory "
-                          "available, as its last report says.")
-        cpu = gauge("node_cpu_percent", "Node CPU use over its last "
-                    "heartbeat interval.")
-        services = gauge("services", "Services by state.", ("state",))
-        running = gauge("operations_in_progress", "Operations pending or "
-                        "running, by kind.", ("kind",))
+        g = {name: core.GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+             for name, (labels, doc) in GAUGES.items()}
         now = models.utcnow()
         with session_scope() as s:
             cap = self.cluster.capacity(s)
             for n in self.cluster.nodes(s):
-                c = cap[n.name]
-                up.add_metric([n.name], 1 if c["up"] else 0)
-                sched.add_metric([n.name], 1 if c["schedulable"] else 0)
-                slots.add_metric([n.name], c["max_instances"])
-                used.add_metric([n.name], c["used"])
-                age.add_metric([n.name], max(0.0, (now - n.last_heartbeat)
-                                             .total_seconds()))
+                c, key = cap[n.name], [n.name]
+                g["node_up"].add_metric(key, 1 if c["up"] else 0)
+                g["node_schedulable"].add_metric(key, 1 if c["schedulable"] else 0)
+                g["node_instance_slots"].add_metric(key, c["max_instances"])
+                g["node_instances"].add_metric(key, c["used"])
+                g["node_heartbeat_age_seconds"].add_metric(key, max(
+                    0.0, (now - n.last_heartbeat).total_seconds()))
                 report = n.report or {}
                 memory = report.get("memory") or {}
                 if "total_bytes" in memory:
-                    mem_total.add_metric([n.name], memory["total_bytes"])
-                    mem_avail.add_metric([n.name], memory.get("available_bytes", 0))
+                    g["node_memory_total_bytes"].add_metric(key, memory["total_bytes"])
+                    g["node_memory_available_bytes"].add_metric(
+                        key, memory.get("available_bytes", 0))
                 if isinstance(report.get("cpu_percent"), (int, float)):
-                    cpu.add_metric([n.name], report["cpu_percent"])
+                    g["node_cpu_percent"].add_metric(key, report["cpu_percent"])
             for state, count in s.execute(select(
                     models.Service.state, func.count()).group_by(models.Service.state)):
-                services.add_metric([state], count)
+                g["services"].add_metric([state], count)
             for kind, count in s.execute(select(
                     models.Operation.kind, func.count()).where(
                     models.Operation.state.in_(("PENDING", "RUNNING")))
                     .group_by(models.Operation.kind)):
-                running.add_metric([kind], count)
-        return [up, sched, slots, used, age, mem_total, mem_avail, cpu, services,
-                running]
+                g["operations_in_progress"].add_metric([kind], count)
+        return list(g.values())
 
 
 def registry(cluster):

@@ -165,12 +165,14 @@ def test_node_agent_metrics_take_only_its_token(node):  # noqa: F811
 
 
 def exported():
-    """Metric names the code defines (PREFIX + "name", or its gauge helpers)."""
+    """Metric names the code defines (PREFIX + "name", its gauge helper, or
+    a table of families: ``"name": (...)``)."""
     names = set()
     for path in ("mec_conpaas/manager/metrics.py", "mec_conpaas/agents/node/metrics.py"):
         with open(os.path.join(ROOT, path)) as f:
-            names |= {"mec_conpaas_" + n for n in re.findall(
-                r'(?:PREFIX \+\s*|gauge\()\s*"(\w+)"', f.read())}
+            names |= {"mec_conpaas_" + (a or b) for a, b in re.findall(
+                r'(?:PREFIX \+\s*|gauge\()\s*"(\w+)"|^\s*"(\w+)": \(', f.read(),
+                re.MULTILINE)}
     return names
 
 

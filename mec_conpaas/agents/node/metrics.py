@@ -25,6 +25,27 @@ LOG = logging.getLogger(__name__)
 PREFIX = "mec_conpaas_"
 SERVICE = ["service", "service_id"]
 BACKEND = SERVICE + ["tier"]
+# Per service, from ``show stat``: name -> (family, labels, help).
+PROXY = {
+    "proxy_requests": (core.CounterMetricFamily, SERVICE, "Requests (HTTP "
+                       "services) or connections (TCP services) this access "
+                       "point's proxy took for the service."),
+    "proxy_responses": (core.CounterMetricFamily, SERVICE + ["code"], "HTTP "
+                        "responses by class, as the service's clients at this "
+                        "access point got them."),
+    "proxy_request_rate": (core.GaugeMetricFamily, SERVICE, "Requests (or "
+                           "connections) per second over the last second."),
+    "proxy_response_seconds": (core.GaugeMetricFamily, BACKEND, "Average time to "
+                               "the first response byte over the tier's last "
+                               "1024 requests (HAProxy rtime)."),
+    "proxy_total_seconds": (core.GaugeMetricFamily, BACKEND, "Average total time "
+                            "of the tier's last 1024 requests, queueing included "
+                            "(HAProxy ttime)."),
+    "proxy_queued_requests": (core.GaugeMetricFamily, BACKEND, "Requests waiting "
+                              "for a free instance slot in the tier."),
+    "proxy_servers_up": (core.GaugeMetricFamily, BACKEND, "Instances of the tier "
+                         "the proxy sees healthy."),
+}
 
 
 def _number(row, field):
@@ -97,31 +118,8 @@ class AgentCollector:
         names = {}
         for sid, svc in haproxy.services.items():
             names[haproxy_mod._key(sid)] = (svc.get("name") or "", sid)
-        requests = core.CounterMetricFamily(
-            PREFIX + "proxy_requests", "Requests (HTTP services) or connections "
-            "(TCP services) this access point's proxy took for the service.",
-            labels=SERVICE)
-        responses = core.CounterMetricFamily(
-            PREFIX + "proxy_responses", "HTTP responses by class, as the "
-            "service's clients at this access point got them.",
-            labels=SERVICE + ["code"])
-        rate = core.GaugeMetricFamily(
-            PREFIX + "proxy_request_rate", "Requests (or connections) per second "
-            "over the last second.", labels=SERVICE)
-        response_time = core.GaugeMetricFamily(
-            PREFIX + "proxy_response_seconds", "Average time to the first "
-            "response byte over the tier's last 1024 requests (HAProxy rtime).",
-            labels=BACKEND)
-        total_time = core.GaugeMetricFamily(
-            PREFIX + "proxy_total_seconds", "Average total time of the tier's "
-            "last 1024 requests, queueing included (HAProxy ttime).",
-            labels=BACKEND)
-        queued = core.GaugeMetricFamily(
-            PREFIX + "proxy_queued_requests", "Requests waiting for a free "
-            "instance slot in the tier.", labels=BACKEND)
-        servers = core.GaugeMetricFamily(
-            PREFIX + "proxy_servers_up", "Instances of the tier the proxy sees "
-            "healthy.", labels=BACKEND)
+        fam = {name: cls(PREFIX + name, doc, labels=labels)
+               for name, (cls, labels, doc) in PROXY.items()}
         counted = {}
         for row in rows:
             px, sv = row.get("pxname", ""), row.get("svname", "")
@@ -131,29 +129,29 @@ class AgentCollector:
             labels = list(names[key])
             if kind == "fe" and sv == "FRONTEND":
                 total = _number(row, "req_tot")
-                requests.add_metric(labels, total if total is not None
+                fam["proxy_requests"].add_metric(labels, total if total is not None
                                     else _number(row, "stot") or 0)
                 req_rate = _number(row, "req_rate")
-                rate.add_metric(labels, req_rate if req_rate is not None
+                fam["proxy_request_rate"].add_metric(labels, req_rate if req_rate is not None
                                 else _number(row, "rate") or 0)
                 for code in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"):
                     n = _number(row, "hrsp_" + code)
                     if n is not None:
-                        responses.add_metric(labels + [code], n)
+                        fam["proxy_responses"].add_metric(labels + [code], n)
             elif kind in ("be", "bf"):
                 if sv == "BACKEND":
                     tier = labels + ["near" if kind == "be" else "far"]
-                    response_time.add_metric(tier, (_number(row, "rtime") or 0) / 1000)
-                    total_time.add_metric(tier, (_number(row, "ttime") or 0) / 1000)
-                    queued.add_metric(tier, _number(row, "qcur") or 0)
+                    for name, field in (("proxy_response_seconds", "rtime"),
+                                        ("proxy_total_seconds", "ttime")):
+                        fam[name].add_metric(tier, (_number(row, field) or 0) / 1000)
+                    fam["proxy_queued_requests"].add_metric(tier, _number(row, "qcur") or 0)
                 elif row.get("status", "").startswith("UP"):
                     # Far servers in a backup-tier backend count as far.
                     tier = "far" if kind == "bf" or row.get("bck") == "1" else "near"
                     counted[(*labels, tier)] = counted.get((*labels, tier), 0) + 1
         for labels, n in sorted(counted.items()):
-            servers.add_metric(list(labels), n)
-        yield from (requests, responses, rate, response_time, total_time, queued,
-                    servers)
+            fam["proxy_servers_up"].add_metric(list(labels), n)
+        yield from fam.values()
 
 
 def registry(agent):
