@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.api import app as app_mod
+from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import auth
@@ -52,6 +53,7 @@ def caller(*roles):
         ctx = auth.authenticate(s, flask.request.headers.get("Authorization"))
     if roles and ctx.role not in roles:
         raise exception.NotFound("no such API path")
+    validation.raise_if_off_schema()
     return ctx
 
 

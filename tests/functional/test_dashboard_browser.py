@@ -1,14 +1,15 @@
 """The web dashboard in a real browser (Debian's chromium through
 chromium-driver) against the embedded edge: a tenant logs in, sees the
 three access points, creates a service with a bundle upload, migrates it
-to ap-3 with the page's own control and sees the move, scales it, deletes
-it; another tenant's service never shows.
+to ap-3 with the page's own control and sees the move, drags it to ap-2,
+scales it, deletes it; another tenant's service never shows.
 
 Screenshots of every step go to $MEC_TEST_ARTIFACTS/dashboard
 (default /tmp/mec-test-artifacts/dashboard), not to the repository.
 """
 import hashlib
 import os
+import shutil
 import time
 
 import pytest
@@ -30,7 +31,8 @@ class Page:
         self.driver = driver
         self.url = url
         self.shots = 0
-        os.makedirs(ARTIFACTS, exist_ok=True)
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's only
+        os.makedirs(ARTIFACTS)
 
     def shot(self, name):
         self.shots += 1
@@ -61,6 +63,23 @@ class Page:
         from selenium.webdriver.common.by import By
         return self.driver.find_element(
             By.CSS_SELECTOR, '.card.service[data-service="%s"] %s' % (service, selector))
+
+    def drag(self, source, target):
+        """Drag with the mouse (pointer events); the map is redrawn on every
+        update, so an element found just before one is found again."""
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+        for _ in range(5):
+            try:
+                ActionChains(self.driver).click_and_hold(
+                    self.driver.find_element(By.CSS_SELECTOR, source)).move_by_offset(
+                    5, 5).move_to_element(self.driver.find_element(
+                        By.CSS_SELECTOR, target)).release().perform()
+                return
+            except StaleElementReferenceException:
+                continue
+        pytest.fail("could not drag %s onto %s" % (source, target))
 
     def login(self, token):
         from selenium.webdriver.common.by import By
@@ -144,6 +163,14 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     # the one on ap-1 (make-before-break), then ap-1's gone.
     assert any({n for n, _ in s} == {"ap-1", "ap-3"} for s in seen), seen
     assert tenant.service("webui")["home_node"] == "ap-3"
+
+    # Or drag the instance onto another access point.
+    page.drag('#map g.inst[data-service="webui"]', '#map g.ap[data-node="ap-2"] rect.box')
+    page.until("the move to ap-2 by drag",
+               lambda: page.instances("webui") == [("ap-2", "ACTIVE")]
+               and page.card("webui").get_attribute("data-state") == "RUNNING")
+    page.shot("dragged-to-ap-2")
+    assert tenant.service("webui")["home_node"] == "ap-2"
 
     count = page.card("webui", "input[name=count]")
     count.clear()
