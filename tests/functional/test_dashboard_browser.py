@@ -181,6 +181,11 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     page.shot("scaled-to-2")
     assert len(tenant.service("webui")["instances"]) == 2
 
+    page.card("webui", "button.logs").click()
+    logs = page.until("the logs", lambda: page.driver.find_element(By.ID, "logs").text)
+    assert all("== %s on %s" % (i["id"], i["node"]) in logs
+               for i in tenant.service("webui")["instances"]), logs
+
     page.card("webui", "button.delete").click()
     page.until("the service gone", lambda: not page.js(
         "return document.querySelectorAll('[data-service=\"webui\"]').length"))
@@ -195,4 +200,22 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     assert "admin-only" not in [s["name"] for s in tenant.services()]
     admin_view = admin.request("GET", "/dashboard/state")
     assert "admin-only" in [s["name"] for s in admin_view["services"]]
+
+    # An admin's session shows every tenant's services, and drains and
+    # enables a node.
+    page.driver.find_element(By.ID, "logout").click()
+    page.login(admin.token)
+    page.until("the admin's service", lambda: page.instances("admin-only"))
+    node = '.card.node[data-node="ap-3"] '
+    page.driver.find_element(By.CSS_SELECTOR, node + "input[name=reason]").send_keys(
+        "new SD card")
+    page.driver.find_element(By.CSS_SELECTOR, node + "button.drain").click()
+    page.until("ap-3 drained", lambda: "drained (new SD card)" in page.driver.find_element(
+        By.CSS_SELECTOR, node + ".meta").text)
+    assert admin.node("ap-3")["schedulable"] is False
+    page.shot("admin-drained-ap-3")
+    page.driver.find_element(By.CSS_SELECTOR, node + "button.enable").click()
+    page.until("ap-3 enabled", lambda: "schedulable" in page.driver.find_element(
+        By.CSS_SELECTOR, node + ".meta").text)
+    assert admin.node("ap-3")["schedulable"] is True
     wait_op(admin, admin.delete_service("admin-only"))
