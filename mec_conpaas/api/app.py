@@ -626,5 +626,5 @@ def create_app(manager):
 
     # /metrics and /dashboard (mec_conpaas/api/web.py).
     from mec_conpaas.api import web
-    web.register(app, manager)
+    web.register(app, manager, context)
     return app

@@ -8,9 +8,10 @@ as server-sent events.  The page does every action through the REST API
 itself, so it shows the API's own errors.
 
 Login is a PaaS token (kept in the browser's sessionStorage).  Keystone
-login hooks in at :func:`caller`: whatever ``auth.authenticate`` accepts as
-a bearer token (a keystone token, with keystonemiddleware in front), the
-dashboard accepts, once the page can obtain one (``LOGIN_METHODS``).
+login hooks in at ``register``'s ``caller``, the API's own token check:
+whatever it accepts as a bearer token (a keystone token, with
+keystonemiddleware in front), the dashboard accepts, once the page can
+obtain one (``LOGIN_METHODS``).
 """
 import json
 import os
@@ -23,10 +24,8 @@ from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.api import app as app_mod
-from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
-from mec_conpaas.manager import auth
 from mec_conpaas.manager import metrics
 
 STATIC = os.path.join(os.path.dirname(__file__), "static", "dashboard")
@@ -44,17 +43,6 @@ RECENT_OPERATIONS = 20
 class TooManyStreams(exception.MecError):
     status = 503
     code = "too_many_streams"
-
-
-def caller(*roles):
-    """The caller's context, or the API's 401; a role not in ``roles``
-    gets 404, like an unknown path (as the REST API's ``context``)."""
-    with session_scope() as s:
-        ctx = auth.authenticate(s, flask.request.headers.get("Authorization"))
-    if roles and ctx.role not in roles:
-        raise exception.NotFound("no such API path")
-    validation.raise_if_off_schema()
-    return ctx
 
 
 def snapshot(manager, ctx):
@@ -97,7 +85,11 @@ def snapshot(manager, ctx):
             "services": services, "operations": operations}
 
 
-def register(app, manager):
+def register(app, manager, caller):
+    """``caller(*roles)`` is the API's own check of the token and role
+    (401 without a valid one, 404 for a role not listed), so that
+    whatever it accepts (a keystone token, once keystone is in front) the
+    dashboard and /metrics accept too."""
     registry = metrics.registry(manager.cluster)
     # Each open stream holds one of the API server's threads: at most half
     # of them, so that the REST API always has the others.
