@@ -1,8 +1,10 @@
 """The manager's JSON REST API.
 
-Mutating calls validate everything they can synchronously (so bad input
-gets a 4xx and nothing is created), persist an operation, and return 202;
-the engine does the work.
+Thin, like nova's ``api/`` over ``compute/api.py``: it authenticates,
+validates what it was sent and records.  What to do (which node, whether
+there is room, which port, whether the driver can do it) is asked of the
+service layer (``manager.services``), which the workflows share; mutating
+calls persist an operation and return 202, and the engine does the work.
 """
 import datetime
 import logging
@@ -22,7 +24,6 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
-from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -87,6 +88,7 @@ def operation_view(op):
 
 def create_app(manager):
     conf = manager.conf
+    services = manager.services
     app = flask.Flask("mec_conpaas")
     app.config["MAX_CONTENT_LENGTH"] = conf.manager.max_bundle_size + 1024 * 1024
     bundle_dir = os.path.join(conf.state_path, "bundles")
@@ -169,33 +171,6 @@ def create_app(manager):
             raise exception.NotFound("no service named %r (mec-conpaas service "
                                      "list shows yours)" % name)
         return svc
-
-    def find_node(s, name):
-        """A node by name or id, its up/down state current."""
-        nodes = manager.cluster.nodes(s)
-        for n in nodes:
-            if name in (n.name, n.id):
-                return n
-        raise exception.NotFound("no node named %r; known nodes: %s" % (
-            name, ", ".join(n.name for n in nodes) or "none"))
-
-    def disabled_message(node):
-        return "node %s is disabled%s: choose another node or `mec-conpaas " \
-               "node enable %s`" % (node.name, " (%s)" % node.disabled_reason
-                                    if node.disabled_reason else "", node.name)
-
-    def up_node(s, name):
-        """A node new instances may go to: up, running containers, enabled."""
-        node = find_node(s, name)
-        if node.state != "up":
-            raise exception.Conflict("node %s is down (no heartbeat for %ds): "
-                                     "choose another node" % (
-                                         name, conf.manager.node_heartbeat_timeout))
-        if node.container_backend != "libvirt" and conf.manager.driver == "lxc":
-            raise exception.Conflict("node %s does not run containers" % name)
-        if node.disabled:
-            raise exception.Conflict(disabled_message(node))
-        return node
 
     def accepted(op_id):
         manager.engine.submit(op_id)
@@ -281,7 +256,7 @@ def create_app(manager):
     def show_node(name):
         ctx = context()
         with session_scope() as s:
-            return flask.jsonify(node=node_view(find_node(s, name),
+            return flask.jsonify(node=node_view(services.node(s, name),
                                                 own_instances(s, ctx)))
 
     @app.post("/v1/nodes/<name>/drain")
@@ -297,39 +272,14 @@ def create_app(manager):
             raise exception.BadRequest("reason must be a text of at most 255 "
                                        "characters")
         with session_scope() as s:
-            node = find_node(s, name)
-            svcs = list(s.scalars(select(models.Service).where(
-                models.Service.id.in_(select(models.Instance.service_id).where(
-                    models.Instance.node_name == node.name)))
-                .order_by(models.Service.name, models.Service.id)))
+            node = services.node(s, name)
             tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
-            busy = ["%s (tenant %s) is %s" % (v.name, tenants.get(v.tenant_id), v.state)
-                    for v in svcs if v.state != "RUNNING" or v.operation_id]
-            if busy:
-                raise exception.Conflict(
-                    "node %s was not drained, nothing was changed: service %s; "
-                    "retry the drain when their operations end (an ERROR "
-                    "service must be deleted by its owner first)" % (
-                        node.name, ", ".join(busy)))
-            if svcs and node.state != "up":
-                raise exception.Conflict(
-                    "node %s is down: its instances cannot be moved make-"
-                    "before-break; bring its node agent back, then retry" % node.name)
-            moving = [{"id": v.id, "home": v.home_node,
-                       "instances": [i.id for i in v.instances
-                                     if i.node_name == node.name and i.state == "ACTIVE"]}
-                      for v in svcs]
-            plan = placement.evacuate(
-                node.name, [m for m in moving if m["instances"]],
-                manager.cluster.capacity(s),
-                manager.cluster.distances([n.name for n in manager.cluster.nodes(s)]))
+            svcs, plan = services.plan_drain(s, node, tenants)
             node.disabled = True
             node.disabled_reason = reason or node.disabled_reason
-            op_ids = []
-            for v in (v for v in svcs if v.id in plan):
-                op_ids.append(engine_mod.new_operation(s, "drain", v, "ADAPTING", ("RUNNING",),
-                                                       "drained", drain=node.name,
-                                                       **plan[v.id]).id)
+            op_ids = [services.start(s, "drain", v, "ADAPTING", ("RUNNING",), "drained",
+                                     drain=node.name, **plan[v.id]).id
+                      for v in svcs if v.id in plan]
             view = node_view(node)
         LOG.info("node %s disabled (%s); drain: %d operation(s)", view["name"],
                  view["disabled_reason"], len(op_ids))
@@ -345,7 +295,7 @@ def create_app(manager):
     def enable_node(name):
         context("admin")
         with session_scope() as s:
-            node = find_node(s, name)
+            node = services.node(s, name)
             node.disabled = False
             node.disabled_reason = None
             return flask.jsonify(node=node_view(node))
@@ -387,13 +337,7 @@ def create_app(manager):
                     models.Service.name == name)):
                 raise exception.Conflict("a service named %r exists already: "
                                          "pick another name" % name)
-            if form.get("node"):
-                up_node(s, form["node"])
-            free = manager.cluster.free_slots(s)
-            if count > free:
-                raise exception.InsufficientCapacity(
-                    "count %d is above the %d free instance slots of the up "
-                    "nodes" % (count, free))
+            services.check_create(s, count, form.get("node"))
         upload = flask.request.files.get("bundle")
         with tempfile.NamedTemporaryFile(dir=bundle_dir, delete=False,
                                          suffix=".part") as tmp:
@@ -421,23 +365,8 @@ def create_app(manager):
                     models.Service.name == name)):
                 raise exception.Conflict("a service named %r exists already: "
                                          "pick another name" % name)
-            node_name = form.get("node") or None
-            if node_name:
-                up_node(s, node_name)
-            else:
-                ups = [n.name for n in manager.cluster.nodes(s, up_only=True)
-                       if n.max_instances > 0 and not n.disabled]
-                if not ups:
-                    raise exception.Conflict("no node is up and enabled to run "
-                                             "instances")
-                node_name = ups[0]
-            used = set(s.scalars(select(models.Service.port)))
-            port = next((p for p in range(conf.manager.service_port_min,
-                                          conf.manager.service_port_max + 1)
-                         if p not in used), None)
-            if port is None:
-                raise exception.Conflict("all endpoint ports are in use: raise "
-                                         "[manager] service_port_max")
+            node_name = services.choose_home(s, form.get("node"))
+            port = services.allocate_port(s)
             # Held by its create from the start: a delete meanwhile gets 409.
             op_id = models.new_id()
             svc = models.Service(tenant_id=ctx.tenant_id, name=name, type=stype,
@@ -498,8 +427,8 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, None, "deleted")
-            op_id = engine_mod.new_operation(s, "delete", svc, "EPILOGUE", action="deleted",
-                                             **({"force": True} if force else {})).id
+            op_id = services.start(s, "delete", svc, "EPILOGUE", action="deleted",
+                                   **({"force": True} if force else {})).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/scale")
@@ -515,18 +444,9 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "scaled")
-            current = len([i for i in svc.instances if i.state == "ACTIVE"])
-            if node:
-                up_node(s, node)
-            if count > current:
-                free = manager.cluster.free_slots(s, node or None)
-                if count - current > free:
-                    raise exception.InsufficientCapacity(
-                        "count %d needs %d more instance(s) but the up nodes "
-                        "have %d free slot(s)" % (count, count - current, free))
-            op_id = engine_mod.new_operation(s, "scale", svc, "ADAPTING", ("RUNNING",),
-                                             "scaled", count=count, previous=current,
-                                             node=node).id
+            current = services.check_scale(s, svc, count, node or None)
+            op_id = services.start(s, "scale", svc, "ADAPTING", ("RUNNING",), "scaled",
+                                   count=count, previous=current, node=node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/migrate")
@@ -539,22 +459,9 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "migrated")
-            up_node(s, target)
-            on_home = [i for i in svc.instances
-                       if i.state == "ACTIVE" and i.node_name == svc.home_node]
-            if svc.home_node == target:
-                raise exception.Conflict("service %s is already on %s: choose "
-                                         "another target node" % (name, target))
-            if not on_home:
-                raise exception.Conflict("service %s has no instance on %s to "
-                                         "migrate" % (name, svc.home_node))
-            cap = manager.cluster.capacity(s)[target]
-            if cap["max_instances"] - cap["used"] < len(on_home):
-                raise exception.InsufficientCapacity(
-                    "node %s has %d free slot(s), %d needed" % (
-                        target, cap["max_instances"] - cap["used"], len(on_home)))
-            op_id = engine_mod.new_operation(s, "migrate", svc, "ADAPTING", ("RUNNING",),
-                                             "migrated", to=target, source=svc.home_node).id
+            services.check_migrate(s, svc, target)
+            op_id = services.start(s, "migrate", svc, "ADAPTING", ("RUNNING",), "migrated",
+                                   to=target, source=svc.home_node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/stop")
@@ -566,8 +473,8 @@ def create_app(manager):
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "stopped")
             count = len([i for i in svc.instances if i.state == "ACTIVE"])
-            op_id = engine_mod.new_operation(s, "stop", svc, "EPILOGUE", ("RUNNING",),
-                                             "stopped", count=count).id
+            op_id = services.start(s, "stop", svc, "EPILOGUE", ("RUNNING",), "stopped",
+                                   count=count).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/start")
@@ -577,32 +484,17 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("STOPPED",), "started")
-            count = manager.cluster.saved_count(svc.id)
-            free = manager.cluster.free_slots(s)
-            if count > free:
-                raise exception.InsufficientCapacity(
-                    "service %s had %d instance(s) but the up nodes have %d free "
-                    "slot(s): free some (scale or stop other services) or add "
-                    "nodes, then retry" % (name, count, free))
-            op_id = engine_mod.new_operation(s, "start", svc, "PROLOGUE", ("STOPPED",),
-                                             "started", count=count).id
+            count = services.check_start(s, svc)
+            op_id = services.start(s, "start", svc, "PROLOGUE", ("STOPPED",), "started",
+                                   count=count).id
         return accepted(op_id)
 
     @app.get("/v1/services/<name>/logs")
     def service_logs(name):
         ctx = context("admin", "member")
         with session_scope() as s:
-            svc = get_service(s, ctx, name)
-            targets = [(i.id, i.node_name, manager.cluster.node_ref(s, i.node_name))
-                       for i in svc.instances]
-        logs = []
-        for iid, node, ref in targets:
-            try:
-                text = manager.cluster.driver.logs(ref, iid)
-            except exception.NodeError as e:
-                text = "(unavailable: %s)" % e.message
-            logs.append({"instance": iid, "node": node, "log": text})
-        return flask.jsonify(logs=logs)
+            sid = get_service(s, ctx, name).id
+        return flask.jsonify(logs=services.logs(sid))
 
     # -- operations --------------------------------------------------------
     @app.get("/v1/operations")
