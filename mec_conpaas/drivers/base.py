@@ -55,10 +55,12 @@ def require(driver, operation):
 
 @dataclasses.dataclass(frozen=True)
 class NodeRef:
-    """A node as drivers see it: its name, and the client of its node
-    agent (the AP-local data path)."""
+    """A node as drivers see it: its name, the client of its node agent
+    (the AP-local data path) and its host name (what a cloud calls the
+    hypervisor, e.g. for nova's host targeting)."""
     name: str
     agent: nodeagent.NodeAgentClient
+    hostname: str | None = None
 
 
 @dataclasses.dataclass

@@ -63,7 +63,7 @@ class Cluster:
         """What drivers get of a node: its name and its node agent's
         client."""
         return base.NodeRef(node.name, nodeagent.NodeAgentClient(
-            node.address, node.agent_port, node.agent_token))
+            node.address, node.agent_port, node.agent_token), node.hostname)
 
     def node_ref(self, session, name):
         node = session.scalar(select(models.Node).where(models.Node.name == name))
