@@ -108,7 +108,9 @@ class CloudDriver(abc.ABC):
 
     @abc.abstractmethod
     def list_instances(self, node: NodeRef) -> list:
-        """Instances present on the node, ``[{"id", "service_id", ...}]``."""
+        """Instances present on the node, ``[{"id", "service_id", ...}]``,
+        with their ``"handle"`` if the driver has one (the orphan sweep
+        deletes those no instance row accounts for)."""
 
     def freeze(self, node, instance_id, quiesce_port=None):
         """Freeze when no request on ``quiesce_port`` is mid-processing."""

@@ -244,7 +244,7 @@ class Cluster:
                 LOG.warning("removing orphan container %s on %s", inst["id"],
                             ref.name)
                 try:
-                    self.driver.delete_instance(ref, inst["id"])
+                    self.driver.delete_instance(ref, inst["id"], inst.get("handle"))
                     removed.append(inst["id"])
                 except exception.NodeError as e:
                     LOG.warning("orphan %s on %s: %s", inst["id"], ref.name,
