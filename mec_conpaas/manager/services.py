@@ -82,15 +82,23 @@ class Services:
         if count > free:
             raise exception.InsufficientCapacity(message.format(free=free))
 
+    def place(self, session, count, near, only=None, exclude=()):
+        """Nodes for ``count`` new instances: on ``only`` if named, else the
+        least loaded among the nearest to ``near`` (placement.place), never
+        a node that is down, disabled or the driver cannot host."""
+        capacity = self.cluster.capacity(session)
+        dist = self.cluster.distances(list(capacity))
+        if only:
+            capacity = {n: v for n, v in capacity.items() if n == only}
+        return placement.place(count, only or near, capacity, dist, exclude=exclude)
+
     def choose_home(self, session, node_name=None):
         """A new service's home: the node asked for, else the one placement
         picks for its first instance (the least loaded, nearest first)."""
         if node_name:
             return self.host(session, node_name).name
-        capacity = self.cluster.capacity(session)
         try:
-            return placement.place(1, None, capacity,
-                                   self.cluster.distances(list(capacity)))[0]
+            return self.place(session, 1, None)[0]
         except exception.InsufficientCapacity:
             raise exception.InsufficientCapacity(
                 "no node is up, enabled and has a free instance slot: add or "

@@ -20,6 +20,7 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine
 from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import services as services_mod
 from mec_conpaas.manager import snapshots
 from mec_conpaas.policies import placement
 
@@ -32,6 +33,8 @@ class Workflow:
     def __init__(self, cluster):
         self.cluster = cluster
         self.driver = cluster.driver
+        # The decisions the API takes too (placement, capacity).
+        self.services = services_mod.Services(cluster)
 
     # -- shared steps ----------------------------------------------------
     def set_state(self, service_id, state, error=None):
@@ -201,12 +204,7 @@ class Workflow:
     def grow(self, ctx, service_id, count, home, node=None):
         """Add instances: on ``node`` if named, else by placement policy."""
         with session_scope() as s:
-            capacity = self.cluster.capacity(s)
-            names = [n.name for n in self.cluster.nodes(s)]
-        if node:
-            capacity = {n: v for n, v in capacity.items() if n == node}
-        targets = placement.place(count, node or home, capacity,
-                                  self.cluster.distances(names))
+            targets = self.services.place(s, count, home, only=node)
         for n, node in enumerate(targets, 1):
             ctx.progress(10 + int(70 * (n - 1) / len(targets)),
                          "starting instance %d/%d on %s" % (n, len(targets), node))
@@ -540,9 +538,7 @@ class StartService(Workflow):
             if entry["instance"] in ctx.journal.get("restored", []):
                 continue
             with session_scope() as s:
-                names = [x.name for x in self.cluster.nodes(s)]
-                node = placement.place(1, entry["node"], self.cluster.capacity(s),
-                                       self.cluster.distances(names))[0]
+                node = self.services.place(s, 1, entry["node"])[0]
             with open(os.path.join(path, entry["file"]), "rb") as f:
                 data = f.read()
             ctx.progress(10 + 75 * (n - 1) // len(index), "starting instance "
@@ -691,12 +687,9 @@ class HealService(Workflow):
         return node in up and nodeloss.agent_error(up[node]) is None
 
     def _target(self, old_id, home, lost):
-        with session_scope() as s:
-            capacity = self.cluster.capacity(s)
-            names = [n.name for n in self.cluster.nodes(s)]
         try:
-            return placement.place(1, home, capacity, self.cluster.distances(names),
-                                   exclude=lost)[0]
+            with session_scope() as s:
+                return self.services.place(s, 1, home, exclude=lost)[0]
         except exception.InsufficientCapacity:
             raise exception.InsufficientCapacity(
                 "instance %s was lost with node %s and cannot be re-placed: no "

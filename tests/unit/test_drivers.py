@@ -9,12 +9,14 @@ feature.  The API runs on a real store; no node is called.
 """
 import json
 import os
+import re
 import sys
 import textwrap
 
 import pytest
 from sqlalchemy import select
 
+import mec_conpaas
 from mec_conpaas import drivers
 from mec_conpaas import exception
 from mec_conpaas.api import app as app_mod
@@ -151,3 +153,22 @@ def test_home_is_where_placement_puts_the_first_instance(edge):  # noqa: F811
         409, "node ap-3 does not run service instances: choose another node")
     status, body = alice("POST", "/v1/services/some/scale", json={"count": 5})
     assert status == 409 and "have 3 free slot(s)" in body["error"]["message"]
+
+
+def test_nothing_outside_the_drivers_asks_which_driver_runs():
+    """The API and the manager ask the driver (features, node_can_host),
+    never compare its name or a node's container backend."""
+    root = os.path.dirname(mec_conpaas.__file__)
+    asks = re.compile(r"""(container_backend|driver(\.name)?|manager\.driver)\s*"""
+                      r"""(==|!=|\bin\b)|["'](lxc|openstack|libvirt)["']\s*(==|!=)""")
+    found = []
+    for folder in ("api", "manager"):
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            if name.endswith(".py"):
+                with open(os.path.join(root, folder, name)) as f:
+                    found += ["%s/%s:%d: %s" % (folder, name, n, line.strip())
+                              for n, line in enumerate(f, 1) if asks.search(line)]
+    assert found == []
+    # The check would see the test this branch removed from the API.
+    assert asks.search('if node.container_backend != "libvirt" and '
+                       'conf.manager.driver == "lxc":')
