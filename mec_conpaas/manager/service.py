@@ -41,9 +41,11 @@ class Manager:
 
     def __init__(self, conf):
         self.conf = conf
+        # First: a driver that cannot be loaded stops the start with
+        # nothing changed.
+        self.driver = drivers.load(conf.manager.driver, conf)
         if conf.database.auto_migrate:
             db.upgrade()
-        self.driver = drivers.load(conf.manager.driver, conf)
         self.cluster = cluster_mod.Cluster(conf, self.driver)
         self.services = services.Services(self.cluster)
         self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
