@@ -104,10 +104,17 @@ def list_rules():
 def init(conf):
     """The process's enforcer; the policy file is re-read when it changes."""
     global _ENFORCER
-    if _ENFORCER is None or _ENFORCER.conf is not conf:
+    if (_ENFORCER is None or _ENFORCER.conf is not conf
+            or _ENFORCER.policy_file != conf.oslo_policy.policy_file):
         _ENFORCER = policy.Enforcer(conf)
         _ENFORCER.register_defaults(list_rules())
     return _ENFORCER
+
+
+def reset():
+    """Forget the enforcer (tests that change the configuration)."""
+    global _ENFORCER
+    _ENFORCER = None
 
 
 def get_enforcer():
