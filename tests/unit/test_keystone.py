@@ -163,6 +163,7 @@ connection = sqlite:///{root}/manager.sqlite
 topology_file = {root}/topology.yaml
 [api]
 auth_strategy = keystone
+validate_responses = true
 [oslo_policy]
 policy_file = {root}/policy.yaml
 [keystone_authtoken]
