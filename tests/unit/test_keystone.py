@@ -199,7 +199,11 @@ service_token_roles_required = true
         yield bed
     finally:
         server.close()
+        for channel in list(server._map.values()):  # idle keep-alive ones
+            channel.close()
+        server.task_dispatcher.shutdown()
         thread.join(10)
+        assert not thread.is_alive(), "the manager's server did not stop"
         # auth_token registered [keystone_authtoken] (auth_url required) on
         # the process's configuration: gone again for the next tests.
         conf.clear()
