@@ -97,6 +97,10 @@ def caller(session, conf, request):
     environ = request.environ
     header = request.headers.get("Authorization")
     if conf.api.auth_strategy != "keystone":
+        if not header and environ.get("HTTP_X_AUTH_TOKEN"):
+            raise exception.Unauthorized(
+                "this manager uses the PaaS's own tokens ([api] auth_strategy = "
+                "token), not keystone's: pass --token or set MEC_CONPAAS_TOKEN")
         return auth.authenticate(session, header)
     token_auth = environ.get("keystone.token_auth")
     if token_auth is None or not environ.get(REACHED):
