@@ -17,10 +17,22 @@ class ApiError(Exception):
         self.message = message
 
 
-def keystone_requested(cloud=None):
-    """True when the caller named keystone credentials, as the openstack
-    CLI finds them: a clouds.yaml entry, or an openrc's OS_* variables."""
-    return bool(cloud or os.environ.get("OS_CLOUD") or os.environ.get("OS_AUTH_URL"))
+def keystone_for(token=None, cloud=None):
+    """The keystone session to send tokens of, or None for a PaaS token.
+
+    The command line wins (--token, then --os-cloud); then the PaaS's own
+    MEC_CONPAAS_TOKEN; then keystone credentials as the openstack CLI finds
+    them (OS_CLOUD's clouds.yaml entry, or an openrc's OS_* variables);
+    else the credentials file's PaaS token."""
+    if token:
+        return None
+    if cloud:
+        return keystone_session(cloud)
+    if os.environ.get("MEC_CONPAAS_TOKEN"):
+        return None
+    if os.environ.get("OS_CLOUD") or os.environ.get("OS_AUTH_URL"):
+        return keystone_session()
+    return None
 
 
 def keystone_session(cloud=None):

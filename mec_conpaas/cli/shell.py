@@ -25,7 +25,7 @@ class MecConpaasApp(app.App):
         parser.add_argument("--url", help="manager URL (env MEC_CONPAAS_URL; "
                             "default from ~/.config/mec-conpaas/credentials.yaml)")
         parser.add_argument("--token", help="API token (env MEC_CONPAAS_TOKEN); "
-                            "beats --os-cloud and OS_*")
+                            "beats --os-cloud; MEC_CONPAAS_TOKEN beats OS_*")
         parser.add_argument("--os-cloud", metavar="NAME",
                             help="keystone credentials from this clouds.yaml entry "
                             "(env OS_CLOUD; or the OS_* variables of an openrc), "
@@ -35,10 +35,7 @@ class MecConpaasApp(app.App):
     @property
     def client(self):
         if self._client is None:
-            keystone = None
-            if not self.options.token and client_mod.keystone_requested(
-                    self.options.os_cloud):
-                keystone = client_mod.keystone_session(self.options.os_cloud)
+            keystone = client_mod.keystone_for(self.options.token, self.options.os_cloud)
             self._client = client_mod.Client(self.options.url, self.options.token,
                                              keystone=keystone)
         return self._client

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from mec_conpaas import conf as conf_mod
 from mec_conpaas.api import app as app_mod
 from mec_conpaas.api import policy
+from mec_conpaas.cli import client as client_mod
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
 from mec_conpaas.manager import auth
@@ -309,3 +310,23 @@ def test_keystone_down_is_a_clear_error_and_changes_nothing(bed):
     res = bed.cli("service", "list", cloud="alice")
     assert res.returncode == 1 and "cannot reach keystone" in res.stderr, res.stderr
     print("503 after %.1f s" % took)
+
+
+def test_which_credentials_the_cli_sends(monkeypatch, tmp_path):
+    """The command line, then MEC_CONPAAS_TOKEN, then OS_* (no keystone
+    needed: a session asks for its token only when used)."""
+    for key in list(os.environ):
+        if key.startswith(("OS_", "MEC_CONPAAS_")):
+            monkeypatch.delenv(key)
+    (tmp_path / "clouds.yaml").write_text("clouds: {}\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    for key, value in (("AUTH_URL", "http://127.0.0.1:9/v3"), ("USERNAME", "alice"),
+                       ("PASSWORD", "x"), ("PROJECT_NAME", "alpha"),
+                       ("USER_DOMAIN_NAME", "Default"), ("PROJECT_DOMAIN_NAME", "Default")):
+        monkeypatch.setenv("OS_" + key, value)
+    assert client_mod.keystone_for().auth.auth_url == "http://127.0.0.1:9/v3"
+    assert client_mod.keystone_for(token="paas") is None
+    monkeypatch.setenv("MEC_CONPAAS_TOKEN", "paas")
+    assert client_mod.keystone_for() is None
+    with pytest.raises(client_mod.ApiError, match="cloud 'nope'"):
+        client_mod.keystone_for(cloud="nope")
