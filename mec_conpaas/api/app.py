@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas.api import keystone
+from mec_conpaas.api import policy
 from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
-from mec_conpaas.manager import auth
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
 
@@ -94,6 +95,7 @@ def create_app(manager):
     bundle_dir = os.path.join(conf.state_path, "bundles")
     os.makedirs(bundle_dir, exist_ok=True)
     validation.install(app, conf.api.validate_responses)
+    keystone.install(app, conf)
 
     @app.get("/v1/openapi.json")
     def openapi_document():
@@ -146,15 +148,17 @@ def create_app(manager):
         return flask.jsonify(error={"code": "method_not_allowed",
                                     "message": "method not allowed here"}), 405
 
-    def context(*roles):
+    def context(rule):
+        """The caller, if the policy lets it apply ``rule`` (mec_conpaas/api/
+        policy.py: a denied node-private endpoint answers like an unknown path)."""
         with session_scope() as s:
-            ctx = auth.authenticate(s, flask.request.headers.get("Authorization"))
-        if roles and ctx.role not in roles:
-            # Tenants must not learn what exists: nodes' private endpoints
-            # answer like unknown paths.
-            raise exception.NotFound("no such API path")
+            ctx = keystone.caller(s, conf, flask.request)
+        policy.authorize(conf, rule, ctx.creds(), {"project_id": ctx.tenant_id})
         validation.raise_if_off_schema()
         return ctx
+
+    def allowed(ctx, rule):
+        return policy.check(conf, rule, ctx.creds(), {"project_id": ctx.tenant_id})
 
     def json_body(optional=False):
         body = flask.request.get_json(silent=True)
@@ -185,7 +189,7 @@ def create_app(manager):
     # -- nodes -------------------------------------------------------------
     @app.post("/v1/nodes/register")
     def register_node():
-        context("node", "admin")
+        context("nodes:register")
         body = json_body()
         required = ("id", "name", "hostname", "mac", "address", "agent_port",
                     "agent_token")
@@ -218,7 +222,7 @@ def create_app(manager):
     def node_enrollment():
         """The deployment's OpenStack service credentials, for a node's first
         boot; the file is read on each request (rotation needs no restart)."""
-        ctx = context("node", "admin")
+        ctx = context("nodes:enrollment")
         creds = enrollment.load(conf.manager.openstack_enrollment_file)
         LOG.info("OpenStack enrollment fetched with %s token %s (user %s) from %s",
                  ctx.role, ctx.token_id, ctx.user, flask.request.remote_addr)
@@ -226,7 +230,7 @@ def create_app(manager):
 
     @app.post("/v1/nodes/<node_id>/heartbeat")
     def heartbeat(node_id):
-        context("node", "admin")
+        context("nodes:heartbeat")
         body = json_body()
         with session_scope() as s:
             node = s.get(models.Node, node_id)
@@ -239,14 +243,14 @@ def create_app(manager):
 
     def own_instances(s, ctx):
         """Instance ids the caller may see in node reports (None: all)."""
-        if ctx.role in ("admin", "node"):
+        if allowed(ctx, "nodes:show:all_instances"):
             return None
         return set(s.scalars(select(models.Instance.id).join(models.Service).where(
             models.Service.tenant_id == ctx.tenant_id)))
 
     @app.get("/v1/nodes")
     def list_nodes():
-        ctx = context()
+        ctx = context("nodes:list")
         with session_scope() as s:
             own = own_instances(s, ctx)
             return flask.jsonify(nodes=[node_view(n, own)
@@ -254,7 +258,7 @@ def create_app(manager):
 
     @app.get("/v1/nodes/<name>")
     def show_node(name):
-        ctx = context()
+        ctx = context("nodes:show")
         with session_scope() as s:
             return flask.jsonify(node=node_view(services.node(s, name),
                                                 own_instances(s, ctx)))
@@ -266,7 +270,7 @@ def create_app(manager):
         All or nothing: when a service on the node is busy or the other
         nodes lack the slots, the answer is 409 and nothing changes.
         """
-        context("admin")
+        context("nodes:drain")
         reason = json_body(optional=True).get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
             raise exception.BadRequest("reason must be a text of at most 255 "
@@ -293,7 +297,7 @@ def create_app(manager):
 
     @app.post("/v1/nodes/<name>/enable")
     def enable_node(name):
-        context("admin")
+        context("nodes:enable")
         with session_scope() as s:
             node = services.node(s, name)
             node.disabled = False
@@ -302,7 +306,7 @@ def create_app(manager):
 
     @app.get("/v1/bundles/<sha>")
     def get_bundle(sha):
-        context("node", "admin")
+        context("bundles:get")
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise exception.NotFound("no such bundle")
         path = os.path.join(bundle_dir, sha + ".tar.gz")
@@ -313,7 +317,7 @@ def create_app(manager):
     # -- services ----------------------------------------------------------
     @app.post("/v1/services")
     def create_service():
-        ctx = context("admin", "member")
+        ctx = context("services:create")
         form = flask.request.form
         name = form.get("name", "")
         stype = form.get("type", "")
@@ -390,17 +394,24 @@ def create_app(manager):
 
     @app.get("/v1/services")
     def list_services():
-        ctx = context("admin", "member")
+        ctx = context("services:list")
+        every = policy.flag(flask.request.args, "all_tenants")
+        if every:  # like nova's --all-projects: each service names its tenant
+            policy.authorize(conf, "services:list:all_tenants", ctx.creds(),
+                             {"project_id": ctx.tenant_id})
         with session_scope() as s:
-            svcs = s.scalars(select(models.Service).where(
-                models.Service.tenant_id == ctx.tenant_id)
-                .order_by(models.Service.name))
+            query = select(models.Service).order_by(models.Service.name)
+            if not every:
+                query = query.where(models.Service.tenant_id == ctx.tenant_id)
+            tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
             return flask.jsonify(services=[
-                service_view(v, manager.cluster.service_tiers(s, v)) for v in svcs])
+                dict(service_view(v, manager.cluster.service_tiers(s, v)),
+                     **({"tenant": tenants.get(v.tenant_id)} if every else {}))
+                for v in s.scalars(query)])
 
     @app.get("/v1/services/<name>")
     def show_service(name):
-        ctx = context("admin", "member")
+        ctx = context("services:show")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             return flask.jsonify(service=service_view(
@@ -414,13 +425,11 @@ def create_app(manager):
         ``?force=true`` (admins) forgets the instances and proxies it cannot
         reach, e.g. on a node that will not come back.
         """
-        ctx = context("admin", "member")
-        force = flask.request.args.get("force", "false").lower()
-        if force not in ("true", "false", "1", "0", "yes", "no"):
-            raise exception.BadRequest("force must be true or false")
-        force = force in ("true", "1", "yes")
-        if force and ctx.role != "admin":
-            raise exception.Forbidden(
+        ctx = context("services:delete")
+        force = policy.flag(flask.request.args, "force")
+        if force:
+            policy.authorize(
+                conf, "services:delete:force", ctx.creds(), {"project_id": ctx.tenant_id},
                 "only an admin can force a delete (it forgets instances on nodes "
                 "that do not answer): delete without force; instances on a down "
                 "node are removed when it is back")
@@ -433,7 +442,7 @@ def create_app(manager):
 
     @app.post("/v1/services/<name>/scale")
     def scale_service(name):
-        ctx = context("admin", "member")
+        ctx = context("services:scale")
         body = json_body()
         count = body.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -451,7 +460,7 @@ def create_app(manager):
 
     @app.post("/v1/services/<name>/migrate")
     def migrate_service(name):
-        ctx = context("admin", "member")
+        ctx = context("services:migrate")
         body = json_body()
         target = body.get("to")
         if not isinstance(target, str) or not target:
@@ -468,7 +477,7 @@ def create_app(manager):
     def stop_service(name):
         """Stop every instance, keeping its state (on the manager) and the
         service's endpoint port."""
-        ctx = context("admin", "member")
+        ctx = context("services:stop")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "stopped")
@@ -480,7 +489,7 @@ def create_app(manager):
     @app.post("/v1/services/<name>/start")
     def start_service(name):
         """Bring a stopped service's instances back with their state."""
-        ctx = context("admin", "member")
+        ctx = context("services:start")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("STOPPED",), "started")
@@ -491,7 +500,7 @@ def create_app(manager):
 
     @app.get("/v1/services/<name>/logs")
     def service_logs(name):
-        ctx = context("admin", "member")
+        ctx = context("services:logs")
         with session_scope() as s:
             sid = get_service(s, ctx, name).id
         return flask.jsonify(logs=services.logs(sid))
@@ -499,7 +508,7 @@ def create_app(manager):
     # -- operations --------------------------------------------------------
     @app.get("/v1/operations")
     def list_operations():
-        ctx = context("admin", "member")
+        ctx = context("operations:list")
         with session_scope() as s:
             ops = s.scalars(select(models.Operation).where(
                 models.Operation.tenant_id == ctx.tenant_id)
@@ -508,11 +517,12 @@ def create_app(manager):
 
     @app.get("/v1/operations/<op_id>")
     def show_operation(op_id):
-        ctx = context("admin", "member")
+        ctx = context("operations:show")
         with session_scope() as s:
             op = s.get(models.Operation, op_id)
             # Admins follow any tenant's operation (a node drain's).
-            if op is None or (op.tenant_id != ctx.tenant_id and ctx.role != "admin"):
+            if op is None or (op.tenant_id != ctx.tenant_id
+                              and not allowed(ctx, "operations:show:all_tenants")):
                 raise exception.NotFound("no operation %s" % op_id)
             return flask.jsonify(operation=operation_view(op))
 
