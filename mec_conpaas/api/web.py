@@ -7,11 +7,11 @@ no route out) plus one JSON view of what the caller may see, also streamed
 as server-sent events.  The page does every action through the REST API
 itself, so it shows the API's own errors.
 
-Login is a PaaS token (kept in the browser's sessionStorage).  Keystone
-login hooks in at ``register``'s ``caller``, the API's own token check:
-whatever it accepts as a bearer token (a keystone token, with
-keystonemiddleware in front), the dashboard accepts, once the page can
-obtain one (``LOGIN_METHODS``).
+Login is a PaaS token (kept in the browser's sessionStorage).  A keystone
+login hooks in at ``LOGIN_METHODS``: the API's own checks (``register``'s
+``context``) already accept keystone tokens with [api] auth_strategy =
+keystone, but the page sends ``Authorization: Bearer`` and has no way yet
+to obtain a keystone token from a user name and password.
 """
 import json
 import os
@@ -45,12 +45,12 @@ class TooManyStreams(exception.MecError):
     code = "too_many_streams"
 
 
-def snapshot(manager, ctx):
+def snapshot(manager, ctx, every=False, all_instances=False):
     """The dashboard's view: the map (nodes, backbone links), services with
     instances and endpoints, recent operations.  A tenant sees its own
     services and operations, and only its own instances in node reports;
-    an admin sees every tenant's."""
-    admin = ctx.role == "admin"
+    ``every`` (services:list:all_tenants, admins) every tenant's, and
+    ``all_instances`` (nodes:show:all_instances) every instance."""
     topo = manager.cluster.topology or {}
     with session_scope() as s:
         tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
@@ -58,9 +58,10 @@ def snapshot(manager, ctx):
         op_q = select(models.Operation).order_by(
             models.Operation.created_at.desc()).limit(RECENT_OPERATIONS)
         own = None
-        if not admin:
+        if not every:
             svc_q = svc_q.where(models.Service.tenant_id == ctx.tenant_id)
             op_q = op_q.where(models.Operation.tenant_id == ctx.tenant_id)
+        if not all_instances:
             own = set(s.scalars(select(models.Instance.id).join(models.Service).where(
                 models.Service.tenant_id == ctx.tenant_id)))
         capacity = manager.cluster.capacity(s)
@@ -85,11 +86,16 @@ def snapshot(manager, ctx):
             "services": services, "operations": operations}
 
 
-def register(app, manager, caller):
-    """``caller(*roles)`` is the API's own check of the token and role
-    (401 without a valid one, 404 for a role not listed), so that
-    whatever it accepts (a keystone token, once keystone is in front) the
-    dashboard and /metrics accept too."""
+def register(app, manager, context, allowed):
+    """``context(rule)`` and ``allowed(ctx, rule)`` are the API's own checks
+    of the caller against the policy (mec_conpaas/api/policy.py), so that
+    the dashboard and /metrics accept whoever the API accepts (PaaS or
+    keystone tokens) for what the policy lets them see."""
+
+    def view(ctx):
+        return snapshot(manager, ctx, allowed(ctx, "services:list:all_tenants"),
+                        allowed(ctx, "nodes:show:all_instances"))
+
     registry = metrics.registry(manager.cluster)
     # Each open stream holds one of the API server's threads: at most half
     # of them, so that the REST API always has the others.
@@ -102,7 +108,7 @@ def register(app, manager, caller):
     def prometheus_metrics():
         """Admin (or node) tokens only: the labels name every tenant's
         services and nodes."""
-        caller("admin", "node")
+        context("metrics:get")
         return flask.Response(prometheus_client.generate_latest(registry),
                               content_type=prometheus_client.CONTENT_TYPE_LATEST)
 
@@ -119,14 +125,14 @@ def register(app, manager, caller):
 
     @page.get("/dashboard/state")
     def state():
-        return flask.jsonify(snapshot(manager, caller("admin", "member")))
+        return flask.jsonify(view(context("dashboard:view")))
 
     @page.get("/dashboard/events")
     def events():
         """Server-sent events: ``state`` with the whole view whenever it
         changes (looked at every EVENT_INTERVAL).  Read with fetch(), not
         EventSource, so that the token goes in the Authorization header."""
-        ctx = caller("admin", "member")
+        ctx = context("dashboard:view")
         if not streams.acquire(blocking=False):
             raise TooManyStreams(
                 "%d dashboard pages already get live updates (half of the "
@@ -138,7 +144,7 @@ def register(app, manager, caller):
                 EVENT_LIFETIME
             yield "retry: 1000\n\n"
             while time.monotonic() < end and not manager.stop.is_set():
-                data = json.dumps(snapshot(manager, ctx), sort_keys=True)
+                data = json.dumps(view(ctx), sort_keys=True)
                 if data != last:
                     last, idle_since = data, time.monotonic()
                     yield "event: state\ndata: %s\n\n" % data
