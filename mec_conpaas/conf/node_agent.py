@@ -39,14 +39,6 @@ Possible values:
                help="How this node runs service instances."),
     cfg.StrOpt("libvirt_uri", default="lxc:///system",
                help="libvirt connection URI of the local LXC driver."),
-    cfg.StrOpt("nova_instances_path", default="/var/lib/nova/instances",
-               help="""
-nova-compute's ``[DEFAULT] instances_path``: where nova's LXC driver mounts
-each instance's rootfs (``<path>/<uuid>/rootfs``).
-
-Related options:
-* ``container_backend`` = ``nova``.
-"""),
     cfg.StrOpt("bridge", default="mecbr0",
                help="Bridge the instances' veth interfaces are attached to."),
     cfg.BoolOpt("network_isolation", default=True,

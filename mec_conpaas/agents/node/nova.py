@@ -5,8 +5,9 @@ container; this node agent never defines a domain.  It adopts the domain
 nova started (found by the nova instance UUID, which libvirt's LXC driver
 uses as the domain UUID) and does what only the AP can:
 
-- hands the instance its configuration by writing into the rootfs nova
-  mounted on this host (``<nova instances>/<uuid>/rootfs``): the bundle
+- hands the instance its configuration by writing into its root
+  (``/proc/<pid>/root``: nova unmounts ``<instances>/<uuid>/rootfs`` on
+  the host once the container started): the bundle
   in ``/srv/app``, the service agent's secret and ``instance.json``, which
   the image's init (drivers/nova_image.py) waits for.  docs/openstack-
   driver.rst has the measurements that chose this over config drive,
@@ -29,6 +30,7 @@ import xml.etree.ElementTree as ET
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas import safefs
 from mec_conpaas.agents.node import containers
 from mec_conpaas.drivers import nova_image
 
@@ -37,6 +39,10 @@ LOG = logging.getLogger(__name__)
 
 class NovaContainers(containers.LibvirtContainers):
     """The lxc backend's operations on domains nova owns."""
+
+    def __init__(self, conf, fetch_bundle):
+        super().__init__(conf, fetch_bundle)
+        self._state_fds = {}
 
     def domain_name(self, instance_id):
         meta = self._meta(instance_id)
@@ -60,12 +66,35 @@ class NovaContainers(containers.LibvirtContainers):
         except (OSError, ValueError):
             meta = None
         if meta is not None:
-            rootfs = os.path.join(self.conf.node_agent.nova_instances_path,
-                                  meta["server_id"], "rootfs")
-            # The app's log and state live in the instance's own disk.
-            paths.update(rootfs=rootfs, upper=rootfs,
-                         state=os.path.join(rootfs, "var", "lib", "service"))
+            # The instance's root as its own mount namespace has it: nova
+            # unmounts <instances>/<uuid>/rootfs on the host once the
+            # container started.  The app's log is read from there (safefs:
+            # no link followed); the state directory through state_dir.
+            pid = containers._container_pid(meta["domain"])
+            root = "/proc/%s/root" % pid if pid else os.path.join(paths["base"], "gone")
+            paths.update(rootfs=root, upper=root)
         return paths
+
+    def state_dir(self, instance_id):
+        """A path to the state directory that no link the tenant makes
+        inside its root can redirect: a descriptor of the directory,
+        opened once without following links (safefs), and kept."""
+        with self.lock:
+            fd = self._state_fds.get(instance_id)
+            if fd is None:
+                root = self._paths(instance_id)["rootfs"]
+                try:
+                    with safefs.closing(safefs.open_root(root)) as rootfd:
+                        fd = safefs.open_dir(rootfd, ["var", "lib", "service"])
+                except safefs.UnsafePath as e:
+                    raise exception.Conflict(
+                        "instance %s's state directory is not used: %s; keep "
+                        "/var/lib/service a directory" % (instance_id, e.why)) from None
+                except OSError as e:
+                    raise exception.NotFound("instance %s has no state directory "
+                                             "(%s)" % (instance_id, e)) from None
+                self._state_fds[instance_id] = fd
+            return "/proc/self/fd/%d" % fd
 
     def root_ids(self, instance_id):
         """Host (uid, gid) of the instance's root: nova's ``[libvirt]
@@ -120,20 +149,22 @@ class NovaContainers(containers.LibvirtContainers):
                 json.dump(meta, f)
         paths = self._paths(instance_id)
         try:
+            # Written as host root into a tree no tenant code has run in
+            # yet: the image's init only waits for INSTANCE_CONFIG.
             rootfs = paths["rootfs"]
             if not os.path.isdir(os.path.join(rootfs, "etc")):
                 raise exception.NodeError(
-                    "the rootfs of nova server %s is not mounted at %s: is "
-                    "[node_agent] nova_instances_path nova's instances_path?"
-                    % (spec["server_id"], rootfs))
+                    "nova server %s's domain %s has no running root" % (
+                        spec["server_id"], dom.name()))
             bundle = self.fetch_bundle(spec["bundle_sha256"], self.bundle_cache)
             app_dir = os.path.join(rootfs, "srv", "app")
             if os.path.isdir(app_dir):
                 shutil.rmtree(app_dir)
             bundles.extract(bundle, app_dir, self.conf.manager.max_bundle_size,
                             self.conf.manager.max_bundle_members, owner=ids)
-            os.makedirs(paths["state"], exist_ok=True)
-            os.chown(paths["state"], *ids)
+            state = os.path.join(rootfs, "var", "lib", "service")
+            os.makedirs(state, exist_ok=True)
+            os.chown(state, *ids)
             if self.agent_secret:
                 containers._write_secret(
                     os.path.join(rootfs, containers.AGENT_SECRET_FILE),
@@ -192,4 +223,8 @@ class NovaContainers(containers.LibvirtContainers):
             containers._kill_frozen(name)
             containers._set_freezer(name, "THAWED")
         containers._forget_neighbour(meta["address"])
+        with self.lock:
+            fd = self._state_fds.pop(instance_id, None)
+        if fd is not None:
+            os.close(fd)
         shutil.rmtree(super()._paths(instance_id)["base"], ignore_errors=True)
