@@ -71,7 +71,9 @@ class NovaContainers(containers.LibvirtContainers):
             # container started.  The app's log is read from there (safefs:
             # no link followed); the state directory through state_dir.
             pid = containers._container_pid(meta["domain"])
-            root = "/proc/%s/root" % pid if pid else os.path.join(paths["base"], "gone")
+            # "/.": safefs opens roots without following a link, and
+            # /proc/<pid>/root is one (the kernel's, trusted).
+            root = "/proc/%s/root/." % pid if pid else os.path.join(paths["base"], "gone")
             paths.update(rootfs=root, upper=root)
         return paths
 
@@ -94,7 +96,7 @@ class NovaContainers(containers.LibvirtContainers):
                     raise exception.NotFound("instance %s has no state directory "
                                              "(%s)" % (instance_id, e)) from None
                 self._state_fds[instance_id] = fd
-            return "/proc/self/fd/%d" % fd
+            return "/proc/self/fd/%d/." % fd
 
     def root_ids(self, instance_id):
         """Host (uid, gid) of the instance's root: nova's ``[libvirt]
@@ -170,6 +172,7 @@ class NovaContainers(containers.LibvirtContainers):
                     os.path.join(rootfs, containers.AGENT_SECRET_FILE),
                     self.agent_secret(instance_id), *ids)
             self._configure_network(dom.name(), spec)
+            self._route_to(spec["cidr"], desc.find("devices/interface/source"))
             # Last: the image's init starts the service agent once it sees it.
             config = os.path.join(rootfs, nova_image.INSTANCE_CONFIG)
             os.makedirs(os.path.dirname(config), exist_ok=True)
@@ -209,6 +212,22 @@ class NovaContainers(containers.LibvirtContainers):
             if res.returncode:
                 raise exception.NodeError("configuring %s's network (ip %s): %s" % (
                     domain_name, " ".join(argv), res.stderr.strip()))
+
+    def _route_to(self, cidr, source):
+        """This AP reaches the instance network on the bridge neutron's
+        linuxbridge agent made for it (``brq<network>``, which holds the
+        provider interface from now on): an on-link route, sourced from
+        the node's backbone address, which the instances reach on the same
+        flat network (the AP answers their ARP)."""
+        if source is None or not source.get("bridge"):
+            return
+        argv = ["ip", "route", "replace", cidr, "dev", source.get("bridge")]
+        if self.conf.node_agent.advertise_address:
+            argv += ["src", self.conf.node_agent.advertise_address]
+        res = subprocess.run(argv, capture_output=True, text=True)
+        if res.returncode:
+            raise exception.NodeError("routing %s to bridge %s: %s" % (
+                cidr, source.get("bridge"), res.stderr.strip()))
 
     def delete(self, instance_id):
         """Forget the instance; nova deletes the server.  A frozen one
