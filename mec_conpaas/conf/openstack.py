@@ -31,10 +31,12 @@ Related options:
 * ``openstack_controller_az_prefix`` of the roles, which makes the zones.
 """),
     cfg.StrOpt("base_image_path",
-               default="/var/lib/mec-conpaas/images/base-bookworm",
+               default="$state_path/images/base",
                help="""
-Base service image tree (``mec_conpaas.edge.image.build``) the raw glance
-image is made from when glance has none for its content key yet.
+Base service image tree (``mec_conpaas.edge.image.build``;
+``mec-conpaas-node-agent --build-base-image`` builds it at the node agent's
+``[node_agent] base_image_path``, the same default) the raw glance image is
+made from when glance has none for its content key yet.
 """),
     cfg.StrOpt("image_cache_dir", default="$state_path/images",
                help="Where the raw image is written before its upload."),

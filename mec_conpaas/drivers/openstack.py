@@ -217,10 +217,17 @@ class OpenstackDriver(lxc.LxcDriver):
             info = self._call(node, "POST", "/v1/instances", dict(
                 dataclasses.asdict(spec), server_id=server.id, address=ip["ip_address"],
                 cidr=subnet.cidr, gateway=subnet.gateway_ip or ""), timeout=180)
-        except Exception:
+        except Exception as e:
             LOG.exception("creating instance %s on %s failed; removing its server "
                           "and port", spec.id, node.name)
             self._remove(spec.id)
+            if "mage" in getattr(e, "message", "") and "not be found" in e.message:
+                # Deleted from glance behind our back: the next create uploads it.
+                with self._image_lock:
+                    self._image_id = None
+                raise exception.NodeError(
+                    "the base service image is missing from glance (%s); it is "
+                    "uploaded again on the next create: retry" % e.message) from None
             raise
         return dict(info, server_id=server.id)
 
