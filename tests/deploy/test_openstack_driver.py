@@ -16,6 +16,16 @@ CLIENT = os.path.join(os.path.dirname(__file__), "interval_client.py")
 PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def openstack_driver(master):
+    """These tests need the deployment on the openstack driver (-e
+    mec_conpaas_manager_driver=openstack -e mec_conpaas_node_container_backend=nova);
+    the roles' default is still lxc."""
+    conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
+    if "driver = openstack" not in conf:
+        pytest.skip("the manager runs the lxc driver (the roles' default)")
+
+
 @pytest.fixture(scope="module")
 def check(master):
     """openstack_driver_check.py on the master, run with the manager's venv."""
