@@ -47,6 +47,12 @@ Prefix of the flavors the driver makes for a service's size
 name is reused.  Making one needs the admin role; without it the admin
 must create them beforehand.
 """),
+    cfg.IntOpt("api_timeout", default=60, min=1,
+               help="""
+Seconds any one OpenStack API call may take before it fails with an error
+naming the call (openstacksdk's ``api_timeout``; its default is to wait
+forever).
+"""),
     cfg.IntOpt("boot_timeout", default=300, min=10,
                help="Seconds a server may take to become ACTIVE."),
     cfg.IntOpt("delete_timeout", default=120, min=5,

@@ -21,6 +21,7 @@ import math
 import os
 import threading
 import time
+import types
 
 from mec_conpaas import exception
 from mec_conpaas.drivers import lxc
@@ -63,8 +64,10 @@ class OpenstackDriver(lxc.LxcDriver):
         if self._conn is None:
             import openstack
             try:
-                self._conn = openstack.connect(cloud=self.conf.openstack.cloud) \
-                    if self.conf.openstack.cloud else openstack.connect()
+                kwargs = {"api_timeout": self.conf.openstack.api_timeout}
+                if self.conf.openstack.cloud:
+                    kwargs["cloud"] = self.conf.openstack.cloud
+                self._conn = openstack.connect(**kwargs)
             except Exception as e:  # openstack.exceptions.ConfigException & co.
                 raise exception.NodeError(
                     "cannot set up the OpenStack connection (%s): set [openstack] "
@@ -72,18 +75,25 @@ class OpenstackDriver(lxc.LxcDriver):
                     "in the manager's environment" % e) from None
         return self._conn
 
-    def _os(self, what, fn, *args, **kwargs):
-        """An OpenStack call, its failures turned into errors that say what
-        to do."""
+    def _os(self, what, call, *args, **kwargs):
+        """``conn.<call>(*args, **kwargs)``, e.g. ``"compute.servers"``, its
+        failures turned into errors that say what to do.  Named, not passed
+        bound: reaching ``conn.compute`` already talks to keystone, and
+        listings are generators that fail when iterated; both happen here."""
         from keystoneauth1 import exceptions as ksa
         from openstack import exceptions as sdk
         try:
-            return fn(*args, **kwargs)
-        except ksa.ConnectFailure as e:
+            target = self.conn()
+            for attr in call.split("."):
+                target = getattr(target, attr)
+            result = target(*args, **kwargs)
+            return list(result) if isinstance(result, types.GeneratorType) else result
+        except ksa.ConnectionError as e:  # refused, unreachable, or no answer in time
             raise exception.NodeError(
-                "%s: OpenStack is unreachable (%s); check that keystone and the "
-                "service answer at the endpoints of the [openstack] cloud" % (what, e)
-            ) from None
+                "%s: OpenStack is unreachable or did not answer within [openstack] "
+                "api_timeout = %d s (%s); check that keystone and the service answer "
+                "at the endpoints of the [openstack] cloud" % (
+                    what, self.conf.openstack.api_timeout, e)) from None
         except ksa.Unauthorized as e:
             raise exception.NodeError(
                 "%s: keystone refused the manager's credentials (%s): check the "
@@ -122,9 +132,8 @@ class OpenstackDriver(lxc.LxcDriver):
                     "build it (mec_conpaas.edge.image.build) or point the option "
                     "at one" % opts.base_image_path) from None
             name = IMAGE_PREFIX + key[:16]
-            conn = self.conn()
             found = [i for i in self._os("looking up the base image in glance",
-                                           lambda: list(conn.image.images(name=name)))
+                                           "image.images", name=name)
                      if i.properties.get(KEY_PROPERTY) == key or
                      getattr(i, KEY_PROPERTY, None) == key]
             active = [i for i in found if i.status == "active"]
@@ -137,8 +146,7 @@ class OpenstackDriver(lxc.LxcDriver):
             nova_image.build_raw(opts.base_image_path, path)
             LOG.info("built raw base image %s in %.1f s", path, time.monotonic() - t0)
             try:
-                image = self._os(
-                    "uploading the base image to glance", conn.create_image, name,
+                image = self._os("uploading the base image to glance", "create_image", name,
                     filename=path, disk_format="raw", container_format="bare",
                     wait=True, timeout=600, meta={KEY_PROPERTY: key})
             finally:
@@ -155,13 +163,12 @@ class OpenstackDriver(lxc.LxcDriver):
         name = "%s%dm-%dc-1g" % (self.conf.openstack.flavor_prefix, memory_mb, vcpus)
         if cpus != vcpus:
             name += "-%dq" % int(cpus * 100)
-        conn = self.conn()
-        flavor = self._os("looking up flavor %s" % name, conn.compute.find_flavor,
+        flavor = self._os("looking up flavor %s" % name, "compute.find_flavor",
                             name, ignore_missing=True)
         if flavor is not None:
             return flavor.id
         try:
-            flavor = self._os("creating flavor %s" % name, conn.compute.create_flavor,
+            flavor = self._os("creating flavor %s" % name, "compute.create_flavor",
                                 name=name, ram=memory_mb, vcpus=vcpus, disk=1,
                                 is_public=True)
         except exception.NodeError as e:
@@ -170,47 +177,44 @@ class OpenstackDriver(lxc.LxcDriver):
                 "cloud admin create flavor %s (%d MB, %d vCPU, 1 GB)" % (
                     e.message, name, memory_mb, vcpus)) from None
         self._os("setting flavor %s's CPU quota" % name,
-                   conn.compute.create_flavor_extra_specs, flavor, {
+                   "compute.create_flavor_extra_specs", flavor, {
                        "quota:cpu_period": "100000",
                        "quota:cpu_quota": str(max(1000, int(cpus * 100000)))})
         return flavor.id
 
     # -- instances ------------------------------------------------------
     def _server(self, instance_id):
-        conn = self.conn()
-        for server in self._os("listing servers", conn.compute.servers,
+        for server in self._os("listing servers", "compute.servers",
                                  name="^%s%s$" % (SERVER_PREFIX, instance_id)):
             return server
         return None
 
     def _ports(self, instance_id):
-        conn = self.conn()
-        return list(self._os("listing ports", conn.network.ports,
+        return list(self._os("listing ports", "network.ports",
                                name=SERVER_PREFIX + instance_id))
 
     def create_instance(self, node, spec):
-        conn = self.conn()
         server = self._server(spec.id)
         try:
             if server is None:
                 image = self.image_id()
                 flavor = self.flavor_id(spec.memory_mb, spec.cpus)
                 network = self._os("looking up network %s" % self.conf.openstack.network,
-                                     conn.network.find_network,
+                                     "network.find_network",
                                      self.conf.openstack.network, ignore_missing=False)
                 ports = self._ports(spec.id)
                 port = ports[0] if ports else self._os(
-                    "creating the instance's port", conn.network.create_port,
+                    "creating the instance's port", "network.create_port",
                     network_id=network.id, name=SERVER_PREFIX + spec.id)
                 server = self._os(
-                    "creating the server", conn.compute.create_server,
+                    "creating the server", "compute.create_server",
                     name=SERVER_PREFIX + spec.id, image_id=image, flavor_id=flavor,
                     networks=[{"port": port.id}], availability_zone=self.zone(node),
                     metadata={INSTANCE_PROPERTY: spec.id, "mec_service_id": spec.service_id})
             server = self._wait_active(node, spec, server)
             port = self._ports(spec.id)[0]
             ip = port.fixed_ips[0]
-            subnet = self._os("looking up the port's subnet", conn.network.get_subnet,
+            subnet = self._os("looking up the port's subnet", "network.get_subnet",
                                 ip["subnet_id"])
             # The node agent adopts the domain nova started (see
             # agents/node/nova.py): configuration, bundle, secret, address.
@@ -220,7 +224,11 @@ class OpenstackDriver(lxc.LxcDriver):
         except Exception as e:
             LOG.exception("creating instance %s on %s failed; removing its server "
                           "and port", spec.id, node.name)
-            self._remove(spec.id)
+            try:
+                self._remove(spec.id)
+            except exception.MecError as cleanup:  # the first error is the user's
+                LOG.error("instance %s's server or port may be left: %s", spec.id,
+                          cleanup.message)
             if "mage" in getattr(e, "message", "") and "not be found" in e.message:
                 # Deleted from glance behind our back: the next create uploads it.
                 with self._image_lock:
@@ -232,10 +240,9 @@ class OpenstackDriver(lxc.LxcDriver):
         return dict(info, server_id=server.id)
 
     def _wait_active(self, node, spec, server):
-        conn = self.conn()
         deadline = time.monotonic() + self.conf.openstack.boot_timeout
         while True:
-            server = self._os("waiting for the server", conn.compute.get_server, server.id)
+            server = self._os("waiting for the server", "compute.get_server", server.id)
             if server.status == "ACTIVE":
                 return server
             if server.status == "ERROR":
@@ -258,15 +265,14 @@ class OpenstackDriver(lxc.LxcDriver):
     def _remove(self, instance_id):
         """Delete the server and its ports; wait until the server is gone
         (its port is released only then)."""
-        conn = self.conn()
         server = self._server(instance_id)
         if server is not None:
-            self._os("deleting the server", conn.compute.delete_server, server,
+            self._os("deleting the server", "compute.delete_server", server,
                        ignore_missing=True)
-            self._os("waiting for the server's deletion", conn.compute.wait_for_delete,
+            self._os("waiting for the server's deletion", "compute.wait_for_delete",
                        server, interval=0.5, wait=self.conf.openstack.delete_timeout)
         for port in self._ports(instance_id):
-            self._os("deleting the port", conn.network.delete_port, port,
+            self._os("deleting the port", "network.delete_port", port,
                        ignore_missing=True)
 
     def delete_instance(self, node, instance_id):
@@ -278,9 +284,8 @@ class OpenstackDriver(lxc.LxcDriver):
         self._remove(instance_id)
 
     def list_instances(self, node):
-        conn = self.conn()
         out = []
-        for server in self._os("listing servers", conn.compute.servers,
+        for server in self._os("listing servers", "compute.servers",
                                  name="^" + SERVER_PREFIX):
             iid = (server.metadata or {}).get(INSTANCE_PROPERTY)
             if iid and server.availability_zone == self.zone(node):
@@ -294,16 +299,15 @@ class OpenstackDriver(lxc.LxcDriver):
         """Compute hosts as nova and placement see them: ``{host: {"up",
         "vcpus", "vcpus_free", "memory_mb", "memory_mb_free"}}``; free
         resources are placement's (capacity - reserved) * ratio - used."""
-        conn = self.conn()
         up = {s.host: s.state == "up" and s.status == "enabled"
-              for s in self._os("listing compute services", conn.compute.services)
+              for s in self._os("listing compute services", "compute.services")
               if s.binary == "nova-compute"}
         out = {}
         for rp in self._os("listing resource providers",
-                             conn.placement.resource_providers):
+                             "placement.resource_providers"):
             inv = {i.resource_class: i for i in self._os(
-                "reading inventories", conn.placement.resource_provider_inventories, rp)}
-            usages = self._os("reading usages", conn.placement.get,
+                "reading inventories", "placement.resource_provider_inventories", rp)}
+            usages = self._os("reading usages", "placement.get",
                                 "/resource_providers/%s/usages" % rp.id).json()["usages"]
             host = rp.name.split(".")[0]
 
