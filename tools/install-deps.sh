@@ -27,4 +27,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip setuptools wheel
 .venv/bin/pip install -q -e '.[edge,bench,test]'
-echo "installed: $(.venv/bin/python --version), $(haproxy -v | sed -n 1p | cut -d' ' -f1-3), libvirt $(libvirtd --version | awk '{print $NF}')"
+# A real keystone for the keystone tests (tests/unit/test_keystone.py runs
+# it with tools/keystone-local.py): PyPI's, in its own virtualenv, since its
+# oslo.* and SQLAlchemy pins are its own.
+if [ ! -x .venv-keystone/bin/keystone-manage ]; then
+    rm -rf .venv-keystone
+    "$PYTHON" -m venv .venv-keystone
+    .venv-keystone/bin/pip install -q --upgrade pip
+    .venv-keystone/bin/pip install -q 'keystone>=26.0.0' 2>&1 | { grep -v "^WARNING: Location" || true; }
+fi
+echo "installed: $(.venv/bin/python --version), $(haproxy -v | sed -n 1p | cut -d' ' -f1-3), libvirt $(libvirtd --version | awk '{print $NF}'), keystone $(.venv-keystone/bin/pip show keystone 2>/dev/null | sed -n 's/^Version: //p')"

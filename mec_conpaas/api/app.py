@@ -1,8 +1,10 @@
 """The manager's JSON REST API.
 
-Mutating calls validate everything they can synchronously (so bad input
-gets a 4xx and nothing is created), persist an operation, and return 202;
-the engine does the work.
+Thin, like nova's ``api/`` over ``compute/api.py``: it authenticates,
+validates what it was sent and records.  What to do (which node, whether
+there is room, which port, whether the driver can do it) is asked of the
+service layer (``manager.services``), which the workflows share; mutating
+calls persist an operation and return 202, and the engine does the work.
 """
 import datetime
 import logging
@@ -16,13 +18,13 @@ from sqlalchemy import select
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas.api import keystone
+from mec_conpaas.api import policy
 from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
-from mec_conpaas.manager import auth
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
-from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -87,11 +89,13 @@ def operation_view(op):
 
 def create_app(manager):
     conf = manager.conf
+    services = manager.services
     app = flask.Flask("mec_conpaas")
     app.config["MAX_CONTENT_LENGTH"] = conf.manager.max_bundle_size + 1024 * 1024
     bundle_dir = os.path.join(conf.state_path, "bundles")
     os.makedirs(bundle_dir, exist_ok=True)
     validation.install(app, conf.api.validate_responses)
+    keystone.install(app, conf)
 
     @app.get("/v1/openapi.json")
     def openapi_document():
@@ -144,15 +148,17 @@ def create_app(manager):
         return flask.jsonify(error={"code": "method_not_allowed",
                                     "message": "method not allowed here"}), 405
 
-    def context(*roles):
+    def context(rule):
+        """The caller, if the policy lets it apply ``rule`` (mec_conpaas/api/
+        policy.py: a denied node-private endpoint answers like an unknown path)."""
         with session_scope() as s:
-            ctx = auth.authenticate(s, flask.request.headers.get("Authorization"))
-        if roles and ctx.role not in roles:
-            # Tenants must not learn what exists: nodes' private endpoints
-            # answer like unknown paths.
-            raise exception.NotFound("no such API path")
+            ctx = keystone.caller(s, conf, flask.request)
+        policy.authorize(conf, rule, ctx.creds(), {"project_id": ctx.tenant_id})
         validation.raise_if_off_schema()
         return ctx
+
+    def allowed(ctx, rule):
+        return policy.check(conf, rule, ctx.creds(), {"project_id": ctx.tenant_id})
 
     def json_body(optional=False):
         body = flask.request.get_json(silent=True)
@@ -170,33 +176,6 @@ def create_app(manager):
                                      "list shows yours)" % name)
         return svc
 
-    def find_node(s, name):
-        """A node by name or id, its up/down state current."""
-        nodes = manager.cluster.nodes(s)
-        for n in nodes:
-            if name in (n.name, n.id):
-                return n
-        raise exception.NotFound("no node named %r; known nodes: %s" % (
-            name, ", ".join(n.name for n in nodes) or "none"))
-
-    def disabled_message(node):
-        return "node %s is disabled%s: choose another node or `mec-conpaas " \
-               "node enable %s`" % (node.name, " (%s)" % node.disabled_reason
-                                    if node.disabled_reason else "", node.name)
-
-    def up_node(s, name):
-        """A node new instances may go to: up, running containers, enabled."""
-        node = find_node(s, name)
-        if node.state != "up":
-            raise exception.Conflict("node %s is down (no heartbeat for %ds): "
-                                     "choose another node" % (
-                                         name, conf.manager.node_heartbeat_timeout))
-        if node.container_backend != "libvirt" and conf.manager.driver == "lxc":
-            raise exception.Conflict("node %s does not run containers" % name)
-        if node.disabled:
-            raise exception.Conflict(disabled_message(node))
-        return node
-
     def accepted(op_id):
         manager.engine.submit(op_id)
         with session_scope() as s:
@@ -210,7 +189,7 @@ def create_app(manager):
     # -- nodes -------------------------------------------------------------
     @app.post("/v1/nodes/register")
     def register_node():
-        context("node", "admin")
+        context("nodes:register")
         body = json_body()
         required = ("id", "name", "hostname", "mac", "address", "agent_port",
                     "agent_token")
@@ -243,7 +222,7 @@ def create_app(manager):
     def node_enrollment():
         """The deployment's OpenStack service credentials, for a node's first
         boot; the file is read on each request (rotation needs no restart)."""
-        ctx = context("node", "admin")
+        ctx = context("nodes:enrollment")
         creds = enrollment.load(conf.manager.openstack_enrollment_file)
         LOG.info("OpenStack enrollment fetched with %s token %s (user %s) from %s",
                  ctx.role, ctx.token_id, ctx.user, flask.request.remote_addr)
@@ -251,7 +230,7 @@ def create_app(manager):
 
     @app.post("/v1/nodes/<node_id>/heartbeat")
     def heartbeat(node_id):
-        context("node", "admin")
+        context("nodes:heartbeat")
         body = json_body()
         with session_scope() as s:
             node = s.get(models.Node, node_id)
@@ -264,14 +243,14 @@ def create_app(manager):
 
     def own_instances(s, ctx):
         """Instance ids the caller may see in node reports (None: all)."""
-        if ctx.role in ("admin", "node"):
+        if allowed(ctx, "nodes:show:all_instances"):
             return None
         return set(s.scalars(select(models.Instance.id).join(models.Service).where(
             models.Service.tenant_id == ctx.tenant_id)))
 
     @app.get("/v1/nodes")
     def list_nodes():
-        ctx = context()
+        ctx = context("nodes:list")
         with session_scope() as s:
             own = own_instances(s, ctx)
             return flask.jsonify(nodes=[node_view(n, own)
@@ -279,9 +258,9 @@ def create_app(manager):
 
     @app.get("/v1/nodes/<name>")
     def show_node(name):
-        ctx = context()
+        ctx = context("nodes:show")
         with session_scope() as s:
-            return flask.jsonify(node=node_view(find_node(s, name),
+            return flask.jsonify(node=node_view(services.node(s, name),
                                                 own_instances(s, ctx)))
 
     @app.post("/v1/nodes/<name>/drain")
@@ -291,45 +270,20 @@ def create_app(manager):
         All or nothing: when a service on the node is busy or the other
         nodes lack the slots, the answer is 409 and nothing changes.
         """
-        context("admin")
+        context("nodes:drain")
         reason = json_body(optional=True).get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
             raise exception.BadRequest("reason must be a text of at most 255 "
                                        "characters")
         with session_scope() as s:
-            node = find_node(s, name)
-            svcs = list(s.scalars(select(models.Service).where(
-                models.Service.id.in_(select(models.Instance.service_id).where(
-                    models.Instance.node_name == node.name)))
-                .order_by(models.Service.name, models.Service.id)))
+            node = services.node(s, name)
             tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
-            busy = ["%s (tenant %s) is %s" % (v.name, tenants.get(v.tenant_id), v.state)
-                    for v in svcs if v.state != "RUNNING" or v.operation_id]
-            if busy:
-                raise exception.Conflict(
-                    "node %s was not drained, nothing was changed: service %s; "
-                    "retry the drain when their operations end (an ERROR "
-                    "service must be deleted by its owner first)" % (
-                        node.name, ", ".join(busy)))
-            if svcs and node.state != "up":
-                raise exception.Conflict(
-                    "node %s is down: its instances cannot be moved make-"
-                    "before-break; bring its node agent back, then retry" % node.name)
-            moving = [{"id": v.id, "home": v.home_node,
-                       "instances": [i.id for i in v.instances
-                                     if i.node_name == node.name and i.state == "ACTIVE"]}
-                      for v in svcs]
-            plan = placement.evacuate(
-                node.name, [m for m in moving if m["instances"]],
-                manager.cluster.capacity(s),
-                manager.cluster.distances([n.name for n in manager.cluster.nodes(s)]))
+            svcs, plan = services.plan_drain(s, node, tenants)
             node.disabled = True
             node.disabled_reason = reason or node.disabled_reason
-            op_ids = []
-            for v in (v for v in svcs if v.id in plan):
-                op_ids.append(engine_mod.new_operation(s, "drain", v, "ADAPTING", ("RUNNING",),
-                                                       "drained", drain=node.name,
-                                                       **plan[v.id]).id)
+            op_ids = [services.start(s, "drain", v, "ADAPTING", ("RUNNING",), "drained",
+                                     drain=node.name, **plan[v.id]).id
+                      for v in svcs if v.id in plan]
             view = node_view(node)
         LOG.info("node %s disabled (%s); drain: %d operation(s)", view["name"],
                  view["disabled_reason"], len(op_ids))
@@ -343,16 +297,16 @@ def create_app(manager):
 
     @app.post("/v1/nodes/<name>/enable")
     def enable_node(name):
-        context("admin")
+        context("nodes:enable")
         with session_scope() as s:
-            node = find_node(s, name)
+            node = services.node(s, name)
             node.disabled = False
             node.disabled_reason = None
             return flask.jsonify(node=node_view(node))
 
     @app.get("/v1/bundles/<sha>")
     def get_bundle(sha):
-        context("node", "admin")
+        context("bundles:get")
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise exception.NotFound("no such bundle")
         path = os.path.join(bundle_dir, sha + ".tar.gz")
@@ -363,7 +317,7 @@ def create_app(manager):
     # -- services ----------------------------------------------------------
     @app.post("/v1/services")
     def create_service():
-        ctx = context("admin", "member")
+        ctx = context("services:create")
         form = flask.request.form
         name = form.get("name", "")
         stype = form.get("type", "")
@@ -387,13 +341,7 @@ def create_app(manager):
                     models.Service.name == name)):
                 raise exception.Conflict("a service named %r exists already: "
                                          "pick another name" % name)
-            if form.get("node"):
-                up_node(s, form["node"])
-            free = manager.cluster.free_slots(s)
-            if count > free:
-                raise exception.InsufficientCapacity(
-                    "count %d is above the %d free instance slots of the up "
-                    "nodes" % (count, free))
+            services.check_create(s, count, form.get("node"))
         upload = flask.request.files.get("bundle")
         with tempfile.NamedTemporaryFile(dir=bundle_dir, delete=False,
                                          suffix=".part") as tmp:
@@ -421,23 +369,8 @@ def create_app(manager):
                     models.Service.name == name)):
                 raise exception.Conflict("a service named %r exists already: "
                                          "pick another name" % name)
-            node_name = form.get("node") or None
-            if node_name:
-                up_node(s, node_name)
-            else:
-                ups = [n.name for n in manager.cluster.nodes(s, up_only=True)
-                       if n.max_instances > 0 and not n.disabled]
-                if not ups:
-                    raise exception.Conflict("no node is up and enabled to run "
-                                             "instances")
-                node_name = ups[0]
-            used = set(s.scalars(select(models.Service.port)))
-            port = next((p for p in range(conf.manager.service_port_min,
-                                          conf.manager.service_port_max + 1)
-                         if p not in used), None)
-            if port is None:
-                raise exception.Conflict("all endpoint ports are in use: raise "
-                                         "[manager] service_port_max")
+            node_name = services.choose_home(s, form.get("node"))
+            port = services.allocate_port(s)
             # Held by its create from the start: a delete meanwhile gets 409.
             op_id = models.new_id()
             svc = models.Service(tenant_id=ctx.tenant_id, name=name, type=stype,
@@ -461,17 +394,24 @@ def create_app(manager):
 
     @app.get("/v1/services")
     def list_services():
-        ctx = context("admin", "member")
+        ctx = context("services:list")
+        every = policy.flag(flask.request.args, "all_tenants")
+        if every:  # like nova's --all-projects: each service names its tenant
+            policy.authorize(conf, "services:list:all_tenants", ctx.creds(),
+                             {"project_id": ctx.tenant_id})
         with session_scope() as s:
-            svcs = s.scalars(select(models.Service).where(
-                models.Service.tenant_id == ctx.tenant_id)
-                .order_by(models.Service.name))
+            query = select(models.Service).order_by(models.Service.name)
+            if not every:
+                query = query.where(models.Service.tenant_id == ctx.tenant_id)
+            tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
             return flask.jsonify(services=[
-                service_view(v, manager.cluster.service_tiers(s, v)) for v in svcs])
+                dict(service_view(v, manager.cluster.service_tiers(s, v)),
+                     **({"tenant": tenants.get(v.tenant_id)} if every else {}))
+                for v in s.scalars(query)])
 
     @app.get("/v1/services/<name>")
     def show_service(name):
-        ctx = context("admin", "member")
+        ctx = context("services:show")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             return flask.jsonify(service=service_view(
@@ -485,26 +425,24 @@ def create_app(manager):
         ``?force=true`` (admins) forgets the instances and proxies it cannot
         reach, e.g. on a node that will not come back.
         """
-        ctx = context("admin", "member")
-        force = flask.request.args.get("force", "false").lower()
-        if force not in ("true", "false", "1", "0", "yes", "no"):
-            raise exception.BadRequest("force must be true or false")
-        force = force in ("true", "1", "yes")
-        if force and ctx.role != "admin":
-            raise exception.Forbidden(
+        ctx = context("services:delete")
+        force = policy.flag(flask.request.args, "force")
+        if force:
+            policy.authorize(
+                conf, "services:delete:force", ctx.creds(), {"project_id": ctx.tenant_id},
                 "only an admin can force a delete (it forgets instances on nodes "
                 "that do not answer): delete without force; instances on a down "
                 "node are removed when it is back")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, None, "deleted")
-            op_id = engine_mod.new_operation(s, "delete", svc, "EPILOGUE", action="deleted",
-                                             **({"force": True} if force else {})).id
+            op_id = services.start(s, "delete", svc, "EPILOGUE", action="deleted",
+                                   **({"force": True} if force else {})).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/scale")
     def scale_service(name):
-        ctx = context("admin", "member")
+        ctx = context("services:scale")
         body = json_body()
         count = body.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -515,23 +453,14 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "scaled")
-            current = len([i for i in svc.instances if i.state == "ACTIVE"])
-            if node:
-                up_node(s, node)
-            if count > current:
-                free = manager.cluster.free_slots(s, node or None)
-                if count - current > free:
-                    raise exception.InsufficientCapacity(
-                        "count %d needs %d more instance(s) but the up nodes "
-                        "have %d free slot(s)" % (count, count - current, free))
-            op_id = engine_mod.new_operation(s, "scale", svc, "ADAPTING", ("RUNNING",),
-                                             "scaled", count=count, previous=current,
-                                             node=node).id
+            current = services.check_scale(s, svc, count, node or None)
+            op_id = services.start(s, "scale", svc, "ADAPTING", ("RUNNING",), "scaled",
+                                   count=count, previous=current, node=node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/migrate")
     def migrate_service(name):
-        ctx = context("admin", "member")
+        ctx = context("services:migrate")
         body = json_body()
         target = body.get("to")
         if not isinstance(target, str) or not target:
@@ -539,75 +468,47 @@ def create_app(manager):
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "migrated")
-            up_node(s, target)
-            on_home = [i for i in svc.instances
-                       if i.state == "ACTIVE" and i.node_name == svc.home_node]
-            if svc.home_node == target:
-                raise exception.Conflict("service %s is already on %s: choose "
-                                         "another target node" % (name, target))
-            if not on_home:
-                raise exception.Conflict("service %s has no instance on %s to "
-                                         "migrate" % (name, svc.home_node))
-            cap = manager.cluster.capacity(s)[target]
-            if cap["max_instances"] - cap["used"] < len(on_home):
-                raise exception.InsufficientCapacity(
-                    "node %s has %d free slot(s), %d needed" % (
-                        target, cap["max_instances"] - cap["used"], len(on_home)))
-            op_id = engine_mod.new_operation(s, "migrate", svc, "ADAPTING", ("RUNNING",),
-                                             "migrated", to=target, source=svc.home_node).id
+            services.check_migrate(s, svc, target)
+            op_id = services.start(s, "migrate", svc, "ADAPTING", ("RUNNING",), "migrated",
+                                   to=target, source=svc.home_node).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/stop")
     def stop_service(name):
         """Stop every instance, keeping its state (on the manager) and the
         service's endpoint port."""
-        ctx = context("admin", "member")
+        ctx = context("services:stop")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "stopped")
             count = len([i for i in svc.instances if i.state == "ACTIVE"])
-            op_id = engine_mod.new_operation(s, "stop", svc, "EPILOGUE", ("RUNNING",),
-                                             "stopped", count=count).id
+            op_id = services.start(s, "stop", svc, "EPILOGUE", ("RUNNING",), "stopped",
+                                   count=count).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/start")
     def start_service(name):
         """Bring a stopped service's instances back with their state."""
-        ctx = context("admin", "member")
+        ctx = context("services:start")
         with session_scope() as s:
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("STOPPED",), "started")
-            count = manager.cluster.saved_count(svc.id)
-            free = manager.cluster.free_slots(s)
-            if count > free:
-                raise exception.InsufficientCapacity(
-                    "service %s had %d instance(s) but the up nodes have %d free "
-                    "slot(s): free some (scale or stop other services) or add "
-                    "nodes, then retry" % (name, count, free))
-            op_id = engine_mod.new_operation(s, "start", svc, "PROLOGUE", ("STOPPED",),
-                                             "started", count=count).id
+            count = services.check_start(s, svc)
+            op_id = services.start(s, "start", svc, "PROLOGUE", ("STOPPED",), "started",
+                                   count=count).id
         return accepted(op_id)
 
     @app.get("/v1/services/<name>/logs")
     def service_logs(name):
-        ctx = context("admin", "member")
+        ctx = context("services:logs")
         with session_scope() as s:
-            svc = get_service(s, ctx, name)
-            targets = [(i.id, i.node_name, manager.cluster.node_ref(s, i.node_name))
-                       for i in svc.instances]
-        logs = []
-        for iid, node, ref in targets:
-            try:
-                text = manager.cluster.driver.logs(ref, iid)
-            except exception.NodeError as e:
-                text = "(unavailable: %s)" % e.message
-            logs.append({"instance": iid, "node": node, "log": text})
-        return flask.jsonify(logs=logs)
+            sid = get_service(s, ctx, name).id
+        return flask.jsonify(logs=services.logs(sid))
 
     # -- operations --------------------------------------------------------
     @app.get("/v1/operations")
     def list_operations():
-        ctx = context("admin", "member")
+        ctx = context("operations:list")
         with session_scope() as s:
             ops = s.scalars(select(models.Operation).where(
                 models.Operation.tenant_id == ctx.tenant_id)
@@ -616,11 +517,12 @@ def create_app(manager):
 
     @app.get("/v1/operations/<op_id>")
     def show_operation(op_id):
-        ctx = context("admin", "member")
+        ctx = context("operations:show")
         with session_scope() as s:
             op = s.get(models.Operation, op_id)
             # Admins follow any tenant's operation (a node drain's).
-            if op is None or (op.tenant_id != ctx.tenant_id and ctx.role != "admin"):
+            if op is None or (op.tenant_id != ctx.tenant_id
+                              and not allowed(ctx, "operations:show:all_tenants")):
                 raise exception.NotFound("no operation %s" % op_id)
             return flask.jsonify(operation=operation_view(op))
 

@@ -17,16 +17,52 @@ class ApiError(Exception):
         self.message = message
 
 
+def keystone_for(token=None, cloud=None):
+    """The keystone session to send tokens of, or None for a PaaS token.
+
+    The command line wins (--token, then --os-cloud); then the PaaS's own
+    MEC_CONPAAS_TOKEN; then keystone credentials as the openstack CLI finds
+    them (OS_CLOUD's clouds.yaml entry, or an openrc's OS_* variables);
+    else the credentials file's PaaS token."""
+    if token:
+        return None
+    if cloud:
+        return keystone_session(cloud)
+    if os.environ.get("MEC_CONPAAS_TOKEN"):
+        return None
+    if os.environ.get("OS_CLOUD") or os.environ.get("OS_AUTH_URL"):
+        return keystone_session()
+    return None
+
+
+def keystone_session(cloud=None):
+    """A keystoneauth session from clouds.yaml / OS_* (openstacksdk's
+    loader, the one the openstack CLI uses); it fetches and renews the
+    token itself."""
+    from openstack import config as os_config
+    from openstack import exceptions as os_exc
+    try:
+        return os_config.OpenStackConfig().get_one(cloud=cloud).get_session()
+    except (os_exc.ConfigException, KeyError) as e:
+        raise ApiError(0, "cannot load keystone credentials%s: %s (check "
+                          "clouds.yaml or your OS_* variables)" % (
+                              " of cloud %r" % cloud if cloud else "", e)) from None
+
+
 class Client:
 
-    def __init__(self, url=None, token=None, timeout=60):
+    def __init__(self, url=None, token=None, timeout=60, keystone=None):
+        """``keystone``: a keystoneauth session whose token is sent
+        (X-Auth-Token) instead of a PaaS token."""
+        self.keystone = keystone
         creds = {}
-        if not (url and token) and os.path.exists(CREDENTIALS):
+        if not (url and (token or keystone)) and os.path.exists(CREDENTIALS):
             with open(CREDENTIALS) as f:
                 creds = yaml.safe_load(f) or {}
         self.url = (url or os.environ.get("MEC_CONPAAS_URL") or creds.get("url")
                     or "http://127.0.0.1:9680").rstrip("/")
-        self.token = token or os.environ.get("MEC_CONPAAS_TOKEN") or creds.get("token")
+        self.token = None if keystone else (
+            token or os.environ.get("MEC_CONPAAS_TOKEN") or creds.get("token"))
         self.timeout = timeout
         self.session = requests.Session()
         # A restarted manager resets pooled connections: reads are safe to
@@ -38,7 +74,9 @@ class Client:
 
     def request(self, method, path, **kwargs):
         headers = kwargs.pop("headers", {})
-        if self.token:
+        if self.keystone:
+            headers["X-Auth-Token"] = self._keystone_token()
+        elif self.token:
             headers["Authorization"] = "Bearer " + self.token
         try:
             resp = self.session.request(method, self.url + path, headers=headers,
@@ -53,6 +91,20 @@ class Client:
                 message = resp.text[:500]
             raise ApiError(resp.status_code, message)
         return resp.json()
+
+    def _keystone_token(self):
+        from keystoneauth1 import exceptions as ksa_exc
+        try:
+            return self.keystone.get_token()
+        except ksa_exc.Unauthorized as e:
+            raise ApiError(401, "keystone refused your credentials (%s): check "
+                                "clouds.yaml or your OS_* variables" % e) from None
+        except (ksa_exc.ConnectFailure, ksa_exc.DiscoveryFailure,
+                ksa_exc.RequestTimeout) as e:
+            raise ApiError(0, "cannot reach keystone to get a token (%s): is "
+                              "auth_url right, is keystone up?" % e) from None
+        except ksa_exc.ClientException as e:
+            raise ApiError(0, "keystone gave no token: %s" % e) from None
 
     # -- resources ---------------------------------------------------------
     def nodes(self):
@@ -70,8 +122,9 @@ class Client:
     def enable_node(self, name):
         return self.request("POST", "/v1/nodes/%s/enable" % name)["node"]
 
-    def services(self):
-        return self.request("GET", "/v1/services")["services"]
+    def services(self, all_tenants=False):
+        return self.request("GET", "/v1/services", params={"all_tenants": "true"}
+                            if all_tenants else None)["services"]
 
     def service(self, name):
         return self.request("GET", "/v1/services/" + name)["service"]

@@ -53,13 +53,23 @@ class CreateService(_Mutating):
 
 
 class ListService(common.ApiCommand, lister.Lister):
-    """List your services."""
+    """List your services (admins: --all-tenants, every tenant's)."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("--all-tenants", action="store_true",
+                            help="every tenant's services, with their tenant "
+                            "(admins; the policy rule services:list:all_tenants)")
+        return parser
 
     def take_action(self, parsed_args):
         cols = ("name", "type", "state", "home_node", "port", "instances")
-        return cols, [(s["name"], s["type"], s["state"], s["home_node"], s["port"],
-                       len([i for i in s["instances"] if i["state"] == "ACTIVE"]))
-                      for s in self.app.client.services()]
+        every = parsed_args.all_tenants
+        return cols + (("tenant",) if every else ()), [
+            (s["name"], s["type"], s["state"], s["home_node"], s["port"],
+             len([i for i in s["instances"] if i["state"] == "ACTIVE"]))
+            + ((s.get("tenant"),) if every else ())
+            for s in self.app.client.services(all_tenants=every)]
 
 
 class ShowService(common.ApiCommand, show.ShowOne):

@@ -24,13 +24,20 @@ class MecConpaasApp(app.App):
         parser = super().build_option_parser(description, version, argparse_kwargs)
         parser.add_argument("--url", help="manager URL (env MEC_CONPAAS_URL; "
                             "default from ~/.config/mec-conpaas/credentials.yaml)")
-        parser.add_argument("--token", help="API token (env MEC_CONPAAS_TOKEN)")
+        parser.add_argument("--token", help="API token (env MEC_CONPAAS_TOKEN); "
+                            "beats --os-cloud; MEC_CONPAAS_TOKEN beats OS_*")
+        parser.add_argument("--os-cloud", metavar="NAME",
+                            help="keystone credentials from this clouds.yaml entry "
+                            "(env OS_CLOUD; or the OS_* variables of an openrc), "
+                            "for a manager with [api] auth_strategy = keystone")
         return parser
 
     @property
     def client(self):
         if self._client is None:
-            self._client = client_mod.Client(self.options.url, self.options.token)
+            keystone = client_mod.keystone_for(self.options.token, self.options.os_cloud)
+            self._client = client_mod.Client(self.options.url, self.options.token,
+                                             keystone=keystone)
         return self._client
 
     def clean_up(self, cmd, result, err):

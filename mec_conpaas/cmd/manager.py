@@ -9,8 +9,13 @@ def main(argv=None):
     conf = conf_mod.parse_args(sys.argv[1:] if argv is None else argv,
                                prog="mec-conpaas-manager")
     setup_logging(conf)
+    from mec_conpaas import exception
     from mec_conpaas.manager import service
-    service.Manager(conf).serve()
+    try:
+        manager = service.Manager(conf)
+    except exception.MecError as e:  # a configuration to fix, e.g. the driver
+        sys.exit("mec-conpaas-manager: %s" % e.message)
+    manager.serve()
 
 
 if __name__ == "__main__":

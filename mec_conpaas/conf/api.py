@@ -32,6 +32,38 @@ Possible values:
 * false: answers are not checked (production)
 * true: answers are checked (see README, "OpenAPI document", for the cost)
 """),
+    cfg.StrOpt("auth_strategy", default="token", choices=[
+        ("token", "the PaaS's own bearer tokens (mec-conpaas-manage token create)"),
+        ("keystone", "keystone tokens, checked by keystonemiddleware")],
+               help="""
+Who vouches for the people calling the API.
+
+Possible values:
+* token: the PaaS's own tokens (the embedded edge's default); tenants are
+  created by ``mec-conpaas-manage token create --tenant``
+* keystone: keystone tokens (``X-Auth-Token``) validated by keystonemiddleware
+  with the ``[keystone_authtoken]`` options; a tenant is the token's keystone
+  project. Node agents keep their PaaS node tokens; a person's PaaS token is
+  refused.
+
+Related options:
+* keystone_admin_role
+* [keystone_authtoken], [oslo_policy] policy_file
+"""),
+    cfg.StrOpt("keystone_admin_role", default="admin",
+               help="""
+Keystone role that makes a caller a PaaS admin (auth_strategy = keystone).
+
+A token carrying this role (directly or implied) counts as ``role:admin`` in
+the policy (mec_conpaas/api/policy.py): drain and enable nodes, force deletes,
+list every project's services.
+
+Possible values:
+* the name of a keystone role
+
+Related options:
+* auth_strategy
+"""),
 ]
 
 

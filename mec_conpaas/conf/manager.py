@@ -10,6 +10,9 @@ Cloud driver that creates service instances.
 Possible values:
 * ``lxc``: libvirt LXC containers run by each node's node agent
   (the embedded edge, or Pis without OpenStack).
+* the name of any other driver registered under the ``mec_conpaas.drivers``
+  entry point (README, "Cloud drivers"); an unknown name stops the manager
+  with the list of the installed ones.
 """),
     cfg.IntOpt("node_heartbeat_timeout", default=15, min=2,
                help="""

@@ -113,6 +113,9 @@ class Instance(Base):
     node_name: Mapped[str] = mapped_column(String(64))
     address: Mapped[str | None] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16), default="worker")
+    # What the cloud driver returned to find the instance again (e.g. a
+    # nova server UUID); None for drivers that need only the id.
+    handle: Mapped[dict | None] = mapped_column(JSON)
     # BUILDING (STANDBY) -> ACTIVE -> DELETING; rows in BUILDING after a
     # crash are treated as never finished.  A DELETING row whose service no
     # operation holds (or that has no service) is the orphan sweep's.

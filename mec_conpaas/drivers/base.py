@@ -3,27 +3,64 @@
 A driver turns "an instance of service S on node N" into something that
 runs.  The manager calls only these methods; everything node-specific hides
 behind them.  As in libcloud, a driver declares the optional features it
-supports, and the manager checks them instead of catching
-NotImplementedError halfway through an operation.
+supports, and the manager checks them (:func:`require`) before it starts an
+operation, instead of catching NotImplementedError halfway through one.
+
+Drivers are registered under the ``mec_conpaas.drivers`` entry point and
+loaded by name (``[manager] driver``, see :mod:`mec_conpaas.drivers`).
+Every access point runs a node agent whatever the driver: a driver that
+creates instances elsewhere (nova) implements create/delete/list there and
+the rest through ``node.agent``, the node agent's client.
 """
 import abc
 import dataclasses
 
-FEATURE_FREEZE = "freeze"           # cgroup-freezer suspend/resume
-FEATURE_STATE_COPY = "state_copy"   # host-side copy of the state directory
+from mec_conpaas import exception
+from mec_conpaas.drivers import nodeagent
+
+FEATURE_FREEZE = "freeze"              # freeze/thaw (cgroup freezer)
+FEATURE_STATE_COPY = "state_copy"      # node-to-node copy of the state directory
+FEATURE_STATE_EXPORT = "state_export"  # state directory out and in as a tar
 FEATURE_LOGS = "logs"
+FEATURES = (FEATURE_FREEZE, FEATURE_STATE_COPY, FEATURE_STATE_EXPORT,
+            FEATURE_LOGS)
+
+# What each operation needs beyond create/delete/list, checked before it
+# is accepted: a migration freezes the source and copies its state, a stop
+# saves every instance's state on the manager and a start puts it back.
+OPERATION_FEATURES = {
+    "migrate": (FEATURE_FREEZE, FEATURE_STATE_COPY),
+    "drain": (FEATURE_FREEZE, FEATURE_STATE_COPY),
+    "stop": (FEATURE_STATE_EXPORT,),
+    "start": (FEATURE_STATE_EXPORT,),
+    "logs": (FEATURE_LOGS,),
+}
+
+
+class FeatureNotSupported(exception.Conflict):
+    code = "feature_not_supported"
+
+
+def require(driver, operation):
+    """Raise FeatureNotSupported, naming what is missing, if ``driver``
+    cannot do ``operation`` (a key of OPERATION_FEATURES)."""
+    missing = [f for f in OPERATION_FEATURES.get(operation, ())
+               if f not in driver.features]
+    if missing:
+        raise FeatureNotSupported(
+            "%s is not supported by this cloud's driver %r: it lacks the "
+            "feature(s) %s; nothing was started (an admin can choose another "
+            "[manager] driver)" % (operation, driver.name, ", ".join(missing)))
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeRef:
+    """A node as drivers see it: its name, the client of its node agent
+    (the AP-local data path) and its host name (what a cloud calls the
+    hypervisor, e.g. for nova's host targeting)."""
     name: str
-    address: str
-    agent_port: int
-    agent_token: str
-
-    @property
-    def url(self):
-        return "http://%s:%d" % (self.address, self.agent_port)
+    agent: nodeagent.NodeAgentClient
+    hostname: str | None = None
 
 
 @dataclasses.dataclass
@@ -47,18 +84,33 @@ class CloudDriver(abc.ABC):
     name = None
     features = frozenset()
 
-    @abc.abstractmethod
-    def create_instance(self, node: NodeRef, spec: InstanceSpec) -> dict:
-        """Start an instance; return at least ``{"address": ...}``.
-        Must be idempotent for the same ``spec.id``."""
+    def __init__(self, conf=None):
+        self.conf = conf
+
+    def node_can_host(self, node) -> bool:
+        """Whether the node (its store record, ``models.Node``) can get
+        instances from this driver: placement leaves the others out."""
+        return node.max_instances > 0
 
     @abc.abstractmethod
-    def delete_instance(self, node: NodeRef, instance_id: str) -> None:
-        """Destroy an instance; deleting a missing one is not an error."""
+    def create_instance(self, node: NodeRef, spec: InstanceSpec) -> dict:
+        """Start an instance; return at least ``{"address": ...}``, and
+        ``"handle"``: whatever the driver needs later to find it again (a
+        nova server UUID), stored with the instance and given back to
+        ``delete_instance``.  Must be idempotent for the same ``spec.id``."""
+
+    @abc.abstractmethod
+    def delete_instance(self, node: NodeRef, instance_id: str,
+                        handle=None) -> None:
+        """Destroy an instance; deleting a missing one is not an error.
+        ``handle``: what ``create_instance`` returned as such (None if the
+        create did not get that far)."""
 
     @abc.abstractmethod
     def list_instances(self, node: NodeRef) -> list:
-        """Instances present on the node, ``[{"id", "service_id", ...}]``."""
+        """Instances present on the node, ``[{"id", "service_id", ...}]``,
+        with their ``"handle"`` if the driver has one (the orphan sweep
+        deletes those no instance row accounts for)."""
 
     def freeze(self, node, instance_id, quiesce_port=None):
         """Freeze when no request on ``quiesce_port`` is mid-processing."""
@@ -96,4 +148,5 @@ class CloudDriver(abc.ABC):
         raise NotImplementedError
 
     def logs(self, node, instance_id) -> str:
+        """The instance's app log (FEATURE_LOGS)."""
         raise NotImplementedError

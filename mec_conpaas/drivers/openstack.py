@@ -54,7 +54,7 @@ class OpenstackDriver(lxc.LxcDriver):
     def __init__(self, conf=None):
         if conf is None:
             from mec_conpaas.conf import CONF as conf
-        self.conf = conf
+        super().__init__(conf)
         self._conn = None
         self._image_lock = threading.Lock()
         self._image_id = None
@@ -218,7 +218,7 @@ class OpenstackDriver(lxc.LxcDriver):
                                 ip["subnet_id"])
             # The node agent adopts the domain nova started (see
             # agents/node/nova.py): configuration, bundle, secret, address.
-            info = self._call(node, "POST", "/v1/instances", dict(
+            info = node.agent.call("POST", "/v1/instances", dict(
                 dataclasses.asdict(spec), server_id=server.id, address=ip["ip_address"],
                 cidr=subnet.cidr, gateway=subnet.gateway_ip or ""), timeout=180)
         except Exception as e:
@@ -237,7 +237,7 @@ class OpenstackDriver(lxc.LxcDriver):
                     "the base service image is missing from glance (%s); it is "
                     "uploaded again on the next create: retry" % e.message) from None
             raise
-        return dict(info, server_id=server.id)
+        return dict(info, server_id=server.id, handle=server.id)
 
     def _wait_active(self, node, spec, server):
         deadline = time.monotonic() + self.conf.openstack.boot_timeout
@@ -275,7 +275,11 @@ class OpenstackDriver(lxc.LxcDriver):
             self._os("deleting the port", "network.delete_port", port,
                        ignore_missing=True)
 
-    def delete_instance(self, node, instance_id):
+    def node_can_host(self, node):
+        # Only APs whose node agent adopts nova's domains.
+        return node.container_backend == "nova" and node.max_instances > 0
+
+    def delete_instance(self, node, instance_id, handle=None):
         try:
             super().delete_instance(node, instance_id)  # the node agent forgets it
         except exception.NodeError as e:
@@ -291,7 +295,8 @@ class OpenstackDriver(lxc.LxcDriver):
             if iid and server.availability_zone == self.zone(node):
                 out.append({"id": iid,
                             "service_id": server.metadata.get("mec_service_id"),
-                            "state": server.status, "server_id": server.id})
+                            "state": server.status, "server_id": server.id,
+                            "handle": server.id})
         return out
 
     # -- inventory -------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Bearer tokens.  Only SHA-256 digests are stored: a leaked database
-does not leak credentials."""
+"""Who is calling: the PaaS's own bearer tokens, or a keystone project's
+user (mec_conpaas/api/keystone.py).  Only SHA-256 digests of PaaS tokens
+are stored: a leaked database does not leak credentials."""
 import dataclasses
 import hashlib
 import secrets
@@ -20,6 +21,20 @@ class Context:
     user: str
     tenant_id: str | None
     token_id: str | None = None  # for logs: which token, never its secret
+    # Keystone's role names (with implied ones) when keystone vouched, else
+    # None: then ``role`` is the PaaS token's.
+    roles: tuple | None = None
+
+    def creds(self):
+        """What the policy (mec_conpaas/api/policy.py) checks against:
+        keystone's roles as they are (a keystone reader is no member), plus
+        ``admin`` for [api] keystone_admin_role."""
+        if self.roles is None:
+            roles = {self.role}
+        else:
+            roles = set(self.roles) | ({"admin"} if self.role == "admin" else set())
+        return {"roles": sorted(roles), "user": self.user,
+                "project_id": self.tenant_id}
 
 
 def issue(session, role, user, tenant_id=None):
@@ -35,6 +50,26 @@ def ensure_tenant(session, name):
         tenant = models.Tenant(name=name)
         session.add(tenant)
         session.flush()
+    return tenant
+
+
+def ensure_project(session, project_id, project_name):
+    """The tenant of a keystone project: keyed by the project's id, named
+    by its name (kept current: projects can be renamed). A name another
+    tenant row holds (a PaaS-token tenant, or a deleted project's) gets the
+    id's start appended, so names stay unique."""
+    tenant = session.get(models.Tenant, project_id)
+    name = project_name or project_id
+    clash = session.scalar(select(models.Tenant).where(
+        models.Tenant.name == name, models.Tenant.id != project_id))
+    if clash is not None:
+        name = "%s-%s" % (name[:55], project_id[:8])
+    if tenant is None:
+        tenant = models.Tenant(id=project_id, name=name)
+        session.add(tenant)
+        session.flush()
+    elif tenant.name != name:
+        tenant.name = name
     return tenant
 
 

@@ -9,21 +9,18 @@ import json
 import logging
 import os
 import threading
-import time
 
 from sqlalchemy import select
 
 from mec_conpaas import exception
-from mec_conpaas.agents.node import httpserver
-from mec_conpaas.agents.node import isolation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
+from mec_conpaas.drivers import nodeagent
 from mec_conpaas.manager import topology as topology_mod
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
-SERVICE_AGENT_PORT = 8999
 
 
 class Cluster:
@@ -63,8 +60,10 @@ class Cluster:
 
     @staticmethod
     def ref(node):
-        return base.NodeRef(node.name, node.address, node.agent_port,
-                            node.agent_token)
+        """What drivers get of a node: its name and its node agent's
+        client."""
+        return base.NodeRef(node.name, nodeagent.NodeAgentClient(
+            node.address, node.agent_port, node.agent_token), node.hostname)
 
     def node_ref(self, session, name):
         node = session.scalar(select(models.Node).where(models.Node.name == name))
@@ -79,9 +78,10 @@ class Cluster:
         used = {}
         for inst in session.scalars(select(models.Instance)):
             used[inst.node_name] = used.get(inst.node_name, 0) + 1
+        # A node the driver cannot put instances on is never schedulable.
         return {n.name: {"max_instances": n.max_instances,
                          "used": used.get(n.name, 0), "up": n.state == "up",
-                         "schedulable": not n.disabled}
+                         "schedulable": not n.disabled and self.driver.node_can_host(n)}
                 for n in self.nodes(session)}
 
     def free_slots(self, session, node=None):
@@ -143,9 +143,7 @@ class Cluster:
                 # addresses are instances (see agents/node/isolation.py).
                 nets = sorted({n.instance_network for n in self.nodes(s)
                                if n.instance_network})
-            futures = {name: self._pool.submit(
-                httpserver.call, "PUT", ref.url + "/v1/proxy", ref.agent_token,
-                {"services": services, "instance_networks": nets}, 30)
+            futures = {name: self._pool.submit(ref.agent.put_proxies, services, nets)
                 for name, (ref, services) in plan.items()}
             for name, fut in futures.items():
                 try:
@@ -177,62 +175,32 @@ class Cluster:
             pass
 
     # -- service agents --------------------------------------------------
-    @staticmethod
-    def agent_secret(ref, instance_id):
-        """The secret of an instance's service agent on node ``ref``."""
-        return isolation.agent_secret(ref.agent_token, instance_id)
-
     def service_agent(self, instance_id):
-        """``(address, secret)`` of an instance's service agent, for
-        ``agent_call`` and ``wait_healthy``."""
+        """The client of an instance's service agent (``post``,
+        ``wait_healthy``)."""
         with session_scope() as s:
             inst = s.get(models.Instance, instance_id)
             if inst is None:
                 raise exception.NotFound("no instance %s" % instance_id)
-            return inst.address, self.agent_secret(
-                self.node_ref(s, inst.node_name), instance_id)
+            return self.node_ref(s, inst.node_name).agent.service_agent(
+                instance_id, inst.address)
 
-    def wait_healthy(self, address, secret=None, timeout=None):
-        """Wait for the service agent's health; with its ``secret`` the
-        answer says why it is not healthy (without, only whether)."""
-        timeout = timeout or self.conf.manager.health_timeout
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                resp = httpserver.call("GET", "http://%s:%d/health" % (
-                    address, SERVICE_AGENT_PORT), secret, timeout=2)
-                if resp and resp.get("healthy"):
-                    return resp
-                last = resp.get("detail") if resp else last
-            except exception.NodeError as e:
-                last = e.message
-            time.sleep(0.1)
-        raise exception.NodeError("instance %s did not become healthy within "
-                                  "%ds: %s" % (address, timeout, last))
+    def wait_healthy(self, agent):
+        """Wait, at most ``[manager] health_timeout``, for a service agent's
+        health."""
+        return agent.wait_healthy(self.conf.manager.health_timeout)
 
-    def agent_call(self, address, secret, path, body=None, timeout=10,
-                   wait_up=False):
-        """POST to an instance's service agent (``secret``: see
-        ``agent_secret``); with ``wait_up``, retry while the container is
-        still booting (nothing listens yet)."""
-        deadline = time.monotonic() + self.conf.manager.health_timeout
-        while True:
-            try:
-                return httpserver.call("POST", "http://%s:%d%s" % (
-                    address, SERVICE_AGENT_PORT, path), secret, body=body or {},
-                    timeout=timeout)
-            except exception.NodeError as e:
-                if not wait_up or getattr(e, "remote_status", None) or \
-                        time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
+    def agent_call(self, agent, path, body=None, timeout=10, wait_up=False):
+        """POST to a service agent; with ``wait_up``, retry while its
+        container is still booting (nothing listens yet)."""
+        return agent.post(path, body, timeout=timeout,
+                          wait_up=self.conf.manager.health_timeout if wait_up else 0)
 
-    def start_app(self, address, secret):
+    def start_app(self, agent):
         """Release a held instance (its state is in) and wait until its app
         is healthy."""
-        self.agent_call(address, secret, "/start", wait_up=True)
-        return self.wait_healthy(address, secret)
+        self.agent_call(agent, "/start", wait_up=True)
+        return self.wait_healthy(agent)
 
     def notify_peers(self, service_id):
         with session_scope() as s:
@@ -240,17 +208,15 @@ class Cluster:
             # The master first: workers find it there after it moved.
             active = [i for i in sorted(svc.instances, key=lambda i: i.role != "master")
                       if i.state == "ACTIVE" and i.address] if svc else []
-            tokens = {n.name: n.agent_token for n in self.nodes(s)}
+            refs = {n.name: self.ref(n) for n in self.nodes(s)}
             addrs = [i.address for i in active]
-            agents = [(i.address, isolation.agent_secret(tokens[i.node_name], i.id))
-                      for i in active if i.node_name in tokens]
-        for addr, secret in agents:
+            agents = [refs[i.node_name].agent.service_agent(i.id, i.address)
+                      for i in active if i.node_name in refs]
+        for agent in agents:
             try:
-                httpserver.call("POST", "http://%s:%d/notify" % (
-                    addr, SERVICE_AGENT_PORT), secret, body={"peers": addrs},
-                    timeout=10)
+                agent.post("/notify", {"peers": addrs})
             except exception.NodeError as e:
-                LOG.warning("notify %s: %s", addr, e.message)
+                LOG.warning("notify %s: %s", agent.address, e.message)
 
     def sweep_orphans(self):
         """Delete containers no instance row accounts for.
@@ -261,7 +227,7 @@ class Cluster:
         """
         with session_scope() as s:
             refs = [self.ref(n) for n in self.nodes(s, up_only=True)
-                    if n.container_backend == "libvirt"]
+                    if self.driver.node_can_host(n)]
         present = {}
         for ref in refs:
             try:
@@ -278,7 +244,7 @@ class Cluster:
                 LOG.warning("removing orphan container %s on %s", inst["id"],
                             ref.name)
                 try:
-                    self.driver.delete_instance(ref, inst["id"])
+                    self.driver.delete_instance(ref, inst["id"], inst.get("handle"))
                     removed.append(inst["id"])
                 except exception.NodeError as e:
                     LOG.warning("orphan %s on %s: %s", inst["id"], ref.name,

@@ -21,7 +21,6 @@ import logging
 from sqlalchemy import select
 
 from mec_conpaas import exception
-from mec_conpaas.agents.node import httpserver
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import engine as engine_mod
@@ -58,8 +57,7 @@ def lost(nodes, now, started, grace, heartbeat_timeout, unreachable):
 def agent_error(ref):
     """None if the node agent answers its health check, else why not."""
     try:
-        httpserver.call("GET", ref.url + "/v1/health", ref.agent_token,
-                        timeout=PROBE_TIMEOUT)
+        ref.agent.health(timeout=PROBE_TIMEOUT)
         return None
     except exception.NodeError as e:
         return e.message

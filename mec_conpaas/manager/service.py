@@ -5,11 +5,12 @@ import os
 import tarfile
 import threading
 
+from mec_conpaas import drivers
 from mec_conpaas.db import session as db
-from mec_conpaas.drivers import lxc
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import services
 from mec_conpaas.manager import snapshots
 from mec_conpaas.manager import workflows
 
@@ -40,10 +41,13 @@ class Manager:
 
     def __init__(self, conf):
         self.conf = conf
+        # First: a driver that cannot be loaded stops the start with
+        # nothing changed.
+        self.driver = drivers.load(conf.manager.driver, conf)
         if conf.database.auto_migrate:
             db.upgrade()
-        self.driver = lxc.load(conf.manager.driver)
         self.cluster = cluster_mod.Cluster(conf, self.driver)
+        self.services = services.Services(self.cluster)
         self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
         self.sweeper = workflows.Sweeper(self.cluster)
         self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)

@@ -32,7 +32,6 @@ import time
 from sqlalchemy import select
 
 from mec_conpaas import exception
-from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import statesync
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
@@ -171,17 +170,11 @@ class Snapshots:
         return removed
 
     # -- talking to node agents -------------------------------------------
-    @staticmethod
-    def _state_url(ref, instance_id):
-        return ref.url + "/v1/instances/%s/state" % instance_id
-
     def take(self, service_id, instance_id, ref):
         """Snapshot one instance; True if anything was copied."""
-        url = self._state_url(ref, instance_id)
-        # "snapshot": a read only; the base of a migration's delta push,
-        # which the node agent keeps per served manifest, stays untouched.
-        remote = httpserver.call("GET", url + "/manifest", ref.agent_token,
-                                 {"snapshot": True}, timeout=30)["manifest"]
+        # A read only: the base of a migration's delta push, which the node
+        # agent keeps per served manifest, stays untouched.
+        remote = ref.agent.state_manifest(instance_id, snapshot=True)
         size = state_bytes(remote)
         limit = self.conf.manager.snapshot_max_bytes
         if limit and size > limit:
@@ -192,9 +185,9 @@ class Snapshots:
                 self._too_big[instance_id] = size
             return False
         self._too_big.pop(instance_id, None)
-        return self.apply(service_id, instance_id, remote, lambda paths: httpserver.call(
-            "POST", url + "/export", ref.agent_token, {"paths": paths}, raw=True,
-            timeout=300), node=ref.name)
+        return self.apply(service_id, instance_id, remote,
+                          lambda paths: ref.agent.state_export(instance_id, paths),
+                          node=ref.name)
 
     def run_once(self, cluster):
         """One round: every ACTIVE instance of a RUNNING service that no

@@ -20,6 +20,7 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine
 from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import services as services_mod
 from mec_conpaas.manager import snapshots
 from mec_conpaas.policies import placement
 
@@ -32,6 +33,8 @@ class Workflow:
     def __init__(self, cluster):
         self.cluster = cluster
         self.driver = cluster.driver
+        # The decisions the API takes too (placement, capacity).
+        self.services = services_mod.Services(cluster)
 
     # -- shared steps ----------------------------------------------------
     def set_state(self, service_id, state, error=None):
@@ -72,13 +75,15 @@ class Workflow:
         ctx.record(created=ctx.journal.get("created", []) + [spec.id])
         info = self.driver.create_instance(ref, spec)
         with session_scope() as s:
-            s.get(models.Instance, spec.id).address = info["address"]
-        secret = self.cluster.agent_secret(ref, spec.id)
+            inst = s.get(models.Instance, spec.id)
+            inst.address = info["address"]
+            inst.handle = info.get("handle")
+        agent = ref.agent.service_agent(spec.id, info["address"])
         if fill is None:
-            self.cluster.wait_healthy(info["address"], secret)
+            self.cluster.wait_healthy(agent)
         else:
             fill(ref, spec.id)
-            self.cluster.start_app(info["address"], secret)
+            self.cluster.start_app(agent)
         with session_scope() as s:
             s.get(models.Instance, spec.id).state = state_after
         return spec.id
@@ -113,6 +118,7 @@ class Workflow:
                 models.Node.name == inst.node_name))
             down = node is None or node.last_heartbeat < \
                 self.cluster.heartbeat_deadline()
+            handle = inst.handle
             if down:
                 inst.state = "DELETING"
                 if force:
@@ -128,7 +134,7 @@ class Workflow:
                                        | {"%s@%s" % (instance_id, inst.node_name)}))
             return force
         try:
-            self.driver.delete_instance(ref, instance_id)
+            self.driver.delete_instance(ref, instance_id, handle)
         except exception.NodeError as e:
             if not force:
                 raise
@@ -198,12 +204,7 @@ class Workflow:
     def grow(self, ctx, service_id, count, home, node=None):
         """Add instances: on ``node`` if named, else by placement policy."""
         with session_scope() as s:
-            capacity = self.cluster.capacity(s)
-            names = [n.name for n in self.cluster.nodes(s)]
-        if node:
-            capacity = {n: v for n, v in capacity.items() if n == node}
-        targets = placement.place(count, node or home, capacity,
-                                  self.cluster.distances(names))
+            targets = self.services.place(s, count, home, only=node)
         for n, node in enumerate(targets, 1):
             ctx.progress(10 + int(70 * (n - 1) / len(targets)),
                          "starting instance %d/%d on %s" % (n, len(targets), node))
@@ -365,10 +366,10 @@ class MigrateService(Workflow):
         pair = dict(ctx.journal["pair"], new=new_id)
         with session_scope() as s:
             to_ref = self.cluster.node_ref(s, target)
-        new_addr, new_secret = self.cluster.service_agent(new_id)
+        new_agent = self.cluster.service_agent(new_id)
         # Without restore.sh the target's app is stopped now, outside the
         # critical window, and started again once the final delta is in.
-        mode = self.cluster.agent_call(new_addr, new_secret, "/restore",
+        mode = self.cluster.agent_call(new_agent, "/restore",
                                        {"phase": "prepare"})["mode"]
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
@@ -379,7 +380,7 @@ class MigrateService(Workflow):
                                             quiesce_port=APP_PORT, restore=True)
         if final.get("restore") is None:
             final["restore"] = self.cluster.agent_call(
-                new_addr, new_secret, "/restore", {"phase": "finish"}, timeout=70)
+                new_agent, "/restore", {"phase": "finish"}, timeout=70)
         marks.append(("freeze_copy_restore", time.monotonic()))
         self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
                     pair=dict(pair, frozen=True, switched=True))
@@ -480,10 +481,9 @@ class StopService(Workflow):
                 ref = self.cluster.node_ref(s, inst.node_name)
                 entry = {"instance": iid, "role": inst.role, "node": inst.node_name,
                          "file": iid + ".tar"}
-                addr = inst.address
+                agent = ref.agent.service_agent(iid, inst.address)
             try:
-                res = self.cluster.agent_call(
-                    addr, self.cluster.agent_secret(ref, iid), "/stop", timeout=60)
+                res = self.cluster.agent_call(agent, "/stop", timeout=60)
                 LOG.info("instance %s stopped, cleanup.sh exit code %s", iid,
                          res.get("cleanup_exit_code"))
             except exception.NodeError as e:
@@ -506,9 +506,9 @@ class StopService(Workflow):
                 models.Instance.id.in_(ctx.journal.get("stopping", [])))))
         for iid in present:
             try:
-                addr, secret = self.cluster.service_agent(iid)
-                self.cluster.agent_call(addr, secret, "/start")  # no-op if still running
-                self.cluster.wait_healthy(addr, secret)
+                agent = self.cluster.service_agent(iid)
+                self.cluster.agent_call(agent, "/start")  # no-op if still running
+                self.cluster.wait_healthy(agent)
             except exception.NodeError as e:
                 # Its node is down (why the stop failed, most likely): it
                 # is the service's again as it was, for its node's return
@@ -538,9 +538,7 @@ class StartService(Workflow):
             if entry["instance"] in ctx.journal.get("restored", []):
                 continue
             with session_scope() as s:
-                names = [x.name for x in self.cluster.nodes(s)]
-                node = placement.place(1, entry["node"], self.cluster.capacity(s),
-                                       self.cluster.distances(names))[0]
+                node = self.services.place(s, 1, entry["node"])[0]
             with open(os.path.join(path, entry["file"]), "rb") as f:
                 data = f.read()
             ctx.progress(10 + 75 * (n - 1) // len(index), "starting instance "
@@ -689,12 +687,9 @@ class HealService(Workflow):
         return node in up and nodeloss.agent_error(up[node]) is None
 
     def _target(self, old_id, home, lost):
-        with session_scope() as s:
-            capacity = self.cluster.capacity(s)
-            names = [n.name for n in self.cluster.nodes(s)]
         try:
-            return placement.place(1, home, capacity, self.cluster.distances(names),
-                                   exclude=lost)[0]
+            with session_scope() as s:
+                return self.services.place(s, 1, home, exclude=lost)[0]
         except exception.InsufficientCapacity:
             raise exception.InsufficientCapacity(
                 "instance %s was lost with node %s and cannot be re-placed: no "
@@ -737,6 +732,11 @@ class HealService(Workflow):
             ctx.progress(pct, step + "putting the last snapshot of %s into "
                          "the held %s" % (old_id, new_id))
             data, meta = self.snapshots.archive(sid, old_id)
+            if data is not None and base.FEATURE_STATE_EXPORT not in self.driver.features:
+                LOG.warning("driver %s cannot import state: replacement %s of %s "
+                            "starts with an empty state directory",
+                            self.driver.name, new_id, old_id)
+                data = meta = None
             if data is None:
                 LOG.warning("instance %s had no snapshot: its replacement %s "
                             "starts with an empty state directory", old_id, new_id)

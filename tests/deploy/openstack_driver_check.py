@@ -22,6 +22,7 @@ from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
 from mec_conpaas.drivers import base
+from mec_conpaas.drivers import nodeagent
 from mec_conpaas.drivers import openstack as os_driver
 
 SAMPLE = os.path.join(os.path.dirname(conf_mod.__file__), "..", "samples", "webcounter",
@@ -37,7 +38,8 @@ def setup():
 def node_ref(name):
     with db.session_scope() as s:
         node = s.scalar(select(models.Node).where(models.Node.name == name))
-        return base.NodeRef(node.name, node.address, node.agent_port, node.agent_token)
+        return base.NodeRef(node.name, nodeagent.NodeAgentClient(
+            node.address, node.agent_port, node.agent_token), node.hostname)
 
 
 def bundle(conf):

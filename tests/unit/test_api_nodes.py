@@ -8,9 +8,11 @@ from sqlalchemy import select
 from mec_conpaas.api import app as app_mod
 from mec_conpaas.db import models
 from mec_conpaas.db import session as db
+from mec_conpaas.drivers import lxc
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import service
+from mec_conpaas.manager import services
 
 TOPO = """
 nodes: {ap-1: {}, ap-2: {}, ap-3: {}}
@@ -29,9 +31,13 @@ class Engine:
 
 
 class Manager:
-    def __init__(self, conf):
+    """The API's manager with the real service layer and the reference
+    driver (no node is called: the workflows do not run)."""
+
+    def __init__(self, conf, driver=None):
         self.conf = conf
-        self.cluster = cluster_mod.Cluster(conf, driver=None)
+        self.cluster = cluster_mod.Cluster(conf, driver or lxc.LxcDriver(conf))
+        self.services = services.Services(self.cluster)
         self.engine = Engine()
         self.sample_bundle = service.build_sample_bundle
 
@@ -217,9 +223,10 @@ def test_disabled_node_is_refused_as_a_target(edge):
     # Free slots no longer count the disabled node.
     status, body = alice("POST", "/v1/services/web/scale", json={"count": 7})
     assert status == 409 and "have 5 free slot(s)" in body["error"]["message"]
-    # Without a named node, the new service's home is the first enabled one.
+    # Without a named node, the new service's home is an enabled one: ap-3,
+    # whose slots are all free (ap-2 runs web's instance).
     status, body = alice("POST", "/v1/services", data={"type": "web", "name": "new"})
-    assert status == 202 and body["service"]["home_node"] == "ap-2"
+    assert status == 202 and body["service"]["home_node"] == "ap-3"
     assert admin("POST", "/v1/nodes/ap-1/enable")[0] == 200
     assert alice("POST", "/v1/services/web/scale", json={"count": 2, "node": "ap-1"}
                  )[0] == 202

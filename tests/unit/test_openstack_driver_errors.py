@@ -7,6 +7,7 @@ import pytest
 
 from mec_conpaas import exception
 from mec_conpaas.drivers import base
+from mec_conpaas.drivers import nodeagent
 from mec_conpaas.drivers import openstack as os_driver
 
 
@@ -34,7 +35,7 @@ def test_unreachable_keystone_is_a_clear_error(unreachable):
 
 
 def test_create_with_keystone_down_fails_before_anything_exists(unreachable):
-    node = base.NodeRef("ap-1", "127.0.0.1", 9, "token")
+    node = base.NodeRef("ap-1", nodeagent.NodeAgentClient("127.0.0.1", 9, "token"))
     spec = base.InstanceSpec(id="00000000-0000-0000-0000-000000000001", service_id="s",
                              service_name="web", service_type="web", bundle_sha256="0" * 64,
                              memory_mb=128, cpus=0.5)
