@@ -11,11 +11,12 @@ from mec_conpaas.conf import database
 from mec_conpaas.conf import edge
 from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
+from mec_conpaas.conf import openstack
 from mec_conpaas.conf import paths
 
 CONF = cfg.CONF
 
-for _module in (paths, api, database, manager, node_agent, edge):
+for _module in (paths, api, database, manager, node_agent, edge, openstack):
     _module.register_opts(CONF)
 
 

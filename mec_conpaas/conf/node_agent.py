@@ -32,7 +32,10 @@ Possible values:
                help="Seconds between heartbeats with a resource report."),
     cfg.StrOpt("container_backend", default="libvirt",
                choices=[("libvirt", "libvirt LXC driver on this host"),
-                        ("none", "containers are run by nova-compute")],
+                        ("nova", "nova-compute creates the instances ([manager] "
+                                 "driver = openstack); the agent configures, "
+                                 "freezes and copies state of nova's domains"),
+                        ("none", "no instances: the node only proxies")],
                help="How this node runs service instances."),
     cfg.StrOpt("libvirt_uri", default="lxc:///system",
                help="libvirt connection URI of the local LXC driver."),

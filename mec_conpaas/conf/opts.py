@@ -4,12 +4,13 @@ from mec_conpaas.conf import database
 from mec_conpaas.conf import edge
 from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
+from mec_conpaas.conf import openstack
 from mec_conpaas.conf import paths
 
 
 def list_opts():
     grouped = {}
-    for module in (paths, api, database, manager, node_agent, edge):
+    for module in (paths, api, database, manager, node_agent, edge, openstack):
         grouped.update(module.list_opts())
     return [(group if group == "DEFAULT" else group, opts)
             for group, opts in grouped.items()]

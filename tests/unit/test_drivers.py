@@ -83,7 +83,7 @@ def test_a_registered_driver_loads_and_an_unknown_name_lists_them(conf, minimal)
         drivers.load("nova-lxc", conf)
     assert e.value.message == (
         "unknown cloud driver 'nova-lxc' in [manager] driver: the installed ones "
-        "are broken, lxc, minimal (registered under the mec_conpaas.drivers "
+        "are broken, lxc, minimal, openstack (registered under the mec_conpaas.drivers "
         "entry point)")
     with pytest.raises(exception.MecError) as e:
         drivers.load("broken", conf)

@@ -24,7 +24,11 @@ log() { echo "[deploy-ci +$(( $(date +%s) - T0 ))s] $*"; }
 cleanup() {
     local rc=$?
     log "cleanup"
-    MEC_DEPLOY_DESTROY_BASE=1 bash "$REPO/tools/deploy/testbed.sh" down || true
+    if [ -n "${MEC_DEPLOY_KEEP:-}" ]; then
+        log "MEC_DEPLOY_KEEP set: the test bed stays up (tools/deploy/testbed.sh down removes it)"
+    else
+        MEC_DEPLOY_DESTROY_BASE=1 bash "$REPO/tools/deploy/testbed.sh" down || true
+    fi
     # apt-cacher-ng's postinst may have started the distribution's daemon
     if [ -n "${ACNG_WAS_RUNNING:-}" ] && [ "$ACNG_WAS_RUNNING" = no ] && [ -x /etc/init.d/apt-cacher-ng ]; then
         /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true

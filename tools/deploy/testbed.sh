@@ -144,7 +144,8 @@ PassThroughPattern: ^$
 ACNG
     chown -R apt-cacher-ng: "$STATE/acng" /var/cache/mec-deploy-acng-$PREFIX
     if [ -f "$STATE/acng.pid" ] && kill -0 "$(cat "$STATE/acng.pid")" 2>/dev/null; then return; fi
-    apt-cacher-ng -c "$STATE/acng/cfg" ForeGround=1 >"$STATE/acng/out.log" 2>&1 &
+    # its own session: a kept test bed (MEC_DEPLOY_KEEP) keeps its mirror after the run
+    setsid apt-cacher-ng -c "$STATE/acng/cfg" ForeGround=1 >"$STATE/acng/out.log" 2>&1 &
     echo $! > "$STATE/acng.pid"
     for _ in $(seq 50); do
         curl -s -o /dev/null "http://$HOSTIP:$ACNG_PORT/acng-report.html" && return

@@ -80,6 +80,11 @@ class NodeAgent:
             from mec_conpaas.agents.node import containers
             os.makedirs(opts.instances_path, exist_ok=True)
             self.containers = containers.LibvirtContainers(conf, self.fetch_bundle)
+        elif opts.container_backend == "nova":
+            from mec_conpaas.agents.node import nova
+            os.makedirs(opts.instances_path, exist_ok=True)
+            self.containers = nova.NovaContainers(conf, self.fetch_bundle)
+        if self.containers is not None:
             self.containers.agent_secret = self.agent_secret
         self.isolation = isolation_mod.Isolation(
             conf, self.containers.ports if self.containers else dict)
@@ -174,8 +179,7 @@ class NodeAgent:
     def _need_containers(self):
         if self.containers is None:
             raise exception.Conflict(
-                "this node's container_backend is 'none': its instances are "
-                "run by nova-compute")
+                "this node's container_backend is 'none': it runs no instances")
         return self.containers
 
     def router(self):

@@ -53,8 +53,10 @@ MEMSW = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
 AGENT_SECRET_FILE = "etc/mec-conpaas/agent-secret"
 
 
-def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
-    env = {
+def instance_env(spec, address):
+    """The service agent's environment: the domain's ``<initenv>`` here, the
+    configuration file a nova instance's init reads (agents/node/nova.py)."""
+    return {
         "MY_IP": address,
         "MY_ROLE": spec.get("role", "worker"),
         "MASTER_IP": spec.get("master_ip", ""),
@@ -69,6 +71,10 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
     }
+
+
+def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
+    env = instance_env(spec, address)
     initenv = "".join("<initenv name=%s>%s</initenv>" % (quoteattr(k), escape(v))
                       for k, v in env.items() if v)  # libvirt refuses empty values
     quota = max(1000, int(float(spec["cpus"]) * 100000))
@@ -156,10 +162,14 @@ class LibvirtContainers:
             self._conn = libvirt.open(self.conf.node_agent.libvirt_uri)
         return self._conn
 
+    def domain_name(self, instance_id):
+        """Name of an instance's libvirt domain (its cgroups carry it)."""
+        return PREFIX + instance_id
+
     def _domain(self, instance_id):
         import libvirt
         try:
-            return self.conn().lookupByName(PREFIX + instance_id)
+            return self.conn().lookupByName(self.domain_name(instance_id))
         except libvirt.libvirtError:
             return None
 
@@ -262,7 +272,7 @@ class LibvirtContainers:
             st = dom.state()[0]
             state = {libvirt.VIR_DOMAIN_RUNNING: "RUNNING",
                      libvirt.VIR_DOMAIN_PAUSED: "FROZEN"}.get(st, "SHUTOFF")
-            if state == "RUNNING" and _freezer_state(PREFIX + instance_id) == "FROZEN":
+            if state == "RUNNING" and _freezer_state(self.domain_name(instance_id)) == "FROZEN":
                 state = "FROZEN"
         return dict(meta, state=state)
 
@@ -300,11 +310,11 @@ class LibvirtContainers:
             if self.agent_secret:
                 _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
                               self.agent_secret(instance_id), *ids[:2])
-            xml = _domain_xml(PREFIX + instance_id, spec, paths, address,
+            xml = _domain_xml(self.domain_name(instance_id), spec, paths, address,
                               self.network.prefixlen, self.gateway, ids)
             _forget_neighbour(address)
             self.conn().createXML(xml, 0)
-            _limit_pids(PREFIX + instance_id, self.conf.node_agent.pids_limit)
+            _limit_pids(self.domain_name(instance_id), self.conf.node_agent.pids_limit)
         except Exception:
             LOG.exception("creating instance %s failed; cleaning up", instance_id)
             self.delete(instance_id)
@@ -364,14 +374,14 @@ class LibvirtContainers:
         if dom is not None:
             import libvirt
             try:
-                if _freezer_state(PREFIX + instance_id) != "THAWED":
+                if _freezer_state(self.domain_name(instance_id)) != "THAWED":
                     # A frozen instance was migrated away: its state is
                     # copied already.  SIGKILL every task while frozen, so
                     # that on thaw they die before running another
                     # instruction (no late write to the copied state, no
                     # late answer), and the peers see resets at once.
-                    _kill_frozen(PREFIX + instance_id)
-                    _set_freezer(PREFIX + instance_id, "THAWED")
+                    _kill_frozen(self.domain_name(instance_id))
+                    _set_freezer(self.domain_name(instance_id), "THAWED")
                 dom.destroy()
             except libvirt.libvirtError as e:
                 LOG.warning("destroying %s: %s", instance_id, e)
@@ -384,7 +394,7 @@ class LibvirtContainers:
                 if subprocess.run(["umount", paths[key]],
                                   capture_output=True).returncode:
                     subprocess.run(["umount", "-l", paths[key]], check=False)
-        _remove_pids_cgroup(PREFIX + instance_id)
+        _remove_pids_cgroup(self.domain_name(instance_id))
         shutil.rmtree(paths["base"], ignore_errors=True)
 
     def freeze(self, instance_id, quiesce_port=None, max_wait_ms=300):
@@ -401,7 +411,7 @@ class LibvirtContainers:
         """
         if self._domain(instance_id) is None:
             raise exception.NotFound("no running instance %s" % instance_id)
-        name = PREFIX + instance_id
+        name = self.domain_name(instance_id)
         deadline = time.monotonic() + max_wait_ms / 1000.0
         attempts = 0
         while True:
@@ -422,7 +432,7 @@ class LibvirtContainers:
     def thaw(self, instance_id):
         if self._domain(instance_id) is None:
             raise exception.NotFound("no running instance %s" % instance_id)
-        _set_freezer(PREFIX + instance_id, "THAWED")
+        _set_freezer(self.domain_name(instance_id), "THAWED")
 
     def address(self, instance_id):
         meta = self._meta(instance_id)
