@@ -56,8 +56,10 @@ global
     stats timeout 10s
     maxconn 4096
     hard-stop-after 30s
+    server-state-file {state}
 
 defaults
+    load-server-state-from-file global
     timeout connect 1s
     timeout client 60s
     timeout server 60s
@@ -121,6 +123,10 @@ class HAProxy:
     def __init__(self, conf):
         opts = conf.node_agent
         self.config_path = opts.haproxy_config
+        # Servers' addresses and states, saved before each reload so the new
+        # worker starts serving with them (not with every slot disabled).
+        self.state_path = os.path.join(os.path.dirname(self.config_path),
+                                       "servers.state")
         self.admin_socket = opts.haproxy_admin_socket
         self.master_socket = opts.haproxy_master_socket
         self.slots = opts.proxy_slots
@@ -128,7 +134,7 @@ class HAProxy:
 
     # -- configuration -------------------------------------------------
     def render(self, services):
-        text = GLOBAL.format(admin=self.admin_socket)
+        text = GLOBAL.format(admin=self.admin_socket, state=self.state_path)
         for sid in sorted(services):
             svc = services[sid]
             key = _key(sid)
@@ -202,8 +208,29 @@ class HAProxy:
         except OSError:
             return False
 
+    def _worker_pid(self):
+        for line in self._send(self.admin_socket, "show info", 1).splitlines():
+            if line.startswith("Pid:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
     def reload(self, services):
-        """Hitless reload; returns once the new worker serves the config."""
+        """Hitless reload; returns once the new worker serves the config.
+
+        The old worker may already have the same backends (a node agent
+        restarted with HAProxy running), so "the backends match" alone could
+        be answered by the worker on its way out, and the servers then set
+        on it instead of the new one: wait for a new worker's pid too.
+        """
+        try:
+            old = self._worker_pid()
+            state = self._send(self.admin_socket, "show servers state")
+            tmp = self.state_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(state)
+            os.replace(tmp, self.state_path)
+        except OSError:
+            old = None
         self._send(self.master_socket, "reload")
         wanted = {b for sid, svc in services.items()
                   for b in backends(sid, svc).values()}
@@ -214,7 +241,7 @@ class HAProxy:
                 have = {line.strip() for line in out.splitlines()[1:]}
                 if wanted <= have and not ({b for b in have
                                             if b.startswith(("be_", "bf_"))}
-                                           - wanted):
+                                           - wanted) and self._worker_pid() != old:
                     return
             except OSError:
                 pass
