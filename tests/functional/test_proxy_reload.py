@@ -1,5 +1,6 @@
 """An access point's HAProxy reload costs no request (regressions found by
-test_chaos): a node agent restarted under load."""
+test_chaos): a node agent restarted under load, and the reload another
+service's create or delete causes on every access point."""
 import json
 import signal
 import time
@@ -50,3 +51,23 @@ def test_agent_restart_costs_no_request(edge, admin):
     assert not bad, "%d of %d failed: %s" % (len(bad), len(results),
                                              json.dumps(bad[:3] + bad[-3:]))
 
+
+def test_reload_costs_other_services_no_request(edge, admin):
+    """Creating or deleting a service rewrites every access point's HAProxy
+    config and reloads it; the new worker started with every server slot
+    disabled until the node agent set them again, so the *other* services
+    answered 503 for a moment."""
+    load = None
+    try:
+        wait_op(admin, admin.create_service("web", "stay", node="ap-1"))
+        port = admin.service("stay")["port"]
+        load = Load(edge, "ap-1", port, interval=0.005)
+        for _ in range(2):
+            wait_op(admin, admin.create_service("web", "churn", node="ap-2"))
+            wait_op(admin, admin.delete_service("churn"))
+        results = load.stop()
+    finally:
+        clean_up(admin, load, "churn", "stay")
+    bad = [r for r in results if not r["ok"]]
+    assert not bad, "%d of %d failed: %s" % (len(bad), len(results),
+                                             json.dumps(bad[:3]))
