@@ -446,7 +446,10 @@ def consistency_problems(edge, admin):
                             % (ap, sorted(proxy), sorted(want)))
         for sid, p in proxy.items():
             addrs = {srv["addr"].rsplit(":", 1)[0] for srv in p["servers"]}
-            active = {i["address"] for i in want.get(sid, {}).get("instances", [])}
+            # An instance with no address yet (its create not that far) is
+            # no backend; the container check above still counts it.
+            active = {i["address"] for i in want.get(sid, {}).get("instances", [])
+                      if i["address"]}
             if addrs != active:
                 problems.append("%s: %s backends %s, instances %s" % (
                     ap, sid, sorted(addrs), sorted(active)))
