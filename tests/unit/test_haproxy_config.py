@@ -1,4 +1,8 @@
+import os
+import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -27,6 +31,11 @@ SERVICES = {"0b7e3a9c-1111-2222-3333-444455556666": {
     "maxconn": 0, "far_tier": "backup"}}
 
 
+# Every slot: its address set at run time, and kept across reloads
+# (``init-addr last`` from the server-state file; see haproxy.SERVER).
+SLOT = "unassigned.invalid:8080 init-addr last,0.0.0.0 check port 8999 disabled"
+
+
 def backend(text, name):
     return text.split("\nbackend " + name + "\n")[1].split("\n\n")[0]
 
@@ -47,10 +56,9 @@ def test_spill_tier_is_a_second_backend_behind_the_near_ones_queue(conf):
     text = haproxy.HAProxy(conf).render(SERVICES)
     for key in ("0b7e3a9c1111", "9f00aa111111"):  # http and tcp alike
         near, far = backend(text, "be_" + key), backend(text, "bf_" + key)
-        assert "server-template near 8 0.0.0.0:8080 check port 8999 disabled " \
-            "maxconn 16" in near and "far" not in near
-        assert "server-template far 8 0.0.0.0:8080 check port 8999 disabled " \
-            "maxconn 16\n" in far + "\n"
+        assert "server-template near 8 %s maxconn 16" % SLOT in near \
+            and "far" not in near
+        assert "server-template far 8 %s maxconn 16\n" % SLOT in far + "\n"
         assert "use_backend bf_%s if far_up near_busy || far_up near_down" % key in text
         assert "acl near_busy queue(be_%s) gt 0" % key in text
 
@@ -58,6 +66,48 @@ def test_spill_tier_is_a_second_backend_behind_the_near_ones_queue(conf):
 def test_backup_tier_is_the_old_single_backend(conf):
     text = haproxy.HAProxy(conf).render(SERVICES)
     near = backend(text, "be_77aa00111111")
-    assert "server-template far 8 0.0.0.0:8080 check port 8999 disabled backup" in near
+    assert "server-template far 8 %s backup" % SLOT in near
     assert "maxconn" not in near
     assert "bf_77aa00111111" not in text
+
+
+def master_listens(path):
+    with socket.socket(socket.AF_UNIX) as s:
+        return s.connect_ex(path) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("haproxy"),
+                    reason="needs root (its own network namespace) and haproxy")
+def test_reload_keeps_every_slots_address_and_state(conf):
+    """A reload for a new service: the new worker starts with the other
+    services' slots as they were (address, ready or drain), before the
+    agent says anything.  With IP-literal slots it started them at
+    0.0.0.0 and answered 503 until the agent set them again."""
+    proxy = haproxy.HAProxy(conf)
+    sid, new = "0b7e3a9c-1111-2222-3333-444455556666", "9f00aa11-1111-2222-3333-444455556666"
+    one = {sid: dict(SERVICES[sid], near=[{"addr": "10.9.0.5"}, {"addr": "10.9.0.6"}])}
+    proxy.write_config(one)
+    # Its own network namespace: the frontends bind nothing on the host.
+    proc = subprocess.Popen(["unshare", "-n", "haproxy", "-W", "-f", proxy.config_path,
+                             "-S", proxy.master_socket],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (proxy.alive() and master_listens(proxy.master_socket)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proxy.apply(one)
+        proxy.apply({sid: dict(one[sid], near=[{"addr": "10.9.0.5"}],
+                               draining=[{"addr": "10.9.0.6"}])})
+        before = proxy._slots("be_0b7e3a9c1111")
+        both = {sid: one[sid], new: SERVICES[new]}
+        assert proxy.write_config(both)
+        proxy.reload(both)  # no apply: only what the new worker started with
+        after = proxy._slots("be_0b7e3a9c1111")
+        assert after == before
+        assert after["near1"] == ("10.9.0.5", 4)  # ready (config's disabled undone)
+        assert after["near2"] == ("10.9.0.6", 4 | 8)  # draining
+        assert not os.path.exists(proxy.state_path)
+    finally:
+        proc.terminate()
+        proc.wait(10)

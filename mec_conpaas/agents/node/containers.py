@@ -679,16 +679,22 @@ def _container_pid(domain_name):
 
 
 def _requests_in_progress(domain_name, port):
-    """Established connections to ``port`` whose request was read (receive
-    queue empty) but not answered (send queue empty): being processed.
+    pid = _container_pid(domain_name)
+    return 0 if pid is None else _open_requests(pid, port)
+
+
+def _open_requests(pid, port):
+    """Established connections to ``port`` (in the network namespace of
+    ``pid``) whose request was read (receive queue empty) and that the app
+    has not closed: being processed, or answered only in part.
 
     Proxies close server-side connections after each response
-    (http-server-close), so an idle established connection is a request in
-    progress, not a kept-alive one.
+    (http-server-close), so an established connection is a request in
+    progress, not a kept-alive one, whatever its send queue holds: an app
+    that wrote its headers and not yet its body has unacknowledged bytes
+    queued (the chaos test froze such an instance and killed it, and the
+    client got the headers and no body).
     """
-    pid = _container_pid(domain_name)
-    if pid is None:
-        return 0
     busy = 0
     for table in ("tcp", "tcp6"):
         try:
@@ -699,7 +705,7 @@ def _requests_in_progress(domain_name, port):
         for line in lines:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            tx, rx = (int(x, 16) for x in fields[4].split(":"))
-            if local_port == port and fields[3] == "01" and rx == 0 and tx == 0:
+            rx = int(fields[4].split(":")[1], 16)  # tx_queue:rx_queue
+            if local_port == port and fields[3] == "01" and rx == 0:
                 busy += 1
     return busy

@@ -38,7 +38,13 @@ Moving instances between slots, draining and disabling go through
 HAProxy's runtime API, one batched exchange for both backends (a new near
 server is ready before a leaving far one stops); only adding or removing a
 service, or changing its far tier or maxconn, rewrites the configuration,
-with a hitless master-worker reload.
+with a hitless master-worker reload.  Every slot's address, admin state
+(ready, drain, maint) and health are saved to a server-state file just
+before the reload, and the new worker starts from them: a reload for one
+service costs the others no request.  The file is removed once the new
+worker serves, so an HAProxy started afresh (node boot, crash) starts with
+every slot disabled until the agent sets them, never with addresses that
+may belong to another tenant's instance by then.
 """
 import logging
 import os
@@ -56,8 +62,10 @@ global
     stats timeout 10s
     maxconn 4096
     hard-stop-after 30s
+    server-state-file {state}
 
 defaults
+    load-server-state-from-file global
     timeout connect 1s
     timeout client 60s
     timeout server 60s
@@ -84,8 +92,17 @@ backend {backend}
 {close}    http-check expect status 200
 {retry}{servers}"""
 
-SERVER = ("    server-template {tier} {slots} 0.0.0.0:8080 check port 8999 "
-          "disabled{maxconn}{backup}\n")
+# A slot's address is set at run time.  It is named by a host name that
+# never resolves (RFC 6761's .invalid; no ``resolvers`` section, and no
+# ``libc`` among the ``init-addr`` methods) so that ``init-addr last``
+# applies: a reloaded worker takes each slot's last address from the
+# server-state file.  HAProxy applies no saved address to a server
+# configured with an IP literal, so with ``0.0.0.0`` the new worker started
+# its instances' slots UP and ready (their saved state) at 0.0.0.0, failed
+# their checks at once and answered 503 until the node agent set the
+# addresses again: the other services' residual 503 at a reload.
+SERVER = ("    server-template {tier} {slots} unassigned.invalid:8080 "
+          "init-addr last,0.0.0.0 check port 8999 disabled{maxconn}{backup}\n")
 
 # Spill: a request goes to the far backend when the near one already has
 # requests waiting for a free slot (every near instance is at maxconn), or
@@ -121,6 +138,10 @@ class HAProxy:
     def __init__(self, conf):
         opts = conf.node_agent
         self.config_path = opts.haproxy_config
+        # Servers' addresses and states, saved before each reload so the new
+        # worker starts serving with them (not with every slot disabled).
+        self.state_path = os.path.join(os.path.dirname(self.config_path),
+                                       "servers.state")
         self.admin_socket = opts.haproxy_admin_socket
         self.master_socket = opts.haproxy_master_socket
         self.slots = opts.proxy_slots
@@ -128,7 +149,7 @@ class HAProxy:
 
     # -- configuration -------------------------------------------------
     def render(self, services):
-        text = GLOBAL.format(admin=self.admin_socket)
+        text = GLOBAL.format(admin=self.admin_socket, state=self.state_path)
         for sid in sorted(services):
             svc = services[sid]
             key = _key(sid)
@@ -202,9 +223,41 @@ class HAProxy:
         except OSError:
             return False
 
+    def _worker_pid(self):
+        for line in self._send(self.admin_socket, "show info", 1).splitlines():
+            if line.startswith("Pid:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
     def reload(self, services):
-        """Hitless reload; returns once the new worker serves the config."""
-        self._send(self.master_socket, "reload")
+        """Hitless reload; returns once the new worker serves the config.
+
+        The old worker may already have the same backends (a node agent
+        restarted with HAProxy running), so "the backends match" alone could
+        be answered by the worker on its way out, and the servers then set
+        on it instead of the new one: wait for a new worker's pid too.
+        """
+        try:
+            old = self._worker_pid()
+            state = self._send(self.admin_socket, "show servers state")
+            tmp = self.state_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(state)
+            os.replace(tmp, self.state_path)
+        except OSError:
+            old = None
+        try:
+            self._send(self.master_socket, "reload")
+            self._wait_new_worker(services, old)
+        finally:
+            # Read by the new worker as it started; a later fresh start
+            # must not take it (see the module docstring).
+            try:
+                os.unlink(self.state_path)
+            except OSError:
+                pass
+
+    def _wait_new_worker(self, services, old):
         wanted = {b for sid, svc in services.items()
                   for b in backends(sid, svc).values()}
         deadline = time.monotonic() + 15
@@ -214,7 +267,7 @@ class HAProxy:
                 have = {line.strip() for line in out.splitlines()[1:]}
                 if wanted <= have and not ({b for b in have
                                             if b.startswith(("be_", "bf_"))}
-                                           - wanted):
+                                           - wanted) and self._worker_pid() != old:
                     return
             except OSError:
                 pass
