@@ -65,14 +65,13 @@ class OpenstackDriver(lxc.LxcDriver):
 
         The manager calls the driver from several threads at once (the
         engine's and the cluster reconciler's pools, node-loss handling).
-        An ``openstack.connection.Connection`` is not thread-safe: its
+        An ``openstack.connection.Connection`` is not thread-safe (its
         proxies, the keystoneauth session's auth plugin and version
-        discovery cache and the ``requests`` session under it are shared
-        mutable state, and one connection shared by all threads once left a
-        ``service delete`` waiting forever on nova-api (see
-        docs/openstack-driver.rst, "The delete hang").  One connection per
-        thread shares nothing; the pools' threads live long, so each
-        authenticates once."""
+        discovery cache are shared mutable state): one connection per thread
+        shares nothing, and the pools' threads live long, so each
+        authenticates once.  (The delete that hung on the test bed was
+        nova-api's, not this: docs/openstack-driver.rst, "The delete
+        hang".)"""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             import openstack
