@@ -55,25 +55,37 @@ class OpenstackDriver(lxc.LxcDriver):
         if conf is None:
             from mec_conpaas.conf import CONF as conf
         super().__init__(conf)
-        self._conn = None
+        self._local = threading.local()
         self._image_lock = threading.Lock()
         self._image_id = None
 
     # -- OpenStack ------------------------------------------------------
     def conn(self):
-        if self._conn is None:
+        """This thread's own OpenStack connection.
+
+        The manager calls the driver from several threads at once (the
+        engine's and the cluster reconciler's pools, node-loss handling).
+        An ``openstack.connection.Connection`` is not thread-safe (its
+        proxies, the keystoneauth session's auth plugin and version
+        discovery cache are shared mutable state): one connection per thread
+        shares nothing, and the pools' threads live long, so each
+        authenticates once.  (The delete that hung on the test bed was
+        nova-api's, not this: docs/openstack-driver.rst, "The delete
+        hang".)"""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             import openstack
             try:
                 kwargs = {"api_timeout": self.conf.openstack.api_timeout}
                 if self.conf.openstack.cloud:
                     kwargs["cloud"] = self.conf.openstack.cloud
-                self._conn = openstack.connect(**kwargs)
+                conn = self._local.conn = openstack.connect(**kwargs)
             except Exception as e:  # openstack.exceptions.ConfigException & co.
                 raise exception.NodeError(
                     "cannot set up the OpenStack connection (%s): set [openstack] "
                     "cloud to a cloud of clouds.yaml, or OS_CLOUD / OS_AUTH_URL & co. "
                     "in the manager's environment" % e) from None
-        return self._conn
+        return conn
 
     def _os(self, what, call, *args, **kwargs):
         """``conn.<call>(*args, **kwargs)``, e.g. ``"compute.servers"``, its

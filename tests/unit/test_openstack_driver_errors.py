@@ -42,3 +42,15 @@ def test_create_with_keystone_down_fails_before_anything_exists(unreachable):
     with pytest.raises(exception.NodeError) as err:
         unreachable.create_instance(node, spec)
     assert "listing servers: OpenStack is unreachable" in err.value.message
+
+
+def test_each_thread_has_its_own_connection(unreachable):
+    """A Connection is not thread-safe: the manager's threads must not share one."""
+    import threading
+    mine = unreachable.conn()
+    assert unreachable.conn() is mine
+    theirs = []
+    t = threading.Thread(target=lambda: theirs.append(unreachable.conn()))
+    t.start()
+    t.join()
+    assert theirs[0] is not mine and theirs[0].session is not mine.session
