@@ -253,6 +253,15 @@ down() {
     fi
     ip link del "$BR" 2>/dev/null || true
     ip link del "$PBR" 2>/dev/null || true
+    # Loop devices nova-compute attached inside the AP containers for its LXC instances'
+    # disks outlive the containers (their files are gone with the rootfs): the host shows
+    # them as /var/lib/nova/instances/<uuid>/disk (deleted). No nova runs on the test host.
+    local dev
+    for dev in $(losetup -l -n -O NAME,BACK-FILE 2>/dev/null \
+                 | awk '$2 ~ "^/var/lib/nova/instances/" && / \(deleted\)$/ {print $1}' || true); do
+        log "detaching $dev (a nova instance disk of the test bed)"
+        losetup -d "$dev" 2>/dev/null || true
+    done
     if [ -f "$STATE/swappiness.orig" ]; then
         # vm.swappiness is not namespaced: the edge_tuning role in a container changed the host's
         sysctl -qw vm.swappiness="$(cat "$STATE/swappiness.orig")" || true
