@@ -15,9 +15,11 @@ import tempfile
 import flask
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from sqlalchemy.orm import object_session
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
+from mec_conpaas.api import join as join_api
 from mec_conpaas.api import keystone
 from mec_conpaas.api import policy
 from mec_conpaas.api import validation
@@ -55,6 +57,9 @@ def node_view(node, own=None):
             "schedulable": not node.disabled,
             "disabled_reason": node.disabled_reason,
             "last_heartbeat": _iso(node.last_heartbeat),
+            # What the allocator gave it (manager/allocation.py), if anything.
+            "allocation": join_api.allocation.view(join_api.allocation.of_node(
+                object_session(node), node.id)) if object_session(node) else None,
             "report": report}
 
 
@@ -189,7 +194,7 @@ def create_app(manager):
     # -- nodes -------------------------------------------------------------
     @app.post("/v1/nodes/register")
     def register_node():
-        context("nodes:register")
+        ctx = context("nodes:register")
         body = json_body()
         required = ("id", "name", "hostname", "mac", "address", "agent_port",
                     "agent_token")
@@ -211,6 +216,7 @@ def create_app(manager):
             for key in ("name", "hostname", "mac", "address", "agent_port",
                         "agent_token", "instance_network"):
                 setattr(node, key, body.get(key))
+            join_api.on_register(s, conf, ctx, body, node)
             node.container_backend = body.get("container_backend", "libvirt")
             node.max_instances = int(body.get("max_instances", 0))
             node.last_heartbeat = models.utcnow()
@@ -230,16 +236,17 @@ def create_app(manager):
 
     @app.post("/v1/nodes/<node_id>/heartbeat")
     def heartbeat(node_id):
-        context("nodes:heartbeat")
+        ctx = context("nodes:heartbeat")
         body = json_body()
         with session_scope() as s:
+            answer = join_api.heartbeat_answer(s, ctx, node_id)
             node = s.get(models.Node, node_id)
             if node is None:
                 raise exception.NotFound("unknown node; register first")
             node.report = body.get("report") or {}
             node.last_heartbeat = models.utcnow()
             node.state = "up"
-        return flask.jsonify(ok=True)
+        return flask.jsonify(ok=True, **answer)
 
     def own_instances(s, ctx):
         """Instance ids the caller may see in node reports (None: all)."""
@@ -529,4 +536,6 @@ def create_app(manager):
     # /metrics and /dashboard (mec_conpaas/api/web.py).
     from mec_conpaas.api import web
     web.register(app, manager, context, allowed)
+    # Joining, node removal, node credentials (mec_conpaas/api/join.py).
+    join_api.register(app, manager, context)
     return app

@@ -57,6 +57,11 @@ api_rules = [
           "POST", "/v1/nodes/{name}/drain"),
     _rule("nodes:enable", ADMIN, "Make a drained node schedulable again.",
           "POST", "/v1/nodes/{name}/enable"),
+    _rule("nodes:delete", ADMIN, "Remove a node (remove-node): its allocation "
+          "and credential go, the other nodes drop their routes to it.",
+          "DELETE", "/v1/nodes/{name}"),
+    _rule("nodes:credential:revoke", ADMIN, "Revoke a node's own credential.",
+          "POST", "/v1/nodes/{name}/credential/revoke"),
     _rule("services:create", MEMBER, "Create a service.", "POST", "/v1/services"),
     _rule("services:list", READER, "List the tenant's services.",
           "GET", "/v1/services"),

@@ -51,9 +51,11 @@ def keystone_session(cloud=None):
 
 class Client:
 
-    def __init__(self, url=None, token=None, timeout=60, keystone=None):
+    def __init__(self, url=None, token=None, timeout=60, keystone=None, ca_cert=None):
         """``keystone``: a keystoneauth session whose token is sent
-        (X-Auth-Token) instead of a PaaS token."""
+        (X-Auth-Token) instead of a PaaS token; ``ca_cert``: the deployment
+        CA an https:// manager's certificate is checked against (else the
+        credentials file's ``ca_cert``, else the system's CAs)."""
         self.keystone = keystone
         creds = {}
         if not (url and (token or keystone)) and os.path.exists(CREDENTIALS):
@@ -65,6 +67,9 @@ class Client:
             token or os.environ.get("MEC_CONPAAS_TOKEN") or creds.get("token"))
         self.timeout = timeout
         self.session = requests.Session()
+        ca_cert = ca_cert or os.environ.get("MEC_CONPAAS_CA_CERT") or creds.get("ca_cert")
+        if ca_cert:
+            self.session.verify = ca_cert
         # A restarted manager resets pooled connections: reads are safe to
         # retry, mutations are not (they would create a second operation).
         retry = Retry(total=4, connect=4, read=2, status=0, backoff_factor=0.25,
@@ -121,6 +126,13 @@ class Client:
 
     def enable_node(self, name):
         return self.request("POST", "/v1/nodes/%s/enable" % name)["node"]
+
+    def delete_node(self, name):
+        """remove-node (admin): allocation released, credential revoked."""
+        return self.request("DELETE", "/v1/nodes/%s" % name)
+
+    def revoke_node_credential(self, name):
+        return self.request("POST", "/v1/nodes/%s/credential/revoke" % name)
 
     def services(self, all_tenants=False):
         return self.request("GET", "/v1/services", params={"all_tenants": "true"}

@@ -1,4 +1,4 @@
-"""node list | show | drain | enable"""
+"""node list | show | drain | enable | delete | credential revoke"""
 from cliff import lister
 from cliff import show
 
@@ -22,11 +22,12 @@ def _show(n):
     rep = n.get("report") or {}
     keys = ("id", "name", "state", "schedulable", "disabled_reason", "address",
             "hostname", "mac", "container_backend", "max_instances", "last_heartbeat",
-            "cpu_percent", "load", "memory", "disk", "containers")
+            "cpu_percent", "load", "memory", "disk", "containers", "allocation")
     vals = (n["id"], n["name"], n["state"], n["schedulable"], n["disabled_reason"],
             n["address"], n["hostname"], n["mac"], n["container_backend"],
             n["max_instances"], n["last_heartbeat"], rep.get("cpu_percent"),
-            rep.get("load"), rep.get("memory"), rep.get("disk"), rep.get("containers"))
+            rep.get("load"), rep.get("memory"), rep.get("disk"), rep.get("containers"),
+            n.get("allocation"))
     return keys, vals
 
 
@@ -97,3 +98,29 @@ class EnableNode(ShowNode):
 
     def fetch(self, node):
         return self.app.client.enable_node(node)
+
+
+class DeleteNode(common.ApiCommand, show.ShowOne):
+    """Remove a node that left (admin): its allocation (number, subnets,
+    channel) is released, its credential revoked, and the other nodes drop
+    their routes to it.  Refused while instances run there: drain it first.
+    """
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("node", help="node name or id")
+        return parser
+
+    def take_action(self, parsed_args):
+        res = self.app.client.delete_node(parsed_args.node)
+        return ("deleted",), (res["deleted"],)
+
+
+class RevokeNodeCredential(DeleteNode):
+    """Revoke a node's own credential (admin): its registrations and
+    heartbeats are refused from now on; it must join again with a new join
+    token (mec-conpaas-manage node-token create)."""
+
+    def take_action(self, parsed_args):
+        res = self.app.client.revoke_node_credential(parsed_args.node)
+        return ("node", "revoked"), (res["node"], res["revoked"])

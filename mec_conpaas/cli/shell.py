@@ -30,6 +30,10 @@ class MecConpaasApp(app.App):
                             help="keystone credentials from this clouds.yaml entry "
                             "(env OS_CLOUD; or the OS_* variables of an openrc), "
                             "for a manager with [api] auth_strategy = keystone")
+        parser.add_argument("--ca-cert", metavar="FILE",
+                            help="deployment CA of an https:// manager (env "
+                            "MEC_CONPAAS_CA_CERT; default the credentials file's "
+                            "ca_cert)")
         return parser
 
     @property
@@ -37,7 +41,8 @@ class MecConpaasApp(app.App):
         if self._client is None:
             keystone = client_mod.keystone_for(self.options.token, self.options.os_cloud)
             self._client = client_mod.Client(self.options.url, self.options.token,
-                                             keystone=keystone)
+                                             keystone=keystone,
+                                             ca_cert=self.options.ca_cert)
         return self._client
 
     def clean_up(self, cmd, result, err):

@@ -37,8 +37,13 @@ def main(argv=None):
         except RuntimeError as e:
             sys.exit("mec-conpaas-node-agent: %s" % e)
         return 0
+    from mec_conpaas import exception
     from mec_conpaas.agents.node import agent
-    agent.NodeAgent(conf).serve()
+    try:
+        node = agent.NodeAgent(conf)
+    except exception.MecError as e:  # a join token or setting to fix
+        sys.exit("mec-conpaas-node-agent: %s" % e.message)
+    node.serve()
 
 
 if __name__ == "__main__":

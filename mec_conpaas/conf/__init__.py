@@ -9,6 +9,7 @@ from oslo_config import cfg
 from mec_conpaas.conf import api
 from mec_conpaas.conf import database
 from mec_conpaas.conf import edge
+from mec_conpaas.conf import join
 from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
@@ -16,7 +17,7 @@ from mec_conpaas.conf import paths
 
 CONF = cfg.CONF
 
-for _module in (paths, api, database, manager, node_agent, edge, openstack):
+for _module in (paths, api, database, manager, node_agent, edge, openstack, join):
     _module.register_opts(CONF)
 
 

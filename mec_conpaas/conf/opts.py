@@ -2,6 +2,7 @@
 from mec_conpaas.conf import api
 from mec_conpaas.conf import database
 from mec_conpaas.conf import edge
+from mec_conpaas.conf import join
 from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
@@ -10,7 +11,7 @@ from mec_conpaas.conf import paths
 
 def list_opts():
     grouped = {}
-    for module in (paths, api, database, manager, node_agent, edge, openstack):
+    for module in (paths, api, database, manager, node_agent, edge, openstack, join):
         grouped.update(module.list_opts())
     return [(group if group == "DEFAULT" else group, opts)
             for group, opts in grouped.items()]

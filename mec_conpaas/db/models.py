@@ -144,3 +144,37 @@ class Operation(Base):
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
                                                           onupdate=utcnow)
+
+
+class NodeAllocation(Base):
+    """What the allocator (manager/allocation.py) gave a node, keyed by its
+    stable identity (Pi serial or MAC), so a reboot or re-flash gets the
+    same; deleted when the node is removed.  Unique columns keep two live
+    nodes from sharing a number or subnet even across manager processes."""
+    __tablename__ = "node_allocations"
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    node_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    node_name: Mapped[str | None] = mapped_column(String(64))
+    instance_network: Mapped[str] = mapped_column(String(64), unique=True)
+    client_network: Mapped[str | None] = mapped_column(String(64), unique=True)
+    wifi_channel: Mapped[int | None] = mapped_column(Integer)
+    availability_zone: Mapped[str | None] = mapped_column(String(64))
+    # joined (allocated here) | registered (fixed by a playbook, recorded)
+    source: Mapped[str] = mapped_column(String(16), default="joined")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class JoinToken(Base):
+    """``mec-conpaas-manage node-token create``: lets a node join (once, N
+    times or until revoked/expired); only the secret's SHA-256 is kept."""
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    max_uses: Mapped[int | None] = mapped_column(Integer)  # None: unlimited
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False,
+                                          server_default=false())
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)

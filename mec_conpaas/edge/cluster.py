@@ -220,7 +220,12 @@ class Edge:
                                      self.path("admin-token")],
                            check=True, capture_output=True)
         if not os.path.exists(self.path("node-token")):
-            tok = subprocess.run(manage + ["node-token", "create"], check=True,
+            # One join token for the edge's own APs, any number of joins (an
+            # AP re-joins when its credential is revoked), no expiry.
+            tok = subprocess.run(manage + ["node-token", "create", "--uses", "0",
+                                           "--expires-in", "0",
+                                           "--description", "embedded edge APs"],
+                                 check=True,
                                  capture_output=True, text=True).stdout.strip()
             with open(self.path("node-token"), "w") as f:
                 f.write(tok)
@@ -298,6 +303,12 @@ class Edge:
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,
                 "idmap_start": self._idmap_start(ap)},
+            # Joins with the node token; its networks are the topology's
+            # (recorded by the allocator), routes to nodes that join later
+            # come from the manager (edge/network.py routes the topology's).
+            "join": {"identity": "edge:" + ap, "networks": "fixed",
+                     "client_network": spec["client_network"],
+                     "manage_routes": "true"},
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
                         "--write-haproxy-config"], check=True, capture_output=True)

@@ -111,6 +111,9 @@ class Manager:
         threading.Thread(target=self.monitor, daemon=True).start()
         self.recover()
         opts = self.conf.api
+        if self.conf.tls.cert_file:  # HTTPS (manager/tls.py): waitress has no TLS
+            from mec_conpaas.manager import tls
+            return tls.serve(self.conf, app_mod.create_app(self))
         LOG.info("manager API on %s:%s", opts.bind_host, opts.bind_port)
         waitress.serve(app_mod.create_app(self), host=opts.bind_host,
                        port=opts.bind_port, threads=opts.threads, ident=None,

@@ -21,8 +21,10 @@ from mec_conpaas import exception
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
+from mec_conpaas.agents.node import joining
 from mec_conpaas.agents.node import metrics as metrics_mod
 from mec_conpaas.agents.node import report as report_mod
+from mec_conpaas.agents.node import routes as routes_mod
 from mec_conpaas.agents.node import statesync
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +73,20 @@ class NodeAgent:
         self.address = opts.advertise_address or bridge_addr or "127.0.0.1"
         self.id = self._load_id()
         self.token = self._load_token()
+        # Joining (agents/node/joining.py): this node's own credential and
+        # allocation; an allocated instance network must be known before
+        # the containers are set up, so a first join happens here.
+        self.identity = joining.identity(conf.join.identity, self.mac)
+        self.membership = joining.Membership(conf)
+        self.manager_tls = joining.manager_tls(conf) if os.path.exists(
+            conf.join.manager_ca_file) else None
+        if (self.membership.credential is None and conf.join.networks == "allocated"
+                and self.membership.allocation is None
+                and conf.node_agent.registration_token):
+            self._join_until_done()
+        self._use_allocation()
+        self.routes = routes_mod.RouteTable(conf.join.route_protocol) \
+            if conf.join.manage_routes else None
         # instance id -> its service agent's secret (see isolation.agent_secret)
         self.agent_secret = functools.partial(isolation_mod.agent_secret, self.token)
         self.reporter = report_mod.Reporter(conf.state_path)
@@ -123,11 +139,60 @@ class NodeAgent:
                 f.write(token)
             return token
 
+    # -- joining -----------------------------------------------------------
+    def join(self):
+        """Join once (joining.Membership.join); the node takes the id the
+        manager keeps for its identity (a re-flashed Pi is the same node)."""
+        opts = self.conf.node_agent
+        body = {"id": self.id, "name": self.name, "identity": self.identity,
+                "hostname": self.hostname, "mac": self.mac}
+        if self.conf.join.networks == "fixed":
+            body.update(instance_network=opts.instance_network,
+                        client_network=self.conf.join.client_network)
+        answer = self.membership.join(body)
+        self.manager_tls = joining.manager_tls(self.conf)
+        if answer is None:
+            return
+        if answer["id"] != self.id:
+            self.id = answer["id"]
+            with open(os.path.join(self.conf.state_path, "node-id"), "w") as f:
+                f.write(self.id)
+        LOG.info("joined %s as %s (%s): %s", opts.manager_url, self.name, self.id,
+                 answer.get("allocation"))
+
+    def _join_until_done(self):
+        delay = 2
+        while True:
+            try:
+                return self.join()
+            except joining.JoinRefused:
+                raise  # a token or setting to fix: the message says which
+            except exception.NodeError as e:
+                LOG.warning("cannot join yet (%s); retrying in %d s", e.message, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60)
+
+    def _use_allocation(self):
+        alloc = self.membership.allocation
+        if alloc and self.conf.join.networks == "allocated":
+            self.conf.set_override("instance_network", alloc["instance_network"],
+                                   group="node_agent")
+
     # -- talking to the manager ----------------------------------------
     def manager(self, method, path, body=None, raw=False, timeout=30):
         return httpserver.call(method, self.conf.node_agent.manager_url.rstrip("/")
-                               + path, self.conf.node_agent.registration_token,
-                               body, timeout=timeout, raw=raw)
+                               + path, self.membership.credential,
+                               body, timeout=timeout, raw=raw, tls=self.manager_tls)
+
+    def heard(self, answer):
+        """A heartbeat answer: keep the allocation, install the routes."""
+        answer = answer or {}
+        self.membership.save_allocation(answer.get("allocation"))
+        if self.routes is not None and "routes" in answer:
+            try:
+                self.routes.sync(answer["routes"])
+            except (OSError, RuntimeError, ValueError) as e:
+                LOG.warning("routes to the other nodes not updated: %s", e)
 
     def registration(self):
         opts = self.conf.node_agent
@@ -136,25 +201,38 @@ class NodeAgent:
                 "agent_port": opts.bind_port, "agent_token": self.token,
                 "container_backend": opts.container_backend,
                 "instance_network": opts.instance_network,
+                "client_network": (self.membership.allocation or {}).get(
+                    "client_network") or self.conf.join.client_network,
                 "max_instances": opts.max_instances if self.containers else 0}
 
     def heartbeat_loop(self):
         interval = self.conf.node_agent.heartbeat_interval
         while not self.stop.is_set():
             try:
+                if self.membership.credential is None:
+                    self.join()
                 if not self.registered.is_set():
                     self.manager("POST", "/v1/nodes/register", self.registration())
                     self.registered.set()
                     LOG.info("registered with %s as %s (%s)",
                              self.conf.node_agent.manager_url, self.name, self.id)
                 usage = self.containers.usage() if self.containers else {}
-                self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
-                             {"report": self.reporter.report(usage)})
+                self.heard(self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
+                                        {"report": self.reporter.report(usage)}))
                 self.last_heartbeat = time.monotonic()
             except exception.NodeError as e:
-                if getattr(e, "remote_status", None) == 404:
+                status = getattr(e, "remote_status", None)
+                if status == 404:
                     self.registered.clear()  # manager lost us: register again
+                elif status == 401 and os.path.exists(
+                        self.conf.join.credential_file):
+                    # Revoked: join again (with a new join token, if the
+                    # admin put one in registration_token).
+                    self.membership.forget_credential()
+                    self.registered.clear()
                 LOG.warning("registration or heartbeat failed: %s", e.message)
+            except joining.JoinRefused as e:
+                LOG.error("cannot join: %s", e.message)
             self.stop.wait(interval)
 
     def fetch_bundle(self, sha256, cache_dir):

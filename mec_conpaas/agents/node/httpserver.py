@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import threading
 import urllib.parse
 
@@ -159,15 +160,24 @@ class _NoDelayConnection(http.client.HTTPConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _connection(host, port, timeout, fresh=False):
+class _NoDelayTLSConnection(http.client.HTTPSConnection):
+    def connect(self):
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _connection(host, port, timeout, fresh=False, tls=None):
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
-    conn = pool.get((host, port))
+    key = (host, port, id(tls) if tls is not None else None)
+    conn = pool.get(key)
     if conn is None or fresh:
         if conn is not None:
             conn.close()
-        conn = pool[(host, port)] = _NoDelayConnection(host, port, timeout=timeout)
+        conn = pool[key] = (
+            _NoDelayTLSConnection(host, port, timeout=timeout, context=tls)
+            if tls is not None else _NoDelayConnection(host, port, timeout=timeout))
     conn.timeout = timeout
     if conn.sock is not None:
         conn.sock.settimeout(timeout)
@@ -175,14 +185,15 @@ def _connection(host, port, timeout, fresh=False):
 
 
 def call(method, url, token=None, body=None, timeout=30, raw=False,
-         content_type="application/json"):
+         content_type="application/json", tls=None):
     """JSON request over a kept-alive connection (one per thread and peer).
 
     Migration's critical window is a handful of these calls over shaped
     links: a new TCP handshake each time would double it.  Every node agent
     call is idempotent, so a request on a connection the peer closed while
     idle is retried once on a fresh one.  Raises NodeError carrying the
-    remote message.
+    remote message.  ``tls``: an ssl.SSLContext for an https:// URL (the
+    manager's, pinned at join: agents/node/joining.py).
     """
     parts = urllib.parse.urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
@@ -197,7 +208,10 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     for attempt in (0, 1):
-        conn = _connection(parts.hostname, parts.port or 80, timeout, fresh=attempt == 1)
+        if parts.scheme == "https" and tls is None:
+            tls = ssl.create_default_context()
+        conn = _connection(parts.hostname, parts.port or (443 if tls else 80), timeout,
+                           fresh=attempt == 1, tls=tls if parts.scheme == "https" else None)
         reused = conn.sock is not None
         try:
             conn.request(method, path, body=data, headers=headers)

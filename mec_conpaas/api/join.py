@@ -1,0 +1,104 @@
+"""Joining and leaving: the routes of manager/join.py and allocation.py.
+
+``POST /v1/nodes/join`` is authenticated by a join token, not by the
+policy's callers: it is the one call a node makes before it has a
+credential of its own.
+"""
+import logging
+
+import flask
+from sqlalchemy import select
+
+from mec_conpaas import exception
+from mec_conpaas.db import models
+from mec_conpaas.db.session import session_scope
+from mec_conpaas.manager import allocation
+from mec_conpaas.manager import join
+
+LOG = logging.getLogger(__name__)
+
+
+def pools(conf):
+    return allocation.Pools(conf.enrollment)
+
+
+def on_register(s, conf, ctx, body, node):
+    """Registration's allocator part, in its transaction: a node's own
+    credential registers only that node; a joined node keeps its allocated
+    network; a node with fixed networks (a playbook's) has them recorded."""
+    join.check_own(ctx, body["id"])
+    alloc = allocation.of_node(s, body["id"])
+    if alloc is not None and alloc.source == "joined":
+        node.instance_network = alloc.instance_network
+        if alloc.node_name != body["name"]:
+            allocation.allocate(s, pools(conf), alloc.identity, body["id"], body["name"])
+    elif body.get("instance_network"):
+        allocation.record(s, pools(conf), body["id"], body["name"],
+                          body["instance_network"], body.get("client_network"))
+
+
+def heartbeat_answer(s, ctx, node_id):
+    """What a node learns from each heartbeat: its allocation and the routes
+    to every other node's subnets (nodes that left are no longer listed, so
+    their routes go)."""
+    join.check_own(ctx, node_id)
+    return {"allocation": allocation.view(allocation.of_node(s, node_id)),
+            "routes": allocation.routes(s, node_id)}
+
+
+def register(app, manager, context):
+    conf = manager.conf
+
+    @app.get("/v1/ca.pem")
+    def ca_certificate():
+        """Unauthenticated, like K3s's /cacerts: a joining node compares its
+        SHA-256 with its token's pin before it sends the token."""
+        try:
+            with open(conf.tls.ca_file, "rb") as f:
+                pem = f.read()
+        except OSError:
+            raise exception.NotFound("this manager has no deployment CA ([tls] "
+                                     "ca_file): it serves plain HTTP")
+        return flask.Response(pem, mimetype="application/x-pem-file")
+
+    @app.post("/v1/nodes/join")
+    def join_node():
+        body = flask.request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise exception.BadRequest("request body must be a JSON object")
+        with session_scope() as s:
+            answer = join.join(s, pools(conf), flask.request.headers.get(
+                "Authorization"), body)
+        LOG.info("node %s joined from %s", body.get("name"), flask.request.remote_addr)
+        return flask.jsonify(answer)
+
+    @app.delete("/v1/nodes/<name>")
+    def delete_node(name):
+        """remove-node: the node, its allocation and credential go; the other
+        nodes drop their routes to it at their next heartbeat."""
+        context("nodes:delete")
+        with session_scope() as s:
+            node = manager.services.node(s, name)
+            held = s.scalars(select(models.Instance).where(
+                models.Instance.node_name == node.name)).all()
+            if held:
+                raise exception.Conflict(
+                    "node %s still has %d instance(s): drain it first (mec-conpaas "
+                    "node drain %s), then delete it" % (node.name, len(held), node.name))
+            alloc = allocation.release(s, node.id)
+            revoked = join.revoke_credentials(s, node.id)
+            s.delete(node)
+            LOG.info("node %s removed (allocation %s released, %d credential(s) "
+                     "revoked)", name, alloc.number if alloc else None, revoked)
+        return flask.jsonify(deleted=name)
+
+    @app.post("/v1/nodes/<name>/credential/revoke")
+    def revoke_credential(name):
+        """The node's own credential stops working at once; it must join
+        again with a new join token."""
+        context("nodes:credential:revoke")
+        with session_scope() as s:
+            node = manager.services.node(s, name)
+            revoked = join.revoke_credentials(s, node.id)
+        LOG.info("credential of node %s revoked (%d)", name, revoked)
+        return flask.jsonify(node=name, revoked=revoked)
