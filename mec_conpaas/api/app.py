@@ -228,7 +228,7 @@ def create_app(manager):
     def node_enrollment():
         """The deployment's OpenStack service credentials, for a node's first
         boot; the file is read on each request (rotation needs no restart)."""
-        ctx = context("nodes:enrollment")
+        ctx = join_api.enrollment_caller(context)
         creds = enrollment.load(conf.manager.openstack_enrollment_file)
         LOG.info("OpenStack enrollment fetched with %s token %s (user %s) from %s",
                  ctx.role, ctx.token_id, ctx.user, flask.request.remote_addr)

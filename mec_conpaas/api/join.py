@@ -13,6 +13,7 @@ from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import allocation
+from mec_conpaas.manager import auth
 from mec_conpaas.manager import join
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +45,23 @@ def heartbeat_answer(s, ctx, node_id):
     join.check_own(ctx, node_id)
     return {"allocation": allocation.view(allocation.of_node(s, node_id)),
             "routes": allocation.routes(s, node_id)}
+
+
+def enrollment_caller(context):
+    """Who fetches the OpenStack enrollment: a node credential (or an
+    admin), or a node's first boot still holding its join token (not yet
+    expired or revoked; a used-up one still counts: the node agent may have
+    joined first).  Nothing is consumed."""
+    try:
+        return context("nodes:enrollment")
+    except exception.Unauthorized:
+        header = flask.request.headers.get("Authorization")
+        with session_scope() as s:
+            row = join.find_token(s, header)
+            if row is None or join.token_view(row)["state"] not in ("valid", "used up"):
+                raise
+            return auth.Context(role="node", user="join-token",
+                                tenant_id=None, token_id="join:" + row.id)
 
 
 def register(app, manager, context):

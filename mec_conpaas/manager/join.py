@@ -28,6 +28,10 @@ IDENTITY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 NODE_ID_RE = re.compile(r"^[0-9a-f-]{36}$")
 
 
+class UnknownJoinToken(exception.Unauthorized):
+    code = "unknown_join_token"
+
+
 def format_token(ca_hash, secret):
     """What goes on the card; without a CA (plain HTTP) the secret alone."""
     return "%s%s%s" % (ca_hash, SEPARATOR, secret) if ca_hash else secret
@@ -88,12 +92,21 @@ def _bearer(header):
     return value.rpartition(SEPARATOR)[2]
 
 
+def find_token(session, header):
+    try:
+        secret = _bearer(header)
+    except exception.Unauthorized:
+        return None
+    return session.scalar(select(models.JoinToken).where(
+        models.JoinToken.secret_hash == auth.digest(secret)))
+
+
 def consume(session, header):
     """The join token of this request, counted as used; 401 saying why not."""
     row = session.scalar(select(models.JoinToken).where(
         models.JoinToken.secret_hash == auth.digest(_bearer(header))))
     if row is None:
-        raise exception.Unauthorized(
+        raise UnknownJoinToken(
             "unknown join token: create one on the master with mec-conpaas-manage "
             "node-token create and put it in registration_token")
     state = token_view(row)["state"]

@@ -235,11 +235,13 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
             # service agents {"error": "..."}, or their health's "detail".
             answer = json.loads(payload)
             msg = answer.get("error") or answer.get("detail")
+            code = msg.get("code") if isinstance(msg, dict) else None
             msg = msg.get("message") if isinstance(msg, dict) else msg
         except Exception:
-            msg = None
+            msg = code = None
         msg = msg or resp.reason
         err = exception.NodeError("%s %s: %s" % (method, url, msg))
         err.remote_status = resp.status
+        err.remote_code = code
         raise err
     return payload if raw else (json.loads(payload) if payload else None)

@@ -193,7 +193,9 @@ class Membership:
                                      tls=manager_tls(self.conf), timeout=30)
         except exception.NodeError as e:
             status = getattr(e, "remote_status", None)
-            if status in (401, 404) and pin is None and status is not None:
+            unknown = (status == 404 or getattr(e, "remote_code", None)
+                       == "unknown_join_token")
+            if unknown and pin is None:
                 LOG.warning("registration_token is no join token here (%s): using "
                             "it as a deployment-wide node token", e.message)
                 self.credential = secret
