@@ -51,6 +51,17 @@ Possible values:
   (the default, one zone per AP named after it, as the playbooks do) or
   ``az-{number}``.
 """),
+    cfg.BoolOpt("manage_routes", default=False,
+                help="""
+Install, on the master, the routes to every node's instance network and
+Wi-Fi client subnet (via the node's address), as the node agents do on the
+access points, and remove those of removed nodes.
+
+Possible values:
+* false: the master's routes are someone else's (the embedded edge's).
+* true: the manager runs as root; routes carry ``[join] route_protocol``
+  and a subnet routed by anything else is left alone.
+"""),
     cfg.IntOpt("join_token_ttl", default=86400, min=0,
                help="""
 Seconds a join token from ``mec-conpaas-manage node-token create`` is valid

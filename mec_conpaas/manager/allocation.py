@@ -243,3 +243,18 @@ def routes(session, node_id):
             if net:
                 out.append({"node": node.name, "subnet": net, "via": node.address})
     return out
+
+
+def route_loop(conf, stop, interval=5):
+    """The master's routes to every node (``[enrollment] manage_routes``):
+    the list the node agents get, applied here too."""
+    from mec_conpaas.agents.node import routes as routes_mod
+    from mec_conpaas.db.session import session_scope
+    table = routes_mod.RouteTable(conf.join.route_protocol)
+    while not stop.wait(interval):
+        try:
+            with session_scope() as s:
+                wanted = routes(s, None)
+            table.sync(wanted)
+        except Exception:
+            LOG.exception("the master's routes to the nodes")

@@ -109,6 +109,10 @@ class Manager:
 
         from mec_conpaas.api import app as app_mod
         threading.Thread(target=self.monitor, daemon=True).start()
+        if self.conf.enrollment.manage_routes:  # the master's own routes
+            from mec_conpaas.manager import allocation
+            threading.Thread(target=allocation.route_loop, daemon=True,
+                             args=(self.conf, self.stop)).start()
         self.recover()
         opts = self.conf.api
         if self.conf.tls.cert_file:  # HTTPS (manager/tls.py): waitress has no TLS
