@@ -67,9 +67,9 @@ class Client:
             token or os.environ.get("MEC_CONPAAS_TOKEN") or creds.get("token"))
         self.timeout = timeout
         self.session = requests.Session()
-        ca_cert = ca_cert or os.environ.get("MEC_CONPAAS_CA_CERT") or creds.get("ca_cert")
-        if ca_cert:
-            self.session.verify = ca_cert
+        # Per request: a session's verify loses to REQUESTS_CA_BUNDLE.
+        self.ca_cert = (ca_cert or os.environ.get("MEC_CONPAAS_CA_CERT")
+                        or creds.get("ca_cert"))
         # A restarted manager resets pooled connections: reads are safe to
         # retry, mutations are not (they would create a second operation).
         retry = Retry(total=4, connect=4, read=2, status=0, backoff_factor=0.25,
@@ -83,6 +83,8 @@ class Client:
             headers["X-Auth-Token"] = self._keystone_token()
         elif self.token:
             headers["Authorization"] = "Bearer " + self.token
+        if self.ca_cert:
+            kwargs.setdefault("verify", self.ca_cert)
         try:
             resp = self.session.request(method, self.url + path, headers=headers,
                                         timeout=self.timeout, **kwargs)

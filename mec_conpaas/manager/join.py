@@ -61,8 +61,9 @@ def token_view(row, now=None):
     else:
         state = "valid"
     return {"id": row.id, "state": state, "uses": row.uses, "max_uses": row.max_uses,
-            "expires_at": row.expires_at.isoformat() + "Z" if row.expires_at else None,
-            "created_at": row.created_at.isoformat() + "Z",
+            "expires_at": row.expires_at.isoformat(timespec="seconds") + "Z"
+            if row.expires_at else None,
+            "created_at": row.created_at.isoformat(timespec="seconds") + "Z",
             "description": row.description}
 
 
