@@ -247,7 +247,7 @@ class HAProxy:
         except OSError:
             old = None
         try:
-            self._send(self.master_socket, "reload")
+            self._send_master_reload()
             self._wait_new_worker(services, old)
         finally:
             # Read by the new worker as it started; a later fresh start
@@ -256,6 +256,20 @@ class HAProxy:
                 os.unlink(self.state_path)
             except OSError:
                 pass
+
+    def _send_master_reload(self, timeout=10.0):
+        """The master re-executes itself on a reload and listens on its
+        socket again only after its new worker is forked: a second reload
+        right after a first (two services created at once) found the socket
+        refusing connections.  Nothing was sent then, so retrying is safe."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._send(self.master_socket, "reload")
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _wait_new_worker(self, services, old):
         wanted = {b for sid, svc in services.items()
