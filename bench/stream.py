@@ -83,6 +83,16 @@ def measure(url, tmp, args, tag, netns=None):
                      "latency_ms": [round(x, 1) for x in lat]}}
 
 
+def flink_limits():
+    """What each JobManager/TaskManager container got (the options' defaults,
+    which the bench edge keeps)."""
+    from mec_conpaas.conf import manager as manager_conf
+    opts = {o.name: o.default for o in manager_conf.manager_opts}
+    return {"instance_memory_mb": opts["flink_instance_memory_mb"],
+            "instance_cpus": opts["flink_instance_cpus"],
+            "memory": flink.MEMORY}
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,8 +180,7 @@ def main():
                           "time on these 2 cores; host, edge and cloud ran one "
                           "after the other in this run",
         "latency_shaping": common.shaping_note(status),
-        "flink": {"taskmanagers": 1, "parallelism": 1,
-                  "instance_memory_mb": 768, "instance_cpus": 1.0},
+        "flink": dict({"taskmanagers": 1, "parallelism": 1}, **flink_limits()),
         "overhead_ratio_edge_vs_host": round(e / h, 3),
         "overhead_ratio_cloud_vs_host": round(c / h, 3),
         "target_ratio": 1.10,

@@ -52,6 +52,9 @@ REST_PORT = 8081
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
 MEMORY = {"jobmanager.memory.process.size": "448m",
+          "jobmanager.memory.jvm-metaspace.size": "96m",
+          "jobmanager.memory.jvm-overhead.min": "64m",
+          "jobmanager.memory.off-heap.size": "64m",
           "taskmanager.memory.process.size": "576m",
           "taskmanager.memory.managed.size": "96m",
           "taskmanager.memory.network.min": "16m",
@@ -366,6 +369,7 @@ def run_taskmanager(home, env, my_ip):
             continue
         write_conf(home, conf_dir, {"jobmanager.rpc.address": master,
                                     "taskmanager.host": my_ip,
+                                    "taskmanager.resource-id": my_ip,
                                     "taskmanager.bind-host": "0.0.0.0"})
         log("TaskManager for the JobManager at %s" % master)
         tm = subprocess.Popen([os.path.join(home, "bin", "taskmanager.sh"),
@@ -398,9 +402,24 @@ def _terminate(*_):
     os._exit(0)
 
 
+def resolvable_hostname(my_ip, hosts="/etc/hosts"):
+    """The JVM asks for this host's name and address (a TaskManager's
+    resource id): the container's name resolves nowhere else."""
+    name = socket.gethostname()
+    try:
+        with open(hosts) as f:
+            if any(name in line.split()[1:] for line in f if not line.startswith("#")):
+                return
+        with open(hosts, "a") as f:
+            f.write("%s %s\n" % (my_ip, name))
+    except OSError as e:
+        log("cannot add %s to %s: %s" % (name, hosts, e))
+
+
 def main():
     home = flink_home()
     my_ip = os.environ.get("MY_IP") or "127.0.0.1"
+    resolvable_hostname(my_ip)
     env = dict(os.environ, PATH=os.path.join(VENV, "bin") + ":" + os.environ.get(
         "PATH", "/usr/bin:/bin"), FLINK_HOME=home)
     java = glob.glob("/usr/lib/jvm/java-17-openjdk-*")

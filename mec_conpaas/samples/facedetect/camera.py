@@ -24,7 +24,7 @@ def post(url, lines, tries=200):
                     url + "/frames", data=data, method="POST"), timeout=10) as r:
                 r.read()
             return n
-        except OSError:
+        except Exception:
             time.sleep(0.05)
     raise RuntimeError("the endpoint refused frames %d times" % tries)
 
@@ -41,7 +41,7 @@ def run(url, lines, every, timeout, poll=0.01, batch=10):
                 with urllib.request.urlopen("%s/detections?from=%d" % (url, nxt),
                                             timeout=10) as r:
                     got = json.loads(r.read())["detections"]
-            except OSError:
+            except Exception:  # the endpoint is switching: ask again
                 time.sleep(0.1)
                 continue
             now = time.monotonic()
