@@ -3,8 +3,9 @@ the embedded edge, fed by a camera user on an access point.
 
 Create (JobManager + 1 TaskManager), feed frames, get detections, scale to
 2 TaskManagers, migrate the whole service to another access point while
-frames keep coming; every frame gets exactly one result (counted), and
-faces are found where the frames show one.
+frames keep coming (the job stopped with a savepoint on the source and
+submitted from it on the target); every frame gets exactly one result
+(counted), and faces are found where the frames show one.
 
 Needs the flink image variant (``mec-conpaas-edge build-image --flink``,
 ~4 min once) and .venv-flink (tools/install-deps.sh) for the frames;
@@ -125,6 +126,9 @@ def _scenario(edge, admin, batches, expected, t0):
     logs = "".join(e["log"] for e in admin.logs("faces"))
     assert "[mec-flink] submitting the job" in logs
     assert "TaskManager for the JobManager at" in logs
+    # The job moved through Flink's stop-with-savepoint: the JobManager on
+    # ap-2 submitted it from the savepoint the old one took.
+    assert "from savepoint /var/lib/service/savepoints/savepoint-" in logs, logs[-3000:]
     print("flink test: first results %.0f s after create; total %.0f s; %s; right "
           "%d/%d; TaskManagers seen %s; latency p50 before/after scale/after "
           "migrate %s" % (t_first, time.monotonic() - t0, stats, right, len(expected),

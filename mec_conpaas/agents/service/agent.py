@@ -334,6 +334,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/notify":
             rc = APP.notify([str(p) for p in body.get("peers", [])])
             self._send(200, {"notify_exit_code": rc})
+        elif self.path == "/interrupt" and FLINK_JOBMANAGER and \
+                not APP.script("interrupt.sh"):
+            # before a migration's freeze: stop the job with a savepoint
+            try:
+                req = urllib.request.Request("http://127.0.0.1:%d/savepoint" % APP_PORT,
+                                             data=b"", method="POST")
+                with urllib.request.urlopen(req, timeout=80) as resp:
+                    self._send(200, json.loads(resp.read()))
+            except (OSError, ValueError) as e:
+                self._send(503, {"error": "no savepoint: %s" % e})
         elif self.path == "/interrupt":
             self._send(200, {"exit_code": APP.run_hook("interrupt.sh")})
         elif self.path == "/start":

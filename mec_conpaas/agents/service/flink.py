@@ -32,6 +32,7 @@ import glob
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import socketserver
@@ -48,6 +49,9 @@ RUN_DIR = os.environ.get("MEC_RUN_DIR", "/run/mec")
 PEERS_FILE = os.environ.get("PEERS_FILE", os.path.join(RUN_DIR, "peers"))
 APP_PORT = int(os.environ.get("MEC_APP_PORT", "8080"))
 FEED_PORT = 9000
+# After a stop-with-savepoint, the migration freezes this instance within
+# seconds; if it has not by then, the move failed: run the job again.
+PAUSE_AFTER_SAVEPOINT = 120
 REST_PORT = 8081
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
@@ -57,6 +61,7 @@ MEMORY = {"jobmanager.memory.process.size": "448m",
           "jobmanager.memory.off-heap.size": "64m",
           "taskmanager.memory.process.size": "576m",
           "taskmanager.memory.managed.size": "96m",
+          "taskmanager.memory.framework.heap.size": "64m",
           "taskmanager.memory.network.min": "16m",
           "taskmanager.memory.network.max": "16m",
           "taskmanager.memory.jvm-metaspace.size": "128m",
@@ -174,7 +179,7 @@ class Gateway:
                     "pending": len(self.frames), "duplicates_dropped": self.duplicates}
 
 
-def gateway_handler(gw, flink_status=lambda: {}):
+def gateway_handler(gw, flink_status=lambda: {}, savepoint=None):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -214,6 +219,10 @@ def gateway_handler(gw, flink_status=lambda: {}):
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode("utf-8", "replace")
+            if self.path == "/savepoint" and savepoint is not None:
+                if self.client_address[0] != "127.0.0.1":  # the service agent only
+                    return self._send(403, {"error": "only from this instance"})
+                return self._send(200, savepoint())
             lines = [x for x in body.split("\n") if x.strip()]
             try:
                 if self.path == "/frames":
@@ -237,9 +246,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_name, self.server_port = "localhost", self.server_address[1]
 
 
-def serve_gateway(gw, host, port, feed_port, flink_status=lambda: {}):
+def serve_gateway(gw, host, port, feed_port, flink_status=lambda: {}, savepoint=None):
     """Start the gateway's HTTP and feed servers; returns the HTTP server."""
-    httpd = _Server((host, port), gateway_handler(gw, flink_status))
+    httpd = _Server((host, port), gateway_handler(gw, flink_status, savepoint))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     feed = socket.create_server((host, feed_port), reuse_port=False)
 
@@ -274,23 +283,25 @@ def write_conf(home, conf_dir, settings):
         "java.lang", "java.util", "java.io", "java.net", "java.nio", "sun.nio.ch",
         "java.lang.reflect", "java.text", "java.time", "java.util.concurrent",
         "java.util.concurrent.atomic", "java.util.concurrent.locks"))
-    merged = dict(MEMORY, **{"env.java.opts.all": java_opts,
-                             "python.executable": os.path.join(VENV, "bin", "python"),
-                             "python.client.executable": os.path.join(VENV, "bin", "python"),
-                             "taskmanager.numberOfTaskSlots": "1",
-                             "jobmanager.scheduler": "adaptive",
-                             "restart-strategy.type": "fixed-delay",
-                             "restart-strategy.fixed-delay.attempts": "1000000",
-                             "restart-strategy.fixed-delay.delay": "1 s",
-                             "heartbeat.timeout": "20000",
-                             # rescale soon after a TaskManager comes or goes
-                             "jobmanager.adaptive-scheduler.scaling-interval.min": "5 s",
-                             "jobmanager.adaptive-scheduler.resource-stabilization-timeout": "3 s",
-                             "blob.server.port": "6124",
-                             "jobmanager.rpc.port": "6123",
-                             "taskmanager.rpc.port": "6122",
-                             "taskmanager.data.port": "6121",
-                             "rest.port": str(REST_PORT)}, **settings)
+    merged = dict(MEMORY)
+    merged.update({"env.java.opts.all": java_opts,
+                   "python.executable": os.path.join(VENV, "bin", "python"),
+                   "python.client.executable": os.path.join(VENV, "bin", "python"),
+                   "taskmanager.numberOfTaskSlots": "1",
+                   "jobmanager.scheduler": "adaptive",
+                   "restart-strategy.type": "fixed-delay",
+                   "restart-strategy.fixed-delay.attempts": "1000000",
+                   "restart-strategy.fixed-delay.delay": "1 s",
+                   "heartbeat.timeout": "20000",
+                   # rescale soon after a TaskManager comes or goes
+                   "jobmanager.adaptive-scheduler.scaling-interval.min": "5 s",
+                   "jobmanager.adaptive-scheduler.resource-stabilization-timeout": "3 s",
+                   "blob.server.port": "6124",
+                   "jobmanager.rpc.port": "6123",
+                   "taskmanager.rpc.port": "6122",
+                   "taskmanager.data.port": "6121",
+                   "rest.port": str(REST_PORT)})
+    merged.update(settings)
     merged.update(extra)
     with open(os.path.join(conf_dir, "config.yaml"), "w") as f:
         for k, v in merged.items():
@@ -321,8 +332,32 @@ def run_jobmanager(home, env, my_ip):
                                 "rest.bind-address": "0.0.0.0"})
     env = dict(env, FLINK_CONF_DIR=conf_dir)
     status = {}
+    paused = {"until": 0.0}
+    savepoints = os.path.join(STATE_DIR, "savepoints")
+
+    def savepoint():
+        """Stop the job with a savepoint into the state directory (a
+        migration's final copy carries it); no new submission for a while,
+        unless the move fails."""
+        try:
+            jobs = [j for j in rest("127.0.0.1", "/jobs/overview")["jobs"]
+                    if j["state"] == "RUNNING"]
+        except (OSError, ValueError, KeyError) as e:
+            return {"savepoint": None, "detail": "JobManager not answering: %s" % e}
+        if not jobs:
+            return {"savepoint": None, "detail": "no running job"}
+        paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
+        res = subprocess.run([os.path.join(home, "bin", "flink"), "stop",
+                              "--savepointPath", "file://" + savepoints,
+                              "-m", "127.0.0.1:%d" % REST_PORT, jobs[0]["jid"]],
+                             env=env, capture_output=True, text=True, timeout=70)
+        sys.stdout.write(res.stdout + res.stderr)
+        path = latest_savepoint(savepoints)
+        log("job %s stopped with savepoint %s" % (jobs[0]["jid"], path))
+        return {"savepoint": path, "exit_code": res.returncode}
+
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
-    serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status)
+    serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
     jm = subprocess.Popen([os.path.join(home, "bin", "jobmanager.sh"),
                            "start-foreground"], env=env, start_new_session=True)
     CHILDREN.append(jm)
@@ -339,16 +374,33 @@ def run_jobmanager(home, env, my_ip):
             "FAILED", "CANCELED", "FINISHED")]
         status.update(taskmanagers=overview.get("taskmanagers"),
                       jobs=[{"id": j["jid"], "state": j["state"]} for j in live])
-        if live or not overview.get("taskmanagers"):
+        if live or not overview.get("taskmanagers") or \
+                time.monotonic() < paused["until"]:
             continue
-        log("submitting the job (%d TaskManager(s))" % overview["taskmanagers"])
+        restore = latest_savepoint(savepoints)
+        log("submitting the job (%d TaskManager(s))%s" % (
+            overview["taskmanagers"], " from savepoint " + restore if restore else ""))
         res = subprocess.run([os.path.join(home, "bin", "flink"), "run", "-d",
-                              "-m", "127.0.0.1:%d" % REST_PORT] + job_file(), env=env,
+                              "-m", "127.0.0.1:%d" % REST_PORT]
+                             + (["-s", restore, "--allowNonRestoredState"] if restore else [])
+                             + job_file(), env=env,
                              stdout=sys.stdout, stderr=sys.stdout, timeout=300)
+        if res.returncode == 0 and restore:
+            shutil.rmtree(restore, ignore_errors=True)  # taken up: never again
         if res.returncode:
             log("job submission failed (exit %d); trying again" % res.returncode)
             time.sleep(5)
     return jm.returncode
+
+
+def latest_savepoint(directory):
+    """The newest complete savepoint (with its ``_metadata``) or None."""
+    try:
+        found = [os.path.join(directory, d) for d in os.listdir(directory)
+                 if os.path.isfile(os.path.join(directory, d, "_metadata"))]
+    except OSError:
+        return None
+    return max(found, key=os.path.getmtime) if found else None
 
 
 def master_address(my_ip):
