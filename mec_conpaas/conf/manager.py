@@ -42,7 +42,7 @@ Every access point's HAProxy exposes the service on the same port.
                help="Memory limit (cgroup) of each service instance."),
     cfg.FloatOpt("instance_cpus", default=0.5, min=0.05,
                  help="CPU limit (CFS quota) of each instance, in cores."),
-    cfg.IntOpt("flink_instance_memory_mb", default=768, min=256,
+    cfg.IntOpt("flink_instance_memory_mb", default=640, min=256,
                help="""
 Memory limit of each instance of a ``flink`` service (a JobManager or a
 TaskManager: a JVM plus, on TaskManagers, the job's Python workers).

@@ -59,7 +59,7 @@ MEMORY = {"jobmanager.memory.process.size": "448m",
           "jobmanager.memory.jvm-metaspace.size": "96m",
           "jobmanager.memory.jvm-overhead.min": "64m",
           "jobmanager.memory.off-heap.size": "64m",
-          "taskmanager.memory.process.size": "576m",
+          "taskmanager.memory.process.size": "448m",
           "taskmanager.memory.managed.size": "96m",
           "taskmanager.memory.framework.heap.size": "64m",
           "taskmanager.memory.network.min": "16m",
@@ -347,13 +347,17 @@ def run_jobmanager(home, env, my_ip):
         if not jobs:
             return {"savepoint": None, "detail": "no running job"}
         paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
-        res = subprocess.run([os.path.join(home, "bin", "flink"), "stop",
-                              "--savepointPath", "file://" + savepoints,
-                              "-m", "127.0.0.1:%d" % REST_PORT, jobs[0]["jid"]],
+        # A savepoint, then cancel: ``flink stop`` fails on a socket source
+        # (cancelling it closes its socket, which fails the savepoint).
+        flink_cli = [os.path.join(home, "bin", "flink")]
+        jid, where = jobs[0]["jid"], ["-m", "127.0.0.1:%d" % REST_PORT]
+        res = subprocess.run(flink_cli + ["savepoint"] + where + [jid, "file://" + savepoints],
                              env=env, capture_output=True, text=True, timeout=70)
-        sys.stdout.write(res.stdout + res.stderr)
+        sys.stdout.write(res.stdout[-2000:] + res.stderr[-2000:])
         path = latest_savepoint(savepoints)
-        log("job %s stopped with savepoint %s" % (jobs[0]["jid"], path))
+        subprocess.run(flink_cli + ["cancel"] + where + [jid], env=env,
+                       stdout=sys.stdout, stderr=sys.stdout, timeout=70)
+        log("job %s stopped with savepoint %s" % (jid, path))
         return {"savepoint": path, "exit_code": res.returncode}
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
@@ -458,6 +462,11 @@ def resolvable_hostname(my_ip, hosts="/etc/hosts"):
     """The JVM asks for this host's name and address (a TaskManager's
     resource id): the container's name resolves nowhere else."""
     name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None)
+        return
+    except OSError:
+        pass
     try:
         with open(hosts) as f:
             if any(name in line.split()[1:] for line in f if not line.startswith("#")):
