@@ -314,6 +314,14 @@ def rest(ip, path, timeout=3):
         return json.loads(resp.read())
 
 
+def rest_post(path, body, timeout=10):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (REST_PORT, path),
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
 def job_file():
     for name in ("job.py",):
         if os.path.isfile(os.path.join(APP_DIR, name)):
@@ -333,6 +341,7 @@ def run_jobmanager(home, env, my_ip):
     env = dict(env, FLINK_CONF_DIR=conf_dir)
     status = {}
     paused = {"until": 0.0}
+    consumed = {"path": None}
     savepoints = os.path.join(STATE_DIR, "savepoints")
 
     def savepoint():
@@ -347,18 +356,28 @@ def run_jobmanager(home, env, my_ip):
         if not jobs:
             return {"savepoint": None, "detail": "no running job"}
         paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
-        # A savepoint, then cancel: ``flink stop`` fails on a socket source
-        # (cancelling it closes its socket, which fails the savepoint).
-        flink_cli = [os.path.join(home, "bin", "flink")]
-        jid, where = jobs[0]["jid"], ["-m", "127.0.0.1:%d" % REST_PORT]
-        res = subprocess.run(flink_cli + ["savepoint"] + where + [jid, "file://" + savepoints],
-                             env=env, capture_output=True, text=True, timeout=70)
-        sys.stdout.write(res.stdout[-2000:] + res.stderr[-2000:])
-        path = latest_savepoint(savepoints)
-        subprocess.run(flink_cli + ["cancel"] + where + [jid], env=env,
-                       stdout=sys.stdout, stderr=sys.stdout, timeout=70)
-        log("job %s stopped with savepoint %s" % (jid, path))
-        return {"savepoint": path, "exit_code": res.returncode}
+        # A savepoint, then cancel, through the REST API (no JVM to start):
+        # ``flink stop`` fails on a socket source (its cancel closes the
+        # socket, which fails the savepoint).
+        jid = jobs[0]["jid"]
+        t0 = time.monotonic()
+        try:
+            trigger = rest_post("/jobs/%s/savepoints" % jid, {
+                "target-directory": "file://" + savepoints, "cancel-job": True})
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (
+                    jid, trigger["request-id"]))
+                if st["status"]["id"] == "COMPLETED":
+                    break
+                time.sleep(0.2)
+        except (OSError, ValueError, KeyError) as e:
+            return {"savepoint": None, "detail": "savepoint failed: %s" % e}
+        failure = (st.get("operation") or {}).get("failure-cause")
+        path = None if failure else (st.get("operation") or {}).get("location")
+        log("job %s stopped with savepoint %s in %.1f s%s" % (
+            jid, path, time.monotonic() - t0, " (%s)" % failure if failure else ""))
+        return {"savepoint": path, "seconds": round(time.monotonic() - t0, 1)}
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
     serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
@@ -378,6 +397,9 @@ def run_jobmanager(home, env, my_ip):
             "FAILED", "CANCELED", "FINISHED")]
         status.update(taskmanagers=overview.get("taskmanagers"),
                       jobs=[{"id": j["jid"], "state": j["state"]} for j in live])
+        if consumed["path"] and any(j["state"] == "RUNNING" for j in live):
+            shutil.rmtree(consumed.pop("path"), ignore_errors=True)  # never again
+            consumed["path"] = None
         if live or not overview.get("taskmanagers") or \
                 time.monotonic() < paused["until"]:
             continue
@@ -390,7 +412,7 @@ def run_jobmanager(home, env, my_ip):
                              + job_file(), env=env,
                              stdout=sys.stdout, stderr=sys.stdout, timeout=300)
         if res.returncode == 0 and restore:
-            shutil.rmtree(restore, ignore_errors=True)  # taken up: never again
+            consumed["path"] = restore  # removed once the job runs from it
         if res.returncode:
             log("job submission failed (exit %d); trying again" % res.returncode)
             time.sleep(5)
@@ -455,7 +477,7 @@ def _terminate(*_):
             os.killpg(child.pid, signal.SIGKILL)
         except OSError:
             pass
-    os._exit(0)
+    os.killpg(0, signal.SIGKILL)  # and a job submission under way
 
 
 def resolvable_hostname(my_ip, hosts="/etc/hosts"):
