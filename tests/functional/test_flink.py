@@ -102,7 +102,10 @@ def _scenario(edge, admin, batches, expected, t0):
     wait_op(admin, admin.scale("faces", 3), timeout=300)
     scaled = cam.wait()
     assert scaled["results"] == scaled["frames"], scaled
-    assert client_json(edge, "ap-1", port, "/stats")["flink"]["taskmanagers"] == 2
+    deadline = time.monotonic() + 120  # the new TaskManager's JVM starting
+    while client_json(edge, "ap-1", port, "/stats")["flink"].get("taskmanagers") != 2:
+        assert time.monotonic() < deadline, "the second TaskManager did not register"
+        time.sleep(1)
     # Migrate the whole service (JobManager and both TaskManagers) to ap-2
     # while the camera sends.
     cam = Camera(edge, "ap-1", port, batches[2][0], every=0.1)
