@@ -94,6 +94,8 @@ def test_offload_to_the_cloud_and_return(cloud_edge, cloud_admin):
     edge_ms = [1000 * (r["end"] - r["start"]) for r in results[-20:]]
     assert statistics.median(cloud_ms) > statistics.median(edge_ms) + 40, (
         statistics.median(cloud_ms), statistics.median(edge_ms))
-    ops = [o for o in c.operations() if o.get("service") == "roam"
-           or o.get("service_name") == "roam"]
-    assert any(o["kind"] == "migrate" for o in ops), ops
+    ops = [o for o in c.operations() if o["service"] == "roam"]
+    # The manager's own migration, make-before-break, from the cloud node.
+    assert [(o["kind"], o["state"], o["params"].get("source"), o["params"].get("to"))
+            for o in ops if o["kind"] == "migrate"] == [
+                ("migrate", "SUCCEEDED", "cloud-1", "ap-3")], ops
