@@ -1,7 +1,7 @@
 #!/bin/bash
 # The flink service type's functional test, which CI skips (the flink image
 # variant takes ~4 min to build once and .venv-flink ~2.5 min to install;
-# the test itself ~N min): installs both if missing, then runs
+# the test itself several minutes of JVM starts): installs both if missing, then runs
 # tests/functional/test_flink.py under the functional-test lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
