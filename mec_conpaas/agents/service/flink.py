@@ -413,6 +413,7 @@ def run_jobmanager(home, env, my_ip):
                              stdout=sys.stdout, stderr=sys.stdout, timeout=300)
         if res.returncode == 0 and restore:
             consumed["path"] = restore  # removed once the job runs from it
+            status["restored_from"] = restore
         if res.returncode:
             log("job submission failed (exit %d); trying again" % res.returncode)
             time.sleep(5)
@@ -490,9 +491,11 @@ def resolvable_hostname(my_ip, hosts="/etc/hosts"):
     except OSError:
         pass
     try:
-        with open(hosts) as f:
-            if any(name in line.split()[1:] for line in f if not line.startswith("#")):
-                return
+        if os.path.exists(hosts):
+            with open(hosts) as f:
+                if any(name in line.split()[1:] for line in f
+                       if not line.startswith("#")):
+                    return
         with open(hosts, "a") as f:
             f.write("%s %s\n" % (my_ip, name))
     except OSError as e:
