@@ -129,12 +129,16 @@ def paas_run(edge, client, tmp, args, node, tag):
         raise RuntimeError("create on %s: %s" % (node, res))
     created = time.monotonic() - t0
     svc = client.service(name)
+    placed = sorted({i["node"] for i in svc["instances"]})
+    if placed != [node]:
+        client.wait(client.delete_service(name)["operation"]["id"], 300)
+        raise RuntimeError("%s landed on %s, not %s" % (name, placed, node))
     ap_addr, _ = edge.net.client_addresses("ap-1")
     try:
         out = measure("http://%s:%d" % (ap_addr, svc["port"]), tmp, args, tag,
                       netns=edge.net.client_netns("ap-1"))
         out["create_s"] = round(created, 1)
-        out["nodes"] = sorted({i["node"] for i in svc["instances"]})
+        out["nodes"] = placed
         return out
     finally:
         client.wait(client.delete_service(name)["operation"]["id"], 300)

@@ -23,8 +23,11 @@ def cloud_nodes(topology):
 
 def place(count, home, nodes, dist, clouds, exclude=()):
     """:func:`placement.place`, edge first: the access points get what they
-    have slots for, cloud nodes only the rest (and everything when ``home``
-    is pinned to a cloud node, i.e. ``nodes`` holds only cloud nodes)."""
+    have slots for, cloud nodes only the rest.  A service whose home is a
+    cloud node (created there with ``--node``, or offloaded) grows there,
+    nearest first, until it returns as a whole (:func:`returns`)."""
+    if home in clouds:  # pinned there, or offloaded: the cloud is its place
+        return placement.place(count, home, nodes, dist, exclude)
     edge = {n: v for n, v in nodes.items() if n not in clouds}
     edge_free = sum(placement.free_slots(v) for n, v in edge.items()
                     if placement.placeable(v) and n not in exclude)

@@ -78,3 +78,8 @@ def test_no_return_while_the_edge_is_full_or_too_small():
     # Three instances never fit one access point of two slots.
     assert farcloud.returns([{"id": "a", "home": "cloud-1", "on_home": 3}],
                             _nodes({}), dist, clouds) == {}
+
+
+def test_a_service_at_home_on_the_cloud_grows_there():
+    _, dist, clouds = _setup()
+    assert farcloud.place(2, "cloud-1", _nodes({}), dist, clouds) == ["cloud-1"] * 2
