@@ -52,6 +52,8 @@ FEED_PORT = 9000
 # After a stop-with-savepoint, the migration freezes this instance within
 # seconds; if it has not by then, the move failed: run the job again.
 PAUSE_AFTER_SAVEPOINT = 120
+# How long a savepoint waits for a restarting job to run again.
+SAVEPOINT_WAIT = 40
 REST_PORT = 8081
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
@@ -348,11 +350,20 @@ def run_jobmanager(home, env, my_ip):
         """Stop the job with a savepoint into the state directory (a
         migration's final copy carries it); no new submission for a while,
         unless the move fails."""
-        try:
-            jobs = [j for j in rest("127.0.0.1", "/jobs/overview")["jobs"]
-                    if j["state"] == "RUNNING"]
-        except (OSError, ValueError, KeyError) as e:
-            return {"savepoint": None, "detail": "JobManager not answering: %s" % e}
+        # A job being rescaled (a TaskManager just came or went) restarts:
+        # wait for it to run again rather than move without a savepoint.
+        deadline = time.monotonic() + SAVEPOINT_WAIT
+        while True:
+            try:
+                listed = rest("127.0.0.1", "/jobs/overview")["jobs"]
+            except (OSError, ValueError, KeyError) as e:
+                return {"savepoint": None, "detail": "JobManager not answering: %s" % e}
+            jobs = [j for j in listed if j["state"] == "RUNNING"]
+            settling = [j for j in listed if j["state"] not in (
+                "RUNNING", "FAILED", "CANCELED", "FINISHED")]
+            if jobs or not settling or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if not jobs:
             return {"savepoint": None, "detail": "no running job"}
         paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
