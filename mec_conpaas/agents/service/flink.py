@@ -375,7 +375,7 @@ def run_jobmanager(home, env, my_ip):
         try:
             trigger = rest_post("/jobs/%s/savepoints" % jid, {
                 "target-directory": "file://" + savepoints, "cancel-job": True})
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 30  # within the agent's 80 s
             while time.monotonic() < deadline:
                 st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (
                     jid, trigger["request-id"]))
