@@ -30,5 +30,6 @@ def before_freeze(cluster, ctx, service_id, instance_id, role, pct):
         LOG.warning("flink service %s: no savepoint before the move: %s",
                     service_id, e.message)
         return None
-    ctx.progress(pct, "Flink job stopped with savepoint %s" % res.get("savepoint"))
+    ctx.progress(pct, "Flink job stopped with savepoint %s%s" % (
+        res.get("savepoint"), " (%s)" % res["detail"] if res.get("detail") else ""))
     return res
