@@ -266,6 +266,12 @@ def validate(path, service_type, max_size, max_members=20000):
         raise exception.InvalidBundle(
             "web bundle needs run.sh, a wsgi.py defining 'application', or "
             "a static/ directory at its top level")
+    if service_type == "flink" and not ("job.py" in has or "run.sh" in has or any(
+            "/" not in f and f.endswith(".jar") for f in files)):
+        raise exception.InvalidBundle(
+            "flink bundle needs job.py (a PyFlink job) or a .jar at its top "
+            "level: give --bundle the .py or .jar file itself, or a .tar.gz "
+            "with it at the top")
     return BundleInfo(sha256=digest.hexdigest(), size=os.path.getsize(path),
                       unpacked_size=unpacked, members=len(files), files=files)
 

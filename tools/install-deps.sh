@@ -40,4 +40,18 @@ if [ ! -x .venv-keystone/bin/keystone-manage ]; then
     .venv-keystone/bin/pip install -q --upgrade pip
     .venv-keystone/bin/pip install -q 'keystone>=26.0.0' 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
+# MEC_FLINK=1 (tools/flink-tests.sh, bench/stream.py): the flink service
+# type's no-PaaS baseline and frame maker run on the host with PyPI's Flink
+# and OpenCV (~2.5 min to install): its numpy and apache-beam pins are its
+# own, so in .venv-flink (the flink image variant gets the same list: the
+# setup.cfg extra "flink").  A Java runtime runs Flink.  CI does not.
+if [ "${MEC_FLINK:-0}" = 1 ] && [ ! -x .venv-flink/bin/pyflink-shell.sh ]; then
+    dpkg-query -W -f='${Status}' openjdk-17-jre-headless 2>/dev/null | grep -q "install ok installed" \
+        || { apt-get update -q; apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
+    rm -rf .venv-flink
+    "$PYTHON" -m venv .venv-flink
+    .venv-flink/bin/pip install -q --upgrade pip
+    .venv-flink/bin/pip install -q $(.venv/bin/python -m mec_conpaas.edge.flink_image --requirements) \
+        2>&1 | { grep -v "^WARNING: Location" || true; }
+fi
 echo "installed: $(.venv/bin/python --version), $(haproxy -v | sed -n 1p | cut -d' ' -f1-3), libvirt $(libvirtd --version | awk '{print $NF}'), keystone $(.venv-keystone/bin/pip show keystone 2>/dev/null | sed -n 's/^Version: //p')"

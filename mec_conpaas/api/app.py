@@ -30,7 +30,7 @@ from mec_conpaas.manager import enrollment
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-SERVICE_TYPES = ("generic", "web")
+SERVICE_TYPES = ("generic", "web", "flink")
 
 
 class StoreUnavailable(exception.MecError):
@@ -360,7 +360,8 @@ def create_app(manager):
                 else:
                     raise exception.BadRequest(
                         "a generic service needs --bundle FILE (a .tar.gz "
-                        "with run.sh)")
+                        "with run.sh)" if stype != "flink" else "a flink "
+                        "service needs --bundle JOB (a PyFlink job.py or a .jar)")
                 tmp.flush()
                 info = bundles.validate(tmp.name, stype,
                                         conf.manager.max_bundle_size,
@@ -383,8 +384,8 @@ def create_app(manager):
             svc = models.Service(tenant_id=ctx.tenant_id, name=name, type=stype,
                                  state="INIT", home_node=node_name, port=port,
                                  bundle_sha256=info.sha256,
-                                 memory_mb=conf.manager.instance_memory_mb,
-                                 cpus=conf.manager.instance_cpus,
+                                 memory_mb=services.instance_memory_mb(stype),
+                                 cpus=services.instance_cpus(stype),
                                  operation_id=op_id)
             s.add(svc)
             try:

@@ -148,7 +148,11 @@ class Client:
         if node:
             data["node"] = node
         files = None
-        if bundle:
+        if bundle and stype == "flink" and bundle.endswith((".py", ".jar")):
+            from mec_conpaas import flink_bundle
+            files = {"bundle": ("job.tar.gz", flink_bundle.pack(bundle),
+                                "application/gzip")}
+        elif bundle:
             files = {"bundle": (os.path.basename(bundle), open(bundle, "rb"),
                                 "application/gzip")}
         try:

@@ -32,16 +32,17 @@ class _Mutating(common.ApiCommand, show.ShowOne):
 
 
 class CreateService(_Mutating):
-    """Create a service (generic or web) and start its first instance."""
+    """Create a service (generic, web or flink) and start its first instance."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument("type", choices=("generic", "web"))
+        parser.add_argument("type", choices=("generic", "web", "flink"))
         parser.add_argument("name")
         parser.add_argument("--node", help="access point for the first instance "
                             "(default: chosen by the manager)")
         parser.add_argument("--bundle", help="application .tar.gz (run.sh, init.sh, "
-                            "...); web services default to a sample app")
+                            "...); web services default to a sample app; flink "
+                            "takes its job itself (job.py or a .jar)")
         parser.add_argument("--count", type=int, default=1)
         return parser
 

@@ -42,6 +42,20 @@ Every access point's HAProxy exposes the service on the same port.
                help="Memory limit (cgroup) of each service instance."),
     cfg.FloatOpt("instance_cpus", default=0.5, min=0.05,
                  help="CPU limit (CFS quota) of each instance, in cores."),
+    cfg.IntOpt("flink_instance_memory_mb", default=640, min=256,
+               help="""
+Memory limit of each instance of a ``flink`` service (a JobManager or a
+TaskManager: a JVM plus, on TaskManagers, the job's Python workers).
+
+Possible values:
+
+* megabytes; the default fits the Pi-sized Flink settings of
+  ``mec_conpaas/agents/service/flink.py`` (README "Flink and the far cloud"
+  has the smallest TaskManager that runs the face-recognition job).
+"""),
+    cfg.FloatOpt("flink_instance_cpus", default=1.0, min=0.05,
+                 help="CPU limit of each instance of a ``flink`` service, in "
+                 "cores (a JVM starting on half a core takes a minute)."),
     cfg.IntOpt("health_timeout", default=60, min=1,
                help="""
 Seconds a new instance may take to report healthy before the operation

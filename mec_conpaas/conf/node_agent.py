@@ -85,6 +85,12 @@ free slots of all nodes.
 Root filesystem tree shared read-only (overlayfs lower layer) by all
 instances; built once with ``mec-conpaas-edge build-image``.
 """),
+    cfg.StrOpt("flink_image_path", default="$state_path/images/flink",
+               help="""
+Root filesystem tree for instances of ``flink`` services: the base image
+plus a Java runtime, Apache Flink and OpenCV (``mec-conpaas-edge
+build-image --flink``).  Other service types use ``base_image_path``.
+"""),
     cfg.IntOpt("idmap_start", default=1000000000, min=1, max=4294967294,
                help="""
 First host uid (and gid) of the ranges instances' user namespaces map to.

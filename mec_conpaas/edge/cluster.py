@@ -18,6 +18,7 @@ import yaml
 
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.conf import node_agent as node_conf
+from mec_conpaas.edge import flink_image
 from mec_conpaas.edge import image as image_mod
 from mec_conpaas.edge import network as net_mod
 from mec_conpaas.edge import shaping
@@ -47,6 +48,7 @@ class Edge:
         self.shaping_mode = shaping_mode
         self.manager_port = manager_port
         self.image_dir = image_dir
+        self.flink_image_dir = flink_image.DEFAULT_DIR
         self.log = log
         self.manager_opts = manager_opts or {}
         self.user_credentials = user_credentials
@@ -302,6 +304,7 @@ class Edge:
                 "instance_network": spec["instance_network"],
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,
+                "flink_image_path": self.flink_image_dir,
                 "idmap_start": self._idmap_start(ap)},
             # Joins with the node token; its networks are the topology's
             # (recorded by the allocator), routes to nodes that join later

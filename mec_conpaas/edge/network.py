@@ -61,6 +61,11 @@ class EdgeNetwork:
     def netns(self, ap):
         return self.prefix + ap
 
+    def wifi_aps(self):
+        """Nodes with a Wi-Fi user: every node but the far cloud's
+        (``kind: cloud``, policies/farcloud.py)."""
+        return [n for n in self.aps if self.topo["nodes"][n].get("kind") != "cloud"]
+
     def client_netns(self, ap):
         return self.prefix + "cl-" + ap.split("-")[-1]
 
@@ -103,6 +108,8 @@ class EdgeNetwork:
                 ipaddress.ip_network(self.topo["nodes"][ap]["instance_network"])
                 .prefixlen), "dev", BRIDGE)
             self.ip(ap, "link", "set", BRIDGE, "up")
+            if ap not in self.wifi_aps():
+                continue
             # One emulated Wi-Fi user per access point.
             cns = self.client_netns(ap)
             run("ip", "netns", "add", cns)
@@ -164,7 +171,8 @@ class EdgeNetwork:
         if node == "master":
             return []
         spec = self.topo["nodes"][node]
-        return [spec["instance_network"], spec["client_network"]]
+        return [spec["instance_network"]] + (
+            [spec["client_network"]] if node in self.wifi_aps() else [])
 
     def _routes(self):
         for src in ["master"] + self.aps:

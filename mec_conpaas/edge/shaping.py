@@ -32,7 +32,7 @@ def link_ends(edge_net, wifi_ms):
     for lk in edge_net.links:
         ends.append((lk.a, lk.if_a, lk.latency_ms, lk.b != "master"))
         ends.append((lk.b, lk.if_b, lk.latency_ms, lk.a != "master"))
-    for ap in edge_net.aps:
+    for ap in edge_net.wifi_aps():
         ends.append((ap, net_mod.WIFI_AP_IF, wifi_ms, False))
     return ends
 
@@ -43,7 +43,7 @@ def apply_netem(edge_net, wifi_ms):
         cmd = ["tc"] + ([] if node == "master" else ["-n", edge_net.netns(node)])
         subprocess.run(cmd + ["qdisc", "replace", "dev", ifname, "root", "netem",
                               "delay", "%gms" % ms], check=True, capture_output=True)
-    for ap in edge_net.aps:
+    for ap in edge_net.wifi_aps():
         subprocess.run(["tc", "-n", edge_net.client_netns(ap), "qdisc", "replace",
                         "dev", net_mod.WIFI_CLIENT_IF, "root", "netem", "delay",
                         "%gms" % wifi_ms], check=True, capture_output=True)

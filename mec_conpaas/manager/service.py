@@ -9,6 +9,7 @@ from mec_conpaas import drivers
 from mec_conpaas.db import session as db
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
+from mec_conpaas.manager import farcloud
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import services
 from mec_conpaas.manager import snapshots
@@ -51,6 +52,7 @@ class Manager:
         self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
         self.sweeper = workflows.Sweeper(self.cluster)
         self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)
+        self.farcloud = farcloud.FarCloud(self.cluster, self.services, self.engine)
         self.snapshots = snapshots.Snapshots(conf)
         self._sample = None
         self.stop = threading.Event()
@@ -66,6 +68,7 @@ class Manager:
             try:
                 self.cluster.mark_down_nodes()
                 self.nodeloss.check()
+                self.farcloud.check()
             except Exception:
                 LOG.exception("node monitor")
 

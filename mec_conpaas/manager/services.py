@@ -16,6 +16,7 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine as engine_mod
+from mec_conpaas.policies import farcloud
 from mec_conpaas.policies import placement
 
 
@@ -28,6 +29,17 @@ class Services:
     @property
     def driver(self):
         return self.cluster.driver
+
+    def instance_memory_mb(self, service_type):
+        """A flink instance is a JVM: it gets its own (larger) limit."""
+        if service_type == "flink":
+            return self.conf.manager.flink_instance_memory_mb
+        return self.conf.manager.instance_memory_mb
+
+    def instance_cpus(self, service_type):
+        if service_type == "flink":
+            return self.conf.manager.flink_instance_cpus
+        return self.conf.manager.instance_cpus
 
     # -- operations --------------------------------------------------------
     def require(self, kind):
@@ -90,7 +102,8 @@ class Services:
         dist = self.cluster.distances(list(capacity))
         if only:
             capacity = {n: v for n, v in capacity.items() if n == only}
-        return placement.place(count, only or near, capacity, dist, exclude=exclude)
+        return farcloud.place(count, only or near, capacity, dist,
+                              farcloud.cloud_nodes(self.cluster.topology), exclude)
 
     def choose_home(self, session, node_name=None):
         """A new service's home: the node asked for, else the one placement

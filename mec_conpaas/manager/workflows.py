@@ -19,6 +19,7 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine
+from mec_conpaas.manager import flinkjobs
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import services as services_mod
 from mec_conpaas.manager import snapshots
@@ -375,6 +376,7 @@ class MigrateService(Workflow):
         # The critical window: from here until the proxies switch, requests
         # for this service wait.  Network round trips, and the app taking
         # up the final delta (restore.sh, or its restart).
+        flinkjobs.before_freeze(self.cluster, ctx, sid, old_id, role, pct + 60 // total)
         marks = [("start", time.monotonic())]
         final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
                                             quiesce_port=APP_PORT, restore=True)

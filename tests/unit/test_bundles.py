@@ -176,3 +176,23 @@ def test_data_mode_is_the_standard_librarys_data_filter():
                 info.linkname = "g"
             expected = tarfile.data_filter(info, "/nonexistent").mode
             assert bundles.data_mode(mode) == expected, oct(mode)
+
+
+def test_flink_bundle_needs_a_job(tmp_path):
+    with pytest.raises(exception.InvalidBundle, match="job.py"):
+        bundles.validate(tgz(tmp_path, [f("README", b"no job")]), "flink", LIMIT)
+    assert bundles.validate(tgz(tmp_path, [f("app.jar", b"PK")], "j.tar.gz"),
+                            "flink", LIMIT).files == ["app.jar"]
+    # A jar below the top is not the job.
+    with pytest.raises(exception.InvalidBundle):
+        bundles.validate(tgz(tmp_path, [f("lib/app.jar", b"PK")], "k.tar.gz"),
+                         "flink", LIMIT)
+
+
+def test_a_bare_flink_job_is_packed_as_job_py(tmp_path):
+    from mec_conpaas import flink_bundle
+    src = tmp_path / "faces.py"
+    src.write_text("print('job')\n")
+    path = tmp_path / "packed.tar.gz"
+    path.write_bytes(flink_bundle.pack(str(src)).read())
+    assert bundles.validate(str(path), "flink", LIMIT).files == ["job.py"]

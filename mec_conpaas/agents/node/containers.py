@@ -299,7 +299,7 @@ class LibvirtContainers:
         try:
             bundle = self.fetch_bundle(spec["bundle_sha256"], self.bundle_cache)
             self._prepare_disk(paths, ids)
-            self._mount_root(paths, ids)
+            self._mount_root(paths, ids, spec["service_type"])
             app_dir = os.path.join(paths["rootfs"], "srv", "app")
             if os.path.isdir(app_dir):
                 shutil.rmtree(app_dir)
@@ -343,11 +343,13 @@ class LibvirtContainers:
         os.chown(paths["upper"], *ids[:2])  # the overlay root's owner
         os.chown(paths["state"], *ids[:2])
 
-    def _mount_root(self, paths, ids):
+    def _mount_root(self, paths, ids, service_type=None):
         if os.path.ismount(paths["rootfs"]):
             return
         os.makedirs(paths["rootfs"], exist_ok=True)
         base = self.conf.node_agent.base_image_path
+        if service_type == "flink":
+            base = self.conf.node_agent.flink_image_path
         if not os.path.isfile(os.path.join(base, "usr", "bin", "python3")):
             raise exception.NodeError(
                 "base image %s is missing or incomplete: build it with "

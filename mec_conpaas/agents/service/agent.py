@@ -41,6 +41,10 @@ APP_PORT = int(os.environ.get("MEC_APP_PORT", "8080"))
 AGENT_PORT = int(os.environ.get("MEC_AGENT_PORT", "8999"))
 PEERS_FILE = os.path.join(os.environ.get("MEC_RUN_DIR", "/run/mec"), "peers")
 HOLD = os.environ.get("MEC_HOLD") == "1"
+# A flink service's endpoint is its JobManager's gateway (flink.py): the
+# access points' HAProxy sends nothing to its TaskManagers.
+FLINK_JOBMANAGER = SERVICE_TYPE == "flink" and os.environ.get("MY_ROLE") == "master"
+SERVES_ENDPOINT = SERVICE_TYPE != "flink" or FLINK_JOBMANAGER
 # containers.AGENT_SECRET_FILE
 SECRET_FILE = os.environ.get("MEC_SECRET_FILE", "/etc/mec-conpaas/agent-secret")
 MAX_BODY = 1024 * 1024
@@ -109,6 +113,9 @@ class App:
     def command(self):
         if self.script("run.sh"):
             return ["/bin/sh", self.script("run.sh")]
+        if SERVICE_TYPE == "flink":  # JobManager or TaskManager: flink.py
+            return [sys.executable, os.path.join(os.path.dirname(
+                os.path.abspath(__file__)), "flink.py")]
         if SERVICE_TYPE == "web" and os.path.isfile(
                 os.path.join(APP_DIR, "wsgi.py")):
             return [sys.executable, os.path.abspath(__file__), "--serve-wsgi",
@@ -220,7 +227,7 @@ class App:
         if self.state != "RUNNING" or self.proc is None or \
                 self.proc.poll() is not None:
             return False, "application is %s" % self.state.lower()
-        if SERVICE_TYPE == "web":
+        if SERVICE_TYPE == "web" or FLINK_JOBMANAGER:  # its gateway answers
             try:
                 req = urllib.request.Request(
                     "http://127.0.0.1:%d/" % APP_PORT, method="HEAD",
@@ -292,7 +299,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             ok, detail = APP.healthy()
-            if not self._authorized():
+            if not self._authorized():  # the access point's HAProxy
+                ok = ok and SERVES_ENDPOINT
                 return self._send(200 if ok else 503, {"healthy": ok})
             self._send(200 if ok else 503, {
                 "healthy": ok, "detail": detail, "state": APP.state,
@@ -326,6 +334,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/notify":
             rc = APP.notify([str(p) for p in body.get("peers", [])])
             self._send(200, {"notify_exit_code": rc})
+        elif self.path == "/interrupt" and FLINK_JOBMANAGER and \
+                not APP.script("interrupt.sh"):
+            # before a migration's freeze: stop the job with a savepoint
+            try:
+                req = urllib.request.Request("http://127.0.0.1:%d/savepoint" % APP_PORT,
+                                             data=b"", method="POST")
+                with urllib.request.urlopen(req, timeout=80) as resp:
+                    self._send(200, json.loads(resp.read()))
+            except (OSError, ValueError) as e:
+                self._send(503, {"error": "no savepoint: %s" % e})
         elif self.path == "/interrupt":
             self._send(200, {"exit_code": APP.run_hook("interrupt.sh")})
         elif self.path == "/start":

@@ -1,0 +1,532 @@
+#!/usr/bin/python3
+"""The ``flink`` service type: what a Flink instance runs when its bundle has
+no run.sh of its own.
+
+The service's master instance is the JobManager, every other instance a
+TaskManager (so scaling adds or removes TaskManagers).  The master also
+runs the job's *gateway*, the one thing users talk to through the
+service's endpoint:
+
+* ``POST /frames`` (lines ``ID BASE64``): records in; each is kept in the
+  state directory until its result is in;
+* the job's source connects to the gateway's feed port and gets every
+  record without a result yet, then new ones as they come: after any
+  restart of the job (rescaling, a TaskManager lost, the JobManager
+  migrated) the records in flight are replayed, so none is lost;
+* ``POST /results`` (one JSON object per line, with ``id``): the job's
+  sink; a second result for the same record (a replay of one whose result
+  was in flight) is counted and dropped, so none is seen twice;
+* ``GET /detections?from=N``: results in the order they arrived.
+
+The endpoint is the gateway alone: a TaskManager's service agent tells the
+access points' HAProxy it serves nothing (agent.py), and tells the manager
+it is healthy while its TaskManager runs.  A TaskManager's JobManager is
+the first address in the peers file (the manager lists the master first);
+it waits for one, and restarts when it changes (the master migrated).
+
+Runs with the image's stdlib ``python3``; Flink runs from the
+``apache-flink`` distribution in the image's ``/opt/flink`` venv (see
+``mec_conpaas/edge/flink_image.py``), the job's Python with that venv.
+"""
+import glob
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+VENV = os.environ.get("MEC_FLINK_VENV", "/opt/flink")
+APP_DIR = os.environ.get("MEC_APP_DIR", "/srv/app")
+STATE_DIR = os.environ.get("MEC_STATE_DIR", "/var/lib/service")
+RUN_DIR = os.environ.get("MEC_RUN_DIR", "/run/mec")
+PEERS_FILE = os.environ.get("PEERS_FILE", os.path.join(RUN_DIR, "peers"))
+APP_PORT = int(os.environ.get("MEC_APP_PORT", "8080"))
+FEED_PORT = 9000
+# After a stop-with-savepoint, the migration freezes this instance within
+# seconds; if it has not by then, the move failed: run the job again.
+PAUSE_AFTER_SAVEPOINT = 120
+# How long a savepoint waits for a restarting job to run again.
+SAVEPOINT_WAIT = 40
+REST_PORT = 8081
+# Sized for a Pi (README "Flink and the far cloud"): the smallest settings
+# the face-recognition job ran with, overridable per bundle (flink.conf).
+MEMORY = {"jobmanager.memory.process.size": "448m",
+          "jobmanager.memory.jvm-metaspace.size": "96m",
+          "jobmanager.memory.jvm-overhead.min": "64m",
+          "jobmanager.memory.off-heap.size": "64m",
+          "taskmanager.memory.process.size": "448m",
+          "taskmanager.memory.managed.size": "96m",
+          "taskmanager.memory.framework.heap.size": "64m",
+          "taskmanager.memory.network.min": "16m",
+          "taskmanager.memory.network.max": "16m",
+          "taskmanager.memory.jvm-metaspace.size": "128m",
+          "taskmanager.memory.jvm-overhead.min": "64m",
+          "taskmanager.memory.framework.off-heap.size": "32m",
+          "taskmanager.memory.task.off-heap.size": "0m"}
+
+
+def log(text):
+    sys.stdout.write("[mec-flink] %s\n" % text)
+    sys.stdout.flush()
+
+
+def flink_home():
+    found = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages", "pyflink"))
+    if not found:
+        raise SystemExit("no Flink in %s: this instance was not started from the "
+                         "flink image (mec-conpaas-edge build-image --flink)" % VENV)
+    return found[0]
+
+
+class Gateway:
+    """Records in, results out, with replay; its state survives restarts
+    and migrations (files in ``state_dir``)."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.lock = threading.Condition()
+        self.frames = {}      # id -> line, no result yet
+        self.order = []       # ids as they came
+        self.results = []     # result lines, in arrival order
+        self.done = set()
+        self.duplicates = 0
+        self.received = 0
+        os.makedirs(state_dir, exist_ok=True)
+        self._load()
+        self.frames_log = open(os.path.join(state_dir, "frames.log"), "a")
+        self.results_log = open(os.path.join(state_dir, "results.log"), "a")
+
+    def _load(self):
+        try:
+            with open(os.path.join(self.state_dir, "results.log")) as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        rid = json.loads(line)["id"]
+                        if rid not in self.done:
+                            self.done.add(rid)
+                            self.results.append(line.rstrip("\n"))
+        except OSError:
+            pass
+        try:
+            with open(os.path.join(self.state_dir, "frames.log")) as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        rid = line.split(" ", 1)[0]
+                        self.received += 1
+                        if rid not in self.done and rid not in self.frames:
+                            self.frames[rid] = line.rstrip("\n")
+                            self.order.append(rid)
+        except OSError:
+            pass
+
+    def add_frames(self, lines):
+        with self.lock:
+            for line in lines:
+                rid = line.split(" ", 1)[0]
+                if not rid or rid in self.done or rid in self.frames:
+                    continue
+                self.frames_log.write(line + "\n")
+                self.frames[rid] = line
+                self.order.append(rid)
+                self.received += 1
+            self.frames_log.flush()
+            self.lock.notify_all()
+
+    def add_results(self, lines):
+        with self.lock:
+            for line in lines:
+                rid = json.loads(line)["id"]
+                if rid in self.done:
+                    self.duplicates += 1
+                    continue
+                self.done.add(rid)
+                self.frames.pop(rid, None)
+                self.results.append(line)
+                self.results_log.write(line + "\n")
+            self.results_log.flush()
+
+    def pending(self):
+        with self.lock:
+            self.order = [i for i in self.order if i in self.frames]
+            return list(self.order)
+
+    def feed(self, conn):
+        """Send the job's source every record without a result, then new
+        ones as they come, until the connection breaks."""
+        sent = set()
+        with conn:
+            while True:
+                with self.lock:
+                    todo = [self.frames[i] for i in self.order
+                            if i in self.frames and i not in sent]
+                    if not todo:
+                        self.lock.wait(0.5)
+                        continue
+                    sent.update(line.split(" ", 1)[0] for line in todo)
+                try:
+                    conn.sendall("".join(x + "\n" for x in todo).encode())
+                except OSError:
+                    return
+
+    def stats(self):
+        with self.lock:
+            return {"received": self.received, "results": len(self.results),
+                    "pending": len(self.frames), "duplicates_dropped": self.duplicates}
+
+
+def gateway_handler(gw, flink_status=lambda: {}, savepoint=None):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def do_HEAD(self):
+            self.do_GET()
+
+        def do_GET(self):
+            path, _, query = self.path.partition("?")
+            if path == "/detections":
+                params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+                try:
+                    start = int(params.get("from", "0"))
+                except ValueError:
+                    return self._send(400, {"error": "from must be an integer"})
+                with gw.lock:
+                    res = gw.results[start:]
+                return self._send(200, {"from": start, "detections": [
+                    json.loads(x) for x in res]})
+            if path in ("/", "/stats"):
+                # a copy: the JobManager's watcher updates it meanwhile
+                return self._send(200, dict(gw.stats(), flink=dict(flink_status())))
+            self._send(404, {"error": "GET /detections?from=N or /stats"})
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode("utf-8", "replace")
+            if self.path == "/savepoint" and savepoint is not None:
+                if self.client_address[0] != "127.0.0.1":  # the service agent only
+                    return self._send(403, {"error": "only from this instance"})
+                return self._send(200, savepoint())
+            lines = [x for x in body.split("\n") if x.strip()]
+            try:
+                if self.path == "/frames":
+                    gw.add_frames(lines)
+                elif self.path == "/results":
+                    gw.add_results(lines)
+                else:
+                    return self._send(404, {"error": "POST /frames or /results"})
+            except (ValueError, KeyError) as e:
+                return self._send(400, {"error": "bad line: %s" % e})
+            self._send(200, {"accepted": len(lines)})
+    return Handler
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def server_bind(self):  # no reverse DNS lookup (see agent.py)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", self.server_address[1]
+
+
+def serve_gateway(gw, host, port, feed_port, flink_status=lambda: {}, savepoint=None):
+    """Start the gateway's HTTP and feed servers; returns the HTTP server."""
+    httpd = _Server((host, port), gateway_handler(gw, flink_status, savepoint))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    feed = socket.create_server((host, feed_port), reuse_port=False)
+
+    def accept():
+        while True:
+            conn, _ = feed.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=gw.feed, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return httpd
+
+
+def write_conf(home, conf_dir, settings):
+    """Flink's configuration: the distribution's, with this instance's
+    addresses, Pi-sized memory and the bundle's ``flink.conf`` on top."""
+    os.makedirs(conf_dir, exist_ok=True)
+    for name in os.listdir(os.path.join(home, "conf")):
+        if name.startswith("log4j"):
+            with open(os.path.join(home, "conf", name)) as src, \
+                    open(os.path.join(conf_dir, name), "w") as dst:
+                dst.write(src.read())
+    extra = {}
+    try:
+        with open(os.path.join(APP_DIR, "flink.conf")) as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and not line.lstrip().startswith("#"):
+                    extra[key.strip()] = value.strip()
+    except OSError:
+        pass
+    java_opts = " ".join("--add-opens=java.base/%s=ALL-UNNAMED" % p for p in (
+        "java.lang", "java.util", "java.io", "java.net", "java.nio", "sun.nio.ch",
+        "java.lang.reflect", "java.text", "java.time", "java.util.concurrent",
+        "java.util.concurrent.atomic", "java.util.concurrent.locks"))
+    merged = dict(MEMORY)
+    merged.update({"env.java.opts.all": java_opts,
+                   "python.executable": os.path.join(VENV, "bin", "python"),
+                   "python.client.executable": os.path.join(VENV, "bin", "python"),
+                   "taskmanager.numberOfTaskSlots": "1",
+                   "jobmanager.scheduler": "adaptive",
+                   "restart-strategy.type": "fixed-delay",
+                   "restart-strategy.fixed-delay.attempts": "1000000",
+                   "restart-strategy.fixed-delay.delay": "1 s",
+                   "heartbeat.timeout": "20000",
+                   # rescale soon after a TaskManager comes or goes
+                   "jobmanager.adaptive-scheduler.scaling-interval.min": "5 s",
+                   "jobmanager.adaptive-scheduler.resource-stabilization-timeout": "3 s",
+                   "blob.server.port": "6124",
+                   "jobmanager.rpc.port": "6123",
+                   "taskmanager.rpc.port": "6122",
+                   "taskmanager.data.port": "6121",
+                   "rest.port": str(REST_PORT)})
+    merged.update(settings)
+    merged.update(extra)
+    with open(os.path.join(conf_dir, "config.yaml"), "w") as f:
+        for k, v in merged.items():
+            f.write("%s: %s\n" % (k, json.dumps(v)))
+
+
+def rest(ip, path, timeout=3):
+    with urllib.request.urlopen("http://%s:%d%s" % (ip, REST_PORT, path),
+                                timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def rest_post(path, body, timeout=10):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (REST_PORT, path),
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def job_file():
+    for name in ("job.py",):
+        if os.path.isfile(os.path.join(APP_DIR, name)):
+            return ["-py", os.path.join(APP_DIR, name)]
+    jars = sorted(glob.glob(os.path.join(APP_DIR, "*.jar")))
+    if jars:
+        return [jars[0]]
+    raise SystemExit("the bundle has neither job.py nor a .jar")
+
+
+def run_jobmanager(home, env, my_ip):
+    conf_dir = os.path.join(RUN_DIR, "flink-conf")
+    write_conf(home, conf_dir, {"jobmanager.rpc.address": my_ip,
+                                "jobmanager.bind-host": "0.0.0.0",
+                                "rest.address": my_ip,
+                                "rest.bind-address": "0.0.0.0"})
+    env = dict(env, FLINK_CONF_DIR=conf_dir)
+    status = {}
+    paused = {"until": 0.0}
+    consumed = {"path": None}
+    savepoints = os.path.join(STATE_DIR, "savepoints")
+
+    def savepoint():
+        """Stop the job with a savepoint into the state directory (a
+        migration's final copy carries it); no new submission for a while,
+        unless the move fails."""
+        # A job being rescaled (a TaskManager just came or went) restarts:
+        # wait for it to run again rather than move without a savepoint.
+        deadline = time.monotonic() + SAVEPOINT_WAIT
+        while True:
+            try:
+                listed = rest("127.0.0.1", "/jobs/overview")["jobs"]
+            except (OSError, ValueError, KeyError) as e:
+                return {"savepoint": None, "detail": "JobManager not answering: %s" % e}
+            jobs = [j for j in listed if j["state"] == "RUNNING"]
+            settling = [j for j in listed if j["state"] not in (
+                "RUNNING", "FAILED", "CANCELED", "FINISHED")]
+            if jobs or not settling or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if not jobs:
+            return {"savepoint": None, "detail": "no running job"}
+        paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
+        # A savepoint, then cancel, through the REST API (no JVM to start):
+        # ``flink stop`` fails on a socket source (its cancel closes the
+        # socket, which fails the savepoint).
+        jid = jobs[0]["jid"]
+        t0 = time.monotonic()
+        try:
+            trigger = rest_post("/jobs/%s/savepoints" % jid, {
+                "target-directory": "file://" + savepoints, "cancel-job": True})
+            deadline = time.monotonic() + 30  # within the agent's 80 s
+            while time.monotonic() < deadline:
+                st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (
+                    jid, trigger["request-id"]))
+                if st["status"]["id"] == "COMPLETED":
+                    break
+                time.sleep(0.2)
+        except (OSError, ValueError, KeyError) as e:
+            return {"savepoint": None, "detail": "savepoint failed: %s" % e}
+        failure = (st.get("operation") or {}).get("failure-cause")
+        path = None if failure else (st.get("operation") or {}).get("location")
+        log("job %s stopped with savepoint %s in %.1f s%s" % (
+            jid, path, time.monotonic() - t0, " (%s)" % failure if failure else ""))
+        return {"savepoint": path, "seconds": round(time.monotonic() - t0, 1)}
+
+    gw = Gateway(os.path.join(STATE_DIR, "gateway"))
+    serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
+    jm = subprocess.Popen([os.path.join(home, "bin", "jobmanager.sh"),
+                           "start-foreground"], env=env, start_new_session=True)
+    CHILDREN.append(jm)
+    env = dict(env, MEC_FLINK_FEED="%s:%d" % (my_ip, FEED_PORT),
+               MEC_FLINK_SINK="http://%s:%d/results" % (my_ip, APP_PORT))
+    while jm.poll() is None:
+        time.sleep(1)
+        try:
+            overview = rest("127.0.0.1", "/overview")
+            jobs = rest("127.0.0.1", "/jobs/overview")["jobs"]
+        except (OSError, ValueError, KeyError):
+            continue
+        live = [j for j in jobs if j["state"] not in (
+            "FAILED", "CANCELED", "FINISHED")]
+        status.update(taskmanagers=overview.get("taskmanagers"),
+                      jobs=[{"id": j["jid"], "state": j["state"]} for j in live])
+        if consumed["path"] and any(j["state"] == "RUNNING" for j in live):
+            shutil.rmtree(consumed.pop("path"), ignore_errors=True)  # never again
+            consumed["path"] = None
+        if live or not overview.get("taskmanagers") or \
+                time.monotonic() < paused["until"]:
+            continue
+        restore = latest_savepoint(savepoints)
+        log("submitting the job (%d TaskManager(s))%s" % (
+            overview["taskmanagers"], " from savepoint " + restore if restore else ""))
+        res = subprocess.run([os.path.join(home, "bin", "flink"), "run", "-d",
+                              "-m", "127.0.0.1:%d" % REST_PORT]
+                             + (["-s", restore, "--allowNonRestoredState"] if restore else [])
+                             + job_file(), env=env,
+                             stdout=sys.stdout, stderr=sys.stdout, timeout=300)
+        if res.returncode == 0 and restore:
+            consumed["path"] = restore  # removed once the job runs from it
+            status["restored_from"] = restore
+        if res.returncode:
+            log("job submission failed (exit %d); trying again" % res.returncode)
+            time.sleep(5)
+    return jm.returncode
+
+
+def latest_savepoint(directory):
+    """The newest complete savepoint (with its ``_metadata``) or None."""
+    try:
+        found = [os.path.join(directory, d) for d in os.listdir(directory)
+                 if os.path.isfile(os.path.join(directory, d, "_metadata"))]
+    except OSError:
+        return None
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def master_address(my_ip):
+    try:
+        with open(PEERS_FILE) as f:
+            first = (f.read().split() or [None])[0]
+    except OSError:
+        return None
+    return first if first and first != my_ip else None
+
+
+def run_taskmanager(home, env, my_ip):
+    conf_dir = os.path.join(RUN_DIR, "flink-conf")
+    while True:
+        master = master_address(my_ip)
+        if not master:
+            time.sleep(0.5)
+            continue
+        write_conf(home, conf_dir, {"jobmanager.rpc.address": master,
+                                    "taskmanager.host": my_ip,
+                                    "taskmanager.resource-id": my_ip,
+                                    "taskmanager.bind-host": "0.0.0.0"})
+        log("TaskManager for the JobManager at %s" % master)
+        tm = subprocess.Popen([os.path.join(home, "bin", "taskmanager.sh"),
+                               "start-foreground"], env=dict(env, FLINK_CONF_DIR=conf_dir),
+                              start_new_session=True)
+        CHILDREN[:] = [tm]
+        while tm.poll() is None and master_address(my_ip) == master:
+            time.sleep(0.5)
+        if tm.poll() is None:
+            log("the JobManager moved: restarting the TaskManager")
+            os.killpg(tm.pid, signal.SIGTERM)
+            try:
+                tm.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(tm.pid, signal.SIGKILL)
+                tm.wait()
+        else:
+            time.sleep(1)
+
+
+CHILDREN = []
+
+
+def _terminate(*_):
+    for child in CHILDREN:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os.killpg(0, signal.SIGKILL)  # and a job submission under way
+
+
+def resolvable_hostname(my_ip, hosts="/etc/hosts"):
+    """The JVM asks for this host's name and address (a TaskManager's
+    resource id): the container's name resolves nowhere else."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None)
+        return
+    except OSError:
+        pass
+    try:
+        if os.path.exists(hosts):
+            with open(hosts) as f:
+                if any(name in line.split()[1:] for line in f
+                       if not line.startswith("#")):
+                    return
+        with open(hosts, "a") as f:
+            f.write("%s %s\n" % (my_ip, name))
+    except OSError as e:
+        log("cannot add %s to %s: %s" % (name, hosts, e))
+
+
+def main():
+    home = flink_home()
+    my_ip = os.environ.get("MY_IP") or "127.0.0.1"
+    resolvable_hostname(my_ip)
+    env = dict(os.environ, PATH=os.path.join(VENV, "bin") + ":" + os.environ.get(
+        "PATH", "/usr/bin:/bin"), FLINK_HOME=home)
+    java = glob.glob("/usr/lib/jvm/java-17-openjdk-*")
+    if java:
+        env["JAVA_HOME"] = java[0]
+    signal.signal(signal.SIGTERM, _terminate)
+    if os.environ.get("MY_ROLE") == "master":
+        sys.exit(run_jobmanager(home, env, my_ip))
+    run_taskmanager(home, env, my_ip)
+
+
+if __name__ == "__main__":
+    main()

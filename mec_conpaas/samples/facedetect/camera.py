@@ -1,0 +1,98 @@
+"""The camera user of the face-recognition workload: sends frames to the
+flink service's endpoint and reads the detections back, timing both.
+
+Runs as a Wi-Fi user (``ip netns exec`` in a client namespace; stdlib only)
+or on the host for the no-PaaS baseline.  ``--every S``: one frame every S
+seconds (a live stream; per-frame latency from sending to seeing its
+detection); ``--every 0``: the whole video at once (processing time per
+video, frames per second).  Prints one JSON object.
+"""
+import argparse
+import json
+import threading
+import time
+import urllib.request
+
+
+def post(url, lines, tries=200):
+    """POST until accepted: a frame the endpoint refused (a migration's
+    switch) is sent again, and counted."""
+    data = "".join(x + "\n" for x in lines).encode()
+    for n in range(tries):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(
+                    url + "/frames", data=data, method="POST"), timeout=10) as r:
+                r.read()
+            return n
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError("the endpoint refused frames %d times" % tries)
+
+
+def run(url, lines, every, timeout, poll=0.01, batch=10):
+    ids = [x.split(" ", 1)[0] for x in lines]
+    sent, seen, retries = {}, {}, [0]
+    done = threading.Event()
+
+    def reader():
+        nxt = 0
+        while not done.is_set():
+            try:
+                with urllib.request.urlopen("%s/detections?from=%d" % (url, nxt),
+                                            timeout=10) as r:
+                    got = json.loads(r.read())["detections"]
+            except Exception:  # the endpoint is switching: ask again
+                time.sleep(0.1)
+                continue
+            now = time.monotonic()
+            for d in got:
+                seen.setdefault(d["id"], (now, d))
+            nxt += len(got)
+            if all(i in seen for i in ids):
+                done.set()
+            time.sleep(poll)
+
+    t = threading.Thread(target=reader, daemon=True)
+    start = time.monotonic()
+    if every:
+        t.start()
+        for i, line in zip(ids, lines):
+            sent[i] = time.monotonic()
+            retries[0] += post(url, [line])
+            time.sleep(max(0.0, sent[i] + every - time.monotonic()))
+    else:
+        for k in range(0, len(lines), batch):
+            now = time.monotonic()
+            for i in ids[k:k + batch]:
+                sent[i] = now
+            retries[0] += post(url, lines[k:k + batch])
+        t.start()
+    done.wait(timeout)
+    end = time.monotonic()
+    done.set()
+    lat = sorted(1000 * (seen[i][0] - sent[i]) for i in ids if i in seen)
+    last = max((seen[i][0] for i in ids if i in seen), default=end)
+    return {"frames": len(ids), "results": len([i for i in ids if i in seen]),
+            "post_retries": retries[0],
+            "seconds": round(last - start, 3),
+            "fps": round(len(seen) / (last - start), 2) if seen else 0.0,
+            "latency_ms": lat,
+            "faces": {i: len(seen[i][1]["faces"]) for i in ids if i in seen},
+            "taskmanagers": sorted({seen[i][1].get("taskmanager") for i in ids
+                                    if i in seen} - {None})}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", required=True, help="http://ENDPOINT:PORT")
+    p.add_argument("--frames", required=True, help="file of lines ID BASE64-JPEG")
+    p.add_argument("--every", type=float, default=0.0)
+    p.add_argument("--timeout", type=float, default=300)
+    args = p.parse_args()
+    with open(args.frames) as f:
+        lines = f.read().splitlines()
+    print(json.dumps(run(args.url.rstrip("/"), lines, args.every, args.timeout)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The far cloud: a service offloaded to the cloud node when no access point
+has room comes back, make-before-break, once one has, under a Wi-Fi user
+with no failed request.
+
+Its own edge (the default address plan, 10.240-10.242, beside the session's
+isolated one; prefix ``mcc-``) with edge-topology-cloud.yaml: three access
+points of two slots and a cloud node 30 ms behind ap-1.
+"""
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from mec_conpaas.edge import cluster
+from mec_conpaas.edge import loadgen
+from mec_conpaas.manager import topology as topology_mod
+from tests.functional.conftest import Load
+from tests.functional.conftest import wait_op
+
+CLOUD = os.path.join(os.path.dirname(topology_mod.DEFAULT), "edge-topology-cloud.yaml")
+PREFIX = "mcc-"
+
+
+@pytest.fixture(scope="module")
+def cloud_edge():
+    state = tempfile.mkdtemp(prefix="mec-edge-cloud-")
+    e = cluster.Edge(state, CLOUD, prefix=PREFIX, manager_port=9695, manager_opts={
+        "node_heartbeat_timeout": 6, "health_timeout": 30, "node_lost_grace": 0},
+        log=lambda m: print("cloud edge:", m), user_credentials=False)
+    e.up()
+    try:
+        yield e
+    finally:
+        e.down()
+        subprocess.run(["rm", "-rf", state])
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                              text=True).stdout
+        assert PREFIX not in left, "namespaces left behind: " + left
+
+
+@pytest.fixture(scope="module")
+def cloud_admin(cloud_edge):
+    from mec_conpaas.cli import client as client_mod
+    token = open(cloud_edge.path("admin-token")).read().strip()
+    return client_mod.Client(cloud_edge.manager_url(), token)
+
+
+def _nodes(svc):
+    return sorted(i["node"] for i in svc["instances"] if i["state"] == "ACTIVE")
+
+
+def test_offload_to_the_cloud_and_return(cloud_edge, cloud_admin):
+    c = cloud_admin
+    nodes = {n["name"]: n for n in c.nodes()}
+    assert nodes["cloud-1"]["max_instances"] > nodes["ap-1"]["max_instances"]
+    # No Wi-Fi user on the cloud node; its link carries the backbone latency.
+    assert cloud_edge.net.wifi_aps() == ["ap-1", "ap-2", "ap-3"]
+    users = [n for n in cloud_edge.net.existing_netns() if n.startswith(PREFIX + "cl-")]
+    assert len(users) == 3, users
+    # Fill every access point (2 slots each): the cloud, emptier, gets none.
+    for ap in ("ap-1", "ap-2", "ap-3"):
+        wait_op(c, c.create_service("web", "fill-" + ap[-1], node=ap, count=2))
+    assert all(_nodes(c.service("fill-" + n)) == ["ap-" + n] * 2 for n in "123")
+    wait_op(c, c.create_service("web", "roam"))
+    svc = c.service("roam")
+    assert svc["home_node"] == "cloud-1" and _nodes(svc) == ["cloud-1"]
+    load = Load(cloud_edge, "ap-3", svc["port"], interval=0.02)
+    try:
+        time.sleep(2)
+        t_free = time.monotonic()
+        wait_op(c, c.delete_service("fill-3"))  # ap-3 has room again
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            svc = c.service("roam")
+            if svc["home_node"] == "ap-3" and svc["state"] == "RUNNING":
+                break
+            time.sleep(0.5)
+        returned_after = time.monotonic() - t_free
+        time.sleep(2)
+    finally:
+        results = load.stop()
+    assert svc["home_node"] == "ap-3" and _nodes(svc) == ["ap-3"], svc
+    summary = loadgen.summarize(results)
+    print("offload-and-return: back %.1f s after the slot freed; %s" % (
+        returned_after, summary))
+    assert summary["requests"] > 100 and summary["failed"] == 0, summary
+    # The user on ap-3 sees the move: the cloud is 30 ms + 2 x 2 ms away
+    # each way, its own access point no backbone hop at all.
+    cloud_ms = [1000 * (r["end"] - r["start"]) for r in results
+                if r["start"] < t_free]
+    edge_ms = [1000 * (r["end"] - r["start"]) for r in results[-20:]]
+    assert statistics.median(cloud_ms) > statistics.median(edge_ms) + 40, (
+        statistics.median(cloud_ms), statistics.median(edge_ms))
+    ops = [o for o in c.operations() if o["service"] == "roam"]
+    # The manager's own migration, make-before-break, from the cloud node.
+    assert [(o["kind"], o["state"], o["params"].get("source"), o["params"].get("to"))
+            for o in ops if o["kind"] == "migrate"] == [
+                ("migrate", "SUCCEEDED", "cloud-1", "ap-3")], ops
