@@ -18,12 +18,12 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver (-e
-    mec_conpaas_manager_driver=openstack -e mec_conpaas_node_container_backend=nova);
-    the roles' default is still lxc."""
+    """These tests need the deployment on the openstack driver: the roles' default
+    where there is an OpenStack controller (CI's test bed), unless overridden with
+    -e mec_conpaas_manager_driver=lxc -e mec_conpaas_node_container_backend=libvirt."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
-        pytest.skip("the manager runs the lxc driver (the roles' default)")
+        pytest.skip("the manager runs the lxc driver (overridden in the inventory)")
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,12 @@ uses as the domain UUID) and does what only the AP can:
 - freezes, thaws, copies state and reads logs as for its own containers
   (the cgroup freezer of nova's domain, the state directory inside the
   rootfs).
+
+It also keeps the AP's on-link routes on the interface that actually
+carries them: neutron's linuxbridge agent enslaves the provider interface
+to its ``brq…`` bridge when the first nova server of any kind lands on the
+AP, and a route still naming the enslaved interface then loses its replies
+(``rehome_routes``, at every heartbeat).
 """
 import ipaddress
 import json
@@ -229,6 +235,16 @@ class NovaContainers(containers.LibvirtContainers):
             raise exception.NodeError("routing %s to bridge %s: %s" % (
                 cidr, source.get("bridge"), res.stderr.strip()))
 
+    def usage(self):
+        """Also re-homes enslaved routes (``rehome_routes``): this runs at
+        every heartbeat, so a route neutron's agent broke when a server not
+        of ours landed here is mended within one heartbeat interval."""
+        try:
+            rehome_routes()
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            LOG.warning("could not check the routes on bridged interfaces: %s", e)
+        return super().usage()
+
     def delete(self, instance_id):
         """Forget the instance; nova deletes the server.  A frozen one
         (migrated away) is killed at once, as the lxc backend does, so no
@@ -247,3 +263,56 @@ class NovaContainers(containers.LibvirtContainers):
         if fd is not None:
             os.close(fd)
         shutil.rmtree(super()._paths(instance_id)["base"], ignore_errors=True)
+
+
+def rehome_routes(ip=("ip",)):
+    """Move on-link routes whose interface became a bridge port onto the
+    bridge; returns the routes moved as (destination, port, bridge).
+
+    A port of a Linux bridge no longer receives for itself: the bridge
+    does.  So ``10.232.0.0/24 dev eth1`` (written by mec-conpaas-network,
+    or by ``_route_to``) stops working the moment neutron's linuxbridge
+    agent makes ``brq…`` and enslaves eth1: requests leave, the replies
+    arrive on the bridge, ARP stays INCOMPLETE, the AP's far tier answers
+    503.  Only routes without a gateway that are not the kernel's own
+    (an address's prefix route goes with its address) are moved, keeping
+    their source, protocol, scope and metric.  ``ip``: the command, e.g.
+    ``("ip", "-n", netns)`` to act in another network namespace.
+    """
+    out = subprocess.run(list(ip) + ["-j", "route", "show", "table", "main"],
+                         capture_output=True, text=True, check=True).stdout
+    moved = []
+    for route in json.loads(out or "[]"):
+        dev = route.get("dev")
+        if not dev or route.get("gateway") or route.get("protocol") == "kernel" \
+                or route.get("type", "unicast") != "unicast" or route.get("dst") == "default":
+            continue
+        bridge = _bridge_of(ip, dev)
+        if bridge is None:
+            continue
+        argv = ["route", "replace", route["dst"], "dev", bridge]
+        for key, word in (("prefsrc", "src"), ("protocol", "proto"), ("scope", "scope"),
+                          ("metric", "metric")):
+            if route.get(key) is not None:
+                argv += [word, str(route[key])]
+        res = subprocess.run(list(ip) + argv, capture_output=True, text=True)
+        if res.returncode:
+            LOG.warning("moving route %s from %s to bridge %s: %s", route["dst"], dev,
+                        bridge, res.stderr.strip())
+            continue
+        LOG.info("route %s moved from %s to bridge %s (it became a port of it)",
+                 route["dst"], dev, bridge)
+        moved.append((route["dst"], dev, bridge))
+    return moved
+
+
+def _bridge_of(ip, dev):
+    """The bridge ``dev`` is a port of, or None."""
+    out = subprocess.run(list(ip) + ["-j", "-d", "link", "show", "dev", dev],
+                         capture_output=True, text=True)
+    if out.returncode:
+        return None
+    links = json.loads(out.stdout or "[]")
+    if not links or links[0].get("linkinfo", {}).get("info_slave_kind") != "bridge":
+        return None
+    return links[0].get("master")
