@@ -157,37 +157,20 @@ class NovaContainers(containers.LibvirtContainers):
                 json.dump(meta, f)
         paths = self._paths(instance_id)
         try:
-            # Written as host root into a tree no tenant code has run in
-            # yet: the image's init only waits for INSTANCE_CONFIG.
             rootfs = paths["rootfs"]
             if not os.path.isdir(os.path.join(rootfs, "etc")):
                 raise exception.NodeError(
                     "nova server %s's domain %s has no running root" % (
                         spec["server_id"], dom.name()))
             bundle = self.fetch_bundle(spec["bundle_sha256"], self.bundle_cache)
-            app_dir = os.path.join(rootfs, "srv", "app")
-            if os.path.isdir(app_dir):
-                shutil.rmtree(app_dir)
-            bundles.extract(bundle, app_dir, self.conf.manager.max_bundle_size,
-                            self.conf.manager.max_bundle_members, owner=ids)
-            state = os.path.join(rootfs, "var", "lib", "service")
-            os.makedirs(state, exist_ok=True)
-            os.chown(state, *ids)
-            if self.agent_secret:
-                containers._write_secret(
-                    os.path.join(rootfs, containers.AGENT_SECRET_FILE),
-                    self.agent_secret(instance_id), *ids)
+            secret = self.agent_secret(instance_id) if self.agent_secret else None
+            self._unpack(rootfs, bundle, secret, ids)
             self._configure_network(dom.name(), spec)
             self._route_to(spec["cidr"], desc.find("devices/interface/source"))
             # Last: the image's init starts the service agent once it sees it.
-            config = os.path.join(rootfs, nova_image.INSTANCE_CONFIG)
-            os.makedirs(os.path.dirname(config), exist_ok=True)
-            tmp = config + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"env": {k: v for k, v in containers.instance_env(
-                    spec, spec["address"]).items() if v}}, f)
-            os.chown(tmp, *ids)
-            os.replace(tmp, config)
+            write_file(rootfs, nova_image.INSTANCE_CONFIG, json.dumps(
+                {"env": {k: v for k, v in containers.instance_env(
+                    spec, spec["address"]).items() if v}}), ids, mode=0o644)
         except Exception:
             LOG.exception("configuring nova instance %s failed", instance_id)
             shutil.rmtree(paths["base"], ignore_errors=True)
@@ -195,6 +178,34 @@ class NovaContainers(containers.LibvirtContainers):
         LOG.info("configured nova server %s as instance %s in %.2f s",
                  spec["server_id"], instance_id, time.monotonic() - t0)
         return self.info(instance_id)
+
+    def _unpack(self, rootfs, bundle, secret, ids):
+        """The bundle in /srv/app, the state directory and the agent's
+        secret, written into the instance's root as host root.  Every path
+        is walked from a descriptor of the root without following a link
+        (safefs), as the lxc backend does: a first adoption writes into a
+        tree no tenant code ran in yet, but a re-adoption (the agent lost
+        its metadata) writes through one the tenant controlled, where
+        ``srv`` or ``etc/mec-conpaas`` may be links to the node's files."""
+        try:
+            with safefs.closing(safefs.open_root(rootfs)) as rootfd:
+                with safefs.closing(safefs.open_dir(rootfd, ["srv"], create=0o755)) as srv:
+                    safefs.remove(srv, "app")
+                    # /proc/self/fd/N: the kernel's link to the directory just
+                    # opened; extract opens "app" itself without following one.
+                    bundles.extract(bundle, "/proc/self/fd/%d/app" % srv,
+                                    self.conf.manager.max_bundle_size,
+                                    self.conf.manager.max_bundle_members, owner=ids)
+                with safefs.closing(safefs.open_dir(rootfd, ["var", "lib", "service"],
+                                                    create=0o755)) as state:
+                    os.fchown(state, *ids)
+            if secret:
+                write_file(rootfs, containers.AGENT_SECRET_FILE, secret, ids, mode=0o400,
+                           dir_mode=0o700)
+        except safefs.UnsafePath as e:
+            raise exception.Conflict(
+                "instance root %s is not configured: %s is a link or not a directory "
+                "(%s); nothing was written through it" % (rootfs, e.path, e.why)) from None
 
     def _configure_network(self, domain_name, spec):
         """The port's address on the instance's NIC, from the host side."""
@@ -316,3 +327,26 @@ def _bridge_of(ip, dev):
     if not links or links[0].get("linkinfo", {}).get("info_slave_kind") != "bridge":
         return None
     return links[0].get("master")
+
+
+def write_file(root, rel, data, ids, mode=0o600, dir_mode=None):
+    """Write ``rel`` below ``root`` atomically and give it (and, with
+    ``dir_mode``, its directory) to ``ids``, following no link (safefs):
+    a temporary file beside it, renamed over it, so the image's init never
+    reads half a file and a link planted at ``rel`` is replaced, not
+    followed."""
+    parts = safefs.components(rel)
+    with safefs.closing(safefs.open_root(root)) as rootfd, \
+            safefs.closing(safefs.open_dir(rootfd, parts[:-1],
+                                           create=dir_mode or 0o755)) as dirfd:
+        if dir_mode is not None:
+            os.fchown(dirfd, *ids)
+            os.fchmod(dirfd, dir_mode)  # whatever the umask
+        tmp = parts[-1] + ".tmp"
+        safefs.remove(dirfd, tmp)
+        fd = safefs.open_file(dirfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as f:
+            os.fchown(f.fileno(), *ids)
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, parts[-1], src_dir_fd=dirfd, dst_dir_fd=dirfd)
