@@ -338,3 +338,34 @@ def test_nova_instances_are_isolated_on_the_network(master, aps):
     finally:
         for name in names:
             master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+
+
+@full_only
+def test_base_image_deleted_from_glance_is_a_clear_error_then_uploaded_again(master):
+    """The manager's driver keeps the glance image it uploaded; deleted behind its back,
+    the next create fails saying so and leaves no server or port, and the one after
+    uploads the image again and works."""
+    images = [i for i in master.openstack("image list -f json")
+              if i["Name"].startswith("mec-conpaas-base-")]
+    assert images, "no base image in glance: an earlier create should have uploaded it"
+    for image in images:
+        master.openstack("image delete %s" % image["ID"])
+    name = "os-noimage"
+    try:
+        out = master.run(PAAS_CLI + "service create web %s --node ap-1 -f json" % name,
+                         check=False, timeout=600)
+        assert out.returncode != 0, out.stdout
+        assert "missing from glance" in out.stderr + out.stdout, out.stderr
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+        servers = [s["Name"] for s in master.openstack("server list -f json")]
+        assert not [s for s in servers if s.startswith("mec-")], servers
+        ports = [p["Name"] for p in master.openstack("port list -f json")]
+        assert not [p for p in ports if p.startswith("mec-")], ports
+        t0 = time.monotonic()
+        master.run(PAAS_CLI + "service create web %s --node ap-1 -f json" % name,
+                   timeout=900)
+        print("\ncreate with the image built and uploaded again: %.1f s"
+              % (time.monotonic() - t0))
+        assert service(master, name)["state"] == "RUNNING"
+    finally:
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
