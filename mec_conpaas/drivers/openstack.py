@@ -242,7 +242,11 @@ class OpenstackDriver(lxc.LxcDriver):
             except exception.MecError as cleanup:  # the first error is the user's
                 LOG.error("instance %s's server or port may be left: %s", spec.id,
                           cleanup.message)
-            if "mage" in getattr(e, "message", "") and "not be found" in e.message:
+            message = getattr(e, "message", "")
+            # nova's words for it: "Image ... could not be found." and, on the test
+            # bed's Zed, "400 Can not find requested image".
+            if "mage" in message and ("not be found" in message
+                                      or "find requested image" in message):
                 # Deleted from glance behind our back: the next create uploads it.
                 with self._image_lock:
                     self._image_id = None

@@ -344,7 +344,9 @@ def test_nova_instances_are_isolated_on_the_network(master, aps):
 def test_base_image_deleted_from_glance_is_a_clear_error_then_uploaded_again(master):
     """The manager's driver keeps the glance image it uploaded; deleted behind its back,
     the next create fails saying so and leaves no server or port, and the one after
-    uploads the image again and works."""
+    uploads the image again and works. (Not yet passed on the bed: nova there answers
+    "Can not find requested image", which the driver did not recognise; the engine then
+    retries the create, so the first create may also end RUNNING.)"""
     images = [i for i in master.openstack("image list -f json")
               if i["Name"].startswith("mec-conpaas-base-")]
     assert images, "no base image in glance: an earlier create should have uploaded it"
