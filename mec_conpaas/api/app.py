@@ -27,6 +27,7 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
+from mec_conpaas.manager import inventory
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -260,15 +261,24 @@ def create_app(manager):
         ctx = context("nodes:list")
         with session_scope() as s:
             own = own_instances(s, ctx)
-            return flask.jsonify(nodes=[node_view(n, own)
-                                        for n in manager.cluster.nodes(s)])
+            nodes = manager.cluster.nodes(s)
+            return flask.jsonify(nodes=inventory.annotate(
+                [node_view(n, own) for n in nodes], nodes,
+                manager.cluster.driver.node_inventory()))
 
     @app.get("/v1/nodes/<name>")
     def show_node(name):
         ctx = context("nodes:show")
+        cloud = manager.cluster.driver.node_inventory()
         with session_scope() as s:
-            return flask.jsonify(node=node_view(services.node(s, name),
-                                                own_instances(s, ctx)))
+            try:
+                node = services.node(s, name)
+            except exception.NotFound:
+                if not cloud or name not in cloud:
+                    raise
+                return flask.jsonify(node=inventory.unregistered_view(name, cloud[name]))
+            return flask.jsonify(node=inventory.annotate(
+                [node_view(node, own_instances(s, ctx))], [node], cloud)[0])
 
     @app.post("/v1/nodes/<name>/drain")
     def drain_node(name):

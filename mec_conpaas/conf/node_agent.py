@@ -51,13 +51,28 @@ Possible values:
 * true: needs the ``nftables`` package (libnftables).
 * false: no filtering; any instance or Wi-Fi user reaches every instance.
 
-Only nodes that run the instances themselves (``container_backend =
-libvirt``) filter: with ``none`` nova creates the instances and neutron's
-port security and security groups are what keep them apart.
+Nodes that host instances filter: ``container_backend = libvirt`` (its
+own containers on ``bridge``) and ``nova`` (nova's instances on neutron's
+``brq…`` bridge; ``instance_network`` is then the provider network the
+instances' ports are on). ``none`` hosts nothing and filters nothing.
 
 Related options:
 * ``client_interfaces``
 * ``container_backend``
+* ``instance_denied_ports``
+"""),
+    cfg.ListOpt("instance_denied_ports", item_type=cfg.types.Integer(1, 32767),
+                default=[],
+                help="""
+TCP ports instances may not reach on any address outside the instance
+networks, with ``network_isolation``: e.g. the PaaS manager's and the
+OpenStack APIs' (9680, 5000, 8774, ...). The node agent's own port is
+always refused. Ports up to 32767 only: stateless rules would otherwise also
+drop answers to the node's own connections, which come from the ephemeral
+range above.
+
+Possible values:
+* a list of TCP ports (1-32767); empty: only the node agent's port.
 """),
     cfg.ListOpt("client_interfaces", default=["wlan0"],
                 help="""
@@ -71,7 +86,8 @@ Possible values:
     cfg.StrOpt("instance_network", default="10.240.1.0/24",
                help="""
 IPv4 network of the instances on this node; the bridge holds its first
-address and instances get the following ones.
+address and instances get the following ones. With ``container_backend =
+nova``: the neutron provider network the instances' ports are on.
 """),
     cfg.IntOpt("max_instances", default=8, min=0,
                help="""

@@ -57,6 +57,13 @@ forever).
                help="Seconds a server may take to become ACTIVE."),
     cfg.IntOpt("delete_timeout", default=120, min=5,
                help="Seconds a server may take to disappear once deleted."),
+    cfg.IntOpt("inventory_ttl", default=10, min=0,
+               help="""
+Seconds the compute hosts' inventory (nova's compute services, placement's
+inventories and usages: what ``node list`` and placement use) is reused
+before it is read again; 0 reads it at every use. Possible values: 0 or
+more; larger values cost fewer API calls and see a changed host later.
+"""),
 ]
 
 

@@ -92,6 +92,23 @@ class CloudDriver(abc.ABC):
         instances from this driver: placement leaves the others out."""
         return node.max_instances > 0
 
+    def node_inventory(self):
+        """The cloud's own view of its compute hosts, when it has one:
+        ``{host name: {"up": bool, "vcpus", "vcpus_free", "memory_mb",
+        "memory_mb_free"}}`` (free: what the cloud's scheduler can still
+        allocate), or None.
+
+        Where a cloud schedules the nodes' resources itself (nova and
+        placement), the PaaS must agree with it: ``node list``/``node show``
+        show each node's entry and add the hosts no node agent registered
+        for, and placement treats a host the cloud calls down as down and
+        fits no more instances on a node than its free vCPUs and memory
+        take (:mod:`mec_conpaas.manager.inventory`).  None, the default
+        (the ``lxc`` driver): the node agents' registrations and heartbeats
+        are the inventory.  Failing to read it is logged and gives None, so
+        a slow cloud API does not stop placement or ``node list``."""
+        return None
+
     @abc.abstractmethod
     def create_instance(self, node: NodeRef, spec: InstanceSpec) -> dict:
         """Start an instance; return at least ``{"address": ...}``, and

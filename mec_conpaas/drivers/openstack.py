@@ -58,6 +58,7 @@ class OpenstackDriver(lxc.LxcDriver):
         self._local = threading.local()
         self._image_lock = threading.Lock()
         self._image_id = None
+        self._inventory = (None, 0.0)  # (value, time.monotonic() read)
 
     # -- OpenStack ------------------------------------------------------
     def conn(self):
@@ -241,7 +242,11 @@ class OpenstackDriver(lxc.LxcDriver):
             except exception.MecError as cleanup:  # the first error is the user's
                 LOG.error("instance %s's server or port may be left: %s", spec.id,
                           cleanup.message)
-            if "mage" in getattr(e, "message", "") and "not be found" in e.message:
+            message = getattr(e, "message", "")
+            # nova's words for it: "Image ... could not be found." and, on the test
+            # bed's Zed, "400 Can not find requested image".
+            if "mage" in message and ("not be found" in message
+                                      or "find requested image" in message):
                 # Deleted from glance behind our back: the next create uploads it.
                 with self._image_lock:
                     self._image_id = None
@@ -312,6 +317,22 @@ class OpenstackDriver(lxc.LxcDriver):
         return out
 
     # -- inventory -------------------------------------------------------
+    def node_inventory(self):
+        """``inventory()``, reused for ``[openstack] inventory_ttl`` seconds:
+        placement asks at every decision, and each read is 2 + 2 per host
+        API calls."""
+        value, at = self._inventory
+        if value is not None and time.monotonic() - at < self.conf.openstack.inventory_ttl:
+            return value
+        try:
+            value = self.inventory()
+        except exception.MecError as e:
+            LOG.warning("cannot read the compute hosts' inventory from nova and "
+                        "placement (using the node agents' view): %s", e.message)
+            return None
+        self._inventory = (value, time.monotonic())
+        return value
+
     def inventory(self):
         """Compute hosts as nova and placement see them: ``{host: {"up",
         "vcpus", "vcpus_free", "memory_mb", "memory_mb_free"}}``; free

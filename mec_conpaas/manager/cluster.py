@@ -17,6 +17,7 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.drivers import nodeagent
+from mec_conpaas.manager import inventory as inventory_mod
 from mec_conpaas.manager import topology as topology_mod
 from mec_conpaas.policies import placement
 
@@ -79,10 +80,19 @@ class Cluster:
         for inst in session.scalars(select(models.Instance)):
             used[inst.node_name] = used.get(inst.node_name, 0) + 1
         # A node the driver cannot put instances on is never schedulable.
-        return {n.name: {"max_instances": n.max_instances,
-                         "used": used.get(n.name, 0), "up": n.state == "up",
-                         "schedulable": not n.disabled and self.driver.node_can_host(n)}
-                for n in self.nodes(session)}
+        out = {n.name: {"max_instances": n.max_instances,
+                        "used": used.get(n.name, 0), "up": n.state == "up",
+                        "schedulable": not n.disabled and self.driver.node_can_host(n)}
+               for n in self.nodes(session)}
+        # Where the cloud schedules the nodes itself (nova): its up/down and free
+        # vCPUs and memory bound what placement may use (manager/inventory.py).
+        cloud = self.driver.node_inventory()
+        for n in self.nodes(session) if cloud else ():
+            host = inventory_mod.host_of(cloud, n)
+            if host is not None:
+                inventory_mod.cap(out[n.name], host, self.conf.manager.instance_memory_mb,
+                                  self.conf.manager.instance_cpus)
+        return out
 
     def free_slots(self, session, node=None):
         """Free instance slots on the up, schedulable nodes (or on ``node``

@@ -17,6 +17,7 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.policies import farcloud
+from mec_conpaas.manager import inventory
 from mec_conpaas.policies import placement
 
 
@@ -83,6 +84,12 @@ class Services:
                                      "choose another node" % name)
         if node.disabled:
             raise exception.Conflict(self.disabled_message(node))
+        cloud = inventory.host_of(self.driver.node_inventory(), node)
+        if cloud is not None and not cloud["up"]:
+            raise exception.Conflict(
+                "node %s's compute host is down or disabled in the cloud (nova): "
+                "choose another node, or have the cloud admin enable its compute "
+                "service" % name)
         return node
 
     # -- capacity and placement ----------------------------------------------

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.deploy.conftest import full_only
+from tests.deploy.conftest import shell_quote
 from tests.deploy.test_deploy import PAAS_CLI
 from tests.deploy.test_deploy import http_status
 
@@ -18,12 +19,12 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver (-e
-    mec_conpaas_manager_driver=openstack -e mec_conpaas_node_container_backend=nova);
-    the roles' default is still lxc."""
+    """These tests need the deployment on the openstack driver: the roles' default
+    where there is an OpenStack controller (CI's test bed), unless overridden with
+    -e mec_conpaas_manager_driver=lxc -e mec_conpaas_node_container_backend=libvirt."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
-        pytest.skip("the manager runs the lxc driver (the roles' default)")
+        pytest.skip("the manager runs the lxc driver (overridden in the inventory)")
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,215 @@ def test_inventory_comes_from_nova_and_placement(aps, check):
     for ap in aps:
         assert inv[ap.name]["up"] is True, inv
         assert inv[ap.name]["memory_mb_free"] > 0, inv
+
+
+def paas_node(master, name):
+    return json.loads(master.run(PAAS_CLI + "node show %s -f json" % name).stdout)
+
+
+def inventory_ttl(master):
+    """The manager's [openstack] inventory_ttl, as its own config parser reads it."""
+    return int(master.run(
+        "%s -c 'from mec_conpaas import conf; conf.parse_args([], default_config_files="
+        "[\"/etc/mec-conpaas/mec-conpaas.conf\"]); print(conf.CONF.openstack.inventory_ttl)'"
+        % PYTHON).stdout.strip())
+
+
+@full_only
+def test_node_views_and_placement_follow_nova(master, aps):
+    """node show carries each AP's compute host as nova and placement see it (its
+    memory as `openstack hypervisor show` has it); a compute service an admin disables in
+    nova makes that AP refuse new instances with a clear error, and enabling it back
+    makes it a host again."""
+    ttl = inventory_ttl(master)
+    for ap in aps:
+        cloud = paas_node(master, ap.name)["cloud"]
+        hyp = master.openstack("hypervisor show %s -f json" % ap.name)
+        assert cloud["up"] is True and cloud["memory_mb"] == hyp["memory_mb"], (cloud, hyp)
+        assert 0 < cloud["memory_mb_free"] <= cloud["memory_mb"], cloud
+    ap = aps[-1]
+    master.openstack("compute service set --disable --disable-reason mec-test %s "
+                     "nova-compute" % ap.name)
+    try:
+        time.sleep(ttl + 1)
+        assert paas_node(master, ap.name)["cloud"]["up"] is False
+        out = master.run(PAAS_CLI + "service create web os-inv --node %s -f json"
+                         % ap.name, check=False, timeout=300)
+        assert out.returncode != 0, out.stdout
+        assert "disabled in the cloud (nova)" in out.stderr + out.stdout, out.stderr
+    finally:
+        master.openstack("compute service set --enable %s nova-compute" % ap.name)
+        master.run(PAAS_CLI + "service delete os-inv", check=False, timeout=300)
+    time.sleep(ttl + 1)
+    assert paas_node(master, ap.name)["cloud"]["up"] is True
+
+
+def hostile_bundle(path):
+    """Links chained through each other: a -> ., b -> a/.., then a file through b."""
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for name, target in (("a", "."), ("b", "a/..")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        data = b"escaped\n"
+        info = tarfile.TarInfo("b/escaped")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def whoami_bundle(path):
+    import io
+    import tarfile
+    run = b"#!/bin/sh\nexec sleep 6001\n"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("run.sh")
+        info.size, info.mode = len(run), 0o755
+        tar.addfile(info, io.BytesIO(run))
+    return path
+
+
+@full_only
+def test_root_in_a_nova_instance_is_not_root_on_the_ap(master, aps, tmp_path):
+    """nova's [libvirt] uid_maps are in effect: the app (root inside) runs as the
+    mapped, unprivileged uid on the AP, and its files there belong to that uid."""
+    ap, name = aps[0], "os-whoami"
+    master.put(whoami_bundle(str(tmp_path / "whoami.tgz")), "/var/tmp/os-whoami.tgz")
+    master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+    try:
+        master.run(PAAS_CLI + "service create generic %s --node %s --bundle "
+                   "/var/tmp/os-whoami.tgz -f json" % (name, ap.name), timeout=600)
+        deadline = time.monotonic() + 30
+        while True:
+            ps = ap.run("ps -eo pid=,uid=,args= | grep '[s]leep 6001'", check=False).stdout
+            if ps.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert ps.strip(), "the app never started"
+        pid, uid = (int(x) for x in ps.split()[:2])
+        inside, outside, count = (int(x) for x in ap.run(
+            "cat /proc/%d/uid_map" % pid).stdout.split())
+        assert inside == 0 and outside == uid and uid != 0 and count < 2 ** 32 - 1, \
+            (uid, inside, outside, count)
+        owner = ap.run("stat -c '%%u %%g' /proc/%d/root/srv/app/run.sh" % pid).stdout
+        assert [int(x) for x in owner.split()] == [uid, uid], owner
+        assert ap.run("stat -c %%u /proc/%d/root/etc/mec-conpaas/instance.json"
+                      % pid).stdout.strip() == str(uid)
+    finally:
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+
+
+@full_only
+def test_a_bundle_whose_links_escape_is_refused_and_leaves_nothing(master, tmp_path):
+    master.put(hostile_bundle(str(tmp_path / "hostile.tgz")), "/var/tmp/os-hostile.tgz")
+    out = master.run(PAAS_CLI + "service create generic os-hostile --node ap-1 --bundle "
+                     "/var/tmp/os-hostile.tgz -f json", check=False, timeout=300)
+    assert out.returncode != 0, out.stdout
+    assert "link" in out.stderr + out.stdout, out.stderr
+    master.run(PAAS_CLI + "service delete os-hostile", check=False, timeout=300)
+    servers = [s["Name"] for s in master.openstack("server list -f json")]
+    assert not [s for s in servers if s.startswith("mec-")], servers
+
+
+PROBE = ("import concurrent.futures, json, socket, sys\n"
+         "def probe(t):\n"
+         "    try:\n"
+         "        socket.create_connection(tuple(t), timeout=1).close()\n"
+         "        return True\n"
+         "    except OSError:\n"
+         "        return False\n"
+         "ts = json.loads(sys.argv[1])\n"
+         "with concurrent.futures.ThreadPoolExecutor(len(ts)) as ex:\n"
+         "    print(json.dumps(list(ex.map(probe, ts))))\n")
+
+
+def probe_from_instance(ap, address, targets):
+    """Which of ``[(addr, port)]`` the nova instance holding ``address`` on ``ap``
+    reaches: the AP's python, run in the instance's network namespace (found by
+    the address on its NIC)."""
+    ap.run("cat > /var/tmp/mec-probe.py <<'EOF_'\n%sEOF_" % PROBE)
+    pid = ap.run(
+        "for p in $(ps -eo pid=,uid= | awk '$2 != 0 {print $1}'); do "
+        "nsenter -t $p -n ip -o -4 addr 2>/dev/null | grep -q ' %s/' && "
+        "{ echo $p; break; }; done" % address).stdout.split()
+    assert pid, "no task of the instance %s on %s" % (address, ap.name)
+    out = ap.run("nsenter -t %s -n python3 /var/tmp/mec-probe.py %s" % (
+        pid[0], shell_quote(json.dumps(targets))), timeout=120).stdout
+    return dict(zip((tuple(t) for t in targets), json.loads(out)))
+
+
+@full_only
+def test_nova_instances_are_isolated_on_the_network(master, aps):
+    """Mirrors tests/functional/test_isolation.py for nova's instances: an instance
+    reaches its own service's peer (other AP) and the AP endpoints, and not another
+    service's instance, any node agent, the manager or the OpenStack APIs."""
+    first, last = aps[0], aps[-1]
+    names = ("os-iso-a", "os-iso-b")
+    try:
+        for name in names:
+            master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+            master.run(PAAS_CLI + "service create web %s --node %s -f json"
+                       % (name, first.name), timeout=600)
+        master.run(PAAS_CLI + "service scale os-iso-a --count 2 --node %s -f json"
+                   % last.name, timeout=600)
+        a, b = service(master, "os-iso-a"), service(master, "os-iso-b")
+        a_here = next(i["address"] for i in a["instances"] if i["node"] == first.name)
+        a_there = next(i["address"] for i in a["instances"] if i["node"] == last.name)
+        b_here = b["instances"][0]["address"]
+        conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
+        assert "instance_denied_ports" in first.run(
+            "cat /etc/mec-conpaas/mec-conpaas.conf").stdout
+        denied = [int(p) for p in first.run(
+            "sed -n 's/^instance_denied_ports = //p' /etc/mec-conpaas/mec-conpaas.conf"
+        ).stdout.strip().split(",")]
+        assert 9680 in denied and 5000 in denied, (denied, conf)
+        got = probe_from_instance(first, a_here, [
+            (a_there, 8080), (first.address, a["port"]), (last.address, a["port"]),
+            (b_here, 8080), (b_here, 8999), (first.address, 9681), (last.address, 9681),
+            (master.address, 9680), (master.address, 5000), (master.address, 8774)])
+        print("\nfrom %s's instance on %s: %s" % ("os-iso-a", first.name, got))
+        assert got.pop((a_there, 8080)) is True                # own peer, other AP
+        assert got.pop((first.address, a["port"])) is True     # AP endpoints
+        assert got.pop((last.address, a["port"])) is True
+        assert set(got.values()) == {False}, got
+        # The nodes still reach every instance: both endpoints answer.
+        for ap in aps:
+            assert http_status(master, ap.address, b["port"]) == "200", ap.name
+    finally:
+        for name in names:
+            master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+
+
+@full_only
+def test_base_image_deleted_from_glance_is_a_clear_error_then_uploaded_again(master):
+    """The manager's driver keeps the glance image it uploaded; deleted behind its back,
+    the next create fails saying so and leaves no server or port, and the one after
+    uploads the image again and works. (Not yet passed on the bed: nova there answers
+    "Can not find requested image", which the driver did not recognise; the engine then
+    retries the create, so the first create may also end RUNNING.)"""
+    images = [i for i in master.openstack("image list -f json")
+              if i["Name"].startswith("mec-conpaas-base-")]
+    assert images, "no base image in glance: an earlier create should have uploaded it"
+    for image in images:
+        master.openstack("image delete %s" % image["ID"])
+    name = "os-noimage"
+    try:
+        out = master.run(PAAS_CLI + "service create web %s --node ap-1 -f json" % name,
+                         check=False, timeout=600)
+        assert out.returncode != 0, out.stdout
+        assert "missing from glance" in out.stderr + out.stdout, out.stderr
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+        servers = [s["Name"] for s in master.openstack("server list -f json")]
+        assert not [s for s in servers if s.startswith("mec-")], servers
+        ports = [p["Name"] for p in master.openstack("port list -f json")]
+        assert not [p for p in ports if p.startswith("mec-")], ports
+        t0 = time.monotonic()
+        master.run(PAAS_CLI + "service create web %s --node ap-1 -f json" % name,
+                   timeout=900)
+        print("\ncreate with the image built and uploaded again: %.1f s"
+              % (time.monotonic() - t0))
+        assert service(master, name)["state"] == "RUNNING"
+    finally:
+        master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)

@@ -12,7 +12,8 @@ manager tells it which instances belong to which service (``PUT
   ends); other tenants' instances are dropped;
 * Wi-Fi users (``[node_agent] client_interfaces``) never reach an instance
   address: they use the access points' endpoints (HAProxy ports);
-* an instance never reaches a node agent's API;
+* an instance never reaches a node agent's API, nor ``[node_agent]
+  instance_denied_ports`` (the manager's, OpenStack's) outside the instance networks;
 * everything else is left alone: the manager and the access points'
   HAProxies (not in any instance network) reach every instance for health
   checks and traffic, and instances reach the endpoints and the outside.
@@ -105,12 +106,14 @@ def _names(ifnames):
     return "{ %s }" % ", ".join(json.dumps(i) for i in ifnames)
 
 
-def render(services, instance_networks, ports, client_ifs, agent_port):
+def render(services, instance_networks, ports, client_ifs, agent_port, denied_ports=()):
     """The whole ruleset (both tables) for this desired state.
 
     ``services``: the body of ``PUT /v1/proxy`` (per service, its near,
     far and draining instances); ``instance_networks``: every node's;
-    ``ports``: this node's instance bridge ports, ``{ifname: address}``.
+    ``ports``: this node's instance bridge ports, ``{ifname: address}``;
+    ``denied_ports``: TCP ports instances may not reach outside the
+    instance networks (``[node_agent] instance_denied_ports``).
     """
     nets = sorted({str(ipaddress.ip_network(n)) for n in instance_networks})
     gateways = sorted(str(next(ipaddress.ip_network(n).hosts())) for n in nets)
@@ -126,13 +129,16 @@ def render(services, instance_networks, ports, client_ifs, agent_port):
              for name, addrs in members.items()]
     wifi = ["iifname %s ip daddr @instance_nets drop" % _names(client_ifs)] \
         if client_ifs else []
+    ports_list = ", ".join(str(int(p)) for p in sorted(set(denied_ports)))
+    denied = ["ip saddr @instance_nets ip daddr != @instance_nets tcp dport { %s } drop"
+              % ports_list] if ports_list else []
     # Shared by both tables: bridged traffic meets it in the bridge table,
     # routed traffic in the inet one (and, where br_netfilter is on, both).
     peers = ["ip saddr @gateways accept",  # the nodes themselves
              # no node agent, whichever of its addresses is asked
              "ip saddr @instance_nets ip daddr @gateways tcp dport %d drop" % agent_port,
              "ip saddr @instance_nets ip daddr != @instance_nets tcp dport %d drop"
-             % agent_port,
+             % agent_port] + denied + [
              "ip daddr @gateways accept"] + wifi + [
              "ip saddr != @instance_nets accept",
              "ip daddr != @instance_nets accept"]
@@ -152,7 +158,9 @@ def render(services, instance_networks, ports, client_ifs, agent_port):
                     + peers)],
         "inet": [("forward", ["meta nfproto != ipv4 accept"] + peers),
                  ("input", ['iifname != "lo" ip saddr @instance_nets ip saddr != @gateways '
-                            'tcp dport %d drop' % agent_port])],
+                            'tcp dport %d drop' % agent_port]
+                  + (['iifname != "lo" ip saddr @instance_nets ip saddr != @gateways '
+                      'tcp dport { %s } drop' % ports_list] if ports_list else []))],
     }
     out = []
     for family in FAMILIES:
@@ -172,9 +180,12 @@ class Isolation:
 
     def __init__(self, conf, ports=dict):
         opts = conf.node_agent
-        # Without containers of its own (backend 'none': nova's) the node
-        # owns no bridge port to filter; neutron does that job there.
-        self.enabled = opts.network_isolation and opts.container_backend == "libvirt"
+        # Backend 'none' hosts no instance: nothing to filter.  Under 'nova'
+        # the instances' ports are on neutron's brq bridge of this node and
+        # instance_network is the provider network they are on.
+        self.enabled = opts.network_isolation and opts.container_backend in ("libvirt",
+                                                                             "nova")
+        self.denied_ports = list(opts.instance_denied_ports)
         self.client_ifs = list(opts.client_interfaces)
         self.agent_port = opts.bind_port
         self.own_network = opts.instance_network
@@ -243,7 +254,7 @@ class Isolation:
         with self.apply_lock:
             nets = set(desired["instance_networks"]) | {self.own_network}
             text = render(desired["services"], nets, self.ports(),
-                          self.client_ifs, self.agent_port)
+                          self.client_ifs, self.agent_port, self.denied_ports)
             if text != self.applied:
                 try:
                     self.nft.run(text)

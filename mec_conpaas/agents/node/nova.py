@@ -18,6 +18,12 @@ uses as the domain UUID) and does what only the AP can:
 - freezes, thaws, copies state and reads logs as for its own containers
   (the cgroup freezer of nova's domain, the state directory inside the
   rootfs).
+
+It also keeps the AP's on-link routes on the interface that actually
+carries them: neutron's linuxbridge agent enslaves the provider interface
+to its ``brq…`` bridge when the first nova server of any kind lands on the
+AP, and a route still naming the enslaved interface then loses its replies
+(``rehome_routes``, at every heartbeat).
 """
 import ipaddress
 import json
@@ -151,37 +157,20 @@ class NovaContainers(containers.LibvirtContainers):
                 json.dump(meta, f)
         paths = self._paths(instance_id)
         try:
-            # Written as host root into a tree no tenant code has run in
-            # yet: the image's init only waits for INSTANCE_CONFIG.
             rootfs = paths["rootfs"]
             if not os.path.isdir(os.path.join(rootfs, "etc")):
                 raise exception.NodeError(
                     "nova server %s's domain %s has no running root" % (
                         spec["server_id"], dom.name()))
             bundle = self.fetch_bundle(spec["bundle_sha256"], self.bundle_cache)
-            app_dir = os.path.join(rootfs, "srv", "app")
-            if os.path.isdir(app_dir):
-                shutil.rmtree(app_dir)
-            bundles.extract(bundle, app_dir, self.conf.manager.max_bundle_size,
-                            self.conf.manager.max_bundle_members, owner=ids)
-            state = os.path.join(rootfs, "var", "lib", "service")
-            os.makedirs(state, exist_ok=True)
-            os.chown(state, *ids)
-            if self.agent_secret:
-                containers._write_secret(
-                    os.path.join(rootfs, containers.AGENT_SECRET_FILE),
-                    self.agent_secret(instance_id), *ids)
+            secret = self.agent_secret(instance_id) if self.agent_secret else None
+            self._unpack(rootfs, bundle, secret, ids)
             self._configure_network(dom.name(), spec)
             self._route_to(spec["cidr"], desc.find("devices/interface/source"))
             # Last: the image's init starts the service agent once it sees it.
-            config = os.path.join(rootfs, nova_image.INSTANCE_CONFIG)
-            os.makedirs(os.path.dirname(config), exist_ok=True)
-            tmp = config + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"env": {k: v for k, v in containers.instance_env(
-                    spec, spec["address"]).items() if v}}, f)
-            os.chown(tmp, *ids)
-            os.replace(tmp, config)
+            write_file(rootfs, nova_image.INSTANCE_CONFIG, json.dumps(
+                {"env": {k: v for k, v in containers.instance_env(
+                    spec, spec["address"]).items() if v}}), ids, mode=0o644)
         except Exception:
             LOG.exception("configuring nova instance %s failed", instance_id)
             shutil.rmtree(paths["base"], ignore_errors=True)
@@ -189,6 +178,34 @@ class NovaContainers(containers.LibvirtContainers):
         LOG.info("configured nova server %s as instance %s in %.2f s",
                  spec["server_id"], instance_id, time.monotonic() - t0)
         return self.info(instance_id)
+
+    def _unpack(self, rootfs, bundle, secret, ids):
+        """The bundle in /srv/app, the state directory and the agent's
+        secret, written into the instance's root as host root.  Every path
+        is walked from a descriptor of the root without following a link
+        (safefs), as the lxc backend does: a first adoption writes into a
+        tree no tenant code ran in yet, but a re-adoption (the agent lost
+        its metadata) writes through one the tenant controlled, where
+        ``srv`` or ``etc/mec-conpaas`` may be links to the node's files."""
+        try:
+            with safefs.closing(safefs.open_root(rootfs)) as rootfd:
+                with safefs.closing(safefs.open_dir(rootfd, ["srv"], create=0o755)) as srv:
+                    safefs.remove(srv, "app")
+                    # /proc/self/fd/N: the kernel's link to the directory just
+                    # opened; extract opens "app" itself without following one.
+                    bundles.extract(bundle, "/proc/self/fd/%d/app" % srv,
+                                    self.conf.manager.max_bundle_size,
+                                    self.conf.manager.max_bundle_members, owner=ids)
+                with safefs.closing(safefs.open_dir(rootfd, ["var", "lib", "service"],
+                                                    create=0o755)) as state:
+                    os.fchown(state, *ids)
+            if secret:
+                write_file(rootfs, containers.AGENT_SECRET_FILE, secret, ids, mode=0o400,
+                           dir_mode=0o700)
+        except safefs.UnsafePath as e:
+            raise exception.Conflict(
+                "instance root %s is not configured: %s is a link or not a directory "
+                "(%s); nothing was written through it" % (rootfs, e.path, e.why)) from None
 
     def _configure_network(self, domain_name, spec):
         """The port's address on the instance's NIC, from the host side."""
@@ -229,6 +246,16 @@ class NovaContainers(containers.LibvirtContainers):
             raise exception.NodeError("routing %s to bridge %s: %s" % (
                 cidr, source.get("bridge"), res.stderr.strip()))
 
+    def usage(self):
+        """Also re-homes enslaved routes (``rehome_routes``): this runs at
+        every heartbeat, so a route neutron's agent broke when a server not
+        of ours landed here is mended within one heartbeat interval."""
+        try:
+            rehome_routes()
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            LOG.warning("could not check the routes on bridged interfaces: %s", e)
+        return super().usage()
+
     def delete(self, instance_id):
         """Forget the instance; nova deletes the server.  A frozen one
         (migrated away) is killed at once, as the lxc backend does, so no
@@ -247,3 +274,79 @@ class NovaContainers(containers.LibvirtContainers):
         if fd is not None:
             os.close(fd)
         shutil.rmtree(super()._paths(instance_id)["base"], ignore_errors=True)
+
+
+def rehome_routes(ip=("ip",)):
+    """Move on-link routes whose interface became a bridge port onto the
+    bridge; returns the routes moved as (destination, port, bridge).
+
+    A port of a Linux bridge no longer receives for itself: the bridge
+    does.  So ``10.232.0.0/24 dev eth1`` (written by mec-conpaas-network,
+    or by ``_route_to``) stops working the moment neutron's linuxbridge
+    agent makes ``brq…`` and enslaves eth1: requests leave, the replies
+    arrive on the bridge, ARP stays INCOMPLETE, the AP's far tier answers
+    503.  Only routes without a gateway that are not the kernel's own
+    (an address's prefix route goes with its address) are moved, keeping
+    their source, protocol, scope and metric.  ``ip``: the command, e.g.
+    ``("ip", "-n", netns)`` to act in another network namespace.
+    """
+    out = subprocess.run(list(ip) + ["-j", "route", "show", "table", "main"],
+                         capture_output=True, text=True, check=True).stdout
+    moved = []
+    for route in json.loads(out or "[]"):
+        dev = route.get("dev")
+        if not dev or route.get("gateway") or route.get("protocol") == "kernel" \
+                or route.get("type", "unicast") != "unicast" or route.get("dst") == "default":
+            continue
+        bridge = _bridge_of(ip, dev)
+        if bridge is None:
+            continue
+        argv = ["route", "replace", route["dst"], "dev", bridge]
+        for key, word in (("prefsrc", "src"), ("protocol", "proto"), ("scope", "scope"),
+                          ("metric", "metric")):
+            if route.get(key) is not None:
+                argv += [word, str(route[key])]
+        res = subprocess.run(list(ip) + argv, capture_output=True, text=True)
+        if res.returncode:
+            LOG.warning("moving route %s from %s to bridge %s: %s", route["dst"], dev,
+                        bridge, res.stderr.strip())
+            continue
+        LOG.info("route %s moved from %s to bridge %s (it became a port of it)",
+                 route["dst"], dev, bridge)
+        moved.append((route["dst"], dev, bridge))
+    return moved
+
+
+def _bridge_of(ip, dev):
+    """The bridge ``dev`` is a port of, or None."""
+    out = subprocess.run(list(ip) + ["-j", "-d", "link", "show", "dev", dev],
+                         capture_output=True, text=True)
+    if out.returncode:
+        return None
+    links = json.loads(out.stdout or "[]")
+    if not links or links[0].get("linkinfo", {}).get("info_slave_kind") != "bridge":
+        return None
+    return links[0].get("master")
+
+
+def write_file(root, rel, data, ids, mode=0o600, dir_mode=None):
+    """Write ``rel`` below ``root`` atomically and give it (and, with
+    ``dir_mode``, its directory) to ``ids``, following no link (safefs):
+    a temporary file beside it, renamed over it, so the image's init never
+    reads half a file and a link planted at ``rel`` is replaced, not
+    followed."""
+    parts = safefs.components(rel)
+    with safefs.closing(safefs.open_root(root)) as rootfd, \
+            safefs.closing(safefs.open_dir(rootfd, parts[:-1],
+                                           create=dir_mode or 0o755)) as dirfd:
+        if dir_mode is not None:
+            os.fchown(dirfd, *ids)
+            os.fchmod(dirfd, dir_mode)  # whatever the umask
+        tmp = parts[-1] + ".tmp"
+        safefs.remove(dirfd, tmp)
+        fd = safefs.open_file(dirfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as f:
+            os.fchown(f.fileno(), *ids)
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, parts[-1], src_dir_fd=dirfd, dst_dir_fd=dirfd)
