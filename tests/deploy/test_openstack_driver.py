@@ -19,12 +19,11 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver: the roles' default
-    where there is an OpenStack controller (CI's test bed), unless overridden with
-    -e mec_conpaas_manager_driver=lxc -e mec_conpaas_node_container_backend=libvirt."""
+    """These tests need the deployment on the openstack driver: opt-in with
+    mec_conpaas_use_openstack (the test bed sets it with MEC_DEPLOY_OPENSTACK=1)."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
-        pytest.skip("the manager runs the lxc driver (overridden in the inventory)")
+        pytest.skip("the manager runs the lxc driver (MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
 
 
 @pytest.fixture(scope="module")
