@@ -5,6 +5,11 @@ endpoint (HAProxy).  Floor, same run, same node, same base image, same
 domain definition and same app: mount the overlay, unpack the bundle,
 start the libvirt LXC domain directly and wait for the app's first 200.
 Both are timed from the master's namespace.
+
+--peer podman,lxc: beside them, in the same run, the same app from the same
+base image started with ``podman run`` and with plain ``lxc-start`` (see
+bench/peers.py), create to first 200; a peer that cannot run here is
+reported with its error.  They need ``tools/install-deps.sh --bench``.
 """
 import argparse
 import os
@@ -16,6 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import peers  # noqa: E402
 
 from mec_conpaas import bundles  # noqa: E402
 from mec_conpaas.agents.node import containers  # noqa: E402
@@ -79,7 +85,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="3 rounds instead of 10")
     p.add_argument("--rounds", type=int)
+    p.add_argument("--peer", default="",
+                   help="comma-separated peers measured in the same run: podman, lxc")
     args = p.parse_args()
+    wanted = [x for x in args.peer.split(",") if x.strip()]
+    unknown = set(wanted) - {"podman", "lxc"}
+    if unknown:
+        p.error("unknown peer(s) %s: known are podman, lxc" % ", ".join(sorted(unknown)))
     rounds = args.rounds or (3 if args.quick else 10)
     bundle = tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False)
     bundle.write(build_sample_bundle())
@@ -95,6 +107,16 @@ def main():
             print("round %d: paas %.2f s, floor %.2f s" % (n, paas[-1], floor[-1]),
                   file=sys.stderr)
         memory = mem.finish()
+        peer_results = {}
+        for name in wanted:
+            run = {"podman": peers.podman_provision, "lxc": peers.lxc_provision}[name]
+            peer_results[name] = run(b, bundle.name, rounds)
+            res = peer_results[name]
+            if res.get("ran"):
+                res["median"] = round(statistics.median(res["all"]), 3)
+                res["ratio_paas_vs_peer"] = round(statistics.median(paas) / res["median"], 2)
+            print("peer %s: %s" % (name, res.get("median") or res.get("error")),
+                  file=sys.stderr)
     os.unlink(bundle.name)
     med_p, med_f = statistics.median(paas), statistics.median(floor)
     summary = {
@@ -104,12 +126,19 @@ def main():
                                      "all": [round(x, 3) for x in floor]},
         "ratio": round(med_p / med_f, 2), "target_ratio": 2.0,
         "memory_mb": memory, "latency_shaping": common.shaping_note(status),
-        "machine": common.machine(),
+        "machine": common.machine(), "peers": peer_results,
+        "peers_note": "each peer's rounds ran after the interleaved PaaS/floor rounds",
+        "machine_shared": "other engineers' test beds, builds and tests ran on the "
+                          "same 2 cores during this run; floor and peers were "
+                          "measured in the same run for that reason",
         "reference": {"mec_conpaas_paper_pi2_s": 90, "picasso_pi3_s": 1.42},
     }
 
     def plot(ax):
-        ax.boxplot([paas, floor], tick_labels=["MEC-ConPaaS create", "raw libvirt LXC"])
+        ran = [(n, r) for n, r in peer_results.items() if r.get("ran")]
+        ax.boxplot([paas, floor] + [r["all"] for _, r in ran],
+                   tick_labels=["MEC-ConPaaS create", "raw libvirt LXC"]
+                   + ["%s (peer)" % n for n, _ in ran])
         ax.set_ylabel("seconds to first HTTP 200")
         ax.set_title("Provisioning: median ratio %.2f (target <= 2.0)" % summary["ratio"])
     common.write("provision", summary, plot)

@@ -38,7 +38,7 @@ class Edge:
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
                  image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None,
-                 user_credentials=True):
+                 user_credentials=True, node_agent_opts=None):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -49,6 +49,7 @@ class Edge:
         self.image_dir = image_dir
         self.log = log
         self.manager_opts = manager_opts or {}
+        self.node_agent_opts = node_agent_opts or {}  # e.g. a bench's disk_mb
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
@@ -297,7 +298,7 @@ class Edge:
                 "instance_network": spec["instance_network"],
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,
-                "idmap_start": self._idmap_start(ap)},
+                "idmap_start": self._idmap_start(ap), **self.node_agent_opts},
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
                         "--write-haproxy-config"], check=True, capture_output=True)

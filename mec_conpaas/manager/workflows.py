@@ -26,6 +26,10 @@ from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
 APP_PORT = 8080
+# Migration's pre-copy: delta rounds after the bulk copy, while the source
+# serves, until a round moves no more than PRECOPY_SMALL bytes.
+PRECOPY_ROUNDS = 3
+PRECOPY_SMALL = 1 << 20
 
 
 class Workflow:
@@ -371,6 +375,10 @@ class MigrateService(Workflow):
         # critical window, and started again once the final delta is in.
         mode = self.cluster.agent_call(new_agent, "/restore",
                                        {"phase": "prepare"})["mode"]
+        # Pre-copy: what changed while the bulk copy ran moves now, while
+        # the source still serves, so the frozen delta is only what changed
+        # during the last (short) round, whatever the state's size.
+        precopy = self._precopy(old_ref, old_id, to_ref, new_id)
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
         # for this service wait.  Network round trips, and the app taking
@@ -390,7 +398,10 @@ class MigrateService(Workflow):
         switched_ms = (marks[-1][1] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
                  for i, (name, t) in enumerate(marks[1:])}
-        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"))
+        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"),
+                     precopy_rounds=precopy, final_files=final.get("files"),
+                     final_bytes=final.get("bytes"))
+        steps.update({"final_" + k: v for k, v in (final.get("steps_ms") or {}).items()})
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
                      "freeze (%d freeze attempt(s), final copy: %d files, %s "
                      "%s ms); removing the old instance" % (
@@ -398,8 +409,25 @@ class MigrateService(Workflow):
                          final.get("files", 0), mode, steps["restore_ms"]))
         self.destroy_instance(old_id, ctx)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        # CLOCK_MONOTONIC is the machine's: a client on the same machine
+        # (bench/migrate.py) lines its requests up against these.
+        steps.update(at_freeze=round(marks[0][1], 4), at_switch=round(marks[-1][1], 4))
         ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
             dict(steps, freeze_to_switch=round(switched_ms, 1))])
+
+    def _precopy(self, old_ref, old_id, to_ref, new_id):
+        """Delta rounds while the source serves, until one moves at most
+        ``PRECOPY_SMALL`` bytes (or ``PRECOPY_ROUNDS`` ran): what each
+        round copied, for the window's record."""
+        rounds = []
+        for _ in range(PRECOPY_ROUNDS):
+            t0 = time.monotonic()
+            res = self.driver.copy_state(old_ref, old_id, to_ref, new_id) or {}
+            rounds.append({"files": res.get("files"), "bytes": res.get("bytes"),
+                           "ms": round(1000 * (time.monotonic() - t0), 1)})
+            if (res.get("bytes") or 0) <= PRECOPY_SMALL:
+                break
+        return rounds
 
     def _undo_unswitched(self, ctx):
         pair = ctx.journal.get("pair")

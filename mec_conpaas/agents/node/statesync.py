@@ -55,6 +55,21 @@ def wanted(local, remote):
                   if meta[0] != "d" and local.get(p) != meta)
 
 
+def batches(paths, manifest, limit):
+    """``paths`` in order, cut into lists of files weighing about ``limit``
+    bytes each (a larger file goes alone)."""
+    out, size = [], 0
+    for p in paths:
+        meta = manifest.get(p) or ["f", 0]
+        weight = int(meta[1]) if meta[0] == "f" else 0
+        if not out or (out[-1] and size + weight > limit):
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += weight
+    return out
+
+
 MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
 
 
@@ -115,10 +130,11 @@ def _checked_manifest(value):
     return value
 
 
-def import_tar(root, data, remote_manifest=None):
+def import_tar(root, data, remote_manifest=None, tree=True):
     """Apply a tar made by ``export_tar`` to ``root``; with a manifest
-    (passed or carried in the tar), also create the source's directories
-    and delete what the source no longer has."""
+    (passed or carried in the tar), files keep the source's mtimes to the
+    nanosecond and, with ``tree``, the source's directories are created
+    and what the source no longer has is deleted."""
     if remote_manifest is not None:
         remote_manifest = _checked_manifest(remote_manifest)
     try:
@@ -152,7 +168,7 @@ def import_tar(root, data, remote_manifest=None):
                         else int(member.mtime) * 10**9
                     _replace_file(parent, name, tar.extractfile(member),
                                   member.mode & 0o777, mtime_ns)
-        if remote_manifest is not None:
+        if remote_manifest is not None and tree:
             _apply_tree(rootfd, remote_manifest)
     return len(data)
 
