@@ -10,7 +10,8 @@ podman
     under the bench's state directory, never the machine's own store);
     the container joins the access point's network namespace
     (``--network ns:``), so it has no veth or NAT of its own: if anything
-    that favours the peer.  Migration is ``podman container checkpoint
+    that favours the peer.  runc, not Debian's default crun, which refuses
+    this machine's hybrid cgroup layout.  Migration is ``podman container checkpoint
     --export`` on one AP's store and ``restore --import`` on another's
     (CRIU).
 lxc
@@ -114,7 +115,10 @@ class Podman:
         return ["podman", "--root", os.path.join(root, "storage"),
                 "--runroot", os.path.join(root, "run"),
                 "--tmpdir", os.path.join(root, "tmp"),
-                "--cgroup-manager", "cgroupfs", "--events-backend", "none"] + list(args)
+                "--cgroup-manager", "cgroupfs", "--events-backend", "none",
+                # crun refuses this machine's hybrid cgroup v1/v2 layout; runc
+                # takes it.
+                "--runtime", "runc"] + list(args)
 
     def load_image(self, ap):
         tar = subprocess.Popen(["tar", "-C", self.edge.image_dir, "-c", "."],
@@ -129,7 +133,10 @@ class Podman:
     def start(self, ap, name, srv, port=8080):
         """``podman run`` of the app in ``ap``'s network namespace."""
         run("podman run on " + ap, self.cmd(
-            ap, "run", "-d", "--name", name, "--network",
+            # Limits below this machine's hard ones (podman's defaults are
+            # above them, and raising a limit is refused here).
+            ap, "run", "-d", "--name", name, "--ulimit", "nofile=4096:4096",
+            "--ulimit", "nproc=4096:4096", "--network",
             "ns:/run/netns/" + self.edge.net.netns(ap), "-e", "PORT=%d" % port,
             "-v", "%s:/srv" % srv, self.image, "/usr/bin/python3", "/srv/server.py"))
 

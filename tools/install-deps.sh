@@ -19,7 +19,7 @@ PKGS=(libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients libvirt-dev pkg-c
 if [ "${1:-}" = "--bench" ]; then
     # The peers bench/migrate.py and bench/provision.py measure beside us
     # (--peer podman,lxc); CI's tests do not need them.
-    PKGS+=(podman criu crun lxc)
+    PKGS+=(podman criu crun runc lxc)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

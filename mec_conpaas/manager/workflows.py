@@ -402,13 +402,17 @@ class MigrateService(Workflow):
                      precopy_rounds=precopy, final_files=final.get("files"),
                      final_bytes=final.get("bytes"))
         steps.update({"final_" + k: v for k, v in (final.get("steps_ms") or {}).items()})
-        ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
-                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
-                     "%s ms); removing the old instance" % (
-                         switched_ms, final.get("freeze_attempts") or 1,
-                         final.get("files", 0), mode, steps["restore_ms"]))
+        steps.update(freeze_attempts=final.get("freeze_attempts") or 1,
+                     quiescent=final.get("quiescent"))
+        # At once: requests the proxies sent the old instance while it was
+        # frozen wait for its kill (their resets are retried on the new one).
         self.destroy_instance(old_id, ctx)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
+                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
+                     "%s ms); old instance removed" % (
+                         switched_ms, steps["freeze_attempts"],
+                         final.get("files", 0), mode, steps["restore_ms"]))
         # CLOCK_MONOTONIC is the machine's: a client on the same machine
         # (bench/migrate.py) lines its requests up against these.
         steps.update(at_freeze=round(marks[0][1], 4), at_switch=round(marks[-1][1], 4))

@@ -297,6 +297,7 @@ class NodeAgent:
         steps["import"] = got.get("import_ms")
         return {"files": len(paths), "bytes": len(data),
                 "freeze_attempts": frozen.get("attempts"),
+                "quiescent": frozen.get("quiescent"),
                 "restore": got.get("restore"), "steps_ms": steps}
 
     def import_state(self, body, iid):
@@ -342,11 +343,12 @@ class NodeAgent:
         if not isinstance(body, dict) or not isinstance(body.get("services"), dict):
             raise exception.BadRequest("expected {'services': {...}}")
         with self.proxy_lock:
-            status = self.haproxy.apply(body["services"])
-            # In the background: this answer is in migration's critical
-            # window, and the rules take milliseconds more (see isolation).
+            # This answer is in migration's critical window: no status
+            # read-back (GET /v1/proxy has it), and the isolation rules in
+            # the background (they take milliseconds more, see isolation).
+            self.haproxy.apply(body["services"], report=False)
             self.isolation.update(body["services"], body.get("instance_networks"))
-            return {"services": status}
+            return {"applied": sorted(body["services"])}
 
     def serve(self):
         opts = self.conf.node_agent
