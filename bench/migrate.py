@@ -143,8 +143,17 @@ def around(windows, results):
 
 
 def counted_once(results):
-    hits = sorted(r["hits"] for res in results.values() for r in res if r["ok"])
-    return bool(hits) and hits == list(range(hits[0], hits[0] + len(hits)))
+    """Each user's answers counted every request once (their hits are
+    consecutive; other users' requests came between them)."""
+    def one(res):
+        hits = sorted(r["hits"] for r in res if r["ok"])
+        if not hits or len(set(hits)) < len(hits):
+            return False  # a request counted twice: state taken mid-request
+        # A failed request may have been counted all the same (answered
+        # after the user gave up): then only uniqueness can be judged.
+        return any(not r["ok"] for r in res) or \
+            hits == list(range(hits[0], hits[0] + len(hits)))
+    return all(one(res) for res in results.values())
 
 
 def judge(during, floor):

@@ -112,8 +112,11 @@ class Podman:
 
     def cmd(self, ap, *args):
         root = os.path.join(self.work, "podman", ap)
+        # podman refuses a runroot longer than 50 characters.
+        self.runroot = getattr(self, "runroot", None) or tempfile.mkdtemp(
+            prefix="mecpod-", dir="/run")
         return ["podman", "--root", os.path.join(root, "storage"),
-                "--runroot", os.path.join(root, "run"),
+                "--runroot", os.path.join(self.runroot, ap),
                 "--tmpdir", os.path.join(root, "tmp"),
                 "--cgroup-manager", "cgroupfs", "--events-backend", "none",
                 # crun refuses this machine's hybrid cgroup v1/v2 layout; runc
@@ -147,6 +150,8 @@ class Podman:
                                capture_output=True, timeout=120)
                 subprocess.run(self.cmd(ap, "system", "reset", "-f"),
                                capture_output=True, timeout=120)
+        if getattr(self, "runroot", None):
+            shutil.rmtree(self.runroot, ignore_errors=True)
 
 
 def migrate(name, b, app, models, during_floor):

@@ -25,6 +25,7 @@ import peers  # noqa: E402
 
 from mec_conpaas import bundles  # noqa: E402
 from mec_conpaas.agents.node import containers  # noqa: E402
+from mec_conpaas.conf import node_agent as node_conf  # noqa: E402
 from mec_conpaas.manager.service import build_sample_bundle  # noqa: E402
 
 
@@ -42,42 +43,59 @@ def paas_once(b, n):
 
 
 def floor_once(b, bundle_path, n):
-    """The same container, started by hand on ap-1's libvirtd."""
+    """The same container, started by hand on ap-1's libvirtd: the base
+    image id-shifted under an overlay, the bundle and state owned by the
+    instance's root, the node agent's own domain definition."""
     ap = "ap-1"
     base = b.edge.path("nodes", ap)
     sock = os.path.join(base, "libvirt", "run", "libvirt-sock")
     uri = "lxc:///system?socket=" + sock
     work = tempfile.mkdtemp(prefix="floor-", dir=base)
-    paths = {k: os.path.join(work, k) for k in ("upper", "work", "rootfs", "state")}
+    paths = {k: os.path.join(work, k) for k in ("upper", "work", "rootfs", "state",
+                                                "lower")}
     paths["bridge"] = "mecbr0"
     name = "floor-%d" % n
     addr = "10.250.1.%d" % (200 + n % 50)
-    libvirtd = b.edge._pid("libvirtd-" + ap)
+    # The last uid range of ap-1's: the node agent hands out the first ones.
+    defaults = {o.name: o.default for o in node_conf.node_opts}
+    first = b.edge._idmap_start(ap) + (defaults["idmap_slots"] - 1) * defaults["idmap_size"]
+    ids = (first, first, defaults["idmap_size"])
+    mnt = ["nsenter", "--mount=/proc/%d/ns/mnt" % b.edge._pid("libvirtd-" + ap)]
     t0 = time.monotonic()
-    for key in ("upper", "work", "rootfs", "state"):
+    for key in ("upper", "work", "rootfs", "state", "lower"):
         os.makedirs(paths[key])
     # Unpack into the upper layer before mounting (changing a layer under a
     # mounted overlay is undefined), then mount in the node's mount
     # namespace, as the node agent does.
-    bundles.extract(bundle_path, os.path.join(paths["upper"], "srv", "app"), 10**8)
-    subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % libvirtd, "mount", "-t",
-                    "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (
-                        b.edge.image_dir, paths["upper"], paths["work"]),
-                    paths["rootfs"]], check=True)
+    bundles.extract(bundle_path, os.path.join(paths["upper"], "srv", "app"), 10**8,
+                    owner=ids[:2])
+    for key in ("upper", "state"):
+        os.chown(paths[key], *ids[:2])
+    subprocess.run(mnt + [sys.executable, "-c",
+                          "import sys; from mec_conpaas.agents.node import idmap; "
+                          "idmap.mount(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))",
+                          b.edge.image_dir, paths["lower"]] + [str(i) for i in ids],
+                   check=True)
+    subprocess.run(mnt + ["mount", "-t", "overlay", "overlay", "-o",
+                          "lowerdir=%s,upperdir=%s,workdir=%s" % (
+                              paths["lower"], paths["upper"], paths["work"]),
+                          paths["rootfs"]], check=True)
+    subprocess.run(mnt + ["umount", paths["lower"]], check=True)
     spec = {"id": name, "service_type": "web", "service_name": name,
             "memory_mb": 128, "cpus": 0.5}
-    xml = containers._domain_xml(name, spec, paths, addr, 24, "10.250.1.1")
+    xml = containers._domain_xml(name, spec, paths, addr, 24, "10.250.1.1", ids)
     with open(os.path.join(work, "dom.xml"), "w") as f:
         f.write(xml)
     res = subprocess.run(["virsh", "-q", "-c", uri, "create",
                           os.path.join(work, "dom.xml")], capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError("floor container did not start: " + res.stderr)
-    t1 = common.wait_http_200("http://%s:8080/" % addr, b.edge)
-    subprocess.run(["virsh", "-q", "-c", uri, "destroy", name], capture_output=True)
-    subprocess.run(["nsenter", "--mount=/proc/%d/ns/mnt" % libvirtd, "umount",
-                    paths["rootfs"]], check=True)
-    subprocess.run(["rm", "-rf", work])
+    try:
+        t1 = common.wait_http_200("http://%s:8080/" % addr, b.edge)
+    finally:
+        subprocess.run(["virsh", "-q", "-c", uri, "destroy", name], capture_output=True)
+        subprocess.run(mnt + ["umount", paths["rootfs"]], check=True)
+        subprocess.run(["rm", "-rf", work])
     return t1 - t0
 
 

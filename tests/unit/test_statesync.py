@@ -134,3 +134,26 @@ def test_bulk_copy_in_batches_then_nothing_left_to_copy(tmp_path):
     # A file larger than the limit goes alone.
     assert statesync.batches(["a", "b"], {"a": ["f", 5000, 0, 0o644],
                                           "b": ["f", 1, 0, 0o644]}, 700) == [["a"], ["b"]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_import_gives_what_it_writes_to_the_owner_and_nothing_else(tmp_path):
+    """The final delta's files, links and new directories get the
+    instance's owner as they are written; files it does not carry are not
+    walked (chowning the whole tree cost seconds per GB in the window)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "new" / "deep").mkdir(parents=True)
+    dst.mkdir()
+    (src / "new" / "deep" / "f").write_text("x")
+    os.symlink("f", src / "new" / "l")
+    (dst / "untouched").write_text("keep")
+    os.chown(dst / "untouched", 4242, 4242)
+    remote = statesync.manifest(str(src))
+    remote["untouched"] = statesync.manifest(str(dst))["untouched"]
+    paths = statesync.wanted(statesync.manifest(str(dst)), remote)
+    statesync.import_tar(str(dst), statesync.export_tar(str(src), paths), remote,
+                         owner=(5151, 5152))
+    for rel in ("new", "new/deep", "new/deep/f", "new/l"):
+        st = os.lstat(dst / rel)
+        assert (st.st_uid, st.st_gid) == (5151, 5152), rel
+    assert os.lstat(dst / "untouched").st_uid == 4242

@@ -201,11 +201,6 @@ class LibvirtContainers:
             raise exception.NotFound("no instance %s on this node" % instance_id)
         return self._ids(meta["idmap_slot"])[:2]
 
-    def chown_to_instance(self, instance_id, path):
-        """Give a tree the node wrote for an instance (its imported state)
-        to the instance's root, without following the links in it."""
-        _chown_tree(path, *self.root_ids(instance_id))
-
     def _meta(self, instance_id):
         try:
             with open(self._paths(instance_id)["meta"]) as f:
@@ -419,12 +414,6 @@ class LibvirtContainers:
         attempts = 0
         while True:
             attempts += 1
-            # Wait, unfrozen, for a moment with no request in progress
-            # first: reading the socket table costs well under a
-            # millisecond, a freeze and thaw on a loaded node tens.
-            while quiesce_port is not None and time.monotonic() < deadline \
-                    and _requests_in_progress(name, quiesce_port):
-                time.sleep(0.001)
             _set_freezer(name, "FROZEN")
             if quiesce_port is None:
                 return {"attempts": attempts, "quiescent": None}
@@ -536,13 +525,6 @@ def _run(argv, what):
     if res.returncode:
         raise exception.NodeError("%s failed (%s): %s" % (
             what, " ".join(argv[:2]), (res.stderr or res.stdout).strip()))
-
-
-def _chown_tree(path, uid, gid):
-    """lchown a tree that may hold what an instance made, following no
-    link (safefs)."""
-    with safefs.closing(safefs.open_root(path)) as fd:
-        safefs.chown_tree(fd, uid, gid)
 
 
 def _write_secret(path, secret, uid, gid):
