@@ -216,7 +216,7 @@ class NodeAgent:
         r.add("DELETE", inst, self.delete_instance)
         r.add("POST", inst + "/freeze", lambda body, iid: dict(
             self._need_containers().freeze(iid, (body or {}).get("quiesce_port"),
-                                           (body or {}).get("max_wait_ms", 300)),
+                                           (body or {}).get("max_wait_ms")),
             frozen=iid))
         r.add("POST", inst + "/thaw", lambda body, iid: (
             self._need_containers().thaw(iid), {"thawed": iid})[1])
