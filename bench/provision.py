@@ -51,6 +51,7 @@ def floor_once(b, bundle_path, n):
     sock = os.path.join(base, "libvirt", "run", "libvirt-sock")
     uri = "lxc:///system?socket=" + sock
     work = tempfile.mkdtemp(prefix="floor-", dir=base)
+    os.chmod(work, 0o755)  # the instance's root must reach its rootfs
     paths = {k: os.path.join(work, k) for k in ("upper", "work", "rootfs", "state",
                                                 "lower")}
     paths["bridge"] = "mecbr0"
@@ -88,9 +89,9 @@ def floor_once(b, bundle_path, n):
         f.write(xml)
     res = subprocess.run(["virsh", "-q", "-c", uri, "create",
                           os.path.join(work, "dom.xml")], capture_output=True, text=True)
-    if res.returncode:
-        raise RuntimeError("floor container did not start: " + res.stderr)
     try:
+        if res.returncode:
+            raise RuntimeError("floor container did not start: " + res.stderr)
         t1 = common.wait_http_200("http://%s:8080/" % addr, b.edge)
     finally:
         subprocess.run(["virsh", "-q", "-c", uri, "destroy", name], capture_output=True)
