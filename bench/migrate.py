@@ -247,6 +247,8 @@ def main():
                         "empty for none")
     p.add_argument("--peer", default="",
                    help="comma-separated peers to measure in the same run: podman")
+    p.add_argument("--name", default="migrate",
+                   help="results file name under bench/results (without .json)")
     args = p.parse_args()
     count = args.migrations or (3 if args.quick else 10)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -311,9 +313,9 @@ def main():
         ax.set_ylabel("ms")
         ax.set_title("Critical window against state size")
         ax.legend(fontsize=7)
-    common.write("migrate", summary, plot)
+    common.write(args.name, summary, plot)
     if sweep:
-        common.png("migrate-sweep", plot_sweep)
+        common.png(args.name + "-sweep", plot_sweep)
 
 
 if __name__ == "__main__":
