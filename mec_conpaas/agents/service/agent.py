@@ -356,6 +356,7 @@ def _bind_without_dns(server):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # see serve_wsgi: static apps migrate too
     server_bind = _bind_without_dns
 
 
