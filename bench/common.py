@@ -33,10 +33,11 @@ def machine():
 
 
 class BenchEdge:
-    def __init__(self, prefix, port, **manager_opts):
+    def __init__(self, prefix, port, node_agent_opts=None, **manager_opts):
         self.state = tempfile.mkdtemp(prefix="mec-bench-")
         self.edge = cluster.Edge(self.state, ISOLATED, prefix=prefix,
                                  manager_port=port, manager_opts=manager_opts,
+                                 node_agent_opts=node_agent_opts,
                                  log=lambda m: print("edge:", m, file=sys.stderr),
                                  user_credentials=False)
 
@@ -103,6 +104,13 @@ def write(name, summary, plot):
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
+    png(name, plot)
+    print(json.dumps(summary, sort_keys=True))
+
+
+def png(name, plot):
+    """bench/results/NAME.png, drawn by ``plot(ax)``."""
+    os.makedirs(RESULTS, exist_ok=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -110,7 +118,7 @@ def write(name, summary, plot):
     plot(ax)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, name + ".png"), dpi=100)
-    print(json.dumps(summary, sort_keys=True))
+    plt.close(fig)
 
 
 def wait_http_200(url, edge, timeout=120, interval=0.02):

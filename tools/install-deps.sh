@@ -16,6 +16,11 @@ PKGS=(libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients libvirt-dev pkg-c
 # chromium + chromium-driver: the dashboard's browser test (selenium drives
 # Debian's browser; nothing is downloaded at test time); prometheus:
 # mec-conpaas-edge up --with-prometheus and its test.
+if [ "${1:-}" = "--bench" ]; then
+    # The peers bench/migrate.py and bench/provision.py measure beside us
+    # (--peer podman,lxc); CI's tests do not need them.
+    PKGS+=(podman criu crun runc lxc)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

@@ -39,7 +39,7 @@ class Edge:
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
                  image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None,
-                 user_credentials=True):
+                 user_credentials=True, node_agent_opts=None):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -51,6 +51,7 @@ class Edge:
         self.flink_image_dir = flink_image.DEFAULT_DIR
         self.log = log
         self.manager_opts = manager_opts or {}
+        self.node_agent_opts = node_agent_opts or {}  # e.g. a bench's disk_mb
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
@@ -305,7 +306,7 @@ class Edge:
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,
                 "flink_image_path": self.flink_image_dir,
-                "idmap_start": self._idmap_start(ap)},
+                "idmap_start": self._idmap_start(ap), **self.node_agent_opts},
             # Joins with the node token; its networks are the topology's
             # (recorded by the allocator), routes to nodes that join later
             # come from the manager (edge/network.py routes the topology's).

@@ -27,6 +27,10 @@ from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
 APP_PORT = 8080
+# Migration's pre-copy: delta rounds after the bulk copy, while the source
+# serves, until a round moves no more than PRECOPY_SMALL bytes.
+PRECOPY_ROUNDS = 3
+PRECOPY_SMALL = 1 << 20
 
 
 class Workflow:
@@ -372,6 +376,12 @@ class MigrateService(Workflow):
         # critical window, and started again once the final delta is in.
         mode = self.cluster.agent_call(new_agent, "/restore",
                                        {"phase": "prepare"})["mode"]
+        # No pre-copy rounds here yet: a pull compares the source with the
+        # target's own files, so a second round overwrote what the target's
+        # app had written since its start (test_roles_master_ip_and_cleanup:
+        # its address file).  Rounds need a base of the last pulled
+        # manifest, as the final push has (see _precopy).
+        precopy = []
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
         # for this service wait.  Network round trips, and the app taking
@@ -392,16 +402,40 @@ class MigrateService(Workflow):
         switched_ms = (marks[-1][1] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
                  for i, (name, t) in enumerate(marks[1:])}
-        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"))
-        ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
-                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
-                     "%s ms); removing the old instance" % (
-                         switched_ms, final.get("freeze_attempts") or 1,
-                         final.get("files", 0), mode, steps["restore_ms"]))
+        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"),
+                     precopy_rounds=precopy, final_files=final.get("files"),
+                     final_bytes=final.get("bytes"))
+        steps.update({"final_" + k: v for k, v in (final.get("steps_ms") or {}).items()})
+        steps.update(freeze_attempts=final.get("freeze_attempts") or 1,
+                     quiescent=final.get("quiescent"))
+        # At once: requests the proxies sent the old instance while it was
+        # frozen wait for its kill (their resets are retried on the new one).
         self.destroy_instance(old_id, ctx)
         steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
+                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
+                     "%s ms); old instance removed" % (
+                         switched_ms, steps["freeze_attempts"],
+                         final.get("files", 0), mode, steps["restore_ms"]))
+        # CLOCK_MONOTONIC is the machine's: a client on the same machine
+        # (bench/migrate.py) lines its requests up against these.
+        steps.update(at_freeze=round(marks[0][1], 4), at_switch=round(marks[-1][1], 4))
         ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
             dict(steps, freeze_to_switch=round(switched_ms, 1))])
+
+    def _precopy(self, old_ref, old_id, to_ref, new_id):
+        """Delta rounds while the source serves, until one moves at most
+        ``PRECOPY_SMALL`` bytes (or ``PRECOPY_ROUNDS`` ran): what each
+        round copied, for the window's record.  Not called: see _move."""
+        rounds = []
+        for _ in range(PRECOPY_ROUNDS):
+            t0 = time.monotonic()
+            res = self.driver.copy_state(old_ref, old_id, to_ref, new_id) or {}
+            rounds.append({"files": res.get("files"), "bytes": res.get("bytes"),
+                           "ms": round(1000 * (time.monotonic() - t0), 1)})
+            if (res.get("bytes") or 0) <= PRECOPY_SMALL:
+                break
+        return rounds
 
     def _undo_unswitched(self, ctx):
         pair = ctx.journal.get("pair")

@@ -42,7 +42,7 @@ def test_in_memory_counter_continues_across_ten_migrations(tmp_path, edge, admin
     bundle.write_bytes(service_mod.build_sample_bundle(MEMCOUNTER))
     wait_op(admin, admin.create_service("web", "mem", node="ap-1", bundle=str(bundle)))
     port = admin.service("mem")["port"]
-    load = Load(edge, "ap-1", port, interval=0.01)
+    load = Load(edge, "ap-1", port, interval=0.01, keepalive=True)
     windows = []
     try:
         time.sleep(0.3)
@@ -54,14 +54,19 @@ def test_in_memory_counter_continues_across_ten_migrations(tmp_path, edge, admin
         results = load.stop()
     summary = loadgen.summarize(results)
     assert summary["failed"] == 0, summary
+    # A browser's connections: kept alive, and moved by HAProxy (it closes
+    # the server side after each answer, so each request is routed afresh).
+    assert summary["reused_connections"] > summary["requests"] // 2, summary
+    # Requests overlap (an open loop): the order the app counted them in
+    # is the order of their hits, not of their answers.
+    results.sort(key=lambda r: r["hits"])
     hits = [r["hits"] for r in results]
     # Loaded at each start, counted in memory: every request counted once.
     assert hits == list(range(1, len(hits) + 1)), hits
     # The count reaching the last instance intact already shows the state
     # passed through all ten.  The client also sees the serving instance
-    # change: not necessarily ten times, since a loaded machine can stall
-    # its sequential requests past a short-lived instance's whole life
-    # (seen once in CI: 8 of 10, no failure, the count continuous).
+    # change (with the old sequential client, a loaded machine once stalled
+    # it past a short-lived instance's whole life: 8 of 10 seen in CI).
     served = [r["instance"] for r in results]
     changes = sum(a != b for a, b in zip(served, served[1:]))
     assert 5 <= changes <= 10, (changes, summary)

@@ -301,8 +301,10 @@ class HAProxy:
             slots[parts[3]] = (parts[4], int(parts[6]))
         return slots
 
-    def apply(self, services):
-        """Converge HAProxy on the desired per-service server sets."""
+    def apply(self, services, report=True):
+        """Converge HAProxy on the desired per-service server sets; with
+        ``report``, return ``status()`` (a migration's switch does not wait
+        for it: two more runtime exchanges per service)."""
         changed = self.write_config(services)
         if changed or set(services) != set(self.services):
             if self.alive():
@@ -310,7 +312,7 @@ class HAProxy:
         self.services = services
         for sid, svc in services.items():
             self._apply_service(sid, svc)
-        return self.status()
+        return self.status() if report else None
 
     def _apply_service(self, sid, svc):
         tiers = backends(sid, svc)

@@ -55,6 +55,21 @@ def wanted(local, remote):
                   if meta[0] != "d" and local.get(p) != meta)
 
 
+def batches(paths, manifest, limit):
+    """``paths`` in order, cut into lists of files weighing about ``limit``
+    bytes each (a larger file goes alone)."""
+    out, size = [], 0
+    for p in paths:
+        meta = manifest.get(p) or ["f", 0]
+        weight = int(meta[1]) if meta[0] == "f" else 0
+        if not out or (out[-1] and size + weight > limit):
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += weight
+    return out
+
+
 MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
 
 
@@ -115,10 +130,16 @@ def _checked_manifest(value):
     return value
 
 
-def import_tar(root, data, remote_manifest=None):
+def import_tar(root, data, remote_manifest=None, tree=True, owner=None):
     """Apply a tar made by ``export_tar`` to ``root``; with a manifest
-    (passed or carried in the tar), also create the source's directories
-    and delete what the source no longer has."""
+    (passed or carried in the tar), files keep the source's mtimes to the
+    nanosecond and, with ``tree``, the source's directories are created
+    and what the source no longer has is deleted.
+
+    ``owner`` (uid, gid): what is written, and the directories on its way,
+    is given to it as it is written.  Chowning the whole tree afterwards
+    walks every file of the state directory: inside migration's critical
+    window that grew with the state's size (1 GB: seconds)."""
     if remote_manifest is not None:
         remote_manifest = _checked_manifest(remote_manifest)
     try:
@@ -143,21 +164,33 @@ def import_tar(root, data, remote_manifest=None):
             except safefs.UnsafePath:
                 continue  # absolute, '..' or empty: never ours to write
             with safefs.closing(parent):
+                if owner is not None:
+                    _own_dirs(rootfd, member.name, owner)
                 if member.issym():
                     safefs.remove(parent, name)
                     os.symlink(member.linkname, name, dir_fd=parent)
+                    if owner is not None:
+                        os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
                 else:
                     meta = (remote_manifest or {}).get(member.name)
                     mtime_ns = int(meta[2]) if meta and meta[0] == "f" \
                         else int(member.mtime) * 10**9
                     _replace_file(parent, name, tar.extractfile(member),
-                                  member.mode & 0o777, mtime_ns)
-        if remote_manifest is not None:
-            _apply_tree(rootfd, remote_manifest)
+                                  member.mode & 0o777, mtime_ns, owner)
+        if remote_manifest is not None and tree:
+            _apply_tree(rootfd, remote_manifest, owner)
     return len(data)
 
 
-def _replace_file(parent, name, src, mode, mtime_ns):
+def _own_dirs(rootfd, rel, owner):
+    """Give the directories between the root and ``rel`` to ``owner``."""
+    parts = safefs.components(rel)[:-1]
+    for n in range(1, len(parts) + 1):
+        with safefs.closing(safefs.open_dir(rootfd, parts[:n])) as fd:
+            os.fchown(fd, *owner)
+
+
+def _replace_file(parent, name, src, mode, mtime_ns, owner=None):
     """Write to a fresh temporary name, then rename over ``name``: the
     instance never sees half a file, and rename replaces a link itself."""
     tmp = ".mec-part-" + secrets.token_hex(6)
@@ -171,6 +204,8 @@ def _replace_file(parent, name, src, mode, mtime_ns):
                     break
                 f.write(block)
             f.flush()
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
             os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
         try:
@@ -185,8 +220,8 @@ def _replace_file(parent, name, src, mode, mtime_ns):
         raise
 
 
-def _apply_tree(rootfd, remote):
-    """Directories (with their modes) and deletions."""
+def _apply_tree(rootfd, remote, owner=None):
+    """Directories (with their modes, and ``owner``) and deletions."""
     for rel, meta in sorted(remote.items()):
         if meta[0] != "d":
             continue
@@ -197,6 +232,8 @@ def _apply_tree(rootfd, remote):
         if parts:
             with safefs.closing(safefs.open_dir(rootfd, parts, create=0o755,
                                                 replace=True)) as fd:
+                if owner is not None:
+                    os.fchown(fd, *owner)
                 os.fchmod(fd, int(meta[3]) & 0o777)
     local = _manifest(rootfd)
     for rel in sorted(set(local) - set(remote), key=len, reverse=True):
