@@ -16,8 +16,8 @@ from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.manager import engine as engine_mod
-from mec_conpaas.policies import farcloud
 from mec_conpaas.manager import inventory
+from mec_conpaas.policies import farcloud
 from mec_conpaas.policies import placement
 
 

@@ -23,7 +23,8 @@ def openstack_driver(master):
     mec_conpaas_use_openstack (the test bed sets it with MEC_DEPLOY_OPENSTACK=1)."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
-        pytest.skip("the manager runs the lxc driver (MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
+        pytest.skip("the manager runs the lxc driver "
+                    "(MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
 
 
 @pytest.fixture(scope="module")
