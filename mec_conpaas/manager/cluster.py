@@ -79,10 +79,16 @@ class Cluster:
         for inst in session.scalars(select(models.Instance)):
             used[inst.node_name] = used.get(inst.node_name, 0) + 1
         # A node the driver cannot put instances on is never schedulable.
-        return {n.name: {"max_instances": n.max_instances,
-                         "used": used.get(n.name, 0), "up": n.state == "up",
-                         "schedulable": not n.disabled and self.driver.node_can_host(n)}
-                for n in self.nodes(session)}
+        out = {n.name: {"max_instances": n.max_instances,
+                        "used": used.get(n.name, 0), "up": n.state == "up",
+                        "schedulable": not n.disabled and self.driver.node_can_host(n)}
+               for n in self.nodes(session)}
+        # Nodes reporting their capacity: what is free of it, the reserve
+        # for their own work excluded (manager/qos.py).
+        from mec_conpaas.manager import qos
+        for name, (cpus, memory_mb) in qos.free(session, self).items():
+            out[name].update(free_cpus=cpus, free_memory_mb=memory_mb)
+        return out
 
     def free_slots(self, session, node=None):
         """Free instance slots on the up, schedulable nodes (or on ``node``
@@ -122,6 +128,9 @@ class Cluster:
                     "far": [{"addr": a} for a, t in sorted(tiers[node.name].items())
                             if t != "local"],
                     "draining": drain}
+                if svc.latency_objective_ms:  # its instances' latency is probed
+                    out[node.name][svc.id]["latency_objective_ms"] = \
+                        svc.latency_objective_ms
         return {n.name: (self.ref(n), out[n.name]) for n in nodes}
 
     def service_tiers(self, session, svc):
