@@ -6,6 +6,7 @@ inside that mount namespace (it must see the overlay mounts libvirt
 starts containers on), an HAProxy, and the delay line if netem is missing.
 The master (manager) runs in the root namespace.
 """
+import configparser
 import json
 import os
 import shutil
@@ -49,6 +50,8 @@ class Edge:
         self.image_dir = image_dir
         self.log = log
         self.manager_opts = manager_opts or {}
+        # Other groups of the manager's configuration, e.g. {"qos": {...}}.
+        self.master_groups = {}
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
@@ -208,6 +211,7 @@ class Edge:
                     "bind_port": self.manager_port},
             "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
                              "node_heartbeat_timeout": 10}, **self.manager_opts),
+            **self.master_groups,
         })
         return conf
 
@@ -298,6 +302,7 @@ class Edge:
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,
                 "idmap_start": self._idmap_start(ap)},
+            "capacity": topology_mod.capacity(spec),
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
                         "--write-haproxy-config"], check=True, capture_output=True)
@@ -309,6 +314,23 @@ class Edge:
             os.path.join(base, "run", "haproxy-admin.sock")), timeout=20, proc=proc,
             logname="haproxy-" + ap)
         self.start_node_agent(ap, libvirtd_pid)
+
+    def set_capacity(self, ap, **capacity):
+        """Give an access point another capacity (``[capacity]`` options;
+        the others keep the topology's) and restart its node agent, which
+        reports it at its next heartbeat; its containers keep running."""
+        conf = self.path("nodes", ap, "mec-conpaas.conf")
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str
+        parser.read(conf)
+        parser["capacity"] = dict(topology_mod.capacity(self.topo["nodes"][ap]),
+                                  **capacity)
+        self._write_conf(conf, {k: dict(parser[k]) for k in parser.sections()}
+                         | {"DEFAULT": dict(parser.defaults())})
+        self.kill("agent-" + ap)
+        self._wait("node agent of %s stopped" % ap, lambda: not self._pid("agent-" + ap),
+                   timeout=20)
+        return self.start_node_agent(ap)
 
     def _idmap_start(self, ap):
         """Emulated access points share one kernel: each gets its own uid

@@ -27,9 +27,10 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table('instances', schema=None) as batch_op:
-        for name, _ in INSTANCE_COLUMNS:
-            batch_op.drop_column(name)
-    with op.batch_alter_table('services', schema=None) as batch_op:
-        for name, _ in SERVICE_COLUMNS:
-            batch_op.drop_column(name)
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+, every other
+    # backend): a batch copy of ``services`` would drop a table instances
+    # refer to.
+    for name, _ in INSTANCE_COLUMNS:
+        op.drop_column('instances', name)
+    for name, _ in SERVICE_COLUMNS:
+        op.drop_column('services', name)
