@@ -10,6 +10,7 @@ from mec_conpaas.db import session as db
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import qos
 from mec_conpaas.manager import services
 from mec_conpaas.manager import snapshots
 from mec_conpaas.manager import workflows
@@ -51,6 +52,7 @@ class Manager:
         self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
         self.sweeper = workflows.Sweeper(self.cluster)
         self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)
+        self.qos = qos.Loop(self.cluster, self.engine, self.services)
         self.snapshots = snapshots.Snapshots(conf)
         self._sample = None
         self.stop = threading.Event()
@@ -76,6 +78,7 @@ class Manager:
             LOG.warning("resumed %d operation(s)", len(resumed))
         threading.Thread(target=self.sweep_loop, daemon=True).start()
         threading.Thread(target=self.snapshot_loop, daemon=True).start()
+        threading.Thread(target=self.qos.run, daemon=True).start()
 
     def snapshot_loop(self):
         """Copies of instances' state for when their node is lost: only

@@ -173,6 +173,9 @@ class Services:
                                "count %d needs %d more instance(s) but the up nodes "
                                "have {free} free slot(s)" % (count, count - current),
                                node_name)
+            # ... and room for their size, each node's reserve kept
+            self.place(session, count - current, svc.home_node, only=node_name,
+                       need=(svc.cpus, svc.memory_mb))
         return current
 
     def check_migrate(self, session, svc, target):
