@@ -71,8 +71,8 @@ class Cluster:
             raise exception.NotFound("no node named %r" % name)
         return self.ref(node)
 
-    def distances(self, names):
-        return placement.distances(self.topology, names)
+    def distances(self, names, sources=None):
+        return placement.distances(self.topology, names, sources)
 
     def capacity(self, session):
         used = {}

@@ -103,7 +103,7 @@ def admit(session, cluster, node_name, cpus, memory_mb, priority):
     if node_name not in nodes:
         return admission.Decision(True, "%s reports no capacity" % node_name)
     return admission.admit(node_name, nodes[node_name], cpus, memory_mb, priority,
-                           nodes, cluster.distances(list(nodes)))
+                           nodes, cluster.distances(list(nodes), [node_name]))
 
 
 def start(session, services, kind, svc, reason, **params):
@@ -125,7 +125,8 @@ def evict(session, services, evictions, why):
         svc = inst and inst.service_id and session.get(models.Service, inst.service_id)
         if not svc:
             continue
-        reason = "evicted from %s to %s: %s" % (inst.node_name, target, why)
+        reason = "evicted from %s to %s (priority %d): %s" % (
+            inst.node_name, target, qos_mod.of(svc).priority, why)
         moves = [{"instance": iid, "to": target}]
         ops.append(start(session, services, "evict", svc, reason, moves=moves,
                          **({"home": target} if svc.home_node == inst.node_name

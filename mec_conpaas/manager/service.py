@@ -117,4 +117,5 @@ class Manager:
         LOG.info("manager API on %s:%s", opts.bind_host, opts.bind_port)
         waitress.serve(app_mod.create_app(self), host=opts.bind_host,
                        port=opts.bind_port, threads=opts.threads, ident=None,
+                       connection_limit=opts.connection_limit,
                        channel_timeout=300)

@@ -88,10 +88,11 @@ class Services:
         a node that is down, disabled or the driver cannot host; with
         ``need`` (cpus, memory_mb), only where that size fits."""
         capacity = self.cluster.capacity(session)
-        dist = self.cluster.distances(list(capacity))
+        home = only or near
+        dist = self.cluster.distances(list(capacity), [home] if home else [])
         if only:
             capacity = {n: v for n, v in capacity.items() if n == only}
-        return placement.place(count, only or near, capacity, dist, exclude=exclude,
+        return placement.place(count, home, capacity, dist, exclude=exclude,
                                need=need)
 
     @staticmethod

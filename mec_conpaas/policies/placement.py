@@ -8,16 +8,17 @@ import heapq
 from mec_conpaas import exception
 
 
-def distances(topology, nodes):
+def distances(topology, nodes, sources=None):
     """All-pairs shortest latency (ms) between ``nodes`` over the topology
-    links; nodes missing from the topology are 0 ms from themselves and
-    1 ms (one unknown hop) from everyone else."""
+    links (only from ``sources`` if given: a placement near one node needs
+    one row, not a thousand); nodes missing from the topology are 0 ms
+    from themselves and 1 ms (one unknown hop) from everyone else."""
     graph = {}
     for a, b, ms in (topology or {}).get("links", []):
         graph.setdefault(a, []).append((b, float(ms)))
         graph.setdefault(b, []).append((a, float(ms)))
     out = {}
-    for src in nodes:
+    for src in (nodes if sources is None else sources):
         dist = {src: 0.0}
         heap = [(0.0, src)]
         while heap:
