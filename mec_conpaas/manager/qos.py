@@ -205,7 +205,7 @@ class Loop:
             return None
         if d["action"] in ("grow", "shrink"):
             return start(s, self.services, "resize", svc, d["reason"], instance=d["id"],
-                         cpus=d["cpus"], memory_mb=d["memory_mb"], action=d["action"])
+                         cpus=d["cpus"], memory_mb=d["memory_mb"], change=d["action"])
         if d["action"] == "evict":
             if d["to"] is None:
                 LOG.warning("%s: %s", name, d["reason"])
@@ -215,7 +215,9 @@ class Loop:
         # blocked: a replica, where replica choice puts it
         spec = qos_mod.of(svc, self.opts.default_priority)
         count = len([i for i in svc.instances if i.state == "ACTIVE"])
-        if spec.max_instances is not None and count >= spec.max_instances:
+        # Only a service that set --max adds replicas by policy (unset: an
+        # operator's count, never grown behind their back).
+        if spec.max_instances is None or count >= spec.max_instances:
             return None
         cpus, mem = svc.cpus, svc.memory_mb
         choice = {n: {"exhaustion": replica.exhaustion(v["report"], v["report"].get(

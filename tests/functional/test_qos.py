@@ -131,7 +131,7 @@ def test_missed_objective_grows_a_unit_then_shrinks_back(tmp_path, edge, admin):
         try:
             grown = wait_for("a grow", lambda: [
                 o for o in ops_of(admin, "hot", "resize")
-                if o["state"] == "SUCCEEDED" and o["params"]["action"] == "grow"],
+                if o["state"] == "SUCCEEDED" and o["params"]["change"] == "grow"],
                 timeout=90)
         finally:
             summary = loadgen.summarize(load.stop())
@@ -143,7 +143,7 @@ def test_missed_objective_grows_a_unit_then_shrinks_back(tmp_path, edge, admin):
         wait_for("shrunk back", lambda: admin.service("hot")["instances"][0]["cpus"]
                  == base[0] and not admin.service("hot")["operation"], timeout=90)
         shrinks = [o for o in ops_of(admin, "hot", "resize")
-                   if o["params"]["action"] == "shrink"]
+                   if o["params"]["change"] == "shrink"]
         assert shrinks and all("below 50% of the 10.0 ms objective" in o["step"]
                                for o in shrinks), shrinks
         assert cgroup_limits(inst["id"]) == {"cpus": base[0], "memory_mb": base[1]}
