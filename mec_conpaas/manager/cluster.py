@@ -79,14 +79,15 @@ class Cluster:
         for inst in session.scalars(select(models.Instance)):
             used[inst.node_name] = used.get(inst.node_name, 0) + 1
         # A node the driver cannot put instances on is never schedulable.
+        nodes = self.nodes(session)
         out = {n.name: {"max_instances": n.max_instances,
                         "used": used.get(n.name, 0), "up": n.state == "up",
                         "schedulable": not n.disabled and self.driver.node_can_host(n)}
-               for n in self.nodes(session)}
+               for n in nodes}
         # Nodes reporting their capacity: what is free of it, the reserve
         # for their own work excluded (manager/qos.py).
         from mec_conpaas.manager import qos
-        for name, (cpus, memory_mb) in qos.free(session, self).items():
+        for name, (cpus, memory_mb) in qos.free(session, self, nodes).items():
             out[name].update(free_cpus=cpus, free_memory_mb=memory_mb)
         return out
 

@@ -50,12 +50,12 @@ def reported(node):
     return cap if cap and cap.get("cpus") and cap.get("memory_mb") else None
 
 
-def view(session, cluster, default_priority=50):
+def view(session, cluster, default_priority=50, nodes=None):
     """``{node: policy view}`` (policies/capacity.py) of every node that
     reports its capacity, with ``up``/``schedulable``, its containers from
     the store (a row exists before its container and after it, so nothing
     on a node is missed) and each one's last measured latency."""
-    nodes = {n.name: n for n in cluster.nodes(session)}
+    nodes = {n.name: n for n in (nodes if nodes is not None else cluster.nodes(session))}
     out = {}
     for name, n in nodes.items():
         cap = reported(n)
@@ -91,10 +91,11 @@ def view(session, cluster, default_priority=50):
     return out
 
 
-def free(session, cluster):
+def free(session, cluster, nodes=None):
     """``{node: (free cpus, free memory_mb)}`` of the nodes reporting
-    capacity (what placement fits sizes in)."""
-    return {n: capacity.free(v) for n, v in view(session, cluster).items()}
+    capacity (what placement fits sizes in); ``nodes``: the rows, if the
+    caller has them."""
+    return {n: capacity.free(v) for n, v in view(session, cluster, nodes=nodes).items()}
 
 
 def admit(session, cluster, node_name, cpus, memory_mb, priority):
