@@ -125,6 +125,14 @@ class Manager:
         time.sleep(seconds)
         return round(100 * (self.cpu_seconds() - c0) / (time.monotonic() - t0), 2)
 
+    def alive(self):
+        """Raise, with its log's tail, if the manager has exited."""
+        if self.proc.poll() is not None:
+            self.log.flush()
+            with open(self.log.name) as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError("the manager exited (%s): %s" % (self.proc.returncode, tail))
+
     def close(self):
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -308,8 +316,10 @@ def part1(n, window):
             time.sleep(HEARTBEAT_S)  # every agent has heartbeated once
             for a in agents:
                 a.rtts.clear()
+            mgr.alive()
             cpu = mgr.cpu_percent(window)
             beats = sum(len(a.rtts) for a in agents)
+            mgr.alive()
             mem = common.proc_memory(mgr.proc.pid)
             decisions = decision_times(mgr.conf, mgr.names[count // 2],
                                        20 if count > 10 else 50)

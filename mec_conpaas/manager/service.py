@@ -118,4 +118,7 @@ class Manager:
         waitress.serve(app_mod.create_app(self), host=opts.bind_host,
                        port=opts.bind_port, threads=opts.threads, ident=None,
                        connection_limit=opts.connection_limit,
+                       # poll(), not select(): select stops the server at
+                       # file descriptor 1024 (about a thousand node agents).
+                       asyncore_use_poll=True,
                        channel_timeout=300)
