@@ -6,7 +6,6 @@ inside that mount namespace (it must see the overlay mounts libvirt
 starts containers on), an HAProxy, and the delay line if netem is missing.
 The master (manager) runs in the root namespace.
 """
-import configparser
 import json
 import os
 import shutil
@@ -320,13 +319,14 @@ class Edge:
         the others keep the topology's) and restart its node agent, which
         reports it at its next heartbeat; its containers keep running."""
         conf = self.path("nodes", ap, "mec-conpaas.conf")
-        parser = configparser.ConfigParser(interpolation=None)
-        parser.optionxform = str
-        parser.read(conf)
-        parser["capacity"] = dict(topology_mod.capacity(self.topo["nodes"][ap]),
-                                  **capacity)
-        self._write_conf(conf, {k: dict(parser[k]) for k in parser.sections()}
-                         | {"DEFAULT": dict(parser.defaults())})
+        with open(conf) as f:
+            text = f.read()
+        # The [capacity] section is the file's last (see _start_ap).
+        text = text.split("[capacity]\n")[0]
+        values = dict(topology_mod.capacity(self.topo["nodes"][ap]), **capacity)
+        with open(conf, "w") as f:
+            f.write(text + "[capacity]\n" + "".join(
+                "%s = %s\n" % kv for kv in values.items()))
         self.kill("agent-" + ap)
         self._wait("node agent of %s stopped" % ap, lambda: not self._pid("agent-" + ap),
                    timeout=20)

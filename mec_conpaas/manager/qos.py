@@ -129,9 +129,12 @@ def evict(session, services, evictions, why):
         reason = "evicted from %s to %s (priority %d): %s" % (
             inst.node_name, target, qos_mod.of(svc).priority, why)
         moves = [{"instance": iid, "to": target}]
+        # The home moves only with the service's last instance there.
+        left = [i for i in svc.instances if i.state == "ACTIVE" and i.id != iid
+                and i.node_name == svc.home_node]
         ops.append(start(session, services, "evict", svc, reason, moves=moves,
                          **({"home": target} if svc.home_node == inst.node_name
-                            else {})).id)
+                            and not left else {})).id)
     return ops
 
 

@@ -61,7 +61,7 @@ def ops_of(admin, service, kind):
 def small_ap1(edge, admin):
     """ap-1 with room for two default instances (1.5 cpus and 512 MiB, of
     which the reserve keeps 0.5 and 128), back to the topology's after."""
-    assert not [i for s in admin.services() for i in s["instances"]
+    assert not [i for s in admin.services(all_tenants=True) for i in s["instances"]
                 if i["node"] == "ap-1"], "ap-1 must start empty"
     set_capacity(edge, admin, "ap-1", cpus=1.5, memory_mb=512)
     yield
