@@ -105,11 +105,11 @@ def test_high_priority_evicts_low_priority_to_another_ap(edge, admin, small_ap1)
         assert [i["node"] for i in admin.service("high")["instances"]] == ["ap-1"]
         assert admin.service("high")["qos"]["priority"] == 90
     finally:
-        results = load.stop()
-    summary = loadgen.summarize(results)
-    assert summary["ok"] > 0 and summary["failed"] == 0, summary
-    for name in ("high", "low"):
-        wait_op(admin, admin.delete_service(name))
+        summary = loadgen.summarize(load.stop())
+        for name in ("high", "low"):
+            if name in {s["name"] for s in admin.services()}:
+                wait_op(admin, admin.delete_service(name))
+    assert summary["requests"] > 0 and summary["failed"] == 0, summary
 
 
 def test_missed_objective_grows_a_unit_then_shrinks_back(tmp_path, edge, admin):
@@ -147,7 +147,8 @@ def test_missed_objective_grows_a_unit_then_shrinks_back(tmp_path, edge, admin):
         assert shrinks and all("below 50% of the 10.0 ms objective" in o["step"]
                                for o in shrinks), shrinks
         assert cgroup_limits(inst["id"]) == {"cpus": base[0], "memory_mb": base[1]}
-        wait_op(admin, admin.delete_service("hot"))
     finally:
+        if "hot" in {s["name"] for s in admin.services()}:
+            wait_op(admin, admin.delete_service("hot"))
         edge.master_groups.pop("qos")
         edge.restart_manager()
