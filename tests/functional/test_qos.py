@@ -115,7 +115,7 @@ def test_high_priority_evicts_low_priority_to_another_ap(edge, admin, small_ap1)
 def test_missed_objective_grows_a_unit_then_shrinks_back(tmp_path, edge, admin):
     edge.master_groups["qos"] = {"autoscale_interval": 1, "unit_cpus": 0.25,
                                  "unit_memory_mb": 32, "max_units": 2}
-    edge.restart_manager()
+    manager = edge.restart_manager()
     try:
         # Requests computing 20 ms each on 4 slots: a closed loop of 4
         # users keeps more than the default 0.5 cores busy.
@@ -148,6 +148,8 @@ def test_missed_objective_grows_a_unit_then_shrinks_back(tmp_path, edge, admin):
                                for o in shrinks), shrinks
         assert cgroup_limits(inst["id"]) == {"cpus": base[0], "memory_mb": base[1]}
     finally:
+        # A manager that exited says how (a negative code: killed by that signal).
+        print("manager exit status after the restart:", manager.poll())
         if "hot" in {s["name"] for s in admin.services()}:
             wait_op(admin, admin.delete_service("hot"))
         edge.master_groups.pop("qos")
