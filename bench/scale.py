@@ -242,7 +242,8 @@ def run_agents(mgr, n, until):
     t.start()
 
     def finish():
-        state["loop"].call_soon_threadsafe(state["stop"].set)
+        if not state["loop"].is_closed():  # closed: every agent has ended
+            state["loop"].call_soon_threadsafe(state["stop"].set)
         t.join(30)
     until.append(finish)
     return agents, started
