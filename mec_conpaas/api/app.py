@@ -28,6 +28,8 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
 from mec_conpaas.manager import inventory
+from mec_conpaas.manager import qos as qos_mod
+from mec_conpaas.policies import qos as qos_policy
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -74,10 +76,14 @@ def service_view(svc, tiers=None):
             "home_node": svc.home_node, "port": svc.port,
             "instances": [{"id": i.id, "node": i.node_name, "address": i.address,
                            "state": i.state, "role": i.role,
-                           "tier": home.get(i.id)}
+                           "tier": home.get(i.id),
+                           "cpus": i.cpus if i.cpus is not None else svc.cpus,
+                           "memory_mb": i.memory_mb if i.memory_mb is not None
+                           else svc.memory_mb}
                           for i in svc.instances],
             "tiers": tiers,
             "bundle_sha256": svc.bundle_sha256, "error": svc.error,
+            "qos": qos_policy.of(svc).as_dict(),
             # The operation holding the service, if one runs on it.
             "operation": svc.operation_id,
             "created_at": _iso(svc.created_at), "updated_at": _iso(svc.updated_at)}
@@ -351,6 +357,7 @@ def create_app(manager):
             raise exception.BadRequest("count must be an integer")
         if count < 1:
             raise exception.BadRequest("a new service needs count >= 1")
+        qos_spec = qos_policy.parse(form, count)
         # Everything that needs no bundle is checked before one is stored.
         with session_scope() as s:
             if s.scalar(select(models.Service).where(
@@ -388,6 +395,14 @@ def create_app(manager):
                 raise exception.Conflict("a service named %r exists already: "
                                          "pick another name" % name)
             node_name = services.choose_home(s, form.get("node"))
+            # ENORM's admission: resources and priority (may evict lower
+            # priorities to another node, before this create runs).
+            priority = qos_spec["priority"] if qos_spec["priority"] is not None \
+                else conf.qos.default_priority
+            node_name, evictions = services.admit(
+                s, node_name if form.get("node") else None, count,
+                (services.instance_cpus(stype), services.instance_memory_mb(stype)),
+                priority)
             port = services.allocate_port(s)
             # Held by its create from the start: a delete meanwhile gets 409.
             op_id = models.new_id()
@@ -396,18 +411,24 @@ def create_app(manager):
                                  bundle_sha256=info.sha256,
                                  memory_mb=services.instance_memory_mb(stype),
                                  cpus=services.instance_cpus(stype),
-                                 operation_id=op_id)
+                                 operation_id=op_id, **qos_spec)
             s.add(svc)
             try:
                 s.flush()
             except sa_exc.IntegrityError:
                 raise exception.Conflict("service name or port taken "
                                          "concurrently; retry")
+            after = qos_mod.evict(s, services, evictions, "to admit %s (priority %d) "
+                                  "on %s" % (name, priority, node_name))
             s.add(models.Operation(id=op_id, tenant_id=ctx.tenant_id,
                                    service_id=svc.id, service_name=name,
                                    kind="create", params={"count": count,
-                                                          "node": node_name},
+                                                          "node": node_name,
+                                                          **({"after": after}
+                                                             if after else {})},
                                    journal={}))
+        for evict_id in after:
+            manager.engine.submit(evict_id)
         return accepted(op_id)
 
     @app.get("/v1/services")

@@ -143,8 +143,9 @@ class Client:
     def service(self, name):
         return self.request("GET", "/v1/services/" + name)["service"]
 
-    def create_service(self, stype, name, node=None, bundle=None, count=1):
+    def create_service(self, stype, name, node=None, bundle=None, count=1, qos=None):
         data = {"type": stype, "name": name, "count": str(count)}
+        data.update({k: str(v) for k, v in (qos or {}).items()})
         if node:
             data["node"] = node
         files = None

@@ -5,7 +5,7 @@ from cliff import show
 from mec_conpaas.cli import common
 
 SHOW_KEYS = ("id", "name", "type", "state", "home_node", "port", "instances",
-             "tiers", "error", "operation")
+             "tiers", "error", "operation", "qos")
 
 
 def _show(svc, op=None):
@@ -16,7 +16,7 @@ def _show(svc, op=None):
         for i in svc["instances"])
     return SHOW_KEYS, (svc["id"], svc["name"], svc["type"], svc["state"],
                        svc["home_node"], svc["port"], inst, svc.get("tiers", {}),
-                       svc["error"], op["id"] if op else None)
+                       svc["error"], op["id"] if op else None, svc.get("qos"))
 
 
 class _Mutating(common.ApiCommand, show.ShowOne):
@@ -44,12 +44,27 @@ class CreateService(_Mutating):
                             "...); web services default to a sample app; flink "
                             "takes its job itself (job.py or a .jar)")
         parser.add_argument("--count", type=int, default=1)
+        # The QoS spec (README "Capacity and QoS"); unset: the defaults.
+        parser.add_argument("--priority", type=int, help="0-100: higher is "
+                            "admitted first and evicted last (default: [qos] "
+                            "default_priority, 50)")
+        parser.add_argument("--latency-objective-ms", type=float, help="latency "
+                            "its users should see: auto-scaling grows a container "
+                            "that misses it")
+        parser.add_argument("--max-users", type=int, help="users it serves at most")
+        parser.add_argument("--min", dest="min_instances", type=int,
+                            help="instances it keeps at least (default 1)")
+        parser.add_argument("--max", dest="max_instances", type=int,
+                            help="instances it may have at most (default: no limit)")
         return parser
 
     def take_action(self, parsed_args):
+        qos = {k: getattr(parsed_args, k) for k in (
+            "priority", "latency_objective_ms", "max_users", "min_instances",
+            "max_instances") if getattr(parsed_args, k) is not None}
         res = self.app.client.create_service(parsed_args.type, parsed_args.name,
                                              parsed_args.node, parsed_args.bundle,
-                                             parsed_args.count)
+                                             parsed_args.count, qos=qos)
         return self.finish(parsed_args, res, parsed_args.name)
 
 

@@ -14,10 +14,11 @@ from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
 from mec_conpaas.conf import paths
+from mec_conpaas.conf import qos
 
 CONF = cfg.CONF
 
-for _module in (paths, api, database, manager, node_agent, edge, openstack, join):
+for _module in (paths, api, database, manager, node_agent, edge, openstack, join, qos):
     _module.register_opts(CONF)
 
 

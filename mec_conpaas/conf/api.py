@@ -14,6 +14,16 @@ Request threads of the API server.
 Each waiting CLI (``--wait``) polls; a Pi-class master is fine with the
 default.
 """),
+    cfg.IntOpt("connection_limit", default=2000, min=100,
+               help="""
+Connections the API server holds open at once (waitress's
+``connection_limit``, 100 by default there).  Every node agent keeps one
+open between heartbeats, so it must be above the number of nodes: beyond
+it, new connections wait unanswered.
+
+Possible values:
+* the number of nodes plus clients, with a margin.
+"""),
     cfg.URIOpt("public_url",
                help="""
 URL clients and node agents use to reach the manager.

@@ -91,6 +91,13 @@ class Service(Base):
     bundle_sha256: Mapped[str] = mapped_column(String(64))
     memory_mb: Mapped[int] = mapped_column(Integer)
     cpus: Mapped[float] = mapped_column(Float)
+    # The QoS spec (policies/qos.py: read it through qos.of): None is
+    # the default of each field.
+    priority: Mapped[int | None] = mapped_column(Integer)
+    latency_objective_ms: Mapped[float | None] = mapped_column(Float)
+    max_users: Mapped[int | None] = mapped_column(Integer)
+    min_instances: Mapped[int | None] = mapped_column(Integer)
+    max_instances: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     # The operation that holds the service: set atomically by a conditional
     # UPDATE (or on insert, for a create) and cleared when it ends, so one
@@ -116,6 +123,9 @@ class Instance(Base):
     # What the cloud driver returned to find the instance again (e.g. a
     # nova server UUID); None for drivers that need only the id.
     handle: Mapped[dict | None] = mapped_column(JSON)
+    # Its size once auto-scaling resized it (None: its service's).
+    cpus: Mapped[float | None] = mapped_column(Float)
+    memory_mb: Mapped[int | None] = mapped_column(Integer)
     # BUILDING (STANDBY) -> ACTIVE -> DELETING; rows in BUILDING after a
     # crash are treated as never finished.  A DELETING row whose service no
     # operation holds (or that has no service) is the orphan sweep's.

@@ -52,6 +52,8 @@ class Edge:
         self.log = log
         self.manager_opts = manager_opts or {}
         self.node_agent_opts = node_agent_opts or {}  # e.g. a bench's disk_mb
+        # Other groups of the manager's configuration, e.g. {"qos": {...}}.
+        self.master_groups = {}
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
@@ -211,6 +213,7 @@ class Edge:
                     "bind_port": self.manager_port},
             "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
                              "node_heartbeat_timeout": 10}, **self.manager_opts),
+            **self.master_groups,
         })
         return conf
 
@@ -313,6 +316,7 @@ class Edge:
             "join": {"identity": "edge:" + ap, "networks": "fixed",
                      "client_network": spec["client_network"],
                      "manage_routes": "true"},
+            "capacity": topology_mod.capacity(spec),
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
                         "--write-haproxy-config"], check=True, capture_output=True)
@@ -324,6 +328,24 @@ class Edge:
             os.path.join(base, "run", "haproxy-admin.sock")), timeout=20, proc=proc,
             logname="haproxy-" + ap)
         self.start_node_agent(ap, libvirtd_pid)
+
+    def set_capacity(self, ap, **capacity):
+        """Give an access point another capacity (``[capacity]`` options;
+        the others keep the topology's) and restart its node agent, which
+        reports it at its next heartbeat; its containers keep running."""
+        conf = self.path("nodes", ap, "mec-conpaas.conf")
+        with open(conf) as f:
+            text = f.read()
+        # The [capacity] section is the file's last (see _start_ap).
+        text = text.split("[capacity]\n")[0]
+        values = dict(topology_mod.capacity(self.topo["nodes"][ap]), **capacity)
+        with open(conf, "w") as f:
+            f.write(text + "[capacity]\n" + "".join(
+                "%s = %s\n" % kv for kv in values.items()))
+        self.kill("agent-" + ap)
+        self._wait("node agent of %s stopped" % ap, lambda: not self._pid("agent-" + ap),
+                   timeout=20)
+        return self.start_node_agent(ap)
 
     def _idmap_start(self, ap):
         """Emulated access points share one kernel: each gets its own uid

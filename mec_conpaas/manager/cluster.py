@@ -72,26 +72,32 @@ class Cluster:
             raise exception.NotFound("no node named %r" % name)
         return self.ref(node)
 
-    def distances(self, names):
-        return placement.distances(self.topology, names)
+    def distances(self, names, sources=None):
+        return placement.distances(self.topology, names, sources)
 
     def capacity(self, session):
         used = {}
         for inst in session.scalars(select(models.Instance)):
             used[inst.node_name] = used.get(inst.node_name, 0) + 1
         # A node the driver cannot put instances on is never schedulable.
+        nodes = self.nodes(session)
         out = {n.name: {"max_instances": n.max_instances,
                         "used": used.get(n.name, 0), "up": n.state == "up",
                         "schedulable": not n.disabled and self.driver.node_can_host(n)}
-               for n in self.nodes(session)}
+               for n in nodes}
         # Where the cloud schedules the nodes itself (nova): its up/down and free
         # vCPUs and memory bound what placement may use (manager/inventory.py).
         cloud = self.driver.node_inventory()
-        for n in self.nodes(session) if cloud else ():
+        for n in nodes if cloud else ():
             host = inventory_mod.host_of(cloud, n)
             if host is not None:
                 inventory_mod.cap(out[n.name], host, self.conf.manager.instance_memory_mb,
                                   self.conf.manager.instance_cpus)
+        # Nodes reporting their capacity: what is free of it, the reserve
+        # for their own work excluded (manager/qos.py).
+        from mec_conpaas.manager import qos
+        for name, (cpus, memory_mb) in qos.free(session, self, nodes).items():
+            out[name].update(free_cpus=cpus, free_memory_mb=memory_mb)
         return out
 
     def free_slots(self, session, node=None):
@@ -132,6 +138,9 @@ class Cluster:
                     "far": [{"addr": a} for a, t in sorted(tiers[node.name].items())
                             if t != "local"],
                     "draining": drain}
+                if svc.latency_objective_ms:  # its instances' latency is probed
+                    out[node.name][svc.id]["latency_objective_ms"] = \
+                        svc.latency_objective_ms
         return {n.name: (self.ref(n), out[n.name]) for n in nodes}
 
     def service_tiers(self, session, svc):

@@ -11,6 +11,7 @@ from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import farcloud
 from mec_conpaas.manager import nodeloss
+from mec_conpaas.manager import qos
 from mec_conpaas.manager import services
 from mec_conpaas.manager import snapshots
 from mec_conpaas.manager import workflows
@@ -53,6 +54,7 @@ class Manager:
         self.sweeper = workflows.Sweeper(self.cluster)
         self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)
         self.farcloud = farcloud.FarCloud(self.cluster, self.services, self.engine)
+        self.qos = qos.Loop(self.cluster, self.engine, self.services)
         self.snapshots = snapshots.Snapshots(conf)
         self._sample = None
         self.stop = threading.Event()
@@ -79,6 +81,7 @@ class Manager:
             LOG.warning("resumed %d operation(s)", len(resumed))
         threading.Thread(target=self.sweep_loop, daemon=True).start()
         threading.Thread(target=self.snapshot_loop, daemon=True).start()
+        threading.Thread(target=self.qos.run, daemon=True).start()
 
     def snapshot_loop(self):
         """Copies of instances' state for when their node is lost: only
@@ -124,4 +127,8 @@ class Manager:
         LOG.info("manager API on %s:%s", opts.bind_host, opts.bind_port)
         waitress.serve(app_mod.create_app(self), host=opts.bind_host,
                        port=opts.bind_port, threads=opts.threads, ident=None,
+                       connection_limit=opts.connection_limit,
+                       # poll(), not select(): select stops the server at
+                       # file descriptor 1024 (about a thousand node agents).
+                       asyncore_use_poll=True,
                        channel_timeout=300)

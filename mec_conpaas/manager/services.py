@@ -101,16 +101,57 @@ class Services:
         if count > free:
             raise exception.InsufficientCapacity(message.format(free=free))
 
-    def place(self, session, count, near, only=None, exclude=()):
+    def place(self, session, count, near, only=None, exclude=(), need=None):
         """Nodes for ``count`` new instances: on ``only`` if named, else the
         least loaded among the nearest to ``near`` (placement.place), never
-        a node that is down, disabled or the driver cannot host."""
+        a node that is down, disabled or the driver cannot host; with
+        ``need`` (cpus, memory_mb), only where that size fits."""
         capacity = self.cluster.capacity(session)
-        dist = self.cluster.distances(list(capacity))
+        home = only or near
+        dist = self.cluster.distances(list(capacity), [home] if home else [])
         if only:
             capacity = {n: v for n, v in capacity.items() if n == only}
-        return farcloud.place(count, only or near, capacity, dist,
-                              farcloud.cloud_nodes(self.cluster.topology), exclude)
+        return farcloud.place(count, home, capacity, dist,
+                              farcloud.cloud_nodes(self.cluster.topology), exclude,
+                              need=need)
+
+    @staticmethod
+    def size(session, service_id):
+        """(cpus, memory_mb) a new instance of the service gets."""
+        svc = session.get(models.Service, service_id)
+        return (svc.cpus, svc.memory_mb) if svc else None
+
+    def admit(self, session, node_name, count, need, priority):
+        """ENORM's admission of a new service's ``count`` instances of
+        ``need`` = (cpus, memory_mb) at ``priority``: ``(home, {instance:
+        target})``, the evictions of lower priorities that make room on the
+        home (none if it fits somewhere).  InsufficientCapacity, with the
+        policy's reason, when neither room nor priority allows."""
+        from mec_conpaas.manager import qos
+        if node_name is None:
+            try:
+                return self.place(session, 1, None, need=need)[0], {}
+            except exception.InsufficientCapacity:
+                candidates = sorted(qos.view(session, self.cluster))
+        else:
+            try:
+                self.place(session, 1, node_name, only=node_name, need=need)
+                return node_name, {}
+            except exception.InsufficientCapacity:
+                candidates = [node_name]
+        reasons = []
+        for name in candidates:
+            if not placement.placeable(self.cluster.capacity(session).get(
+                    name, {"up": False})):
+                continue
+            decision = qos.admit(session, self.cluster, name, need[0] * count,
+                                 need[1] * count, priority)
+            if decision.admit:
+                return name, decision.evict
+            reasons.append(decision.reason)
+        raise exception.InsufficientCapacity(
+            "not admitted: %s; lower the count or the size, raise --priority, "
+            "or add nodes" % ("; ".join(reasons) or "no up node has room"))
 
     def choose_home(self, session, node_name=None):
         """A new service's home: the node asked for, else the one placement
@@ -153,6 +194,9 @@ class Services:
                                "count %d needs %d more instance(s) but the up nodes "
                                "have {free} free slot(s)" % (count, count - current),
                                node_name)
+            # ... and room for their size, each node's reserve kept
+            self.place(session, count - current, svc.home_node, only=node_name,
+                       need=(svc.cpus, svc.memory_mb))
         return current
 
     def check_migrate(self, session, svc, target):

@@ -37,4 +37,37 @@ def validate(topo, where="topology"):
                                            % (where, end))
         links.append((link["a"], link["b"], float(link["latency_ms"])))
     topo["links"] = links
+    for spec in nodes.values():
+        capacity(spec)  # checked at load, not when an access point starts
     return topo
+
+
+# An emulated access point's capacity unless its topology entry says
+# otherwise: a Raspberry Pi 3 (4 cores, 1 GB), less a reserve for its own
+# work (hostapd, HAProxy, the node agent).  See README "Capacity and QoS"
+# for what a core means on the machine that emulates the edge.
+PI3_CAPACITY = {"cpus": 4.0, "memory_mb": 1024, "reserve_cpus": 0.5,
+                "reserve_memory_mb": 128}
+
+
+def capacity(spec):
+    """A node's ``[capacity]`` options from its topology entry's
+    ``capacity`` mapping (any of cpus, memory_mb, reserve_cpus,
+    reserve_memory_mb), the rest a Raspberry Pi 3's; BadRequest names a
+    wrong value."""
+    given = (spec or {}).get("capacity") or {}
+    if not isinstance(given, dict) or set(given) - set(PI3_CAPACITY):
+        raise exception.BadRequest(
+            "a node's capacity takes %s, not %r" % (", ".join(PI3_CAPACITY), given))
+    out = dict(PI3_CAPACITY)
+    for key, value in given.items():
+        kind = int if key.endswith("_mb") else float
+        try:
+            out[key] = kind(value)
+        except (TypeError, ValueError):
+            raise exception.BadRequest("capacity %s must be a number, not %r"
+                                       % (key, value)) from None
+    if out["reserve_cpus"] > out["cpus"] or out["reserve_memory_mb"] > out["memory_mb"]:
+        raise exception.BadRequest("a node's capacity reserve is larger than the "
+                                   "capacity itself: %r" % out)
+    return out

@@ -209,7 +209,8 @@ class Workflow:
     def grow(self, ctx, service_id, count, home, node=None):
         """Add instances: on ``node`` if named, else by placement policy."""
         with session_scope() as s:
-            targets = self.services.place(s, count, home, only=node)
+            targets = self.services.place(s, count, home, only=node,
+                                          need=self.services.size(s, service_id))
         for n, node in enumerate(targets, 1):
             ctx.progress(10 + int(70 * (n - 1) / len(targets)),
                          "starting instance %d/%d on %s" % (n, len(targets), node))
@@ -230,6 +231,11 @@ class CreateService(Workflow):
 
     def run(self, ctx):
         sid = ctx.service_id
+        if ctx.params.get("after"):  # admitted by evicting lower priorities
+            from mec_conpaas.manager import qosflows
+            ctx.progress(2, "waiting for the evictions that make room")
+            qosflows.wait_for_room(ctx, 2 * self.cluster.conf.manager.health_timeout
+                                   + 120)
         self.cleanup_unfinished(ctx, sid)
         self.set_state(sid, "PROLOGUE")
         with session_scope() as s:
@@ -842,7 +848,9 @@ class Sweeper(Workflow):
 
 
 def all_workflows(cluster):
-    return {"create": CreateService(cluster), "scale": ScaleService(cluster),
+    from mec_conpaas.manager import qosflows
+    return {**qosflows.workflows_for(cluster),
+            "create": CreateService(cluster), "scale": ScaleService(cluster),
             "migrate": MigrateService(cluster), "drain": MigrateService(cluster),
             "stop": StopService(cluster), "start": StartService(cluster),
             "delete": DeleteService(cluster), "heal": HealService(cluster)}

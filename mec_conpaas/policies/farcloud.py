@@ -21,23 +21,23 @@ def cloud_nodes(topology):
             if isinstance(spec, dict) and spec.get("kind") == "cloud"}
 
 
-def place(count, home, nodes, dist, clouds, exclude=()):
-    """:func:`placement.place`, edge first: the access points get what they
+def place(count, home, nodes, dist, clouds, exclude=(), need=None):
+    """:func:`placement.place` (``need`` as there), edge first: the access points get what they
     have slots for, cloud nodes only the rest.  A service whose home is a
     cloud node (created there with ``--node``, or offloaded) grows there,
     nearest first, until it returns as a whole (:func:`returns`)."""
     if home in clouds:  # pinned there, or offloaded: the cloud is its place
-        return placement.place(count, home, nodes, dist, exclude)
+        return placement.place(count, home, nodes, dist, exclude, need)
     edge = {n: v for n, v in nodes.items() if n not in clouds}
     edge_free = sum(placement.free_slots(v) for n, v in edge.items()
                     if placement.placeable(v) and n not in exclude)
     on_edge = min(count, edge_free)
-    chosen = placement.place(on_edge, home, edge, dist, exclude) if on_edge else []
+    chosen = placement.place(on_edge, home, edge, dist, exclude, need) if on_edge else []
     if count > on_edge:
         far = {n: v for n, v in nodes.items() if n in clouds}
         if not far:  # the usual message, counting the edge's slots
-            return placement.place(count, home, nodes, dist, exclude)
-        chosen += placement.place(count - on_edge, home, far, dist, exclude)
+            return placement.place(count, home, nodes, dist, exclude, need)
+        chosen += placement.place(count - on_edge, home, far, dist, exclude, need)
     return chosen
 
 

@@ -8,16 +8,17 @@ import heapq
 from mec_conpaas import exception
 
 
-def distances(topology, nodes):
+def distances(topology, nodes, sources=None):
     """All-pairs shortest latency (ms) between ``nodes`` over the topology
-    links; nodes missing from the topology are 0 ms from themselves and
-    1 ms (one unknown hop) from everyone else."""
+    links (only from ``sources`` if given: a placement near one node needs
+    one row, not a thousand); nodes missing from the topology are 0 ms
+    from themselves and 1 ms (one unknown hop) from everyone else."""
     graph = {}
     for a, b, ms in (topology or {}).get("links", []):
         graph.setdefault(a, []).append((b, float(ms)))
         graph.setdefault(b, []).append((a, float(ms)))
     out = {}
-    for src in nodes:
+    for src in (nodes if sources is None else sources):
         dist = {src: 0.0}
         heap = [(0.0, src)]
         while heap:
@@ -71,17 +72,27 @@ def free_slots(node):
     return max(0, node["max_instances"] - node["used"])
 
 
+def fits(node, need):
+    """Whether an instance of ``need`` = (cpus, memory_mb) fits in what the
+    node has free (``free_cpus``/``free_memory_mb``, its reserve already
+    left out); a node that does not report them is judged by slots."""
+    if need is None or "free_cpus" not in node:
+        return True
+    return need[0] <= node["free_cpus"] + 1e-9 and need[1] <= node["free_memory_mb"]
+
+
 def placeable(node):
     """Up and not disabled by an admin (``schedulable`` absent means yes)."""
     return node["up"] and node.get("schedulable", True)
 
 
-def place(count, home, nodes, dist, exclude=()):
+def place(count, home, nodes, dist, exclude=(), need=None):
     """Choose nodes for ``count`` new instances: least loaded among the
-    nearest to ``home`` with a free slot, widening outwards.
+    nearest to ``home`` with a free slot (and, with ``need`` = (cpus,
+    memory_mb), room for that size: :func:`fits`), widening outwards.
 
-    ``nodes``: ``{name: {"max_instances", "used", "up", "schedulable"}}``;
-    down and disabled nodes get nothing.
+    ``nodes``: ``{name: {"max_instances", "used", "up", "schedulable"[,
+    "free_cpus", "free_memory_mb"]}}``; down and disabled nodes get nothing.
     """
     pool = {n: dict(v) for n, v in nodes.items() if placeable(v) and n not in exclude}
     total = sum(free_slots(v) for v in pool.values())
@@ -91,11 +102,20 @@ def place(count, home, nodes, dist, exclude=()):
             "slot(s): lower the count or add nodes" % (count, total))
     chosen = []
     for _ in range(count):
-        candidates = [n for n in pool if free_slots(pool[n]) > 0]
+        candidates = [n for n in pool if free_slots(pool[n]) > 0 and fits(pool[n], need)]
+        if not candidates:
+            raise exception.InsufficientCapacity(
+                "asked for %d more instance(s) of %.2f cpus and %d MiB but the up "
+                "nodes have room for %d: lower the count, resize the service or "
+                "add nodes (each node keeps a reserve for its own work)" % (
+                    count, need[0], need[1], len(chosen)))
         n = min(candidates, key=lambda c: (dist.get(home, {}).get(c, 0.0),
                                            pool[c]["used"] / max(1, pool[c]["max_instances"]),
                                            c))
         pool[n]["used"] += 1
+        if need is not None and "free_cpus" in pool[n]:
+            pool[n]["free_cpus"] -= need[0]
+            pool[n]["free_memory_mb"] -= need[1]
         chosen.append(n)
     return chosen
 

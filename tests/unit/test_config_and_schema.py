@@ -28,7 +28,7 @@ def test_sample_config_is_current(tmp_path):
 
 def test_migrations_match_models(conf):
     db.upgrade()
-    assert db.current_revision() == "0005_join_alloc"
+    assert db.current_revision() == "0005_enorm_qos"
     with db.get_engine().connect() as c:
         diff = compare_metadata(MigrationContext.configure(c), models.Base.metadata)
     assert diff == []
@@ -68,7 +68,7 @@ def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
                 "'', '{}', '{}', 1, :now, :now)"), {"id": op_id, "state": state,
                                                    "now": now})
     db.upgrade()
-    assert db.current_revision() == "0005_join_alloc"
+    assert db.current_revision() == "0005_enorm_qos"
     with db.session_scope() as s:
         nodes = s.scalars(select(models.Node).order_by(models.Node.name)).all()
         assert [(n.name, n.disabled, n.disabled_reason) for n in nodes] == [
@@ -77,6 +77,9 @@ def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
         assert (svc.name, svc.home_node, [i.id for i in svc.instances]) == (
             "shop", "ap-1", ["i1"])
         assert svc.operation_id == "o2"
+        # 0005: an existing service gets the QoS spec's defaults.
+        from mec_conpaas.policies import qos
+        assert qos.of(svc) == qos.QoS()
         nodes[0].disabled = True
     with db.session_scope() as s:
         assert s.get(models.Node, "ap-1").disabled is True

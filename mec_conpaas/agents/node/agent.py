@@ -19,11 +19,13 @@ import urllib.parse
 import uuid
 
 from mec_conpaas import exception
+from mec_conpaas.agents.node import capacity as capacity_mod
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
 from mec_conpaas.agents.node import joining
 from mec_conpaas.agents.node import metrics as metrics_mod
+from mec_conpaas.agents.node import probe
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import routes as routes_mod
 from mec_conpaas.agents.node import statesync
@@ -119,8 +121,10 @@ class NodeAgent:
             from mec_conpaas.agents.node import nova
             os.makedirs(opts.instances_path, exist_ok=True)
             self.containers = nova.NovaContainers(conf, self.fetch_bundle)
+        self.capacity = capacity_mod.Capacity(conf)
         if self.containers is not None:
             self.containers.agent_secret = self.agent_secret
+            self.containers.capacity = self.capacity
         self.isolation = isolation_mod.Isolation(
             conf, self.containers.ports if self.containers else dict)
         self.registered = threading.Event()
@@ -235,9 +239,8 @@ class NodeAgent:
                     self.registered.set()
                     LOG.info("registered with %s as %s (%s)",
                              self.conf.node_agent.manager_url, self.name, self.id)
-                usage = self.containers.usage() if self.containers else {}
                 self.heard(self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
-                                        {"report": self.reporter.report(usage)}))
+                                        {"report": self.report()}))
                 self.last_heartbeat = time.monotonic()
             except exception.NodeError as e:
                 status = getattr(e, "remote_status", None)
@@ -285,8 +288,7 @@ class NodeAgent:
         r.add("GET", "/v1/health", lambda body: {
             "id": self.id, "name": self.name, "haproxy": self.haproxy.alive(),
             "isolation": self.isolation.status()})
-        r.add("GET", "/v1/report", lambda body: self.reporter.report(
-            self.containers.usage() if self.containers else {}))
+        r.add("GET", "/v1/report", lambda body: self.report())
         r.add("GET", "/v1/instances",
               lambda body: {"instances": self._need_containers().list()})
         r.add("POST", "/v1/instances", self.create_instance)
@@ -296,6 +298,7 @@ class NodeAgent:
             self._need_containers().freeze(iid, (body or {}).get("quiesce_port"),
                                            (body or {}).get("max_wait_ms")),
             frozen=iid))
+        r.add("POST", inst + "/resize", self.resize_instance)
         r.add("POST", inst + "/thaw", lambda body, iid: (
             self._need_containers().thaw(iid), {"thawed": iid})[1])
         r.add("GET", inst + "/logs", lambda body, iid: {
@@ -319,6 +322,38 @@ class NodeAgent:
             dict(body, master_ip=body.get("master_ip") or self.manager_address()))
         self.isolation.apply()  # its port may send its own address only
         return info
+
+    def report(self):
+        """The heartbeat's report: usage, with this node's capacity and each
+        container's size (what admission and auto-scaling decide on)."""
+        usage = self.containers.usage() if self.containers else {}
+        sizes = self.containers.sizes() if self.containers else {}
+        for iid, size in sizes.items():
+            usage.setdefault(iid, {}).update(size)
+        # Only instances of services with a latency objective (the
+        # manager's proxy plan says which): a probe is a request the app
+        # serves.
+        timed = {sid for sid, svc in self.haproxy.services.items()
+                 if svc.get("latency_objective_ms")}
+        if self.containers is not None and timed:
+            targets = {m["id"]: (m["address"], m.get("service_type") == "web")
+                       for m in self.containers.list()
+                       if m.get("state") == "RUNNING" and m.get("address")
+                       and m.get("service_id") in timed}
+            for iid, ms in probe.latencies(targets).items():
+                usage.setdefault(iid, {})["latency_ms"] = ms
+        return dict(self.reporter.report(usage),
+                    capacity=self.capacity.report(sizes))
+
+    def resize_instance(self, body, iid):
+        try:
+            cpus, memory_mb = float(body["cpus"]), int(body["memory_mb"])
+        except (TypeError, KeyError, ValueError):
+            cpus = memory_mb = 0
+        if cpus <= 0 or memory_mb < 4:
+            raise exception.BadRequest("expected {'cpus': cores > 0, "
+                                       "'memory_mb': MiB >= 4}")
+        return self._need_containers().resize(iid, cpus, memory_mb)
 
     def delete_instance(self, body, iid):
         self._need_containers().delete(iid)

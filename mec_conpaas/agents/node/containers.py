@@ -30,6 +30,7 @@ from xml.sax.saxutils import quoteattr
 from mec_conpaas import bundles
 from mec_conpaas import exception
 from mec_conpaas import safefs
+from mec_conpaas.agents.node import cgroups
 from mec_conpaas.agents.node import idmap
 
 LOG = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
 class LibvirtContainers:
     # instance id -> its service agent's secret; set by the node agent.
     agent_secret = None
+    # agents/node/capacity.Capacity: checked before a container starts or
+    # grows (the node's reserve is never given away); set by the node agent.
+    capacity = None
 
     def __init__(self, conf, fetch_bundle):
         self.conf = conf
@@ -279,6 +283,9 @@ class LibvirtContainers:
             # Again at each create (a few stats): a deployment tool may have
             # reset a directory's mode since the agent started.
             _open_for_instances(self.root, self.conf.state_path)
+            if self.capacity is not None:
+                self.capacity.check(self.sizes(), instance_id, spec["cpus"],
+                                    spec["memory_mb"])
             address = self._allocate_address()
             slot = self._allocate_slot()
             paths = self._paths(instance_id)
@@ -287,7 +294,8 @@ class LibvirtContainers:
                     "service_name": spec["service_name"],
                     "service_type": spec["service_type"],
                     "address": address, "role": spec.get("role", "worker"),
-                    "idmap_slot": slot}
+                    "idmap_slot": slot, "cpus": float(spec["cpus"]),
+                    "memory_mb": int(spec["memory_mb"])}
             with open(paths["meta"], "w") as f:
                 json.dump(meta, f)
         ids = self._ids(slot)
@@ -485,6 +493,46 @@ class LibvirtContainers:
             except Exception:  # a container stopping under us
                 continue
         return out
+
+    def sizes(self):
+        """``{instance id: {"cpus", "memory_mb"}}``: each container's size
+        as last set (its metadata), else as its cgroups have it."""
+        out = {}
+        for entry in os.listdir(self.root):
+            meta = self._meta(entry) if not entry.startswith(".") else None
+            if meta is None:
+                continue
+            if meta.get("cpus") is not None and meta.get("memory_mb") is not None:
+                out[entry] = {"cpus": meta["cpus"], "memory_mb": meta["memory_mb"]}
+                continue
+            pid = _container_pid(self.domain_name(entry))
+            try:
+                out[entry] = cgroups.limits(cgroups.dirs(int(pid))) if pid else {}
+            except (OSError, exception.NodeError):
+                out[entry] = {}
+        return out
+
+    def resize(self, instance_id, cpus, memory_mb):
+        """Give a running container ``cpus`` cores and ``memory_mb`` MiB,
+        live (auto-scaling's grow and shrink), if this node has room."""
+        with self.lock:
+            meta = self._meta(instance_id)
+            if meta is None:
+                raise exception.NotFound("no instance %s on this node" % instance_id)
+            if self.capacity is not None:
+                self.capacity.check(self.sizes(), instance_id, cpus, memory_mb)
+            pid = _container_pid(self.domain_name(instance_id))
+            if pid is None:
+                raise exception.Conflict("instance %s is not running: it cannot "
+                                         "be resized" % instance_id)
+            d = cgroups.dirs(int(pid))
+            cgroups.resize(d, cpus, memory_mb)
+            meta.update(cpus=float(cpus), memory_mb=int(memory_mb))
+            path = self._paths(instance_id)["meta"]
+            with open(path + ".tmp", "w") as f:
+                json.dump(meta, f)
+            os.replace(path + ".tmp", path)
+            return dict(cgroups.limits(d), id=instance_id)
 
     def ports(self):
         """This node's instance bridge ports, ``{ifname: address}``: what

@@ -1,0 +1,488 @@
+"""Control-plane scale: the manager with 1,000 emulated node agents, and
+an auto-scaling round over 128 containers on one node.
+
+Part 1.  A real ``mec-conpaas-manager`` (its own store and port on
+loopback) and N emulated node agents: asyncio coroutines speaking the real
+agent protocol over HTTP/1.1 keep-alive connections (``POST
+/v1/nodes/register`` with the node agent's registration, then ``POST
+/v1/nodes/<id>/heartbeat`` every 2 s with a report of the node agent's
+shape, capacity included); no containers.  Measured while they heartbeat:
+
+* the manager's CPU (utime+stime from /proc over the window, % of one
+  core) and memory (RSS/PSS), against the same manager idle with no agent
+  (the floor, measured first in the same run);
+* heartbeat round-trip times as the agents see them;
+* placement decision time: ``Services.place`` (the code every create,
+  scale and heal uses) against the store the manager is writing, split
+  into reading the observed state and the decision itself, and ENORM
+  admission on a full node (``manager/qos.admit``, eviction targets
+  included); floor: the same on a 3-node edge in the same run; peer: seed
+  002's peer selection, 586 ms.
+
+Part 2.  One auto-scaling round over 128 containers on one node: real
+cgroups (v1 cpu and memory, one pair per container) each holding a real
+process (``sleep``), no libvirt.  The round is the policy
+(``policies/autoscale.plan``) plus the live resize of every container it
+decides on (``agents/node/cgroups.resize``, what the node agent's resize
+does for a libvirt or nova container).  Its input latencies are drawn
+(seeded) so that every container either misses its objective or meets it
+comfortably: all 128 are resized.  Floor: the same round over one
+container; peer: ENORM's 11 s for 128 (5.3 s for one).
+
+``--quick``: 100 agents, a 10 s window, 32 containers.  Results:
+bench/results/scale.json and .png; the summary JSON is the last line.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from mec_conpaas.agents.node import cgroups  # noqa: E402
+from mec_conpaas.policies import autoscale  # noqa: E402
+
+SEED_002_PEER_SELECTION_MS = 586   # seed 002, peer selection
+ENORM_ROUND_128_S = 11.0           # seed 004, auto-scaling 128 containers
+ENORM_ROUND_1_S = 5.3              # seed 004, one container
+HEARTBEAT_S = 2.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def topology(path, n):
+    """n access points on a ring of 2 ms links (each AP a few hops from
+    the others, as on a campus backbone), the master off the first."""
+    names = ["ap-%04d" % i for i in range(1, n + 1)]
+    nodes = {a: {"instance_network": "10.%d.%d.0/24" % (100 + i // 250, i % 250)}
+             for i, a in enumerate(names)}
+    links = [{"a": "master", "b": names[0], "latency_ms": 1}]
+    links += [{"a": names[i], "b": names[(i + 1) % n], "latency_ms": 2}
+              for i in range(n if n > 2 else n - 1)]
+    import yaml
+    with open(path, "w") as f:
+        yaml.safe_dump({"nodes": nodes, "links": links}, f)
+    return names
+
+
+class Manager:
+    """A real manager process on loopback with its own store."""
+
+    def __init__(self, n):
+        self.dir = tempfile.mkdtemp(prefix="mec-bench-scale-")
+        self.port = free_port()
+        self.names = topology(os.path.join(self.dir, "topology.yaml"), n)
+        self.conf = os.path.join(self.dir, "mec-conpaas.conf")
+        with open(self.conf, "w") as f:
+            f.write("[DEFAULT]\nstate_path = %s\nrun_path = %s/run\n"
+                    "[api]\nbind_host = 127.0.0.1\nbind_port = %d\n"
+                    "[manager]\ntopology_file = %s/topology.yaml\n"
+                    # no container anywhere: nothing to sweep or snapshot
+                    "orphan_sweep_interval = 86400\nnode_lost_grace = 0\n"
+                    "node_heartbeat_timeout = 10\n" % (
+                        self.dir, self.dir, self.port, self.dir))
+        manage = [tool("mec-conpaas-manage"), "--config-file", self.conf]
+        subprocess.run(manage + ["db", "sync"], check=True, capture_output=True)
+        self.node_token = subprocess.run(manage + ["node-token", "create"], check=True,
+                                         capture_output=True, text=True).stdout.strip()
+        self.log = open(os.path.join(self.dir, "manager.log"), "w")
+        self.proc = subprocess.Popen([tool("mec-conpaas-manager"), "--config-file",
+                                      self.conf], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                break
+            except OSError:
+                assert self.proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+
+    def cpu_seconds(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def cpu_percent(self, seconds):
+        c0, t0 = self.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)
+        return round(100 * (self.cpu_seconds() - c0) / (time.monotonic() - t0), 2)
+
+    def alive(self):
+        """Raise, with its log's tail, if the manager has exited."""
+        if self.proc.poll() is not None:
+            self.log.flush()
+            with open(self.log.name) as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError("the manager exited (%s): %s" % (self.proc.returncode, tail))
+
+    def close(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- emulated node agents ---------------------------------------------------
+class Agent:
+    """One emulated node agent: the real registration and heartbeat."""
+
+    def __init__(self, name, token, port):
+        import uuid
+        self.name, self.token, self.port = name, token, port
+        self.id = str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
+        self.rtts, self.errors = [], 0
+        self.reader = self.writer = None
+
+    async def call(self, path, body):
+        data = json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(
+                        "127.0.0.1", self.port)
+                self.writer.write((
+                    "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+                    "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                    % (path, self.token, len(data))).encode() + data)
+                await self.writer.drain()
+                status = int((await self.reader.readline()).split()[1])
+                length = 0
+                while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await self.reader.readexactly(length)
+                return status
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                self.writer = None
+                if attempt == 2:
+                    raise
+
+    def registration(self):
+        return {"id": self.id, "name": self.name, "hostname": self.name,
+                "mac": "02:00:00:00:00:00", "address": "127.0.0.1", "agent_port": 9,
+                "agent_token": "x" * 43, "container_backend": "libvirt",
+                "instance_network": None, "max_instances": 8}
+
+    @staticmethod
+    def report():
+        """A report of the real node agent's shape (agents/node/report.py
+        plus capacity): a Raspberry Pi 3 with nothing running yet."""
+        return {"cpu_percent": 3.0, "cpu_count": 4, "load": [0.1, 0.1, 0.1],
+                "memory": {"total_bytes": 2 ** 30, "available_bytes": 7 * 2 ** 27,
+                           "swap_total_bytes": 0, "swap_free_bytes": 0},
+                "disk": {"path": "/var/lib/mec-conpaas", "total_bytes": 2 ** 34,
+                         "free_bytes": 2 ** 33},
+                "containers": {}, "time": time.time(),
+                "capacity": {"cpus": 4.0, "memory_mb": 1024, "reserve_cpus": 0.5,
+                             "reserve_memory_mb": 128, "held_cpus": 0.0,
+                             "held_memory_mb": 0}}
+
+    async def run(self, stop, started):
+        await asyncio.sleep(random.random() * HEARTBEAT_S)
+        try:
+            assert await self.call("/v1/nodes/register", self.registration()) == 200
+        except Exception:
+            self.errors += 1
+            return
+        started.append(self.name)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                status = await self.call("/v1/nodes/%s/heartbeat" % self.id,
+                                         {"report": self.report()})
+                if status != 200:
+                    self.errors += 1
+                else:
+                    self.rtts.append((time.monotonic() - t0) * 1000)
+            except Exception:
+                self.errors += 1
+            try:
+                await asyncio.wait_for(stop.wait(), max(0, HEARTBEAT_S -
+                                                        (time.monotonic() - t0)))
+            except asyncio.TimeoutError:
+                pass
+
+
+def run_agents(mgr, n, until):
+    """Agents heartbeating in a thread's event loop until ``until`` is set."""
+    import threading
+    agents = [Agent(name, mgr.node_token, mgr.port) for name in mgr.names[:n]]
+    started = []
+    state = {}
+
+    def main():
+        async def go():
+            stop = asyncio.Event()
+            state["stop"], state["loop"] = stop, asyncio.get_running_loop()
+            await asyncio.gather(*(a.run(stop, started) for a in agents))
+        asyncio.run(go())
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+
+    def finish():
+        if not state["loop"].is_closed():  # closed: every agent has ended
+            state["loop"].call_soon_threadsafe(state["stop"].set)
+        t.join(30)
+    until.append(finish)
+    return agents, started
+
+
+# -- placement and admission against the manager's store ---------------------
+def decision_times(conf_path, home, repeat):
+    """Placement (gather + decide) and admission times, ms, in this process
+    against the manager's store."""
+    from mec_conpaas import conf as conf_mod
+    from mec_conpaas import drivers
+    from mec_conpaas.db.session import session_scope
+    from mec_conpaas.manager import cluster as cluster_mod
+    from mec_conpaas.manager import qos
+    from mec_conpaas.manager import services as services_mod
+    from mec_conpaas.policies import admission
+    from mec_conpaas.policies import placement
+    conf = conf_mod.parse_args(["--config-file", conf_path])
+    cluster = cluster_mod.Cluster(conf, drivers.load(conf.manager.driver, conf))
+    svcs = services_mod.Services(cluster)
+    need = (conf.manager.instance_cpus, conf.manager.instance_memory_mb)
+    out = {"end_to_end": [], "gather": [], "decide": [], "admission": []}
+    for _ in range(repeat):
+        with session_scope() as s:
+            t0 = time.perf_counter()
+            svcs.place(s, 1, home, need=need)
+            t1 = time.perf_counter()
+            cap = cluster.capacity(s)
+            dist = cluster.distances(list(cap), sources=[home])
+            t2 = time.perf_counter()
+            chosen = placement.place(1, home, cap, dist, need=need)
+            t3 = time.perf_counter()
+            nodes = qos.view(s, cluster)
+            full = dict(nodes[home], containers={
+                "x%d" % k: {"service": "low", "priority": 10, "cpus": 0.5,
+                            "memory_mb": 128, "seq": k} for k in range(7)})
+            t4 = time.perf_counter()
+            d = admission.admit(home, full, *need, 90, dict(nodes, **{home: full}),
+                                cluster.distances(list(nodes), sources=[home]))
+            t5 = time.perf_counter()
+        assert chosen and d.admit and d.evict, (chosen, d)
+        out["end_to_end"].append((t1 - t0) * 1000)
+        out["gather"].append((t2 - t1) * 1000)
+        out["decide"].append((t3 - t2) * 1000)
+        out["admission"].append((t5 - t4) * 1000)
+    conf.clear()
+    from mec_conpaas.db import session as db
+    db.reset()
+    return {k: stats(v) for k, v in out.items()}
+
+
+def stats(values):
+    values = sorted(values)
+    return {"median": round(statistics.median(values), 3),
+            "p95": round(values[min(len(values) - 1, int(0.95 * len(values)))], 3),
+            "n": len(values)}
+
+
+def part1(n, window):
+    out = {}
+    for label, count in (("floor_3_nodes", 3), ("ours", n)):
+        mgr = Manager(count)
+        try:
+            idle_cpu = mgr.cpu_percent(min(window, 5))
+            stops = []
+            agents, started = run_agents(mgr, count, stops)
+            deadline = time.monotonic() + 60 + count / 50
+            while len(started) < count and time.monotonic() < deadline:
+                time.sleep(0.2)
+            registered = len(started)
+            time.sleep(HEARTBEAT_S)  # every agent has heartbeated once
+            for a in agents:
+                a.rtts.clear()
+            mgr.alive()
+            cpu = mgr.cpu_percent(window)
+            beats = sum(len(a.rtts) for a in agents)
+            mgr.alive()
+            mem = common.proc_memory(mgr.proc.pid)
+            decisions = decision_times(mgr.conf, mgr.names[count // 2],
+                                       20 if count > 10 else 50)
+            stops[0]()
+            rtts = [r for a in agents for r in a.rtts]
+            out[label] = {
+                "nodes": count, "registered": registered,
+                "heartbeats_per_s": round(beats / window, 1),
+                "heartbeats_per_s_wanted": round(count / HEARTBEAT_S, 1),
+                "heartbeat_errors": sum(a.errors for a in agents),
+                "heartbeat_rtt_ms": stats(rtts) if rtts else None,
+                "manager_cpu_percent_idle": idle_cpu,
+                "manager_cpu_percent": cpu, "manager_memory": mem,
+                "placement_ms": decisions}
+        finally:
+            mgr.close()
+    return out
+
+
+# -- one auto-scaling round over real cgroups ----------------------------------
+class Containers:
+    """n cgroup pairs (cpu, memory) each with a sleeping process in it."""
+
+    def __init__(self, n, base_cpus, base_mb):
+        self.root = {c: os.path.join(cgroups.ROOT, c, "mec-bench-scale-%d" % os.getpid())
+                     for c in ("cpu", "memory")}
+        self.dirs, self.procs = {}, []
+        for i in range(n):
+            d = {c: os.path.join(r, "c%03d" % i) for c, r in self.root.items()}
+            for path in d.values():
+                os.makedirs(path)
+            cgroups.resize(d, base_cpus, base_mb)
+            p = subprocess.Popen(["sleep", "600"])
+            for path in d.values():
+                with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                    f.write(str(p.pid))
+            assert cgroups.dirs(p.pid) == d, (cgroups.dirs(p.pid), d)
+            self.dirs["c%03d" % i] = d
+            self.procs.append(p)
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for d in self.dirs.values():
+            for path in d.values():
+                for _ in range(50):
+                    try:
+                        os.rmdir(path)
+                        break
+                    except OSError:
+                        time.sleep(0.02)
+        for r in self.root.values():
+            os.rmdir(r)
+
+
+def one_round(n, rng, unit_cpus=0.25, unit_mb=32, base_cpus=0.25, base_mb=64):
+    """Time (s) of a round over n containers, each resized; checks every
+    container's cgroups have what the round decided."""
+    box = Containers(n, base_cpus + unit_cpus, base_mb + unit_mb)
+    try:
+        objective = 20.0
+        # missing (grow) or comfortably met (shrink), none in between
+        lat = {i: rng.choice((rng.uniform(objective * 1.1, objective * 5),
+                              rng.uniform(0.5, objective * 0.45)))
+               for i in box.dirs}
+        node = {"cpus": 2.0 * n + 1, "memory_mb": 256 * n + 128, "reserve_cpus": 1.0,
+                "reserve_memory_mb": 128,
+                "containers": {i: {"service": i, "priority": 50,
+                                   "cpus": base_cpus + unit_cpus,
+                                   "memory_mb": base_mb + unit_mb,
+                                   "base_cpus": base_cpus, "base_memory_mb": base_mb,
+                                   "latency_ms": lat[i], "objective_ms": objective}
+                               for i in box.dirs}}
+        t0 = time.perf_counter()
+        decisions = autoscale.plan("node", node, unit_cpus, unit_mb)
+        t1 = time.perf_counter()
+        for d in decisions:
+            cgroups.resize(box.dirs[d["id"]], d["cpus"], d["memory_mb"])
+        t2 = time.perf_counter()
+        assert len(decisions) == n, decisions
+        for d in decisions:
+            got = cgroups.limits(box.dirs[d["id"]])
+            assert got == {"cpus": round(d["cpus"], 4), "memory_mb": d["memory_mb"]}, got
+        return {"seconds": round(t2 - t0, 4), "policy_s": round(t1 - t0, 4),
+                "resize_s": round(t2 - t1, 4),
+                "grown": sum(d["action"] == "grow" for d in decisions),
+                "shrunk": sum(d["action"] == "shrink" for d in decisions)}
+    finally:
+        box.close()
+
+
+def part2(n, repeat=5):
+    rng = random.Random(12)
+    ours = [one_round(n, rng) for _ in range(repeat)]
+    floor = [one_round(1, rng) for _ in range(repeat)]
+    return {"containers": n, "rounds": ours,
+            "median_s": statistics.median(r["seconds"] for r in ours),
+            "floor_1_container_median_s": statistics.median(r["seconds"] for r in floor),
+            "method": "real cgroups (v1 cpu+memory), one sleeping process in each; "
+                      "no libvirt"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nodes", type=int)
+    ap.add_argument("--window", type=float, help="seconds CPU is measured over")
+    ap.add_argument("--containers", type=int)
+    args = ap.parse_args()
+    n = args.nodes or (100 if args.quick else 1000)
+    window = args.window or (10 if args.quick else 30)
+    containers = args.containers or (32 if args.quick else 128)
+    t0 = time.monotonic()
+    p1 = part1(n, window)
+    p2 = part2(containers)
+    ours, floor = p1["ours"], p1["floor_3_nodes"]
+    summary = {
+        "bench": "scale", "quick": args.quick, "machine": common.machine(),
+        "shared_machine": "yes: 2 cores shared with other helpers' builds and tests",
+        "nodes": n, "window_s": window, "heartbeat_s": HEARTBEAT_S,
+        "control_plane": p1, "autoscale_round": p2,
+        "placement_decision_ms": ours["placement_ms"]["end_to_end"]["median"],
+        "placement_target_ms": 10,
+        "placement_vs_floor_ratio": round(
+            ours["placement_ms"]["end_to_end"]["median"]
+            / max(1e-6, floor["placement_ms"]["end_to_end"]["median"]), 1),
+        "placement_vs_seed002": round(ours["placement_ms"]["end_to_end"]["median"]
+                                      / SEED_002_PEER_SELECTION_MS, 4),
+        "manager_cpu_percent": ours["manager_cpu_percent"],
+        "manager_cpu_target_percent": 10,
+        "manager_cpu_floor_percent": floor["manager_cpu_percent"],
+        "manager_rss_mb": ours["manager_memory"]["rss_mb"],
+        "autoscale_round_s": p2["median_s"], "autoscale_target_s": 0.5,
+        "autoscale_vs_floor_ratio": round(p2["median_s"] / max(
+            1e-6, p2["floor_1_container_median_s"]), 1),
+        "autoscale_vs_enorm": round(p2["median_s"] / ENORM_ROUND_128_S, 5),
+        "peers": {"seed002_peer_selection_ms": SEED_002_PEER_SELECTION_MS,
+                  "enorm_round_128_s": ENORM_ROUND_128_S,
+                  "enorm_round_1_s": ENORM_ROUND_1_S},
+        "duration_s": round(time.monotonic() - t0, 1)}
+
+    def plot(ax):
+        labels = ["placement\n%d nodes" % n, "placement\n3 nodes\n(floor)",
+                  "seed 002\npeer sel.", "autoscale\n%d ctrs" % containers,
+                  "autoscale\n1 ctr\n(floor)", "ENORM\n128 ctrs"]
+        values = [summary["placement_decision_ms"],
+                  floor["placement_ms"]["end_to_end"]["median"],
+                  SEED_002_PEER_SELECTION_MS, p2["median_s"] * 1000,
+                  p2["floor_1_container_median_s"] * 1000, ENORM_ROUND_128_S * 1000]
+        colors = ["tab:blue", "tab:gray", "tab:red"] * 2
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (log)")
+        for i, v in enumerate(values):
+            ax.text(i, v, "%.3g" % v, ha="center", va="bottom", fontsize=7)
+        ax.set_title("Control plane: manager CPU %.1f%% of a core with %d agents "
+                     "(idle %.1f%%)" % (ours["manager_cpu_percent"], n,
+                                       ours["manager_cpu_percent_idle"]), fontsize=8)
+    common.write("scale-quick" if args.quick else "scale", summary, plot)
+
+
+if __name__ == "__main__":
+    main()
