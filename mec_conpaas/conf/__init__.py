@@ -13,10 +13,12 @@ from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
 from mec_conpaas.conf import paths
+from mec_conpaas.conf import policies
 
 CONF = cfg.CONF
 
-for _module in (paths, api, database, manager, node_agent, edge, openstack):
+for _module in (paths, api, database, manager, node_agent, edge, openstack,
+                policies):
     _module.register_opts(CONF)
 
 

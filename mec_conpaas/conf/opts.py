@@ -6,11 +6,13 @@ from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
 from mec_conpaas.conf import paths
+from mec_conpaas.conf import policies
 
 
 def list_opts():
     grouped = {}
-    for module in (paths, api, database, manager, node_agent, edge, openstack):
+    for module in (paths, api, database, manager, node_agent, edge, openstack,
+                   policies):
         grouped.update(module.list_opts())
     return [(group if group == "DEFAULT" else group, opts)
             for group, opts in grouped.items()]
