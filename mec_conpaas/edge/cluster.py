@@ -294,6 +294,7 @@ class Edge:
                 "advertise_address": self.net.bridge_address(ap),
                 "bridge": net_mod.BRIDGE,
                 "client_interfaces": net_mod.WIFI_AP_IF,
+                "emulated_station_bridge": net_mod.WIFI_AP_IF,
                 "instance_network": spec["instance_network"],
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,

@@ -9,6 +9,7 @@ from mec_conpaas import drivers
 from mec_conpaas.db import session as db
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
+from mec_conpaas.manager import mobility
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import services
 from mec_conpaas.manager import snapshots
@@ -52,6 +53,7 @@ class Manager:
         self.sweeper = workflows.Sweeper(self.cluster)
         self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)
         self.snapshots = snapshots.Snapshots(conf)
+        self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
         self._sample = None
         self.stop = threading.Event()
 
@@ -76,6 +78,8 @@ class Manager:
             LOG.warning("resumed %d operation(s)", len(resumed))
         threading.Thread(target=self.sweep_loop, daemon=True).start()
         threading.Thread(target=self.snapshot_loop, daemon=True).start()
+        threading.Thread(target=self.mobility.loop, args=(self.stop,),
+                         daemon=True).start()
 
     def snapshot_loop(self):
         """Copies of instances' state for when their node is lost: only

@@ -22,10 +22,10 @@ is attached and since when (``now``'s clock).
 ``knobs``: policies.qos.knobs.
 
 A decision is ``{"action": "migrate", "to": node, "reason": text}`` (move
-the home's instances there, make-before-break) or ``{"action": "rehome",
-"to": node, "count": n, "reason": text}`` (an instance already runs there,
-a standby say: make it the home and scale to ``n``, the far ones going
-first), or None: stay.
+the home's instances there, make-before-break), or None: stay.  A standby
+already at ``node`` (ahead_handover) serves the users there meanwhile; the
+migration moves the home's role and state, and the standby, redundant
+then, is dropped.
 """
 from mec_conpaas.policies import placement
 
@@ -89,7 +89,4 @@ def decide(service, users, dist, capacity, knobs, now):
                   len(settled), ",".join(where), mean_latency(settled, home, dist)
                   if home in dist else float("inf"),
                   mean_latency(settled, best, dist), here, costs[best]))
-    if best in instances:
-        keep = max(knobs["min_instances"], instances.count(best))
-        return {"action": "rehome", "to": best, "count": keep, "reason": reason}
     return {"action": "migrate", "to": best, "reason": reason}

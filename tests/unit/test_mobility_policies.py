@@ -78,11 +78,11 @@ def test_latency_threshold_excludes_far_nodes_with_room():
     assert d["to"] == "ap-2"
 
 
-def test_a_standby_where_the_users_are_is_promoted_not_copied():
+def test_a_standby_where_the_users_are_does_not_stop_the_home_moving():
     users = [{"user": "u1", "ap": "ap-2", "since": 0.0}]
     d = follow_user.decide(svc(instances=("ap-1", "ap-2")), users, DIST,
                            capacity(ap_1=1, ap_2=1), KNOBS, 20.0)
-    assert d == {"action": "rehome", "to": "ap-2", "count": 1, "reason": d["reason"]}
+    assert d == {"action": "migrate", "to": "ap-2", "reason": d["reason"]}
 
 
 def test_oscillating_user_moves_the_service_at_most_once_per_dwell():

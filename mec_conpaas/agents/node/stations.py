@@ -291,3 +291,53 @@ def from_conf(conf, on_change=None):
     if opts.emulated_station_bridge:
         return table, EmulatedStations(opts.emulated_station_bridge, table).start()
     return table, None
+
+
+def _table_entries(text):
+    """``show table`` lines as ``{"key", "exp", ...}`` dicts."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("0x"):
+            continue
+        fields = dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
+        if "key" in fields:
+            out.append(fields)
+    return out
+
+
+def service_report(haproxy, rows):
+    """Per service this AP proxies: request rate, the near tier's response
+    time (HAProxy's average over its last 1,024 requests) and which users
+    (source addresses, with seconds since their last connection) sent to
+    it within the stick table's expiry.  ``rows``: metrics.proxy_stats."""
+    from mec_conpaas.agents.node import haproxy as haproxy_mod
+    by_name = {(r.get("pxname"), r.get("svname")): r for r in rows or ()}
+    out = {}
+    for sid, svc in sorted(haproxy.services.items()):
+        key = haproxy_mod._key(sid)
+        fe = by_name.get(("fe_" + key, "FRONTEND"), {})
+        be = by_name.get(("be_" + key, "BACKEND"), {})
+        mode_http = svc.get("mode", "http") == "http"
+        try:
+            entries = _table_entries(haproxy.runtime("show table fe_" + key))
+        except Exception:  # HAProxy down or reloading: report what we have
+            entries = []
+        users = {}
+        for e in entries:
+            try:
+                idle = haproxy_mod.USER_EXPIRE_S - int(e.get("exp", 0)) / 1000.0
+            except ValueError:
+                idle = None
+            users[e["key"]] = round(idle, 1) if idle is not None else None
+
+        def num(row, field):
+            try:
+                return float(row.get(field) or 0)
+            except ValueError:
+                return 0.0
+        out[sid] = {"name": svc.get("name"),
+                    "request_rate": num(fe, "req_rate" if mode_http else "rate"),
+                    "requests": num(fe, "req_tot" if mode_http else "stot"),
+                    "response_ms": num(be, "rtime" if mode_http else "ttime"),
+                    "users": users}
+    return out
