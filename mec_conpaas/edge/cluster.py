@@ -38,7 +38,7 @@ class Edge:
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
                  image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None,
-                 user_credentials=True):
+                 user_credentials=True, policies_opts=None):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -49,6 +49,7 @@ class Edge:
         self.image_dir = image_dir
         self.log = log
         self.manager_opts = manager_opts or {}
+        self.policies_opts = policies_opts or {}  # the manager's [policies]
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
@@ -208,6 +209,7 @@ class Edge:
                     "bind_port": self.manager_port},
             "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
                              "node_heartbeat_timeout": 10}, **self.manager_opts),
+            "policies": self.policies_opts,
         })
         return conf
 
@@ -239,12 +241,15 @@ class Edge:
             timeout=60, proc=proc, logname="manager")
         return proc
 
-    def restart_manager(self, **manager_opts):
+    def restart_manager(self, policies=None, **manager_opts):
         """SIGKILL the manager (nothing is flushed), update its ``[manager]``
-        options, start it again."""
+        options (and ``[policies]``, replaced by ``policies`` if given),
+        start it again."""
         self.kill("manager", signal.SIGKILL)
         self._wait("manager stopped", lambda: not self._pid("manager"), timeout=10)
         self.manager_opts.update(manager_opts)
+        if policies is not None:
+            self.policies_opts = dict(policies)
         self._write_master_conf()
         return self.start_manager()
 

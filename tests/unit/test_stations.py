@@ -66,7 +66,8 @@ def test_follower_tracks_a_real_hostapd(netns_pair, tmp_path):
         "eap_server=1\neap_user_file=%s\neapol_version=2\n" % (
             ctrl_dir, tmp_path / "eap_users"))
     (tmp_path / "wpa.conf").write_text(
-        'ctrl_interface=%s\nap_scan=0\nnetwork={\n key_mgmt=IEEE8021X\n eap=MD5\n identity="alice"\n'
+        'ctrl_interface=%s\nap_scan=0\nnetwork={\n key_mgmt=IEEE8021X\n eap=MD5\n'
+        ' identity="alice"\n'
         ' password="secret"\n eapol_flags=0\n}\n' % (tmp_path / "wctrl"))
     mac = subprocess.run(
         ["ip", "-n", sta, "-br", "link", "show", "sveth0"], capture_output=True,

@@ -23,8 +23,8 @@ from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
 from mec_conpaas.agents.node import metrics as metrics_mod
 from mec_conpaas.agents.node import report as report_mod
-from mec_conpaas.agents.node import stations as stations_mod
 from mec_conpaas.agents.node import statesync
+from mec_conpaas.agents.node import stations as stations_mod
 
 LOG = logging.getLogger(__name__)
 SERVICE_AGENT_PORT = 8999
