@@ -141,5 +141,18 @@ def test_emulated_users_are_the_client_bridge_ports(tmp_path):
         assert [(s["user"], s["mac"], s["address"]) for s in first] == [
             ("alice", "02:aa:00:00:00:01", "10.242.1.10")]
         assert second == []
+        # Running: a port enslaved is seen at once (ip monitor), not at the
+        # next periodic listing.
+        changes = []
+        live = stations.EmulatedStations("wifi0", stations.Table(
+            lambda: changes.append(1)), interval=60, ip=("ip", "-n", ns)).start()
+        try:
+            time.sleep(0.5)
+            ip("link", "set", "u-alice", "master", "wifi0")
+            assert wait_for(lambda: [s["user"] for s in live.table.snapshot()] ==
+                            ["alice"], timeout=5)
+        finally:
+            live.stop.set()
+            live.changed.set()
     finally:
         subprocess.run(["ip", "netns", "del", ns])

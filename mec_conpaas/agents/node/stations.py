@@ -237,6 +237,13 @@ class HostapdFollower:
             self.stop.wait(self.retry)
 
 
+def _die_with_parent():
+    """The monitor goes when the agent does, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def parse_alias(alias):
     """``{"user", "mac", "ip"}`` from an emulated user's port alias."""
     out = dict(w.split("=", 1) for w in (alias or "").split() if "=" in w)
@@ -245,19 +252,22 @@ def parse_alias(alias):
 
 class EmulatedStations:
     """Emulated users are the ports of the client bridge (``[node_agent]
-    emulated_station_bridge``) whose alias names a user; polled, as a
-    bridge port moved into this namespace by another one raises no event
-    we could wait on without netlink code of our own."""
+    emulated_station_bridge``) whose alias names a user.  ``ip monitor
+    link`` says when a link changes in this namespace (a port moved in or
+    out, enslaved or released); the ports are listed again then, and every
+    ``interval`` s in case the monitor itself died."""
 
-    def __init__(self, bridge, table, interval=0.25, ip=("ip",)):
+    def __init__(self, bridge, table, interval=5.0, ip=("ip",)):
         self.bridge = bridge
-        self.ip = list(ip)
         self.table = table
         self.interval = interval
+        self.ip = list(ip)
         self.stop = threading.Event()
+        self.changed = threading.Event()
 
     def start(self):
         threading.Thread(target=self.run, daemon=True, name="stations").start()
+        threading.Thread(target=self.monitor, daemon=True, name="stations-mon").start()
         return self
 
     def poll(self):
@@ -273,13 +283,32 @@ class EmulatedStations:
                     "user": info["user"], "address": info.get("ip")}
         self.table.replace(found)
 
+    def monitor(self):
+        while not self.stop.is_set():
+            try:
+                proc = subprocess.Popen(self.ip + ["-o", "monitor", "link"],
+                                        stdout=subprocess.PIPE, text=True,
+                                        preexec_fn=_die_with_parent)
+            except OSError as e:
+                LOG.warning("ip monitor link: %s", e)
+                self.stop.wait(self.interval)
+                continue
+            for _line in proc.stdout:
+                self.changed.set()
+                if self.stop.is_set():
+                    break
+            proc.kill()
+            proc.wait()
+            self.stop.wait(1.0)
+
     def run(self):
         while not self.stop.is_set():
             try:
                 self.poll()
             except (OSError, ValueError) as e:
                 LOG.warning("listing the ports of %s failed: %s", self.bridge, e)
-            self.stop.wait(self.interval)
+            self.changed.wait(self.interval)
+            self.changed.clear()
 
 
 def from_conf(conf, on_change=None):
