@@ -156,3 +156,46 @@ def test_emulated_users_are_the_client_bridge_ports(tmp_path):
             live.changed.set()
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+@pytest.mark.skipif(ROOT_AND[0] or not shutil.which("haproxy"),
+                    reason="needs root (its own network namespace) and haproxy")
+def test_service_report_names_the_users_that_sent(tmp_path):
+    """A real HAProxy with the agent's config: a client's address shows in
+    the service's users (the frontend's stick table), with its idle time."""
+    from mec_conpaas import conf as conf_mod
+    from mec_conpaas.agents.node import haproxy
+    from mec_conpaas.agents.node import metrics
+    conf = conf_mod.parse_args([])
+    conf.set_override("state_path", str(tmp_path))
+    conf.set_override("run_path", str(tmp_path / "run"))
+    ns = "usrt-hp-%d" % os.getpid()
+    sid = "0b7e3a9c-1111-2222-3333-444455556666"
+    services = {sid: {"name": "shop", "port": 20001, "mode": "http", "near": [],
+                      "far": [], "maxconn": 16, "far_tier": "spill"}}
+    proxy = haproxy.HAProxy(conf)
+    proxy.write_config(services)
+    proxy.services = services
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    proc = None
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, "haproxy", "-W", "-f",
+                                 proxy.config_path], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        assert wait_for(proxy.alive, timeout=10)
+        subprocess.run(["ip", "netns", "exec", ns, "python3", "-c",
+                        "import urllib.request as u\ntry: u.urlopen("
+                        "'http://127.0.0.1:20001/', timeout=3)\nexcept Exception: pass"],
+                       check=True)
+        report = stations.service_report(proxy, metrics.proxy_stats(proxy))[sid]
+        assert report["name"] == "shop" and report["requests"] >= 1
+        assert list(report["users"]) == ["127.0.0.1"]
+        assert 0 <= report["users"]["127.0.0.1"] < 5
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "del", ns])
+        conf.clear_override("state_path")
+        conf.clear_override("run_path")
