@@ -3,9 +3,11 @@
 wpa_supplicant authenticates to over a veth pair, which is how hostapd
 emits AP-STA-CONNECTED without a radio; and a real bridge in a network
 namespace for the embedded edge's emulated users."""
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -91,6 +93,18 @@ def test_follower_tracks_a_real_hostapd(netns_pair, tmp_path):
         assert wait_for(lambda: [s["mac"] for s in table.snapshot()] == [mac])
         view = table.snapshot()[0]
         assert view["user"] == mac and abs(view["since"] - time.time()) < 15
+        # Its address comes from the neighbour table once it sent over IP.
+        subprocess.run(["ip", "-n", ap, "addr", "add", "10.97.0.1/24", "dev", "hveth0"],
+                       check=True)
+        subprocess.run(["ip", "-n", sta, "addr", "add", "10.97.0.2/24", "dev", "sveth0"],
+                       check=True)
+        subprocess.run(["ip", "netns", "exec", sta, "ping", "-c1", "-W2", "10.97.0.1"],
+                       capture_output=True)
+        snap = subprocess.run(["ip", "netns", "exec", ap, sys.executable, "-c",
+                               "import json\nfrom mec_conpaas.agents.node import stations\n"
+                               "print(json.dumps(stations.neighbours()))"],
+                              capture_output=True, text=True, check=True)
+        assert json.loads(snap.stdout) == {mac: "10.97.0.2"}
         # The user logs off (EAPOL-Logoff): the station goes.
         subprocess.run(["ip", "netns", "exec", sta, "wpa_cli", "-p",
                         str(tmp_path / "wctrl"), "logoff"], check=True,

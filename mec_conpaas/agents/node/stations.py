@@ -86,8 +86,26 @@ class Table:
 
     def snapshot(self):
         with self._lock:
-            return sorted((s.view() for s in self._stations.values()),
-                          key=lambda v: v["mac"])
+            views = sorted((s.view() for s in self._stations.values()),
+                           key=lambda v: v["mac"])
+        if any(v["address"] is None for v in views):
+            # hostapd knows MACs only: a station's address is in the
+            # neighbour table once it has sent anything over IP.
+            known = neighbours()
+            for v in views:
+                v["address"] = v["address"] or known.get(v["mac"])
+        return views
+
+
+def neighbours():
+    """``{mac: IPv4 address}`` from this namespace's neighbour table."""
+    try:
+        res = subprocess.run(["ip", "-4", "-j", "neigh", "show"], capture_output=True,
+                             text=True, timeout=5)
+        return {n["lladdr"].lower(): n["dst"] for n in json.loads(res.stdout or "[]")
+                if n.get("lladdr") and n.get("dst")}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
 
 
 def parse_event(data):
