@@ -56,6 +56,7 @@ def run(b, name, steps, speed, policies, node="ap-1", move=True):
     """One placement: returns (requests, policy operations, handover times)."""
     edge, c = b.edge, b.client
     edge.restart_manager(policies=dict(BASE, **policies) if policies else {})
+    edge._wait_nodes()
     c.wait(c.create_service("web", "walk", node=node)["operation"]["id"])
     port = c.service("walk")["port"]
     users = users_mod.for_edge(edge)

@@ -26,11 +26,13 @@ def mobility(edge):
 
     def enable(**opts):
         edge.restart_manager(policies=dict(BASE, **opts))
+        edge._wait_nodes()  # heartbeats missed while it was away
         return users
     yield enable
     for u in users.list():
         users.remove(u["user"])
     edge.restart_manager(policies={})
+    edge._wait_nodes()
 
 
 def until(what, predicate, timeout=60.0, interval=0.2):
