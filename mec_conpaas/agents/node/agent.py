@@ -153,10 +153,13 @@ class NodeAgent:
                              self.conf.node_agent.manager_url, self.name, self.id)
                 usage = self.containers.usage() if self.containers else {}
                 report = self.reporter.report(usage)
-                report["stations"] = self.stations.snapshot()
-                report["services"] = stations_mod.service_report(
-                    self.haproxy, metrics_mod.proxy_stats(self.haproxy)
-                    if self.haproxy.services else None)
+                try:
+                    report["stations"] = self.stations.snapshot()
+                    report["services"] = stations_mod.service_report(
+                        self.haproxy, metrics_mod.proxy_stats(self.haproxy)
+                        if self.haproxy.services else None)
+                except Exception:  # users are extra: the heartbeat must go
+                    LOG.exception("reporting stations and service users")
                 self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
                              {"report": report})
                 self.last_heartbeat = time.monotonic()
