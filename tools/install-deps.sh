@@ -12,10 +12,11 @@ PKGS=(libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients libvirt-dev pkg-c
       gcc python3-dev haproxy debootstrap iproute2 iptables iputils-ping
       libnetfilter-queue-dev libnfnetlink-dev util-linux procps ca-certificates
       libcap2-bin nftables python3-venv
-      chromium chromium-driver prometheus)
+      chromium chromium-driver prometheus hostapd wpasupplicant)
 # chromium + chromium-driver: the dashboard's browser test (selenium drives
 # Debian's browser; nothing is downloaded at test time); prometheus:
-# mec-conpaas-edge up --with-prometheus and its test.
+# mec-conpaas-edge up --with-prometheus and its test; hostapd + wpasupplicant:
+# the station follower's test against a real hostapd (wired 802.1X, no radio).
 if [ "${1:-}" = "--bench" ]; then
     # The peers bench/migrate.py and bench/provision.py measure beside us
     # (--peer podman,lxc); CI's tests do not need them.

@@ -53,6 +53,9 @@ def node_view(node, own=None):
     if own is not None:
         report["containers"] = {k: v for k, v in (report.get("containers") or {}).items()
                                 if k in own}
+        # Where users are and what they use is not a tenant's (users:list).
+        report.pop("stations", None)
+        report.pop("services", None)
     return {"id": node.id, "name": node.name, "state": node.state,
             "address": node.address, "hostname": node.hostname, "mac": node.mac,
             "container_backend": node.container_backend,
@@ -570,4 +573,7 @@ def create_app(manager):
     web.register(app, manager, context, allowed)
     # Joining, node removal, node credentials (mec_conpaas/api/join.py).
     join_api.register(app, manager, context)
+    # /v1/users (mec_conpaas/api/users.py).
+    from mec_conpaas.api import users
+    users.register(app, manager, context, json_body)
     return app

@@ -94,6 +94,14 @@ api_rules = [
     _rule("dashboard:view", READER, "The web dashboard's view of the tenant's "
           "services and the nodes, and its live updates (every tenant's with "
           "services:list:all_tenants).", "GET", "/dashboard/state"),
+    _rule("users:list", ADMIN, "List the Wi-Fi users the access points report, "
+          "where they are and the services they use.", "GET", "/v1/users"),
+    _rule("users:attach", ADMIN, "Attach an emulated user to an access point "
+          "(embedded edge).", "POST", "/v1/users/{name}/attach"),
+    _rule("users:move", ADMIN, "Move an attached emulated user to another access "
+          "point (embedded edge).", "POST", "/v1/users/{name}/move"),
+    _rule("users:detach", ADMIN, "Detach an emulated user (embedded edge).",
+          "POST", "/v1/users/{name}/detach"),
     _rule("metrics:get", "rule:context_is_admin or role:node",
           "The manager's Prometheus metrics (they name every tenant's services "
           "and nodes).", "GET", "/metrics"),

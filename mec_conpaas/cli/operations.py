@@ -22,4 +22,6 @@ class ListOperation(common.ApiCommand, lister.Lister):
 
     def take_action(self, parsed_args):
         cols = ("id", "kind", "service", "state", "progress", "step")
-        return cols, [tuple(o[c] for c in cols) for o in self.app.client.operations()]
+        # A policy's operation says why it was started (its params' reason).
+        return cols + ("reason",), [tuple(o[c] for c in cols) + (
+            (o.get("params") or {}).get("reason"),) for o in self.app.client.operations()]

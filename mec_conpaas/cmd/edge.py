@@ -7,6 +7,10 @@
   down            remove every container, namespace and process it started
   build-image     build (and cache) the base service image only; with
                   --flink also the flink variant (Java, Flink, OpenCV; ~4 min)
+  user attach|move|detach|remove|list
+                  emulated Wi-Fi users (README, "Users and mobility")
+  replay TRACE    replay a mobility trace (CSV time_s,user,ap) against the
+                  running edge, in real time or --speed X faster
 """
 import argparse
 import json
@@ -100,6 +104,15 @@ def main(argv=None):
     bi = sub.add_parser("build-image")
     bi.add_argument("--flink", action="store_true",
                     help="also the flink service type's image variant")
+    user = sub.add_parser("user", help="emulated Wi-Fi users")
+    user.add_argument("action", choices=("attach", "move", "detach", "remove", "list"))
+    user.add_argument("name", nargs="?")
+    user.add_argument("ap", nargs="?")
+    replay = sub.add_parser("replay", help="replay a mobility trace")
+    replay.add_argument("trace", nargs="?", help="CSV time_s,user,ap (default: "
+                        "the bundled example, mec_conpaas/etc/mobility-trace.csv)")
+    replay.add_argument("--speed", type=float, default=1.0,
+                        help="replay this many times faster than the trace")
     args = parser.parse_args(argv)
     if args.command == "build-image":
         image_mod.build(args.image_dir)
@@ -132,6 +145,9 @@ def main(argv=None):
             print(json.dumps(edge.status(), indent=2, sort_keys=True))
         elif args.command == "down":
             edge.down()
+        elif args.command in ("user", "replay"):
+            from mec_conpaas.cmd import edge_users
+            return edge_users.main(edge, args)
     except cluster.EdgeError as e:
         print("error: %s" % e, file=sys.stderr)
         return 1

@@ -14,11 +14,13 @@ from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
 from mec_conpaas.conf import paths
+from mec_conpaas.conf import policies
 from mec_conpaas.conf import qos
 
 CONF = cfg.CONF
 
-for _module in (paths, api, database, manager, node_agent, edge, openstack, join, qos):
+for _module in (paths, api, database, manager, node_agent, edge, openstack, join, qos,
+                policies):
     _module.register_opts(CONF)
 
 

@@ -175,6 +175,26 @@ Server slots per service and tier (near and far) in each HAProxy backend.
 Backends are switched through the runtime API within these slots; more
 instances than slots need a (hitless) reload.
 """),
+    # -- users (stations) ----------------------------------------------------
+    cfg.StrOpt("hostapd_ctrl_interface",
+               help="""
+hostapd's control socket (``ctrl_interface`` directory plus the interface
+name, e.g. ``/run/hostapd/wlan0``), followed for AP-STA-CONNECTED /
+AP-STA-DISCONNECTED to report which users are attached.
+
+Possible values:
+* unset: no hostapd (no stations reported, unless
+  ``emulated_station_bridge`` is set);
+* a path: hostapd may start later or restart, the agent reconnects.
+"""),
+    cfg.StrOpt("emulated_station_bridge",
+               help="""
+Embedded edge only: the bridge whose ports are emulated Wi-Fi users (set by
+``mec-conpaas-edge``; each port's alias names its user).
+
+Related options:
+* ``hostapd_ctrl_interface`` wins when both are set.
+"""),
 ]
 
 

@@ -39,7 +39,7 @@ class Edge:
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
                  image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None,
-                 user_credentials=True, node_agent_opts=None):
+                 user_credentials=True, node_agent_opts=None, policies_opts=None):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -54,6 +54,7 @@ class Edge:
         self.node_agent_opts = node_agent_opts or {}  # e.g. a bench's disk_mb
         # Other groups of the manager's configuration, e.g. {"qos": {...}}.
         self.master_groups = {}
+        self.policies_opts = policies_opts or {}  # the manager's [policies]
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
 
@@ -214,6 +215,7 @@ class Edge:
             "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
                              "node_heartbeat_timeout": 10}, **self.manager_opts),
             **self.master_groups,
+            "policies": self.policies_opts,
         })
         return conf
 
@@ -250,12 +252,15 @@ class Edge:
             timeout=60, proc=proc, logname="manager")
         return proc
 
-    def restart_manager(self, **manager_opts):
+    def restart_manager(self, policies=None, **manager_opts):
         """SIGKILL the manager (nothing is flushed), update its ``[manager]``
-        options, start it again."""
+        options (and ``[policies]``, replaced by ``policies`` if given),
+        start it again."""
         self.kill("manager", signal.SIGKILL)
         self._wait("manager stopped", lambda: not self._pid("manager"), timeout=10)
         self.manager_opts.update(manager_opts)
+        if policies is not None:
+            self.policies_opts = dict(policies)
         self._write_master_conf()
         return self.start_manager()
 
@@ -305,6 +310,7 @@ class Edge:
                 "advertise_address": self.net.bridge_address(ap),
                 "bridge": net_mod.BRIDGE,
                 "client_interfaces": net_mod.WIFI_AP_IF,
+                "emulated_station_bridge": net_mod.WIFI_AP_IF,
                 "instance_network": spec["instance_network"],
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,

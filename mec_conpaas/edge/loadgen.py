@@ -319,15 +319,19 @@ class ClientLoad:
     open loop (one request started every ``interval``), or ``clients``
     closed-loop users; ``keepalive`` for persistent connections."""
 
-    def __init__(self, edge, ap, port, interval=0.01, clients=1, keepalive=False):
+    def __init__(self, edge, ap, port, interval=0.01, clients=1, keepalive=False,
+                 netns=None, url=None):
+        """``netns``/``url``: another user's namespace and endpoint (a
+        moving user sends to network.user_endpoint wherever it is)."""
         self.dir = tempfile.mkdtemp(prefix="mec-load-")
         self.stop_file = os.path.join(self.dir, "stop")
         self.out = os.path.join(self.dir, "out.json")
         ready = os.path.join(self.dir, "ready")
-        ap_addr, _ = edge.net.client_addresses(ap)
+        ap_addr, _ = edge.net.client_addresses(ap) if ap else (None, None)
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", edge.net.client_netns(ap), sys.executable, "-m",
-             "mec_conpaas.edge.loadgen", "--url", "http://%s:%d/" % (ap_addr, port),
+            ["ip", "netns", "exec", netns or edge.net.client_netns(ap), sys.executable,
+             "-m", "mec_conpaas.edge.loadgen", "--url",
+             url or "http://%s:%d/" % (ap_addr, port),
              "--interval", str(interval), "--clients", str(clients),
              "--stop-file", self.stop_file] + (["--keepalive"] if keepalive else []) + [
              "--ready-file", ready, "--out", self.out])

@@ -14,6 +14,7 @@ import subprocess
 BRIDGE = "mecbr0"
 WIFI_AP_IF = "wifi0"
 WIFI_CLIENT_IF = "wlan0"
+USER_ENDPOINT = "10.242.0.1"
 
 
 def run(*cmd, check=True):
@@ -21,6 +22,16 @@ def run(*cmd, check=True):
     if check and res.returncode != 0:
         raise RuntimeError("%s failed: %s" % (" ".join(cmd), res.stderr.strip()))
     return res
+
+
+def link_mac(netns, ifname):
+    out = run("ip", "-n", netns, "-br", "link", "show", ifname).stdout.split()
+    return out[2].lower()
+
+
+def station_alias(user, mac, address):
+    """What a user's bridge port says (agents/node/stations.py reads it)."""
+    return "user=%s mac=%s ip=%s" % (user, mac, address)
 
 
 @dataclasses.dataclass
@@ -69,6 +80,16 @@ class EdgeNetwork:
     def client_netns(self, ap):
         return self.prefix + "cl-" + ap.split("-")[-1]
 
+    def default_user(self, ap):
+        """The fixed user of ``ap`` (namespace ``client_netns(ap)``)."""
+        return "cl-" + ap.split("-")[-1]
+
+    def user_endpoint(self):
+        """The address every access point answers its users' requests on
+        (``user_endpoint`` in the topology): a user sends to it wherever it
+        is, as a phone sends to its gateway."""
+        return self.topo.get("user_endpoint", USER_ENDPOINT)
+
     def ns_args(self, node):
         return [] if node == "master" else ["ip", "netns", "exec", self.netns(node)]
 
@@ -110,20 +131,30 @@ class EdgeNetwork:
             self.ip(ap, "link", "set", BRIDGE, "up")
             if ap not in self.wifi_aps():
                 continue
-            # One emulated Wi-Fi user per access point.
+            # The Wi-Fi side: a bridge whose ports are the users (edge/users.py
+            # moves them between access points), with the AP's address and
+            # the users' endpoint address every AP answers on.
+            ap_addr, cl_addr = self.client_addresses(ap)
+            plen = ipaddress.ip_network(self.topo["nodes"][ap]["client_network"]).prefixlen
+            self.ip(ap, "link", "add", WIFI_AP_IF, "address",
+                    "02:4d:45:43:%02x:02" % (self.aps.index(ap) + 1), "type", "bridge")
+            self.ip(ap, "addr", "add", "%s/%d" % (ap_addr, plen), "dev", WIFI_AP_IF)
+            self.ip(ap, "addr", "add", self.user_endpoint() + "/32", "dev", WIFI_AP_IF)
+            self.ip(ap, "link", "set", WIFI_AP_IF, "up")
+            # One fixed emulated Wi-Fi user per access point (cl-N).
             cns = self.client_netns(ap)
             run("ip", "netns", "add", cns)
             run("ip", "-n", cns, "link", "set", "lo", "up")
-            self.ip(ap, "link", "add", WIFI_AP_IF, "type", "veth", "peer", "name",
+            port = "u-" + self.default_user(ap)
+            self.ip(ap, "link", "add", port, "type", "veth", "peer", "name",
                     WIFI_CLIENT_IF, "netns", cns)
-            ap_addr, cl_addr = self.client_addresses(ap)
-            plen = ipaddress.ip_network(self.topo["nodes"][ap]["client_network"]).prefixlen
-            self.ip(ap, "addr", "add", "%s/%d" % (ap_addr, plen), "dev", WIFI_AP_IF)
-            self.ip(ap, "link", "set", WIFI_AP_IF, "up")
             run("ip", "-n", cns, "addr", "add", "%s/%d" % (cl_addr, plen), "dev",
                 WIFI_CLIENT_IF)
             run("ip", "-n", cns, "link", "set", WIFI_CLIENT_IF, "up")
             run("ip", "-n", cns, "route", "add", "default", "via", ap_addr)
+            self.ip(ap, "link", "set", port, "alias", station_alias(
+                self.default_user(ap), link_mac(cns, WIFI_CLIENT_IF), cl_addr))
+            self.ip(ap, "link", "set", port, "master", WIFI_AP_IF, "up")
         for link in self.links:
             self._veth(link)
         self._routes()

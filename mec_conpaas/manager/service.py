@@ -10,6 +10,7 @@ from mec_conpaas.db import session as db
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import farcloud
+from mec_conpaas.manager import mobility
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import qos
 from mec_conpaas.manager import services
@@ -56,6 +57,7 @@ class Manager:
         self.farcloud = farcloud.FarCloud(self.cluster, self.services, self.engine)
         self.qos = qos.Loop(self.cluster, self.engine, self.services)
         self.snapshots = snapshots.Snapshots(conf)
+        self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
         self._sample = None
         self.stop = threading.Event()
 
@@ -82,6 +84,8 @@ class Manager:
         threading.Thread(target=self.sweep_loop, daemon=True).start()
         threading.Thread(target=self.snapshot_loop, daemon=True).start()
         threading.Thread(target=self.qos.run, daemon=True).start()
+        threading.Thread(target=self.mobility.loop, args=(self.stop,),
+                         daemon=True).start()
 
     def snapshot_loop(self):
         """Copies of instances' state for when their node is lost: only

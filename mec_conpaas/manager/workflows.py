@@ -281,10 +281,12 @@ class ScaleService(Workflow):
             seq = {iid: n for n, (iid, _, _) in enumerate(current)}
             # The master goes last: only when the service scales to 0.
             masters = self.masters(sid) if target else set()
+            # ``remove_from`` (a policy's): only instances on these nodes.
+            where = ctx.params.get("remove_from")
             chosen = placement.victims(
                 len(current) - target, home,
                 [{"id": i, "node": n, "seq": seq[i]} for i, n, _ in current
-                 if i not in masters],
+                 if i not in masters and (not where or n in where)],
                 self.cluster.distances(names))
             gone = [c["id"] for c in chosen]
             ctx.record(removing=gone)

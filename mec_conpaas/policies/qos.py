@@ -4,7 +4,9 @@
 ``latency_objective_ms`` (what its users should see; None: none),
 ``max_users`` (None: no limit), ``min_instances`` and ``max_instances``
 (None: no limit).  :func:`of` is the one accessor every policy reads a
-service's spec through, from a store row or a plain dict alike.
+service's spec through, from a store row or a plain dict alike;
+:func:`knobs` is what the mobility policies read: the spec's value where the
+service sets one, else the deployment's ``[policies]`` default.
 """
 import dataclasses
 
@@ -79,3 +81,19 @@ def parse(form, count=None):
             "count %d is outside the service's instances range %d-%s: choose a "
             "count in it or change --min/--max" % (count, low, high or "any"))
     return spec
+
+
+def knobs(conf, service=None):
+    """The QoS knobs of ``service`` (a ``models.Service`` or None): its spec's
+    value where it sets one (an attribute ``qos`` dict, or an attribute of the
+    field's own name), else ``[policies]``'s default; plus the hysteresis
+    settings, which are the deployment's, not a tenant's."""
+    spec = dict(getattr(service, "qos", None) or {})
+    out = {}
+    for field in FIELDS:
+        value = spec.get(field, getattr(service, field, None))
+        out[field] = getattr(conf.policies, field) if value is None else value
+    out["min_dwell_s"] = conf.policies.min_dwell
+    out["min_gain"] = conf.policies.min_gain
+    out["handover_probability"] = conf.policies.handover_probability
+    return out

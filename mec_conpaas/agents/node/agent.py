@@ -29,6 +29,7 @@ from mec_conpaas.agents.node import probe
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import routes as routes_mod
 from mec_conpaas.agents.node import statesync
+from mec_conpaas.agents.node import stations as stations_mod
 
 LOG = logging.getLogger(__name__)
 SERVICE_AGENT_PORT = 8999
@@ -133,6 +134,9 @@ class NodeAgent:
         self.served_manifests = {}
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
         self.metrics = metrics_mod.registry(self)
+        # A station coming or going heartbeats at once (stations.py).
+        self.wake = threading.Event()
+        self.stations, self.station_source = stations_mod.from_conf(conf, self.wake.set)
 
     def _load_id(self):
         """Node id from host name and MAC (as in seed 002), fixed at first
@@ -239,8 +243,16 @@ class NodeAgent:
                     self.registered.set()
                     LOG.info("registered with %s as %s (%s)",
                              self.conf.node_agent.manager_url, self.name, self.id)
+                report = self.report()
+                try:
+                    report["stations"] = self.stations.snapshot()
+                    report["services"] = stations_mod.service_report(
+                        self.haproxy, metrics_mod.proxy_stats(self.haproxy)
+                        if self.haproxy.services else None)
+                except Exception:  # users are extra: the heartbeat must go
+                    LOG.exception("reporting stations and service users")
                 self.heard(self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
-                                        {"report": self.report()}))
+                                        {"report": report}))
                 self.last_heartbeat = time.monotonic()
             except exception.NodeError as e:
                 status = getattr(e, "remote_status", None)
@@ -255,7 +267,8 @@ class NodeAgent:
                 LOG.warning("registration or heartbeat failed: %s", e.message)
             except joining.JoinRefused as e:
                 LOG.error("cannot join: %s", e.message)
-            self.stop.wait(interval)
+            self.wake.wait(interval)
+            self.wake.clear()
 
     def fetch_bundle(self, sha256, cache_dir):
         path = os.path.join(cache_dir, sha256 + ".tar.gz")
@@ -315,6 +328,9 @@ class NodeAgent:
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
         r.add("GET", "/metrics", lambda body: metrics_mod.exposition(self.metrics))
+        r.add("GET", "/v1/stations", lambda body: {"stations": self.stations.snapshot()})
+        r.add("POST", "/v1/stations", self.attach_user)
+        r.add("DELETE", "/v1/stations/(?P<user>[a-z][a-z0-9-]{0,10})", self.detach_user)
         return r
 
     def create_instance(self, body):
@@ -482,6 +498,48 @@ class NodeAgent:
             self.isolation.update(body["services"], body.get("instance_networks"))
             return {"applied": sorted(body["services"])}
 
+    def _emulated_users(self):
+        """The embedded edge's users module, as seen from this AP; Conflict on
+        a real AP, whose users attach by associating with hostapd."""
+        found = None
+        if self.conf.node_agent.emulated_station_bridge:
+            from mec_conpaas.edge import users as users_mod
+            found = users_mod.on_this_ap(self.name)
+        if found is None:
+            raise exception.Conflict(
+                "access point %s has real Wi-Fi users: they attach and move by "
+                "associating with it, not through the API" % self.name)
+        return found
+
+    def attach_user(self, body):
+        """Pull an emulated user onto this AP (``{"user": name}``)."""
+        from mec_conpaas.edge import users as users_mod
+        user = (body or {}).get("user")
+        if not isinstance(user, str):
+            raise exception.BadRequest("expected {'user': name}")
+        users, here = self._emulated_users()
+        try:
+            before, addr = users.attach(user, here)
+        except (users_mod.UserError, RuntimeError) as e:
+            raise exception.BadRequest(str(e)) from None
+        self.wake.set()
+        prefix = users.prefix
+        return {"user": user, "ap": self.name, "address": addr,
+                "previous": before[len(prefix):] if before else None}
+
+    def detach_user(self, body, user):
+        from mec_conpaas.edge import users as users_mod
+        users, here = self._emulated_users()
+        try:
+            if users.where(user) != here:
+                raise exception.NotFound("user %s is not attached to %s" % (
+                    user, self.name))
+            users.detach(user)
+        except users_mod.UserError as e:
+            raise exception.NotFound(str(e)) from None
+        self.wake.set()
+        return {"user": user, "detached_from": self.name}
+
     def serve(self):
         opts = self.conf.node_agent
         self.haproxy.write_config(self.haproxy.services)
@@ -496,3 +554,4 @@ class NodeAgent:
             server.serve_forever()
         finally:
             self.stop.set()
+            self.wake.set()

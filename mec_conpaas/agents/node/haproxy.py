@@ -81,6 +81,9 @@ SERVICE = """
 frontend fe_{key}
     mode {mode}
     bind :{port}
+    # Which users (source addresses) used the service lately: stations.py.
+    stick-table type ip size 4k expire {user_expire}s store conn_cnt,conn_rate(10s)
+    tcp-request connection track-sc0 src
 {routing}    default_backend be_{key}
 {backends}"""
 
@@ -115,6 +118,10 @@ SPILL = """\
     acl far_up nbsrv(bf_{key}) gt 0
     use_backend bf_{key} if far_up near_busy || far_up near_down
 """
+
+
+# How long a user that stopped sending stays in a frontend's stick table.
+USER_EXPIRE_S = 30
 
 
 def _key(service_id):
@@ -169,6 +176,7 @@ class HAProxy:
                     else "")
             text += SERVICE.format(
                 name=svc["name"], service_id=sid, key=key, port=svc["port"],
+                user_expire=USER_EXPIRE_S,
                 mode=mode, routing=SPILL.format(key=key) if spills(svc) else "",
                 backends="".join(BACKEND.format(backend=b, servers=servers[b], **common)
                                  for b in sorted(servers)))

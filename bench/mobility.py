@@ -1,0 +1,159 @@
+"""Users walking ap-1 -> ap-2 -> ap-3: latency they see under each placement.
+
+The bundled mobility trace (mec_conpaas/etc/mobility-trace.csv: alice and
+bob, 30 s per access point; replayed ``--speed`` times faster) drives two
+emulated users.  Each sends a request every 10 ms to the user endpoint of
+the AP it is attached to (edge/loadgen.py's client), using a web service
+(the sample counter) created on ap-1.  Placements, one after the other on
+one edge:
+
+- ``static``: the service stays on ap-1;
+- ``follow``: follow-the-user;
+- ``follow+ahead``: follow-the-user and ahead-of-handover;
+- ``cloud``: the service on a far node behind a 30 ms backbone.  That needs
+  the far-cloud node kind (issue 15): pass ``--cloud-node NAME`` once the
+  topology has one; without it the placement is skipped and said so.
+
+The floor, in the same run: the same users, not moving, at ap-1 with the
+service on ap-1 (one Wi-Fi hop, HAProxy, the app) for the same time.
+Targets: p95 within 2 ms of the floor, zero failed requests.  The policies
+run with a 2 s dwell time (``[policies] min_dwell``), so that a trace
+replayed faster still gives them time to settle.
+"""
+import argparse
+import datetime
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from mec_conpaas.edge import loadgen  # noqa: E402
+from mec_conpaas.edge import traces  # noqa: E402
+from mec_conpaas.edge import users as users_mod  # noqa: E402
+from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: E402
+
+POLICIES = {"static": {},
+            "follow": {"follow_the_user": True},
+            "follow+ahead": {"follow_the_user": True, "ahead_of_handover": True}}
+BASE = {"interval": 0.5, "min_dwell": 2.0}
+
+
+def stats(results):
+    lat = [1000 * (r["end"] - r["start"]) for r in results]
+    return {"requests": len(results), "failed": sum(not r["ok"] for r in results),
+            "p50_ms": _round(loadgen.percentile(lat, 50)),
+            "p95_ms": _round(loadgen.percentile(lat, 95)),
+            "p99_ms": _round(loadgen.percentile(lat, 99))}
+
+
+def _round(v):
+    return round(v, 2) if v is not None else None
+
+
+def run(b, name, steps, speed, policies, node="ap-1", move=True):
+    """One placement: returns (requests, policy operations, handover times)."""
+    edge, c = b.edge, b.client
+    edge.restart_manager(policies=dict(BASE, **policies) if policies else {})
+    edge._wait_nodes()
+    c.wait(c.create_service("web", "walk", node=node)["operation"]["id"])
+    port = c.service("walk")["port"]
+    users = users_mod.for_edge(edge)
+    people = sorted({s.user for s in steps})
+    first = {u: next(s.ap for s in steps if s.user == u) for u in people}
+    for u in people:
+        users.attach(u, first[u])
+    url = "http://%s:%d/" % (edge.net.user_endpoint(), port)
+    loads = [Load(edge, None, port, netns=users.netns(u), url=url) for u in people]
+    t0 = time.monotonic()
+    wall0 = datetime.datetime.now(datetime.timezone.utc)
+    handovers = []
+    end = max(s.time_s for s in steps) / speed  # the users leave: loads stop
+
+    def attach(u, ap):
+        if move and users.where(u) != ap:
+            handovers.append((time.monotonic() - t0, u, ap))
+            users.attach(u, ap)
+    traces.replay([s for s in steps if s.ap != traces.DETACH], attach, None, speed)
+    time.sleep(max(0.0, end - (time.monotonic() - t0)))
+    results = [r for load in loads for r in load.stop()]
+    for r in results:
+        r["t"] = r["start"] - t0
+    ops = []
+    for o in c.operations():
+        created = datetime.datetime.fromisoformat(o["created_at"])
+        reason = (o["params"] or {}).get("reason")
+        if o["service"] == "walk" and reason and created >= wall0:
+            ops.append({"kind": o["kind"], "state": o["state"], "reason": reason,
+                        "t": round((created - wall0).total_seconds(), 2),
+                        "standby": bool((o["params"] or {}).get("standby"))})
+    c.wait(c.delete_service("walk")["operation"]["id"])
+    for u in people:
+        users.remove(u)
+    print("%s: %s, %d policy operation(s)" % (name, stats(results), len(ops)),
+          file=sys.stderr)
+    return results, sorted(ops, key=lambda o: o["t"]), handovers
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="replay 6x faster (else 2x)")
+    p.add_argument("--speed", type=float)
+    p.add_argument("--trace", default=traces.DEFAULT)
+    p.add_argument("--cloud-node", help="far-cloud node for the 'cloud' placement")
+    args = p.parse_args()
+    speed = args.speed or (6.0 if args.quick else 2.0)
+    out, runs = {}, {}
+    with common.BenchEdge("mcu-", 9694) as b:
+        status = b.edge.status()
+        steps = traces.load(args.trace, b.edge.net.aps)
+        floor, _, _ = run(b, "floor", steps, speed, {}, move=False)
+        runs["floor"] = (floor, [], [])
+        for name, pol in POLICIES.items():
+            runs[name] = run(b, name, steps, speed, pol)
+        if args.cloud_node:
+            runs["cloud"] = run(b, "cloud", steps, speed, {}, node=args.cloud_node)
+    base = stats(runs["floor"][0])
+    for name, (results, ops, handovers) in runs.items():
+        s = stats(results)
+        s["p95_over_floor_ms"] = _round(s["p95_ms"] - base["p95_ms"])
+        s["migrations"] = sum(o["kind"] == "migrate" for o in ops)
+        s["standbys"] = sum(o["standby"] for o in ops)
+        s["handovers"] = len(handovers)
+        s["operations"] = ops
+        out[name] = s
+    summary = {
+        "benchmark": "mobility", "trace": os.path.basename(args.trace), "speed": speed,
+        "placements": out, "floor": base,
+        "targets": {"p95_over_floor_ms": 2.0, "failed": 0},
+        "cloud": "measured" if args.cloud_node else
+        "skipped: needs the far-cloud node kind (issue 15); pass --cloud-node",
+        "policies": BASE, "shared_machine": True,
+        "note": "the machine was shared with other helpers' builds and tests",
+        "latency_shaping": common.shaping_note(status), "machine": common.machine(),
+    }
+
+    def plot(ax):
+        colours = {"floor": "grey", "static": "tab:red", "follow": "tab:blue",
+                   "follow+ahead": "tab:green", "cloud": "tab:purple"}
+        for name, (results, ops, _handovers) in runs.items():
+            ok = sorted((r for r in results if r["ok"]), key=lambda r: r["t"])
+            ax.plot([r["t"] for r in ok], [1000 * (r["end"] - r["start"]) for r in ok],
+                    ".", markersize=1, color=colours.get(name), label="%s (p95 %s ms)"
+                    % (name, out[name]["p95_ms"]))
+            for o in ops:
+                ax.axvline(o["t"], color=colours.get(name), alpha=0.5,
+                           linestyle=":" if o["standby"] else "--")
+        for t, _u, _ap in runs["static"][2]:
+            ax.axvline(t, color="black", alpha=0.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds into the trace (x%g); grey: handovers, dashed: "
+                      "migrations, dotted: standbys" % speed, fontsize=7)
+        ax.set_ylabel("request latency (ms)")
+        ax.legend(fontsize=7, markerscale=8)
+    common.write("mobility", summary, plot)
+
+
+if __name__ == "__main__":
+    main()
