@@ -21,7 +21,6 @@ from mec_conpaas import exception
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
-from mec_conpaas.agents.node import metrics as metrics_mod
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import statesync
 
@@ -93,7 +92,8 @@ class NodeAgent:
         self.proxy_lock = threading.Lock()
         self.served_manifests = {}
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
-        self.metrics = metrics_mod.registry(self)
+        self._metrics = None  # the Prometheus registry, made at the first scrape
+        self._metrics_lock = threading.Lock()
 
     def _load_id(self):
         """Node id from host name and MAC (as in seed 002), fixed at first
@@ -214,8 +214,17 @@ class NodeAgent:
         r.add("POST", inst + "/state/pull", self.pull_state)
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
-        r.add("GET", "/metrics", lambda body: metrics_mod.exposition(self.metrics))
+        r.add("GET", "/metrics", self.metrics_exposition)
         return r
+
+    def metrics_exposition(self, body):
+        """prometheus_client (about 2 MB resident) is imported at the first
+        scrape: a node nobody scrapes does not pay for it."""
+        from mec_conpaas.agents.node import metrics as metrics_mod
+        with self._metrics_lock:
+            if self._metrics is None:
+                self._metrics = metrics_mod.registry(self)
+        return metrics_mod.exposition(self._metrics)
 
     def create_instance(self, body):
         info = self._need_containers().create(
