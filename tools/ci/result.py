@@ -24,7 +24,7 @@ def counts(paths):
     """Sum of pytest's JUnit counters over ``paths``; a missing file (the
     part stopped before its pytest ran) counts nothing and is named."""
     total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "time_s": 0.0}
-    runs, missing = [], []
+    runs, missing, files = [], [], {}
     for path in paths:
         if not os.path.exists(path):
             missing.append(os.path.basename(path))
@@ -37,6 +37,10 @@ def counts(paths):
             for key in ("tests", "failures", "errors", "skipped"):
                 run[key] += int(suite.get(key, 0))
             run["time_s"] += float(suite.get("time", 0))
+            for case in suite.iter("testcase"):
+                # "tests.functional.test_chaos" -> "tests/functional/test_chaos"
+                name = case.get("classname", "").split(".Test")[0].replace(".", "/")
+                files[name] = files.get(name, 0.0) + float(case.get("time", 0))
         run["passed"] = run["tests"] - run["failures"] - run["errors"] - run["skipped"]
         run["time_s"] = round(run["time_s"], 1)
         runs.append(run)
@@ -44,7 +48,7 @@ def counts(paths):
             total[key] += run[key]
     total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
     total["time_s"] = round(total["time_s"], 1)
-    return total, runs, missing
+    return total, runs, missing, {k: round(v, 1) for k, v in sorted(files.items())}
 
 
 def commit():
@@ -57,7 +61,7 @@ def commit():
 
 def main(argv):
     part, rc, start, end, load_start, out = argv[:6]
-    total, runs, missing = counts(argv[6:])
+    total, runs, missing, files = counts(argv[6:])
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(int(end)))
@@ -65,10 +69,11 @@ def main(argv):
         "benchmark": "ci", "part": part, "utc": utc, "commit": commit(),
         "exit_status": int(rc), "wall_s": int(end) - int(start),
         "tests": total, "pytest_runs": runs, "pytest_runs_missing": missing,
+        "test_files_s": files,
         "machine": {"cpus": os.cpu_count(), "mem_gb": round(mem_kb / 2 ** 20, 1),
                     "kernel": platform.release(), "machine": platform.machine()},
         "loadavg_at_start": [float(x) for x in load_start.split()[:3]],
-        "loadavg_at_end": list(os.getloadavg()),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "ci": os.environ.get("CI") == "true",
         "note": "wall time of tools/run-tests.sh %s, installs included; the machine "
                 "may be shared with other jobs (see the load averages)" % part,
