@@ -233,6 +233,7 @@ def test_members_see_their_project_only_and_admin_sees_all(bed):
                      headers={"X-Auth-Token": bed.session("bob").get_token()})
     assert r.status_code == 404
     assert bed.cli_json("service", "list", cloud="bob") == []
+    bed.heartbeat()  # the CLI calls above take seconds each on a loaded machine
     bed.cli_json("service", "create", "web", "blog", "--no-wait", cloud="bob")
     # The keystone admin: every project's services with --all-tenants.
     every = bed.cli_json("service", "list", "--all-tenants", cloud="admin")
