@@ -23,6 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
+from mec_conpaas.api import web  # noqa: E402
 from mec_conpaas.edge import browser  # noqa: E402
 
 POLL = 0.01  # s between the API poller's reads
@@ -92,6 +93,7 @@ def main():
     if not browser.available():
         raise SystemExit("needs Debian's chromium and chromium-driver "
                          "(tools/install-deps.sh)")
+    load_start = os.getloadavg()
     with common.BenchEdge("mcd-", 9694) as b:
         c, edge = b.client, b.edge
         url = edge.manager_url()
@@ -139,6 +141,9 @@ def main():
         "floor_api_poll_ms": floor_delay,
         "ratio_delay_vs_floor": round(delay["median"] / floor_delay["median"], 2),
         "api_poll_interval_ms": POLL * 1000,
+        "event_interval_ms": web.EVENT_INTERVAL * 1000,
+        "loadavg_at_start": list(load_start), "loadavg_at_end": list(os.getloadavg()),
+        "shared": "other jobs may share the cores: see the load averages",
         "note": "delay = first display in the page minus first sight in an API "
                 "poll every %d ms: the API side is seen up to one poll late, so "
                 "the true delay is up to that much longer" % (POLL * 1000),

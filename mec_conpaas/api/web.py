@@ -7,11 +7,18 @@ no route out) plus one JSON view of what the caller may see, also streamed
 as server-sent events.  The page does every action through the REST API
 itself, so it shows the API's own errors.
 
-Login is a PaaS token (kept in the browser's sessionStorage).  A keystone
-login hooks in at ``LOGIN_METHODS``: the API's own checks (``register``'s
-``context``) already accept keystone tokens with [api] auth_strategy =
-keystone, but the page sends ``Authorization: Bearer`` and has no way yet
-to obtain a keystone token from a user name and password.
+Login is a PaaS token, or with [api] auth_strategy = keystone a keystone
+user name, password, project and domain: the page posts them to
+``/dashboard/keystone-login`` on the manager, which asks keystone for a
+project-scoped token (``POST /v3/auth/tokens``) and hands the page only the
+token, which it then sends as ``X-Auth-Token`` like any keystone client.
+The manager relays the password rather than the page posting it to keystone
+itself because keystone is usually another origin (its own port or host):
+the browser would need keystone to allow this origin by CORS and to expose
+``X-Subject-Token``, which keystone does not by default, and the page must
+work where the browser can reach the manager only.  The password passes
+through the manager's memory for that one request; it is neither stored
+nor logged.  Either token is kept in the browser's sessionStorage.
 """
 import json
 import os
@@ -20,18 +27,22 @@ import time
 
 import flask
 import prometheus_client
+import requests
 from sqlalchemy import select
 
 from mec_conpaas import exception
 from mec_conpaas.api import app as app_mod
+from mec_conpaas.api import keystone
+from mec_conpaas.api import validation
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import metrics
 
 STATIC = os.path.join(os.path.dirname(__file__), "static", "dashboard")
-# How the page may sign in: "token" (a PaaS token).  A keystone login adds
-# "keystone" here and a route that trades credentials for a token.
-LOGIN_METHODS = ("token",)
+# How the page may sign in, by [api] auth_strategy: a PaaS token, or keystone
+# credentials traded for a token (a person's PaaS token is refused there).
+LOGIN_METHODS = {"token": ("token",), "keystone": ("keystone",)}
+KEYSTONE_TIMEOUT = 10  # s for keystone's answer, unless [keystone_authtoken] http_connect_timeout
 EVENT_INTERVAL = 0.2   # s between looks at the store for an event stream
 # s between comments on an idle stream: writing is how the server learns
 # that a page went away, and a stream holds one of its [api] threads.
@@ -43,6 +54,55 @@ RECENT_OPERATIONS = 20
 class TooManyStreams(exception.MecError):
     status = 503
     code = "too_many_streams"
+
+
+class KeystoneError(exception.MecError):
+    status = 502
+    code = "keystone_error"
+
+
+def keystone_token(conf, body):
+    """A project-scoped keystone token for the dashboard's sign-in form.
+    ``body`` was checked against openapi.yaml (strings, required fields);
+    the password goes to keystone and nowhere else (not into any message)."""
+    opts = conf.keystone_authtoken
+    base = (getattr(opts, "www_authenticate_uri", None)
+            or getattr(opts, "auth_url", None) or "").rstrip("/")
+    if not base:
+        raise keystone.KeystoneUnavailable(
+            "this manager has no keystone address ([keystone_authtoken] "
+            "www_authenticate_uri): an admin sets it")
+    if not base.endswith("/v3"):
+        base += "/v3"
+    domain = body.get("domain") or "Default"
+    request = {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": body["username"], "domain": {"name": domain},
+            "password": body["password"]}}},
+        "scope": {"project": {"name": body["project"], "domain": {"name": domain}}}}}
+    verify = getattr(opts, "cafile", None) or not getattr(opts, "insecure", False)
+    try:
+        resp = requests.post(base + "/auth/tokens?nocatalog", json=request, verify=verify,
+                             timeout=getattr(opts, "http_connect_timeout", None)
+                             or KEYSTONE_TIMEOUT)
+    except requests.RequestException as e:
+        raise keystone.KeystoneUnavailable(
+            "keystone (%s) is unreachable from the manager (%s): nothing was "
+            "changed; retry when it is back (an admin checks keystone and "
+            "[keystone_authtoken])" % (base, type(e).__name__))
+    if resp.status_code == 401:
+        raise exception.Unauthorized(
+            "keystone refused this user name, password, project and domain "
+            "(%r, project %r): check them, and that the user has a role on "
+            "the project" % (domain, body["project"]))
+    token = resp.headers.get("X-Subject-Token")
+    if resp.status_code != 201 or not token:
+        raise KeystoneError("keystone (%s) answered %d to the sign-in, not a token: "
+                            "an admin checks keystone's log" % (base, resp.status_code))
+    info = resp.json().get("token", {})
+    return {"token": token, "expires_at": info.get("expires_at"),
+            "user": info.get("user", {}).get("name"),
+            "project": info.get("project", {}).get("name")}
 
 
 def snapshot(manager, ctx, every=False, all_instances=False):
@@ -121,7 +181,23 @@ def register(app, manager, context, allowed):
 
     @page.get("/dashboard/login-methods")
     def login_methods():
-        return flask.jsonify(methods=list(LOGIN_METHODS))
+        return flask.jsonify(methods=list(LOGIN_METHODS[manager.conf.api.auth_strategy]))
+
+    @page.post("/dashboard/keystone-login")
+    def keystone_login():
+        """No token needed: this is how the page gets one.  Only where
+        people sign in with keystone."""
+        validation.raise_if_off_schema()
+        if manager.conf.api.auth_strategy != "keystone":
+            raise exception.NotFound(
+                "this manager signs people in with PaaS tokens ([api] "
+                "auth_strategy = token), not keystone: paste your token")
+        body = flask.request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise exception.BadRequest("request body must be a JSON object")
+        resp = flask.jsonify(keystone_token(manager.conf, body))
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
 
     @page.get("/dashboard/state")
     def state():

@@ -2,10 +2,14 @@
 chromium-driver) against the embedded edge: a tenant logs in, sees the
 three access points, creates a service with a bundle upload, migrates it
 to ap-3 with the page's own control and sees the move, drags it to ap-2,
-scales it, deletes it; another tenant's service never shows.
+scales it, deletes it; another tenant's service never shows.  With
+keystone (the real keystone of tests/unit/test_keystone.py; no edge
+needed), people sign in with user, password and project: a project's
+member sees its services only, the keystone admin every project's.
 
 Screenshots of every step go to $MEC_TEST_ARTIFACTS/dashboard
-(default /tmp/mec-test-artifacts/dashboard), not to the repository.
+(default /tmp/mec-test-artifacts/dashboard; the keystone test's to
+dashboard-keystone beside it), not to the repository.
 """
 import hashlib
 import os
@@ -18,6 +22,8 @@ from mec_conpaas.edge import browser
 from mec_conpaas.manager import service as service_mod
 from tests.functional.conftest import new_tenant
 from tests.functional.conftest import wait_op
+from tests.unit.test_keystone import PASSWORD
+from tests.unit.test_keystone import bed  # noqa: F401  (fixture: keystone + manager)
 
 ARTIFACTS = os.path.join(os.environ.get("MEC_TEST_ARTIFACTS", "/tmp/mec-test-artifacts"),
                          "dashboard")
@@ -27,16 +33,17 @@ pytestmark = pytest.mark.skipif(
 
 
 class Page:
-    def __init__(self, driver, url):
+    def __init__(self, driver, url, artifacts=ARTIFACTS):
         self.driver = driver
         self.url = url
         self.shots = 0
-        shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's only
-        os.makedirs(ARTIFACTS)
+        self.artifacts = artifacts
+        shutil.rmtree(artifacts, ignore_errors=True)  # this run's only
+        os.makedirs(artifacts)
 
     def shot(self, name):
         self.shots += 1
-        self.driver.save_screenshot(os.path.join(ARTIFACTS, "%02d-%s.png" % (
+        self.driver.save_screenshot(os.path.join(self.artifacts, "%02d-%s.png" % (
             self.shots, name)))
 
     def js(self, script, *args):
@@ -87,6 +94,25 @@ class Page:
         self.shot("login")
         self.driver.find_element(By.ID, "login-token").send_keys(token)
         self.driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+
+    def keystone_login(self, user, password, project):
+        """The form as /dashboard/login-methods makes it: no token field."""
+        from selenium.webdriver.common.by import By
+        self.driver.get(self.url + "/dashboard")
+        self.until("the keystone form", lambda: self.js(
+            "const k = document.getElementById('login-keystone'),"
+            " t = document.getElementById('login-token-field');"
+            " return !!(k && t && !k.hidden && t.hidden);"))
+        for field, value in (("login-user", user), ("login-password", password),
+                             ("login-project", project)):
+            self.driver.find_element(By.ID, field).clear()
+            self.driver.find_element(By.ID, field).send_keys(value)
+        self.shot("keystone-login-" + user)
+        self.driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+
+    def services(self):
+        return sorted(self.js("return Array.from(document.querySelectorAll("
+                              "'.card.service')).map(e => e.dataset.service)"))
 
 
 @pytest.fixture
@@ -219,3 +245,52 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
         By.CSS_SELECTOR, node + ".meta").text)
     assert admin.node("ap-3")["schedulable"] is True
     wait_op(admin, admin.delete_service("admin-only"))
+
+
+@pytest.fixture
+def keystone_page(bed):  # noqa: F811
+    driver = browser.start(bed.url)
+    try:
+        yield Page(driver, bed.url, ARTIFACTS + "-keystone")
+    finally:
+        driver.quit()
+
+
+def test_keystone_sign_in_in_a_browser(bed, keystone_page):  # noqa: F811
+    """Where the manager uses keystone the page asks for user, password and
+    project, and the manager trades them for a token at keystone."""
+    import requests
+    page = keystone_page
+    bed.heartbeat()
+    bed.cli_json("service", "create", "web", "alpha-web", "--no-wait", cloud="alice")
+    bed.cli_json("service", "create", "web", "beta-web", "--no-wait", cloud="bob")
+
+    # A wrong password: keystone's refusal, in place, and no session.
+    page.keystone_login("alice", "not-" + PASSWORD, "alpha")
+    page.until("keystone's refusal", lambda: "keystone refused" in page.js(
+        "return document.getElementById('login-error').textContent"))
+    assert page.js("return sessionStorage.getItem('mec-token')") is None
+    page.shot("keystone-refused")
+
+    # alpha's member sees alpha's service, never beta's, in the page and the API.
+    page.keystone_login("alice", PASSWORD, "alpha")
+    page.until("alpha's service", lambda: page.services() == ["alpha-web"])
+    page.until("the user", lambda: "alice" in page.js(
+        "return document.getElementById('who').textContent"))
+    token = page.js("return sessionStorage.getItem('mec-token')")
+    assert page.js("return sessionStorage.getItem('mec-token-kind')") == "keystone"
+    r = requests.get(bed.url + "/v1/services", headers={"X-Auth-Token": token})
+    assert [s["name"] for s in r.json()["services"]] == ["alpha-web"]
+    assert requests.get(bed.url + "/v1/services/beta-web",
+                        headers={"X-Auth-Token": token}).status_code == 404
+    assert page.js("return document.getElementById('login-password').value") == ""
+    assert "beta-web" not in page.driver.page_source
+    page.shot("keystone-alice")
+
+    # The keystone admin sees every project's services.
+    from selenium.webdriver.common.by import By
+    page.driver.find_element(By.ID, "logout").click()
+    page.keystone_login("admin", PASSWORD, "admin")
+    page.until("every project's services",
+               lambda: page.services() == ["alpha-web", "beta-web"])
+    page.shot("keystone-admin")

@@ -233,6 +233,7 @@ def test_members_see_their_project_only_and_admin_sees_all(bed):
                      headers={"X-Auth-Token": bed.session("bob").get_token()})
     assert r.status_code == 404
     assert bed.cli_json("service", "list", cloud="bob") == []
+    bed.heartbeat()  # the CLI calls above take seconds each on a loaded machine
     bed.cli_json("service", "create", "web", "blog", "--no-wait", cloud="bob")
     # The keystone admin: every project's services with --all-tenants.
     every = bed.cli_json("service", "list", "--all-tenants", cloud="admin")
@@ -287,6 +288,31 @@ def test_a_policy_file_changes_an_answer(bed):
     assert "service shop is busy with operation %s (migrate" % op["id"] in res.stderr
 
 
+def test_dashboard_sign_in_trades_credentials_for_a_token(bed):
+    """POST /dashboard/keystone-login (the page's sign-in; the browser test
+    drives it through the page): keystone's token for the project, which
+    the API then accepts; keystone's refusal as 401; off-schema as 400."""
+    url = bed.url + "/dashboard/keystone-login"
+    assert requests.get(bed.url + "/dashboard/login-methods").json() == {
+        "methods": ["keystone"]}
+    r = requests.post(url, json={"username": "alice", "password": PASSWORD,
+                                 "project": "alpha", "domain": "Default"})
+    assert r.status_code == 200, r.text
+    assert r.headers["Cache-Control"] == "no-store"
+    got = r.json()
+    assert (got["user"], got["project"]) == ("alice", "alpha") and got["expires_at"]
+    listed = requests.get(bed.url + "/v1/services", headers={"X-Auth-Token": got["token"]})
+    assert listed.status_code == 200 and "services" in listed.json()
+    r = requests.post(url, json={"username": "alice", "password": "wrong", "project": "alpha"})
+    assert r.status_code == 401 and "keystone refused" in r.json()["error"]["message"]
+    assert "wrong" not in r.text
+    r = requests.post(url, json={"username": "alice", "password": PASSWORD,
+                                 "project": "beta"})  # not her project
+    assert r.status_code == 401, r.text
+    r = requests.post(url, json={"username": "alice", "project": "alpha"})
+    assert r.status_code == 400 and "password" in r.json()["error"]["message"]
+
+
 def test_keystone_down_is_a_clear_error_and_changes_nothing(bed):
     def counts():
         with db.session_scope() as s:
@@ -310,6 +336,9 @@ def test_keystone_down_is_a_clear_error_and_changes_nothing(bed):
     res = bed.cli("service", "list", cloud="alice")
     assert res.returncode == 1 and "cannot reach keystone" in res.stderr, res.stderr
     print("503 after %.1f s" % took)
+    r = requests.post(bed.url + "/dashboard/keystone-login", json={
+        "username": "alice", "password": PASSWORD, "project": "alpha"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "keystone_unavailable"
 
 
 def test_which_credentials_the_cli_sends(monkeypatch, tmp_path):

@@ -104,6 +104,11 @@ def test_dashboard_view_shows_a_tenant_only_its_own(edge):  # noqa: F811
     # Every asset the page names is served from the package.
     for asset in ("dashboard.js", "dashboard.css"):
         assert alice.client.get("/dashboard/static/" + asset).status_code == 200
+    # PaaS tokens here: the page asks for one, and has no keystone sign-in.
+    assert alice.client.get("/dashboard/login-methods").json == {"methods": ["token"]}
+    r = alice.client.post("/dashboard/keystone-login", json={
+        "username": "alice", "password": "x", "project": "p"})
+    assert r.status_code == 404 and "paste your token" in r.json["error"]["message"]
 
 
 def test_event_stream_sends_the_view(edge):  # noqa: F811

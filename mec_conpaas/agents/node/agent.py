@@ -24,7 +24,6 @@ from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
 from mec_conpaas.agents.node import joining
-from mec_conpaas.agents.node import metrics as metrics_mod
 from mec_conpaas.agents.node import probe
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import routes as routes_mod
@@ -133,7 +132,8 @@ class NodeAgent:
         self.proxy_lock = threading.Lock()
         self.served_manifests = {}
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
-        self.metrics = metrics_mod.registry(self)
+        self._metrics = None  # the Prometheus registry, made at the first scrape
+        self._metrics_lock = threading.Lock()
         # A station coming or going heartbeats at once (stations.py).
         self.wake = threading.Event()
         self.stations, self.station_source = stations_mod.from_conf(conf, self.wake.set)
@@ -247,7 +247,7 @@ class NodeAgent:
                 try:
                     report["stations"] = self.stations.snapshot()
                     report["services"] = stations_mod.service_report(
-                        self.haproxy, metrics_mod.proxy_stats(self.haproxy)
+                        self.haproxy, haproxy_mod.proxy_stats(self.haproxy)
                         if self.haproxy.services else None)
                 except Exception:  # users are extra: the heartbeat must go
                     LOG.exception("reporting stations and service users")
@@ -327,11 +327,20 @@ class NodeAgent:
         r.add("POST", inst + "/state/pull", self.pull_state)
         r.add("PUT", "/v1/proxy", self.put_proxy)
         r.add("GET", "/v1/proxy", lambda body: {"services": self.haproxy.status()})
-        r.add("GET", "/metrics", lambda body: metrics_mod.exposition(self.metrics))
+        r.add("GET", "/metrics", self.metrics_exposition)
         r.add("GET", "/v1/stations", lambda body: {"stations": self.stations.snapshot()})
         r.add("POST", "/v1/stations", self.attach_user)
         r.add("DELETE", "/v1/stations/(?P<user>[a-z][a-z0-9-]{0,10})", self.detach_user)
         return r
+
+    def metrics_exposition(self, body):
+        """prometheus_client (about 2 MB resident) is imported at the first
+        scrape: a node nobody scrapes does not pay for it."""
+        from mec_conpaas.agents.node import metrics as metrics_mod
+        with self._metrics_lock:
+            if self._metrics is None:
+                self._metrics = metrics_mod.registry(self)
+        return metrics_mod.exposition(self._metrics)
 
     def create_instance(self, body):
         info = self._need_containers().create(

@@ -46,6 +46,8 @@ worker serves, so an HAProxy started afresh (node boot, crash) starts with
 every slot disabled until the agent sets them, never with addresses that
 may belong to another tenant's instance by then.
 """
+import csv
+import io
 import logging
 import os
 import socket
@@ -379,3 +381,15 @@ class HAProxy:
                                         "addr": f[73] if len(f) > 73 else ""})
             out[sid] = {"port": svc["port"], "servers": servers}
         return out
+
+
+def proxy_stats(haproxy):
+    """``show stat`` as rows keyed by field name, or None when HAProxy does
+    not answer."""
+    try:
+        text = haproxy.runtime("show stat")
+    except exception.NodeError as e:
+        LOG.warning("proxy stats: %s", e.message)
+        return None
+    text = text.lstrip("# ")
+    return list(csv.DictReader(io.StringIO(text)))

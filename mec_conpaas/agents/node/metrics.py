@@ -8,8 +8,6 @@ the ``near`` and ``far`` backends are its two tiers of instances (see
 haproxy.py).  Plus the node's capacity and use, and how long ago its last
 heartbeat reached the manager.
 """
-import csv
-import io
 import logging
 import os
 import time
@@ -17,7 +15,6 @@ import time
 import prometheus_client
 from prometheus_client import core
 
-from mec_conpaas import exception
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 
@@ -55,16 +52,8 @@ def _number(row, field):
         return None
 
 
-def proxy_stats(haproxy):
-    """``show stat`` as rows keyed by field name, or None when HAProxy does
-    not answer."""
-    try:
-        text = haproxy.runtime("show stat")
-    except exception.NodeError as e:
-        LOG.warning("metrics: %s", e.message)
-        return None
-    text = text.lstrip("# ")
-    return list(csv.DictReader(io.StringIO(text)))
+# Kept here for its users; in haproxy.py so a heartbeat needs no prometheus_client.
+proxy_stats = haproxy_mod.proxy_stats
 
 
 class AgentCollector:

@@ -11,13 +11,19 @@ const cards = new Map();   // service id -> its card (kept: forms survive update
 const nodeCards = new Map();
 
 function token() { return sessionStorage.getItem("mec-token"); }
+// A keystone token goes in X-Auth-Token (as keystone clients send it), a
+// PaaS token as a bearer token.
+function authHeaders() {
+  return sessionStorage.getItem("mec-token-kind") === "keystone"
+    ? { "X-Auth-Token": token() } : { Authorization: "Bearer " + token() };
+}
 
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
 async function api(method, path, body) {
-  const headers = { Authorization: "Bearer " + token() };
+  const headers = authHeaders();
   const init = { method, headers };
   if (body instanceof FormData) init.body = body;
   else if (body !== undefined) {
@@ -63,8 +69,9 @@ function svg(tag, attrs, text) {
 }
 
 // -- login ------------------------------------------------------------------
-async function login(secret) {
+async function login(secret, kind) {
   sessionStorage.setItem("mec-token", secret);
+  sessionStorage.setItem("mec-token-kind", kind || "token");
   const first = await api("GET", "/dashboard/state");  // checks the token
   $("#login-view").hidden = true;
   $("#app-view").hidden = false;
@@ -73,8 +80,37 @@ async function login(secret) {
   listen();
 }
 
+// Keystone: the manager trades the credentials for a project-scoped token
+// (keystone is another origin, which the page may not reach).
+async function keystoneLogin() {
+  const body = {};
+  for (const f of ["username", "password", "project", "domain"]) {
+    body[f] = $("#login-keystone [name=" + f + "]").value.trim();
+  }
+  const resp = await fetch("/dashboard/keystone-login", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) });
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) {
+    throw new ApiError(resp.status, data && data.error ? data.error.message : resp.status + " " + resp.statusText);
+  }
+  $("#login-password").value = "";
+  await login(data.token, "keystone");
+}
+
+async function loginMethods() {
+  const resp = await fetch("/dashboard/login-methods");
+  const methods = resp.ok ? (await resp.json()).methods : ["token"];
+  const keystone = methods.includes("keystone") && !methods.includes("token");
+  $("#login-keystone").hidden = $("#login-keystone").disabled = !keystone;
+  $("#login-token-field").hidden = keystone;
+  $("#login-token").disabled = keystone;
+  $("#login-form").dataset.method = keystone ? "keystone" : "token";
+}
+
 function logout() {
   sessionStorage.removeItem("mec-token");
+  sessionStorage.removeItem("mec-token-kind");
   if (stream) stream.abort();
   stream = null;
   state = null;
@@ -93,7 +129,7 @@ async function listen() {
   while (stream === ctl) {
     try {
       const resp = await fetch("/dashboard/events", {
-        headers: { Authorization: "Bearer " + token() }, signal: ctl.signal });
+        headers: authHeaders(), signal: ctl.signal });
       if (resp.status === 401) { logout(); return; }
       if (!resp.ok) {  // e.g. 503: too many pages get live updates
         const body = await resp.json().catch(() => null);
@@ -369,8 +405,12 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     const err = $("#login-error");
     err.textContent = "";
-    try { await login($("#login-token").value.trim()); } catch (x) {
+    try {
+      if (e.target.dataset.method === "keystone") await keystoneLogin();
+      else await login($("#login-token").value.trim(), "token");
+    } catch (x) {
       sessionStorage.removeItem("mec-token");
+      sessionStorage.removeItem("mec-token-kind");
       err.textContent = x.message;
     }
   });
@@ -387,5 +427,6 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   // Close the stream when the page goes: it holds a manager thread.
   window.addEventListener("pagehide", () => { if (stream) stream.abort(); });
-  if (token()) login(token()).catch(() => logout());
+  loginMethods().catch(() => {});
+  if (token()) login(token(), sessionStorage.getItem("mec-token-kind")).catch(() => logout());
 });
