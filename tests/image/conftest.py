@@ -14,17 +14,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from imagelib import BOOT_WAIT  # noqa: E402
 from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
+from imagelib import SSH  # noqa: E402
 from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
 from imagelib import Manager  # noqa: E402
 from imagelib import Root  # noqa: E402
 from imagelib import find_image  # noqa: E402
+from imagelib import guest  # noqa: E402
 from imagelib import settings  # noqa: E402
 from imagelib import sh  # noqa: E402
 
@@ -129,7 +133,7 @@ def master(managers):
 
 
 @pytest.fixture(scope="session")
-def fleet(image, keypair, master):
+def fleet(request, image, keypair, master):
     """All boots start at once (each qemu is one more process sharing the CPUs):
     'good' (valid settings), 'malformed', 'missing' (no settings file).
     MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
@@ -143,7 +147,30 @@ def fleet(image, keypair, master):
             if name in wanted:
                 guests[name] = Guest(image, image.workdir, name, texts[name])
                 guests[name].start()
+        failed_before = request.session.testsfailed
         yield guests
+        if request.session.testsfailed > failed_before:
+            for g in guests.values():
+                if g.proc and g.proc.poll() is None:
+                    g.collect(key, "a test of this session failed")
     finally:
         for g in guests.values():
             g.stop()
+
+
+
+@pytest.fixture(scope="session")
+def booted(fleet, keypair):
+    """The 'good' guest once its boot has finished (or the test fails, naming
+    the jobs that hold it, with the console, units and journal kept)."""
+    g = guest(fleet, "good")
+    ssh = SSH(g, keypair[0])
+    ssh.wait()
+    try:
+        ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=BOOT_WAIT)
+    except subprocess.TimeoutExpired:
+        jobs = g.collect(keypair[0], f"boot not finished {BOOT_WAIT} s after SSH answered")
+        pytest.fail(f"boot not finished {BOOT_WAIT} s after SSH answered; pending jobs:\n"
+                    f"{jobs}\n(console, failed units, jobs, journal in {g.artifacts()})")
+    g.booted_s = time.monotonic() - g.t0
+    return g, ssh

@@ -133,6 +133,8 @@ def needs_role(image, role):
 # same line (seen on the full image: "ap-test-1 login: [  172.05] Rounding down ...").
 LOGIN_PROMPT = r"login: ?(\[ *\d+\.\d+\].*)?$"
 BOOT_TIMEOUT = int(os.environ.get("MEC_CONPAAS_BOOT_TIMEOUT", "900"))
+# SSH answering to a finished boot (systemctl is-system-running --wait).
+BOOT_WAIT = 600
 GROW_MIB = 1024
 
 
@@ -251,6 +253,7 @@ class Guest:
         self.console = os.path.join(self.dir, "console.log")
         self.ssh_port = free_port()
         self.proc = None
+        self.timings = {}  # seconds of what the tests measured on this guest
 
     def start(self):
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "1024",
@@ -286,6 +289,42 @@ class Guest:
         pytest.fail(f"{self.name}: {pattern!r} not on the console after "
                     f"{time.monotonic() - self.t0:.0f} s\n...{self.console_text()[-3000:]}")
 
+    def keep(self, name, files):
+        """Save ``{filename: text}`` under this guest's artifacts, in ``name``/."""
+        d = os.path.join(self.artifacts(), name)
+        os.makedirs(d, exist_ok=True)
+        for fn, text in files.items():
+            with open(os.path.join(d, fn), "w") as f:
+                f.write(text)
+
+    def artifacts(self):
+        d = os.path.join(artifacts_dir(), self.name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def collect(self, key, why):
+        """Keep what shows why a boot went wrong: the serial console, the failed
+        units, the pending jobs (what holds ``is-system-running``), the journal.
+        Returns the pending jobs (for the failure message)."""
+        d = self.artifacts()
+        with open(os.path.join(d, "why.txt"), "a") as f:
+            f.write(f"{time.monotonic() - self.t0:.0f} s after power-on: {why}\n")
+        if os.path.exists(self.console):
+            shutil.copy(self.console, os.path.join(d, "console.log"))
+        jobs = ""
+        ssh = SSH(self, key)
+        for name, cmd in DIAGNOSTICS:
+            try:
+                res = ssh.run(cmd, check=False, timeout=120)
+                out = res.stdout + res.stderr
+            except subprocess.TimeoutExpired:
+                out = f"(timed out: {cmd})"
+            with open(os.path.join(d, name), "w") as f:
+                f.write(out)
+            if name == "list-jobs.txt":
+                jobs = out
+        return jobs
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -294,10 +333,32 @@ class Guest:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        art = os.environ.get("MEC_CONPAAS_ARTIFACTS")
-        if art:
-            os.makedirs(art, exist_ok=True)
-            shutil.copy(self.console, os.path.join(art, f"console-{self.name}.log"))
+        if os.path.exists(self.console):
+            shutil.copy(self.console, os.path.join(self.artifacts(), "console.log"))
+
+
+# What Guest.collect keeps, one file each.
+DIAGNOSTICS = [
+    ("system-state.txt", "systemctl is-system-running; systemctl status --no-pager | head -n 20"),
+    ("failed.txt", "systemctl --failed --no-pager"),
+    ("list-jobs.txt", "systemctl list-jobs --no-pager"),
+    ("blame.txt", "systemd-analyze blame --no-pager | head -n 40"),
+    ("journal.txt", "sudo journalctl -b --no-pager -o short-monotonic"),
+]
+
+
+def guest(fleet, name):
+    if name not in fleet:
+        pytest.skip(f"boot {name!r} not selected (MEC_CONPAAS_BOOTS)")
+    return fleet[name]
+
+
+def artifacts_dir():
+    """$MEC_TEST_ARTIFACTS/image (the project's artifact root, default
+    /tmp/mec-test-artifacts; tools/ci/image.sh points it at its work dir)."""
+    root = os.environ.get("MEC_TEST_ARTIFACTS") or os.environ.get("MEC_CONPAAS_ARTIFACTS") \
+        or "/tmp/mec-test-artifacts"
+    return os.path.join(root, "image")
 
 
 class SSH:

@@ -18,31 +18,19 @@ each boot.  Console logs are kept in MEC_CONPAAS_ARTIFACTS if set.
 import json
 import re
 import socket
+import subprocess
 import time
 
 import pytest
+from imagelib import BOOT_WAIT
 from imagelib import GROW_MIB
 from imagelib import LOGIN_PROMPT
 from imagelib import MIB
 from imagelib import SSH
+from imagelib import guest
 from imagelib import roles_in
 
 pytestmark = pytest.mark.emulated_boot
-
-def guest(fleet, name):
-    if name not in fleet:
-        pytest.skip(f"boot {name!r} not selected (MEC_CONPAAS_BOOTS)")
-    return fleet[name]
-
-
-@pytest.fixture(scope="module")
-def booted(fleet, keypair):
-    g = guest(fleet, "good")
-    ssh = SSH(g, keypair[0])
-    ssh.wait()
-    ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
-    return g, ssh
-
 
 def test_reaches_multi_user(booted):
     g, ssh = booted
@@ -192,7 +180,11 @@ def test_malformed_settings_reported_and_nothing_half_applied(fleet, rootfs, key
     g = guest(fleet, "malformed")
     ssh = SSH(g, keypair[0])
     ssh.wait()
-    ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
+    try:
+        ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=BOOT_WAIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"boot not finished; pending jobs:\n"
+                    f"{g.collect(keypair[0], 'boot not finished')}")
     props = ssh.run("systemctl show -p ActiveState -p Result mec-conpaas-firstboot").stdout
     assert "ActiveState=failed" in props, props
     errs = ssh.run("sudo journalctl -b -p err -t mec-conpaas-firstboot --no-pager").stdout
