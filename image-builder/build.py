@@ -358,8 +358,27 @@ class Builder:
         if not self.ansible:
             raise BuildError("ansible-playbook not found (pip install ansible in the venv "
                              "that runs build.py; tools/ci/image.sh does this).")
+        self.check_ansible_core()
         log(f"building {self.name} (profile {self.prof['name']}, mirror {self.prof['mirror']}, "
             f"{free_gib:.0f} GiB free)")
+
+    def check_ansible_core(self):
+        """The roles run under the ansible-core the playbooks pin, or not at all:
+        two versions once broke image builds that deploy runs never saw."""
+        req = os.path.join(REPO, "tools", "deploy", "requirements.txt")
+        with open(req) as f:
+            m = re.search(r"^ansible-core==(\S+)", f.read(), re.M)
+        if not m:
+            return
+        res = run([self.ansible, "--version"], capture=True, check=False)
+        have = re.search(r"\[core ([^\]]+)\]", res.stdout or "")
+        have = have.group(1) if have else "unknown"
+        if have != m.group(1):
+            raise BuildError(
+                f"{self.ansible} is ansible-core {have}; the playbooks and image builds use "
+                f"{m.group(1)} ({os.path.relpath(req, REPO)}): pip install -c "
+                f"{req} ansible-core ansible")
+        self.result["ansible_core"] = have
 
     def debootstrap_cache(self):
         """(download tarball, bootstrapped tree tar) of this profile in the cache."""
