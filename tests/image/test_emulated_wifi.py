@@ -58,6 +58,12 @@ def air(booted):
               f"iw phy $(cat /sys/class/net/wlan1/phy80211/name) set netns name {NS}\n"
               f"ip netns exec {NS} ip link set lo up\n"
               "systemctl restart hostapd\n")
+    # wlan0's address comes from the image's ifupdown stanza (allow-hotplug): on a Pi
+    # at boot, here when the radio appears.  If hotplug did not bring it up, say so.
+    how = sudo(ssh, "for i in $(seq 60); do ip -4 -o addr show dev wlan0 | grep -q inet "
+                    "&& { echo hotplug; exit 0; }; sleep 1; done; ifup wlan0 && echo ifup",
+               timeout=240).stdout.strip()
+    g.timings["wlan0_address_by"] = how
     deadline = time.monotonic() + 180
     status = ""
     while time.monotonic() < deadline:
