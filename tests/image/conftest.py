@@ -172,5 +172,5 @@ def booted(fleet, keypair):
         jobs = g.collect(keypair[0], f"boot not finished {BOOT_WAIT} s after SSH answered")
         pytest.fail(f"boot not finished {BOOT_WAIT} s after SSH answered; pending jobs:\n"
                     f"{jobs}\n(console, failed units, jobs, journal in {g.artifacts()})")
-    g.booted_s = time.monotonic() - g.t0
+    g.timings["boot_finished_s"] = round(time.monotonic() - g.t0, 1)
     return g, ssh

@@ -335,6 +335,9 @@ class Guest:
                 self.proc.wait()
         if os.path.exists(self.console):
             shutil.copy(self.console, os.path.join(self.artifacts(), "console.log"))
+        if self.timings:
+            with open(os.path.join(self.artifacts(), "timings.json"), "w") as f:
+                json.dump(self.timings, f, indent=1)
 
 
 # What Guest.collect keeps, one file each.

@@ -22,6 +22,7 @@ import shlex
 import time
 
 import pytest
+from imagelib import needs_role
 
 pytestmark = pytest.mark.emulated_boot
 
@@ -48,8 +49,9 @@ def wpa_conf(passphrase):
 
 
 @pytest.fixture(scope="module")
-def air(booted):
+def air(image, booted):
     """Two simulated radios: the AP's hostapd on wlan0, wlan1 in a station netns."""
+    needs_role(image, "wifi_ap")
     g, ssh = booted
     t0 = time.monotonic()
     sudo(ssh, "modprobe mac80211_hwsim radios=2\n"
