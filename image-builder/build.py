@@ -706,18 +706,19 @@ class Builder:
         define("builder", self.role_vars())
         for i, ev in enumerate(self.args.extra_vars or []):
             define(f"-e #{i}", _extra_vars(ev, yaml))
-        seen = set()
+        seen, values = set(), []
         while need:
             name = need.pop()
             if name in seen:
                 continue
             seen.add(name)
             for source, value in defs.get(name, []):
-                out.append((f"var {name} from {source}",
-                            json.dumps(value, sort_keys=True, default=str)))
+                values.append((f"var {name} from {source}",
+                               json.dumps(value, sort_keys=True, default=str)))
                 need |= _jinja_names(value)
+        # Sorted: the closure's order follows set iteration, which differs per process.
         self.result["package_layer_vars"] = sorted(n for n in seen if n in defs)
-        return out
+        return out + sorted(values)
 
     def applied_roles(self):
         """The profile's roles, first_boot and, transitively, their meta dependencies."""

@@ -45,5 +45,17 @@ def test_variable_a_package_task_reads_changes_the_key():
     assert key("mec_conpaas_package_extras=node")[0] != base
 
 
+def test_key_is_the_same_in_every_process():
+    """Python salts str hashes per process: the closure must not leak set order."""
+    import subprocess
+    code = ("import sys; sys.path[:0] = [%r, %r]; import test_layer_key as t; "
+            "print(t.key()[0])" % (os.path.dirname(os.path.abspath(__file__)),
+                                   os.path.join(REPO, "image-builder")))
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                           check=True).stdout.strip() for seed in (1, 2, 3)}
+    assert keys == {key()[0]}
+
+
 def test_profile_roles_are_inputs():
     assert key(profile="edge")[0] != key(profile="ci")[0]
