@@ -246,6 +246,10 @@ class Builder:
             yield
         finally:
             self.timings[name] = round(time.monotonic() - t, 1)
+            # The machine's load over the stage (1-min average at its end): shared
+            # build hosts make stage times incomparable without it.
+            self.result.setdefault("loadavg_1min_at_stage_end", {})[name] = \
+                round(os.getloadavg()[0], 2)
             log(f"=== stage {name} done in {self.timings[name]} s")
 
     def chroot(self, *cmd, check=True, capture=False, env_extra=None):
