@@ -23,6 +23,8 @@ our roles cost in build time and boot time over a plain Pi OS image.
          task reads, against the first (its build record): it must start from
          the cached package layer; image_build_rebuild-<profile>-<time>.json
          ("none": only the first build's record, nothing built)
+--from-log  stage and task times of a build.py log (a failed build has no
+         record) into image_build_log-<profile>-<time>.json
 
 Writes bench/results/image_build-<profile>-<UTC time>.json and .png; prints
 the summary as ONE JSON object on its last line.  Targets (issue 4): full edge
@@ -252,7 +254,8 @@ def rebuild(args):
         "loadavg_at_start": [round(x, 2) for x in load0],
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "changed_variable": var,
-        "first": {"image": os.path.basename(first["image"]), "stages_s": first["stages_s"],
+        "first": {"image": os.path.basename(first["image"]), "resumed": first.get("resumed"),
+                  "stages_s": first["stages_s"],
                   "total_s": first["total_s"], "package_layer": first.get("package_layer"),
                   "debootstrap_cache": first.get("debootstrap_cache"),
                   "rootfs_cache": first.get("rootfs_cache")},
@@ -273,6 +276,31 @@ def rebuild(args):
     print(json.dumps(summary))
 
 
+def from_log(args):
+    """--from-log: stage times and the slowest Ansible tasks (profile_tasks recaps)
+    of a build.py log, also of a build that failed (its record is never written)."""
+    stages, tasks, failed = {}, [], None
+    with open(args.from_log) as f:
+        text = f.read()
+    for m in re.finditer(r"=== stage (\S+) done in ([\d.]+) s", text):
+        stages[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r"^(\S+ : .+?|Gathering Facts)[ -]+ ([\d.]+)s$", text, re.M):
+        if float(m.group(2)) >= 10:
+            tasks.append({"task": m.group(1).strip(), "s": float(m.group(2))})
+    m = re.search(r"ERROR: (.+)", text)
+    failed = m.group(1)[:300] if m else None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    summary = {"benchmark": "image_build_log", "profile": args.profile, "time": stamp,
+               "log": os.path.basename(args.from_log), "host_cpus": os.cpu_count(),
+               "machine": args.machine_note, "stages_s": stages,
+               "slowest_tasks_s": sorted(tasks, key=lambda t: -t["s"]), "error": failed}
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"image_build_log-{args.profile}-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -288,7 +316,13 @@ def main():
     ap.add_argument("--rebuild-var", metavar="VAR=VALUE",
                     help="measure a rebuild with this role variable changed (one no "
                     "package task reads) against the first build; no boot, no floor")
+    ap.add_argument("--from-log", metavar="BUILD_LOG",
+                    help="only summarize a build.py log (stage and task times) into JSON")
+    ap.add_argument("--machine-note", default="shared with other helpers' tests and builds",
+                    help="with --from-log: the load the build ran under")
     args = ap.parse_args()
+    if args.from_log:
+        return from_log(args)
     if os.geteuid() != 0:
         raise SystemExit("bench/image_build.py needs root (it runs the image builder)")
     if args.rebuild_var:
