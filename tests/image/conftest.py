@@ -14,12 +14,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from imagelib import BOOT_WAIT  # noqa: E402
 from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
 from imagelib import SSH  # noqa: E402
@@ -165,12 +163,5 @@ def booted(fleet, keypair):
     the jobs that hold it, with the console, units and journal kept)."""
     g = guest(fleet, "good")
     ssh = SSH(g, keypair[0])
-    ssh.wait()
-    try:
-        ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=BOOT_WAIT)
-    except subprocess.TimeoutExpired:
-        jobs = g.collect(keypair[0], f"boot not finished {BOOT_WAIT} s after SSH answered")
-        pytest.fail(f"boot not finished {BOOT_WAIT} s after SSH answered; pending jobs:\n"
-                    f"{jobs}\n(console, failed units, jobs, journal in {g.artifacts()})")
-    g.timings["boot_finished_s"] = round(time.monotonic() - g.t0, 1)
+    ssh.wait_boot_finished()
     return g, ssh

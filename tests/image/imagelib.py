@@ -207,6 +207,17 @@ class Manager:
         except urllib.error.HTTPError as e:
             return e.code, json.load(e)
 
+    def wait_node_up(self, name, timeout=300):
+        """The node's record once its agent registered and heartbeats (or the last seen)."""
+        deadline = time.monotonic() + timeout
+        node = None
+        while time.monotonic() < deadline:
+            node = self.node(name)
+            if node and node["state"] == "up":
+                break
+            time.sleep(3)
+        return node
+
     def node(self, name):
         status, body = self.get(f"/v1/nodes/{name}", self.admin_token)
         return body.get("node") if status == 200 else None
@@ -376,6 +387,19 @@ class SSH:
         if check and res.returncode != 0:
             raise AssertionError(f"ssh {command!r} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
+
+    def wait_boot_finished(self):
+        """SSH answers, then ``is-system-running --wait`` returns; else the test
+        fails naming the jobs that hold the boot (artifacts kept)."""
+        self.wait()
+        try:
+            self.run("sudo systemctl is-system-running --wait", check=False, timeout=BOOT_WAIT)
+        except subprocess.TimeoutExpired:
+            g = self.guest
+            jobs = g.collect(self.key, f"boot not finished {BOOT_WAIT} s after SSH answered")
+            pytest.fail(f"boot not finished {BOOT_WAIT} s after SSH answered; pending jobs:\n"
+                        f"{jobs}\n(console, failed units, jobs, journal in {g.artifacts()})")
+        self.guest.timings["boot_finished_s"] = round(time.monotonic() - self.guest.t0, 1)
 
     def wait(self, timeout=BOOT_TIMEOUT):
         deadline = self.guest.t0 + timeout

@@ -18,11 +18,9 @@ each boot.  Console logs are kept in MEC_CONPAAS_ARTIFACTS if set.
 import json
 import re
 import socket
-import subprocess
 import time
 
 import pytest
-from imagelib import BOOT_WAIT
 from imagelib import GROW_MIB
 from imagelib import LOGIN_PROMPT
 from imagelib import MIB
@@ -121,13 +119,7 @@ def test_registers_with_master(image, booted, master):
         pytest.skip("profile without mec_conpaas_node: no node agent to register")
     assert ssh.run("systemctl is-enabled mec-conpaas-node-agent").stdout.strip() == "enabled"
     # The real manager lists the node once its agent registered and heartbeats.
-    deadline = time.monotonic() + 300
-    node = None
-    while time.monotonic() < deadline:
-        node = master.node("ap-test-1")
-        if node and node["state"] == "up":
-            break
-        time.sleep(3)
+    node = master.wait_node_up("ap-test-1")
     assert node and node["state"] == "up", (node, master.log()[-2000:])
     assert node["hostname"] == "ap-test-1"
     assert node["report"], "no resource report heartbeated by the node agent"
@@ -179,12 +171,7 @@ def test_malformed_settings_reported_and_nothing_half_applied(fleet, rootfs, key
     from the file was applied."""
     g = guest(fleet, "malformed")
     ssh = SSH(g, keypair[0])
-    ssh.wait()
-    try:
-        ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=BOOT_WAIT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"boot not finished; pending jobs:\n"
-                    f"{g.collect(keypair[0], 'boot not finished')}")
+    ssh.wait_boot_finished()
     props = ssh.run("systemctl show -p ActiveState -p Result mec-conpaas-firstboot").stdout
     assert "ActiveState=failed" in props, props
     errs = ssh.run("sudo journalctl -b -p err -t mec-conpaas-firstboot --no-pager").stdout

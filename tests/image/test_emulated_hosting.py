@@ -49,13 +49,7 @@ def agent_conf(image, booted):
 def test_node_registers_able_to_host(booted, master, agent_conf):
     g, ssh = booted
     assert agent_conf["container_backend"] == "libvirt"
-    deadline = time.monotonic() + 300
-    node = None
-    while time.monotonic() < deadline:
-        node = master.node("ap-test-1")
-        if node and node["state"] == "up":
-            break
-        time.sleep(3)
+    node = master.wait_node_up("ap-test-1")
     assert node and node["state"] == "up", master.log()[-2000:]
     assert node["container_backend"] == "libvirt", node
     assert node["max_instances"] == int(agent_conf["max_instances"]) > 0, node
