@@ -6,6 +6,7 @@ and root filesystem sizes, and first-boot-to-login time under emulation
 
     bench/image_build.py [--profile edge] [--floor-profile base] [--cold] [--quick]
                          [--image X.img.xz]
+    bench/image_build.py --rebuild-var wifi_ap_channel=11 [--image X.img.xz]
 
 The floor, measured in the same run: the ``base`` profile, i.e. the same
 builder making a bare Debian Pi image with first boot but none of the
@@ -17,6 +18,13 @@ our roles cost in build time and boot time over a plain Pi OS image.
 --quick  no build: the newest already-built images of both profiles (or
          --image), sizes and times from their build records, one emulated
          boot each (the floor image is built if there is none)
+
+--rebuild-var  a second build with one role variable changed that no package
+         task reads, against the first (its build record): it must start from
+         the cached package layer; image_build_rebuild-<profile>-<time>.json
+         ("none": only the first build's record, nothing built)
+--from-log  stage and task times of a build.py log (a failed build has no
+         record) into image_build_log-<profile>-<time>.json
 
 Writes bench/results/image_build-<profile>-<UTC time>.json and .png; prints
 the summary as ONE JSON object on its last line.  Targets (issue 4): full edge
@@ -49,12 +57,16 @@ def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw)
 
 
-def build(profile, work, out, cold):
+def build(profile, work, out, cold, extra_vars=(), version=None):
     if cold:
         shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, BUILDER, "--profile", profile, "--work-dir", work,
-                           "--out-dir", out], stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, BUILDER, "--profile", profile, "--work-dir", work, "--out-dir", out]
+    for ev in extra_vars:
+        cmd += ["-e", ev]
+    if version:
+        cmd += ["--version", version]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.monotonic() - t
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
@@ -216,6 +228,79 @@ def plot(summary, path):
     fig.savefig(path, dpi=100)
 
 
+def rebuild(args):
+    """--rebuild-var: the first build (--image's record, or the newest of the
+    profile) against a build made now with one role variable changed that no
+    package task reads: it must start from the package layer, not from scratch."""
+    if args.image:
+        base = args.image[:-len(".xz")] if args.image.endswith(".xz") else args.image
+        with open(base[:-len(".img")] + ".build.json") as f:
+            first = json.load(f)
+    else:
+        first = newest_record(args.out_dir, args.profile)
+    var = args.rebuild_var
+    load0 = os.getloadavg()
+    if var == "none":  # only the first build's record (built earlier, e.g. by build-full.sh)
+        rec = None
+    else:
+        rec = build(args.profile, args.work_dir, args.out_dir, cold=False, extra_vars=[var],
+                    version=first["name"][len(f"mec-conpaas-edge-{args.profile}-"):]
+                    .rsplit("-", 1)[0] + "-rebuild")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    summary = {
+        "benchmark": "image_build_rebuild", "profile": args.profile, "time": stamp,
+        "host_cpus": os.cpu_count(),
+        "machine": "shared: other helpers' builds and tests ran at the same time",
+        "loadavg_at_start": [round(x, 2) for x in load0],
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "changed_variable": var,
+        "first": {"image": os.path.basename(first["image"]), "resumed": first.get("resumed"),
+                  "stages_s": first["stages_s"],
+                  "total_s": first["total_s"], "package_layer": first.get("package_layer"),
+                  "debootstrap_cache": first.get("debootstrap_cache"),
+                  "rootfs_cache": first.get("rootfs_cache")},
+        "first_build_loadavg_1min_at_stage_end": first.get("loadavg_1min_at_stage_end"),
+        "rebuild": rec and {"image": os.path.basename(rec["image"]),
+                            "stages_s": rec["stages_s"], "total_s": rec["total_s"],
+                            "wall_s": rec["wall_s"], "package_layer": rec.get("package_layer")},
+        "ratio_rebuild_to_first": rec and ratio(rec["total_s"], first["total_s"]),
+        "targets": {"build_s_max": TARGET_BUILD_S},
+        "targets_met": {"first_build": first["total_s"] <= TARGET_BUILD_S,
+                        "rebuild_from_layer": rec and rec.get("package_layer") == "hit"},
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"image_build_rebuild-{args.profile}-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    summary["results"] = [path]
+    print(json.dumps(summary))
+
+
+def from_log(args):
+    """--from-log: stage times and the slowest Ansible tasks (profile_tasks recaps)
+    of a build.py log, also of a build that failed (its record is never written)."""
+    stages, tasks, failed = {}, [], None
+    with open(args.from_log) as f:
+        text = f.read()
+    for m in re.finditer(r"=== stage (\S+) done in ([\d.]+) s", text):
+        stages[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r"^(\S+ : .+?|Gathering Facts)[ -]+ ([\d.]+)s$", text, re.M):
+        if float(m.group(2)) >= 10:
+            tasks.append({"task": m.group(1).strip(), "s": float(m.group(2))})
+    m = re.search(r"ERROR: (.+)", text)
+    failed = m.group(1)[:300] if m else None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    summary = {"benchmark": "image_build_log", "profile": args.profile, "time": stamp,
+               "log": os.path.basename(args.from_log), "host_cpus": os.cpu_count(),
+               "machine": args.machine_note, "stages_s": stages,
+               "slowest_tasks_s": sorted(tasks, key=lambda t: -t["s"]), "error": failed}
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"image_build_log-{args.profile}-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,9 +313,20 @@ def main():
     ap.add_argument("--out-dir", default=os.path.join(REPO, "image-builder", "out"))
     ap.add_argument("--floor-profile", default="base",
                     help="profile measured as the floor in the same run ('none': skip)")
+    ap.add_argument("--rebuild-var", metavar="VAR=VALUE",
+                    help="measure a rebuild with this role variable changed (one no "
+                    "package task reads) against the first build; no boot, no floor")
+    ap.add_argument("--from-log", metavar="BUILD_LOG",
+                    help="only summarize a build.py log (stage and task times) into JSON")
+    ap.add_argument("--machine-note", default="shared with other helpers' tests and builds",
+                    help="with --from-log: the load the build ran under")
     args = ap.parse_args()
+    if args.from_log:
+        return from_log(args)
     if os.geteuid() != 0:
         raise SystemExit("bench/image_build.py needs root (it runs the image builder)")
+    if args.rebuild_var:
+        return rebuild(args)
     rec = measure(args.profile, args)
     floor = None if args.floor_profile == "none" else measure(args.floor_profile, args)
     boot_res = rec["boot"]

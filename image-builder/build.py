@@ -63,6 +63,86 @@ class BuildError(Exception):
     pass
 
 
+_JINJA_BLOCK = re.compile(r"{{(.*?)}}|{%(.*?)%}", re.S)
+_NAME = re.compile(r"(?<![.\w'\"])[A-Za-z_]\w*")
+_BARE_KEYS = ("when", "loop", "until", "changed_when", "failed_when")
+
+
+def _yaml():
+    try:
+        import yaml  # ansible's dependency
+    except ImportError:
+        raise BuildError("PyYAML is missing: run build.py with the python of the venv "
+                         "that has ansible (tools/ci/image.sh makes one)") from None
+    return yaml
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _jinja_names(value):
+    """Identifiers inside the Jinja blocks of every string in ``value``."""
+    names = set()
+    for s in _strings(value):
+        for m in _JINJA_BLOCK.finditer(s):
+            names |= set(_NAME.findall(m.group(1) or m.group(2)))
+    return names
+
+
+def _bare_names(task):
+    """Identifiers of a task's bare expressions (``when: x == 'y'``)."""
+    names = set()
+    for key in _BARE_KEYS:
+        for s in _strings(task.get(key)):
+            names |= set(_NAME.findall(re.sub(r"'[^']*'|\"[^\"]*\"", "", s)))
+    return names
+
+
+def _tags(task):
+    tags = task.get("tags") or []
+    return {tags} if isinstance(tags, str) else set(tags)
+
+
+def _tasks(doc):
+    """Every task of a task file, blocks flattened (a block's tags and when
+    are its tasks' too)."""
+    for t in doc or []:
+        if not isinstance(t, dict):
+            continue
+        inner = [x for k in ("block", "rescue", "always") for x in t.get(k) or []]
+        if inner:
+            for x in _tasks(inner):
+                x = dict(x)
+                x["tags"] = sorted(_tags(x) | _tags(t))
+                x["when"] = [w for w in (t.get("when"), x.get("when")) if w]
+                yield x
+        else:
+            yield t
+
+
+def _extra_vars(ev, yaml):
+    """The variables of one ``-e`` argument (@file, YAML/JSON, or k=v words)."""
+    if ev.startswith("@"):
+        with open(ev[1:]) as f:
+            return yaml.safe_load(f) or {}
+    try:
+        v = yaml.safe_load(ev)
+        if isinstance(v, dict):
+            return v
+    except yaml.YAMLError:
+        pass
+    return dict(w.split("=", 1) for w in shlex.split(ev) if "=" in w)
+
+
 def log(msg):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
     print(f"[image-builder {stamp}] {msg}", flush=True)
@@ -166,6 +246,10 @@ class Builder:
             yield
         finally:
             self.timings[name] = round(time.monotonic() - t, 1)
+            # The machine's load over the stage (1-min average at its end): shared
+            # build hosts make stage times incomparable without it.
+            self.result.setdefault("loadavg_1min_at_stage_end", {})[name] = \
+                round(os.getloadavg()[0], 2)
             log(f"=== stage {name} done in {self.timings[name]} s")
 
     def chroot(self, *cmd, check=True, capture=False, env_extra=None):
@@ -278,14 +362,39 @@ class Builder:
         if not self.ansible:
             raise BuildError("ansible-playbook not found (pip install ansible in the venv "
                              "that runs build.py; tools/ci/image.sh does this).")
+        self.check_ansible_core()
         log(f"building {self.name} (profile {self.prof['name']}, mirror {self.prof['mirror']}, "
             f"{free_gib:.0f} GiB free)")
 
-    def bootstrap(self):
+    def check_ansible_core(self):
+        """The roles run under the ansible-core the playbooks pin, or not at all:
+        two versions once broke image builds that deploy runs never saw."""
+        req = os.path.join(REPO, "tools", "deploy", "requirements.txt")
+        with open(req) as f:
+            m = re.search(r"^ansible-core==(\S+)", f.read(), re.M)
+        if not m:
+            return
+        res = run([self.ansible, "--version"], capture=True, check=False)
+        have = re.search(r"\[core ([^\]]+)\]", res.stdout or "")
+        have = have.group(1) if have else "unknown"
+        if have != m.group(1):
+            raise BuildError(
+                f"{self.ansible} is ansible-core {have}; the playbooks and image builds use "
+                f"{m.group(1)} ({os.path.relpath(req, REPO)}): pip install -c "
+                f"{req} ansible-core ansible")
+        self.result["ansible_core"] = have
+
+    def debootstrap_cache(self):
+        """(download tarball, bootstrapped tree tar) of this profile in the cache."""
         p = self.prof
         key = "-".join([p["suite"], p["arch"], p["variant"]] + sorted(p["debootstrap_include"]))
         digest = hashlib.sha256((key + p["mirror"]).encode()).hexdigest()[:12]
         tarball = os.path.join(self.cache, f"debootstrap-{p['suite']}-{p['arch']}-{digest}.tgz")
+        return tarball, tarball[:-len(".tgz")] + "-rootfs.tar"
+
+    def bootstrap(self):
+        p = self.prof
+        tarball, rootfs_cache = self.debootstrap_cache()
         os.makedirs(self.cache, exist_ok=True)
         common = [f"--arch={p['arch']}", f"--variant={p['variant']}",
                   "--components=" + ",".join(p["components"]),
@@ -301,7 +410,6 @@ class Builder:
             self.result["debootstrap_cache"] = "hit"
         self.fresh_root()
         # The bootstrapped tree (second stage under emulation: ~4 min) is cached too.
-        rootfs_cache = tarball[:-len(".tgz")] + "-rootfs.tar"
         if os.path.exists(rootfs_cache) and not self.args.no_rootfs_cache:
             self.load_tree(rootfs_cache)
             self.result["rootfs_cache"] = "hit"
@@ -471,11 +579,7 @@ class Builder:
             "DEBIAN_FRONTEND": "noninteractive",
         })
         extra = ["-e", "@" + os.path.join(HERE, "image-vars.yml"),
-                 "-e", json.dumps({
-                     "mec_conpaas_package_controller_python": wrapper,
-                     "mec_conpaas_package_wheelhouse_controller": wheelhouse,
-                     "mec_conpaas_package_source": REPO,
-                     "first_boot_node_agent_required": "mec_conpaas_node" in roles})]
+                 "-e", json.dumps(self.role_vars())]
         for ev in self.args.extra_vars or []:
             extra += ["-e", ev]
         if tags:
@@ -516,30 +620,113 @@ class Builder:
             except OSError as e:
                 log(f"package layer cache off: cannot read {url} ({e})")
                 return None
-        # What the tagged tasks install: the variables and metadata of the roles this
-        # profile applies (with their dependencies) and every task file of theirs
-        # holding a 'packages' task.
+        # What the tagged tasks install: those task files, the templates they
+        # write and the values of the variables they read (closed over the
+        # variables those values read in turn).  A role variable no package task
+        # reads leaves the key alone: changing it rebuilds from the layer.
+        for label, data in self.package_inputs():
+            add(label, data)
+        add("roles", json.dumps(p["roles"]))
+        return h.hexdigest()[:16]
+
+    def role_vars(self):
+        """Extra variables every ansible-playbook run of this build gets (besides
+        image-vars.yml and -e): the cross-wheel wrapper and the wheelhouse."""
+        pdir = os.path.join(self.bdir, "ansible")
+        return {
+            "mec_conpaas_package_controller_python": os.path.join(pdir, "cross-wheel-python"),
+            "mec_conpaas_package_wheelhouse_controller": os.path.join(self.bdir, "wheelhouse"),
+            "mec_conpaas_package_source": REPO,
+            "first_boot_node_agent_required": "mec_conpaas_node" in self.prof["roles"],
+        }
+
+    def package_inputs(self):
+        """(label, bytes) of every input of the 'packages' tasks, in a stable order.
+
+        Variables are found by name: every identifier inside a Jinja block or a
+        bare conditional (``when``) of a tagged task, of the import that pulls
+        its file in, or of a role dependency's parameters; each definition of
+        such a name (role defaults/vars, image-vars.yml, -e, the builder's own)
+        is an input, and so are the names its value reads.  Over-approximate
+        (a filter name that is also a variable counts) but never misses a
+        variable a package task can see through these sources.
+        """
+        yaml = _yaml()
         roles_dir = os.path.join(REPO, "roles")
+        defs = {}  # name -> [(source, value)]
+
+        def define(source, mapping):
+            for k, v in (mapping or {}).items():
+                defs.setdefault(k, []).append((source, v))
+
+        out, need = [], set()
         for role in self.applied_roles():
-            for sub in ("defaults", "vars", "meta", "tasks"):
+            for sub in ("defaults", "vars"):
                 d = os.path.join(roles_dir, role, sub)
                 for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-                    path = os.path.join(d, name)
-                    data = open(path, "rb").read()
-                    if sub != "tasks" or re.search(rb"tags:.*\bpackages\b", data):
-                        add(os.path.relpath(path, REPO), data)
-        add("image-vars", open(os.path.join(HERE, "image-vars.yml"), "rb").read())
-        add("roles", json.dumps(p["roles"]))
-        add("extra_vars", json.dumps(self.args.extra_vars or []))
-        return h.hexdigest()[:16]
+                    with open(os.path.join(d, name)) as f:
+                        define(f"{role}/{sub}/{name}", yaml.safe_load(f))
+            meta = os.path.join(roles_dir, role, "meta", "main.yml")
+            if os.path.exists(meta):
+                with open(meta) as f:
+                    deps = (yaml.safe_load(f) or {}).get("dependencies") or []
+                out.append((f"{role}/meta/dependencies", json.dumps(deps, sort_keys=True)))
+                need |= _jinja_names(deps)
+            tdir = os.path.join(roles_dir, role, "tasks")
+            tagged = []
+            for name in sorted(os.listdir(tdir)) if os.path.isdir(tdir) else []:
+                path = os.path.join(tdir, name)
+                with open(path, "rb") as f:
+                    data = f.read()
+                tasks = [t for t in _tasks(yaml.safe_load(data)) if "packages" in _tags(t)]
+                if not tasks:
+                    continue
+                tagged.append(name)
+                out.append((os.path.relpath(path, REPO), data))
+                for t in tasks:
+                    need |= _jinja_names(t) | _bare_names(t)
+                    args = next((v for k, v in t.items() if k.endswith(".template")
+                                 or k == "template"), None)
+                    src = args.get("src") if isinstance(args, dict) else None
+                    if src:
+                        tpl = os.path.join(roles_dir, role, "templates", src)
+                        with open(tpl, "rb") as f:
+                            tdata = f.read()
+                        out.append((os.path.relpath(tpl, REPO), tdata))
+                        need |= _jinja_names(tdata.decode())
+            # The import statements that pull the tagged files in (their 'when').
+            for path in sorted(os.listdir(tdir)) if os.path.isdir(tdir) else []:
+                with open(os.path.join(tdir, path)) as f:
+                    for t in _tasks(yaml.safe_load(f)):
+                        imp = next((v for k, v in t.items() if k.endswith("import_tasks")
+                                    or k.endswith("include_tasks")), None)
+                        if imp in tagged:
+                            out.append((f"{role}/tasks/{path}:{imp}",
+                                        json.dumps(t, sort_keys=True, default=str)))
+                            need |= _jinja_names(t) | _bare_names(t)
+        with open(os.path.join(HERE, "image-vars.yml")) as f:
+            define("image-vars.yml", yaml.safe_load(f))
+        define("play", {"mec_conpaas_image_build": True})
+        define("builder", self.role_vars())
+        for i, ev in enumerate(self.args.extra_vars or []):
+            define(f"-e #{i}", _extra_vars(ev, yaml))
+        seen, values = set(), []
+        while need:
+            name = need.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for source, value in defs.get(name, []):
+                values.append((f"var {name} from {source}",
+                               json.dumps(value, sort_keys=True, default=str)))
+                need |= _jinja_names(value)
+        # Sorted: the closure's order follows set iteration, which differs per process.
+        self.result["package_layer_vars"] = sorted(n for n in seen if n in defs)
+        return out + sorted(values)
 
     def applied_roles(self):
         """The profile's roles, first_boot and, transitively, their meta dependencies."""
-        try:
-            import yaml  # ansible's dependency
-        except ImportError:
-            raise BuildError("PyYAML is missing: run build.py with the python of the venv "
-                             "that has ansible (tools/ci/image.sh makes one)") from None
+        yaml = _yaml()
         todo, seen = self.prof["roles"] + ["first_boot"], set()
         while todo:
             role = todo.pop()
@@ -581,6 +768,40 @@ class Builder:
                            flags=re.M))
         self.write_fstab()
         shutil.copy("/etc/resolv.conf", f"{self.root}/etc/resolv.conf")
+
+    def service_image(self):
+        """Bake the node agent's base service image into the tree.
+
+        With a container backend the node agent overlays every instance on a
+        minbase Debian tree; on a deployed AP a oneshot unit debootstraps it
+        at first boot, which on a Pi means a mirror and many minutes before
+        the node can host anything.  The builder already has that tree (the
+        bootstrap stage's cached second stage, a superset of the base image's
+        packages), so it is unpacked into place on the host, no emulation.
+        """
+        conf = configparser.ConfigParser(interpolation=None, strict=False)
+        conf.read(f"{self.root}/etc/mec-conpaas/mec-conpaas.conf")
+        backend = conf.get("node_agent", "container_backend", fallback="none")
+        path = conf.get("node_agent", "base_image_path", fallback="")
+        if backend != "libvirt" or not path:
+            return
+        _, rootfs_cache = self.debootstrap_cache()
+        if not os.path.exists(rootfs_cache):
+            log(f"no {rootfs_cache}: the base service image is built at first boot")
+            self.result["service_image"] = "first boot"
+            return
+        sys.path.insert(0, REPO)
+        from mec_conpaas.edge import image as service_image
+        dest = self.root + path
+        tmp = dest + ".building"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        run(["tar", "-C", tmp, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "-xpf", rootfs_cache])
+        shutil.rmtree(dest, ignore_errors=True)
+        service_image.finish(tmp, dest, "image-builder: debootstrap minbase %s %s +%s" % (
+            self.prof["suite"], self.prof["mirror"], ",".join(self.prof["debootstrap_include"])))
+        self.result["service_image"] = path
 
     def finalize(self):
         r = self.root
@@ -889,6 +1110,7 @@ class Builder:
                         self.mount_chroot_fs()
             with self.stage("roles"):
                 self.roles()
+                self.service_image()
             with self.stage("finalize"):
                 self.finalize()
         finally:

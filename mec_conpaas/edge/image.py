@@ -47,6 +47,18 @@ def build(path=DEFAULT_DIR, mirror=None, log=print):
     if res.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError("debootstrap failed:\n" + res.stdout[-2000:] + res.stderr[-2000:])
+    finish(tmp, path, "debootstrap minbase bookworm %s +%s" % (mirror, ",".join(PACKAGES)))
+    log("base image ready in %.0f s" % (time.monotonic() - t0))
+    return path
+
+
+def finish(tmp, path, origin):
+    """Turn a bootstrapped Debian tree ``tmp`` into the base image at ``path``.
+
+    Shared with image-builder/build.py, which bakes the image into SD-card
+    images from its own cached debootstrap tree (a Pi must not need a mirror
+    and minutes of debootstrap before it can host anything).
+    """
     # Trim what a service never needs.
     for sub in ("var/cache/apt/archives", "usr/share/doc", "usr/share/man",
                 "usr/share/locale"):
@@ -55,7 +67,5 @@ def build(path=DEFAULT_DIR, mirror=None, log=print):
     for d in ("srv/app", "var/lib/service", "opt/mec-conpaas", "run/mec"):
         os.makedirs(os.path.join(tmp, d), exist_ok=True)
     with open(os.path.join(tmp, ".mec-conpaas-image"), "w") as f:
-        f.write("debootstrap minbase bookworm %s +%s\n" % (mirror, ",".join(PACKAGES)))
+        f.write(origin + "\n")
     os.replace(tmp, path)
-    log("base image ready in %.0f s" % (time.monotonic() - t0))
-    return path

@@ -20,11 +20,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
+from imagelib import SSH  # noqa: E402
 from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
 from imagelib import Manager  # noqa: E402
 from imagelib import Root  # noqa: E402
 from imagelib import find_image  # noqa: E402
+from imagelib import guest  # noqa: E402
 from imagelib import settings  # noqa: E402
 from imagelib import sh  # noqa: E402
 
@@ -129,7 +131,7 @@ def master(managers):
 
 
 @pytest.fixture(scope="session")
-def fleet(image, keypair, master):
+def fleet(request, image, keypair, master):
     """All boots start at once (each qemu is one more process sharing the CPUs):
     'good' (valid settings), 'malformed', 'missing' (no settings file).
     MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
@@ -143,7 +145,23 @@ def fleet(image, keypair, master):
             if name in wanted:
                 guests[name] = Guest(image, image.workdir, name, texts[name])
                 guests[name].start()
+        failed_before = request.session.testsfailed
         yield guests
+        if request.session.testsfailed > failed_before:
+            for g in guests.values():
+                if g.proc and g.proc.poll() is None:
+                    g.collect(key, "a test of this session failed")
     finally:
         for g in guests.values():
             g.stop()
+
+
+
+@pytest.fixture(scope="session")
+def booted(fleet, keypair):
+    """The 'good' guest once its boot has finished (or the test fails, naming
+    the jobs that hold it, with the console, units and journal kept)."""
+    g = guest(fleet, "good")
+    ssh = SSH(g, keypair[0])
+    ssh.wait_boot_finished()
+    return g, ssh

@@ -133,6 +133,8 @@ def needs_role(image, role):
 # same line (seen on the full image: "ap-test-1 login: [  172.05] Rounding down ...").
 LOGIN_PROMPT = r"login: ?(\[ *\d+\.\d+\].*)?$"
 BOOT_TIMEOUT = int(os.environ.get("MEC_CONPAAS_BOOT_TIMEOUT", "900"))
+# SSH answering to a finished boot (systemctl is-system-running --wait).
+BOOT_WAIT = 600
 GROW_MIB = 1024
 
 
@@ -205,6 +207,17 @@ class Manager:
         except urllib.error.HTTPError as e:
             return e.code, json.load(e)
 
+    def wait_node_up(self, name, timeout=300):
+        """The node's record once its agent registered and heartbeats (or the last seen)."""
+        deadline = time.monotonic() + timeout
+        node = None
+        while time.monotonic() < deadline:
+            node = self.node(name)
+            if node and node["state"] == "up":
+                break
+            time.sleep(3)
+        return node
+
     def node(self, name):
         status, body = self.get(f"/v1/nodes/{name}", self.admin_token)
         return body.get("node") if status == 200 else None
@@ -251,6 +264,7 @@ class Guest:
         self.console = os.path.join(self.dir, "console.log")
         self.ssh_port = free_port()
         self.proc = None
+        self.timings = {}  # seconds of what the tests measured on this guest
 
     def start(self):
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "1024",
@@ -286,6 +300,42 @@ class Guest:
         pytest.fail(f"{self.name}: {pattern!r} not on the console after "
                     f"{time.monotonic() - self.t0:.0f} s\n...{self.console_text()[-3000:]}")
 
+    def keep(self, name, files):
+        """Save ``{filename: text}`` under this guest's artifacts, in ``name``/."""
+        d = os.path.join(self.artifacts(), name)
+        os.makedirs(d, exist_ok=True)
+        for fn, text in files.items():
+            with open(os.path.join(d, fn), "w") as f:
+                f.write(text)
+
+    def artifacts(self):
+        d = os.path.join(artifacts_dir(), self.name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def collect(self, key, why):
+        """Keep what shows why a boot went wrong: the serial console, the failed
+        units, the pending jobs (what holds ``is-system-running``), the journal.
+        Returns the pending jobs (for the failure message)."""
+        d = self.artifacts()
+        with open(os.path.join(d, "why.txt"), "a") as f:
+            f.write(f"{time.monotonic() - self.t0:.0f} s after power-on: {why}\n")
+        if os.path.exists(self.console):
+            shutil.copy(self.console, os.path.join(d, "console.log"))
+        jobs = ""
+        ssh = SSH(self, key)
+        for name, cmd in DIAGNOSTICS:
+            try:
+                res = ssh.run(cmd, check=False, timeout=120)
+                out = res.stdout + res.stderr
+            except subprocess.TimeoutExpired:
+                out = f"(timed out: {cmd})"
+            with open(os.path.join(d, name), "w") as f:
+                f.write(out)
+            if name == "list-jobs.txt":
+                jobs = out
+        return jobs
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -294,10 +344,35 @@ class Guest:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        art = os.environ.get("MEC_CONPAAS_ARTIFACTS")
-        if art:
-            os.makedirs(art, exist_ok=True)
-            shutil.copy(self.console, os.path.join(art, f"console-{self.name}.log"))
+        if os.path.exists(self.console):
+            shutil.copy(self.console, os.path.join(self.artifacts(), "console.log"))
+        if self.timings:
+            with open(os.path.join(self.artifacts(), "timings.json"), "w") as f:
+                json.dump(self.timings, f, indent=1)
+
+
+# What Guest.collect keeps, one file each.
+DIAGNOSTICS = [
+    ("system-state.txt", "systemctl is-system-running; systemctl status --no-pager | head -n 20"),
+    ("failed.txt", "systemctl --failed --no-pager"),
+    ("list-jobs.txt", "systemctl list-jobs --no-pager"),
+    ("blame.txt", "systemd-analyze blame --no-pager | head -n 40"),
+    ("journal.txt", "sudo journalctl -b --no-pager -o short-monotonic"),
+]
+
+
+def guest(fleet, name):
+    if name not in fleet:
+        pytest.skip(f"boot {name!r} not selected (MEC_CONPAAS_BOOTS)")
+    return fleet[name]
+
+
+def artifacts_dir():
+    """$MEC_TEST_ARTIFACTS/image (the project's artifact root, default
+    /tmp/mec-test-artifacts; tools/ci/image.sh points it at its work dir)."""
+    root = os.environ.get("MEC_TEST_ARTIFACTS") or os.environ.get("MEC_CONPAAS_ARTIFACTS") \
+        or "/tmp/mec-test-artifacts"
+    return os.path.join(root, "image")
 
 
 class SSH:
@@ -312,6 +387,19 @@ class SSH:
         if check and res.returncode != 0:
             raise AssertionError(f"ssh {command!r} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
+
+    def wait_boot_finished(self):
+        """SSH answers, then ``is-system-running --wait`` returns; else the test
+        fails naming the jobs that hold the boot (artifacts kept)."""
+        self.wait()
+        try:
+            self.run("sudo systemctl is-system-running --wait", check=False, timeout=BOOT_WAIT)
+        except subprocess.TimeoutExpired:
+            g = self.guest
+            jobs = g.collect(self.key, f"boot not finished {BOOT_WAIT} s after SSH answered")
+            pytest.fail(f"boot not finished {BOOT_WAIT} s after SSH answered; pending jobs:\n"
+                        f"{jobs}\n(console, failed units, jobs, journal in {g.artifacts()})")
+        self.guest.timings["boot_finished_s"] = round(time.monotonic() - self.guest.t0, 1)
 
     def wait(self, timeout=BOOT_TIMEOUT):
         deadline = self.guest.t0 + timeout

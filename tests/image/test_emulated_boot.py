@@ -25,24 +25,10 @@ from imagelib import GROW_MIB
 from imagelib import LOGIN_PROMPT
 from imagelib import MIB
 from imagelib import SSH
+from imagelib import guest
 from imagelib import roles_in
 
 pytestmark = pytest.mark.emulated_boot
-
-def guest(fleet, name):
-    if name not in fleet:
-        pytest.skip(f"boot {name!r} not selected (MEC_CONPAAS_BOOTS)")
-    return fleet[name]
-
-
-@pytest.fixture(scope="module")
-def booted(fleet, keypair):
-    g = guest(fleet, "good")
-    ssh = SSH(g, keypair[0])
-    ssh.wait()
-    ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
-    return g, ssh
-
 
 def test_reaches_multi_user(booted):
     g, ssh = booted
@@ -133,13 +119,7 @@ def test_registers_with_master(image, booted, master):
         pytest.skip("profile without mec_conpaas_node: no node agent to register")
     assert ssh.run("systemctl is-enabled mec-conpaas-node-agent").stdout.strip() == "enabled"
     # The real manager lists the node once its agent registered and heartbeats.
-    deadline = time.monotonic() + 300
-    node = None
-    while time.monotonic() < deadline:
-        node = master.node("ap-test-1")
-        if node and node["state"] == "up":
-            break
-        time.sleep(3)
+    node = master.wait_node_up("ap-test-1")
     assert node and node["state"] == "up", (node, master.log()[-2000:])
     assert node["hostname"] == "ap-test-1"
     assert node["report"], "no resource report heartbeated by the node agent"
@@ -191,8 +171,7 @@ def test_malformed_settings_reported_and_nothing_half_applied(fleet, rootfs, key
     from the file was applied."""
     g = guest(fleet, "malformed")
     ssh = SSH(g, keypair[0])
-    ssh.wait()
-    ssh.run("sudo systemctl is-system-running --wait", check=False, timeout=600)
+    ssh.wait_boot_finished()
     props = ssh.run("systemctl show -p ActiveState -p Result mec-conpaas-firstboot").stdout
     assert "ActiveState=failed" in props, props
     errs = ssh.run("sudo journalctl -b -p err -t mec-conpaas-firstboot --no-pager").stdout

@@ -301,6 +301,22 @@ def test_node_agent_installed(image, rootfs):
     assert rootfs.exists("/etc/mec-conpaas/mec-conpaas.conf")
 
 
+def test_node_agent_can_host_with_base_image_on_the_card(image, rootfs):
+    """The lxc backend, and the base service image baked in (no debootstrap at
+    first boot): an arm64 Debian tree with the Python the service agent runs on."""
+    needs_role(image, "mec_conpaas_node")
+    import configparser
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(rootfs.read("/etc/mec-conpaas/mec-conpaas.conf"))
+    agent = conf["node_agent"]
+    assert agent["container_backend"] == "libvirt"
+    assert int(agent["max_instances"]) > 0
+    base = agent["base_image_path"]
+    assert rootfs.exists(f"{base}/.mec-conpaas-image")
+    assert rootfs.exists(f"{base}/usr/bin/python3") and rootfs.exists(f"{base}/etc/debian_version")
+    assert "libvirt-daemon-driver-lxc" in {p["package"] for p in image.manifest["packages"]}
+
+
 def test_initramfs_small_and_single(image, rootfs):
     kernel = image.manifest["kernel"]
     assert os.listdir(rootfs.p("/lib/modules")) == [kernel]

@@ -107,6 +107,7 @@ case "$BOOT" in
 esac
 mkdir -p "$TESTTMP"
 MEC_CONPAAS_IMAGE="$IMAGE" MEC_CONPAAS_IMAGE_REQUIRED=1 MEC_CONPAAS_TEST_TMP="$TESTTMP" \
+MEC_TEST_ARTIFACTS="${MEC_TEST_ARTIFACTS:-$ARTIFACTS}" \
 MEC_CONPAAS_ARTIFACTS="$ARTIFACTS" \
     "$VENV/bin/python" -m pytest -p no:cacheprovider -v -rs "$REPO/tests/image" "${SELECT[@]}"
 log "OK"
