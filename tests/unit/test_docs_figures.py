@@ -47,7 +47,7 @@ NUMBER_WITH_UNIT = re.compile(r"(?<![\w.,])(\d[\d,]*(?:\.\d+)?)(?:\s*-\s*[\d.,]+
                               + UNIT)
 TARGET = re.compile(r"(?:target:?\s*)?(?:<=|≤)\s*[\d.,]+\s*" + UNIT)
 TITLE_RULE = re.compile(r"^([=\-~^\"'`#*+])\1{2,}\s*$")
-PAIR = re.compile(r"^([A-Za-z0-9_.\-/\[\]]+?)(?:([/*])([0-9.e+]+))?=(-?[\d,]+(?:\.\d+)?)$")
+PAIR = re.compile(r"^([A-Za-z0-9_.+\-/\[\]]+?)(?:([/*])([0-9.e+]+))?=(-?[\d,]+(?:\.\d+)?)$")
 
 
 class Block:
