@@ -319,9 +319,11 @@ class Edge:
             # Joins with the node token; its networks are the topology's
             # (recorded by the allocator), routes to nodes that join later
             # come from the manager (edge/network.py routes the topology's).
-            "join": {"identity": "edge:" + ap, "networks": "fixed",
-                     "client_network": spec["client_network"],
-                     "manage_routes": "true"},
+            "join": dict({"identity": "edge:" + ap, "networks": "fixed",
+                          "manage_routes": "true"},
+                         # A cloud node has no Wi-Fi side.
+                         **({"client_network": spec["client_network"]}
+                            if spec.get("client_network") else {})),
             "capacity": topology_mod.capacity(spec),
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
