@@ -24,6 +24,18 @@ it, new connections wait unanswered.
 Possible values:
 * the number of nodes plus clients, with a margin.
 """),
+    cfg.BoolOpt("use_poll", default=False,
+                help="""
+Have the API server wait on its sockets with poll() instead of select().
+select() stops the server at file descriptor 1,024 (about a thousand node
+agents' connections); poll() does not, but waitress's poll loop is its less
+used path: with it the manager once left silently after a restart in the
+functional tests (not explained; session 6), so it is off unless needed.
+
+Possible values:
+* false: select(), for up to several hundred nodes;
+* true: poll(), for about a thousand nodes and more (bench/scale.py).
+"""),
     cfg.URIOpt("public_url",
                help="""
 URL clients and node agents use to reach the manager.

@@ -132,7 +132,7 @@ class Manager:
         waitress.serve(app_mod.create_app(self), host=opts.bind_host,
                        port=opts.bind_port, threads=opts.threads, ident=None,
                        connection_limit=opts.connection_limit,
-                       # poll(), not select(): select stops the server at
-                       # file descriptor 1024 (about a thousand node agents).
-                       asyncore_use_poll=True,
+                       # poll() where select() would stop the server at file
+                       # descriptor 1024 (about a thousand node agents).
+                       asyncore_use_poll=opts.use_poll,
                        channel_timeout=300)
