@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mec_conpaas.cli import client as client_mod  # noqa: E402
 from mec_conpaas.edge import cluster  # noqa: E402
+from mec_conpaas.edge import slots  # noqa: E402
 from mec_conpaas.manager import topology as topology_mod  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -35,7 +36,8 @@ def machine():
 class BenchEdge:
     def __init__(self, prefix, port, node_agent_opts=None, **manager_opts):
         self.state = tempfile.mkdtemp(prefix="mec-bench-")
-        self.edge = cluster.Edge(self.state, ISOLATED, prefix=prefix,
+        prefix, port, topology = slots.apply(prefix, port, ISOLATED, self.state)
+        self.edge = cluster.Edge(self.state, topology, prefix=prefix,
                                  manager_port=port, manager_opts=manager_opts,
                                  node_agent_opts=node_agent_opts,
                                  log=lambda m: print("edge:", m, file=sys.stderr),

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MEC_FLINK=1 tools/install-deps.sh
 .venv/bin/mec-conpaas-edge build-image --flink
-exec flock /tmp/mec-functional.lock .venv/bin/pytest -p no:cacheprovider -x \
+exec tools/with-edge-slot .venv/bin/pytest -p no:cacheprovider -x \
     --durations=5 tests/functional/test_flink.py "$@"

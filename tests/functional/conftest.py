@@ -16,6 +16,7 @@ import pytest
 
 from mec_conpaas.cli import client as client_mod
 from mec_conpaas.edge import cluster
+from mec_conpaas.edge import slots
 from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: F401
 from mec_conpaas.manager import topology as topology_mod
 
@@ -43,8 +44,9 @@ def enrollment_file(state):
 @pytest.fixture(scope="session")
 def edge():
     state = tempfile.mkdtemp(prefix="mec-edge-test-")
-    e = cluster.Edge(state, ISOLATED, prefix=PREFIX,
-                     manager_port=9690, manager_opts={
+    prefix, port, topology = slots.apply(PREFIX, 9690, ISOLATED, state)
+    e = cluster.Edge(state, topology, prefix=prefix,
+                     manager_port=port, manager_opts={
                          "max_bundle_size": 1024 * 1024,
                          "node_heartbeat_timeout": 6,
                          "health_timeout": 30,
@@ -62,7 +64,7 @@ def edge():
     e.down()
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True,
                                text=True).stdout
-    assert PREFIX not in leftovers, "namespaces left behind: " + leftovers
+    assert prefix not in leftovers, "namespaces left behind: " + leftovers
     # Isolation tables live in the access points' namespaces only.
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
                             text=True).stdout

@@ -16,6 +16,7 @@ import pytest
 
 from mec_conpaas.edge import cluster
 from mec_conpaas.edge import loadgen
+from mec_conpaas.edge import slots
 from mec_conpaas.manager import topology as topology_mod
 from tests.functional.conftest import Load
 from tests.functional.conftest import wait_op
@@ -27,7 +28,8 @@ PREFIX = "mcc-"
 @pytest.fixture(scope="module")
 def cloud_edge():
     state = tempfile.mkdtemp(prefix="mec-edge-cloud-")
-    e = cluster.Edge(state, CLOUD, prefix=PREFIX, manager_port=9695, manager_opts={
+    prefix, port, topology = slots.apply(PREFIX, 9695, CLOUD, state)
+    e = cluster.Edge(state, topology, prefix=prefix, manager_port=port, manager_opts={
         "node_heartbeat_timeout": 6, "health_timeout": 30, "node_lost_grace": 0},
         log=lambda m: print("cloud edge:", m), user_credentials=False)
     e.up()
@@ -38,7 +40,7 @@ def cloud_edge():
         subprocess.run(["rm", "-rf", state])
         left = subprocess.run(["ip", "netns", "list"], capture_output=True,
                               text=True).stdout
-        assert PREFIX not in left, "namespaces left behind: " + left
+        assert prefix not in left, "namespaces left behind: " + left
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_offload_to_the_cloud_and_return(cloud_edge, cloud_admin):
     assert nodes["cloud-1"]["max_instances"] > nodes["ap-1"]["max_instances"]
     # No Wi-Fi user on the cloud node; its link carries the backbone latency.
     assert cloud_edge.net.wifi_aps() == ["ap-1", "ap-2", "ap-3"]
-    users = [n for n in cloud_edge.net.existing_netns() if n.startswith(PREFIX + "cl-")]
+    users = [n for n in cloud_edge.net.existing_netns() if n.startswith(cloud_edge.prefix + "cl-")]
     assert len(users) == 3, users
     # Fill every access point (2 slots each): the cloud, emptier, gets none.
     for ap in ("ap-1", "ap-2", "ap-3"):
