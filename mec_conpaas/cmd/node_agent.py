@@ -2,10 +2,14 @@
 import os
 import sys
 
-from oslo_config import cfg
+from mec_conpaas import lazyimport
 
-from mec_conpaas import conf as conf_mod
-from mec_conpaas.cmd import setup_logging
+lazyimport.defer("stevedore")  # before oslo.config: see lazyimport
+
+from oslo_config import cfg  # noqa: E402
+
+from mec_conpaas import conf as conf_mod  # noqa: E402
+from mec_conpaas.cmd import setup_logging  # noqa: E402
 
 cli_opts = [
     cfg.BoolOpt("write-haproxy-config", default=False,
