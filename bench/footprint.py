@@ -28,8 +28,6 @@ AGENT_PORT = 9681  # [node_agent] bind_port's default, as the edge runs it
 
 STEPS = [
     ("interpreter (site)", None),
-    # What mec-conpaas-node-agent imports first (its stevedore placeholder).
-    ("entry point (stevedore deferred)", "mec_conpaas.cmd.node_agent"),
     ("oslo.config", "oslo_config.cfg"),
     ("mec_conpaas.conf", "mec_conpaas.conf"),
     ("agent modules", "mec_conpaas.agents.node.agent"),

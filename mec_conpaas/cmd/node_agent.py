@@ -2,14 +2,10 @@
 import os
 import sys
 
-from mec_conpaas import lazyimport
+from oslo_config import cfg
 
-lazyimport.defer("stevedore")  # before oslo.config: see lazyimport
-
-from oslo_config import cfg  # noqa: E402
-
-from mec_conpaas import conf as conf_mod  # noqa: E402
-from mec_conpaas.cmd import setup_logging  # noqa: E402
+from mec_conpaas import conf as conf_mod
+from mec_conpaas.cmd import setup_logging
 
 cli_opts = [
     cfg.BoolOpt("write-haproxy-config", default=False,

@@ -106,22 +106,3 @@ def test_package_data_ships_every_non_python_file():
     assert data, "git ls-files found nothing: run the tests from a checkout"
     missing = [f for f in data if not any(fnmatch.fnmatch(f, p) for p in patterns)]
     assert not missing, "add to [options.package_data] in setup.cfg: %s" % missing
-
-
-def test_the_node_agent_defers_stevedore_until_a_config_source_needs_it():
-    """The agent's entry point keeps importlib.metadata (via stevedore, ~9 MB
-    resident) out of the process; oslo.config still finds stevedore when a
-    config source is used."""
-    import subprocess
-    import sys
-    probe = ("import sys\n"
-             "from mec_conpaas.cmd import node_agent\n"
-             "from mec_conpaas import conf as conf_mod\n"
-             "conf_mod.CONF.register_cli_opts(node_agent.cli_opts)\n"
-             "conf_mod.parse_args([], prog='probe')\n"
-             "assert 'importlib.metadata' not in sys.modules, 'loaded at start'\n"
-             "import stevedore\n"
-             "assert stevedore.ExtensionManager.__name__ == 'ExtensionManager'\n"
-             "assert 'importlib.metadata' in sys.modules\n")
-    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
