@@ -25,12 +25,10 @@ emulated AP and restored on another (``podman container checkpoint
 cannot run here is reported with its error.
 """
 import argparse
-import io
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -43,53 +41,6 @@ from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: E402
 
 GAP_ABOVE_FLOOR_MS = 30
 MODELS = {"per_request": False, "keep_alive": True}
-
-# The sample counter, plus a journal line per request: state that keeps
-# changing while it is copied.
-STATE_APP = '''\
-import fcntl
-import json
-import os
-import time
-
-DIR = os.environ.get("MEC_STATE_DIR", "/var/lib/service")
-
-
-def application(environ, start_response):
-    if environ.get("HTTP_X_MEC_HEALTH") or environ["PATH_INFO"] == "/health":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok"]
-    with open(os.path.join(DIR, "hits.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with open(os.path.join(DIR, "hits")) as f:
-                hits = int(f.read() or 0)
-        except (OSError, ValueError):
-            hits = 0
-        hits += 1
-        with open(os.path.join(DIR, "hits.tmp"), "w") as f:
-            f.write(str(hits))
-        os.replace(os.path.join(DIR, "hits.tmp"), os.path.join(DIR, "hits"))
-        with open(os.path.join(DIR, "journal"), "a") as f:
-            f.write("%d %.6f %s\\n" % (hits, time.time(), "x" * 1000))
-    body = json.dumps({"hits": hits, "instance": os.environ.get("MY_IP")}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
-'''
-RESTORE = "#!/bin/sh\n# Reads its state at every request: nothing to reload.\nexit 0\n"
-
-
-def state_bundle(path):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text, mode in (("wsgi.py", STATE_APP, 0o644),
-                                 ("restore.sh", RESTORE, 0o755)):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
 
 def fill_state(edge, ap, instance_id, mb):
     """``mb`` files of 1 MB of random bytes in the instance's state
@@ -204,7 +155,7 @@ def sweep_run(b, sizes, floor):
     """Per state size: two migrations (ap-1 -> ap-3 under the per-request
     user, back under the keep-alive one)."""
     c, edge = b.client, b.edge
-    bundle = state_bundle(tempfile.mktemp(suffix=".tar.gz"))
+    bundle = loadgen.journal_bundle(tempfile.mktemp(suffix=".tar.gz"))
     out = []
     try:
         for mb in sizes:
@@ -260,7 +211,8 @@ def main():
         status = b.edge.status()
         window, during, floor = window_run(b, count)
         sweep = sweep_run(b, sizes, floor) if sizes else []
-        peer_results = {name: peers.migrate(name, b, STATE_APP, MODELS, during_floor=floor)
+        peer_results = {name: peers.migrate(name, b, loadgen.JOURNAL_APP, MODELS,
+                                            during_floor=floor)
                         for name in wanted_peers}
     per_req = window["models"]["per_request"]
     summary = dict(

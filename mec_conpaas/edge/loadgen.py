@@ -271,6 +271,56 @@ def summarize(results):
                               if not r["ok"]})[:5]}
 
 
+# The sample counter, plus a journal line per request: state that keeps
+# changing while a migration copies it (bench/migrate.py, test_migrate*).
+JOURNAL_APP = '''\
+import fcntl
+import json
+import os
+import time
+
+DIR = os.environ.get("MEC_STATE_DIR", "/var/lib/service")
+
+
+def application(environ, start_response):
+    if environ.get("HTTP_X_MEC_HEALTH") or environ["PATH_INFO"] == "/health":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    with open(os.path.join(DIR, "hits.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(os.path.join(DIR, "hits")) as f:
+                hits = int(f.read() or 0)
+        except (OSError, ValueError):
+            hits = 0
+        hits += 1
+        with open(os.path.join(DIR, "hits.tmp"), "w") as f:
+            f.write(str(hits))
+        os.replace(os.path.join(DIR, "hits.tmp"), os.path.join(DIR, "hits"))
+        with open(os.path.join(DIR, "journal"), "a") as f:
+            f.write("%d %.6f %s\\n" % (hits, time.time(), "x" * 1000))
+    body = json.dumps({"hits": hits, "instance": os.environ.get("MY_IP")}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+JOURNAL_RESTORE = ("#!/bin/sh\n# Reads its state at every request: nothing to "
+                   "reload.\nexit 0\n")
+
+
+def journal_bundle(path):
+    """A web bundle of JOURNAL_APP, with a restore.sh (it takes a migrated
+    state up without a restart)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text, mode in (("wsgi.py", JOURNAL_APP, 0o644),
+                                 ("restore.sh", JOURNAL_RESTORE, 0o755)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 SLOW_APP = '''\
 """A web app with {workers} worker slots: each request holds one for
 {hold} s ({how}); more requests at once wait for a slot."""

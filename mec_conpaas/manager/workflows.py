@@ -383,12 +383,12 @@ class MigrateService(Workflow):
         # critical window, and started again once the final delta is in.
         mode = self.cluster.agent_call(new_agent, "/restore",
                                        {"phase": "prepare"})["mode"]
-        # No pre-copy rounds here yet: a pull compares the source with the
-        # target's own files, so a second round overwrote what the target's
-        # app had written since its start (test_roles_master_ip_and_cleanup:
-        # its address file).  Rounds need a base of the last pulled
-        # manifest, as the final push has (see _precopy).
-        precopy = []
+        # Pre-copy rounds while the source still serves: what it wrote
+        # since the bulk copy, so that the frozen delta stays small.  Each
+        # round is a delta against the manifest the target pulled last
+        # (statesync), never against the target's own files, which its app
+        # has written since its start (its address file).
+        precopy = self._precopy(old_ref, old_id, to_ref, new_id)
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
         # for this service wait.  Network round trips, and the app taking
@@ -433,12 +433,13 @@ class MigrateService(Workflow):
     def _precopy(self, old_ref, old_id, to_ref, new_id):
         """Delta rounds while the source serves, until one moves at most
         ``PRECOPY_SMALL`` bytes (or ``PRECOPY_ROUNDS`` ran): what each
-        round copied, for the window's record.  Not called: see _move."""
+        round copied, for the window's record."""
         rounds = []
         for _ in range(PRECOPY_ROUNDS):
             t0 = time.monotonic()
             res = self.driver.copy_state(old_ref, old_id, to_ref, new_id) or {}
             rounds.append({"files": res.get("files"), "bytes": res.get("bytes"),
+                           "round": res.get("round"),
                            "ms": round(1000 * (time.monotonic() - t0), 1)})
             if (res.get("bytes") or 0) <= PRECOPY_SMALL:
                 break

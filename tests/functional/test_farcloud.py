@@ -5,6 +5,19 @@ with no failed request.
 Its own edge (the default address plan, 10.240-10.242, beside the session's
 isolated one; prefix ``mcc-``) with edge-topology-cloud.yaml: three access
 points of two slots and a cloud node 30 ms behind ap-1.
+
+The user's rate is a quarter of what the path to the cloud can carry.
+HAProxy gives one instance at most ``instance_maxconn`` (4) requests at
+once, and with ``http-server-close`` each request holds its slot for two
+round trips to the cloud (connect, then request and answer): 4 x 34 ms one
+way from ap-3, 136 ms before the app does anything, so at most 29
+requests/s however fast the app.  The user once sent 50/s: the backend's
+queue grew while the service was on the cloud, and the requests queued
+longer than the user's 5 s timed out (HAProxy's log: the queue time
+``Tw`` growing by the second, all before the freeze; session 6's
+"requests around the move time out", 9 of 443).  That is the far tier's
+capacity, not the move; what is judged here is that no request fails
+across the move.
 """
 import os
 import statistics
@@ -14,10 +27,12 @@ import time
 
 import pytest
 
+from mec_conpaas.conf import manager as manager_conf
 from mec_conpaas.edge import cluster
 from mec_conpaas.edge import loadgen
 from mec_conpaas.edge import slots
 from mec_conpaas.manager import topology as topology_mod
+from mec_conpaas.policies import placement
 from tests.functional.conftest import Load
 from tests.functional.conftest import wait_op
 
@@ -50,6 +65,15 @@ def cloud_admin(cloud_edge):
     return client_mod.Client(cloud_edge.manager_url(), token)
 
 
+def _user_interval():
+    """Seconds between the user's requests: a quarter of the far path's
+    capacity (see the module docstring)."""
+    one_way_ms = placement.distances(topology_mod.load(CLOUD), ["ap-3", "cloud-1"])[
+        "ap-3"]["cloud-1"]
+    maxconn = {o.name: o.default for o in manager_conf.manager_opts}["instance_maxconn"]
+    return 4 * (4 * one_way_ms / 1000.0) / maxconn
+
+
 def _nodes(svc):
     return sorted(i["node"] for i in svc["instances"] if i["state"] == "ACTIVE")
 
@@ -69,7 +93,7 @@ def test_offload_to_the_cloud_and_return(cloud_edge, cloud_admin):
     wait_op(c, c.create_service("web", "roam"))
     svc = c.service("roam")
     assert svc["home_node"] == "cloud-1" and _nodes(svc) == ["cloud-1"]
-    load = Load(cloud_edge, "ap-3", svc["port"], interval=0.02)
+    load = Load(cloud_edge, "ap-3", svc["port"], interval=_user_interval())
     try:
         time.sleep(2)
         t_free = time.monotonic()
@@ -88,24 +112,25 @@ def test_offload_to_the_cloud_and_return(cloud_edge, cloud_admin):
     summary = loadgen.summarize(results)
     print("offload-and-return: back %.1f s after the slot freed; %s" % (
         returned_after, summary))
-    assert summary["requests"] > 100, summary
-    if summary["failed"] and set(summary["failures_by_kind"]) == {"timeout"}:
-        # A known defect, not yet fixed (session 6, 1 run in 4): requests around
-        # the move time out.  Suspected, not verified: held by the frozen source
-        # when it is destroyed, they get no reset and the user waits out its
-        # timeout (the chaos test's "rule 4" failures look the same).
-        # Any other kind of failure, or none of this kind, is judged below.
-        pytest.xfail("known: %d request(s) around the move timed out: "
-                     "%s" % (summary["failed"], summary))
+    ops = [o for o in c.operations() if o["service"] == "roam"]
+    window = [w for o in ops if o["kind"] == "migrate" for w in o["windows"]][-1]
+    # Requests crossed the move: one was in flight when the source froze
+    # (each holds two round trips to the cloud, longer than the interval).
+    across = [r for r in results if r["start"] <= window["at_freeze"] <= r["end"]
+              or window["at_freeze"] <= r["start"] <= window["at_switch"]]
+    print("offload-and-return: %d request(s) in flight at the freeze or sent "
+          "before the switch; window %s" % (len(across), window))
+    assert across, (window, summary)
+    assert summary["requests"] > 50, summary
     assert summary["failed"] == 0, summary
     # The user on ap-3 sees the move: the cloud is 30 ms + 2 x 2 ms away
     # each way, its own access point no backbone hop at all.
     cloud_ms = [1000 * (r["end"] - r["start"]) for r in results
                 if r["start"] < t_free]
-    edge_ms = [1000 * (r["end"] - r["start"]) for r in results[-20:]]
+    edge_ms = [1000 * (r["end"] - r["start"]) for r in results
+               if r["start"] > window["at_switch"]]
     assert statistics.median(cloud_ms) > statistics.median(edge_ms) + 40, (
         statistics.median(cloud_ms), statistics.median(edge_ms))
-    ops = [o for o in c.operations() if o["service"] == "roam"]
     # The manager's own migration, make-before-break, from the cloud node.
     assert [(o["kind"], o["state"], o["params"].get("source"), o["params"].get("to"))
             for o in ops if o["kind"] == "migrate"] == [

@@ -53,6 +53,9 @@ def test_in_memory_counter_continues_across_ten_migrations(tmp_path, edge, admin
     finally:
         results = load.stop()
     summary = loadgen.summarize(results)
+    # Each migration's timed steps, before any judgement: what to look at
+    # when requests failed.
+    print("memcounter windows: %s" % windows)
     assert summary["failed"] == 0, summary
     # A browser's connections: kept alive, and moved by HAProxy (it closes
     # the server side after each answer, so each request is routed afresh).

@@ -51,6 +51,49 @@ def test_delta_push_carries_its_manifest(tmp_path):
     assert sorted(os.listdir(dst)) == ["keep", "new"]
 
 
+def test_precopy_round_moves_the_sources_changes_and_keeps_the_targets(tmp_path):
+    """A round after the bulk copy compares against the manifest pulled
+    last: the source's new and changed files and its deletions move; the
+    files the target's app wrote since (its own address, a new file) stay,
+    and so does a file only the target has, which a comparison with the
+    target's files would delete."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for name in ("address", "journal", "old", "data"):
+        (src / name).write_text("source " + name)
+    pulls = statesync.Pulls(str(tmp_path / "pulls"))
+    assert pulls.last("new-id", "old-id") is None  # the bulk: compare files
+    bulk = statesync.manifest(str(src))
+    statesync.import_tar(str(dst), statesync.export_tar(
+        str(src), statesync.wanted(statesync.manifest(str(dst)), bulk)), bulk)
+    pulls.remember("new-id", "old-id", bulk)
+    # The target's app starts and writes; the source keeps serving.
+    (dst / "address").write_text("target address")
+    (dst / "pid").write_text("42")
+    (src / "journal").write_text("source journal, one more line")
+    (src / "old").unlink()
+    (src / "fresh").write_text("source fresh")
+    last = pulls.last("new-id", "old-id")
+    assert last == bulk and pulls.last("new-id", "another-source") is None
+    remote = statesync.manifest(str(src))
+    paths = statesync.wanted(last, remote)
+    assert paths == ["fresh", "journal"]
+    statesync.import_tar(str(dst), statesync.export_tar(str(src), paths), remote,
+                         base=last)
+    pulls.remember("new-id", "old-id", remote)
+    assert {p.name: p.read_text() for p in dst.iterdir()} == {
+        "address": "target address", "pid": "42", "data": "source data",
+        "journal": "source journal, one more line", "fresh": "source fresh"}
+    # A record that is not a manifest is refused, not used as a base.
+    (tmp_path / "pulls" / "new-id.json").write_text('{"source": "old-id", '
+                                                    '"manifest": {"a": "b"}}')
+    with pytest.raises(exception.BadRequest):
+        pulls.last("new-id", "old-id")
+    pulls.forget("new-id")
+    assert pulls.last("new-id", "old-id") is None
+
+
 def test_links_are_copied_as_links_never_followed(tmp_path):
     """A tenant's state with a link to /etc and a linked directory: the
     source reads nothing through them, the target writes nothing through

@@ -131,6 +131,7 @@ class NodeAgent:
         self.stop = threading.Event()
         self.proxy_lock = threading.Lock()
         self.served_manifests = {}
+        self.pulls = statesync.Pulls(os.path.join(conf.state_path, "pulls"))
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
         self._metrics = None  # the Prometheus registry, made at the first scrape
         self._metrics_lock = threading.Lock()
@@ -382,6 +383,7 @@ class NodeAgent:
 
     def delete_instance(self, body, iid):
         self._need_containers().delete(iid)
+        self.pulls.forget(iid)
         self.isolation.apply()
         return {"deleted": iid}
 
@@ -395,14 +397,19 @@ class NodeAgent:
 
     def pull_state(self, body, iid):
         """Copy a peer instance's state directory into this one (a bulk or
-        pre-copy round: the source keeps serving).  The files come in
+        pre-copy round: the source keeps serving).  The first pull compares
+        the source with this instance's files; later ones (pre-copy rounds)
+        with the manifest pulled last, so that what this instance's app
+        wrote meanwhile is not overwritten (statesync).  The files come in
         batches of about ``PULL_BATCH`` bytes, so a 1 GB state directory
         never sits whole in either agent's memory."""
         src = _peer(body, "source")
         dest = self._need_containers().state_dir(iid)
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
         remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
-        paths = statesync.wanted(statesync.manifest(dest), remote)
+        last = self.pulls.last(iid, src["instance_id"])
+        paths = statesync.wanted(statesync.manifest(dest) if last is None else last,
+                                 remote)
         batches = statesync.batches(paths, remote, PULL_BATCH) or [[]]
         nbytes = 0
         for n, batch in enumerate(batches, 1):
@@ -412,8 +419,10 @@ class NodeAgent:
             with _background():
                 nbytes += statesync.import_tar(
                     dest, data, remote, tree=n == len(batches),
-                    owner=self.containers.root_ids(iid))
-        return {"files": len(paths), "bytes": nbytes, "batches": len(batches)}
+                    owner=self.containers.root_ids(iid), base=last)
+        self.pulls.remember(iid, src["instance_id"], remote)
+        return {"files": len(paths), "bytes": nbytes, "batches": len(batches),
+                "round": "delta" if last is not None else "bulk"}
 
     def serve_manifest(self, body, iid):
         manifest = statesync.manifest(self._need_containers().state_dir(iid))

@@ -6,6 +6,16 @@ Both use the same steps: the target asks the source for a manifest, asks
 for a tar of the entries it lacks or that differ, and deletes what the
 source no longer has.
 
+Pre-copy rounds between the two (the source still serves, and its writes
+go on) compare the source's manifest with the one the target last pulled,
+not with the target's files: the target's app has been running since the
+bulk copy and may have written its own files (its address, a pid file),
+which a comparison with its files would overwrite with the source's
+older ones.  A round copies only what changed on the source since the
+last pull, and deletes only what the source deleted since then.  A file
+changed on both sides takes the source's version: the source's is the
+service's state, which users are still writing.
+
 The state directory belongs to the tenant, whose instance may change it
 while we copy, and both ends run as root: every path is walked through
 ``safefs``, so no link is followed on either side (in the manifest, the
@@ -130,11 +140,13 @@ def _checked_manifest(value):
     return value
 
 
-def import_tar(root, data, remote_manifest=None, tree=True, owner=None):
+def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=None):
     """Apply a tar made by ``export_tar`` to ``root``; with a manifest
     (passed or carried in the tar), files keep the source's mtimes to the
     nanosecond and, with ``tree``, the source's directories are created
-    and what the source no longer has is deleted.
+    and what the source no longer has is deleted: everything ``root``
+    holds outside the manifest, or, with ``base`` (the manifest of the
+    last pull), only what ``base`` had and the manifest no longer has.
 
     ``owner`` (uid, gid): what is written, and the directories on its way,
     is given to it as it is written.  Chowning the whole tree afterwards
@@ -178,7 +190,7 @@ def import_tar(root, data, remote_manifest=None, tree=True, owner=None):
                     _replace_file(parent, name, tar.extractfile(member),
                                   member.mode & 0o777, mtime_ns, owner)
         if remote_manifest is not None and tree:
-            _apply_tree(rootfd, remote_manifest, owner)
+            _apply_tree(rootfd, remote_manifest, owner, base)
     return len(data)
 
 
@@ -220,8 +232,9 @@ def _replace_file(parent, name, src, mode, mtime_ns, owner=None):
         raise
 
 
-def _apply_tree(rootfd, remote, owner=None):
-    """Directories (with their modes, and ``owner``) and deletions."""
+def _apply_tree(rootfd, remote, owner=None, base=None):
+    """Directories (with their modes, and ``owner``) and deletions (of what
+    is outside ``remote``, or with ``base``, of what left it since)."""
     for rel, meta in sorted(remote.items()):
         if meta[0] != "d":
             continue
@@ -235,11 +248,49 @@ def _apply_tree(rootfd, remote, owner=None):
                 if owner is not None:
                     os.fchown(fd, *owner)
                 os.fchmod(fd, int(meta[3]) & 0o777)
-    local = _manifest(rootfd)
-    for rel in sorted(set(local) - set(remote), key=len, reverse=True):
+    gone = set(_manifest(rootfd) if base is None else base) - set(remote)
+    for rel in sorted(gone, key=len, reverse=True):
         try:
             parent, name = safefs.parent_of(rootfd, rel)
         except (safefs.UnsafePath, FileNotFoundError, NotADirectoryError):
             continue  # its directory went first
         with safefs.closing(parent):
             safefs.remove(parent, name)
+
+
+class Pulls:
+    """The manifest each instance on this node last pulled, and from which
+    source instance: the base of the next pre-copy round.  Kept on disk
+    (one small JSON file per instance), so a node agent restarted between
+    two rounds still compares against what it pulled, not its own files."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def _path(self, instance_id):
+        return os.path.join(self.directory, instance_id + ".json")
+
+    def last(self, instance_id, source_id):
+        """The manifest last pulled from ``source_id``, or None (no pull
+        yet, or the last one was from another source)."""
+        try:
+            with open(self._path(instance_id)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("source") != source_id:
+            return None
+        return _checked_manifest(record.get("manifest"))
+
+    def remember(self, instance_id, source_id, pulled):
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        tmp = self._path(instance_id) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"source": source_id, "manifest": pulled}, f)
+        os.replace(tmp, self._path(instance_id))
+
+    def forget(self, instance_id):
+        try:
+            os.unlink(self._path(instance_id))
+        except FileNotFoundError:
+            pass
