@@ -29,6 +29,7 @@ class Cluster:
     def __init__(self, conf, driver):
         self.conf = conf
         self.driver = driver
+        self.started = models.utcnow()  # see is_up()
         self.topology = None
         if conf.manager.topology_file:
             self.topology = topology_mod.load(conf.manager.topology_file)
@@ -43,11 +44,27 @@ class Cluster:
         return models.utcnow() - datetime.timedelta(
             seconds=self.conf.manager.node_heartbeat_timeout)
 
+    def is_up(self, node, deadline=None):
+        """Whether ``node`` heartbeated within the timeout.
+
+        The manager's own downtime is not a node's silence: a node that was
+        up when the manager stopped counts as heard at the manager's start,
+        so it gets a full timeout to heartbeat again.  Without this, a
+        manager whose restart took longer than the timeout (a loaded Pi)
+        found every node down and failed the operations it resumed.  A node
+        already down stays down until it heartbeats.
+        """
+        deadline = deadline or self.heartbeat_deadline()
+        seen = node.last_heartbeat
+        if node.state == "up" and seen < self.started:
+            seen = self.started
+        return seen >= deadline
+
     def mark_down_nodes(self):
         with session_scope() as s:
+            deadline = self.heartbeat_deadline()
             for node in s.scalars(select(models.Node)):
-                state = "up" if node.last_heartbeat >= self.heartbeat_deadline() \
-                    else "down"
+                state = "up" if self.is_up(node, deadline) else "down"
                 if node.state != state:
                     LOG.warning("node %s is now %s", node.name, state)
                     node.state = state
@@ -56,7 +73,7 @@ class Cluster:
         nodes = list(session.scalars(select(models.Node).order_by(models.Node.name)))
         deadline = self.heartbeat_deadline()
         for n in nodes:
-            n.state = "up" if n.last_heartbeat >= deadline else "down"
+            n.state = "up" if self.is_up(n, deadline) else "down"
         return [n for n in nodes if n.state == "up"] if up_only else nodes
 
     @staticmethod

@@ -121,8 +121,7 @@ class Workflow:
                 return True
             node = s.scalar(select(models.Node).where(
                 models.Node.name == inst.node_name))
-            down = node is None or node.last_heartbeat < \
-                self.cluster.heartbeat_deadline()
+            down = node is None or not self.cluster.is_up(node)
             handle = inst.handle
             if down:
                 inst.state = "DELETING"

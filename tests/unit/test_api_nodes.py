@@ -193,8 +193,10 @@ def test_drain_refused_and_nothing_changed_when_busy_or_full(edge):
 def test_drain_of_a_down_node(edge):
     admin, _, _ = edge
     with db.session_scope() as s:
-        s.get(models.Node, "ap-3").last_heartbeat = models.utcnow() - \
-            datetime.timedelta(hours=1)
+        node = s.get(models.Node, "ap-3")
+        # Silent for an hour: the monitor has marked it down.
+        node.last_heartbeat = models.utcnow() - datetime.timedelta(hours=1)
+        node.state = "down"
     # Empty: it is only disabled.
     status, body = admin("POST", "/v1/nodes/ap-3/drain")
     assert status == 200 and body["node"]["schedulable"] is False
@@ -232,3 +234,21 @@ def test_disabled_node_is_refused_as_a_target(edge):
     assert admin("POST", "/v1/nodes/ap-1/enable")[0] == 200
     assert alice("POST", "/v1/services/web/scale", json={"count": 2, "node": "ap-1"}
                  )[0] == 202
+
+
+def test_the_managers_downtime_is_not_a_nodes_silence():
+    """A node up when the manager stopped gets a full timeout after the
+    manager starts again; one already down stays down."""
+    import types
+    conf = types.SimpleNamespace(manager=types.SimpleNamespace(node_heartbeat_timeout=6))
+    cluster = cluster_mod.Cluster.__new__(cluster_mod.Cluster)
+    cluster.conf = conf
+    now = models.utcnow()
+    cluster.started = now
+    long_ago = now - datetime.timedelta(seconds=60)
+    was_up = types.SimpleNamespace(state="up", last_heartbeat=long_ago)
+    was_down = types.SimpleNamespace(state="down", last_heartbeat=long_ago)
+    assert cluster.is_up(was_up) and not cluster.is_up(was_down)
+    # A timeout after the start with no heartbeat: down.
+    cluster.started = now - datetime.timedelta(seconds=7)
+    assert not cluster.is_up(was_up)

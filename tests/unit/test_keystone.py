@@ -61,6 +61,13 @@ class Keystone:
         self.proc = subprocess.Popen(
             [python, os.path.join(ROOT, "tools", "keystone-local.py"), self.state,
              str(self.port), PASSWORD], stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # a keystone that never answered is not left running
+            raise
+
+    def _wait_ready(self):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "keystone died: see %s" % self.state
@@ -75,7 +82,11 @@ class Keystone:
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 

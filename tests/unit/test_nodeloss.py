@@ -54,6 +54,8 @@ def heartbeat(node, age):
     with db.session_scope() as ses:
         n = ses.get(models.Node, node)
         n.last_heartbeat = models.utcnow() - s(age)
+        # As the monitor leaves it (it runs every timeout / 3 seconds).
+        n.state = "up" if age < 5 else "down"
         # Nothing listens there: a probe is refused at once.
         n.address, n.agent_port = "127.0.0.1", 9
 

@@ -208,8 +208,10 @@ def test_a_crash_loop_gives_up_and_rolls_back_once(edge, engine):  # noqa: F811
 def nodes_down(*names):
     with db.session_scope() as s:
         for n in names:
-            s.scalar(select(models.Node).where(models.Node.name == n)) \
-                .last_heartbeat = models.utcnow() - datetime.timedelta(hours=1)
+            node = s.scalar(select(models.Node).where(models.Node.name == n))
+            # Silent for an hour: the monitor has marked it down.
+            node.last_heartbeat = models.utcnow() - datetime.timedelta(hours=1)
+            node.state = "down"
 
 
 def test_delete_with_a_down_node_and_the_sweep(edge, engine):  # noqa: F811
