@@ -105,12 +105,45 @@ def keystone_token(conf, body):
             "project": info.get("project", {}).get("name")}
 
 
-def snapshot(manager, ctx, every=False, all_instances=False):
-    """The dashboard's view: the map (nodes, backbone links), services with
-    instances and endpoints, recent operations.  A tenant sees its own
-    services and operations, and only its own instances in node reports;
-    ``every`` (services:list:all_tenants, admins) every tenant's, and
-    ``all_instances`` (nodes:show:all_instances) every instance."""
+def users_by_ap(manager, session, names, service_ids):
+    """``{ap: {"count": n, "users": [...] or None}}`` of the Wi-Fi users the
+    access points report (manager/mobility.py, as ``user list`` has them).
+
+    With ``names`` (users:list, admins) every user, by name, with the
+    services it used lately.  Otherwise only how many users of the caller's
+    own services (``service_ids``, users that sent to one of them within
+    [policies] user_idle_timeout) are at each AP, and no names: a user's
+    name or MAC with its access point over time is where a person goes,
+    which the policy keeps to admins, whereas how many of its own users
+    are near each AP is what a tenant needs to see why its service moved
+    (follow-the-user), and tells it nothing of other tenants or of people
+    who do not use its services."""
+    people = manager.mobility.view(session)  # also refreshes where they are
+    if not names:
+        up = manager.cluster.nodes(session, up_only=True)
+        mine = {u["user"] for sid in service_ids
+                for u in manager.mobility.service_users(up, sid)}
+        people = [p for p in people if p["name"] in mine]
+    out = {}
+    for p in people:
+        at = out.setdefault(p["ap"], {"count": 0, "users": [] if names else None})
+        at["count"] += 1
+        if names:
+            # Not attached_for_s: the view would change at every look, and
+            # the event stream sends it only when it changes.
+            at["users"].append({"name": p["name"], "previous": p["previous"],
+                                "services": p["services"]})
+    return out
+
+
+def snapshot(manager, ctx, every=False, all_instances=False, user_names=False):
+    """The dashboard's view: the map (nodes, backbone links, users per
+    access point), services with instances and endpoints, recent
+    operations.  A tenant sees its own services and operations, only its
+    own instances in node reports and how many of its own services' users
+    are at each AP; ``every`` (services:list:all_tenants, admins) every
+    tenant's, ``all_instances`` (nodes:show:all_instances) every instance,
+    and ``user_names`` (users:list) every user by name."""
     topo = manager.cluster.topology or {}
     with session_scope() as s:
         tenants = {t.id: t.name for t in s.scalars(select(models.Tenant))}
@@ -125,10 +158,14 @@ def snapshot(manager, ctx, every=False, all_instances=False):
             own = set(s.scalars(select(models.Instance.id).join(models.Service).where(
                 models.Service.tenant_id == ctx.tenant_id)))
         capacity = manager.cluster.capacity(s)
+        users = users_by_ap(manager, s, user_names, set(s.scalars(
+            select(models.Service.id).where(models.Service.tenant_id == ctx.tenant_id))))
         nodes = []
         for n in manager.cluster.nodes(s):
             view = app_mod.node_view(n, own)
             view["used"] = capacity[n.name]["used"]
+            view["users"] = users.get(n.name, {"count": 0, "users": [] if user_names
+                                               else None})
             nodes.append(view)
         services = []
         for svc in s.scalars(svc_q):
@@ -154,7 +191,8 @@ def register(app, manager, context, allowed):
 
     def view(ctx):
         return snapshot(manager, ctx, allowed(ctx, "services:list:all_tenants"),
-                        allowed(ctx, "nodes:show:all_instances"))
+                        allowed(ctx, "nodes:show:all_instances"),
+                        allowed(ctx, "users:list"))
 
     registry = metrics.registry(manager.cluster)
     # Each open stream holds one of the API server's threads: at most half

@@ -2,7 +2,10 @@
 chromium-driver) against the embedded edge: a tenant logs in, sees the
 three access points, creates a service with a bundle upload, migrates it
 to ap-3 with the page's own control and sees the move, drags it to ap-2,
-scales it, deletes it; another tenant's service never shows.  With
+scales it, deletes it; another tenant's service never shows.  A Wi-Fi
+user of the service at ap-1 shows there as a count on the tenant's page
+(no name), and at ap-2 after a handover; on an admin's page users show by
+name, and one moving from ap-1 to ap-2 moves on the map without a reload.  With
 keystone (the real keystone of tests/unit/test_keystone.py; no edge
 needed), people sign in with user, password and project: a project's
 member sees its services only, the keystone admin every project's.
@@ -13,13 +16,17 @@ dashboard-keystone beside it), not to the repository.
 """
 import hashlib
 import os
+import re
 import shutil
 import time
 
 import pytest
 
 from mec_conpaas.edge import browser
+from mec_conpaas.edge import loadgen
+from mec_conpaas.edge import users as users_mod
 from mec_conpaas.manager import service as service_mod
+from tests.functional.conftest import Load
 from tests.functional.conftest import new_tenant
 from tests.functional.conftest import wait_op
 from tests.unit.test_keystone import PASSWORD
@@ -66,6 +73,15 @@ class Page:
             "'#map g.inst[data-service=\"' + arguments[0] + '\"]'))"
             ".map(e => [e.dataset.node, e.dataset.state]);", service))
 
+    def users(self, ap):
+        """(count, names) of the Wi-Fi users the map shows at ``ap``: names
+        from the markers (admins), none to tenants."""
+        return tuple(self.js(
+            "const row = document.querySelector("
+            "'#map g.ap[data-node=\"' + arguments[0] + '\"] g.users');"
+            "return row ? [Number(row.dataset.count),"
+            " row.dataset.users.split(' ').filter(x => x).sort()] : [-1, []];", ap))
+
     def card(self, service, selector=""):
         from selenium.webdriver.common.by import By
         return self.driver.find_element(
@@ -87,6 +103,20 @@ class Page:
             except StaleElementReferenceException:
                 continue
         pytest.fail("could not drag %s onto %s" % (source, target))
+
+    def click_on_map(self, selector):
+        """Click with the mouse where ``selector`` is on the map: the map
+        redraws its children at every update, so the click is aimed at
+        the map (never replaced) at that element's place."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+        dx, dy = self.js(
+            "const m = document.getElementById('map').getBoundingClientRect(),"
+            " e = document.querySelector(arguments[0]).getBoundingClientRect();"
+            "return [e.x + e.width / 2 - (m.x + m.width / 2),"
+            " e.y + e.height / 2 - (m.y + m.height / 2)];", selector)
+        ActionChains(self.driver).move_to_element_with_offset(
+            self.driver.find_element(By.ID, "map"), int(dx), int(dy)).click().perform()
 
     def login(self, token):
         from selenium.webdriver.common.by import By
@@ -116,6 +146,15 @@ class Page:
 
 
 @pytest.fixture
+def users(edge):
+    """The edge's emulated Wi-Fi users; every one made here removed after."""
+    made = users_mod.for_edge(edge)
+    yield made
+    for u in made.list():
+        made.remove(u["user"])
+
+
+@pytest.fixture
 def page(edge):
     driver = browser.start(edge.manager_url())
     try:
@@ -124,7 +163,7 @@ def page(edge):
         driver.quit()
 
 
-def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
+def test_dashboard_flow_in_a_browser(edge, admin, page, users, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
     bundle = tmp_path / "webcounter.tar.gz"
@@ -142,6 +181,12 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     origins = page.js("return performance.getEntriesByType('resource')"
                       ".map(e => new URL(e.name).origin)")
     assert set(origins) <= {edge.manager_url()}, origins
+    # The backbone links, with the topology's latencies.
+    links = admin.request("GET", "/dashboard/state")["links"]
+    assert links
+    page.until("the links and their latencies", lambda: sorted(page.js(
+        "return Array.from(document.querySelectorAll('#map text.latency'))"
+        ".map(e => e.textContent)")) == sorted("%g ms" % k["latency_ms"] for k in links))
     page.shot("map")
 
     form = page.driver.find_element(By.ID, "create-form")
@@ -156,6 +201,29 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     svc = tenant.service("webui")
     assert svc["bundle_sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
     assert [i["node"] for i in svc["instances"]] == ["ap-1"]
+    # Its endpoint on its card; ap-1's use out of its slots, as the API has it.
+    assert "endpoint :%d" % svc["port"] in page.card("webui", ".meta").text
+    ap1 = next(n for n in admin.request("GET", "/dashboard/state")["nodes"]
+               if n["name"] == "ap-1")
+    page.until("ap-1's use", lambda: "%d/%d instances" % (ap1["used"], ap1["max_instances"])
+               in page.driver.find_element(By.CSS_SELECTOR, '#map g.ap[data-node="ap-1"]').text)
+
+    # A Wi-Fi user of the service at ap-1: the tenant sees how many of its
+    # users are there, never who (the fixed users cl-N use nothing of it).
+    users.attach("walker", "ap-1")
+    load = Load(edge, None, svc["port"], interval=0.2, netns=users.netns("walker"),
+                url="http://%s:%d/" % (edge.net.user_endpoint(), svc["port"]))
+    try:
+        page.until("the tenant's user at ap-1", lambda: page.users("ap-1") == (1, []))
+        page.shot("tenant-user-at-ap-1")
+        users.attach("walker", "ap-2")  # a handover; it keeps using the service
+        page.until("the tenant's user at ap-2", lambda: (
+            page.users("ap-1"), page.users("ap-2")) == ((0, []), (1, [])))
+        page.shot("tenant-user-at-ap-2")
+    finally:
+        sent = loadgen.summarize(load.stop())
+    assert sent["failed"] == 0, sent
+    assert "walker" not in page.driver.page_source
 
     # The API's refusal is shown in place, and the form keeps what was typed.
     form.find_element(By.NAME, "name").send_keys("webui")
@@ -189,6 +257,16 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     # the one on ap-1 (make-before-break), then ap-1's gone.
     assert any({n for n, _ in s} == {"ap-1", "ap-3"} for s in seen), seen
     assert tenant.service("webui")["home_node"] == "ap-3"
+    # The migration's entry: done, with its critical window(s) as the API has them.
+    op = next(o for o in tenant.operations() if o["kind"] == "migrate")
+    windows = [w["freeze_to_switch"] for w in op["windows"]]
+    assert windows, op
+    entry = page.until("the migration's critical window", lambda: page.js(
+        "const li = document.querySelector('#operations li[data-op=\"' + arguments[0]"
+        " + '\"]'); return li && li.dataset.state === 'SUCCEEDED' && li.textContent;",
+        op["id"]))
+    shown = entry.split("critical window ", 1)[1]
+    assert [float(x) for x in re.findall(r"([0-9.]+) ms", shown)] == windows, entry
 
     # Or drag the instance onto another access point.
     page.drag('#map g.inst[data-service="webui"]', '#map g.ap[data-node="ap-2"] rect.box')
@@ -232,6 +310,30 @@ def test_dashboard_flow_in_a_browser(edge, admin, page, tmp_path):
     page.driver.find_element(By.ID, "logout").click()
     page.login(admin.token)
     page.until("the admin's service", lambda: page.instances("admin-only"))
+
+    # An admin sees every user by name at its access point, and a user
+    # moving moves on the map, live: the page is not reloaded meanwhile.
+    page.until("walker at ap-2", lambda: "walker" in page.users("ap-2")[1])
+    page.js("window.mecSameDocument = true;")
+    users.attach("rover", "ap-1")
+    page.until("rover at ap-1", lambda: "rover" in page.users("ap-1")[1])
+    page.click_on_map('#map g.ap[data-node="ap-1"] g.users text.count')
+    page.until("ap-1's users listed", lambda: "rover" in page.js(
+        "return Array.from(document.querySelectorAll('#map g.ap[data-node=\"ap-1\"] "
+        ".name-item')).map(e => e.textContent)"))
+    page.shot("admin-rover-at-ap-1")
+    users.attach("rover", "ap-2")
+    page.until("rover at ap-2", lambda: "rover" in page.users("ap-2")[1]
+               and "rover" not in page.users("ap-1")[1])
+    assert page.js("return window.mecSameDocument") is True
+    page.shot("admin-rover-moved-to-ap-2")
+
+    def as_listed():  # what `mec-conpaas user list` says, AP by AP
+        listed = admin.request("GET", "/v1/users")["users"]
+        return all(page.users(ap) == (len(names), names) for ap, names in (
+            (ap, sorted(u["name"] for u in listed if u["ap"] == ap))
+            for ap in ("ap-1", "ap-2", "ap-3")))
+    page.until("the users of `user list`", as_listed, timeout=10)
     node = '.card.node[data-node="ap-3"] '
     page.driver.find_element(By.CSS_SELECTOR, node + "input[name=reason]").send_keys(
         "new SD card")

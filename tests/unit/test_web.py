@@ -8,7 +8,10 @@ import os
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
+from mec_conpaas.db import models
+from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import metrics
 from tests.unit.test_api_nodes import add_service
 from tests.unit.test_api_nodes import edge  # noqa: F401  (fixture)
@@ -109,6 +112,60 @@ def test_dashboard_view_shows_a_tenant_only_its_own(edge):  # noqa: F811
     r = alice.client.post("/dashboard/keystone-login", json={
         "username": "alice", "password": "x", "project": "p"})
     assert r.status_code == 404 and "paste your token" in r.json["error"]["message"]
+
+
+def report_users(stations, used):
+    """Node reports as the agents send them: ``stations`` {ap: [(user,
+    address)]}, ``used`` {service id: {ap: [address]}} (HAProxy's stick
+    tables)."""
+    with session_scope() as s:
+        for node in s.scalars(select(models.Node)):
+            report = {"stations": [
+                {"mac": "02:00:00:00:01:%02d" % k, "user": user, "address": addr,
+                 "signal": None, "since": 1000.0 + k}
+                for k, (user, addr) in enumerate(stations.get(node.name, ()))]}
+            report["services"] = {sid: {"users": {a: 1.0 for a in at.get(node.name, ())}}
+                                  for sid, at in used.items()}
+            node.report = report
+            node.last_heartbeat = models.utcnow()
+
+
+def test_dashboard_users_per_ap_names_to_admins_counts_of_own_to_tenants(edge):  # noqa: F811
+    admin, alice, _ = edge
+    web = add_service("web", "alice", "ap-1", ["ap-1"])
+    other = add_service("web", "admin", "ap-2", ["ap-2"], port=20020)
+    # walker and runner use alice's service, sitter the admin's; cl-1 nothing.
+    report_users({"ap-1": [("cl-1", "10.0.1.2"), ("walker", "10.0.1.10")],
+                  "ap-2": [("runner", "10.0.2.10"), ("sitter", "10.0.2.11")]},
+                 {web: {"ap-1": ["10.0.1.10"], "ap-2": ["10.0.2.10"]},
+                  other: {"ap-2": ["10.0.2.11"]}})
+
+    def users(api):
+        status, view = api("GET", "/dashboard/state")
+        assert status == 200
+        return {n["name"]: n["users"] for n in view["nodes"]}
+    seen = users(admin)
+    assert {ap: (u["count"], [x["name"] for x in u["users"]]) for ap, u in seen.items()} \
+        == {"ap-1": (2, ["cl-1", "walker"]), "ap-2": (2, ["runner", "sitter"]),
+            "ap-3": (0, [])}
+    assert seen["ap-2"]["users"][0]["services"] == ["web"]
+    # alice: how many of her services' users, no names, none of sitter.
+    assert users(alice) == {"ap-1": {"count": 1, "users": None},
+                            "ap-2": {"count": 1, "users": None},
+                            "ap-3": {"count": 0, "users": None}}
+    status, view = alice("GET", "/dashboard/state")
+    text = json.dumps(view)
+    assert not any(name in text for name in ("walker", "runner", "sitter", "cl-1"))
+    # walker moves to ap-3 (a new address there, still using alice's service).
+    report_users({"ap-1": [("cl-1", "10.0.1.2")],
+                  "ap-2": [("runner", "10.0.2.10"), ("sitter", "10.0.2.11")],
+                  "ap-3": [("walker", "10.0.3.10")]},
+                 {web: {"ap-2": ["10.0.2.10"], "ap-3": ["10.0.3.10"]},
+                  other: {"ap-2": ["10.0.2.11"]}})
+    assert [x["name"] for x in users(admin)["ap-3"]["users"]] == ["walker"]
+    assert users(admin)["ap-3"]["users"][0]["previous"] == "ap-1"
+    assert {ap: u["count"] for ap, u in users(alice).items()} == {
+        "ap-1": 0, "ap-2": 1, "ap-3": 1}
 
 
 def test_event_stream_sends_the_view(edge):  # noqa: F811

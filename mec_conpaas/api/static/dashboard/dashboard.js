@@ -225,7 +225,14 @@ function layout(view) {
 function renderMap(view) {
   const map = $("#map");
   const { pos, width } = layout(view);
-  map.setAttribute("viewBox", `0 0 ${width} 352`);
+  const W = 150, H = 128;
+  // Room under the boxes for the user names listed there.
+  let height = 352;
+  for (const n of view.nodes) {
+    const listed = expandedAps.has(n.name) && n.users && n.users.users;
+    if (listed && pos[n.name]) height = Math.max(height, pos[n.name].y + H / 2 + 20 + 13 * listed.length);
+  }
+  map.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const g = [];
   for (const l of view.links) {
     const a = pos[l.a], b = pos[l.b];
@@ -239,7 +246,6 @@ function renderMap(view) {
       svg("text", { x: pos.master.x + 14, y: pos.master.y + 4 }, "master"));
     g.push(m);
   }
-  const W = 150, H = 110;
   for (const n of view.nodes) {
     const p = pos[n.name];
     const cls = ["ap", n.state === "up" ? "up" : "down", n.schedulable ? "" : "disabled"].join(" ");
@@ -255,6 +261,7 @@ function renderMap(view) {
     const mem = r.memory ? ` mem ${Math.round(100 * (1 - r.memory.available_bytes / r.memory.total_bytes))}%` : "";
     ap.append(svg("text", { x: 8, y: 60 }, `${used}/${max} instances`));
     ap.append(svg("text", { x: 8, y: 74 }, `cpu ${r.cpu_percent ?? "?"}%${mem}`));
+    ap.append(usersRow(n, W, H));
     g.push(ap);
   }
   // Instances below their access point; the caller's may be dragged.
@@ -276,6 +283,55 @@ function renderMap(view) {
     }
   }
   if (!dragging) map.replaceChildren(...g);
+}
+
+// The Wi-Fi users at an access point: how many, one marker each (up to
+// USER_MARKS), their names on hover and, once clicked, listed under the
+// box.  A tenant gets only how many users of its own services are there
+// (no names: web.py users_by_ap).
+const USER_MARKS = 6;
+const expandedAps = new Set();
+function usersRow(n, W, H) {
+  const u = n.users || { count: 0, users: null };
+  const names = u.users ? u.users.map((x) => x.name) : null;
+  const row = svg("g", { class: "users" + (expandedAps.has(n.name) ? " open" : ""),
+    "data-count": u.count, "data-users": names ? names.join(" ") : "" });
+  const label = names ? `${u.count} user${u.count === 1 ? "" : "s"}`
+    : `${u.count} of your users`;
+  row.append(svg("title", {}, names
+    ? (names.length ? names.join(", ") : "no Wi-Fi users") + " (click to list)"
+    : "users of your services at this access point"));
+  row.append(svg("text", { class: "count", x: 8, y: 92 }, label));
+  for (let k = 0; k < Math.min(u.count, USER_MARKS); k++) {
+    const m = svg("g", { class: "user" });
+    if (names) {
+      m.setAttribute("data-user", names[k]);
+      const x = u.users[k];
+      m.append(svg("title", {}, `${x.name}${x.previous ? " (from " + x.previous + ")" : ""}` +
+        (x.services.length ? ": uses " + x.services.join(", ") : "")));
+    }
+    m.append(svg("circle", { cx: W - 12 - k * 9, cy: 88, r: 4 }));
+    row.append(m);
+  }
+  if (names) {
+    row.classList.add("named");
+    if (expandedAps.has(n.name)) {
+      names.forEach((name, k) => row.append(svg("text", { class: "name-item", x: 8,
+        y: H + 14 + k * 13 }, name)));
+    }
+  }
+  return row;
+}
+
+// Listed or not on pointerdown, caught by the map itself: the map is redrawn
+// at every update, which may replace the row between a press and its
+// release (a click would then be lost).
+function toggleUsers(e) {
+  const row = e.target.closest && e.target.closest("g.users.named");
+  if (!row || dragging) return;
+  const ap = row.closest(".ap").dataset.node;
+  if (expandedAps.has(ap)) expandedAps.delete(ap); else expandedAps.add(ap);
+  if (state) renderMap(state);
 }
 
 // -- drag an instance to an access point: migrate ----------------------------
@@ -340,7 +396,7 @@ function renderNodes(view) {
       nodeCards.set(n.name, c);
       box.append(root);
     }
-    c.info.textContent = `${n.state}, ${n.schedulable ? "schedulable" : "drained" + (n.disabled_reason ? " (" + n.disabled_reason + ")" : "")}, ${n.used}/${n.max_instances} instances, heartbeat ${n.last_heartbeat || "never"}`;
+    c.info.textContent = `${n.state}, ${n.schedulable ? "schedulable" : "drained" + (n.disabled_reason ? " (" + n.disabled_reason + ")" : "")}, ${n.used}/${n.max_instances} instances, ${n.users ? n.users.count : 0} Wi-Fi users, heartbeat ${n.last_heartbeat || "never"}`;
   }
   for (const [k, c] of nodeCards) if (!seen.has(k)) { c.root.remove(); nodeCards.delete(k); }
 }
@@ -349,15 +405,21 @@ function renderNodes(view) {
 function serviceCard(s) {
   const info = el("div", { class: "meta" });
   const error = el("p", { class: "error", role: "alert" });
-  const count = el("input", { type: "number", min: "0", name: "count", value: String(s.instances.length) });
+  // Follows the instance count until someone goes to type in it, and again
+  // once the scale is asked for.
+  const count = el("input", { type: "number", min: "0", name: "count", value: String(s.instances.length),
+    onfocus: () => { count.dataset.typed = "1"; }, oninput: () => { count.dataset.typed = "1"; } });
   const target = el("select", { name: "to" });
   const root = el("div", { class: "card service", "data-service": s.name, "data-id": s.id },
     el("strong", {}, s.name), info);
   const c = { root, info, error, count, target };
   if (s.own) {
     root.append(el("div", { class: "actions" },
-      count, el("button", { type: "button", class: "scale", onclick: () => act(error, () =>
-        api("POST", `/v1/services/${s.name}/scale`, { count: Number(count.value) })) }, "Scale"),
+      count, el("button", { type: "button", class: "scale", onclick: async () => {
+        if (await act(error, () => api("POST", `/v1/services/${s.name}/scale`, { count: Number(count.value) }))) {
+          delete count.dataset.typed;
+        }
+      } }, "Scale"),
       target, el("button", { type: "button", class: "migrate", onclick: () => act(error, () =>
         api("POST", `/v1/services/${s.name}/migrate`, { to: target.value })) }, "Migrate"),
       el("button", { type: "button", class: "logs", onclick: () => act(error, async () => {
@@ -380,6 +442,7 @@ function renderServices(view) {
     let c = cards.get(s.id);
     if (!c) { c = serviceCard(s); cards.set(s.id, c); box.append(c.root); }
     c.root.dataset.state = s.state;
+    if (!c.count.dataset.typed) c.count.value = String(s.instances.length);
     c.root.dataset.home = s.home_node || "";
     const where = s.instances.map((i) => `${i.node} (${i.state}${i.tier ? ", " + i.tier : ""})`).join(", ") || "none";
     c.info.textContent = `${s.type}, ${s.state}${s.own ? "" : ", tenant " + s.tenant} — endpoint :${s.port} on every access point, home ${s.home_node} — instances: ${where}${s.error ? " — " + s.error : ""}`;
@@ -415,6 +478,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("#logout").addEventListener("click", logout);
+  $("#map").addEventListener("pointerdown", toggleUsers);
   $("#logs-close").addEventListener("click", () => { $("#logs-panel").hidden = true; });
   $("#create-form").addEventListener("submit", async (e) => {
     e.preventDefault();
