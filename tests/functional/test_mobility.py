@@ -147,3 +147,30 @@ def test_standby_starts_before_the_move_and_goes_with_the_prediction(
     # detached user has no network).
     before = [r for r in run["results"] if r["end"] < left]
     assert before and all(r["ok"] for r in before), loadgen.summarize(before)
+
+
+def test_a_standby_alive_when_the_manager_is_killed_is_reused_then_removed(
+        edge, admin, mobility):
+    """SIGKILL with a standby up: the restarted manager knows it is its
+    standby (persisted with its scale operation), starts no second one,
+    and drops it when the prediction goes: nothing leaks."""
+    opts = dict(ahead_of_handover=True, handover_probability=0.5)
+    users = mobility(**opts)
+    with walking(edge, admin, users, "crash", "sprinter"):
+        until("a standby on ap-2", lambda: sorted(
+            (i["node"], i["state"]) for i in admin.service("crash")["instances"])
+            == [("ap-1", "ACTIVE"), ("ap-2", "ACTIVE")], timeout=60)
+        standby = [i["id"] for i in admin.service("crash")["instances"]
+                   if i["node"] == "ap-2"]
+        mobility(**opts)  # SIGKILL, and the same policies again
+        time.sleep(3)     # several rounds: the standby is kept, not doubled
+        svc = admin.service("crash")
+        assert [i["id"] for i in svc["instances"] if i["node"] == "ap-2"] == standby
+        assert len(svc["instances"]) == 2, svc["instances"]
+        users.detach("sprinter")
+        until("the standby to go", lambda: [
+            i["node"] for i in admin.service("crash")["instances"]] == ["ap-1"]
+            and admin.service("crash")["state"] == "RUNNING", timeout=90)
+    drops = [o for o in policy_ops(admin, "crash", "scale")
+             if "no user is predicted" in o["params"]["reason"]]
+    assert len(drops) == 1 and drops[0]["state"] == "SUCCEEDED", drops
