@@ -11,6 +11,7 @@ from mec_conpaas.db import session as db
 from mec_conpaas.drivers import lxc
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import cluster as cluster_mod
+from mec_conpaas.manager import liveness
 from mec_conpaas.manager import service
 from mec_conpaas.manager import services
 
@@ -40,6 +41,7 @@ class Manager:
         self.services = services.Services(self.cluster)
         self.engine = Engine()
         self.sample_bundle = service.build_sample_bundle
+        self.liveness = liveness.Liveness(conf)  # no socket: not advertised
 
 
 class Api:
