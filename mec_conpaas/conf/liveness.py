@@ -49,18 +49,27 @@ vouch that the node was alive when it was sent.  Keep this below
 Seconds between two writes of the in-memory last-seen table to the store
 (one batched UPDATE for every node heard since the last write).
 """),
-    cfg.IntOpt("full_report_interval", default=30, min=0,
+    cfg.IntOpt("full_report_interval", default=10, min=0,
                help="""
-(Node agent) Seconds after which a full report goes over HTTP even when
-nothing in it changed (usage figures are refreshed then).
+Seconds after which a node's full report goes over HTTP even when nothing in
+it changed (usage figures are refreshed then).
 
 A report changes, and goes at once, when its stations, the users of a
 service, its containers, their sizes or a container's latency band
-change.
+change.  The manager advertises the interval its agents use: this value,
+or longer where its nodes would otherwise send more than
+``full_reports_per_second`` (at 1,000 nodes and 5 a second: 200 s).
 
 Possible values:
-* ``0``: every heartbeat is an HTTP heartbeat with the full report;
+* (node agent) ``0``: every heartbeat is an HTTP heartbeat with the full
+  report, whatever the manager advertises;
 * a number of seconds.
+"""),
+    cfg.FloatOpt("full_reports_per_second", default=5.0, min=0.1,
+                 help="""
+(Manager) How many unchanged full reports a second the manager takes from
+all its nodes together; it stretches the interval it advertises to keep to
+it (an HTTP heartbeat costs milliseconds of its CPU).
 """),
 ]
 

@@ -69,7 +69,11 @@ class Liveness:
             return {}
         now = self.clock()
         self.alive_at[node_id] = max(now, self.alive_at.get(node_id, 0.0))
-        return {"liveness": {"port": self.sock.getsockname()[1], "clock": now}}
+        opts = self.conf.liveness
+        every = max(opts.full_report_interval,
+                    len(self.keys) / opts.full_reports_per_second)
+        return {"liveness": {"port": self.sock.getsockname()[1], "clock": now,
+                             "full_report_s": round(every, 1)}}
 
     # -- checking one datagram ---------------------------------------------
     def handle(self, data):

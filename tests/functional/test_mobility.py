@@ -160,6 +160,10 @@ def test_a_standby_alive_when_the_manager_is_killed_is_reused_then_removed(
         until("a standby on ap-2", lambda: sorted(
             (i["node"], i["state"]) for i in admin.service("crash")["instances"])
             == [("ap-1", "ACTIVE"), ("ap-2", "ACTIVE")], timeout=60)
+        # Its scale operation over (a killed one would be resumed, which
+        # may replace the instance): the standby is simply alive.
+        until("the standby's operation to end", lambda: admin.service(
+            "crash")["state"] == "RUNNING" and not admin.service("crash")["operation"])
         standby = [i["id"] for i in admin.service("crash")["instances"]
                    if i["node"] == "ap-2"]
         mobility(**opts)  # SIGKILL, and the same policies again

@@ -148,6 +148,15 @@ def test_agent_and_manager_over_real_udp(nodes, store):
         live.alive_at["ap-1"] = time.time()
         live.serve(stop)
         answer = live.advertise("ap-1")
+        # Two nodes: the configured interval; a thousand: stretched so
+        # they send 5 unchanged full reports a second together.
+        assert answer["liveness"]["full_report_s"] == 10
+        keys = live.keys
+        live.keys = dict.fromkeys(range(1000), b"")
+        assert live.advertise("ap-1")["liveness"]["full_report_s"] == 200
+        live.keys = keys
+        assert agent_side.full_interval(answer, store) == 10
+        assert agent_side.full_interval({}, store) == 10
         store.set_override("manager_url", "http://127.0.0.1:1/", group="node_agent")
         beacon = agent_side.for_answer(None, answer, "ap-1", creds["ap-1"], store)
         report = {"stations": [{"mac": "02:aa:00:00:00:01", "user": "bob",

@@ -134,6 +134,7 @@ class NodeAgent:
         self.served_manifests = {}
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
         self.beacon = None  # liveness datagrams, once the manager offers them
+        self.full_interval = conf.liveness.full_report_interval
         self._metrics = None  # the Prometheus registry, made at the first scrape
         self._metrics_lock = threading.Lock()
         # A station coming or going heartbeats at once (stations.py).
@@ -276,8 +277,7 @@ class NodeAgent:
         (agents/node/liveness.py says when)."""
         shape = liveness_mod.fingerprint(report)
         beacon = self.beacon
-        if beacon is not None and not beacon.needs_full(
-                shape, self.conf.liveness.full_report_interval):
+        if beacon is not None and not beacon.needs_full(shape, self.full_interval):
             beacon.beat()
             if beacon.last_ack is not None:
                 self.last_heartbeat = max(self.last_heartbeat or 0.0, beacon.last_ack)
@@ -293,6 +293,7 @@ class NodeAgent:
         except OSError as e:  # no route for UDP: HTTP it stays
             LOG.warning("liveness datagrams not used: %s", e)
             self.beacon = None
+        self.full_interval = liveness_mod.full_interval(answer, self.conf)
         if self.beacon is not None:
             self.beacon.synced(answer["liveness"]["clock"], sent_at, time.time(), shape)
 

@@ -118,3 +118,10 @@ def for_answer(beacon, answer, node_id, credential, conf):
     if beacon is not None:
         beacon.close()
     return Beacon(node_id, credential, conf.node_agent.manager_url, adv["port"])
+
+
+def full_interval(answer, conf):
+    """Seconds between unchanged full reports: what the manager asks for
+    (it stretches it with its node count), else ours."""
+    adv = (answer or {}).get("liveness") or {}
+    return max(conf.liveness.full_report_interval, adv.get("full_report_s") or 0)
