@@ -58,6 +58,7 @@ class Beacon:
         self.last_full = None    # our clock at the last full report
         self.last_print = None
         self.last_ack = None     # time.monotonic() of the last OK ack
+        self.acks = 0            # OK acks received
 
     def synced(self, manager_clock, sent_at, now, shape):
         """A full report was taken: its answer's clock (``sent_at``/``now``
@@ -81,6 +82,7 @@ class Beacon:
                 self.waiting = None
                 if self.acked:
                     self.last_ack = time.monotonic()
+                    self.acks += 1
 
     def needs_full(self, shape, interval):
         """Whether this heartbeat must be a full HTTP one."""
