@@ -166,7 +166,7 @@ class Agent:
         self.name, self.token, self.port = name, token, port
         self.join_token, self.liveness = token, liveness
         self.id = str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
-        self.rtts, self.errors, self.http_beats = [], 0, 0
+        self.rtts, self.errors, self.http_beats, self.join_errors = [], 0, 0, 0
         self.reader = self.writer = None
         self.beacon = None
         self.full_s = None
@@ -260,14 +260,23 @@ class Agent:
 
     async def run(self, stop, started, conf, network):
         await asyncio.sleep(random.random() * HEARTBEAT_S * 3)
-        try:
-            await self.join(network)
-            assert (await self.call("/v1/nodes/register", self.registration()))[0] == 200
-            await self.full(self.report(), conf, first=True)
-        except Exception as e:
-            self.errors += 1
-            print("agent %s: %r" % (self.name, e), file=sys.stderr)
-            return
+        delay = 2.0
+        while True:  # as the node agent does: retry, backing off
+            try:
+                if self.token == self.join_token:
+                    await self.join(network)
+                status, answer = await self.call("/v1/nodes/register",
+                                                 self.registration())
+                assert status == 200, (status, answer)
+                await self.full(self.report(), conf, first=True)
+                break
+            except Exception as e:
+                self.join_errors += 1
+                if stop.is_set():
+                    print("agent %s: %r" % (self.name, e), file=sys.stderr)
+                    return
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 16)
         started.append(self.name)
         while not stop.is_set():
             t0 = time.monotonic()
@@ -421,6 +430,7 @@ def part1(n, window, compare_http=False):
                 "heartbeats_per_s_wanted": round(count / HEARTBEAT_S, 1),
                 "full_report_s": max((a.full_s or 0) for a in agents),
                 "heartbeat_errors": sum(a.errors for a in agents),
+                "join_or_register_retries": sum(a.join_errors for a in agents),
                 "http_heartbeat_rtt_ms": stats(rtts) if rtts else None,
                 "manager_cpu_percent_idle": idle_cpu,
                 "manager_cpu_percent": cpu, "manager_memory": mem,

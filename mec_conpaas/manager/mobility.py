@@ -143,7 +143,12 @@ class Mobility:
                 if changed or any(known.get(k) != v for k, v in fresh.items()):
                     known.update(fresh)
                     self._save_user(session, known)
-            gone = set(self.users) - set(seen)
+            # A user is gone when the AP it was at reports without it; the
+            # users of an AP not heard lately (down, or all of them just
+            # after a manager restart) stay where they were: unknown is not
+            # gone, and dropping them would drop their standbys.
+            up = {n.name for n in nodes}
+            gone = {u for u in set(self.users) - set(seen) if self.users[u]["ap"] in up}
             for user in gone:
                 LOG.info("user %s detached from %s", user, self.users[user]["ap"])
                 del self.users[user]
@@ -195,6 +200,7 @@ class Mobility:
             nodes = self.observe(s)
             if not (opts.follow_the_user or opts.ahead_of_handover):
                 return started
+            up = {n.name for n in nodes}
             capacity = self.cluster.capacity(s)
             dist = self.cluster.distances(list(capacity))
             adjacency = self._adjacency(list(capacity))
@@ -209,6 +215,8 @@ class Mobility:
                 mine = self.standbys.setdefault(svc.id, {})
                 if svc.operation_id:
                     continue  # its standby may still be starting
+                if not {svc.home_node, *active} <= up:
+                    continue  # a node of its own not heard: its users unknown
                 for node in [n for n in mine if n not in active]:
                     # gone (failed, scaled in by its owner)
                     self._forget_standby(s, svc.id, node)

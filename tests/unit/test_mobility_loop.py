@@ -1,6 +1,8 @@
 """The manager's mobility loop on a real store and the real API: users
 from node reports, policy decisions stored as operations with their
 reason, /v1/users for admins only (the engine records, no node is called)."""
+import datetime
+
 from sqlalchemy import select
 
 from mec_conpaas.db import models
@@ -192,6 +194,18 @@ def test_a_standby_started_before_a_crash_is_still_dropped(edge):  # noqa: F811
         loop = restarted(manager, clock)
         assert loop.round() == []
         assert loop.standbys == {sid: {"ap-2": 1000.0}}
+        # Before the nodes heartbeat again (down in the store): bob, not
+        # seen, is not taken for gone, and the standby stays.
+        with db.session_scope() as s:
+            for n in ("ap-1", "ap-2", "ap-3"):
+                s.get(models.Node, n).last_heartbeat = models.utcnow() - \
+                    datetime.timedelta(seconds=60)
+        loop = restarted(manager, clock)
+        assert loop.round() == [] and "bob" in loop.users
+        report("ap-1", [("bob", "10.0.1.10")], {"10.0.1.10": 0.5}, sid)
+        for n in ("ap-2", "ap-3"):
+            report(n)
+        assert loop.round() == [] and loop.standbys == {sid: {"ap-2": 1000.0}}
         report("ap-1")
         started = restarted(manager, clock).round()
         with db.session_scope() as s:
