@@ -90,7 +90,11 @@ def test_service_follows_its_user_with_no_failed_request(edge, admin, mobility):
     users = mobility(follow_the_user=True)
     with walking(edge, admin, users, "follow", "walker") as run:
         assert admin.service("follow")["home_node"] == "ap-1"
-        users.attach("walker", "ap-2")  # the handover
+        # The handover, asked of the manager (mec-conpaas user move): ap-2's
+        # node agent pulls the user onto its Wi-Fi bridge.
+        moved = admin.request("POST", "/v1/users/walker/move", json={"ap": "ap-2"})
+        assert (moved["user"]["ap"], moved["user"]["previous"]) == ("ap-2", "ap-1"), moved
+        assert users.where("walker") == "ap-2"
         svc = until("the service to follow to ap-2",
                     lambda: settled_at(admin, "follow", "ap-2"))
         assert [i["node"] for i in svc["instances"]] == ["ap-2"]
