@@ -90,14 +90,20 @@ def test_a_settled_user_elsewhere_starts_a_migration_with_its_reason(edge):  # n
         clear(manager, "follow_the_user", "min_dwell")
 
 
+def bob_at_ap1(manager):
+    """A web service on ap-1 and bob there using it; the loop's round
+    (ahead-of-handover's standby on ap-2).  Returns (service id, started)."""
+    sid = add_service("web", "alice", "ap-1", ["ap-1"])
+    for n in ("ap-2", "ap-3"):
+        report(n)
+    report("ap-1", [("bob", "10.0.1.10")], {"10.0.1.10": 0.5}, sid)
+    return sid, manager.mobility.round()
+
+
 def test_standby_is_a_scale_on_the_predicted_ap_and_is_dropped(edge):  # noqa: F811
     admin, alice, manager, clock = setup(edge, ahead_of_handover=True)
     try:
-        sid = add_service("web", "alice", "ap-1", ["ap-1"])
-        for n in ("ap-2", "ap-3"):
-            report(n)
-        report("ap-1", [("bob", "10.0.1.10")], {"10.0.1.10": 0.5}, sid)
-        started = manager.mobility.round()
+        sid, started = bob_at_ap1(manager)
         with db.session_scope() as s:
             op = s.get(models.Operation, started[0])
             assert (op.kind, op.params["count"], op.params["node"],
@@ -177,11 +183,8 @@ def test_a_restarted_loop_keeps_dwell_history_and_last_move(edge):  # noqa: F811
 def test_a_standby_started_before_a_crash_is_still_dropped(edge):  # noqa: F811
     admin, alice, manager, clock = setup(edge, ahead_of_handover=True)
     try:
-        sid = add_service("web", "alice", "ap-1", ["ap-1"])
-        for n in ("ap-2", "ap-3"):
-            report(n)
-        report("ap-1", [("bob", "10.0.1.10")], {"10.0.1.10": 0.5}, sid)
-        assert len(manager.mobility.round()) == 1
+        sid, started = bob_at_ap1(manager)
+        assert len(started) == 1
         with db.session_scope() as s:
             assert [(r.service_id, r.node) for r in s.scalars(
                 select(models.MobilityStandby))] == [(sid, "ap-2")]
