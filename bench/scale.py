@@ -403,9 +403,11 @@ def part1(n, window, compare_http=False):
             idle_cpu = mgr.cpu_percent(min(window, 5))
             stops = []
             agents, started = run_agents(mgr, count, stops, liveness_on)
-            deadline = time.monotonic() + 60 + count / 20
+            deadline = time.monotonic() + 60 + count / 8
             while len(started) < count and time.monotonic() < deadline:
-                time.sleep(0.2)
+                time.sleep(0.5)
+            print("%s: %d of %d agents registered" % (label, len(started), count),
+                  file=sys.stderr)
             registered = len(started)
             time.sleep(2 * HEARTBEAT_S)  # every agent has heartbeated
             for a in agents:
@@ -417,7 +419,7 @@ def part1(n, window, compare_http=False):
             mgr.alive()
             mem = common.proc_memory(mgr.proc.pid)
             up = nodes_up(mgr.conf)
-            decisions = decision_times(mgr.conf, mgr.names[count // 2],
+            decisions = decision_times(mgr.conf, sorted(started)[len(started) // 2],
                                        20 if count > 10 else 50)
             stops[0]()
             rtts = [r for a in agents for r in a.rtts]
