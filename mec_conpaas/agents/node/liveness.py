@@ -48,8 +48,9 @@ class Beacon:
         host = urllib.parse.urlsplit(manager_url).hostname
         family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.addr = addr
+        # Not connected: a multi-homed manager may answer from another of
+        # its addresses, and the ack's HMAC says who sent it anyway.
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.connect(addr)
         self.sock.setblocking(False)
         self.offset = 0.0        # manager's clock - ours
         self.seq = int(clock() * 1e6)
@@ -73,7 +74,7 @@ class Beacon:
                 data = self.sock.recv(256)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # e.g. ICMP port unreachable: nobody listens
+            except OSError:
                 self.acked = False
                 return
             got = wire.read_ack(self.key, self.node_id, data)
@@ -97,7 +98,8 @@ class Beacon:
         sent_us = int((self.clock() + self.offset) * 1e6)
         self.waiting = self.seq
         try:
-            self.sock.send(wire.beat(self.key, self.node_id, self.seq, sent_us))
+            self.sock.sendto(wire.beat(self.key, self.node_id, self.seq, sent_us),
+                             self.addr)
         except OSError:
             self.acked, self.waiting = False, None
 
