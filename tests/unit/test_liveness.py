@@ -192,13 +192,26 @@ def test_agent_and_manager_over_real_udp(nodes, store):
         assert beacon.needs_full(agent_side.fingerprint(report), 30)
         report["containers"]["i1"]["latency_ms"] /= 2
         assert beacon.needs_full(agent_side.fingerprint(report), 0)  # interval due
-        # The manager stops answering (its socket gone): after one unacked
-        # beat the agent goes back to HTTP.
+        # An ack that comes late (after the next beat went) still counts.
+        shape = agent_side.fingerprint(report)
+        beacon.synced(time.time(), time.time(), time.time(), shape)
+        beacon.pending = [beacon.seq]  # a beat whose ack was lost
+        beacon.beat()
+        deadline = time.monotonic() + 5
+        while beacon.pending and time.monotonic() < deadline:
+            beacon.needs_full(shape, 30)
+            time.sleep(0.01)
+        assert beacon.pending == [] and not beacon.needs_full(shape, 30)
+        # The manager stops answering (its socket gone): after two beats
+        # in a row without an ack the agent goes back to HTTP.
         stop.set()
         time.sleep(0.7)
         beacon.beat()
         time.sleep(0.1)
-        assert beacon.needs_full(agent_side.fingerprint(report), 30)
+        assert not beacon.needs_full(shape, 30)
+        beacon.beat()
+        time.sleep(0.1)
+        assert beacon.needs_full(shape, 30)
         beacon.close()
         # No port advertised (an older manager): no beacon.
         assert agent_side.for_answer(None, {"ok": True}, "ap-1", creds["ap-1"],

@@ -39,7 +39,15 @@ def fingerprint(report):
 
 
 class Beacon:
-    """Liveness datagrams to one manager, keyed with this node's credential."""
+    """Liveness datagrams to one manager, keyed with this node's credential.
+
+    A late ack still counts (a loaded manager answers late, and falling
+    back to HTTP then would add the most expensive work where there is the
+    least room): the agent goes back to a full HTTP heartbeat only after
+    ``MAX_MISSED`` beats in a row without an ack, or at a ``FULL``."""
+
+    MAX_MISSED = 2
+    KEEP = 8  # beats whose late ack is still taken
 
     def __init__(self, node_id, credential, manager_url, port, clock=time.time):
         self.node_id, self.credential, self.port = node_id, credential, port
@@ -54,8 +62,8 @@ class Beacon:
         self.sock.setblocking(False)
         self.offset = 0.0        # manager's clock - ours
         self.seq = int(clock() * 1e6)
-        self.waiting = None      # seq of the last beat, until its ack
-        self.acked = True        # the last beat (or full report) was taken
+        self.pending = []        # seqs of beats not acked yet, oldest first
+        self.refused = False     # a FULL ack, or the socket failed
         self.last_full = None    # our clock at the last full report
         self.last_print = None
         self.last_ack = None     # time.monotonic() of the last OK ack
@@ -66,7 +74,7 @@ class Beacon:
         bracket the round trip) and the report's fingerprint."""
         self.offset = manager_clock - (sent_at + now) / 2
         self.last_full, self.last_print = now, shape
-        self.waiting, self.acked = None, True
+        self.pending, self.refused = [], False
 
     def _drain(self):
         while True:
@@ -75,33 +83,35 @@ class Beacon:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self.acked = False
+                self.refused = True
                 return
             got = wire.read_ack(self.key, self.node_id, data)
-            if got and got[0] == self.waiting:
-                self.acked = got[1] == wire.OK
-                self.waiting = None
-                if self.acked:
-                    self.last_ack = time.monotonic()
-                    self.acks += 1
+            if not got or got[0] not in self.pending:
+                continue
+            seq, status = got
+            self.pending = [p for p in self.pending if p > seq]
+            if status != wire.OK:
+                self.refused = True
+                continue
+            self.last_ack = time.monotonic()
+            self.acks += 1
 
     def needs_full(self, shape, interval):
         """Whether this heartbeat must be a full HTTP one."""
         self._drain()
-        if self.waiting is not None:  # no ack for the last beat
-            self.acked, self.waiting = False, None
-        return (not self.acked or self.last_full is None or shape != self.last_print
-                or self.clock() - self.last_full >= interval)
+        return (self.refused or len(self.pending) >= self.MAX_MISSED
+                or self.last_full is None
+                or shape != self.last_print or self.clock() - self.last_full >= interval)
 
     def beat(self):
         self.seq = max(self.seq + 1, int(self.clock() * 1e6))
         sent_us = int((self.clock() + self.offset) * 1e6)
-        self.waiting = self.seq
+        self.pending = (self.pending + [self.seq])[-self.KEEP:]
         try:
             self.sock.sendto(wire.beat(self.key, self.node_id, self.seq, sent_us),
                              self.addr)
         except OSError:
-            self.acked, self.waiting = False, None
+            self.refused = True
 
     def close(self):
         self.sock.close()
