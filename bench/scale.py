@@ -252,6 +252,8 @@ class Agent:
         self.beacon = liveness.for_answer(self.beacon, answer, self.id, self.token, conf)
         self.full_s = liveness.full_interval(answer, conf)
         if self.beacon is not None:
+            self.writer.close()  # as the node agent hangs up (httpserver.hang_up)
+            self.writer = None
             now = time.time()
             self.beacon.synced(answer["liveness"]["clock"], sent_at, now,
                                liveness.fingerprint(report))

@@ -295,6 +295,7 @@ class NodeAgent:
             self.beacon = None
         self.full_interval = liveness_mod.full_interval(answer, self.conf)
         if self.beacon is not None:
+            httpserver.hang_up()  # the next full report is far off
             self.beacon.synced(answer["liveness"]["clock"], sent_at, time.time(), shape)
 
     def fetch_bundle(self, sha256, cache_dir):
