@@ -11,7 +11,9 @@ what the node agent sends (agents/node/liveness.py, its own ``Beacon`` and
 the last one was acked, else ``POST /v1/nodes/<id>/heartbeat`` with a
 report of the node agent's shape, capacity included.  Agents' full-report
 phases are spread over the interval the manager advertises, as agents
-started at different times are.  ``http`` (with ``--compare-http``, in the
+started at different times are; the agents power on at 5 a second (a
+fleet switched on, not 1,000 joins in the same instant).  ``http`` (with
+``--compare-http``, in the
 same run): the same agents with every heartbeat over HTTP, what agents of
 before the datagrams (or ``[liveness] enabled = false``) send.  Measured
 while they heartbeat:
@@ -65,6 +67,7 @@ SEED_002_PEER_SELECTION_MS = 586   # seed 002, peer selection
 ENORM_ROUND_128_S = 11.0           # seed 004, auto-scaling 128 containers
 ENORM_ROUND_1_S = 5.3              # seed 004, one container
 HEARTBEAT_S = 2.0
+JOIN_RATE = 5.0                    # agents powering on per second
 
 
 def free_port():
@@ -260,8 +263,8 @@ class Agent:
             if first:  # full-report phases spread as agents started apart are
                 self.beacon.last_full = now - random.uniform(0, self.full_s)
 
-    async def run(self, stop, started, conf, network):
-        await asyncio.sleep(random.random() * HEARTBEAT_S * 3)
+    async def run(self, stop, started, conf, network, start_at=0.0):
+        await asyncio.sleep(start_at + random.random() * HEARTBEAT_S)
         delay = 2.0
         while True:  # as the node agent does: retry, backing off
             try:
@@ -323,8 +326,13 @@ def run_agents(mgr, n, until, liveness_on=True):
         async def go():
             stop = asyncio.Event()
             state["stop"], state["loop"] = stop, asyncio.get_running_loop()
-            await asyncio.gather(*(a.run(stop, started, conf, mgr.networks[a.name])
-                                   for a in agents))
+            # The fleet powers on at JOIN_RATE nodes a second, not all in
+            # the same instant: a storm of 1,000 joins at once measures the
+            # storm (every waiting agent holds a connection the server's
+            # loop walks), not the steady state.
+            await asyncio.gather(*(a.run(stop, started, conf, mgr.networks[a.name],
+                                         k / JOIN_RATE)
+                                   for k, a in enumerate(agents)))
         asyncio.run(go())
     t = threading.Thread(target=main, daemon=True)
     t.start()
