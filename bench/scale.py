@@ -76,6 +76,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tool(name):
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -109,8 +115,9 @@ class Manager:
                     "[manager]\ntopology_file = %s/topology.yaml\n"
                     # no container anywhere: nothing to sweep or snapshot
                     "orphan_sweep_interval = 86400\nnode_lost_grace = 0\n"
-                    "node_heartbeat_timeout = 10\n" % (
-                        self.dir, self.dir, self.port, self.dir))
+                    "node_heartbeat_timeout = 10\n"
+                    "[liveness]\nport = %d\n" % (
+                        self.dir, self.dir, self.port, self.dir, free_udp_port()))
         manage = [tool("mec-conpaas-manage"), "--config-file", self.conf]
         subprocess.run(manage + ["db", "sync"], check=True, capture_output=True)
         # One join token for all: each agent joins with it and heartbeats

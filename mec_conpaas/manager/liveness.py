@@ -169,7 +169,15 @@ class Liveness:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            # Not a reason to stop the manager: agents keep heartbeating
+            # over HTTP (no port is advertised).
+            sock.close()
+            LOG.error("liveness datagrams off: cannot listen on udp %s:%d (%s); "
+                      "free the port or set [liveness] port", host, port, e)
+            return None
         sock.settimeout(0.5)
         self.sock = sock
         LOG.info("liveness datagrams on udp %s:%d", host, sock.getsockname()[1])

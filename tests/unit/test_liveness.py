@@ -229,3 +229,21 @@ def test_time_conversions_round_trip():
     assert liveness.to_db_time(t).tzinfo is None and \
         liveness.to_db_time(t) - datetime.datetime(2023, 11, 14, 22, 13, 20) \
         < datetime.timedelta(seconds=1)
+
+
+def test_a_taken_udp_port_leaves_heartbeats_on_http(nodes, store):
+    """Another program on the port: the manager starts anyway, without
+    datagrams (no port advertised: agents stay on HTTP)."""
+    import socket
+    live, clock, creds = nodes
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    store.set_override("bind_host", "127.0.0.1", group="api")
+    store.set_override("port", taken.getsockname()[1], group="liveness")
+    try:
+        live.serve(threading.Event())
+        assert live.sock is None and live.advertise("ap-1") == {}
+    finally:
+        taken.close()
+        store.clear_override("bind_host", group="api")
+        store.clear_override("port", group="liveness")
