@@ -247,3 +247,19 @@ def test_a_taken_udp_port_leaves_heartbeats_on_http(nodes, store):
         taken.close()
         store.clear_override("bind_host", group="api")
         store.clear_override("port", group="liveness")
+
+
+def test_the_clock_offset_comes_from_the_shortest_round_trip(nodes, store):
+    live, clock, creds = nodes
+    store.set_override("manager_url", "http://127.0.0.1:1/", group="node_agent")
+    try:
+        b = agent_side.Beacon("ap-1", creds["ap-1"], "http://127.0.0.1:1/", 9)
+        b.synced(1000.0, 0.0, 0.2, "s")        # 0.2 s round trip: offset ~999.9
+        assert b.offset == pytest.approx(999.9)
+        b.synced(1020.0, 10.0, 30.0, "s")      # 20 s in a queue: not taken
+        assert b.offset == pytest.approx(999.9)
+        b.synced(1040.05, 40.0, 40.1, "s")     # shorter: taken
+        assert b.offset == pytest.approx(1000.0)
+        b.close()
+    finally:
+        store.clear_override("manager_url", group="node_agent")

@@ -61,6 +61,8 @@ class Beacon:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.offset = 0.0        # manager's clock - ours
+        self.offset_rtt = None   # the round trip it was measured over
+        self.offset_at = 0.0
         self.seq = int(clock() * 1e6)
         self.pending = []        # seqs of beats not acked yet, oldest first
         self.refused = False     # a FULL ack, or the socket failed
@@ -71,8 +73,17 @@ class Beacon:
 
     def synced(self, manager_clock, sent_at, now, shape):
         """A full report was taken: its answer's clock (``sent_at``/``now``
-        bracket the round trip) and the report's fingerprint."""
-        self.offset = manager_clock - (sent_at + now) / 2
+        bracket the round trip) and the report's fingerprint.
+
+        The clock offset's error is up to half the round trip, and a loaded
+        manager's answers can take seconds: as NTP does, the estimate from
+        the shortest round trip is kept (a new one replaces it when its
+        round trip is no longer, or the kept one is an hour old)."""
+        rtt = max(0.0, now - sent_at)
+        if self.offset_rtt is None or rtt <= self.offset_rtt or \
+                now - self.offset_at > 3600:
+            self.offset = manager_clock - (sent_at + now) / 2
+            self.offset_rtt, self.offset_at = rtt, now
         self.last_full, self.last_print = now, shape
         self.pending, self.refused = [], False
 
