@@ -116,7 +116,7 @@ class Manager:
                     # no container anywhere: nothing to sweep or snapshot
                     "orphan_sweep_interval = 86400\nnode_lost_grace = 0\n"
                     "node_heartbeat_timeout = 10\n"
-                    "[liveness]\nport = %d\n" % (
+                    "[liveness]\nlisten = true\nport = %d\n" % (
                         self.dir, self.dir, self.port, self.dir, free_udp_port()))
         manage = [tool("mec-conpaas-manage"), "--config-file", self.conf]
         subprocess.run(manage + ["db", "sync"], check=True, capture_output=True)

@@ -23,6 +23,18 @@ Possible values:
 Related options:
 * ``port``, ``full_report_interval``, ``max_age``.
 """),
+    cfg.BoolOpt("listen", default=False,
+                help="""
+(Manager) Receive liveness datagrams (and advertise the port to agents).
+
+Off by default: a fleet of a few dozen access points is served well by
+HTTP heartbeats, and their timing is what the embedded edge's tests are
+tuned to; turn it on for a large fleet (README, "Heartbeats").
+
+Possible values:
+* ``true``: listen on ``port``; agents with ``enabled`` use it;
+* ``false``: HTTP heartbeats only.
+"""),
     cfg.PortOpt("port",
                 help="""
 UDP port the manager receives liveness datagrams on.

@@ -103,10 +103,16 @@ class Liveness:
         self.last_seq[node_id] = seq
         now = self.clock()
         sent = sent_us / 1e6
-        limit = self.conf.manager.node_heartbeat_timeout
+        # A node not heard for longer than the manager waits before it acts
+        # on a lost node must send its full report first (the manager may
+        # have moved its services meanwhile); down for less (a manager
+        # restart, a short outage) its report's shape is still what the
+        # manager has, which is what an unchanged datagram vouches for.
+        opts = self.conf.manager
+        limit = max(opts.node_heartbeat_timeout, opts.node_lost_grace)
         if abs(now - sent) > self.conf.liveness.max_age or \
                 now - self.alive_at.get(node_id, float("-inf")) > limit:
-            # Clock estimate off, or the node is down (or unknown to the
+            # Clock estimate off, or the node long gone (or unknown to the
             # node table): its full report must come first.
             self.counts["full"] += 1
             return wire.ack(k, node_id, seq, wire.FULL)
@@ -152,9 +158,15 @@ class Liveness:
                 .where(models.Node.__table__.c.id == bindparam("nid"),
                        models.Node.__table__.c.last_heartbeat < bindparam("at"))
                 .values(last_heartbeat=bindparam("at"), state="up"))
-        with session_scope() as s:
-            s.connection().execute(stmt, [{"nid": nid, "at": to_db_time(at)}
-                                          for nid, at in rows.items()])
+        try:
+            with session_scope() as s:
+                s.connection().execute(stmt, [{"nid": nid, "at": to_db_time(at)}
+                                              for nid, at in rows.items()])
+        except Exception:
+            with self.lock:  # kept for the next flush, not lost
+                for nid, at in rows.items():
+                    self.pending[nid] = max(at, self.pending.get(nid, at))
+            raise
         self.counts["flushes"] += 1
         return len(rows)
 
@@ -162,7 +174,7 @@ class Liveness:
     def open(self):
         """Bind the UDP socket (None if disabled)."""
         opts = self.conf.liveness
-        if not opts.enabled:
+        if not (opts.enabled and opts.listen):
             return None
         host = self.conf.api.bind_host
         port = opts.port if opts.port is not None else self.conf.api.bind_port

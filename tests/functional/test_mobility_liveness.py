@@ -5,8 +5,22 @@ HTTP heartbeats take."""
 import datetime
 import time
 
+import pytest
 
-def test_liveness_datagrams_keep_nodes_up_between_full_reports(edge, admin):
+
+@pytest.fixture
+def listening(edge):
+    """The manager restarted with ``[liveness] listen``; off again after."""
+    edge.master_groups["liveness"] = {"listen": True}
+    edge.restart_manager()
+    edge._wait_nodes()
+    yield
+    edge.master_groups.pop("liveness")
+    edge.restart_manager()
+    edge._wait_nodes()
+
+
+def test_liveness_datagrams_keep_nodes_up_between_full_reports(edge, admin, listening):
     ahead = {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(ahead) < len(edge.net.aps):

@@ -104,16 +104,21 @@ def test_a_replay_after_the_node_died_does_not_keep_it_alive(nodes, store):
 
 def test_a_down_node_must_send_its_full_report_first(nodes, store):
     live, clock, creds = nodes
-    clock.now += store.manager.node_heartbeat_timeout + 1   # ap-1 is down now
+    # Down for less than node_lost_grace (a manager restart): taken.
+    clock.now += store.manager.node_heartbeat_timeout + 1
     reply = live.handle(beat(creds["ap-1"], "ap-1", 1, clock.now))
+    assert wire.read_ack(wire.key(creds["ap-1"]), "ap-1", reply)[1] == wire.OK
+    # Not heard for longer than that: lost, its full report first.
+    clock.now += store.manager.node_lost_grace + 1
+    reply = live.handle(beat(creds["ap-1"], "ap-1", 2, clock.now))
     assert wire.read_ack(wire.key(creds["ap-1"]), "ap-1", reply)[1] == wire.FULL
-    assert live.flush() == 0
+    assert live.flush() == 1  # only the first
     # Its HTTP heartbeat (which advertises the port) brings it back.
     live.sock = object()  # stands for the bound socket in advertise
     with pytest.raises(AttributeError):
         live.advertise("ap-1")  # getsockname: only a real socket will do
     live.alive_at["ap-1"] = clock.now
-    reply = live.handle(beat(creds["ap-1"], "ap-1", 2, clock.now))
+    reply = live.handle(beat(creds["ap-1"], "ap-1", 3, clock.now))
     assert wire.read_ack(wire.key(creds["ap-1"]), "ap-1", reply)[1] == wire.OK
 
 
@@ -142,6 +147,7 @@ def test_agent_and_manager_over_real_udp(nodes, store):
     live, clock, creds = nodes
     store.set_override("bind_host", "127.0.0.1", group="api")
     store.set_override("port", 0, group="liveness")
+    store.set_override("listen", True, group="liveness")
     stop = threading.Event()
     try:
         live.clock = time.time
@@ -220,6 +226,7 @@ def test_agent_and_manager_over_real_udp(nodes, store):
         stop.set()
         store.clear_override("bind_host", group="api")
         store.clear_override("port", group="liveness")
+        store.clear_override("listen", group="liveness")
         store.clear_override("manager_url", group="node_agent")
 
 
@@ -240,6 +247,7 @@ def test_a_taken_udp_port_leaves_heartbeats_on_http(nodes, store):
     taken.bind(("127.0.0.1", 0))
     store.set_override("bind_host", "127.0.0.1", group="api")
     store.set_override("port", taken.getsockname()[1], group="liveness")
+    store.set_override("listen", True, group="liveness")
     try:
         live.serve(threading.Event())
         assert live.sock is None and live.advertise("ap-1") == {}
@@ -247,6 +255,7 @@ def test_a_taken_udp_port_leaves_heartbeats_on_http(nodes, store):
         taken.close()
         store.clear_override("bind_host", group="api")
         store.clear_override("port", group="liveness")
+        store.clear_override("listen", group="liveness")
 
 
 def test_the_clock_offset_comes_from_the_shortest_round_trip(nodes, store):
