@@ -560,8 +560,9 @@ class NodeAgent:
         except (users_mod.UserError, RuntimeError) as e:
             raise exception.BadRequest(str(e)) from None
         self.wake.set()
-        # ``before`` is an AP name already (users.attach), not a namespace.
-        return {"user": user, "ap": self.name, "address": addr, "previous": before}
+        prefix = users.prefix
+        return {"user": user, "ap": self.name, "address": addr,
+                "previous": before[len(prefix):] if before else None}
 
     def detach_user(self, body, user):
         from mec_conpaas.edge import users as users_mod
