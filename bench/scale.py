@@ -3,10 +3,20 @@ an auto-scaling round over 128 containers on one node.
 
 Part 1.  A real ``mec-conpaas-manager`` (its own store and port on
 loopback) and N emulated node agents: asyncio coroutines speaking the real
-agent protocol over HTTP/1.1 keep-alive connections (``POST
-/v1/nodes/register`` with the node agent's registration, then ``POST
-/v1/nodes/<id>/heartbeat`` every 2 s with a report of the node agent's
-shape, capacity included); no containers.  Measured while they heartbeat:
+agent protocol (``POST /v1/nodes/join`` with a join token for the node's own
+credential, ``POST /v1/nodes/register``, then a heartbeat every 2 s) over
+HTTP/1.1 keep-alive connections and UDP; no containers.  A heartbeat is
+what the node agent sends (agents/node/liveness.py, its own ``Beacon`` and
+``fingerprint``): a liveness datagram when the report kept its shape and
+the last one was acked, else ``POST /v1/nodes/<id>/heartbeat`` with a
+report of the node agent's shape, capacity included.  Agents' full-report
+phases are spread over the interval the manager advertises, as agents
+started at different times are; the agents power on at 5 a second (a
+fleet switched on, not 1,000 joins in the same instant).  ``http`` (with
+``--compare-http``, in the
+same run): the same agents with every heartbeat over HTTP, what agents of
+before the datagrams (or ``[liveness] enabled = false``) send.  Measured
+while they heartbeat:
 
 * the manager's CPU (utime+stime from /proc over the window, % of one
   core) and memory (RSS/PSS), against the same manager idle with no agent
@@ -50,16 +60,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 from mec_conpaas.agents.node import cgroups  # noqa: E402
+from mec_conpaas.agents.node import liveness  # noqa: E402
 from mec_conpaas.policies import autoscale  # noqa: E402
 
 SEED_002_PEER_SELECTION_MS = 586   # seed 002, peer selection
 ENORM_ROUND_128_S = 11.0           # seed 004, auto-scaling 128 containers
 ENORM_ROUND_1_S = 5.3              # seed 004, one container
 HEARTBEAT_S = 2.0
+JOIN_RATE = 5.0                    # agents powering on per second
 
 
 def free_port():
     with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -80,7 +98,7 @@ def topology(path, n):
     import yaml
     with open(path, "w") as f:
         yaml.safe_dump({"nodes": nodes, "links": links}, f)
-    return names
+    return names, {a: v["instance_network"] for a, v in nodes.items()}
 
 
 class Manager:
@@ -89,7 +107,7 @@ class Manager:
     def __init__(self, n):
         self.dir = tempfile.mkdtemp(prefix="mec-bench-scale-")
         self.port = free_port()
-        self.names = topology(os.path.join(self.dir, "topology.yaml"), n)
+        self.names, self.networks = topology(os.path.join(self.dir, "topology.yaml"), n)
         self.conf = os.path.join(self.dir, "mec-conpaas.conf")
         with open(self.conf, "w") as f:
             f.write("[DEFAULT]\nstate_path = %s\nrun_path = %s/run\n"
@@ -97,12 +115,16 @@ class Manager:
                     "[manager]\ntopology_file = %s/topology.yaml\n"
                     # no container anywhere: nothing to sweep or snapshot
                     "orphan_sweep_interval = 86400\nnode_lost_grace = 0\n"
-                    "node_heartbeat_timeout = 10\n" % (
-                        self.dir, self.dir, self.port, self.dir))
+                    "node_heartbeat_timeout = 10\n"
+                    "[liveness]\nlisten = true\nport = %d\n" % (
+                        self.dir, self.dir, self.port, self.dir, free_udp_port()))
         manage = [tool("mec-conpaas-manage"), "--config-file", self.conf]
         subprocess.run(manage + ["db", "sync"], check=True, capture_output=True)
-        self.node_token = subprocess.run(manage + ["node-token", "create"], check=True,
-                                         capture_output=True, text=True).stdout.strip()
+        # One join token for all: each agent joins with it and heartbeats
+        # with the credential it gets (the key of its datagrams).
+        self.node_token = subprocess.run(manage + ["node-token", "create", "--uses", "0"],
+                                         check=True, capture_output=True,
+                                         text=True).stdout.strip()
         self.log = open(os.path.join(self.dir, "manager.log"), "w")
         self.proc = subprocess.Popen([tool("mec-conpaas-manager"), "--config-file",
                                       self.conf], stdout=self.log, stderr=self.log)
@@ -146,16 +168,21 @@ class Manager:
 
 # -- emulated node agents ---------------------------------------------------
 class Agent:
-    """One emulated node agent: the real registration and heartbeat."""
+    """One emulated node agent: the real join, registration and heartbeat
+    (datagram or HTTP, decided by the node agent's own code)."""
 
-    def __init__(self, name, token, port):
+    def __init__(self, name, token, port, liveness=True):
         import uuid
         self.name, self.token, self.port = name, token, port
+        self.join_token, self.liveness = token, liveness
         self.id = str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
-        self.rtts, self.errors = [], 0
+        self.rtts, self.errors, self.http_beats, self.join_errors = [], 0, 0, 0
         self.reader = self.writer = None
+        self.beacon = None
+        self.full_s = None
 
     async def call(self, path, body):
+        """(status, answer) of a POST on the keep-alive connection."""
         data = json.dumps(body).encode()
         for attempt in (1, 2):
             try:
@@ -172,8 +199,8 @@ class Agent:
                 while (line := await self.reader.readline()) not in (b"\r\n", b""):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                await self.reader.readexactly(length)
-                return status
+                answer = await self.reader.readexactly(length)
+                return status, json.loads(answer) if answer else None
             except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
                 self.writer = None
                 if attempt == 2:
@@ -183,39 +210,92 @@ class Agent:
         return {"id": self.id, "name": self.name, "hostname": self.name,
                 "mac": "02:00:00:00:00:00", "address": "127.0.0.1", "agent_port": 9,
                 "agent_token": "x" * 43, "container_backend": "libvirt",
-                "instance_network": None, "max_instances": 8}
+                "instance_network": self.network, "max_instances": 8}
 
     @staticmethod
     def report():
         """A report of the real node agent's shape (agents/node/report.py
-        plus capacity): a Raspberry Pi 3 with nothing running yet."""
-        return {"cpu_percent": 3.0, "cpu_count": 4, "load": [0.1, 0.1, 0.1],
-                "memory": {"total_bytes": 2 ** 30, "available_bytes": 7 * 2 ** 27,
+        plus capacity): a Raspberry Pi 3 with nothing running yet; its
+        usage figures move, its shape does not."""
+        return {"cpu_percent": round(random.uniform(1, 9), 1), "cpu_count": 4,
+                "load": [0.1, 0.1, 0.1],
+                "memory": {"total_bytes": 2 ** 30,
+                           "available_bytes": 7 * 2 ** 27 - random.randrange(2 ** 20),
                            "swap_total_bytes": 0, "swap_free_bytes": 0},
                 "disk": {"path": "/var/lib/mec-conpaas", "total_bytes": 2 ** 34,
                          "free_bytes": 2 ** 33},
-                "containers": {}, "time": time.time(),
+                "containers": {}, "time": time.time(), "stations": [], "services": {},
                 "capacity": {"cpus": 4.0, "memory_mb": 1024, "reserve_cpus": 0.5,
                              "reserve_memory_mb": 128, "held_cpus": 0.0,
                              "held_memory_mb": 0}}
 
-    async def run(self, stop, started):
-        await asyncio.sleep(random.random() * HEARTBEAT_S)
-        try:
-            assert await self.call("/v1/nodes/register", self.registration()) == 200
-        except Exception:
+    async def join(self, network):
+        self.network = network
+        status, answer = await self.call("/v1/nodes/join", {
+            "id": self.id, "name": self.name, "identity": "bench-" + self.name,
+            "hostname": self.name, "mac": "02:00:00:00:00:00",
+            "instance_network": network})
+        assert status == 200, (status, answer)
+        self.token = answer["credential"]  # from here on, its own credential
+
+    def heartbeat(self, conf):
+        """The node agent's choice (NodeAgent._heartbeat): the datagram when
+        the beacon says so; else None (send the full report)."""
+        report = self.report()
+        if self.beacon is not None and not self.beacon.needs_full(
+                liveness.fingerprint(report), self.full_s):
+            self.beacon.beat()
+            return None
+        return report
+
+    async def full(self, report, conf, first=False):
+        sent_at = time.time()
+        status, answer = await self.call("/v1/nodes/%s/heartbeat" % self.id,
+                                         {"report": report})
+        if status != 200:
             self.errors += 1
             return
+        self.http_beats += 1
+        self.rtts.append((time.time() - sent_at) * 1000)
+        if not self.liveness:
+            return
+        self.beacon = liveness.for_answer(self.beacon, answer, self.id, self.token, conf)
+        self.full_s = liveness.full_interval(answer, conf)
+        if self.beacon is not None:
+            self.writer.close()  # as the node agent hangs up (httpserver.hang_up)
+            self.writer = None
+            now = time.time()
+            self.beacon.synced(answer["liveness"]["clock"], sent_at, now,
+                               liveness.fingerprint(report))
+            if first:  # full-report phases spread as agents started apart are
+                self.beacon.last_full = now - random.uniform(0, self.full_s)
+
+    async def run(self, stop, started, conf, network, start_at=0.0):
+        await asyncio.sleep(start_at + random.random() * HEARTBEAT_S)
+        delay = 2.0
+        while True:  # as the node agent does: retry, backing off
+            try:
+                if self.token == self.join_token:
+                    await self.join(network)
+                status, answer = await self.call("/v1/nodes/register",
+                                                 self.registration())
+                assert status == 200, (status, answer)
+                await self.full(self.report(), conf, first=True)
+                break
+            except Exception as e:
+                self.join_errors += 1
+                if stop.is_set():
+                    print("agent %s: %r" % (self.name, e), file=sys.stderr)
+                    return
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 16)
         started.append(self.name)
         while not stop.is_set():
             t0 = time.monotonic()
             try:
-                status = await self.call("/v1/nodes/%s/heartbeat" % self.id,
-                                         {"report": self.report()})
-                if status != 200:
-                    self.errors += 1
-                else:
-                    self.rtts.append((time.monotonic() - t0) * 1000)
+                report = self.heartbeat(conf)
+                if report is not None:
+                    await self.full(report, conf)
             except Exception:
                 self.errors += 1
             try:
@@ -224,11 +304,28 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
 
+    def beats(self):
+        """Heartbeats the manager took: full reports and acked datagrams."""
+        return self.http_beats + (self.beacon.acks if self.beacon else 0)
 
-def run_agents(mgr, n, until):
+    def reset(self):
+        self.rtts.clear()
+        self.http_beats = 0
+        if self.beacon:
+            self.beacon.acks = 0
+
+
+def run_agents(mgr, n, until, liveness_on=True):
     """Agents heartbeating in a thread's event loop until ``until`` is set."""
     import threading
-    agents = [Agent(name, mgr.node_token, mgr.port) for name in mgr.names[:n]]
+
+    from mec_conpaas import conf as conf_mod
+    conf = conf_mod.parse_args(["--config-file", mgr.conf])
+    conf.set_override("manager_url", "http://127.0.0.1:%d/" % mgr.port,
+                      group="node_agent")
+    conf.set_override("enabled", liveness_on, group="liveness")
+    agents = [Agent(name, mgr.node_token, mgr.port, liveness_on)
+              for name in mgr.names[:n]]
     started = []
     state = {}
 
@@ -236,7 +333,13 @@ def run_agents(mgr, n, until):
         async def go():
             stop = asyncio.Event()
             state["stop"], state["loop"] = stop, asyncio.get_running_loop()
-            await asyncio.gather(*(a.run(stop, started) for a in agents))
+            # The fleet powers on at JOIN_RATE nodes a second, not all in
+            # the same instant: a storm of 1,000 joins at once measures the
+            # storm (every waiting agent holds a connection the server's
+            # loop walks), not the steady state.
+            await asyncio.gather(*(a.run(stop, started, conf, mgr.networks[a.name],
+                                         k / JOIN_RATE)
+                                   for k, a in enumerate(agents)))
         asyncio.run(go())
     t = threading.Thread(target=main, daemon=True)
     t.start()
@@ -245,6 +348,10 @@ def run_agents(mgr, n, until):
         if not state["loop"].is_closed():  # closed: every agent has ended
             state["loop"].call_soon_threadsafe(state["stop"].set)
         t.join(30)
+        for a in agents:
+            if a.beacon:
+                a.beacon.close()
+        conf.clear()
     until.append(finish)
     return agents, started
 
@@ -302,42 +409,78 @@ def stats(values):
             "n": len(values)}
 
 
-def part1(n, window):
+def part1(n, window, compare_http=False):
     out = {}
-    for label, count in (("floor_3_nodes", 3), ("ours", n)):
+    runs = [("floor_3_nodes", 3, True), ("ours", n, True)]
+    if compare_http:
+        runs.append(("http", n, False))
+    for label, count, liveness_on in runs:
         mgr = Manager(count)
         try:
             idle_cpu = mgr.cpu_percent(min(window, 5))
             stops = []
-            agents, started = run_agents(mgr, count, stops)
-            deadline = time.monotonic() + 60 + count / 50
+            agents, started = run_agents(mgr, count, stops, liveness_on)
+            # A loaded machine's manager takes minutes to enroll 1,000
+            # nodes (join + register, each reading the allocations).
+            t_reg = time.monotonic()
+            deadline = t_reg + 60 + count
             while len(started) < count and time.monotonic() < deadline:
-                time.sleep(0.2)
+                time.sleep(1)
+                mgr.alive()
+            registration_s = round(time.monotonic() - t_reg, 1)
+            print("%s: %d of %d agents registered" % (label, len(started), count),
+                  file=sys.stderr)
             registered = len(started)
-            time.sleep(HEARTBEAT_S)  # every agent has heartbeated once
+            time.sleep(2 * HEARTBEAT_S)  # every agent has heartbeated
             for a in agents:
-                a.rtts.clear()
+                a.reset()
             mgr.alive()
             cpu = mgr.cpu_percent(window)
-            beats = sum(len(a.rtts) for a in agents)
+            beats = sum(a.beats() for a in agents)
+            http = sum(a.http_beats for a in agents)
             mgr.alive()
             mem = common.proc_memory(mgr.proc.pid)
-            decisions = decision_times(mgr.conf, mgr.names[count // 2],
+            up = nodes_up(mgr.conf)
+            decisions = decision_times(mgr.conf, sorted(started)[len(started) // 2],
                                        20 if count > 10 else 50)
             stops[0]()
             rtts = [r for a in agents for r in a.rtts]
             out[label] = {
-                "nodes": count, "registered": registered,
+                "nodes": count, "registered": registered, "nodes_up_at_end": up,
+                "registration_s": registration_s,
+                "liveness_datagrams": liveness_on,
                 "heartbeats_per_s": round(beats / window, 1),
+                "http_heartbeats_per_s": round(http / window, 1),
+                "datagrams_acked_per_s": round((beats - http) / window, 1),
                 "heartbeats_per_s_wanted": round(count / HEARTBEAT_S, 1),
+                "full_report_s": max((a.full_s or 0) for a in agents),
                 "heartbeat_errors": sum(a.errors for a in agents),
-                "heartbeat_rtt_ms": stats(rtts) if rtts else None,
+                "join_or_register_retries": sum(a.join_errors for a in agents),
+                "http_heartbeat_rtt_ms": stats(rtts) if rtts else None,
                 "manager_cpu_percent_idle": idle_cpu,
                 "manager_cpu_percent": cpu, "manager_memory": mem,
                 "placement_ms": decisions}
+            print(label, json.dumps({k: v for k, v in out[label].items()
+                                     if k != "placement_ms"}), file=sys.stderr)
         finally:
             mgr.close()
     return out
+
+
+def nodes_up(conf_path):
+    """Nodes the manager's store counts up (heard within the timeout)."""
+    from mec_conpaas import conf as conf_mod
+    from mec_conpaas import drivers
+    from mec_conpaas.db import session as db
+    from mec_conpaas.db.session import session_scope
+    from mec_conpaas.manager import cluster as cluster_mod
+    conf = conf_mod.parse_args(["--config-file", conf_path])
+    cluster = cluster_mod.Cluster(conf, drivers.load(conf.manager.driver, conf))
+    with session_scope() as s:
+        up = len(cluster.nodes(s, up_only=True))
+    conf.clear()
+    db.reset()
+    return up
 
 
 # -- one auto-scaling round over real cgroups ----------------------------------
@@ -430,12 +573,14 @@ def main():
     ap.add_argument("--nodes", type=int)
     ap.add_argument("--window", type=float, help="seconds CPU is measured over")
     ap.add_argument("--containers", type=int)
+    ap.add_argument("--compare-http", action="store_true",
+                    help="also the same agents with HTTP heartbeats only")
     args = ap.parse_args()
     n = args.nodes or (100 if args.quick else 1000)
     window = args.window or (10 if args.quick else 30)
     containers = args.containers or (32 if args.quick else 128)
     t0 = time.monotonic()
-    p1 = part1(n, window)
+    p1 = part1(n, window, args.compare_http)
     p2 = part2(containers)
     ours, floor = p1["ours"], p1["floor_3_nodes"]
     summary = {
@@ -450,8 +595,18 @@ def main():
             / max(1e-6, floor["placement_ms"]["end_to_end"]["median"]), 1),
         "placement_vs_seed002": round(ours["placement_ms"]["end_to_end"]["median"]
                                       / SEED_002_PEER_SELECTION_MS, 4),
+        "placement_decide_only_ms": ours["placement_ms"]["decide"]["median"],
+        "heartbeats_per_s": ours["heartbeats_per_s"],
+        "heartbeats_per_s_wanted": ours["heartbeats_per_s_wanted"],
+        "http_heartbeats_per_s": ours["http_heartbeats_per_s"],
+        "nodes_up_at_end": ours["nodes_up_at_end"],
         "manager_cpu_percent": ours["manager_cpu_percent"],
         "manager_cpu_target_percent": 10,
+        "http_only": {k: p1["http"][k] for k in (
+            "heartbeats_per_s", "manager_cpu_percent", "nodes_up_at_end")} | {
+            "placement_ms": p1["http"]["placement_ms"]["end_to_end"]["median"],
+            "rss_mb": p1["http"]["manager_memory"]["rss_mb"]}
+        if "http" in p1 else None,
         "manager_cpu_floor_percent": floor["manager_cpu_percent"],
         "manager_rss_mb": ours["manager_memory"]["rss_mb"],
         "autoscale_round_s": p2["median_s"], "autoscale_target_s": 0.5,
@@ -478,9 +633,14 @@ def main():
         ax.set_ylabel("ms (log)")
         for i, v in enumerate(values):
             ax.text(i, v, "%.3g" % v, ha="center", va="bottom", fontsize=7)
-        ax.set_title("Control plane: manager CPU %.1f%% of a core with %d agents "
-                     "(idle %.1f%%)" % (ours["manager_cpu_percent"], n,
-                                       ours["manager_cpu_percent_idle"]), fontsize=8)
+        http = summary["http_only"]
+        ax.set_title("Control plane, %d agents: %.0f of %.0f heartbeats/s, manager CPU "
+                     "%.1f%% of a core (idle %.1f%%)%s" % (
+                         n, ours["heartbeats_per_s"], ours["heartbeats_per_s_wanted"],
+                         ours["manager_cpu_percent"], ours["manager_cpu_percent_idle"],
+                         "\nHTTP heartbeats only: %.0f/s, CPU %.1f%%" % (
+                             http["heartbeats_per_s"], http["manager_cpu_percent"])
+                         if http else ""), fontsize=8)
     common.write("scale-quick" if args.quick else "scale", summary, plot)
 
 

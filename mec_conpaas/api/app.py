@@ -256,6 +256,8 @@ def create_app(manager):
             node.report = body.get("report") or {}
             node.last_heartbeat = models.utcnow()
             node.state = "up"
+        # Where its liveness datagrams go (manager/liveness.py), if on.
+        answer.update(manager.liveness.advertise(node_id))
         return flask.jsonify(ok=True, **answer)
 
     def own_instances(s, ctx):

@@ -10,6 +10,7 @@ from mec_conpaas.conf import api
 from mec_conpaas.conf import database
 from mec_conpaas.conf import edge
 from mec_conpaas.conf import join
+from mec_conpaas.conf import liveness
 from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
@@ -20,7 +21,7 @@ from mec_conpaas.conf import qos
 CONF = cfg.CONF
 
 for _module in (paths, api, database, manager, node_agent, edge, openstack, join, qos,
-                policies):
+                policies, liveness):
     _module.register_opts(CONF)
 
 

@@ -3,6 +3,7 @@ from mec_conpaas.conf import api
 from mec_conpaas.conf import database
 from mec_conpaas.conf import edge
 from mec_conpaas.conf import join
+from mec_conpaas.conf import liveness
 from mec_conpaas.conf import manager
 from mec_conpaas.conf import node_agent
 from mec_conpaas.conf import openstack
@@ -14,7 +15,7 @@ from mec_conpaas.conf import qos
 def list_opts():
     grouped = {}
     for module in (paths, api, database, manager, node_agent, edge, openstack, join, qos,
-                   policies):
+                   policies, liveness):
         grouped.update(module.list_opts())
     return [(group if group == "DEFAULT" else group, opts)
             for group, opts in grouped.items()]

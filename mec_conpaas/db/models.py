@@ -188,3 +188,44 @@ class JoinToken(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False,
                                           server_default=false())
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# -- the mobility loop's own state (manager/mobility.py) ----------------------
+# Kept so a restarted manager keeps follow-the-user's hysteresis (where each
+# user is and since when, when a service last moved) and knows the standbys
+# it started (else they would be taken for serving instances and never go).
+class MobilityUser(Base):
+    __tablename__ = "mobility_users"
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ap: Mapped[str] = mapped_column(String(64))
+    previous: Mapped[str | None] = mapped_column(String(64))
+    since: Mapped[float] = mapped_column(Float)  # the loop's clock (epoch s)
+    address: Mapped[str | None] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(17))
+    signal: Mapped[float | None] = mapped_column(Float)
+
+
+class MobilityTransition(Base):
+    """Handover counts ahead_handover predicts from: ``order`` 1 keys by the
+    AP left, 2 by ``previous>current``."""
+    __tablename__ = "mobility_transitions"
+    order: Mapped[int] = mapped_column(Integer, primary_key=True)
+    origin: Mapped[str] = mapped_column(String(130), primary_key=True)
+    next: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MobilityStandby(Base):
+    """A standby the loop started (in the same transaction as its scale
+    operation): ``node``'s instance of the service is the loop's to drop."""
+    __tablename__ = "mobility_standbys"
+    service_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+
+
+class MobilityMove(Base):
+    """When the loop last migrated a service (its dwell starts there)."""
+    __tablename__ = "mobility_moves"
+    service_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    at: Mapped[float] = mapped_column(Float)

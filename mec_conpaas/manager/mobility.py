@@ -11,14 +11,21 @@ decisions into ordinary operations (``migrate``, ``scale``) whose params
 carry the policy's ``reason``: they show in ``operation list`` and exclude
 the tenant's own operations like any other.
 
-What is kept in memory only (a restarted manager starts afresh, which
-costs at most one extra dwell time): users' history, the standbys this
-loop started, and when it last moved each service.
+What it keeps is persisted (db/models.py ``Mobility*``), written in the
+session that observed or decided it, and read back by a restarted
+manager: where each user is, came from and since when (so dwell times run
+on across a restart), the handover counts the prediction learns from,
+when the loop last moved each service (its dwell), and the standbys it
+started: a standby row is written in the same transaction as its scale
+operation, so after a crash at any point the loop still knows the
+instance is its standby, keeps it while the prediction holds and drops
+it when it no longer does (none leaks as a serving instance).
 """
 import logging
 import threading
 import time
 
+from sqlalchemy import delete
 from sqlalchemy import select
 
 from mec_conpaas import exception
@@ -40,10 +47,65 @@ class Mobility:
         self.conf = cluster.conf
         self.clock = clock
         self.lock = threading.Lock()
+        # Read from the store at first use (_load), written through.
         self.users = {}      # user -> {"ap", "since", "previous", "address", ...}
         self.history = {}    # ahead_handover.record's
         self.standbys = {}   # service id -> {node: started at}
         self.last_move = {}  # service id -> when this loop last migrated it
+        self.loaded = False
+
+    # -- the store -----------------------------------------------------------
+    def _load(self, s):
+        """What a previous manager process kept (once per process; the
+        caller holds ``self.lock``)."""
+        if self.loaded:
+            return
+        for u in s.scalars(select(models.MobilityUser)):
+            self.users[u.user] = {"user": u.user, "ap": u.ap, "since": u.since,
+                                  "previous": u.previous, "address": u.address,
+                                  "mac": u.mac, "signal": u.signal}
+        for t in s.scalars(select(models.MobilityTransition)):
+            key = "first" if t.order == 1 else "second"
+            self.history.setdefault(key, {}).setdefault(t.origin, {})[t.next] = t.count
+        for sb in s.scalars(select(models.MobilityStandby)):
+            self.standbys.setdefault(sb.service_id, {})[sb.node] = sb.started_at
+        for m in s.scalars(select(models.MobilityMove)):
+            self.last_move[m.service_id] = m.at
+        self.loaded = True
+        if self.users or self.standbys:
+            LOG.info("mobility state restored: %d user(s), %d standby(s)",
+                     len(self.users), sum(map(len, self.standbys.values())))
+
+    def _save_user(self, s, u):
+        s.merge(models.MobilityUser(
+            user=u["user"], ap=u["ap"], previous=u["previous"], since=u["since"],
+            address=u.get("address"), mac=u.get("mac"), signal=u.get("signal")))
+
+    def _save_transition(self, s, previous, current, nxt):
+        rows = [(1, current)] + ([(2, "%s>%s" % (previous, current))]
+                                 if previous is not None else [])
+        for order, origin in rows:
+            key = "first" if order == 1 else "second"
+            s.merge(models.MobilityTransition(
+                order=order, origin=origin, next=nxt,
+                count=self.history[key][origin][nxt]))
+
+    def _forget_standby(self, s, service_id, node):
+        self.standbys.get(service_id, {}).pop(node, None)
+        s.execute(delete(models.MobilityStandby).where(
+            models.MobilityStandby.service_id == service_id,
+            models.MobilityStandby.node == node))
+
+    def _forget_services(self, s, gone):
+        """Rows of services that no longer exist."""
+        for sid in gone:
+            self.standbys.pop(sid, None)
+            self.last_move.pop(sid, None)
+        if gone:
+            s.execute(delete(models.MobilityStandby).where(
+                models.MobilityStandby.service_id.in_(gone)))
+            s.execute(delete(models.MobilityMove).where(
+                models.MobilityMove.service_id.in_(gone)))
 
     # -- observing -----------------------------------------------------------
     def observe(self, session):
@@ -61,21 +123,38 @@ class Mobility:
                              seen[user][1].get("since", 0)):
                     seen[user] = (node.name, st)
         with self.lock:
+            self._load(session)
             for user, (ap, st) in seen.items():
                 known = self.users.get(user)
+                changed = False
                 if known is None or known["ap"] != ap:
                     previous = known["ap"] if known else None
                     if known is not None:
                         ahead_handover.record(self.history, known.get("previous"),
                                               known["ap"], ap)
+                        self._save_transition(session, known.get("previous"),
+                                              known["ap"], ap)
                         LOG.info("user %s moved %s -> %s", user, known["ap"], ap)
                     known = self.users[user] = {"user": user, "ap": ap, "since": now,
                                                 "previous": previous}
-                known.update(address=st.get("address"), mac=st.get("mac"),
-                             signal=st.get("signal"))
-            for user in set(self.users) - set(seen):
+                    changed = True
+                fresh = {"address": st.get("address"), "mac": st.get("mac"),
+                         "signal": st.get("signal")}
+                if changed or any(known.get(k) != v for k, v in fresh.items()):
+                    known.update(fresh)
+                    self._save_user(session, known)
+            # A user is gone when the AP it was at reports without it; the
+            # users of an AP not heard lately (down, or all of them just
+            # after a manager restart) stay where they were: unknown is not
+            # gone, and dropping them would drop their standbys.
+            up = {n.name for n in nodes}
+            gone = {u for u in set(self.users) - set(seen) if self.users[u]["ap"] in up}
+            for user in gone:
                 LOG.info("user %s detached from %s", user, self.users[user]["ap"])
                 del self.users[user]
+            if gone:
+                session.execute(delete(models.MobilityUser).where(
+                    models.MobilityUser.user.in_(gone)))
         return nodes
 
     def service_users(self, nodes, service_id):
@@ -121,18 +200,26 @@ class Mobility:
             nodes = self.observe(s)
             if not (opts.follow_the_user or opts.ahead_of_handover):
                 return started
+            up = {n.name for n in nodes}
             capacity = self.cluster.capacity(s)
             dist = self.cluster.distances(list(capacity))
             adjacency = self._adjacency(list(capacity))
             now = self.clock()
+            with self.lock:
+                existing = set(s.scalars(select(models.Service.id)))
+                self._forget_services(s, (set(self.standbys) | set(self.last_move))
+                                      - existing)
             for svc in s.scalars(select(models.Service).where(
                     models.Service.state == "RUNNING")):
                 active = [i.node_name for i in svc.instances if i.state == "ACTIVE"]
                 mine = self.standbys.setdefault(svc.id, {})
-                for node in [n for n in mine if n not in active]:
-                    del mine[node]  # gone (failed, scaled in by its owner)
                 if svc.operation_id:
-                    continue
+                    continue  # its standby may still be starting
+                if not {svc.home_node, *active} <= up:
+                    continue  # a node of its own not heard: its users unknown
+                for node in [n for n in mine if n not in active]:
+                    # gone (failed, scaled in by its owner)
+                    self._forget_standby(s, svc.id, node)
                 users = self.service_users(nodes, svc.id)
                 knobs = qos.knobs(self.conf, svc)
                 decisions = []
@@ -181,6 +268,7 @@ class Mobility:
                                          "migrated", to=d["to"], source=svc.home_node,
                                          reason=d["reason"])
                 self.last_move[svc.id] = now
+                s.merge(models.MobilityMove(service_id=svc.id, at=now))
             elif d["action"] == "standby":
                 count = len(active) + 1
                 self.services.check_scale(s, svc, count, d["node"])
@@ -189,12 +277,14 @@ class Mobility:
                                          node=d["node"], standby=True,
                                          reason=d["reason"])
                 self.standbys.setdefault(svc.id, {})[d["node"]] = now
+                s.merge(models.MobilityStandby(service_id=svc.id, node=d["node"],
+                                               started_at=now))
             elif d["action"] == "drop_standby":
                 op = self.services.start(s, "scale", svc, "ADAPTING", ("RUNNING",),
                                          "scaled", count=len(active) - 1,
                                          previous=len(active), remove_from=[d["node"]],
                                          reason=d["reason"])
-                self.standbys.get(svc.id, {}).pop(d["node"], None)
+                self._forget_standby(s, svc.id, d["node"])
             else:
                 raise ValueError("unknown policy action %r" % d["action"])
         except exception.MecError as e:

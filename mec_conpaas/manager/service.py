@@ -10,6 +10,7 @@ from mec_conpaas.db import session as db
 from mec_conpaas.manager import cluster as cluster_mod
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import farcloud
+from mec_conpaas.manager import liveness
 from mec_conpaas.manager import mobility
 from mec_conpaas.manager import nodeloss
 from mec_conpaas.manager import qos
@@ -58,6 +59,7 @@ class Manager:
         self.qos = qos.Loop(self.cluster, self.engine, self.services)
         self.snapshots = snapshots.Snapshots(conf)
         self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
+        self.liveness = liveness.Liveness(conf)
         self._sample = None
         self.stop = threading.Event()
 
@@ -119,6 +121,7 @@ class Manager:
 
         from mec_conpaas.api import app as app_mod
         threading.Thread(target=self.monitor, daemon=True).start()
+        self.liveness.serve(self.stop)  # the cheap heartbeat path
         if self.conf.enrollment.manage_routes:  # the master's own routes
             from mec_conpaas.manager import allocation
             threading.Thread(target=allocation.route_loop, daemon=True,

@@ -81,6 +81,24 @@ def walking(edge, admin, users, service, user):
         wait_op(admin, admin.delete_service(service))
 
 
+def standby_up(admin, service):
+    """Wait for the ahead-of-handover standby on ap-2 beside the home."""
+    until("a standby on ap-2", lambda: sorted(
+        (i["node"], i["state"]) for i in admin.service(service)["instances"])
+        == [("ap-1", "ACTIVE"), ("ap-2", "ACTIVE")], timeout=60)
+
+
+def standby_dropped(admin, users, user, service):
+    """``user`` leaves: nothing predicts ap-2 any more, the standby goes;
+    returns the policy's drop operations."""
+    users.detach(user)
+    until("the standby to go", lambda: [
+        i["node"] for i in admin.service(service)["instances"]] == ["ap-1"]
+        and admin.service(service)["state"] == "RUNNING", timeout=90)
+    return [o for o in policy_ops(admin, service, "scale")
+            if "no user is predicted" in o["params"]["reason"]]
+
+
 def settled_at(admin, service, ap):
     svc = admin.service(service)
     return svc["home_node"] == ap and svc["state"] == "RUNNING" and svc
@@ -90,7 +108,11 @@ def test_service_follows_its_user_with_no_failed_request(edge, admin, mobility):
     users = mobility(follow_the_user=True)
     with walking(edge, admin, users, "follow", "walker") as run:
         assert admin.service("follow")["home_node"] == "ap-1"
-        users.attach("walker", "ap-2")  # the handover
+        # The handover, asked of the manager (mec-conpaas user move): ap-2's
+        # node agent pulls the user onto its Wi-Fi bridge.
+        moved = admin.request("POST", "/v1/users/walker/move", json={"ap": "ap-2"})
+        assert (moved["user"]["ap"], moved["user"]["previous"]) == ("ap-2", "ap-1"), moved
+        assert users.where("walker") == "ap-2"
         svc = until("the service to follow to ap-2",
                     lambda: settled_at(admin, "follow", "ap-2"))
         assert [i["node"] for i in svc["instances"]] == ["ap-2"]
@@ -126,9 +148,7 @@ def test_standby_starts_before_the_move_and_goes_with_the_prediction(
     with walking(edge, admin, users, "ahead", "runner") as run:
         # ap-1's only neighbour is ap-2: the standby goes there while the
         # user is still at ap-1.
-        until("a standby on ap-2", lambda: sorted(
-            (i["node"], i["state"]) for i in admin.service("ahead")["instances"])
-            == [("ap-1", "ACTIVE"), ("ap-2", "ACTIVE")], timeout=60)
+        standby_up(admin, "ahead")
         assert users.where("runner") == "ap-1"
         ops = policy_ops(admin, "ahead", "scale")
         assert ops and ops[0]["params"]["reason"].startswith(
@@ -136,14 +156,33 @@ def test_standby_starts_before_the_move_and_goes_with_the_prediction(
         assert ops[0]["params"]["node"] == "ap-2"
         # The user leaves: nothing predicts ap-2 any more, the standby goes.
         left = time.monotonic()
-        users.detach("runner")
-        until("the standby to go", lambda: [
-            i["node"] for i in admin.service("ahead")["instances"]] == ["ap-1"]
-            and admin.service("ahead")["state"] == "RUNNING", timeout=90)
-    drops = [o for o in policy_ops(admin, "ahead", "scale")
-             if "no user is predicted" in o["params"]["reason"]]
+        drops = standby_dropped(admin, users, "runner", "ahead")
     assert drops and drops[0]["state"] == "SUCCEEDED", drops
     # Every request before the user left had its answer (after it, the
     # detached user has no network).
     before = [r for r in run["results"] if r["end"] < left]
     assert before and all(r["ok"] for r in before), loadgen.summarize(before)
+
+
+def test_a_standby_alive_when_the_manager_is_killed_is_reused_then_removed(
+        edge, admin, mobility):
+    """SIGKILL with a standby up: the restarted manager knows it is its
+    standby (persisted with its scale operation), starts no second one,
+    and drops it when the prediction goes: nothing leaks."""
+    opts = dict(ahead_of_handover=True, handover_probability=0.5)
+    users = mobility(**opts)
+    with walking(edge, admin, users, "crash", "sprinter"):
+        standby_up(admin, "crash")
+        # Its scale operation over (a killed one would be resumed, which
+        # may replace the instance): the standby is simply alive.
+        until("the standby's operation to end", lambda: admin.service(
+            "crash")["state"] == "RUNNING" and not admin.service("crash")["operation"])
+        standby = [i["id"] for i in admin.service("crash")["instances"]
+                   if i["node"] == "ap-2"]
+        mobility(**opts)  # SIGKILL, and the same policies again
+        time.sleep(3)     # several rounds: the standby is kept, not doubled
+        svc = admin.service("crash")
+        assert [i["id"] for i in svc["instances"] if i["node"] == "ap-2"] == standby
+        assert len(svc["instances"]) == 2, svc["instances"]
+        drops = standby_dropped(admin, users, "sprinter", "crash")
+    assert len(drops) == 1 and drops[0]["state"] == "SUCCEEDED", drops

@@ -11,6 +11,7 @@ from mec_conpaas.db import session as db
 from mec_conpaas.drivers import lxc
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import cluster as cluster_mod
+from mec_conpaas.manager import liveness
 from mec_conpaas.manager import mobility
 from mec_conpaas.manager import service
 from mec_conpaas.manager import services
@@ -42,6 +43,7 @@ class Manager:
         self.engine = Engine()
         self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
         self.sample_bundle = service.build_sample_bundle
+        self.liveness = liveness.Liveness(conf)  # no socket: not advertised
 
 
 class Api:

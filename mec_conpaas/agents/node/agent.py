@@ -24,6 +24,7 @@ from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
 from mec_conpaas.agents.node import joining
+from mec_conpaas.agents.node import liveness as liveness_mod
 from mec_conpaas.agents.node import probe
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import routes as routes_mod
@@ -133,6 +134,8 @@ class NodeAgent:
         self.served_manifests = {}
         self.pulls = statesync.Pulls(os.path.join(conf.state_path, "pulls"))
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
+        self.beacon = None  # liveness datagrams, once the manager offers them
+        self.full_interval = conf.liveness.full_report_interval
         self._metrics = None  # the Prometheus registry, made at the first scrape
         self._metrics_lock = threading.Lock()
         # A station coming or going heartbeats at once (stations.py).
@@ -252,9 +255,7 @@ class NodeAgent:
                         if self.haproxy.services else None)
                 except Exception:  # users are extra: the heartbeat must go
                     LOG.exception("reporting stations and service users")
-                self.heard(self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
-                                        {"report": report}))
-                self.last_heartbeat = time.monotonic()
+                self._heartbeat(report)
             except exception.NodeError as e:
                 status = getattr(e, "remote_status", None)
                 if status == 404:
@@ -270,6 +271,33 @@ class NodeAgent:
                 LOG.error("cannot join: %s", e.message)
             self.wake.wait(interval)
             self.wake.clear()
+
+    def _heartbeat(self, report):
+        """A liveness datagram when the manager has the report's shape and
+        took the last one; else the full report over HTTP
+        (agents/node/liveness.py says when)."""
+        shape = liveness_mod.fingerprint(report)
+        beacon = self.beacon
+        if beacon is not None and not beacon.needs_full(shape, self.full_interval):
+            beacon.beat()
+            if beacon.last_ack is not None:
+                self.last_heartbeat = max(self.last_heartbeat or 0.0, beacon.last_ack)
+            return
+        sent_at = time.time()
+        answer = self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
+                              {"report": report})
+        self.heard(answer)
+        self.last_heartbeat = time.monotonic()
+        try:
+            self.beacon = liveness_mod.for_answer(
+                beacon, answer, self.id, self.membership.credential, self.conf)
+        except OSError as e:  # no route for UDP: HTTP it stays
+            LOG.warning("liveness datagrams not used: %s", e)
+            self.beacon = None
+        self.full_interval = liveness_mod.full_interval(answer, self.conf)
+        if self.beacon is not None:
+            httpserver.hang_up()  # the next full report is far off
+            self.beacon.synced(answer["liveness"]["clock"], sent_at, time.time(), shape)
 
     def fetch_bundle(self, sha256, cache_dir):
         path = os.path.join(cache_dir, sha256 + ".tar.gz")

@@ -184,6 +184,15 @@ def _connection(host, port, timeout, fresh=False, tls=None):
     return conn
 
 
+def hang_up():
+    """Close this thread's kept-alive connections (the next call opens a
+    new one): for a caller that will not call again for long, as an idle
+    connection costs the server (the manager's HTTP server walks every open
+    connection on each turn of its loop)."""
+    for conn in (getattr(_local, "pool", None) or {}).values():
+        conn.close()
+
+
 def call(method, url, token=None, body=None, timeout=30, raw=False,
          content_type="application/json", tls=None):
     """JSON request over a kept-alive connection (one per thread and peer).
