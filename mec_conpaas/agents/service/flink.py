@@ -52,8 +52,12 @@ FEED_PORT = 9000
 # After a stop-with-savepoint, the migration freezes this instance within
 # seconds; if it has not by then, the move failed: run the job again.
 PAUSE_AFTER_SAVEPOINT = 120
-# How long a savepoint waits for a restarting job to run again.
-SAVEPOINT_WAIT = 40
+# How long a migration's savepoint may take in all, waiting for a
+# restarting job to run again included (within the service agent's 80 s).
+SAVEPOINT_BUDGET = 70
+# How long the gateway waits for the results of records out to the job
+# before a savepoint (holding new ones back meanwhile).
+SAVEPOINT_DRAIN = 8
 REST_PORT = 8081
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
@@ -98,6 +102,8 @@ class Gateway:
         self.done = set()
         self.duplicates = 0
         self.received = 0
+        self.held = False     # no record out to the job (a savepoint is taken)
+        self.feeds = []       # per live feed connection: ids sent on it
         os.makedirs(state_dir, exist_ok=True)
         self._load()
         self.frames_log = open(os.path.join(state_dir, "frames.log"), "a")
@@ -151,6 +157,7 @@ class Gateway:
                 self.results.append(line)
                 self.results_log.write(line + "\n")
             self.results_log.flush()
+            self.lock.notify_all()  # a hold() draining
 
     def pending(self):
         with self.lock:
@@ -161,19 +168,46 @@ class Gateway:
         """Send the job's source every record without a result, then new
         ones as they come, until the connection breaks."""
         sent = set()
-        with conn:
-            while True:
-                with self.lock:
-                    todo = [self.frames[i] for i in self.order
+        with self.lock:
+            self.feeds.append(sent)
+        try:
+            with conn:
+                while True:
+                    with self.lock:
+                        todo = [] if self.held else [
+                            self.frames[i] for i in self.order
                             if i in self.frames and i not in sent]
-                    if not todo:
-                        self.lock.wait(0.5)
-                        continue
-                    sent.update(line.split(" ", 1)[0] for line in todo)
-                try:
-                    conn.sendall("".join(x + "\n" for x in todo).encode())
-                except OSError:
-                    return
+                        if not todo:
+                            self.lock.wait(0.5)
+                            continue
+                        sent.update(line.split(" ", 1)[0] for line in todo)
+                    try:
+                        conn.sendall("".join(x + "\n" for x in todo).encode())
+                    except OSError:
+                        return
+        finally:
+            with self.lock:
+                self.feeds.remove(sent)
+
+    def hold(self, drain):
+        """Send the job nothing more, and wait up to ``drain`` s for the
+        results of what it was sent: a savepoint taken then holds the state
+        of every record whose result is in, and no record is processed
+        after its barrier (whose effect on the job's state the savepoint
+        would lose).  Returns the records still out (0 once drained)."""
+        deadline = time.monotonic() + drain
+        with self.lock:
+            self.held = True
+            while True:
+                out = sum(1 for sent in self.feeds for i in sent if i in self.frames)
+                if not out or time.monotonic() > deadline:
+                    return out
+                self.lock.wait(0.1)
+
+    def release(self):
+        with self.lock:
+            self.held = False
+            self.lock.notify_all()
 
     def stats(self):
         with self.lock:
@@ -350,45 +384,40 @@ def run_jobmanager(home, env, my_ip):
         """Stop the job with a savepoint into the state directory (a
         migration's final copy carries it); no new submission for a while,
         unless the move fails."""
-        # A job being rescaled (a TaskManager just came or went) restarts:
-        # wait for it to run again rather than move without a savepoint.
-        deadline = time.monotonic() + SAVEPOINT_WAIT
-        while True:
-            try:
-                listed = rest("127.0.0.1", "/jobs/overview")["jobs"]
-            except (OSError, ValueError, KeyError) as e:
-                return {"savepoint": None, "detail": "JobManager not answering: %s" % e}
-            jobs = [j for j in listed if j["state"] == "RUNNING"]
-            settling = [j for j in listed if j["state"] not in (
-                "RUNNING", "FAILED", "CANCELED", "FINISHED")]
-            if jobs or not settling or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        if not jobs:
-            return {"savepoint": None, "detail": "no running job"}
-        paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
-        # A savepoint, then cancel, through the REST API (no JVM to start):
-        # ``flink stop`` fails on a socket source (its cancel closes the
-        # socket, which fails the savepoint).
-        jid = jobs[0]["jid"]
         t0 = time.monotonic()
+        deadline = t0 + SAVEPOINT_BUDGET
+        tries = []
         try:
-            trigger = rest_post("/jobs/%s/savepoints" % jid, {
-                "target-directory": "file://" + savepoints, "cancel-job": True})
-            deadline = time.monotonic() + 30  # within the agent's 80 s
-            while time.monotonic() < deadline:
-                st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (
-                    jid, trigger["request-id"]))
-                if st["status"]["id"] == "COMPLETED":
-                    break
-                time.sleep(0.2)
-        except (OSError, ValueError, KeyError) as e:
-            return {"savepoint": None, "detail": "savepoint failed: %s" % e}
-        failure = (st.get("operation") or {}).get("failure-cause")
-        path = None if failure else (st.get("operation") or {}).get("location")
-        log("job %s stopped with savepoint %s in %.1f s%s" % (
-            jid, path, time.monotonic() - t0, " (%s)" % failure if failure else ""))
-        return {"savepoint": path, "seconds": round(time.monotonic() - t0, 1)}
+            while True:
+                # A job being rescaled (a TaskManager just came or went)
+                # restarts, and Flink refuses a savepoint until every task
+                # runs again (the Python workers take seconds to start):
+                # wait for that rather than move without a savepoint.
+                jid, why = running_job()
+                if jid is None:
+                    if time.monotonic() > deadline:
+                        return {"savepoint": None, "detail": why,
+                                "failed_tries": tries}
+                    time.sleep(0.5)
+                    continue
+                paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
+                out = gw.hold(SAVEPOINT_DRAIN)
+                path, failure = take_savepoint(jid, deadline)
+                if path:
+                    log("job %s stopped with savepoint %s in %.1f s (%d record(s) "
+                        "still out; earlier tries: %s)" % (
+                            jid, path, time.monotonic() - t0, out, tries or "none"))
+                    return {"savepoint": path, "seconds": round(time.monotonic() - t0, 1),
+                            "records_out": out, "failed_tries": tries}
+                tries.append(failure)
+                log("savepoint of job %s failed: %s" % (jid, failure))
+                gw.release()
+                if time.monotonic() > deadline:
+                    paused["until"] = 0.0
+                    return {"savepoint": None, "detail": "; ".join(tries)}
+                time.sleep(1)
+        finally:
+            gw.release()
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
     serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
@@ -439,6 +468,49 @@ def latest_savepoint(directory):
     except OSError:
         return None
     return max(found, key=os.path.getmtime) if found else None
+
+
+def running_job():
+    """(id of the job whose every task runs, None) or (None, why not)."""
+    try:
+        listed = rest("127.0.0.1", "/jobs/overview")["jobs"]
+        jobs = [j for j in listed if j["state"] == "RUNNING"]
+        if not jobs:
+            return None, "no running job (%s)" % (
+                ", ".join(j["state"] for j in listed) or "none submitted")
+        vertices = rest("127.0.0.1", "/jobs/%s" % jobs[0]["jid"])["vertices"]
+    except (OSError, ValueError, KeyError) as e:
+        return None, "JobManager not answering: %s" % e
+    waiting = sorted({v["status"] for v in vertices} - {"RUNNING"})
+    if waiting:
+        return None, "job %s has tasks %s" % (jobs[0]["jid"], "/".join(waiting))
+    return jobs[0]["jid"], None
+
+
+def take_savepoint(jid, deadline):
+    """A savepoint, then cancel, through the REST API (no JVM to start):
+    ``flink stop`` fails on a socket source (its cancel closes the socket,
+    which fails the savepoint).  (path, None) or (None, why)."""
+    try:
+        trigger = rest_post("/jobs/%s/savepoints" % jid, {
+            "target-directory": "file://" + os.path.join(STATE_DIR, "savepoints"),
+            "cancel-job": True})
+        while True:
+            st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (jid, trigger["request-id"]))
+            if st["status"]["id"] == "COMPLETED":
+                break
+            if time.monotonic() > deadline:
+                return None, "savepoint still in progress at the deadline"
+            time.sleep(0.2)
+    except (OSError, ValueError, KeyError) as e:
+        return None, "savepoint failed: %s" % e
+    op = st.get("operation") or {}
+    failure = op.get("failure-cause")
+    if failure:
+        cause = failure.get("stack-trace", "") if isinstance(failure, dict) else str(failure)
+        return None, "; ".join(line.strip() for line in cause.splitlines()
+                               if "Exception" in line)[:600] or str(failure)[:600]
+    return op.get("location"), None
 
 
 def master_address(my_ip):
