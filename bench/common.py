@@ -34,9 +34,10 @@ def machine():
 
 
 class BenchEdge:
-    def __init__(self, prefix, port, node_agent_opts=None, **manager_opts):
+    def __init__(self, prefix, port, node_agent_opts=None, topology=ISOLATED,
+                 **manager_opts):
         self.state = tempfile.mkdtemp(prefix="mec-bench-")
-        prefix, port, topology = slots.apply(prefix, port, ISOLATED, self.state)
+        prefix, port, topology = slots.apply(prefix, port, topology, self.state)
         self.edge = cluster.Edge(self.state, topology, prefix=prefix,
                                  manager_port=port, manager_opts=manager_opts,
                                  node_agent_opts=node_agent_opts,
@@ -44,7 +45,7 @@ class BenchEdge:
                                  user_credentials=False)
 
     def __enter__(self):
-        self.edge.up()
+        self.status = self.edge.up()
         token = open(self.edge.path("admin-token")).read().strip()
         self.client = client_mod.Client(self.edge.manager_url(), token)
         return self

@@ -71,7 +71,23 @@ def client_json(edge, ap, port, path):
     return json.loads(res.stdout)
 
 
-def test_face_recognition_scale_migrate_no_record_lost(tmp_path, edge, admin):
+@pytest.fixture
+def pi4_aps(edge, admin):
+    """ap-1 and ap-2 as Pi 4s with 2 GB: a flink instance (a JVM) holds
+    [manager] flink_instance_memory_mb (640 MB), so a Pi 3's 1 GB (the
+    topology's default capacity, 128 MB of it reserved) takes one, and
+    ENORM's admission would spread the service over the access points;
+    2 GB takes the JobManager and both TaskManagers on one, as the
+    migration needs.  Back to the topology's after."""
+    from tests.functional.test_qos import set_capacity
+    for ap in ("ap-1", "ap-2"):
+        set_capacity(edge, admin, ap, memory_mb=2048)
+    yield
+    for ap in ("ap-1", "ap-2"):
+        set_capacity(edge, admin, ap)
+
+
+def test_face_recognition_scale_migrate_no_record_lost(tmp_path, edge, admin, pi4_aps):
     t0 = time.monotonic()
     batches = [make_frames(tmp_path, n, p) for n, p in ((30, "a"), (60, "b"), (60, "c"))]
     expected = {}
@@ -94,6 +110,7 @@ def _scenario(edge, admin, batches, expected, t0):
     svc = admin.service("faces")
     port = svc["port"]
     assert sorted(i["role"] for i in svc["instances"]) == ["master", "worker"]
+    assert {i["node"] for i in svc["instances"]} == {"ap-1"}
     # The first frames wait in the gateway until the job runs.
     first = Camera(edge, "ap-1", port, batches[0][0], every=0.02).wait()
     assert first["results"] == first["frames"], first
