@@ -77,14 +77,17 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
                                     qos={"priority": 90}))
     wait_op(c, c.create_service("web", "low", node="ap-1", qos={"priority": 10}))
     assert _nodes(c.service("low")) == ["ap-1"]
-    load = Load(evict_edge, "ap-1", c.service("low")["port"], interval=0.02)
+    load = Load(evict_edge, "ap-1", c.service("low")["port"], interval=0.05)
+    marks = {}
     try:
         time.sleep(2)
+        marks["evict"] = time.monotonic()
         # A priority 90 on full ap-1: admitted by evicting low, which no
         # access point has room for (slots and cpus): the cloud takes it.
         res = c.create_service("web", "high", node="ap-1", qos={"priority": 90})
         assert res["operation"]["params"]["after"], res
         wait_op(c, res)
+        marks["evicted"] = time.monotonic()
         [evict] = [o for o in c.operations() if o["service"] == "low"
                    and o["kind"] == "evict"]
         assert evict["state"] == "SUCCEEDED", evict
@@ -95,7 +98,7 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
         time.sleep(2)  # on the cloud a while (and nowhere to return to)
         assert c.service("low")["home_node"] == "cloud-1"
         # ap-2 gets room: low returns there (the nearest to the cloud with room).
-        t_free = time.monotonic()
+        t_free = marks["free"] = time.monotonic()
         wait_op(c, c.delete_service("fill-2"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -104,6 +107,7 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
                 break
             time.sleep(0.5)
         returned_after = time.monotonic() - t_free
+        marks["returned"] = time.monotonic()
         time.sleep(2)
     finally:
         results = load.stop()
@@ -114,6 +118,10 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
     summary = loadgen.summarize(results)
     print("evicted to the cloud and back: back %.1f s after ap-2 freed; %s" % (
         returned_after, summary))
+    t0 = results[0]["start"] if results else 0
+    print("marks (s from the first request): %s; failed requests at: %s" % (
+        {k: round(v - t0, 2) for k, v in marks.items()},
+        [(round(r["start"] - t0, 2), r.get("kind")) for r in results if not r["ok"]][:40]))
     assert summary["requests"] > 100, summary
     if summary["failed"] and set(summary["failures_by_kind"]) == {"timeout"}:
         # The known defect test_farcloud marks the same way (requests around

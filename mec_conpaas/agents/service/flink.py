@@ -28,6 +28,7 @@ Runs with the image's stdlib ``python3``; Flink runs from the
 ``apache-flink`` distribution in the image's ``/opt/flink`` venv (see
 ``mec_conpaas/edge/flink_image.py``), the job's Python with that venv.
 """
+import errno
 import glob
 import http.server
 import json
@@ -36,6 +37,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import threading
@@ -89,9 +91,62 @@ def flink_home():
     return found[0]
 
 
+class PlantedLink(SystemExit):
+    """A link (or other non-regular file) where the gateway keeps its own
+    files: refused, never followed."""
+
+
+def own_dir(path):
+    """``path`` as a directory of our own: created if missing; refused if a
+    link or anything but a directory is there.
+
+    The state directory is the tenant's too (the job runs as the same
+    user) and arrives by copy with every migration, so what is in it is
+    not trusted: nothing here follows a link in it (whatever runs this:
+    the instance's root, or root on a host for bench/stream.py's floor).
+    The last component is what is checked; its parents are this process's
+    own choice (``MEC_STATE_DIR`` and the names below)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PlantedLink("%s is not a directory (%s): the flink gateway keeps its "
+                          "records there; remove it from the service's state" % (
+                              path, "a link" if stat.S_ISLNK(st.st_mode) else
+                              "mode %o" % st.st_mode))
+    return path
+
+
+def open_own(directory, name, flags):
+    """``directory/name`` opened without following a link at either
+    (O_NOFOLLOW from the directory's descriptor), and only if a regular
+    file: PlantedLink otherwise.  Returns a file object (text)."""
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        # O_NONBLOCK: a FIFO planted there must not hang the open (no
+        # effect on a regular file's reads and writes)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
+                     dir_fd=dirfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PlantedLink("%s/%s is a link: the flink gateway refuses to follow "
+                              "it; remove it from the service's state" % (
+                                  directory, name)) from None
+        raise
+    finally:
+        os.close(dirfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PlantedLink("%s/%s is not a regular file: remove it from the "
+                          "service's state" % (directory, name))
+    return os.fdopen(fd, "a" if flags & os.O_APPEND else "r")
+
+
 class Gateway:
     """Records in, results out, with replay; its state survives restarts
-    and migrations (files in ``state_dir``)."""
+    and migrations (files in ``state_dir``, opened with :func:`open_own`)."""
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
@@ -104,14 +159,16 @@ class Gateway:
         self.received = 0
         self.held = False     # no record out to the job (a savepoint is taken)
         self.feeds = []       # per live feed connection: ids sent on it
-        os.makedirs(state_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(state_dir), exist_ok=True)
+        own_dir(state_dir)
         self._load()
-        self.frames_log = open(os.path.join(state_dir, "frames.log"), "a")
-        self.results_log = open(os.path.join(state_dir, "results.log"), "a")
+        append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self.frames_log = open_own(state_dir, "frames.log", append)
+        self.results_log = open_own(state_dir, "results.log", append)
 
     def _load(self):
         try:
-            with open(os.path.join(self.state_dir, "results.log")) as f:
+            with open_own(self.state_dir, "results.log", os.O_RDONLY) as f:
                 for line in f:
                     if line.endswith("\n"):
                         rid = json.loads(line)["id"]
@@ -121,7 +178,7 @@ class Gateway:
         except OSError:
             pass
         try:
-            with open(os.path.join(self.state_dir, "frames.log")) as f:
+            with open_own(self.state_dir, "frames.log", os.O_RDONLY) as f:
                 for line in f:
                     if line.endswith("\n"):
                         rid = line.split(" ", 1)[0]
@@ -461,13 +518,20 @@ def run_jobmanager(home, env, my_ip):
 
 
 def latest_savepoint(directory):
-    """The newest complete savepoint (with its ``_metadata``) or None."""
-    try:
-        found = [os.path.join(directory, d) for d in os.listdir(directory)
-                 if os.path.isfile(os.path.join(directory, d, "_metadata"))]
-    except OSError:
+    """The newest complete savepoint (a directory with a regular
+    ``_metadata``) or None; links are skipped, never followed (a savepoint
+    path goes to ``flink run -s`` and is removed once the job runs)."""
+    def regular(path, kind):
+        try:
+            return kind(os.lstat(path).st_mode)
+        except OSError:
+            return False
+    if not regular(directory, stat.S_ISDIR):
         return None
-    return max(found, key=os.path.getmtime) if found else None
+    found = [os.path.join(directory, d) for d in os.listdir(directory)]
+    found = [d for d in found if regular(d, stat.S_ISDIR)
+             and regular(os.path.join(d, "_metadata"), stat.S_ISREG)]
+    return max(found, key=lambda d: os.lstat(d).st_mtime) if found else None
 
 
 def running_job():
@@ -492,9 +556,12 @@ def take_savepoint(jid, deadline):
     ``flink stop`` fails on a socket source (its cancel closes the socket,
     which fails the savepoint).  (path, None) or (None, why)."""
     try:
+        target = own_dir(os.path.join(STATE_DIR, "savepoints"))
+    except (PlantedLink, OSError) as e:
+        return None, str(e)
+    try:
         trigger = rest_post("/jobs/%s/savepoints" % jid, {
-            "target-directory": "file://" + os.path.join(STATE_DIR, "savepoints"),
-            "cancel-job": True})
+            "target-directory": "file://" + target, "cancel-job": True})
         while True:
             st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (jid, trigger["request-id"]))
             if st["status"]["id"] == "COMPLETED":
