@@ -230,15 +230,15 @@ def moves_run(b, tmp, args):
                      and o["kind"] == "migrate"]
             if found and back is None:
                 back = time.monotonic()
-            if found and found[-1]["state"] in ("SUCCEEDED", "FAILED", "ROLLED_BACK"):
+            if found and found[0]["state"] in ("SUCCEEDED", "FAILED", "ROLLED_BACK"):
                 break
             time.sleep(0.25)
-        if not found or found[-1]["state"] != "SUCCEEDED" or \
+        if not found or found[0]["state"] != "SUCCEEDED" or \
                 client.service(name)["home_node"] != "ap-1":
             raise RuntimeError("no return to ap-1: %s" % found)
         marks.append({"move": "cloud-1 -> ap-1 (the manager's return)", "start": back,
                       "end": time.monotonic(), "enabled": enabled,
-                      "step": found[-1]["step"]})
+                      "step": found[0]["step"]})
         time.sleep(args.phase)
     finally:
         open(stop, "w").close()
@@ -294,13 +294,8 @@ def main_moves(args, tmp):
     host = percentiles(floor["latency_ms"])
     ph = moves["phases"]
     summary = {
-        "bench": "stream-moves", "quick": args.quick,
-        "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-        "machine": common.machine(),
-        "machine_shared": "yes: other engineers' builds and tests ran at the same "
-                          "time on these 2 cores; the host floor ran just before the "
-                          "edge, in this run",
-        "latency_shaping": shaping,
+        **header("stream-moves", args, "the host floor ran just before the edge, in "
+                 "this run", shaping),
         "topology": "edge-topology-cloud.yaml, access points as Pi 4 2 GB "
                     "(capacity %s); cloud-1 30 ms one-way behind ap-1" % PI4_2GB,
         "flink": dict({"taskmanagers": 1}, **flink_limits()),
@@ -340,6 +335,15 @@ def main_moves(args, tmp):
             ph["edge_after"]["p50_ms"]), fontsize=9)
         ax.legend(fontsize=6)
     common.write("stream-moves" + ("-quick" if args.quick else ""), summary, plot)
+
+
+def header(name, args, floor, shaping):
+    return {"bench": name, "quick": args.quick,
+            "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+            "machine": common.machine(),
+            "machine_shared": "yes: other engineers' builds and tests ran at the same "
+                              "time on these 2 cores; " + floor,
+            "latency_shaping": shaping}
 
 
 def ratio(a, b):
@@ -385,13 +389,8 @@ def main():
         subprocess.run(["rm", "-rf", tmp])
     h, e, c = (results[k]["video"]["seconds"] for k in ("host", "edge", "cloud"))
     summary = {
-        "bench": "stream", "quick": args.quick,
-        "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-        "machine": common.machine(),
-        "machine_shared": "yes: other engineers' builds and tests ran at the same "
-                          "time on these 2 cores; host, edge and cloud ran one "
-                          "after the other in this run",
-        "latency_shaping": common.shaping_note(status),
+        **header("stream", args, "host, edge and cloud ran one after the other in "
+                 "this run", common.shaping_note(status)),
         "flink": dict({"taskmanagers": 1, "parallelism": 1}, **flink_limits()),
         "overhead_ratio_edge_vs_host": round(e / h, 3),
         "overhead_ratio_cloud_vs_host": round(c / h, 3),

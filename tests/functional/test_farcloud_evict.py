@@ -10,18 +10,17 @@ full where the test fills them.
 """
 import os
 import subprocess
-import tempfile
 import time
 
 import pytest
 import yaml
 
-from mec_conpaas.edge import cluster
+from bench import common
 from mec_conpaas.edge import loadgen
-from mec_conpaas.edge import slots
 from mec_conpaas.manager import topology as topology_mod
 from tests.functional.conftest import Load
 from tests.functional.conftest import wait_op
+from tests.functional.test_qos import wait_for
 
 CLOUD = os.path.join(os.path.dirname(topology_mod.DEFAULT), "edge-topology-cloud.yaml")
 PREFIX = "mce-"
@@ -29,45 +28,29 @@ SMALL_AP = {"cpus": 1.5, "memory_mb": 512}
 
 
 @pytest.fixture(scope="module")
-def evict_edge():
-    state = tempfile.mkdtemp(prefix="mec-edge-evict-")
+def evict_edge(tmp_path_factory):
     with open(CLOUD) as f:
         topo = yaml.safe_load(f)
     for spec in topo["nodes"].values():
         if spec.get("kind") != "cloud":
             spec["capacity"] = dict(SMALL_AP)
-    path = os.path.join(state, "topology-small-aps.yaml")
+    path = str(tmp_path_factory.mktemp("evict") / "topology-small-aps.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(topo, f, sort_keys=False)
-    prefix, port, topology = slots.apply(PREFIX, 9694, path, state)
-    e = cluster.Edge(state, topology, prefix=prefix, manager_port=port, manager_opts={
-        "node_heartbeat_timeout": 6, "health_timeout": 30, "node_lost_grace": 0},
-        log=lambda m: print("evict edge:", m), user_credentials=False)
-    e.up()
-    try:
-        yield e
-    finally:
-        e.down()
-        subprocess.run(["rm", "-rf", state])
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True,
-                              text=True).stdout
-        assert prefix not in left, "namespaces left behind: " + left
-
-
-@pytest.fixture(scope="module")
-def evict_admin(evict_edge):
-    from mec_conpaas.cli import client as client_mod
-    token = open(evict_edge.path("admin-token")).read().strip()
-    return client_mod.Client(evict_edge.manager_url(), token)
+    # bench/common.py's private edge (own prefix, slot-moved addresses)
+    with common.BenchEdge(PREFIX, 9694, topology=path, node_heartbeat_timeout=6,
+                          health_timeout=30, node_lost_grace=0) as b:
+        yield b
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert b.edge.prefix not in left, "namespaces left behind: " + left
 
 
 def _nodes(svc):
     return sorted(i["node"] for i in svc["instances"] if i["state"] == "ACTIVE")
 
 
-def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
-        evict_edge, evict_admin):
-    c = evict_admin
+def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(evict_edge):
+    c = evict_edge.client
     cloud = c.node("cloud-1")["report"]["capacity"]
     assert cloud["cpus"] > SMALL_AP["cpus"] and cloud["memory_mb"] > SMALL_AP["memory_mb"]
     # ap-2 and ap-3 full of priority 90; ap-1 one priority 90 and the low one.
@@ -77,7 +60,7 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
                                     qos={"priority": 90}))
     wait_op(c, c.create_service("web", "low", node="ap-1", qos={"priority": 10}))
     assert _nodes(c.service("low")) == ["ap-1"]
-    load = Load(evict_edge, "ap-1", c.service("low")["port"], interval=0.05)
+    load = Load(evict_edge.edge, "ap-1", c.service("low")["port"], interval=0.05)
     marks = {}
     try:
         time.sleep(2)
@@ -100,12 +83,11 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(
         # ap-2 gets room: low returns there (the nearest to the cloud with room).
         t_free = marks["free"] = time.monotonic()
         wait_op(c, c.delete_service("fill-2"))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            low = c.service("low")
-            if low["home_node"] == "ap-2" and low["state"] == "RUNNING":
-                break
-            time.sleep(0.5)
+
+        def back():
+            svc = c.service("low")
+            return svc if svc["home_node"] == "ap-2" and svc["state"] == "RUNNING" else None
+        low = wait_for("low to return to ap-2", back, timeout=60)
         returned_after = time.monotonic() - t_free
         marks["returned"] = time.monotonic()
         time.sleep(2)
