@@ -143,12 +143,17 @@ def _scenario(edge, admin, batches, expected, t0):
     # The JobManager on ap-2 submits the job from the savepoint once its JVM
     # and a TaskManager are up; then camera c goes on.
     deadline = time.monotonic() + 240
+    flink_now = None
     while True:
-        flink_now = client_json(edge, "ap-1", port, "/stats")["flink"]
+        assert time.monotonic() < deadline, flink_now
+        try:
+            flink_now = client_json(edge, "ap-1", port, "/stats")["flink"]
+        except AssertionError:  # the proxies switching: ask again
+            time.sleep(1)
+            continue
         if flink_now.get("restored_from") and any(
                 j["state"] == "RUNNING" for j in flink_now.get("jobs", [])):
             break
-        assert time.monotonic() < deadline, flink_now
         time.sleep(2)
     t_restored = time.monotonic() - t0
     resumed = Camera(edge, "ap-1", port, batches[3][0], every=0.1).wait()
