@@ -18,19 +18,25 @@ import time
 import urllib.request
 
 
-def post(url, lines, tries=200):
+def post(url, lines, patience=180.0):
     """POST until accepted: a frame the endpoint refused (a migration's
-    switch) is sent again, and counted."""
+    switch: the JobManager's instance is frozen for seconds while its state
+    moves) is sent again, and counted; for ``patience`` seconds at most."""
     data = "".join(x + "\n" for x in lines).encode()
-    for n in range(tries):
+    deadline = time.monotonic() + patience
+    n = 0
+    while True:
         try:
             with urllib.request.urlopen(urllib.request.Request(
                     url + "/frames", data=data, method="POST"), timeout=10) as r:
                 r.read()
             return n
         except Exception:
+            n += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError("the endpoint refused frames for %.0f s (%d tries)"
+                                   % (patience, n)) from None
             time.sleep(0.05)
-    raise RuntimeError("the endpoint refused frames %d times" % tries)
 
 
 def run(url, lines, every, timeout, poll=0.01, batch=10, stop_file=None,
