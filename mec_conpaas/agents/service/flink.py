@@ -141,7 +141,9 @@ def open_own(directory, name, flags):
         os.close(fd)
         raise PlantedLink("%s/%s is not a regular file: remove it from the "
                           "service's state" % (directory, name))
-    return os.fdopen(fd, "a" if flags & os.O_APPEND else "r")
+    mode = "r" if flags & os.O_ACCMODE == os.O_RDONLY else (
+        "a" if flags & os.O_APPEND else "w")
+    return os.fdopen(fd, mode)
 
 
 class Gateway:
@@ -158,6 +160,7 @@ class Gateway:
         self.duplicates = 0
         self.received = 0
         self.held = False     # no record out to the job (a savepoint is taken)
+        self.savepoint = None  # the last one taken: its path, results before it
         self.feeds = []       # per live feed connection: ids sent on it
         os.makedirs(os.path.dirname(state_dir), exist_ok=True)
         own_dir(state_dir)
@@ -188,6 +191,21 @@ class Gateway:
                             self.order.append(rid)
         except OSError:
             pass
+        try:
+            with open_own(self.state_dir, "savepoint.json", os.O_RDONLY) as f:
+                self.savepoint = json.load(f)
+        except (OSError, ValueError):
+            pass
+
+    def note_savepoint(self, path):
+        """Which savepoint the job stopped with, and how many results were
+        in then (the ones before it: its state counts their records); kept
+        with the records, so the target of a migration has it too."""
+        with self.lock:
+            self.savepoint = {"path": path, "results": len(self.results)}
+            with open_own(self.state_dir, "savepoint.json",
+                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as f:
+                json.dump(self.savepoint, f)
 
     def add_frames(self, lines):
         with self.lock:
@@ -269,7 +287,8 @@ class Gateway:
     def stats(self):
         with self.lock:
             return {"received": self.received, "results": len(self.results),
-                    "pending": len(self.frames), "duplicates_dropped": self.duplicates}
+                    "pending": len(self.frames), "duplicates_dropped": self.duplicates,
+                    "savepoint": self.savepoint}
 
 
 def gateway_handler(gw, flink_status=lambda: {}, savepoint=None):
@@ -461,6 +480,10 @@ def run_jobmanager(home, env, my_ip):
                 out = gw.hold(SAVEPOINT_DRAIN)
                 path, failure = take_savepoint(jid, deadline)
                 if path:
+                    try:
+                        gw.note_savepoint(path)
+                    except (PlantedLink, OSError) as e:
+                        log("cannot note the savepoint: %s" % e)
                     log("job %s stopped with savepoint %s in %.1f s (%d record(s) "
                         "still out; earlier tries: %s)" % (
                             jid, path, time.monotonic() - t0, out, tries or "none"))
