@@ -181,13 +181,35 @@ def wait_op(client, res, timeout=600):
     return op
 
 
+def wait_job_running(netns, url, timeout=600):
+    """Until the gateway's JobManager runs the job again (after a move the
+    new JobManager's JVM starts and submits it from the savepoint)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            flink_now = json.loads(subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, "-c",
+                 "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=5)"
+                 ".read().decode())", url + "/stats"], capture_output=True, text=True,
+                timeout=30).stdout)["flink"]
+            if any(j["state"] == "RUNNING" for j in flink_now.get("jobs", [])):
+                return time.monotonic()
+        except (ValueError, KeyError, subprocess.TimeoutExpired):
+            pass
+        time.sleep(1)
+    raise RuntimeError("the job did not run again within %d s" % timeout)
+
+
 def moves_run(b, tmp, args):
     """The job on ap-1, its camera user on ap-1's Wi-Fi streaming all along;
     ap-1 is drained (the access point goes away: the other two are
     drained first, so the cloud node is the only one left) and the
-    service moves to the cloud node; after a while ap-1 is enabled again
-    and the manager brings the service back by itself (manager/
-    farcloud.py).  Every frame's latency over time, the moves marked."""
+    service moves to the cloud node; once the job runs there again, and
+    ``--phase`` s later, ap-1 is enabled again and the manager brings the
+    service back by itself (manager/farcloud.py).  Every frame's latency
+    over time, the moves marked (from the move's start until the job runs
+    again: the operation, then the JobManager's JVM and the job's
+    submission from the savepoint)."""
     client, edge = b.client, b.edge
     name = "stream-moves"
     wait_op(client, client.create_service("flink", name, node="ap-1", count=2,
@@ -219,8 +241,11 @@ def moves_run(b, tmp, args):
         if any(o["state"] != "SUCCEEDED" for o in ops) or \
                 client.service(name)["home_node"] != "cloud-1":
             raise RuntimeError("drain of ap-1: %s" % ops)
+        op_end = time.monotonic()
+        # the move as the camera sees it: until the job runs again
         marks.append({"move": "ap-1 -> cloud-1 (ap-1 drained)", "start": start,
-                      "end": time.monotonic(), "step": ops[0]["step"]})
+                      "operation_end": op_end, "end": wait_job_running(netns, url),
+                      "step": ops[0]["step"]})
         time.sleep(args.phase)
         enabled = time.monotonic()
         client.enable_node("ap-1")
@@ -236,9 +261,10 @@ def moves_run(b, tmp, args):
         if not found or found[0]["state"] != "SUCCEEDED" or \
                 client.service(name)["home_node"] != "ap-1":
             raise RuntimeError("no return to ap-1: %s" % found)
+        op_end = time.monotonic()
         marks.append({"move": "cloud-1 -> ap-1 (the manager's return)", "start": back,
-                      "end": time.monotonic(), "enabled": enabled,
-                      "step": found[0]["step"]})
+                      "operation_end": op_end, "end": wait_job_running(netns, url),
+                      "enabled": enabled, "step": found[0]["step"]})
         time.sleep(args.phase)
     finally:
         open(stop, "w").close()
@@ -260,7 +286,7 @@ def moves_run(b, tmp, args):
     cam = json.loads(out)
     timeline = [[round(t - t0, 3), lat, tm] for t, lat, tm in cam.pop("timeline")]
     for m in marks:
-        for k in ("start", "end", "enabled"):
+        for k in ("start", "end", "enabled", "operation_end"):
             if k in m:
                 m[k] = round(m[k] - t0, 2)
         m["seconds"] = round(m["end"] - m["start"], 2)
