@@ -45,7 +45,7 @@ class BenchEdge:
                                  user_credentials=False)
 
     def __enter__(self):
-        self.edge.up()
+        self.status = self.edge.up()
         token = open(self.edge.path("admin-token")).read().strip()
         self.client = client_mod.Client(self.edge.manager_url(), token)
         return self

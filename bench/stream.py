@@ -15,7 +15,11 @@ The camera user is ap-1's Wi-Fi user for edge and cloud, a process on the
 host for the baseline.  Each Flink cluster is one JobManager + one
 TaskManager (parallelism 1); the baseline's mini cluster is one JVM.
 
-    sudo .venv/bin/python bench/stream.py [--quick]
+    sudo tools/with-edge-slot .venv/bin/python bench/stream.py [--quick]
+
+``--moves``: the job's latency over time as it moves edge -> cloud -> edge
+(ap-1 drained, then back), each phase's p50/p95 beside the host floor
+measured in the same run (bench/results/stream-moves*.json and .png).
 """
 import argparse
 import datetime
@@ -30,10 +34,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import yaml  # noqa: E402
+
 from bench import common  # noqa: E402
 from mec_conpaas.agents.service import flink  # noqa: E402
-from mec_conpaas.cli import client as client_mod  # noqa: E402
-from mec_conpaas.edge import cluster  # noqa: E402
 from mec_conpaas.edge import flink_image  # noqa: E402
 from mec_conpaas.manager import topology as topology_mod  # noqa: E402
 
@@ -41,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "mec_conpaas", "samples", "facedetect")
 FLINK_PY = os.path.join(ROOT, ".venv-flink", "bin", "python")
 CLOUD = os.path.join(os.path.dirname(topology_mod.DEFAULT), "edge-topology-cloud.yaml")
+PI4_2GB = {"cpus": 4.0, "memory_mb": 2048}
 
 
 def frames(tmp, count, prefix):
@@ -144,6 +149,233 @@ def paas_run(edge, client, tmp, args, node, tag):
         client.wait(client.delete_service(name)["operation"]["id"], 300)
 
 
+def bench_topology(tmp):
+    """edge-topology-cloud.yaml with Pi 4 access points (2 GB): a flink
+    instance holds [manager] flink_instance_memory_mb (640 MB), so a Pi
+    3's 1 GB (the default capacity, 128 MB reserved) takes one and
+    admission would split the JobManager and its TaskManager over two
+    access points; the bench wants both on one."""
+    with open(CLOUD) as f:
+        topo = yaml.safe_load(f)
+    for spec in topo["nodes"].values():
+        if spec.get("kind") != "cloud":
+            spec["capacity"] = dict(spec.get("capacity") or {}, **PI4_2GB)
+    path = os.path.join(tmp, "topology-stream.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(topo, f, sort_keys=False)
+    return path
+
+
+def percentiles(lat):
+    lat = sorted(x for x in lat if x is not None)
+    if not lat:
+        return {"frames": 0, "p50_ms": None, "p95_ms": None}
+    return {"frames": len(lat), "p50_ms": round(statistics.median(lat), 1),
+            "p95_ms": round(lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))], 1)}
+
+
+def wait_op(client, res, timeout=600):
+    op = client.wait(res["operation"]["id"], timeout)
+    if op["state"] != "SUCCEEDED":
+        raise RuntimeError("%s: %s" % (op["kind"], op))
+    return op
+
+
+def wait_job_running(netns, url, timeout=600):
+    """Until the gateway's JobManager runs the job again (after a move the
+    new JobManager's JVM starts and submits it from the savepoint)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            flink_now = json.loads(subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, "-c",
+                 "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=5)"
+                 ".read().decode())", url + "/stats"], capture_output=True, text=True,
+                timeout=30).stdout)["flink"]
+            if any(j["state"] == "RUNNING" for j in flink_now.get("jobs", [])):
+                return time.monotonic()
+        except (ValueError, KeyError, subprocess.TimeoutExpired):
+            pass
+        time.sleep(1)
+    raise RuntimeError("the job did not run again within %d s" % timeout)
+
+
+def moves_run(b, tmp, args):
+    """The job on ap-1, its camera user on ap-1's Wi-Fi streaming all along;
+    ap-1 is drained (the access point goes away: the other two are
+    drained first, so the cloud node is the only one left) and the
+    service moves to the cloud node; once the job runs there again, and
+    ``--phase`` s later, ap-1 is enabled again and the manager brings the
+    service back by itself (manager/farcloud.py).  Every frame's latency
+    over time, the moves marked (from the move's start until the job runs
+    again: the operation, then the JobManager's JVM and the job's
+    submission from the savepoint)."""
+    client, edge = b.client, b.edge
+    name = "stream-moves"
+    wait_op(client, client.create_service("flink", name, node="ap-1", count=2,
+                                          bundle=os.path.join(SAMPLE, "job.py")))
+    svc = client.service(name)
+    if {i["node"] for i in svc["instances"]} != {"ap-1"}:
+        raise RuntimeError("%s landed on %s" % (name, svc["instances"]))
+    url = "http://%s:%d" % (edge.net.client_addresses("ap-1")[0], svc["port"])
+    netns = edge.net.client_netns("ap-1")
+    warm, _ = frames(tmp, 3, "mw")
+    camera(url, warm, 0, netns, timeout=600)
+    for ap in ("ap-2", "ap-3"):  # empty: disabled at once
+        client.drain_node(ap, reason="bench: only the cloud is left")
+    stream, _ = frames(tmp, args.moves_frames, "m")
+    stop = os.path.join(tmp, "stop-camera")
+    argv = ["ip", "netns", "exec", netns, sys.executable,
+            os.path.join(SAMPLE, "camera.py"), "--url", url, "--frames", stream,
+            "--every", str(args.every), "--timeout", "900", "--stop-file", stop,
+            "--timeline"]
+    cam = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    marks = []
+    try:
+        t0 = time.monotonic()
+        time.sleep(args.phase)
+        start = time.monotonic()
+        res = client.drain_node("ap-1", reason="bench: the access point goes away")
+        ops = [client.wait(o["id"], 600) for o in res["operations"]]
+        if any(o["state"] != "SUCCEEDED" for o in ops) or \
+                client.service(name)["home_node"] != "cloud-1":
+            raise RuntimeError("drain of ap-1: %s" % ops)
+        op_end = time.monotonic()
+        # the move as the camera sees it: until the job runs again
+        marks.append({"move": "ap-1 -> cloud-1 (ap-1 drained)", "start": start,
+                      "operation_end": op_end, "end": wait_job_running(netns, url),
+                      "step": ops[0]["step"]})
+        time.sleep(args.phase)
+        enabled = time.monotonic()
+        client.enable_node("ap-1")
+        back = None
+        while time.monotonic() < enabled + 600:
+            found = [o for o in client.operations() if o["service"] == name
+                     and o["kind"] == "migrate"]
+            if found and back is None:
+                back = time.monotonic()
+            if found and found[0]["state"] in ("SUCCEEDED", "FAILED", "ROLLED_BACK"):
+                break
+            time.sleep(0.25)
+        if not found or found[0]["state"] != "SUCCEEDED" or \
+                client.service(name)["home_node"] != "ap-1":
+            raise RuntimeError("no return to ap-1: %s" % found)
+        op_end = time.monotonic()
+        marks.append({"move": "cloud-1 -> ap-1 (the manager's return)", "start": back,
+                      "operation_end": op_end, "end": wait_job_running(netns, url),
+                      "enabled": enabled, "step": found[0]["step"]})
+        time.sleep(args.phase)
+    finally:
+        open(stop, "w").close()
+        out, err = cam.communicate(timeout=1200)
+        for ap in ("ap-1", "ap-2", "ap-3"):
+            client.enable_node(ap)
+        stats = None
+        try:
+            stats = json.loads(subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, "-c",
+                 "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=10)"
+                 ".read().decode())", url + "/stats"], capture_output=True, text=True,
+                timeout=30).stdout)
+        except ValueError:
+            pass
+        client.wait(client.delete_service(name)["operation"]["id"], 300)
+    if cam.returncode:
+        raise RuntimeError("camera failed: " + err[-2000:])
+    cam = json.loads(out)
+    timeline = [[round(t - t0, 3), lat, tm] for t, lat, tm in cam.pop("timeline")]
+    for m in marks:
+        for k in ("start", "end", "enabled", "operation_end"):
+            if k in m:
+                m[k] = round(m[k] - t0, 2)
+        m["seconds"] = round(m["end"] - m["start"], 2)
+    (d0, d1), (r0, r1) = [(m["start"], m["end"]) for m in marks]
+    phase = {"edge_before": [x[1] for x in timeline if x[0] < d0],
+             "during_offload": [x[1] for x in timeline if d0 <= x[0] < d1],
+             "cloud": [x[1] for x in timeline if d1 <= x[0] < r0],
+             "during_return": [x[1] for x in timeline if r0 <= x[0] < r1],
+             "edge_after": [x[1] for x in timeline if x[0] >= r1]}
+    return {"frames": cam["frames"], "results": cam["results"],
+            "post_retries": cam["post_retries"],
+            "gateway_stats": stats, "every_s": args.every, "phase_s": args.phase,
+            "moves": marks, "phases": {k: percentiles(v) for k, v in phase.items()},
+            "timeline": timeline}
+
+
+def host_floor(tmp, args):
+    """The host's live-stream latency (no container, no PaaS): the floor."""
+    live = argparse.Namespace(**dict(vars(args), frames=3, live_frames=args.floor_frames))
+    return host_run(tmp, live)["live"]
+
+
+def main_moves(args, tmp):
+    topo = bench_topology(tmp)
+    t_all = time.monotonic()
+    floor = host_floor(tmp, args)
+    with common.BenchEdge("mbs-", 9697, topology=topo, health_timeout=120,
+                          node_heartbeat_timeout=6) as b:
+        moves = moves_run(b, tmp, args)
+        shaping = common.shaping_note(b.status)
+    host = percentiles(floor["latency_ms"])
+    ph = moves["phases"]
+    summary = {
+        **header("stream-moves", args, "the host floor ran just before the edge, in "
+                 "this run", shaping),
+        "topology": "edge-topology-cloud.yaml, access points as Pi 4 2 GB "
+                    "(capacity %s); cloud-1 30 ms one-way behind ap-1" % PI4_2GB,
+        "flink": dict({"taskmanagers": 1}, **flink_limits()),
+        "host_floor": dict(host, every_s=args.every),
+        "edge_p50_ms": ph["edge_before"]["p50_ms"],
+        "edge_p95_ms": ph["edge_before"]["p95_ms"],
+        "edge_after_p50_ms": ph["edge_after"]["p50_ms"],
+        "edge_after_p95_ms": ph["edge_after"]["p95_ms"],
+        "cloud_p50_ms": ph["cloud"]["p50_ms"],
+        "cloud_p95_ms": ph["cloud"]["p95_ms"],
+        "host_p50_ms": host["p50_ms"], "host_p95_ms": host["p95_ms"],
+        "edge_p50_vs_host": ratio(ph["edge_before"]["p50_ms"], host["p50_ms"]),
+        "cloud_p50_vs_host": ratio(ph["cloud"]["p50_ms"], host["p50_ms"]),
+        "offload_s": moves["moves"][0]["seconds"],
+        "return_s": moves["moves"][1]["seconds"],
+        "frames_lost": moves["frames"] - moves["results"],
+        "duplicates_dropped": (moves["gateway_stats"] or {}).get("duplicates_dropped"),
+        "results": moves,
+        "seconds": round(time.monotonic() - t_all, 1),
+    }
+
+    def plot(ax):
+        tl = moves["timeline"]
+        ax.plot([x[0] for x in tl if x[1] is not None],
+                [x[1] for x in tl if x[1] is not None], ".", ms=3,
+                label="PaaS: frame sent -> detection read (ap-1's camera user)")
+        for m, color in zip(moves["moves"], ("tab:red", "tab:green")):
+            ax.axvspan(m["start"], m["end"], color=color, alpha=0.2,
+                       label="%s, %.0f s" % (m["move"], m["seconds"]))
+        ax.axhline(host["p50_ms"], color="k", ls="--",
+                   label="host floor p50 %.0f ms (no container, no PaaS)" % host["p50_ms"])
+        ax.set_yscale("log")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("detection latency (ms)")
+        ax.set_title("edge p50 %s / cloud %s / edge %s ms" % (
+            ph["edge_before"]["p50_ms"], ph["cloud"]["p50_ms"],
+            ph["edge_after"]["p50_ms"]), fontsize=9)
+        ax.legend(fontsize=6)
+    common.write("stream-moves" + ("-quick" if args.quick else ""), summary, plot)
+
+
+def header(name, args, floor, shaping):
+    return {"bench": name, "quick": args.quick,
+            "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+            "machine": common.machine(),
+            "machine_shared": "yes: other engineers' builds and tests ran at the same "
+                              "time on these 2 cores; " + floor,
+            "latency_shaping": shaping}
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer frames (CI-sized)")
@@ -151,39 +383,40 @@ def main():
     p.add_argument("--live-frames", type=int, default=100)
     p.add_argument("--every", type=float, default=0.2,
                    help="live stream: seconds between frames")
+    p.add_argument("--moves", action="store_true",
+                   help="instead: latency over time as the job moves edge -> cloud "
+                        "-> edge (bench/results/stream-moves*.json)")
+    p.add_argument("--phase", type=float, default=40.0,
+                   help="--moves: seconds on each placement before the next move")
+    p.add_argument("--floor-frames", type=int, default=100,
+                   help="--moves: frames of the host floor's live stream")
     args = p.parse_args()
     if args.quick:
         args.frames, args.live_frames = 60, 30
+        args.phase, args.floor_frames = 20.0, 50
+    # enough frames for the phases and two moves of up to ~3 min each
+    args.moves_frames = int((3 * args.phase + 400) / args.every)
     if not (flink_image.ready(flink_image.DEFAULT_DIR) and os.path.exists(FLINK_PY)):
         sys.exit("needs the flink image (mec-conpaas-edge build-image --flink) and "
                  ".venv-flink (tools/install-deps.sh)")
     tmp = tempfile.mkdtemp(prefix="mec-stream-")
-    state = tempfile.mkdtemp(prefix="mec-bench-")
-    edge = cluster.Edge(state, CLOUD, prefix="mbs-", manager_port=9697,
-                        manager_opts={"health_timeout": 120},
-                        log=lambda m: print("edge:", m, file=sys.stderr),
-                        user_credentials=False)
-    t_all = time.monotonic()
-    results = {}
     try:
-        status = edge.up()
-        client = client_mod.Client(edge.manager_url(),
-                                   open(edge.path("admin-token")).read().strip())
-        results["host"] = host_run(tmp, args)
-        results["edge"] = paas_run(edge, client, tmp, args, "ap-1", "e")
-        results["cloud"] = paas_run(edge, client, tmp, args, "cloud-1", "c")
+        if args.moves:
+            return main_moves(args, tmp)
+        t_all = time.monotonic()
+        results = {}
+        with common.BenchEdge("mbs-", 9697, topology=bench_topology(tmp),
+                              health_timeout=120) as b:
+            status = b.status
+            results["host"] = host_run(tmp, args)
+            results["edge"] = paas_run(b.edge, b.client, tmp, args, "ap-1", "e")
+            results["cloud"] = paas_run(b.edge, b.client, tmp, args, "cloud-1", "c")
     finally:
-        edge.down(quiet=True)
-        subprocess.run(["rm", "-rf", state, tmp])
+        subprocess.run(["rm", "-rf", tmp])
     h, e, c = (results[k]["video"]["seconds"] for k in ("host", "edge", "cloud"))
     summary = {
-        "bench": "stream", "quick": args.quick,
-        "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-        "machine": common.machine(),
-        "machine_shared": "yes: other engineers' builds and tests ran at the same "
-                          "time on these 2 cores; host, edge and cloud ran one "
-                          "after the other in this run",
-        "latency_shaping": common.shaping_note(status),
+        **header("stream", args, "host, edge and cloud ran one after the other in "
+                 "this run", common.shaping_note(status)),
         "flink": dict({"taskmanagers": 1, "parallelism": 1}, **flink_limits()),
         "overhead_ratio_edge_vs_host": round(e / h, 3),
         "overhead_ratio_cloud_vs_host": round(c / h, 3),

@@ -1,6 +1,8 @@
 """Bringing services back from the far cloud (policies/farcloud.py
 decides; here the decisions become ``migrate`` operations, started like an
-API call's, so one never runs beside another operation on the service)."""
+API call's, so one never runs beside another operation on the service),
+and the far cloud as the eviction policies' last resort
+(:func:`eviction_view`)."""
 import logging
 
 from sqlalchemy import select
@@ -9,8 +11,22 @@ from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.policies import farcloud
+from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
+
+
+def eviction_view(session, cluster, nodes, dist, source=None):
+    """What ENORM's eviction may re-place a container on (manager/qos.py):
+    ``(nodes, dist)`` narrowed to the nodes with a free instance slot (an
+    access point full of slots cannot take one, whatever its cpus), with
+    the cloud nodes behind every access point (farcloud.edge_first), so an
+    evicted container goes to the cloud only when no access point can
+    take it.  ``source``, the node being relieved, is always kept."""
+    slots = cluster.capacity(session)
+    room = {n: v for n, v in nodes.items() if n == source or (
+        n in slots and placement.free_slots(slots[n]) > 0)}
+    return room, farcloud.edge_first(dist, farcloud.cloud_nodes(cluster.topology))
 
 
 class FarCloud:
@@ -41,7 +57,8 @@ class FarCloud:
             plan = farcloud.returns(
                 [{"id": svc.id, "home": svc.home_node,
                   "on_home": len([i for i in svc.instances if i.state == "ACTIVE"
-                                  and i.node_name == svc.home_node])}
+                                  and i.node_name == svc.home_node]),
+                  "need": (svc.cpus, svc.memory_mb)}
                  for svc in svcs], capacity, dist, clouds)
             for svc in svcs:
                 target = plan.get(svc.id)

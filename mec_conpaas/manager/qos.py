@@ -27,6 +27,7 @@ from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import engine as engine_mod
+from mec_conpaas.manager import farcloud
 from mec_conpaas.policies import admission
 from mec_conpaas.policies import autoscale
 from mec_conpaas.policies import capacity
@@ -103,8 +104,11 @@ def admit(session, cluster, node_name, cpus, memory_mb, priority):
     nodes = view(session, cluster)
     if node_name not in nodes:
         return admission.Decision(True, "%s reports no capacity" % node_name)
+    # evicted: to an access point with room, else the cloud (issue 15)
+    room, dist = farcloud.eviction_view(session, cluster, nodes, cluster.distances(
+        list(nodes), [node_name]), node_name)
     return admission.admit(node_name, nodes[node_name], cpus, memory_mb, priority,
-                           nodes, cluster.distances(list(nodes), [node_name]))
+                           room, dist)
 
 
 def start(session, services, kind, svc, reason, **params):
@@ -176,9 +180,11 @@ class Loop:
         """``{node: [decisions]}`` of one round (policies/autoscale.py)."""
         nodes = view(session, self.cluster, self.opts.default_priority)
         dist = self.cluster.distances(list(nodes))
+        # evicted: to an access point with room, else the cloud (issue 15)
+        room, evict_dist = farcloud.eviction_view(session, self.cluster, nodes, dist)
         return {name: autoscale.plan(name, node, self.opts.unit_cpus,
                                      self.opts.unit_memory_mb, self.opts.shrink_below,
-                                     self.opts.max_units, nodes, dist)
+                                     self.opts.max_units, room, evict_dist)
                 for name, node in nodes.items() if node["up"]}, nodes, dist
 
     def round(self):

@@ -83,3 +83,60 @@ def test_no_return_while_the_edge_is_full_or_too_small():
 def test_a_service_at_home_on_the_cloud_grows_there():
     _, dist, clouds = _setup()
     assert farcloud.place(2, "cloud-1", _nodes({}), dist, clouds) == ["cloud-1"] * 2
+
+
+def test_return_needs_room_for_the_size_not_only_a_slot():
+    _, dist, clouds = _setup()
+    nodes = _nodes({"ap-1": 1, "ap-2": 1})
+    for n, free in (("ap-1", 0.25), ("ap-2", 1.0), ("ap-3", 0.0)):
+        nodes[n].update(free_cpus=free, free_memory_mb=512)
+    svcs = [{"id": "a", "home": "cloud-1", "on_home": 1, "need": (0.5, 128)},
+            {"id": "b", "home": "cloud-1", "on_home": 1, "need": (0.5, 128)},
+            {"id": "c", "home": "cloud-1", "on_home": 1, "need": (0.5, 128)}]
+    # ap-1 (nearest) has a slot but not the cpus; ap-2 room for one; ap-3
+    # two slots and no cpus: only a returns, to ap-2.
+    assert farcloud.returns(svcs, nodes, dist, clouds) == {"a": "ap-2"}
+
+
+def _capacity_node(cpus, containers):
+    return {"cpus": cpus, "memory_mb": 1024, "reserve_cpus": 0.5,
+            "reserve_memory_mb": 128, "up": True, "schedulable": True,
+            "containers": {i: {"service": i, "priority": prio, "cpus": 0.5,
+                               "memory_mb": 128, "seq": seq}
+                           for seq, (i, prio) in enumerate(containers)}}
+
+
+def test_edge_first_puts_every_cloud_node_behind_every_access_point():
+    topo, dist, clouds = _setup()
+    # A topology where the cloud is nearer ap-1 than ap-3 is.
+    topo["links"] = [link if link[1] != "cloud-1" else (link[0], link[1], 3)
+                     for link in topo["links"]]
+    near = placement.distances(topo, list(topo["nodes"]))
+    assert near["ap-1"]["cloud-1"] < near["ap-1"]["ap-3"]
+    far = farcloud.edge_first(near, clouds)
+    assert far["ap-1"]["cloud-1"] > far["ap-1"]["ap-3"]
+    assert far["ap-1"]["ap-3"] == near["ap-1"]["ap-3"]
+    assert far["cloud-1"]["cloud-1"] == 0
+    assert farcloud.edge_first(dist, set()) is dist
+
+
+def test_admission_evicts_to_the_cloud_only_when_no_access_point_can_take_it():
+    """ENORM's admission with the far cloud: the low priority on full ap-1
+    goes to another access point while one has room, else to the cloud."""
+    from mec_conpaas.policies import admission
+    _, dist, clouds = _setup()
+    dist = farcloud.edge_first(dist, clouds)
+    # Each access point: room for two 0.5-cpu instances (1.5 - 0.5 reserve).
+    cluster = {"ap-1": _capacity_node(1.5, [("fill", 90), ("low", 10)]),
+               "ap-2": _capacity_node(1.5, [("x2", 90)]),
+               "ap-3": _capacity_node(1.5, [("x3", 90), ("y3", 90)]),
+               "cloud-1": _capacity_node(16.0, [])}
+    d = admission.admit("ap-1", cluster["ap-1"], 0.5, 128, 90, cluster, dist)
+    assert d.admit and d.evict == {"low": "ap-2"}, d
+    cluster["ap-2"]["containers"]["y2"] = dict(cluster["ap-2"]["containers"]["x2"])
+    d = admission.admit("ap-1", cluster["ap-1"], 0.5, 128, 90, cluster, dist)
+    assert d.admit and d.evict == {"low": "cloud-1"}, d
+    # Without a cloud node with room: refused, nothing evicted.
+    del cluster["cloud-1"]
+    d = admission.admit("ap-1", cluster["ap-1"], 0.5, 128, 90, cluster, dist)
+    assert not d.admit and "no other node can take" in d.reason

@@ -2,8 +2,11 @@
 to every new connection of the job's source until their result is in,
 second results dropped, all of it kept across a restart."""
 import json
+import os
 import socket
 import urllib.request
+
+import pytest
 
 from mec_conpaas.agents.service import flink
 
@@ -83,3 +86,56 @@ def test_bad_lines_are_refused(tmp_path):
             assert e.code == 400
     finally:
         httpd.shutdown()
+
+
+def test_planted_links_are_refused_not_followed(tmp_path):
+    """The state directory is the tenant's too (its job runs as the same
+    user) and arrives by copy with each migration: a link where the gateway
+    keeps its records, or its savepoints, is refused, and what it points at
+    is neither read, written nor offered to ``flink run -s``."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("precious\n")
+    # the gateway's own directory a link
+    state = tmp_path / "state1"
+    state.mkdir()
+    (state / "gateway").symlink_to(outside)
+    with pytest.raises(flink.PlantedLink, match="not a directory .a link."):
+        flink.Gateway(str(state / "gateway"))
+    # its logs links (to read from, and to append to)
+    for name in ("results.log", "frames.log"):
+        gw_dir = tmp_path / ("state-" + name) / "gateway"
+        gw_dir.mkdir(parents=True)
+        (gw_dir / name).symlink_to(victim)
+        with pytest.raises(flink.PlantedLink, match="%s is a link" % name):
+            flink.Gateway(str(gw_dir))
+    # a FIFO is no log either (an open would block)
+    gw_dir = tmp_path / "state-fifo" / "gateway"
+    gw_dir.mkdir(parents=True)
+    os.mkfifo(gw_dir / "frames.log")
+    with pytest.raises(flink.PlantedLink, match="not a regular file"):
+        flink.Gateway(str(gw_dir))
+    assert victim.read_text() == "precious\n"
+    # savepoints: a link as the directory, or as one savepoint, or as its
+    # _metadata, is never the one restored from
+    sp = tmp_path / "savepoints"
+    sp.symlink_to(outside)
+    (outside / "savepoint-x").mkdir()
+    (outside / "savepoint-x" / "_metadata").write_text("")
+    assert flink.latest_savepoint(str(sp)) is None
+    sp.unlink()
+    sp.mkdir()
+    (sp / "savepoint-link").symlink_to(outside / "savepoint-x")
+    (sp / "savepoint-meta").mkdir()
+    (sp / "savepoint-meta" / "_metadata").symlink_to(victim)
+    assert flink.latest_savepoint(str(sp)) is None
+    (sp / "savepoint-real").mkdir()
+    (sp / "savepoint-real" / "_metadata").write_text("")
+    assert flink.latest_savepoint(str(sp)) == str(sp / "savepoint-real")
+    with pytest.raises(flink.PlantedLink, match="a link"):
+        flink.own_dir(str(sp / "savepoint-link"))
+    # and an ordinary gateway still starts, and keeps its records
+    gw = flink.Gateway(str(tmp_path / "fresh" / "gateway"))
+    gw.add_frames(["a1 x"])
+    assert flink.Gateway(str(tmp_path / "fresh" / "gateway")).stats()["received"] == 1

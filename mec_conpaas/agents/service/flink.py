@@ -28,6 +28,7 @@ Runs with the image's stdlib ``python3``; Flink runs from the
 ``apache-flink`` distribution in the image's ``/opt/flink`` venv (see
 ``mec_conpaas/edge/flink_image.py``), the job's Python with that venv.
 """
+import errno
 import glob
 import http.server
 import json
@@ -36,6 +37,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import threading
@@ -52,8 +54,12 @@ FEED_PORT = 9000
 # After a stop-with-savepoint, the migration freezes this instance within
 # seconds; if it has not by then, the move failed: run the job again.
 PAUSE_AFTER_SAVEPOINT = 120
-# How long a savepoint waits for a restarting job to run again.
-SAVEPOINT_WAIT = 40
+# How long a migration's savepoint may take in all, waiting for a
+# restarting job to run again included (within the service agent's 80 s).
+SAVEPOINT_BUDGET = 70
+# How long the gateway waits for the results of records out to the job
+# before a savepoint (holding new ones back meanwhile).
+SAVEPOINT_DRAIN = 8
 REST_PORT = 8081
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
@@ -85,9 +91,64 @@ def flink_home():
     return found[0]
 
 
+class PlantedLink(SystemExit):
+    """A link (or other non-regular file) where the gateway keeps its own
+    files: refused, never followed."""
+
+
+def own_dir(path):
+    """``path`` as a directory of our own: created if missing; refused if a
+    link or anything but a directory is there.
+
+    The state directory is the tenant's too (the job runs as the same
+    user) and arrives by copy with every migration, so what is in it is
+    not trusted: nothing here follows a link in it (whatever runs this:
+    the instance's root, or root on a host for bench/stream.py's floor).
+    The last component is what is checked; its parents are this process's
+    own choice (``MEC_STATE_DIR`` and the names below)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PlantedLink("%s is not a directory (%s): the flink gateway keeps its "
+                          "records there; remove it from the service's state" % (
+                              path, "a link" if stat.S_ISLNK(st.st_mode) else
+                              "mode %o" % st.st_mode))
+    return path
+
+
+def open_own(directory, name, flags):
+    """``directory/name`` opened without following a link at either
+    (O_NOFOLLOW from the directory's descriptor), and only if a regular
+    file: PlantedLink otherwise.  Returns a file object (text)."""
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        # O_NONBLOCK: a FIFO planted there must not hang the open (no
+        # effect on a regular file's reads and writes)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
+                     dir_fd=dirfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PlantedLink("%s/%s is a link: the flink gateway refuses to follow "
+                              "it; remove it from the service's state" % (
+                                  directory, name)) from None
+        raise
+    finally:
+        os.close(dirfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PlantedLink("%s/%s is not a regular file: remove it from the "
+                          "service's state" % (directory, name))
+    mode = "r" if flags & os.O_ACCMODE == os.O_RDONLY else (
+        "a" if flags & os.O_APPEND else "w")
+    return os.fdopen(fd, mode)
+
+
 class Gateway:
     """Records in, results out, with replay; its state survives restarts
-    and migrations (files in ``state_dir``)."""
+    and migrations (files in ``state_dir``, opened with :func:`open_own`)."""
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
@@ -98,14 +159,19 @@ class Gateway:
         self.done = set()
         self.duplicates = 0
         self.received = 0
-        os.makedirs(state_dir, exist_ok=True)
+        self.held = False     # no record out to the job (a savepoint is taken)
+        self.savepoint = None  # the last one taken: its path, results before it
+        self.feeds = []       # per live feed connection: ids sent on it
+        os.makedirs(os.path.dirname(state_dir), exist_ok=True)
+        own_dir(state_dir)
         self._load()
-        self.frames_log = open(os.path.join(state_dir, "frames.log"), "a")
-        self.results_log = open(os.path.join(state_dir, "results.log"), "a")
+        append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self.frames_log = open_own(state_dir, "frames.log", append)
+        self.results_log = open_own(state_dir, "results.log", append)
 
     def _load(self):
         try:
-            with open(os.path.join(self.state_dir, "results.log")) as f:
+            with open_own(self.state_dir, "results.log", os.O_RDONLY) as f:
                 for line in f:
                     if line.endswith("\n"):
                         rid = json.loads(line)["id"]
@@ -115,7 +181,7 @@ class Gateway:
         except OSError:
             pass
         try:
-            with open(os.path.join(self.state_dir, "frames.log")) as f:
+            with open_own(self.state_dir, "frames.log", os.O_RDONLY) as f:
                 for line in f:
                     if line.endswith("\n"):
                         rid = line.split(" ", 1)[0]
@@ -125,6 +191,21 @@ class Gateway:
                             self.order.append(rid)
         except OSError:
             pass
+        try:
+            with open_own(self.state_dir, "savepoint.json", os.O_RDONLY) as f:
+                self.savepoint = json.load(f)
+        except (OSError, ValueError):
+            pass
+
+    def note_savepoint(self, path):
+        """Which savepoint the job stopped with, and how many results were
+        in then (the ones before it: its state counts their records); kept
+        with the records, so the target of a migration has it too."""
+        with self.lock:
+            self.savepoint = {"path": path, "results": len(self.results)}
+            with open_own(self.state_dir, "savepoint.json",
+                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as f:
+                json.dump(self.savepoint, f)
 
     def add_frames(self, lines):
         with self.lock:
@@ -151,6 +232,7 @@ class Gateway:
                 self.results.append(line)
                 self.results_log.write(line + "\n")
             self.results_log.flush()
+            self.lock.notify_all()  # a hold() draining
 
     def pending(self):
         with self.lock:
@@ -161,24 +243,52 @@ class Gateway:
         """Send the job's source every record without a result, then new
         ones as they come, until the connection breaks."""
         sent = set()
-        with conn:
-            while True:
-                with self.lock:
-                    todo = [self.frames[i] for i in self.order
+        with self.lock:
+            self.feeds.append(sent)
+        try:
+            with conn:
+                while True:
+                    with self.lock:
+                        todo = [] if self.held else [
+                            self.frames[i] for i in self.order
                             if i in self.frames and i not in sent]
-                    if not todo:
-                        self.lock.wait(0.5)
-                        continue
-                    sent.update(line.split(" ", 1)[0] for line in todo)
-                try:
-                    conn.sendall("".join(x + "\n" for x in todo).encode())
-                except OSError:
-                    return
+                        if not todo:
+                            self.lock.wait(0.5)
+                            continue
+                        sent.update(line.split(" ", 1)[0] for line in todo)
+                    try:
+                        conn.sendall("".join(x + "\n" for x in todo).encode())
+                    except OSError:
+                        return
+        finally:
+            with self.lock:
+                self.feeds.remove(sent)
+
+    def hold(self, drain):
+        """Send the job nothing more, and wait up to ``drain`` s for the
+        results of what it was sent: a savepoint taken then holds the state
+        of every record whose result is in, and no record is processed
+        after its barrier (whose effect on the job's state the savepoint
+        would lose).  Returns the records still out (0 once drained)."""
+        deadline = time.monotonic() + drain
+        with self.lock:
+            self.held = True
+            while True:
+                out = sum(1 for sent in self.feeds for i in sent if i in self.frames)
+                if not out or time.monotonic() > deadline:
+                    return out
+                self.lock.wait(0.1)
+
+    def release(self):
+        with self.lock:
+            self.held = False
+            self.lock.notify_all()
 
     def stats(self):
         with self.lock:
             return {"received": self.received, "results": len(self.results),
-                    "pending": len(self.frames), "duplicates_dropped": self.duplicates}
+                    "pending": len(self.frames), "duplicates_dropped": self.duplicates,
+                    "savepoint": self.savepoint}
 
 
 def gateway_handler(gw, flink_status=lambda: {}, savepoint=None):
@@ -350,45 +460,44 @@ def run_jobmanager(home, env, my_ip):
         """Stop the job with a savepoint into the state directory (a
         migration's final copy carries it); no new submission for a while,
         unless the move fails."""
-        # A job being rescaled (a TaskManager just came or went) restarts:
-        # wait for it to run again rather than move without a savepoint.
-        deadline = time.monotonic() + SAVEPOINT_WAIT
-        while True:
-            try:
-                listed = rest("127.0.0.1", "/jobs/overview")["jobs"]
-            except (OSError, ValueError, KeyError) as e:
-                return {"savepoint": None, "detail": "JobManager not answering: %s" % e}
-            jobs = [j for j in listed if j["state"] == "RUNNING"]
-            settling = [j for j in listed if j["state"] not in (
-                "RUNNING", "FAILED", "CANCELED", "FINISHED")]
-            if jobs or not settling or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        if not jobs:
-            return {"savepoint": None, "detail": "no running job"}
-        paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
-        # A savepoint, then cancel, through the REST API (no JVM to start):
-        # ``flink stop`` fails on a socket source (its cancel closes the
-        # socket, which fails the savepoint).
-        jid = jobs[0]["jid"]
         t0 = time.monotonic()
+        deadline = t0 + SAVEPOINT_BUDGET
+        tries = []
         try:
-            trigger = rest_post("/jobs/%s/savepoints" % jid, {
-                "target-directory": "file://" + savepoints, "cancel-job": True})
-            deadline = time.monotonic() + 30  # within the agent's 80 s
-            while time.monotonic() < deadline:
-                st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (
-                    jid, trigger["request-id"]))
-                if st["status"]["id"] == "COMPLETED":
-                    break
-                time.sleep(0.2)
-        except (OSError, ValueError, KeyError) as e:
-            return {"savepoint": None, "detail": "savepoint failed: %s" % e}
-        failure = (st.get("operation") or {}).get("failure-cause")
-        path = None if failure else (st.get("operation") or {}).get("location")
-        log("job %s stopped with savepoint %s in %.1f s%s" % (
-            jid, path, time.monotonic() - t0, " (%s)" % failure if failure else ""))
-        return {"savepoint": path, "seconds": round(time.monotonic() - t0, 1)}
+            while True:
+                # A job being rescaled (a TaskManager just came or went)
+                # restarts, and Flink refuses a savepoint until every task
+                # runs again (the Python workers take seconds to start):
+                # wait for that rather than move without a savepoint.
+                jid, why = running_job()
+                if jid is None:
+                    if time.monotonic() > deadline:
+                        return {"savepoint": None, "detail": why,
+                                "failed_tries": tries}
+                    time.sleep(0.5)
+                    continue
+                paused["until"] = time.monotonic() + PAUSE_AFTER_SAVEPOINT
+                out = gw.hold(SAVEPOINT_DRAIN)
+                path, failure = take_savepoint(jid, deadline)
+                if path:
+                    try:
+                        gw.note_savepoint(path)
+                    except (PlantedLink, OSError) as e:
+                        log("cannot note the savepoint: %s" % e)
+                    log("job %s stopped with savepoint %s in %.1f s (%d record(s) "
+                        "still out; earlier tries: %s)" % (
+                            jid, path, time.monotonic() - t0, out, tries or "none"))
+                    return {"savepoint": path, "seconds": round(time.monotonic() - t0, 1),
+                            "records_out": out, "failed_tries": tries}
+                tries.append(failure)
+                log("savepoint of job %s failed: %s" % (jid, failure))
+                gw.release()
+                if time.monotonic() > deadline:
+                    paused["until"] = 0.0
+                    return {"savepoint": None, "detail": "; ".join(tries)}
+                time.sleep(1)
+        finally:
+            gw.release()
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
     serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
@@ -432,13 +541,66 @@ def run_jobmanager(home, env, my_ip):
 
 
 def latest_savepoint(directory):
-    """The newest complete savepoint (with its ``_metadata``) or None."""
-    try:
-        found = [os.path.join(directory, d) for d in os.listdir(directory)
-                 if os.path.isfile(os.path.join(directory, d, "_metadata"))]
-    except OSError:
+    """The newest complete savepoint (a directory with a regular
+    ``_metadata``) or None; links are skipped, never followed (a savepoint
+    path goes to ``flink run -s`` and is removed once the job runs)."""
+    def regular(path, kind):
+        try:
+            return kind(os.lstat(path).st_mode)
+        except OSError:
+            return False
+    if not regular(directory, stat.S_ISDIR):
         return None
-    return max(found, key=os.path.getmtime) if found else None
+    found = [os.path.join(directory, d) for d in os.listdir(directory)]
+    found = [d for d in found if regular(d, stat.S_ISDIR)
+             and regular(os.path.join(d, "_metadata"), stat.S_ISREG)]
+    return max(found, key=lambda d: os.lstat(d).st_mtime) if found else None
+
+
+def running_job():
+    """(id of the job whose every task runs, None) or (None, why not)."""
+    try:
+        listed = rest("127.0.0.1", "/jobs/overview")["jobs"]
+        jobs = [j for j in listed if j["state"] == "RUNNING"]
+        if not jobs:
+            return None, "no running job (%s)" % (
+                ", ".join(j["state"] for j in listed) or "none submitted")
+        vertices = rest("127.0.0.1", "/jobs/%s" % jobs[0]["jid"])["vertices"]
+    except (OSError, ValueError, KeyError) as e:
+        return None, "JobManager not answering: %s" % e
+    waiting = sorted({v["status"] for v in vertices} - {"RUNNING"})
+    if waiting:
+        return None, "job %s has tasks %s" % (jobs[0]["jid"], "/".join(waiting))
+    return jobs[0]["jid"], None
+
+
+def take_savepoint(jid, deadline):
+    """A savepoint, then cancel, through the REST API (no JVM to start):
+    ``flink stop`` fails on a socket source (its cancel closes the socket,
+    which fails the savepoint).  (path, None) or (None, why)."""
+    try:
+        target = own_dir(os.path.join(STATE_DIR, "savepoints"))
+    except (PlantedLink, OSError) as e:
+        return None, str(e)
+    try:
+        trigger = rest_post("/jobs/%s/savepoints" % jid, {
+            "target-directory": "file://" + target, "cancel-job": True})
+        while True:
+            st = rest("127.0.0.1", "/jobs/%s/savepoints/%s" % (jid, trigger["request-id"]))
+            if st["status"]["id"] == "COMPLETED":
+                break
+            if time.monotonic() > deadline:
+                return None, "savepoint still in progress at the deadline"
+            time.sleep(0.2)
+    except (OSError, ValueError, KeyError) as e:
+        return None, "savepoint failed: %s" % e
+    op = st.get("operation") or {}
+    failure = op.get("failure-cause")
+    if failure:
+        cause = failure.get("stack-trace", "") if isinstance(failure, dict) else str(failure)
+        return None, "; ".join(line.strip() for line in cause.splitlines()
+                               if "Exception" in line)[:600] or str(failure)[:600]
+    return op.get("location"), None
 
 
 def master_address(my_ip):

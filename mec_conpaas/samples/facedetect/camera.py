@@ -5,31 +5,42 @@ Runs as a Wi-Fi user (``ip netns exec`` in a client namespace; stdlib only)
 or on the host for the no-PaaS baseline.  ``--every S``: one frame every S
 seconds (a live stream; per-frame latency from sending to seeing its
 detection); ``--every 0``: the whole video at once (processing time per
-video, frames per second).  Prints one JSON object.
+video, frames per second).  ``--stop-file F``: stop sending once F exists
+(a stream of unknown length).  ``--timeline``: also each frame's send time
+(CLOCK_MONOTONIC, the same in every network namespace) and latency, in
+send order.  Prints one JSON object.
 """
 import argparse
 import json
+import os
 import threading
 import time
 import urllib.request
 
 
-def post(url, lines, tries=200):
+def post(url, lines, patience=180.0):
     """POST until accepted: a frame the endpoint refused (a migration's
-    switch) is sent again, and counted."""
+    switch: the JobManager's instance is frozen for seconds while its state
+    moves) is sent again, and counted; for ``patience`` seconds at most."""
     data = "".join(x + "\n" for x in lines).encode()
-    for n in range(tries):
+    deadline = time.monotonic() + patience
+    n = 0
+    while True:
         try:
             with urllib.request.urlopen(urllib.request.Request(
                     url + "/frames", data=data, method="POST"), timeout=10) as r:
                 r.read()
             return n
         except Exception:
+            n += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError("the endpoint refused frames for %.0f s (%d tries)"
+                                   % (patience, n)) from None
             time.sleep(0.05)
-    raise RuntimeError("the endpoint refused frames %d times" % tries)
 
 
-def run(url, lines, every, timeout, poll=0.01, batch=10):
+def run(url, lines, every, timeout, poll=0.01, batch=10, stop_file=None,
+        timeline=False):
     ids = [x.split(" ", 1)[0] for x in lines]
     sent, seen, retries = {}, {}, [0]
     done = threading.Event()
@@ -57,6 +68,9 @@ def run(url, lines, every, timeout, poll=0.01, batch=10):
     if every:
         t.start()
         for i, line in zip(ids, lines):
+            if stop_file and os.path.exists(stop_file):
+                ids = ids[:len(sent)]
+                break
             sent[i] = time.monotonic()
             retries[0] += post(url, [line])
             time.sleep(max(0.0, sent[i] + every - time.monotonic()))
@@ -79,7 +93,11 @@ def run(url, lines, every, timeout, poll=0.01, batch=10):
             "latency_ms": lat,
             "faces": {i: len(seen[i][1]["faces"]) for i in ids if i in seen},
             "taskmanagers": sorted({seen[i][1].get("taskmanager") for i in ids
-                                    if i in seen} - {None})}
+                                    if i in seen} - {None}),
+            **({"timeline": [[round(sent[i], 4), round(1000 * (seen[i][0] - sent[i]), 1)
+                              if i in seen else None, seen[i][1].get("taskmanager")
+                              if i in seen else None] for i in ids]}
+               if timeline else {})}
 
 
 def main():
@@ -88,10 +106,14 @@ def main():
     p.add_argument("--frames", required=True, help="file of lines ID BASE64-JPEG")
     p.add_argument("--every", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--stop-file", help="stop sending once this file exists")
+    p.add_argument("--timeline", action="store_true",
+                   help="each frame's send time and latency too")
     args = p.parse_args()
     with open(args.frames) as f:
         lines = f.read().splitlines()
-    print(json.dumps(run(args.url.rstrip("/"), lines, args.every, args.timeout)))
+    print(json.dumps(run(args.url.rstrip("/"), lines, args.every, args.timeout,
+                         stop_file=args.stop_file, timeline=args.timeline)))
 
 
 if __name__ == "__main__":
