@@ -225,7 +225,8 @@ def whoami_bundle(path):
 @full_only
 def test_root_in_a_nova_instance_is_not_root_on_the_ap(master, aps, tmp_path):
     """nova's [libvirt] uid_maps are in effect: the app (root inside) runs as the
-    mapped, unprivileged uid on the AP, and its files there belong to that uid."""
+    mapped, unprivileged uid on the AP, and its files there belong to that uid; the
+    instance has a pids limit."""
     ap, name = aps[0], "os-whoami"
     master.put(whoami_bundle(str(tmp_path / "whoami.tgz")), "/var/tmp/os-whoami.tgz")
     master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
@@ -248,6 +249,11 @@ def test_root_in_a_nova_instance_is_not_root_on_the_ap(master, aps, tmp_path):
         assert [int(x) for x in owner.split()] == [uid, uid], owner
         assert ap.run("stat -c %%u /proc/%d/root/etc/mec-conpaas/instance.json"
                       % pid).stdout.strip() == str(uid)
+        # nova sets no pids limit; the node agent puts the domain under [node_agent]
+        # pids_limit (default 512), as the lxc backend's instances.
+        cgroup = ap.run("sed -n 's/^[0-9]*:pids://p' /proc/%d/cgroup" % pid).stdout.strip()
+        assert cgroup.endswith(".libvirt-lxc"), cgroup
+        assert ap.run("cat /sys/fs/cgroup/pids%s/pids.max" % cgroup).stdout.strip() == "512"
     finally:
         master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
 
