@@ -56,7 +56,7 @@ def test_users_of_two_keystone_projects_see_only_their_own_services(master, aps,
     one, two = (tenants[p] for p in PROJECTS)
     created = []
     try:
-        for cli, name, ap in ((one, "ten-a", aps[0]), (two, "ten-b", aps[-1])):
+        for cli, name, ap in ((one, "ten-a", aps[0]), (two, "ten-b", aps[0])):
             master.run(cli + "service create web %s --node %s -f json" % (name, ap.name),
                        timeout=600)
             created.append((cli, name))

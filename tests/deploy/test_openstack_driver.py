@@ -19,13 +19,12 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver: the roles' default where
-    there is an OpenStack controller (mec_conpaas_use_openstack: false, on the test bed
-    MEC_DEPLOY_OPENSTACK=0, deploys the lxc one)."""
+    """These tests need the deployment on the openstack driver: opt-in with
+    mec_conpaas_use_openstack (the test bed sets it with MEC_DEPLOY_OPENSTACK=1)."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
-        pytest.skip("the manager runs the lxc driver (mec_conpaas_use_openstack is false; "
-                    "MEC_DEPLOY_OPENSTACK=0 on the test bed)")
+        pytest.skip("the manager runs the lxc driver "
+                    "(MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
 
 
 @pytest.fixture(scope="module")
