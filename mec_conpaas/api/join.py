@@ -33,9 +33,7 @@ def on_register(s, conf, ctx, body, node):
         node.instance_network = alloc.instance_network
         if alloc.node_name != body["name"]:
             allocation.allocate(s, pools(conf), alloc.identity, body["id"], body["name"])
-    elif body.get("instance_network") and body.get("container_backend") != "nova":
-        # (A nova node's instance network is the cloud's provider network,
-        # shared by every AP and reached on-link: not the node's to record.)
+    elif body.get("instance_network"):
         allocation.record(s, pools(conf), body["id"], body["name"],
                           body["instance_network"], body.get("client_network"))
 

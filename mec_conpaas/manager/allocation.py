@@ -239,11 +239,6 @@ def routes(session, node_id):
             continue
         a = allocs.get(node.id)
         nets = [a.instance_network, a.client_network] if a else [node.instance_network]
-        if node.container_backend == "nova":
-            # Its instances are on the cloud's provider network, which every
-            # AP and the master reach on-link (the roles' route): a route via
-            # this node would take that route's place.
-            nets = [a.client_network] if a else []
         for net in nets:
             if net:
                 out.append({"node": node.name, "subnet": net, "via": node.address})
