@@ -42,6 +42,14 @@ def _free(inventories, usages, rc):
     return int((i.total - i.reserved) * i.allocation_ratio) - usages.get(rc, 0)
 
 
+def _image_missing(error):
+    """nova's words for a glance image that is gone: "Image ... could not be
+    found." and, on Debian 12's Zed, "400 Can not find requested image"."""
+    message = getattr(error, "message", "") or ""
+    return "mage" in message and ("not be found" in message
+                                  or "find requested image" in message)
+
+
 def _is_no_valid_host(fault):
     return "No valid host" in (fault or {}).get("message", "")
 
@@ -219,11 +227,7 @@ class OpenstackDriver(lxc.LxcDriver):
                 port = ports[0] if ports else self._os(
                     "creating the instance's port", "network.create_port",
                     network_id=network.id, name=SERVER_PREFIX + spec.id)
-                server = self._os(
-                    "creating the server", "compute.create_server",
-                    name=SERVER_PREFIX + spec.id, image_id=image, flavor_id=flavor,
-                    networks=[{"port": port.id}], availability_zone=self.zone(node),
-                    metadata={INSTANCE_PROPERTY: spec.id, "mec_service_id": spec.service_id})
+                server = self._create_server(node, spec, image, flavor, port)
             server = self._wait_active(node, spec, server)
             port = self._ports(spec.id)[0]
             ip = port.fixed_ips[0]
@@ -242,19 +246,38 @@ class OpenstackDriver(lxc.LxcDriver):
             except exception.MecError as cleanup:  # the first error is the user's
                 LOG.error("instance %s's server or port may be left: %s", spec.id,
                           cleanup.message)
-            message = getattr(e, "message", "")
-            # nova's words for it: "Image ... could not be found." and, on the test
-            # bed's Zed, "400 Can not find requested image".
-            if "mage" in message and ("not be found" in message
-                                      or "find requested image" in message):
-                # Deleted from glance behind our back: the next create uploads it.
-                with self._image_lock:
-                    self._image_id = None
+            if _image_missing(e):
+                # Deleted from glance after nova took the create: the next create
+                # uploads it.
+                self._forget_image()
                 raise exception.NodeError(
                     "the base service image is missing from glance (%s); it is "
                     "uploaded again on the next create: retry" % e.message) from None
             raise
         return dict(info, server_id=server.id, handle=server.id)
+
+    def _create_server(self, node, spec, image, flavor, port):
+        """The server; if its glance image was deleted behind the driver's back
+        (nova refuses the create), the image is uploaded again and the create
+        retried once, so the user's create still succeeds."""
+        for attempt in (1, 2):
+            try:
+                return self._os(
+                    "creating the server", "compute.create_server",
+                    name=SERVER_PREFIX + spec.id, image_id=image, flavor_id=flavor,
+                    networks=[{"port": port.id}], availability_zone=self.zone(node),
+                    metadata={INSTANCE_PROPERTY: spec.id, "mec_service_id": spec.service_id})
+            except exception.MecError as e:
+                if attempt == 2 or not _image_missing(e):
+                    raise
+                LOG.warning("glance image %s of the base image is gone (%s); uploading "
+                            "it again", image, e.message)
+                self._forget_image()
+                image = self.image_id()
+
+    def _forget_image(self):
+        with self._image_lock:
+            self._image_id = None
 
     def _wait_active(self, node, spec, server):
         deadline = time.monotonic() + self.conf.openstack.boot_timeout

@@ -38,12 +38,17 @@ compute_hosts
 play add-node.yml add-node -e node=ap-3
 compute_hosts | grep -q '^ap-3 up enabled$' || { log "ap-3 is not an up compute host"; exit 1; }
 master "OS_CLOUD=mec-admin openstack availability zone list --compute -f value -c 'Zone Name'" | grep -qx ap-3
-token=$(master cat /etc/mec-conpaas/admin-token)
+# the PaaS admin's header: a keystone token of the cloud admin where the manager uses keystone
+if master grep -q "'^auth_strategy = keystone'" /etc/mec-conpaas/mec-conpaas.conf; then
+    header="X-Auth-Token: $(master OS_CLOUD=mec-admin openstack token issue -f value -c id)"
+else
+    header="Authorization: Bearer $(master cat /etc/mec-conpaas/admin-token)"
+fi
 for _ in $(seq 30); do
-    master "curl -s -H 'Authorization: Bearer $token' http://127.0.0.1:9680/v1/nodes" | grep -q '"name": *"ap-3"' && break
+    master "curl -s -H '$header' http://127.0.0.1:9680/v1/nodes" | grep -q '"name": *"ap-3"' && break
     sleep 3
 done
-master "curl -s -H 'Authorization: Bearer $token' http://127.0.0.1:9680/v1/nodes" | grep -q '"name": *"ap-3"' \
+master "curl -s -H '$header' http://127.0.0.1:9680/v1/nodes" | grep -q '"name": *"ap-3"' \
     || { log "the manager does not know ap-3"; exit 1; }
 play remove-node.yml remove-node -e node=ap-1
 if compute_hosts | grep -q '^ap-1 '; then log "ap-1 still a compute host"; exit 1; fi

@@ -91,7 +91,7 @@ class NodeAgent:
         try:
             self.mac, bridge_addr = interface_info(opts.bridge)
         except OSError:
-            self.mac, bridge_addr = "00:00:00:00:00:00", None
+            self.mac, bridge_addr = joining.first_mac(), None
         self.address = opts.advertise_address or bridge_addr or "127.0.0.1"
         self.id = self._load_id()
         self.token = self._load_token()

@@ -46,6 +46,26 @@ def parse_token(token):
     return pin, secret
 
 
+def first_mac():
+    """The MAC of the first interface that is neither loopback nor a bridge:
+    what identifies a node whose own bridge does not exist (the nova
+    backend, where the bridge is neutron's). Two such nodes must not both
+    fall back to the all-zero MAC: their node ids and identities would be
+    the same, and each join would revoke the other's credential."""
+    for path in sorted(glob.glob("/sys/class/net/*/address")):
+        dev = os.path.dirname(path)
+        if os.path.basename(dev) == "lo" or os.path.exists(os.path.join(dev, "bridge")):
+            continue
+        try:
+            with open(path) as f:
+                addr = f.read().strip()
+        except OSError:
+            continue
+        if addr and addr != "00:00:00:00:00:00":
+            return addr
+    return "00:00:00:00:00:00"
+
+
 def identity(configured, mac):
     """The node's stable identity: configured, the Pi's serial, or the MAC
     of its first physical interface (not the bridge's, which follows its

@@ -167,6 +167,10 @@ class NovaContainers(containers.LibvirtContainers):
             self._unpack(rootfs, bundle, secret, ids)
             self._configure_network(dom.name(), spec)
             self._route_to(spec["cidr"], desc.find("devices/interface/source"))
+            # nova's LXC driver sets no pids limit: the domain gets the lxc
+            # backend's ([node_agent] pids_limit) while only its init runs, so a
+            # fork bomb of the app stops there, not at the AP's pid_max.
+            containers._limit_pids(dom.name(), self.conf.node_agent.pids_limit)
             # Last: the image's init starts the service agent once it sees it.
             write_file(rootfs, nova_image.INSTANCE_CONFIG, json.dumps(
                 {"env": {k: v for k, v in containers.instance_env(
@@ -254,6 +258,7 @@ class NovaContainers(containers.LibvirtContainers):
             rehome_routes()
         except (OSError, subprocess.SubprocessError, ValueError) as e:
             LOG.warning("could not check the routes on bridged interfaces: %s", e)
+        remove_empty_pids_cgroups()
         return super().usage()
 
     def delete(self, instance_id):
@@ -274,6 +279,20 @@ class NovaContainers(containers.LibvirtContainers):
         if fd is not None:
             os.close(fd)
         shutil.rmtree(super()._paths(instance_id)["base"], ignore_errors=True)
+
+
+def remove_empty_pids_cgroups(root=None):
+    """The pids cgroups of nova's domains that are gone.  The agent forgets an
+    instance before nova destroys its domain, so the cgroup is still busy
+    then; at each heartbeat the empty ones are removed (rmdir refuses a
+    cgroup that still has tasks)."""
+    import glob
+    for cgroup in glob.glob(os.path.join(root or containers.PIDS_ROOT,
+                                         "*-instance-*.libvirt-lxc")):
+        try:
+            os.rmdir(cgroup)
+        except OSError:
+            pass
 
 
 def rehome_routes(ip=("ip",)):

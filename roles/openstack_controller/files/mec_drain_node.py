@@ -1,7 +1,12 @@
 #!/usr/bin/python3
 """Drain one AP node before it leaves (playbooks/remove-node.yml).
 
-Usage: mec-drain-node NODE MANAGER_URL ADMIN_TOKEN_FILE
+Usage: mec-drain-node NODE MANAGER_URL ADMIN_TOKEN_FILE [MANAGER_CONFIG]
+
+The manager is called as the PaaS admin: with the admin token, or, when MANAGER_CONFIG
+(default /etc/mec-conpaas/mec-conpaas.conf) says [api] auth_strategy = keystone, with a
+keystone token of OS_CLOUD's user (the cloud admin), since that manager refuses people's
+PaaS tokens.
 
 1. nova: disable the node's nova-compute service, so the scheduler places nothing there.
 2. MEC-ConPaaS: drain the node (POST /v1/nodes/NODE/drain with the admin token): the
@@ -13,6 +18,7 @@ Prints one JSON object {"changed": [...]}; a run on a node already drained and e
 changes nothing.  Errors (a busy service, too few free slots elsewhere, a failed move) end
 the run with the manager's message; rerun once it is dealt with.
 """
+import configparser
 import json
 import sys
 import time
@@ -27,9 +33,10 @@ WAIT = 900          # seconds for one round's operations
 
 
 def api(url, token, method="GET", body=None):
+    """``token``: the request's auth header as (name, value)."""
     req = urllib.request.Request(url, method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": "Bearer " + token,
+                                 headers={token[0]: token[1],
                                           "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
@@ -66,9 +73,14 @@ def wait(manager, token, ops):
 
 def main():
     node, manager, token_file = sys.argv[1:4]
-    token = open(token_file).read().strip()
+    config = configparser.ConfigParser(interpolation=None, strict=False)
+    config.read(sys.argv[4] if len(sys.argv) > 4 else "/etc/mec-conpaas/mec-conpaas.conf")
     changed = []
     conn = openstack.connect()
+    if config.get("api", "auth_strategy", fallback="token") == "keystone":
+        token = ("X-Auth-Token", conn.auth_token)
+    else:
+        token = ("Authorization", "Bearer " + open(token_file).read().strip())
     for svc in conn.compute.services(binary="nova-compute", host=node):
         if svc.status != "disabled":
             conn.compute.disable_service(svc, disabled_reason="draining: leaving the cloud")
