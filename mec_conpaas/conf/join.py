@@ -157,6 +157,25 @@ manager records it so that no joining node gets it.
 Possible values:
 * unset: the node has no fixed client subnet (a joined node gets one).
 """),
+    cfg.DictOpt("apply_allocation_to", default={},
+                help="""
+Files of this access point the allocation it receives at join (and in any
+later heartbeat answer) is written into, as ``kind:path`` pairs; the live
+Wi-Fi address and bridge follow and hostapd, dnsmasq and cinder-volume are
+restarted if they run (agents/node/apconfig.py).
+
+Possible values:
+* empty (the default): nothing is written (playbook-deployed APs and the
+  embedded edge, whose networks are fixed).
+* kinds ``hostapd`` (channel, hw_mode), ``dnsmasq`` (DHCP range, router,
+  DNS), ``interface`` (ifupdown stanza of the Wi-Fi interface: its
+  address), ``network`` (the mec-conpaas-network script: bridge address and
+  MAC), ``cinder`` (storage_availability_zone). A flashed image sets all
+  five; a missing file is skipped.
+
+Related options:
+* ``networks`` (only ``allocated`` uses it)
+"""),
 ]
 
 

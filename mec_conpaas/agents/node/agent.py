@@ -19,6 +19,7 @@ import urllib.parse
 import uuid
 
 from mec_conpaas import exception
+from mec_conpaas.agents.node import apconfig
 from mec_conpaas.agents.node import capacity as capacity_mod
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
@@ -204,6 +205,12 @@ class NodeAgent:
         if alloc and self.conf.join.networks == "allocated":
             self.conf.set_override("instance_network", alloc["instance_network"],
                                    group="node_agent")
+            if self.conf.join.apply_allocation_to:
+                try:
+                    apconfig.apply(self.conf.join.apply_allocation_to, alloc)
+                except OSError as e:
+                    LOG.error("allocation %s not written into this access point's "
+                              "files: %s", alloc.get("number"), e)
 
     # -- talking to the manager ----------------------------------------
     def manager(self, method, path, body=None, raw=False, timeout=30):
@@ -214,7 +221,8 @@ class NodeAgent:
     def heard(self, answer):
         """A heartbeat answer: keep the allocation, install the routes."""
         answer = answer or {}
-        self.membership.save_allocation(answer.get("allocation"))
+        if self.membership.save_allocation(answer.get("allocation")):
+            self._use_allocation()
         if self.routes is not None and "routes" in answer:
             try:
                 self.routes.sync(answer["routes"])

@@ -160,9 +160,12 @@ class Membership:
             return None
 
     def save_allocation(self, alloc):
+        """Keep a new or changed allocation; True if it changed."""
         if alloc and alloc != self.allocation:
             self.allocation = alloc
             _write_private(self.alloc_path, json.dumps(alloc, indent=1, sort_keys=True))
+            return True
+        return False
 
     def forget_credential(self):
         self.credential = None
