@@ -15,6 +15,7 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import allocation
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import join
+from mec_conpaas.manager import tls
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ def on_register(s, conf, ctx, body, node):
     credential registers only that node; a joined node keeps its allocated
     network; a node with fixed networks (a playbook's) has them recorded."""
     join.check_own(ctx, body["id"])
+    # A node whose agent serves the certificate issued at join: reached over
+    # HTTPS, its certificate checked for its own name.
+    node.agent_server_name = tls.agent_server_name(body["id"]) \
+        if body.get("agent_tls") else None
     alloc = allocation.of_node(s, body["id"])
     if alloc is not None and alloc.source == "joined":
         node.instance_network = alloc.instance_network
@@ -86,7 +91,8 @@ def register(app, manager, context):
             raise exception.BadRequest("request body must be a JSON object")
         with session_scope() as s:
             answer = join.join(s, pools(conf), flask.request.headers.get(
-                "Authorization"), body)
+                "Authorization"), body,
+                agent_cert=lambda node_id: tls.issue_agent_cert(conf, node_id))
         LOG.info("node %s joined from %s", body.get("name"), flask.request.remote_addr)
         return flask.jsonify(answer)
 

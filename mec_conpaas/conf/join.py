@@ -126,6 +126,19 @@ deployment.
 This node's own credential, received when it joined (mode 0600): it
 registers and heartbeats this node only, and the admin can revoke it.
 """),
+    cfg.StrOpt("agent_cert_file", default="$state_path/node-agent-cert.pem",
+               help="""
+The certificate (chain) this node agent's API serves, issued by the manager
+at join (signed by the deployment CA for ``<node id>.node.mec-conpaas``):
+with it and ``agent_key_file`` the agent serves HTTPS only, and the manager
+and the other node agents check it.
+
+Possible values:
+* a path; a missing file (a manager without TLS, a node that joined before
+  the manager had it) means plain HTTP.
+"""),
+    cfg.StrOpt("agent_key_file", default="$state_path/node-agent-key.pem",
+               help="Private key of ``agent_cert_file`` (mode 0600, from the join)."),
     cfg.BoolOpt("manage_routes", default=True,
                 help="""
 Install the routes to the other nodes' instance networks and Wi-Fi client
@@ -156,6 +169,25 @@ manager records it so that no joining node gets it.
 
 Possible values:
 * unset: the node has no fixed client subnet (a joined node gets one).
+"""),
+    cfg.DictOpt("apply_allocation_to", default={},
+                help="""
+Files of this access point the allocation it receives at join (and in any
+later heartbeat answer) is written into, as ``kind:path`` pairs; the live
+Wi-Fi address and bridge follow and hostapd, dnsmasq and cinder-volume are
+restarted if they run (agents/node/apconfig.py).
+
+Possible values:
+* empty (the default): nothing is written (playbook-deployed APs and the
+  embedded edge, whose networks are fixed).
+* kinds ``hostapd`` (channel, hw_mode), ``dnsmasq`` (DHCP range, router,
+  DNS), ``interface`` (ifupdown stanza of the Wi-Fi interface: its
+  address), ``network`` (the mec-conpaas-network script: bridge address and
+  MAC), ``cinder`` (storage_availability_zone). A flashed image sets all
+  five; a missing file is skipped.
+
+Related options:
+* ``networks`` (only ``allocated`` uses it)
 """),
 ]
 

@@ -63,6 +63,9 @@ class Node(Base):
     address: Mapped[str] = mapped_column(String(64))
     agent_port: Mapped[int] = mapped_column(Integer)
     agent_token: Mapped[str] = mapped_column(String(128))
+    # Set: the agent serves HTTPS with the certificate issued at join for this
+    # name (manager/tls.py agent_server_name); unset: plain HTTP.
+    agent_server_name: Mapped[str | None] = mapped_column(String(128))
     container_backend: Mapped[str] = mapped_column(String(16), default="libvirt")
     instance_network: Mapped[str | None] = mapped_column(String(64))
     max_instances: Mapped[int] = mapped_column(Integer, default=0)

@@ -21,27 +21,35 @@ class NodeAgentClient:
     """One access point's node agent (``GET /v1/health``, ``PUT /v1/proxy``,
     ``/v1/instances/...``)."""
 
-    def __init__(self, address, port, token):
+    def __init__(self, address, port, token, server_name=None, tls=None):
         self.address = address
         self.port = port
         self.token = token
+        # HTTPS (the certificate issued at join, manager/tls.py): the
+        # deployment CA's context and the name the certificate must carry.
+        self.server_name = server_name
+        self.tls = tls if server_name else None
 
     def __repr__(self):
         return "NodeAgentClient(%s)" % self.url
 
     @property
     def url(self):
-        return "http://%s:%d" % (self.address, self.port)
+        return "%s://%s:%d" % ("https" if self.tls else "http", self.address, self.port)
 
     def peer(self):
         """How another node agent reaches this one (state pull and push)."""
-        return {"url": self.url, "token": self.token}
+        peer = {"url": self.url, "token": self.token}
+        if self.tls:
+            peer["server_name"] = self.server_name
+        return peer
 
     def call(self, method, path, body=None, timeout=60, raw=False):
         """A request to the node agent; NodeError carries its message."""
         return httpserver.call(method, self.url + path, self.token, body,
                                timeout=timeout, raw=raw,
-                               content_type="application/x-tar")
+                               content_type="application/x-tar", tls=self.tls,
+                               server_name=self.server_name)
 
     def health(self, timeout=5):
         return self.call("GET", "/v1/health", timeout=timeout)

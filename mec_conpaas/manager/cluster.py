@@ -13,6 +13,7 @@ import threading
 from sqlalchemy import select
 
 from mec_conpaas import exception
+from mec_conpaas.agents.node import joining
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
@@ -28,6 +29,7 @@ class Cluster:
 
     def __init__(self, conf, driver):
         self.conf = conf
+        self._agent_tls = None  # the deployment CA's context, made on first use
         self.driver = driver
         self.started = models.utcnow()  # see is_up()
         self.topology = None
@@ -76,12 +78,18 @@ class Cluster:
             n.state = "up" if self.is_up(n, deadline) else "down"
         return [n for n in nodes if n.state == "up"] if up_only else nodes
 
-    @staticmethod
-    def ref(node):
+    def ref(self, node):
         """What drivers get of a node: its name and its node agent's
-        client."""
+        client (HTTPS checked against the deployment CA when the node's
+        agent serves the certificate issued at join)."""
+        tls = None
+        if node.agent_server_name:
+            if self._agent_tls is None:
+                self._agent_tls = joining.tls_context(self.conf.tls.ca_file)
+            tls = self._agent_tls
         return base.NodeRef(node.name, nodeagent.NodeAgentClient(
-            node.address, node.agent_port, node.agent_token), node.hostname)
+            node.address, node.agent_port, node.agent_token,
+            server_name=node.agent_server_name, tls=tls), node.hostname)
 
     def node_ref(self, session, name):
         node = session.scalar(select(models.Node).where(models.Node.name == name))

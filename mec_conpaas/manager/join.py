@@ -165,10 +165,12 @@ def validate_join(body):
     return identity, name, node_id
 
 
-def join(session, pools, header, body):
+def join(session, pools, header, body, agent_cert=None):
     """A node joins: token checked and counted, allocation made or found
     again (same identity, same allocation and id), its own credential
-    issued.  Returns the answer for the node."""
+    issued, and, with ``agent_cert`` (node id -> {"cert", "key"} or None),
+    the certificate its agent API serves.  Returns the answer for the
+    node."""
     identity, name, node_id = validate_join(body)
     token = consume(session, header)
     alloc = session.get(models.NodeAllocation, identity)
@@ -189,5 +191,9 @@ def join(session, pools, header, body):
     credential = issue_credential(session, node_id)
     LOG.info("node %s (%s) joined with join token %s as %s", name, identity,
              token.id[:8], node_id)
-    return {"id": node_id, "credential": credential,
-            "allocation": allocation.view(alloc)}
+    answer = {"id": node_id, "credential": credential,
+              "allocation": allocation.view(alloc)}
+    cert = agent_cert(node_id) if agent_cert else None
+    if cert:
+        answer["agent_certificate"] = cert
+    return answer

@@ -93,9 +93,8 @@ def _san(names):
     return out
 
 
-def issue_server_cert(ca_file, ca_key_file, cert_file, key_file, names):
-    """A serving certificate for ``names`` (host names and addresses) signed
-    by the deployment CA."""
+def _issue(ca_file, ca_key_file, names):
+    """(certificate chain PEM, key PEM) for ``names``, signed by the CA."""
     with open(ca_file, "rb") as f:
         ca = x509.load_pem_x509_certificate(f.read())
     with open(ca_key_file, "rb") as f:
@@ -113,10 +112,36 @@ def issue_server_cert(ca_file, ca_key_file, cert_file, key_file, names):
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write(key_file, _key_pem(key), 0o600)
     # The chain: nodes that pinned the CA verify the leaf against it.
-    _write(cert_file, cert.public_bytes(serialization.Encoding.PEM)
-           + ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    return (cert.public_bytes(serialization.Encoding.PEM)
+            + ca.public_bytes(serialization.Encoding.PEM)), _key_pem(key)
+
+
+def issue_server_cert(ca_file, ca_key_file, cert_file, key_file, names):
+    """A serving certificate for ``names`` (host names and addresses) signed
+    by the deployment CA."""
+    chain, key = _issue(ca_file, ca_key_file, names)
+    _write(key_file, key, 0o600)
+    _write(cert_file, chain, 0o644)
+
+
+def agent_server_name(node_id):
+    """The name a node agent's certificate is issued for, and the one the
+    manager and the other node agents check: the node's id, so that it stays
+    right when the node's address changes (DHCP) and no node can pass for
+    another with its own certificate."""
+    return "%s.node.mec-conpaas" % node_id
+
+
+def issue_agent_cert(conf, node_id):
+    """{"cert", "key"} (PEM) for a joining node's agent API, or None when this
+    manager has no CA to sign with (plain HTTP: a key must not travel in
+    clear)."""
+    if not conf.tls.cert_file or not os.path.exists(conf.tls.ca_key_file):
+        return None
+    chain, key = _issue(conf.tls.ca_file, conf.tls.ca_key_file,
+                        [agent_server_name(node_id)])
+    return {"cert": chain.decode(), "key": key.decode()}
 
 
 def default_names(conf):

@@ -126,8 +126,13 @@ def managers(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def master(managers):
-    """The real manager the booted node registers and enrolls with."""
-    return managers("image-master")
+    """The real manager the booted node joins and enrolls with: HTTPS with the
+    deployment CA, a pinned join token (the researcher's path)."""
+    m = managers("image-master", tls=True)
+    # Number 1 (the image's own defaults: 10.42.1.0/24, 10.100.1.0/24) is taken, so
+    # the booted node must rewrite its networks, not only its channel.
+    m.neighbour = m.join_neighbour("ap-neighbour", 1)
+    return m
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +142,7 @@ def fleet(request, image, keypair, master):
     MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
     key, pub = keypair
     wanted = os.environ.get("MEC_CONPAAS_BOOTS", "good,malformed,missing").split(",")
-    texts = {"good": settings(pub, master.port, master.node_token),
+    texts = {"good": settings(pub, master.guest_url, master.node_token),
              "malformed": MALFORMED.format(pub=pub), "missing": None}
     guests = {}
     try:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -155,9 +156,12 @@ class Manager:
     master a node registers and enrolls with: its own SQLite state, a node token
     and an admin token made with mec-conpaas-manage, an OpenStack enrollment file.
     It listens on 127.0.0.1 (qemu user networking shows it to guests as 10.0.2.2).
+    With ``tls`` (the researcher's path, README "Joining") it serves HTTPS only, with a
+    deployment CA from ``mec-conpaas-manage ca create`` whose certificate covers
+    10.0.2.2, and its node token is a join token pinning that CA (``<sha256>::secret``).
     """
 
-    def __init__(self, workdir, enrollment=ENROLLMENT):
+    def __init__(self, workdir, enrollment=ENROLLMENT, tls=False):
         self.dir = os.path.join(workdir, "master")
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
@@ -174,9 +178,18 @@ class Manager:
                     f"[api]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
                     "[manager]\ndriver = lxc\n"
                     + (f"openstack_enrollment_file = {self.enrollment_file}\n"
-                       if enrollment is not None else ""))
+                       if enrollment is not None else "")
+                    + (f"[tls]\ncert_file = {self.dir}/tls/cert.pem\n"
+                       f"key_file = {self.dir}/tls/key.pem\n"
+                       f"ca_file = {self.dir}/tls/ca.pem\n"
+                       f"ca_key_file = {self.dir}/tls/ca-key.pem\n" if tls else ""))
         manage = [sys.executable, "-m", "mec_conpaas.cmd.manage", "--config-file", self.conf]
         sh(*manage, "db", "sync")
+        self.tls = None
+        if tls:
+            sh(*manage, "ca", "create", "--name", "10.0.2.2", "--name", "127.0.0.1")
+            self.ca_file = f"{self.dir}/tls/ca.pem"
+            self.tls = ssl.create_default_context(cafile=self.ca_file)
         admin_file = os.path.join(self.dir, "admin.token")
         sh(*manage, "bootstrap", "--admin-token-file", admin_file)
         with open(admin_file) as f:
@@ -185,7 +198,10 @@ class Manager:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mec_conpaas.cmd.manager", "--config-file", self.conf],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        # What a node's settings file says (master =).
+        self.guest_url = f"{scheme}://10.0.2.2:{self.port}"
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -202,10 +218,23 @@ class Manager:
         req = urllib.request.Request(self.url + path,
                                      headers={"Authorization": f"Bearer {token}"})
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30, context=self.tls) as r:
                 return r.status, json.load(r)
         except urllib.error.HTTPError as e:
             return e.code, json.load(e)
+
+    def join_neighbour(self, name, number):
+        """A node that joined before the booted one (its allocation taken), so that
+        the booted node's allocation differs from the image's defaults."""
+        manage = [sys.executable, "-m", "mec_conpaas.cmd.manage", "--config-file", self.conf]
+        secret = sh(*manage, "node-token", "create").stdout.strip().rpartition("::")[2]
+        body = json.dumps({"id": "00000000-0000-4000-8000-%012d" % number, "name": name,
+                           "identity": f"serial:image-test-{number}", "hostname": name,
+                           "mac": "02:00:00:00:00:%02x" % number}).encode()
+        req = urllib.request.Request(self.url + "/v1/nodes/join", data=body, headers={
+            "Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30, context=self.tls) as r:
+            return json.load(r)["allocation"]
 
     def wait_node_up(self, name, timeout=300):
         """The node's record once its agent registered and heartbeats (or the last seen)."""
@@ -416,14 +445,14 @@ class SSH:
                     f"...{self.guest.console_text()[-4000:]}")
 
 
-def settings(pubkey, master_port, token, hostname="ap-test-1"):
+def settings(pubkey, master_url, token, hostname="ap-test-1"):
     return (
         "# written by tests/image/test_emulated_boot.py\r\n"  # CRLF: as from a Windows editor
         f"hostname = {hostname}\r\n"
         "wifi_ssid = MEC-ConPaaS test\r\n"
         "wifi_passphrase = \"not a real passphrase\"\r\n"
         "wifi_country = nl\r\n"
-        f"master = http://10.0.2.2:{master_port}\r\n"
+        f"master = {master_url}\r\n"
         f"registration_token = {token}\r\n"
         f"ssh_authorized_key = {pubkey}\r\n"
         "backbone = dhcp\r\n")

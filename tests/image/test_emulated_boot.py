@@ -15,9 +15,12 @@ Select with -m emulated_boot; MEC_CONPAAS_BOOT_TIMEOUT (s, default 900) bounds
 each boot.  Console logs are kept in MEC_CONPAAS_ARTIFACTS if set.
 """
 
+import hashlib
+import ipaddress
 import json
 import re
 import socket
+import ssl
 import time
 
 import pytest
@@ -112,7 +115,7 @@ def test_settings_file_applied(booted, master):
 def test_registers_with_master(image, booted, master):
     g, ssh = booted
     conf = ssh.run("sudo cat /etc/mec-conpaas/mec-conpaas.conf").stdout
-    assert re.search(rf"^manager_url = http://10\.0\.2\.2:{master.port}$", conf, re.M), conf
+    assert re.search(rf"^manager_url = {re.escape(master.guest_url)}$", conf, re.M), conf
     assert re.search(rf"^registration_token = {re.escape(master.node_token)}$", conf, re.M)
     assert re.search(r"^node_name = ap-test-1$", conf, re.M)
     if "mec_conpaas_node" not in roles_in(image):
@@ -123,6 +126,58 @@ def test_registers_with_master(image, booted, master):
     assert node and node["state"] == "up", (node, master.log()[-2000:])
     assert node["hostname"] == "ap-test-1"
     assert node["report"], "no resource report heartbeated by the node agent"
+
+
+def test_joined_over_pinned_tls_and_applied_its_allocation(image, booted, master):
+    """The researcher's path (README "Joining"): the join token pins the master's
+    CA, the node checked it before sending the secret, holds its own credential,
+    and wrote the number, channel, client subnet and instance network the
+    master's allocator gave it into hostapd, dnsmasq, wlan0 and the bridge."""
+    g, ssh = booted
+    if "mec_conpaas_node" not in roles_in(image):
+        pytest.skip("profile without mec_conpaas_node: no node agent to join")
+    node = master.wait_node_up("ap-test-1")
+    assert node and node["state"] == "up", (node, master.log()[-2000:])
+    alloc = node["allocation"]
+    assert alloc and alloc["source"] == "joined", node
+    other = master.neighbour
+    assert alloc["number"] != other["number"]
+    assert alloc["client_network"] != other["client_network"]
+    assert alloc["wifi_channel"] != other["wifi_channel"]
+    state = "/var/lib/mec-conpaas"
+    with open(master.ca_file, "rb") as f:
+        ca = f.read()
+    assert ssh.run(f"sudo cat {state}/manager-ca.pem").stdout.encode() == ca
+    assert master.node_token.startswith(hashlib.sha256(
+        ssl.PEM_cert_to_DER_cert(ca.decode())).hexdigest() + "::")
+    assert ssh.run(f"sudo stat -c %a {state}/node-credential").stdout.strip() == "600"
+    agent = ssh.run("sudo journalctl -b -u mec-conpaas-node-agent --no-pager "
+                    "-o short-monotonic").stdout
+    assert "matches the join token's pin" in agent, agent[-3000:]
+    # Seconds since the guest's kernel started (bench/join.py reads them).
+    for key, what in (("joined_s", "joined "), ("registered_s", "registered with ")):
+        m = re.search(r"^\[\s*([0-9.]+)\].*" + what, agent, re.M)
+        if m:
+            g.timings[key] = round(float(m.group(1)), 1)
+    assert json.loads(ssh.run(f"sudo cat {state}/allocation.json").stdout) == alloc
+    conf = ssh.run("sudo cat /etc/mec-conpaas/mec-conpaas.conf").stdout
+    assert re.search(r"^networks = allocated$", conf, re.M), conf
+    client = ipaddress.IPv4Network(alloc["client_network"])
+    gw = next(client.hosts())
+    if "wifi_ap" in roles_in(image):
+        hostapd = ssh.run("sudo cat /etc/hostapd/hostapd.conf").stdout.splitlines()
+        assert f"channel={alloc['wifi_channel']}" in hostapd
+        dnsmasq = ssh.run("cat /etc/dnsmasq.d/mec-conpaas-ap.conf").stdout
+        start, end = re.search(r"^dhcp-range=([^,]+),([^,]+),", dnsmasq, re.M).groups()
+        assert ipaddress.IPv4Address(start) in client and ipaddress.IPv4Address(end) in client
+        assert f"dhcp-option=option:router,{gw}" in dnsmasq.splitlines()
+        wlan0 = ssh.run("cat /etc/network/interfaces.d/wlan0").stdout
+        assert re.search(rf"^\s*address {gw}/{client.prefixlen}$", wlan0, re.M), wlan0
+    inst = ipaddress.IPv4Network(alloc["instance_network"])
+    script = ssh.run("cat /usr/local/sbin/mec-conpaas-network").stdout
+    assert f"ADDRESS={next(inst.hosts())}/{inst.prefixlen}" in script.splitlines()
+    live = ssh.run("ip -4 -o addr show dev mecbr0").stdout
+    assert f" {next(inst.hosts())}/{inst.prefixlen} " in live, live
 
 
 def test_enrolled_with_master(image, booted, master):

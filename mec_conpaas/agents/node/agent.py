@@ -19,6 +19,7 @@ import urllib.parse
 import uuid
 
 from mec_conpaas import exception
+from mec_conpaas.agents.node import apconfig
 from mec_conpaas.agents.node import capacity as capacity_mod
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
@@ -102,11 +103,16 @@ class NodeAgent:
         self.membership = joining.Membership(conf)
         self.manager_tls = joining.manager_tls(conf) if os.path.exists(
             conf.join.manager_ca_file) else None
-        if (self.membership.credential is None and conf.join.networks == "allocated"
-                and self.membership.allocation is None
-                and conf.node_agent.registration_token):
+        # A pinned join token joins first too: the agent API's certificate
+        # comes with the answer and the API must serve it from the start.
+        if (self.membership.credential is None and conf.node_agent.registration_token
+                and ((conf.join.networks == "allocated"
+                      and self.membership.allocation is None)
+                     or joining.SEPARATOR in conf.node_agent.registration_token)):
             self._join_until_done()
         self._use_allocation()
+        self.server_tls = joining.server_tls(conf)
+        self._peer_tls = None  # the deployment CA's context, made on first use
         self.routes = routes_mod.RouteTable(conf.join.route_protocol) \
             if conf.join.manage_routes else None
         # instance id -> its service agent's secret (see isolation.agent_secret)
@@ -208,6 +214,12 @@ class NodeAgent:
         if alloc and self.conf.join.networks == "allocated":
             self.conf.set_override("instance_network", alloc["instance_network"],
                                    group="node_agent")
+            if self.conf.join.apply_allocation_to:
+                try:
+                    apconfig.apply(self.conf.join.apply_allocation_to, alloc)
+                except OSError as e:
+                    LOG.error("allocation %s not written into this access point's "
+                              "files: %s", alloc.get("number"), e)
 
     # -- talking to the manager ----------------------------------------
     def manager(self, method, path, body=None, raw=False, timeout=30):
@@ -218,7 +230,8 @@ class NodeAgent:
     def heard(self, answer):
         """A heartbeat answer: keep the allocation, install the routes."""
         answer = answer or {}
-        self.membership.save_allocation(answer.get("allocation"))
+        if self.membership.save_allocation(answer.get("allocation")):
+            self._use_allocation()
         if self.routes is not None and "routes" in answer:
             try:
                 self.routes.sync(answer["routes"])
@@ -234,7 +247,8 @@ class NodeAgent:
                 "instance_network": opts.instance_network,
                 "client_network": (self.membership.allocation or {}).get(
                     "client_network") or self.conf.join.client_network,
-                "max_instances": opts.max_instances if self.containers else 0}
+                "max_instances": opts.max_instances if self.containers else 0,
+                "agent_tls": self.server_tls is not None}
 
     def heartbeat_loop(self):
         interval = self.conf.node_agent.heartbeat_interval
@@ -434,7 +448,9 @@ class NodeAgent:
         src = _peer(body, "source")
         dest = self._need_containers().state_dir(iid)
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
-        remote = httpserver.call("GET", base + "/manifest", src["token"])["manifest"]
+        tls = self.peer_tls(src)
+        remote = httpserver.call("GET", base + "/manifest", src["token"],
+                                 **tls)["manifest"]
         last = self.pulls.last(iid, src["instance_id"])
         paths = statesync.wanted(statesync.manifest(dest) if last is None else last,
                                  remote)
@@ -442,7 +458,7 @@ class NodeAgent:
         nbytes = 0
         for n, batch in enumerate(batches, 1):
             data = httpserver.call("POST", base + "/export", src["token"],
-                                   {"paths": batch}, raw=True, timeout=300)
+                                   {"paths": batch}, raw=True, timeout=300, **tls)
             # Deletions and directories once, with the last batch.
             with _background():
                 nbytes += statesync.import_tar(
@@ -451,6 +467,15 @@ class NodeAgent:
         self.pulls.remember(iid, src["instance_id"], remote)
         return {"files": len(paths), "bytes": nbytes, "batches": len(batches),
                 "round": "delta" if last is not None else "bulk"}
+
+    def peer_tls(self, peer):
+        """How to reach a peer node agent serving HTTPS: checked against the
+        deployment CA (pinned at join) for the name the manager gave."""
+        if not peer.get("server_name"):
+            return {}
+        if self._peer_tls is None:
+            self._peer_tls = joining.tls_context(self.conf.join.manager_ca_file)
+        return {"tls": self._peer_tls, "server_name": peer["server_name"]}
 
     def serve_manifest(self, body, iid):
         manifest = statesync.manifest(self._need_containers().state_dir(iid))
@@ -485,7 +510,7 @@ class NodeAgent:
             "POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/%s" % (
                 dst["instance_id"], "import-final" if dst.get("restore") else "import"),
             dst["token"], data, timeout=300 + RESTORE_TIMEOUT,
-            content_type="application/x-tar") or {}
+            content_type="application/x-tar", **self.peer_tls(dst)) or {}
         marks.append(time.monotonic())
         steps = dict(zip(("freeze", "manifest", "export", "send_import_restore"),
                          (round(1000 * (b - a), 1) for a, b in zip(marks, marks[1:]))))
@@ -593,9 +618,10 @@ class NodeAgent:
         server = httpserver.Server((opts.bind_host, opts.bind_port),
                                    httpserver.make_handler(self.router(),
                                                            self.authenticate))
+        server.tls = self.server_tls
         threading.Thread(target=self.heartbeat_loop, daemon=True).start()
-        LOG.info("node agent %s listening on %s:%s", self.name, opts.bind_host,
-                 opts.bind_port)
+        LOG.info("node agent %s listening on %s:%s (%s)", self.name, opts.bind_host,
+                 opts.bind_port, "HTTPS" if server.tls else "HTTP")
         try:
             server.serve_forever()
         finally:

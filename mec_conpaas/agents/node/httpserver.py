@@ -142,6 +142,16 @@ def make_handler(router, authenticate):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    #: An ssl.SSLContext: HTTPS only.  The handshake is done in the
+    #: request's own thread, so a slow or silent client holds no other.
+    tls = None
+
+    def finish_request(self, request, client_address):
+        if self.tls is not None:
+            request.settimeout(30)
+            request = self.tls.wrap_socket(request, server_side=True)
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def server_bind(self):
         # Skip HTTPServer's getfqdn(): a reverse DNS lookup that stalls for
@@ -161,23 +171,32 @@ class _NoDelayConnection(http.client.HTTPConnection):
 
 
 class _NoDelayTLSConnection(http.client.HTTPSConnection):
+    #: The name the certificate must carry, when not the host connected to
+    #: (a node agent's: its node id, whatever its address).
+    server_name = None
+
     def connect(self):
-        super().connect()
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(
+            self.sock, server_hostname=self.server_name or self.host)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _connection(host, port, timeout, fresh=False, tls=None):
+def _connection(host, port, timeout, fresh=False, tls=None, server_name=None):
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
-    key = (host, port, id(tls) if tls is not None else None)
+    key = (host, port, id(tls) if tls is not None else None, server_name)
     conn = pool.get(key)
     if conn is None or fresh:
         if conn is not None:
             conn.close()
-        conn = pool[key] = (
-            _NoDelayTLSConnection(host, port, timeout=timeout, context=tls)
-            if tls is not None else _NoDelayConnection(host, port, timeout=timeout))
+        if tls is not None:
+            conn = _NoDelayTLSConnection(host, port, timeout=timeout, context=tls)
+            conn.server_name = server_name
+        else:
+            conn = _NoDelayConnection(host, port, timeout=timeout)
+        pool[key] = conn
     conn.timeout = timeout
     if conn.sock is not None:
         conn.sock.settimeout(timeout)
@@ -194,7 +213,7 @@ def hang_up():
 
 
 def call(method, url, token=None, body=None, timeout=30, raw=False,
-         content_type="application/json", tls=None):
+         content_type="application/json", tls=None, server_name=None):
     """JSON request over a kept-alive connection (one per thread and peer).
 
     Migration's critical window is a handful of these calls over shaped
@@ -202,7 +221,8 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
     call is idempotent, so a request on a connection the peer closed while
     idle is retried once on a fresh one.  Raises NodeError carrying the
     remote message.  ``tls``: an ssl.SSLContext for an https:// URL (the
-    manager's, pinned at join: agents/node/joining.py).
+    manager's, pinned at join: agents/node/joining.py); ``server_name``: the
+    name the server's certificate must carry, if not the URL's host.
     """
     parts = urllib.parse.urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
@@ -220,7 +240,8 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
         if parts.scheme == "https" and tls is None:
             tls = ssl.create_default_context()
         conn = _connection(parts.hostname, parts.port or (443 if tls else 80), timeout,
-                           fresh=attempt == 1, tls=tls if parts.scheme == "https" else None)
+                           fresh=attempt == 1, tls=tls if parts.scheme == "https" else None,
+                           server_name=server_name)
         reused = conn.sock is not None
         try:
             conn.request(method, path, body=data, headers=headers)

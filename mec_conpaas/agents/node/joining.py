@@ -134,6 +134,18 @@ def fetch_pinned_ca(url, pin, ca_file):
     return pem
 
 
+def server_tls(conf):
+    """The TLS context of this agent's own API, if the manager issued it a
+    certificate at join (None: plain HTTP)."""
+    cert, key = conf.join.agent_cert_file, conf.join.agent_key_file
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def manager_tls(conf):
     """The TLS context for an https:// manager_url (None for http://); the
     CA must have been pinned or put in [join] manager_ca_file."""
@@ -180,9 +192,12 @@ class Membership:
             return None
 
     def save_allocation(self, alloc):
+        """Keep a new or changed allocation; True if it changed."""
         if alloc and alloc != self.allocation:
             self.allocation = alloc
             _write_private(self.alloc_path, json.dumps(alloc, indent=1, sort_keys=True))
+            return True
+        return False
 
     def forget_credential(self):
         self.credential = None
@@ -226,5 +241,9 @@ class Membership:
             raise
         _write_private(self.conf.join.credential_file, answer["credential"])
         self.credential = answer["credential"]
+        cert = answer.get("agent_certificate")
+        if cert:  # came over the pinned TLS connection, like the credential
+            _write_private(self.conf.join.agent_key_file, cert["key"])
+            _write_private(self.conf.join.agent_cert_file, cert["cert"])
         self.save_allocation(answer.get("allocation"))
         return answer
