@@ -133,8 +133,12 @@ class Edge:
                             % ", ".join(missing))
         if self.net.existing_netns():
             raise EdgeError("an edge with prefix %r is already up (%s); run "
-                            "'mec-conpaas-edge down' first" % (
-                                self.prefix, ", ".join(self.net.existing_netns())))
+                            "'mec-conpaas-edge --prefix %s --state-dir DIR down' first, "
+                            "DIR being that edge's state directory (a test or "
+                            "benchmark edge's is a /tmp/mec-edge-* or /tmp/mec-bench-* "
+                            "directory)" % (
+                                self.prefix, ", ".join(self.net.existing_netns()),
+                                self.prefix))
         # libvirt's qemu driver (a dependency of libvirt-daemon) will not
         # start without its user; libvirt-daemon-system normally adds it.
         if subprocess.run(["getent", "group", "libvirt-qemu"],
