@@ -61,11 +61,16 @@ def test_open_loop_keeps_its_schedule_through_a_slow_answer(tmp_path, server, ke
     results = run(tmp_path, server, *(["--keepalive"] if keepalive else []))
     s = loadgen.summarize(results)
     assert 80 <= s["requests"] <= 110, s
-    # The 300 ms answer to request 10 held back none of the later starts.
-    assert s["send_rate_per_s"] >= 90, s
-    # Loose bounds: the machine is shared, and the server shares our GIL.
-    assert s["start_late_ms"]["p50"] < 10, s
-    assert s["max_gap_ms"] < 250, s
+    # The 300 ms answer to request 10 held back none of the later starts:
+    # requests were sent, and answered, while it was outstanding.  Counted
+    # against the slow request's own interval, not against wall-clock
+    # bounds, so a loaded machine that starts every request late still
+    # passes if (and only if) the loop is open.
+    slow = next(r for r in results if r.get("hits") == 10)
+    during = [r for r in results if r is not slow
+              and slow["sent"] < r["sent"] < slow["end"]]
+    assert len(during) >= 10, (len(during), s)
+    assert any(r["ok"] and r["end"] < slow["end"] for r in during), s
     assert s["max_ms"] >= 300, s
     assert s["failed"] == 1 and s["failures_by_kind"] == {"http-503": 1}, s
     assert sorted(r["hits"] for r in results if r["ok"]) == \
