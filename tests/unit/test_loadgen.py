@@ -76,9 +76,15 @@ def test_open_loop_keeps_its_schedule_through_a_slow_answer(tmp_path, server, ke
     assert sorted(r["hits"] for r in results if r["ok"]) == \
         [n for n in range(1, len(results) + 1) if n != 20]
     if keepalive:
-        # Connections came back to the pool: the stalled one's neighbours
-        # needed one more, not one each.
-        assert s["reused_connections"] >= s["requests"] - 10, s
+        # Connections came back to the pool: a new one is opened only when
+        # every open one is busy, so no more were opened than requests were
+        # ever in flight at once (+2: a connection goes back to the pool just
+        # after its request's end is stamped).  Bounded by the run's own
+        # overlap, not a fixed count, so a slow machine does not fail it.
+        peak = max(sum(1 for o in results if o["sent"] <= r["sent"] <= o["end"])
+                   for r in results)
+        opened = s["requests"] - s["reused_connections"]
+        assert opened <= peak + 2, (opened, peak, s)
     else:
         assert s["reused_connections"] == 0, s
 
