@@ -79,6 +79,7 @@ def run(b, name, steps, speed, policies, node="ap-1", move=True):
         users.attach(u, first[u])
     url = "http://%s:%d/" % (edge.net.user_endpoint(), port)
     loads = [Load(edge, None, port, netns=users.netns(u), url=url) for u in people]
+    load0 = common.loadavg()
     t0 = time.monotonic()
     wall0 = datetime.datetime.now(datetime.timezone.utc)
     handovers = []
@@ -107,9 +108,10 @@ def run(b, name, steps, speed, policies, node="ap-1", move=True):
             c.enable_node(ap)
     for u in people:
         users.remove(u)
-    print("%s: %s, %d policy operation(s)" % (name, stats(results), len(ops)),
-          file=sys.stderr)
-    return results, sorted(ops, key=lambda o: o["t"]), handovers
+    load = {"loadavg_at_start": load0, "loadavg_at_end": common.loadavg()}
+    print("%s: %s, %d policy operation(s), load %s" % (name, stats(results), len(ops),
+                                                      load), file=sys.stderr)
+    return results, sorted(ops, key=lambda o: o["t"]), handovers, load
 
 
 def main():
@@ -123,19 +125,21 @@ def main():
     args = p.parse_args()
     speed = args.speed or (6.0 if args.quick else 2.0)
     out, runs = {}, {}
+    quiet = common.wait_quiet()
+    t_start = time.monotonic()
     with common.BenchEdge("mcu-", 9694, topology=CLOUD_TOPOLOGY) as b:
         status = b.edge.status()
         steps = traces.load(args.trace, b.edge.net.aps)
-        floor, _, _ = run(b, "floor", steps, speed, {}, move=False)
-        runs["floor"] = (floor, [], [])
+        runs["floor"] = run(b, "floor", steps, speed, {}, move=False)
         for name, pol in POLICIES.items():
             runs[name] = run(b, name, steps, speed, pol)
         runs["cloud"] = run(b, "cloud", steps, speed, {}, node=args.cloud_node)
         runs["oscillating"] = run(b, "oscillating", traces.load(
             args.oscillating, b.edge.net.aps), speed, POLICIES["follow+ahead"])
     base = stats(runs["floor"][0])
-    for name, (results, ops, handovers) in runs.items():
+    for name, (results, ops, handovers, load) in runs.items():
         s = stats(results)
+        s.update(load)
         s["p95_over_floor_ms"] = _round(s["p95_ms"] - base["p95_ms"])
         s["migrations"] = sum(o["kind"] == "migrate" for o in ops)
         s["standbys"] = sum(o["standby"] for o in ops)
@@ -152,6 +156,9 @@ def main():
         "oscillating_trace": os.path.basename(args.oscillating),
         "policies": BASE, "shared_machine": True,
         "note": "the machine was shared with other helpers' builds and tests",
+        **quiet, "loadavg_at_end": common.loadavg(),
+        "floor_failed_requests": base["failed"],
+        "duration_s": round(time.monotonic() - t_start, 1),
         "latency_shaping": common.shaping_note(status), "machine": common.machine(),
     }
 
@@ -159,7 +166,7 @@ def main():
         colours = {"floor": "grey", "static": "tab:red", "follow": "tab:blue",
                    "follow+ahead": "tab:green", "cloud": "tab:purple",
                    "oscillating": "tab:orange"}
-        for name, (results, ops, _handovers) in runs.items():
+        for name, (results, ops, _handovers, _load) in runs.items():
             ok = sorted((r for r in results if r["ok"]), key=lambda r: r["t"])
             ax.plot([r["t"] for r in ok], [1000 * (r["end"] - r["start"]) for r in ok],
                     ".", markersize=1, color=colours.get(name), label="%s (p95 %s ms)"
