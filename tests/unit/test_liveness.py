@@ -272,3 +272,72 @@ def test_the_clock_offset_comes_from_the_shortest_round_trip(nodes, store):
         b.close()
     finally:
         store.clear_override("manager_url", group="node_agent")
+
+
+def test_the_receiver_process_acks_flushes_and_is_restarted(store):
+    """The manager's receiver (its own process, off the API's GIL) on a real
+    socket: a signed beat is acked and reaches the store; a forged one is
+    not answered; a killed receiver is started again on the same port; the
+    receiver ends with the manager's end of the socket pair."""
+    import os
+    import socket
+
+    now = time.time()
+    with db.session_scope() as s:
+        s.add(models.Node(id="ap-1", name="ap-1", hostname="ap-1", mac="02:00:00:00:00:01",
+                          address="10.0.0.1", agent_port=9681, agent_token="x",
+                          max_instances=3, report={},
+                          last_heartbeat=liveness.to_db_time(now - 1)))
+        cred = join.issue_credential(s, "ap-1")
+    store.set_override("bind_host", "127.0.0.1", group="api")
+    store.set_override("port", 0, group="liveness")
+    store.set_override("listen", True, group="liveness")
+    stop = threading.Event()
+    rx = liveness.Receiver(store)
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.settimeout(10)
+    try:
+        rx.serve(stop)
+
+        def wait(what, cond, timeout=30):
+            deadline = time.monotonic() + timeout
+            while not cond():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+        wait("receiver up", lambda: rx.running)
+        assert rx.proc.pid != os.getpid() and rx.nodes == 1
+        port = rx.advertise("ap-1")["liveness"]["port"]
+        assert port == rx.sock.getsockname()[1]
+        seq = [0]
+
+        def send(c=cred):
+            seq[0] += 1
+            agent.sendto(beat(c, "ap-1", seq[0], time.time()), ("127.0.0.1", port))
+        send("forged")
+        send()
+        reply = agent.recv(256)  # the forged one got no answer: this is ours
+        assert wire.read_ack(wire.key(cred), "ap-1", reply) == (seq[0], wire.OK)
+        sent = time.time()
+        wait("flushed", lambda: last_heartbeat("ap-1") >= sent - 0.5)
+        wait("counts", lambda: rx.counts.get("accepted") == 1
+             and rx.counts.get("forged") == 1)
+        # Killed: started again, on the same socket.
+        first = rx.proc
+        rx.stop_receiver()
+        wait("restarted", lambda: rx.proc is not first and rx.running)
+        assert rx.starts == 2 and rx.advertise("ap-1")["liveness"]["port"] == port
+        send()
+        assert wire.read_ack(wire.key(cred), "ap-1", agent.recv(256))[1] == wire.OK
+        # The manager goes: so does its receiver.
+        proc = rx.proc
+        stop.set()
+        proc.wait(10)
+    finally:
+        stop.set()
+        agent.close()
+        if rx.proc is not None and rx.proc.poll() is None:
+            rx.proc.kill()
+            rx.proc.wait()
+        store.clear_override("bind_host", group="api")
+        store.clear_override("port", group="liveness")
+        store.clear_override("listen", group="liveness")
