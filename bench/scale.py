@@ -137,15 +137,35 @@ class Manager:
                 assert self.proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
 
-    def cpu_seconds(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def pids(self):
+        """The manager and its children (the liveness receiver process):
+        what the manager costs is all of them."""
+        pids = [self.proc.pid]
+        for task in os.listdir("/proc/%d/task" % self.proc.pid):
+            try:
+                with open("/proc/%d/task/%s/children" % (self.proc.pid, task)) as f:
+                    pids += [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                pass
+        return pids
 
-    def cpu_percent(self, seconds):
-        c0, t0 = self.cpu_seconds(), time.monotonic()
-        time.sleep(seconds)
-        return round(100 * (self.cpu_seconds() - c0) / (time.monotonic() - t0), 2)
+    def cpu_seconds(self, pids=None):
+        """{pid: CPU seconds} of the manager's processes."""
+        return {pid: cpu_seconds("/proc/%d/stat" % pid) for pid in pids or self.pids()}
+
+    def cpu_percent(self, seconds, during=None):
+        """% of one core the manager's processes took over ``seconds``
+        (each, and in total); ``during``: called with the seconds to fill
+        (so other measures share the window)."""
+        pids = self.pids()
+        c0, t0 = self.cpu_seconds(pids), time.monotonic()
+        if during:
+            during(seconds)
+        else:
+            time.sleep(seconds)
+        c1, dt = self.cpu_seconds(pids), time.monotonic() - t0
+        each = {pid: round(100 * (c1[pid] - c0[pid]) / dt, 2) for pid in pids}
+        return round(sum(each.values()), 2), each
 
     def alive(self):
         """Raise, with its log's tail, if the manager has exited."""
@@ -166,6 +186,20 @@ class Manager:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def cpu_seconds(stat_path):
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy():
+    """(busy, total) jiffies of the whole machine (every core)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
 # -- emulated node agents ---------------------------------------------------
 class Agent:
     """One emulated node agent: the real join, registration and heartbeat
@@ -180,6 +214,7 @@ class Agent:
         self.reader = self.writer = None
         self.beacon = None
         self.full_s = None
+        self.routes_version, self.routes_received = None, 0
 
     async def call(self, path, body):
         """(status, answer) of a POST on the keep-alive connection."""
@@ -250,12 +285,17 @@ class Agent:
 
     async def full(self, report, conf, first=False):
         sent_at = time.time()
-        status, answer = await self.call("/v1/nodes/%s/heartbeat" % self.id,
-                                         {"report": report})
+        body = {"report": report}
+        if self.routes_version:  # as the node agent echoes it (routecache)
+            body["routes_version"] = self.routes_version
+        status, answer = await self.call("/v1/nodes/%s/heartbeat" % self.id, body)
         if status != 200:
             self.errors += 1
             return
         self.http_beats += 1
+        if "routes" in answer:
+            self.routes_version = answer.get("routes_version")
+            self.routes_received += 1
         self.rtts.append((time.time() - sent_at) * 1000)
         if not self.liveness:
             return
@@ -330,6 +370,8 @@ def run_agents(mgr, n, until, liveness_on=True):
     state = {}
 
     def main():
+        state["tid"] = threading.get_native_id()
+
         async def go():
             stop = asyncio.Event()
             state["stop"], state["loop"] = stop, asyncio.get_running_loop()
@@ -353,7 +395,10 @@ def run_agents(mgr, n, until, liveness_on=True):
                 a.beacon.close()
         conf.clear()
     until.append(finish)
-    return agents, started
+    while "tid" not in state:
+        time.sleep(0.01)
+    agents_stat = "/proc/self/task/%d/stat" % state["tid"]
+    return agents, started, agents_stat
 
 
 # -- placement and admission against the manager's store ---------------------
@@ -417,9 +462,9 @@ def part1(n, window, compare_http=False):
     for label, count, liveness_on in runs:
         mgr = Manager(count)
         try:
-            idle_cpu = mgr.cpu_percent(min(window, 5))
+            idle_cpu, _ = mgr.cpu_percent(min(window, 5))
             stops = []
-            agents, started = run_agents(mgr, count, stops, liveness_on)
+            agents, started, agents_stat = run_agents(mgr, count, stops, liveness_on)
             # A loaded machine's manager takes minutes to enroll 1,000
             # nodes (join + register, each reading the allocations).
             t_reg = time.monotonic()
@@ -435,11 +480,21 @@ def part1(n, window, compare_http=False):
             for a in agents:
                 a.reset()
             mgr.alive()
-            cpu = mgr.cpu_percent(window)
+            load0 = common.loadavg()
+            a0, m0 = cpu_seconds(agents_stat), machine_busy()
+            cpu, cpu_each = mgr.cpu_percent(window)
+            a1, m1 = cpu_seconds(agents_stat), machine_busy()
+            agents_cpu = round(100 * (a1 - a0) / window, 2)
+            ncpu = os.cpu_count()
+            machine_pct = round(100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 1)
             beats = sum(a.beats() for a in agents)
             http = sum(a.http_beats for a in agents)
             mgr.alive()
+            pids = mgr.pids()
             mem = common.proc_memory(mgr.proc.pid)
+            mem_each = {pid: common.proc_memory(pid) for pid in pids}
+            for k in ("rss_mb", "pss_mb"):  # the manager is all its processes
+                mem["total_" + k] = sum(m[k] for m in mem_each.values())
             up = nodes_up(mgr.conf)
             decisions = decision_times(mgr.conf, sorted(started)[len(started) // 2],
                                        20 if count > 10 else 50)
@@ -458,7 +513,18 @@ def part1(n, window, compare_http=False):
                 "join_or_register_retries": sum(a.join_errors for a in agents),
                 "http_heartbeat_rtt_ms": stats(rtts) if rtts else None,
                 "manager_cpu_percent_idle": idle_cpu,
-                "manager_cpu_percent": cpu, "manager_memory": mem,
+                "manager_cpu_percent": cpu,
+                "manager_processes": {
+                    "api" if pid == mgr.proc.pid else "liveness_receiver": {
+                        "cpu_percent": cpu_each.get(pid), **mem_each[pid]}
+                    for pid in pids},
+                "manager_memory": mem,
+                "agents_cpu_percent_of_one_core": agents_cpu,
+                "agents_share_of_machine_percent": round(agents_cpu / ncpu, 1),
+                "manager_share_of_machine_percent": round(cpu / ncpu, 1),
+                "machine_busy_percent": machine_pct,
+                "loadavg_window_start": load0, "loadavg_window_end": common.loadavg(),
+                "routes_answers_received": sum(a.routes_received for a in agents),
                 "placement_ms": decisions}
             print(label, json.dumps({k: v for k, v in out[label].items()
                                      if k != "placement_ms"}), file=sys.stderr)
@@ -579,6 +645,7 @@ def main():
     n = args.nodes or (100 if args.quick else 1000)
     window = args.window or (10 if args.quick else 30)
     containers = args.containers or (32 if args.quick else 128)
+    quiet = common.wait_quiet()
     t0 = time.monotonic()
     p1 = part1(n, window, args.compare_http)
     p2 = part2(containers)
@@ -616,7 +683,11 @@ def main():
         "peers": {"seed002_peer_selection_ms": SEED_002_PEER_SELECTION_MS,
                   "enorm_round_128_s": ENORM_ROUND_128_S,
                   "enorm_round_1_s": ENORM_ROUND_1_S},
-        "duration_s": round(time.monotonic() - t0, 1)}
+        "duration_s": round(time.monotonic() - t0, 1),
+        **quiet, "loadavg_at_end": common.loadavg(),
+        "agents_cpu_percent_of_one_core": ours["agents_cpu_percent_of_one_core"],
+        "agents_share_of_machine_percent": ours["agents_share_of_machine_percent"],
+        "manager_total_rss_mb": ours["manager_memory"]["total_rss_mb"]}
 
     def plot(ax):
         labels = ["placement\n%d nodes" % n, "placement\n3 nodes\n(floor)",

@@ -75,7 +75,9 @@ class Cluster:
         nodes = list(session.scalars(select(models.Node).order_by(models.Node.name)))
         deadline = self.heartbeat_deadline()
         for n in nodes:
-            n.state = "up" if self.is_up(n, deadline) else "down"
+            state = "up" if self.is_up(n, deadline) else "down"
+            if n.state != state:  # else the session flushes every node again
+                n.state = state
         return [n for n in nodes if n.state == "up"] if up_only else nodes
 
     def ref(self, node):

@@ -53,27 +53,35 @@ from mec_conpaas.manager import join
 
 LOG = logging.getLogger(__name__)
 RELOAD_S = 5.0
+BIND_ATTEMPTS = 10  # seconds a restarted manager waits for its port
 
 
-def bind(conf):
-    """The UDP socket on ``[liveness] port`` (None if not listening)."""
+def bind(conf, attempts=1):
+    """The UDP socket on ``[liveness] port`` (None if not listening);
+    ``attempts``: seconds to retry a taken port (a restarted manager's
+    predecessor's receiver may still be flushing)."""
     opts = conf.liveness
     if not (opts.enabled and opts.listen):
         return None
     host = conf.api.bind_host
     port = opts.port if opts.port is not None else conf.api.bind_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        # Not a reason to stop the manager: agents keep heartbeating
-        # over HTTP (no port is advertised).
-        sock.close()
-        LOG.error("liveness datagrams off: cannot listen on udp %s:%d (%s); "
-                  "free the port or set [liveness] port", host, port, e)
-        return None
+    for attempt in range(attempts):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:
+            sock.bind((host, port))
+            break
+        except OSError as e:
+            sock.close()
+            if attempt + 1 < attempts:
+                time.sleep(1)
+                continue
+            # Not a reason to stop the manager: agents keep heartbeating
+            # over HTTP (no port is advertised).
+            LOG.error("liveness datagrams off: cannot listen on udp %s:%d (%s); "
+                      "free the port or set [liveness] port", host, port, e)
+            return None
     LOG.info("liveness datagrams on udp %s:%d", host, sock.getsockname()[1])
     return sock
 
@@ -310,11 +318,10 @@ class Receiver:
         return advert(self.conf, self.sock.getsockname()[1], now, self.nodes)
 
     def serve(self, stop):
-        self.sock = bind(self.conf)
-        if self.sock is None:
-            return
-        threading.Thread(target=self._supervise, args=(stop,), daemon=True,
-                         name="liveness-receiver").start()
+        opts = self.conf.liveness
+        if opts.enabled and opts.listen:
+            threading.Thread(target=self._supervise, args=(stop,), daemon=True,
+                             name="liveness-receiver").start()
 
     def _start(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -330,6 +337,9 @@ class Receiver:
         return proc, ours
 
     def _supervise(self, stop):
+        self.sock = bind(self.conf, attempts=BIND_ATTEMPTS)
+        if self.sock is None:
+            return
         while not stop.is_set():
             try:
                 self.proc, ctl = self._start()

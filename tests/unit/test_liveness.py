@@ -341,3 +341,22 @@ def test_the_receiver_process_acks_flushes_and_is_restarted(store):
         store.clear_override("bind_host", group="api")
         store.clear_override("port", group="liveness")
         store.clear_override("listen", group="liveness")
+
+
+def test_the_clock_offset_is_zero_when_the_round_trip_brackets_the_managers_clock(
+        nodes, store):
+    """Same clock (or NTP): a slow round trip must not shift every beat
+    half of it into the past; a manager clock outside the round trip (an
+    AP without a real-time clock) is still corrected for."""
+    _live, _clock, creds = nodes
+    store.set_override("manager_url", "http://127.0.0.1:1/", group="node_agent")
+    try:
+        b = agent_side.Beacon("ap-1", creds["ap-1"], "http://127.0.0.1:1/", 9)
+        b.synced(1000.5, 1000.0, 1003.0, "s")  # answered 0.5 s into a 3 s trip
+        assert b.offset == 0.0
+        b.offset_rtt = None
+        b.synced(5000.0, 1000.0, 1002.0, "s")  # an AP whose clock is far behind
+        assert b.offset == pytest.approx(3999.0)
+        b.close()
+    finally:
+        store.clear_override("manager_url", group="node_agent")
