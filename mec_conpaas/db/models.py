@@ -36,7 +36,7 @@ class ReportJSON(TypeDecorator):
 
     impl = JSON
     cache_ok = True
-    CACHE_MAX = 8192
+    CACHE_MAX = 4096  # texts; a full cache is cleared (a placement decodes again)
     _cache = {}
 
     def result_processor(self, dialect, coltype):
