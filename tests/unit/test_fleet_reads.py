@@ -65,3 +65,31 @@ def test_reading_the_fleet_writes_back_only_changed_states(store):
         assert updates == []
     finally:
         event.remove(engine, "before_cursor_execute", count)
+
+
+def test_a_datagram_landing_while_the_monitor_decides_keeps_the_node_up(store):
+    """The liveness receiver (another process) records a beat after the
+    monitor read the node as silent: the monitor's write must not take it
+    down."""
+    import datetime
+    with db.session_scope() as s:
+        _add(s, "ap-1", {})
+        _add(s, "ap-2", {})
+        for n in ("ap-1", "ap-2"):
+            s.get(models.Node, n).last_heartbeat = models.utcnow() - datetime.timedelta(
+                seconds=store.manager.node_heartbeat_timeout + 5)
+
+    class Racing(cluster_mod.Cluster):
+        def is_up(self, node, deadline=None):
+            up = super().is_up(node, deadline)
+            if node.name == "ap-1":  # a flush commits meanwhile
+                with db.session_scope() as other:
+                    other.get(models.Node, "ap-1").last_heartbeat = models.utcnow()
+            return up
+
+    cluster = Racing(store, drivers.load(store.manager.driver, store))
+    cluster.started = models.utcnow() - datetime.timedelta(hours=1)
+    cluster.mark_down_nodes()
+    with db.session_scope() as s:
+        assert s.get(models.Node, "ap-1").state == "up"    # heard meanwhile
+        assert s.get(models.Node, "ap-2").state == "down"  # really silent
