@@ -33,17 +33,19 @@ def machine():
                             / 2**30, 1)}
 
 
-def wait_quiet(limit=3.0, max_wait=600.0, interval=10.0):
+def wait_quiet(limit=3.0, max_wait=600.0, interval=10.0, waited_before=0.0):
     """Before a benchmark whose target is a latency figure: wait (at most
     ``max_wait`` s) for the 1-min load average to drop below ``limit``, as
     the machine is shared.  Returns what to record in the result: the load
-    at the start, how long it waited and whether the load did drop."""
+    at the start, how long it waited (``waited_before``: seconds waited
+    already, e.g. before taking an edge slot) and whether the load did
+    drop."""
     t0 = time.monotonic()
     while os.getloadavg()[0] >= limit and time.monotonic() - t0 < max_wait:
         time.sleep(interval)
     load = os.getloadavg()
     return {"loadavg_at_start": [round(x, 2) for x in load],
-            "waited_for_quiet_s": round(time.monotonic() - t0, 1),
+            "waited_for_quiet_s": round(time.monotonic() - t0 + waited_before, 1),
             "quiet_limit": limit, "was_quiet_at_start": load[0] < limit}
 
 

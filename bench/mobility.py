@@ -122,10 +122,14 @@ def main():
     p.add_argument("--oscillating", default=OSCILLATING)
     p.add_argument("--cloud-node", default="cloud-1",
                    help="far-cloud node for the 'cloud' placement")
+    p.add_argument("--wait-quiet", type=float, default=600,
+                   help="seconds to wait at most for the 1-min load to drop below 3")
+    p.add_argument("--waited-before", type=float, default=0,
+                   help="seconds already waited for it (before taking an edge slot)")
     args = p.parse_args()
     speed = args.speed or (6.0 if args.quick else 2.0)
     out, runs = {}, {}
-    quiet = common.wait_quiet()
+    quiet = common.wait_quiet(max_wait=args.wait_quiet, waited_before=args.waited_before)
     t_start = time.monotonic()
     with common.BenchEdge("mcu-", 9694, topology=CLOUD_TOPOLOGY) as b:
         status = b.edge.status()
