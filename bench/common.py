@@ -49,6 +49,19 @@ def wait_quiet(limit=3.0, max_wait=600.0, interval=10.0, waited_before=0.0):
             "quiet_limit": limit, "was_quiet_at_start": load[0] < limit}
 
 
+def add_quiet_args(parser):
+    """--wait-quiet and --waited-before, for ``quiet_from``."""
+    parser.add_argument("--wait-quiet", type=float, default=600,
+                        help="seconds to wait at most for the 1-min load to drop below 3")
+    parser.add_argument("--waited-before", type=float, default=0,
+                        help="seconds already waited for it (e.g. before taking an "
+                             "edge slot)")
+
+
+def quiet_from(args):
+    return wait_quiet(max_wait=args.wait_quiet, waited_before=args.waited_before)
+
+
 def loadavg():
     return [round(x, 2) for x in os.getloadavg()]
 

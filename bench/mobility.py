@@ -149,14 +149,11 @@ def main():
     p.add_argument("--interval", type=float,
                    help="seconds between one user's requests (default: what the "
                         "far instance can serve, user_interval)")
-    p.add_argument("--wait-quiet", type=float, default=600,
-                   help="seconds to wait at most for the 1-min load to drop below 3")
-    p.add_argument("--waited-before", type=float, default=0,
-                   help="seconds already waited for it (before taking an edge slot)")
+    common.add_quiet_args(p)
     args = p.parse_args()
     speed = args.speed or (6.0 if args.quick else 2.0)
     out, runs = {}, {}
-    quiet = common.wait_quiet(max_wait=args.wait_quiet, waited_before=args.waited_before)
+    quiet = common.quiet_from(args)
     t_start = time.monotonic()
     with common.BenchEdge("mcu-", 9694, topology=CLOUD_TOPOLOGY) as b:
         status = b.edge.status()

@@ -664,13 +664,12 @@ def main():
     ap.add_argument("--containers", type=int)
     ap.add_argument("--compare-http", action="store_true",
                     help="also the same agents with HTTP heartbeats only")
-    ap.add_argument("--wait-quiet", type=float, default=600,
-                    help="seconds to wait at most for the 1-min load to drop below 3")
+    common.add_quiet_args(ap)
     args = ap.parse_args()
     n = args.nodes or (100 if args.quick else 1000)
     window = args.window or (10 if args.quick else 30)
     containers = args.containers or (32 if args.quick else 128)
-    quiet = common.wait_quiet(max_wait=args.wait_quiet)
+    quiet = common.quiet_from(args)
     t0 = time.monotonic()
     p1 = part1(n, window, args.compare_http)
     p2 = part2(containers)
