@@ -33,6 +33,39 @@ def machine():
                             / 2**30, 1)}
 
 
+def wait_quiet(limit=3.0, max_wait=600.0, interval=10.0, waited_before=0.0):
+    """Before a benchmark whose target is a latency figure: wait (at most
+    ``max_wait`` s) for the 1-min load average to drop below ``limit``, as
+    the machine is shared.  Returns what to record in the result: the load
+    at the start, how long it waited (``waited_before``: seconds waited
+    already, e.g. before taking an edge slot) and whether the load did
+    drop."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < max_wait:
+        time.sleep(interval)
+    load = os.getloadavg()
+    return {"loadavg_at_start": [round(x, 2) for x in load],
+            "waited_for_quiet_s": round(time.monotonic() - t0 + waited_before, 1),
+            "quiet_limit": limit, "was_quiet_at_start": load[0] < limit}
+
+
+def add_quiet_args(parser):
+    """--wait-quiet and --waited-before, for ``quiet_from``."""
+    parser.add_argument("--wait-quiet", type=float, default=600,
+                        help="seconds to wait at most for the 1-min load to drop below 3")
+    parser.add_argument("--waited-before", type=float, default=0,
+                        help="seconds already waited for it (e.g. before taking an "
+                             "edge slot)")
+
+
+def quiet_from(args):
+    return wait_quiet(max_wait=args.wait_quiet, waited_before=args.waited_before)
+
+
+def loadavg():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 class BenchEdge:
     def __init__(self, prefix, port, node_agent_opts=None, topology=ISOLATED,
                  **manager_opts):

@@ -2,8 +2,10 @@
 
 The bundled mobility trace (mec_conpaas/etc/mobility-trace.csv: alice and
 bob, 30 s per access point; replayed ``--speed`` times faster, 1 = real
-time) drives two emulated users.  Each sends a request every 10 ms to the
-user endpoint of the AP it is attached to (edge/loadgen.py's client), using
+time) drives two emulated users.  Each sends requests (``user_interval``: all
+together a quarter of what one instance on the far node can serve, the
+same rate in every placement) to the user endpoint of the AP it is
+attached to (edge/loadgen.py's client), using
 a web service (the sample counter) created on ap-1.  The edge is the one
 with a far cloud (mec_conpaas/etc/edge-topology-cloud.yaml: three access
 points and ``cloud-1`` 30 ms behind ap-1).  Placements, one after the other
@@ -39,6 +41,7 @@ from mec_conpaas.edge import loadgen  # noqa: E402
 from mec_conpaas.edge import traces  # noqa: E402
 from mec_conpaas.edge import users as users_mod  # noqa: E402
 from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: E402
+from mec_conpaas.manager import topology as topology_mod  # noqa: E402
 
 POLICIES = {"static": {},
             "follow": {"follow_the_user": True},
@@ -61,7 +64,27 @@ def _round(v):
     return round(v, 2) if v is not None else None
 
 
-def run(b, name, steps, speed, policies, node="ap-1", move=True):
+def user_interval(topology, users, cloud_node):
+    """Seconds between one user's requests, the same in every placement:
+    all users together send a quarter of what one instance on the far
+    node can serve to the farthest access point.  HAProxy lets an instance
+    have ``instance_maxconn`` requests at once, and each holds its slot for
+    about two round trips on that path (the request, and the app's answer
+    behind its connection); above that rate the far instance's queue grows
+    until requests time out (the session-8 run: 200 requests/s against
+    about 29/s), and the cloud placement measures its queue, not its
+    latency."""
+    from mec_conpaas.conf import manager as manager_conf
+    from mec_conpaas.policies import placement
+    aps = [n for n in topology["nodes"] if n not in (cloud_node, "master")]
+    one_way_ms = max(placement.distances(topology, aps + [cloud_node], [cloud_node])[
+        cloud_node][ap] for ap in aps)
+    maxconn = {o.name: o.default for o in manager_conf.manager_opts}["instance_maxconn"]
+    per_second = maxconn / (4 * one_way_ms / 1000.0)
+    return users / (per_second / 4)
+
+
+def run(b, name, steps, speed, policies, node="ap-1", move=True, interval=0.01):
     """One placement: returns (requests, policy operations, handover times)."""
     edge, c = b.edge, b.client
     edge.restart_manager(policies=dict(BASE, **policies) if policies else {})
@@ -78,7 +101,9 @@ def run(b, name, steps, speed, policies, node="ap-1", move=True):
     for u in people:
         users.attach(u, first[u])
     url = "http://%s:%d/" % (edge.net.user_endpoint(), port)
-    loads = [Load(edge, None, port, netns=users.netns(u), url=url) for u in people]
+    loads = [Load(edge, None, port, netns=users.netns(u), url=url, interval=interval)
+             for u in people]
+    load0 = common.loadavg()
     t0 = time.monotonic()
     wall0 = datetime.datetime.now(datetime.timezone.utc)
     handovers = []
@@ -107,9 +132,10 @@ def run(b, name, steps, speed, policies, node="ap-1", move=True):
             c.enable_node(ap)
     for u in people:
         users.remove(u)
-    print("%s: %s, %d policy operation(s)" % (name, stats(results), len(ops)),
-          file=sys.stderr)
-    return results, sorted(ops, key=lambda o: o["t"]), handovers
+    load = {"loadavg_at_start": load0, "loadavg_at_end": common.loadavg()}
+    print("%s: %s, %d policy operation(s), load %s" % (name, stats(results), len(ops),
+                                                      load), file=sys.stderr)
+    return results, sorted(ops, key=lambda o: o["t"]), handovers, load
 
 
 def main():
@@ -120,22 +146,33 @@ def main():
     p.add_argument("--oscillating", default=OSCILLATING)
     p.add_argument("--cloud-node", default="cloud-1",
                    help="far-cloud node for the 'cloud' placement")
+    p.add_argument("--interval", type=float,
+                   help="seconds between one user's requests (default: what the "
+                        "far instance can serve, user_interval)")
+    common.add_quiet_args(p)
     args = p.parse_args()
     speed = args.speed or (6.0 if args.quick else 2.0)
     out, runs = {}, {}
+    quiet = common.quiet_from(args)
+    t_start = time.monotonic()
     with common.BenchEdge("mcu-", 9694, topology=CLOUD_TOPOLOGY) as b:
         status = b.edge.status()
         steps = traces.load(args.trace, b.edge.net.aps)
-        floor, _, _ = run(b, "floor", steps, speed, {}, move=False)
-        runs["floor"] = (floor, [], [])
+        interval = args.interval or user_interval(
+            topology_mod.load(CLOUD_TOPOLOGY), len({st.user for st in steps}),
+            args.cloud_node)
+        runs["floor"] = run(b, "floor", steps, speed, {}, move=False, interval=interval)
         for name, pol in POLICIES.items():
-            runs[name] = run(b, name, steps, speed, pol)
-        runs["cloud"] = run(b, "cloud", steps, speed, {}, node=args.cloud_node)
+            runs[name] = run(b, name, steps, speed, pol, interval=interval)
+        runs["cloud"] = run(b, "cloud", steps, speed, {}, node=args.cloud_node,
+                            interval=interval)
         runs["oscillating"] = run(b, "oscillating", traces.load(
-            args.oscillating, b.edge.net.aps), speed, POLICIES["follow+ahead"])
+            args.oscillating, b.edge.net.aps), speed, POLICIES["follow+ahead"],
+            interval=interval)
     base = stats(runs["floor"][0])
-    for name, (results, ops, handovers) in runs.items():
+    for name, (results, ops, handovers, load) in runs.items():
         s = stats(results)
+        s.update(load)
         s["p95_over_floor_ms"] = _round(s["p95_ms"] - base["p95_ms"])
         s["migrations"] = sum(o["kind"] == "migrate" for o in ops)
         s["standbys"] = sum(o["standby"] for o in ops)
@@ -150,8 +187,11 @@ def main():
         "targets": {"p95_over_floor_ms": 2.0, "failed": 0},
         "cloud_node": args.cloud_node, "topology": os.path.basename(CLOUD_TOPOLOGY),
         "oscillating_trace": os.path.basename(args.oscillating),
-        "policies": BASE, "shared_machine": True,
+        "policies": BASE, "shared_machine": True, "user_interval_s": round(interval, 3),
         "note": "the machine was shared with other helpers' builds and tests",
+        **quiet, "loadavg_at_end": common.loadavg(),
+        "floor_failed_requests": base["failed"],
+        "duration_s": round(time.monotonic() - t_start, 1),
         "latency_shaping": common.shaping_note(status), "machine": common.machine(),
     }
 
@@ -159,7 +199,7 @@ def main():
         colours = {"floor": "grey", "static": "tab:red", "follow": "tab:blue",
                    "follow+ahead": "tab:green", "cloud": "tab:purple",
                    "oscillating": "tab:orange"}
-        for name, (results, ops, _handovers) in runs.items():
+        for name, (results, ops, _handovers, _load) in runs.items():
             ok = sorted((r for r in results if r["ok"]), key=lambda r: r["t"])
             ax.plot([r["t"] for r in ok], [1000 * (r["end"] - r["start"]) for r in ok],
                     ".", markersize=1, color=colours.get(name), label="%s (p95 %s ms)"

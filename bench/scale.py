@@ -26,7 +26,8 @@ while they heartbeat:
   scale and heal uses) against the store the manager is writing, split
   into reading the observed state and the decision itself, and ENORM
   admission on a full node (``manager/qos.admit``, eviction targets
-  included); floor: the same on a 3-node edge in the same run; peer: seed
+  included), in a process of its own (not sharing the GIL with the
+  agents); floor: the same on a 3-node edge in the same run; peer: seed
   002's peer selection, 586 ms.
 
 Part 2.  One auto-scaling round over 128 containers on one node: real
@@ -137,15 +138,35 @@ class Manager:
                 assert self.proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
 
-    def cpu_seconds(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def pids(self):
+        """The manager and its children (the liveness receiver process):
+        what the manager costs is all of them."""
+        pids = [self.proc.pid]
+        for task in os.listdir("/proc/%d/task" % self.proc.pid):
+            try:
+                with open("/proc/%d/task/%s/children" % (self.proc.pid, task)) as f:
+                    pids += [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                pass
+        return pids
 
-    def cpu_percent(self, seconds):
-        c0, t0 = self.cpu_seconds(), time.monotonic()
-        time.sleep(seconds)
-        return round(100 * (self.cpu_seconds() - c0) / (time.monotonic() - t0), 2)
+    def cpu_seconds(self, pids=None):
+        """{pid: CPU seconds} of the manager's processes."""
+        return {pid: cpu_seconds("/proc/%d/stat" % pid) for pid in pids or self.pids()}
+
+    def cpu_percent(self, seconds, during=None):
+        """% of one core the manager's processes took over ``seconds``
+        (each, and in total); ``during``: called with the seconds to fill
+        (so other measures share the window)."""
+        pids = self.pids()
+        c0, t0 = self.cpu_seconds(pids), time.monotonic()
+        if during:
+            during(seconds)
+        else:
+            time.sleep(seconds)
+        c1, dt = self.cpu_seconds(pids), time.monotonic() - t0
+        each = {pid: round(100 * (c1[pid] - c0[pid]) / dt, 2) for pid in pids}
+        return round(sum(each.values()), 2), each
 
     def alive(self):
         """Raise, with its log's tail, if the manager has exited."""
@@ -166,6 +187,20 @@ class Manager:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def cpu_seconds(stat_path):
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy():
+    """(busy, total) jiffies of the whole machine (every core)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
 # -- emulated node agents ---------------------------------------------------
 class Agent:
     """One emulated node agent: the real join, registration and heartbeat
@@ -180,6 +215,7 @@ class Agent:
         self.reader = self.writer = None
         self.beacon = None
         self.full_s = None
+        self.routes_version, self.routes_received = None, 0
 
     async def call(self, path, body):
         """(status, answer) of a POST on the keep-alive connection."""
@@ -250,12 +286,17 @@ class Agent:
 
     async def full(self, report, conf, first=False):
         sent_at = time.time()
-        status, answer = await self.call("/v1/nodes/%s/heartbeat" % self.id,
-                                         {"report": report})
+        body = {"report": report}
+        if self.routes_version:  # as the node agent echoes it (routecache)
+            body["routes_version"] = self.routes_version
+        status, answer = await self.call("/v1/nodes/%s/heartbeat" % self.id, body)
         if status != 200:
             self.errors += 1
             return
         self.http_beats += 1
+        if "routes" in answer:
+            self.routes_version = answer.get("routes_version")
+            self.routes_received += 1
         self.rtts.append((time.time() - sent_at) * 1000)
         if not self.liveness:
             return
@@ -310,7 +351,7 @@ class Agent:
 
     def reset(self):
         self.rtts.clear()
-        self.http_beats = 0
+        self.http_beats = self.routes_received = 0
         if self.beacon:
             self.beacon.acks = 0
 
@@ -330,6 +371,8 @@ def run_agents(mgr, n, until, liveness_on=True):
     state = {}
 
     def main():
+        state["tid"] = threading.get_native_id()
+
         async def go():
             stop = asyncio.Event()
             state["stop"], state["loop"] = stop, asyncio.get_running_loop()
@@ -353,7 +396,10 @@ def run_agents(mgr, n, until, liveness_on=True):
                 a.beacon.close()
         conf.clear()
     until.append(finish)
-    return agents, started
+    while "tid" not in state:
+        time.sleep(0.01)
+    agents_stat = "/proc/self/task/%d/stat" % state["tid"]
+    return agents, started, agents_stat
 
 
 # -- placement and admission against the manager's store ---------------------
@@ -372,12 +418,17 @@ def decision_times(conf_path, home, repeat):
     cluster = cluster_mod.Cluster(conf, drivers.load(conf.manager.driver, conf))
     svcs = services_mod.Services(cluster)
     need = (conf.manager.instance_cpus, conf.manager.instance_memory_mb)
-    out = {"end_to_end": [], "gather": [], "decide": [], "admission": []}
+    out = {"end_to_end": [], "gather": [], "decide": [], "admission": [],
+           "end_to_end_cpu": []}
+    with session_scope() as s:  # warm: the first read of a process is not one
+        svcs.place(s, 1, home, need=need)
     for _ in range(repeat):
         with session_scope() as s:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             svcs.place(s, 1, home, need=need)
             t1 = time.perf_counter()
+            c1 = time.process_time()
             cap = cluster.capacity(s)
             dist = cluster.distances(list(cap), sources=[home])
             t2 = time.perf_counter()
@@ -393,6 +444,9 @@ def decision_times(conf_path, home, repeat):
             t5 = time.perf_counter()
         assert chosen and d.admit and d.evict, (chosen, d)
         out["end_to_end"].append((t1 - t0) * 1000)
+        # CPU time of the same call: what it costs, whatever else waits for
+        # the 2 cores (wall time on a loaded machine includes the run queue)
+        out["end_to_end_cpu"].append((c1 - c0) * 1000)
         out["gather"].append((t2 - t1) * 1000)
         out["decide"].append((t3 - t2) * 1000)
         out["admission"].append((t5 - t4) * 1000)
@@ -400,6 +454,15 @@ def decision_times(conf_path, home, repeat):
     from mec_conpaas.db import session as db
     db.reset()
     return {k: stats(v) for k, v in out.items()}
+
+
+def decision_times_apart(conf_path, home, repeat):
+    """``decision_times`` in a process of its own: in this one it would
+    share the GIL with the agents' event loop, and measure that."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--decisions",
+                          conf_path, home, str(repeat)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def stats(values):
@@ -417,9 +480,9 @@ def part1(n, window, compare_http=False):
     for label, count, liveness_on in runs:
         mgr = Manager(count)
         try:
-            idle_cpu = mgr.cpu_percent(min(window, 5))
+            idle_cpu, _ = mgr.cpu_percent(min(window, 5))
             stops = []
-            agents, started = run_agents(mgr, count, stops, liveness_on)
+            agents, started, agents_stat = run_agents(mgr, count, stops, liveness_on)
             # A loaded machine's manager takes minutes to enroll 1,000
             # nodes (join + register, each reading the allocations).
             t_reg = time.monotonic()
@@ -435,14 +498,24 @@ def part1(n, window, compare_http=False):
             for a in agents:
                 a.reset()
             mgr.alive()
-            cpu = mgr.cpu_percent(window)
+            load0 = common.loadavg()
+            a0, m0 = cpu_seconds(agents_stat), machine_busy()
+            cpu, cpu_each = mgr.cpu_percent(window)
+            a1, m1 = cpu_seconds(agents_stat), machine_busy()
+            agents_cpu = round(100 * (a1 - a0) / window, 2)
+            ncpu = os.cpu_count()
+            machine_pct = round(100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 1)
             beats = sum(a.beats() for a in agents)
             http = sum(a.http_beats for a in agents)
             mgr.alive()
+            pids = mgr.pids()
             mem = common.proc_memory(mgr.proc.pid)
+            mem_each = {pid: common.proc_memory(pid) for pid in pids}
+            for k in ("rss_mb", "pss_mb"):  # the manager is all its processes
+                mem["total_" + k] = sum(m[k] for m in mem_each.values())
             up = nodes_up(mgr.conf)
-            decisions = decision_times(mgr.conf, sorted(started)[len(started) // 2],
-                                       20 if count > 10 else 50)
+            decisions = decision_times_apart(mgr.conf, sorted(started)[len(started) // 2],
+                                             100)
             stops[0]()
             rtts = [r for a in agents for r in a.rtts]
             out[label] = {
@@ -458,7 +531,19 @@ def part1(n, window, compare_http=False):
                 "join_or_register_retries": sum(a.join_errors for a in agents),
                 "http_heartbeat_rtt_ms": stats(rtts) if rtts else None,
                 "manager_cpu_percent_idle": idle_cpu,
-                "manager_cpu_percent": cpu, "manager_memory": mem,
+                "manager_cpu_percent": cpu,
+                "manager_processes": {
+                    "api" if pid == mgr.proc.pid else "liveness_receiver": {
+                        "cpu_percent": cpu_each.get(pid), **mem_each[pid]}
+                    for pid in pids},
+                "manager_memory": mem,
+                "agents_cpu_percent_of_one_core": agents_cpu,
+                "agents_share_of_machine_percent": round(agents_cpu / ncpu, 1),
+                "manager_share_of_machine_percent": round(cpu / ncpu, 1),
+                "machine_busy_percent": machine_pct,
+                "loadavg_window_start": load0, "loadavg_window_end": common.loadavg(),
+                # answers that carried the routes, in the window (others: version only)
+                "routes_answers_in_window": sum(a.routes_received for a in agents),
                 "placement_ms": decisions}
             print(label, json.dumps({k: v for k, v in out[label].items()
                                      if k != "placement_ms"}), file=sys.stderr)
@@ -568,6 +653,10 @@ def part2(n, repeat=5):
 
 
 def main():
+    if sys.argv[1:2] == ["--decisions"]:  # decision_times_apart's process
+        conf_path, home, repeat = sys.argv[2:5]
+        print(json.dumps(decision_times(conf_path, home, int(repeat))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--nodes", type=int)
@@ -575,10 +664,12 @@ def main():
     ap.add_argument("--containers", type=int)
     ap.add_argument("--compare-http", action="store_true",
                     help="also the same agents with HTTP heartbeats only")
+    common.add_quiet_args(ap)
     args = ap.parse_args()
     n = args.nodes or (100 if args.quick else 1000)
     window = args.window or (10 if args.quick else 30)
     containers = args.containers or (32 if args.quick else 128)
+    quiet = common.quiet_from(args)
     t0 = time.monotonic()
     p1 = part1(n, window, args.compare_http)
     p2 = part2(containers)
@@ -596,6 +687,8 @@ def main():
         "placement_vs_seed002": round(ours["placement_ms"]["end_to_end"]["median"]
                                       / SEED_002_PEER_SELECTION_MS, 4),
         "placement_decide_only_ms": ours["placement_ms"]["decide"]["median"],
+        "placement_decision_cpu_ms": ours["placement_ms"]["end_to_end_cpu"]["median"],
+        "placement_floor_cpu_ms": floor["placement_ms"]["end_to_end_cpu"]["median"],
         "heartbeats_per_s": ours["heartbeats_per_s"],
         "heartbeats_per_s_wanted": ours["heartbeats_per_s_wanted"],
         "http_heartbeats_per_s": ours["http_heartbeats_per_s"],
@@ -616,7 +709,11 @@ def main():
         "peers": {"seed002_peer_selection_ms": SEED_002_PEER_SELECTION_MS,
                   "enorm_round_128_s": ENORM_ROUND_128_S,
                   "enorm_round_1_s": ENORM_ROUND_1_S},
-        "duration_s": round(time.monotonic() - t0, 1)}
+        "duration_s": round(time.monotonic() - t0, 1),
+        **quiet, "loadavg_at_end": common.loadavg(),
+        "agents_cpu_percent_of_one_core": ours["agents_cpu_percent_of_one_core"],
+        "agents_share_of_machine_percent": ours["agents_share_of_machine_percent"],
+        "manager_total_rss_mb": ours["manager_memory"]["total_rss_mb"]}
 
     def plot(ax):
         labels = ["placement\n%d nodes" % n, "placement\n3 nodes\n(floor)",

@@ -249,7 +249,8 @@ def create_app(manager):
         ctx = context("nodes:heartbeat")
         body = json_body()
         with session_scope() as s:
-            answer = join_api.heartbeat_answer(s, ctx, node_id)
+            answer = join_api.heartbeat_answer(s, ctx, node_id,
+                                               body.get("routes_version"))
             node = s.get(models.Node, node_id)
             if node is None:
                 raise exception.NotFound("unknown node; register first")

@@ -15,6 +15,7 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import allocation
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import join
+from mec_conpaas.manager import routecache
 from mec_conpaas.manager import tls
 
 LOG = logging.getLogger(__name__)
@@ -43,13 +44,14 @@ def on_register(s, conf, ctx, body, node):
                           body["instance_network"], body.get("client_network"))
 
 
-def heartbeat_answer(s, ctx, node_id):
+def heartbeat_answer(s, ctx, node_id, routes_version=None):
     """What a node learns from each heartbeat: its allocation and the routes
     to every other node's subnets (nodes that left are no longer listed, so
-    their routes go)."""
+    their routes go); the routes only when ``routes_version``, the version
+    the node echoes, is not the current one (manager/routecache.py)."""
     join.check_own(ctx, node_id)
     return {"allocation": allocation.view(allocation.of_node(s, node_id)),
-            "routes": allocation.routes(s, node_id)}
+            **routecache.answer(s, node_id, routes_version)}
 
 
 def enrollment_caller(context):

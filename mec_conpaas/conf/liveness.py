@@ -23,17 +23,18 @@ Possible values:
 Related options:
 * ``port``, ``full_report_interval``, ``max_age``.
 """),
-    cfg.BoolOpt("listen", default=False,
+    cfg.BoolOpt("listen", default=True,
                 help="""
 (Manager) Receive liveness datagrams (and advertise the port to agents).
 
-Off by default: a fleet of a few dozen access points is served well by
-HTTP heartbeats, and their timing is what the embedded edge's tests are
-tuned to; turn it on for a large fleet (README, "Heartbeats").
+The datagrams are received by a process of the manager's own (not a thread
+behind its API's GIL) that writes last-seen times to the store in batches
+(README, "Heartbeats").
 
 Possible values:
 * ``true``: listen on ``port``; agents with ``enabled`` use it;
-* ``false``: HTTP heartbeats only.
+* ``false``: HTTP heartbeats only (e.g. where UDP to the manager is
+  filtered; agents notice anyway, after two beats without an ack).
 """),
     cfg.PortOpt("port",
                 help="""
@@ -56,7 +57,7 @@ one older than the last accepted is dropped, and a datagram can only ever
 vouch that the node was alive when it was sent.  Keep this below
 ``[manager] node_heartbeat_timeout``.
 """),
-    cfg.FloatOpt("flush_interval", default=1.0, min=0.05,
+    cfg.FloatOpt("flush_interval", default=0.5, min=0.05,
                  help="""
 Seconds between two writes of the in-memory last-seen table to the store
 (one batched UPDATE for every node heard since the last write).

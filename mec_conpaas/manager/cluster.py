@@ -11,6 +11,7 @@ import os
 import threading
 
 from sqlalchemy import select
+from sqlalchemy import update
 
 from mec_conpaas import exception
 from mec_conpaas.agents.node import joining
@@ -63,19 +64,35 @@ class Cluster:
         return seen >= deadline
 
     def mark_down_nodes(self):
+        """Write each node's state as its last heartbeat says.  A node goes
+        down only if it is still silent when written: the liveness receiver
+        (another process) may have recorded a datagram since it was read,
+        and an unconditional write would take that node down anyway."""
         with session_scope() as s:
             deadline = self.heartbeat_deadline()
             for node in s.scalars(select(models.Node)):
                 state = "up" if self.is_up(node, deadline) else "down"
-                if node.state != state:
-                    LOG.warning("node %s is now %s", node.name, state)
+                if node.state == state:
+                    continue
+                if state == "down":
+                    done = s.execute(update(models.Node).where(
+                        models.Node.id == node.id,
+                        models.Node.last_heartbeat < deadline).values(
+                        state="down")).rowcount
+                    s.expire(node)
+                    if not done:
+                        continue
+                else:
                     node.state = state
+                LOG.warning("node %s is now %s", node.name, state)
 
     def nodes(self, session, up_only=False):
         nodes = list(session.scalars(select(models.Node).order_by(models.Node.name)))
         deadline = self.heartbeat_deadline()
         for n in nodes:
-            n.state = "up" if self.is_up(n, deadline) else "down"
+            state = "up" if self.is_up(n, deadline) else "down"
+            if n.state != state:  # else the session flushes every node again
+                n.state = state
         return [n for n in nodes if n.state == "up"] if up_only else nodes
 
     def ref(self, node):

@@ -14,10 +14,31 @@ on the HTTP heartbeat, which older agents keep using unchanged.
 The keys are the node credentials' digests, read from the store every
 ``RELOAD_S`` (a revoked credential stops working within that) and when a
 beat names a node not yet known (at most once a second).
+
+Where it runs: in a process of its own (``Receiver``), not a thread of the
+API's.  A thread shares the API process's GIL with waitress's loop and its
+request threads: when 1,000 agents join, register and send full reports the
+API holds the GIL most of the time, datagrams wait in the socket buffer,
+their acks come late, agents fall back to HTTP, and that HTTP is more of
+the same work (last session's collapsed runs).  The receiver process has
+the socket (bound by the manager, so a taken port is the manager's error
+to report, and a receiver that dies is started again on the same socket)
+and its own connection to the store; it needs from the manager only "this
+node just sent a full report" (a message on a SEQPACKET socket pair per
+HTTP heartbeat), and sends back its node and datagram counts.  An asyncio
+endpoint would not have helped: a blocking ``recvfrom`` loop already costs
+nothing while idle, and what it needed was a GIL of its own.  The receiver
+exits when the manager does (the socket pair's end, and PDEATHSIG).
 """
+import ctypes
 import datetime
+import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -32,6 +53,37 @@ from mec_conpaas.manager import join
 
 LOG = logging.getLogger(__name__)
 RELOAD_S = 5.0
+BIND_ATTEMPTS = 10  # seconds a restarted manager waits for its port
+
+
+def bind(conf, attempts=1):
+    """The UDP socket on ``[liveness] port`` (None if not listening);
+    ``attempts``: seconds to retry a taken port (a restarted manager's
+    predecessor's receiver may still be flushing)."""
+    opts = conf.liveness
+    if not (opts.enabled and opts.listen):
+        return None
+    host = conf.api.bind_host
+    port = opts.port if opts.port is not None else conf.api.bind_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for attempt in range(attempts):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:
+            sock.bind((host, port))
+            break
+        except OSError as e:
+            sock.close()
+            if attempt + 1 < attempts:
+                time.sleep(1)
+                continue
+            # Not a reason to stop the manager: agents keep heartbeating
+            # over HTTP (no port is advertised).
+            LOG.error("liveness datagrams off: cannot listen on udp %s:%d (%s); "
+                      "free the port or set [liveness] port", host, port, e)
+            return None
+    LOG.info("liveness datagrams on udp %s:%d", host, sock.getsockname()[1])
+    return sock
 
 
 def to_db_time(epoch):
@@ -41,6 +93,16 @@ def to_db_time(epoch):
 
 def from_db_time(dt):
     return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def advert(conf, port, now, nodes):
+    """Part of an HTTP heartbeat answer: the datagram port, the manager's
+    clock (the agent stamps beats with it) and the full-report interval,
+    stretched so that ``nodes`` nodes together send at most
+    ``full_reports_per_second``."""
+    opts = conf.liveness
+    every = max(opts.full_report_interval, nodes / opts.full_reports_per_second)
+    return {"liveness": {"port": port, "clock": now, "full_report_s": round(every, 1)}}
 
 
 class Liveness:
@@ -68,12 +130,12 @@ class Liveness:
         if not self.conf.liveness.enabled or self.sock is None:
             return {}
         now = self.clock()
-        self.alive_at[node_id] = max(now, self.alive_at.get(node_id, 0.0))
-        opts = self.conf.liveness
-        every = max(opts.full_report_interval,
-                    len(self.keys) / opts.full_reports_per_second)
-        return {"liveness": {"port": self.sock.getsockname()[1], "clock": now,
-                             "full_report_s": round(every, 1)}}
+        self.heard(node_id, now)
+        return advert(self.conf, self.sock.getsockname()[1], now, len(self.keys))
+
+    def heard(self, node_id, at):
+        """The node's full report was taken at ``at``."""
+        self.alive_at[node_id] = max(at, self.alive_at.get(node_id, 0.0))
 
     # -- checking one datagram ---------------------------------------------
     def handle(self, data):
@@ -173,30 +235,15 @@ class Liveness:
     # -- threads ------------------------------------------------------------
     def open(self):
         """Bind the UDP socket (None if disabled)."""
-        opts = self.conf.liveness
-        if not (opts.enabled and opts.listen):
-            return None
-        host = self.conf.api.bind_host
-        port = opts.port if opts.port is not None else self.conf.api.bind_port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            # Not a reason to stop the manager: agents keep heartbeating
-            # over HTTP (no port is advertised).
-            sock.close()
-            LOG.error("liveness datagrams off: cannot listen on udp %s:%d (%s); "
-                      "free the port or set [liveness] port", host, port, e)
-            return None
-        sock.settimeout(0.5)
-        self.sock = sock
-        LOG.info("liveness datagrams on udp %s:%d", host, sock.getsockname()[1])
-        return sock
+        self.sock = bind(self.conf)
+        if self.sock is not None:
+            self.sock.settimeout(0.5)
+        return self.sock
 
     def serve(self, stop):
-        if self.open() is None:
+        """The receive and flush loops as threads of this process: what the
+        receiver process runs (``child_main``), and the unit tests."""
+        if self.sock is None and self.open() is None:
             return
         self.reload()
         threading.Thread(target=self._flush_loop, args=(stop,), daemon=True,
@@ -231,3 +278,162 @@ class Liveness:
                     self.reload()
             except Exception:
                 LOG.exception("liveness flush")
+
+
+# -- the receiver process -----------------------------------------------------
+def child_conf(conf):
+    """What the receiver process needs of the manager's configuration, as
+    resolved (command-line files and overrides alike)."""
+    from mec_conpaas.conf import liveness as opts
+    from mec_conpaas.db import session as db
+    return {"liveness": {o.dest: conf.liveness[o.dest] for o in opts.liveness_opts},
+            "manager": {k: conf.manager[k] for k in ("node_heartbeat_timeout",
+                                                     "node_lost_grace")},
+            "database": {"connection": db.database_url()},
+            "DEFAULT": {"debug": conf.debug, "log_file": conf.log_file}}
+
+
+class Receiver:
+    """The manager's side of the receiver process: binds the socket,
+    starts (and restarts) the process, forwards "full report taken" notes,
+    keeps its counts.  Same ``serve``/``advertise`` as ``Liveness``."""
+
+    def __init__(self, conf, clock=time.time):
+        self.conf, self.clock = conf, clock
+        self.sock = self.ctl = self.proc = None
+        self.running = False
+        self.nodes = 0
+        self.counts = {}
+        self.starts = 0
+
+    def advertise(self, node_id):
+        ctl = self.ctl
+        if not (self.conf.liveness.enabled and self.running) or ctl is None:
+            return {}
+        now = self.clock()
+        try:  # never wait on the receiver: it reloads from the store anyway
+            ctl.send(json.dumps([node_id, now]).encode(), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        return advert(self.conf, self.sock.getsockname()[1], now, self.nodes)
+
+    def serve(self, stop):
+        opts = self.conf.liveness
+        if opts.enabled and opts.listen:
+            threading.Thread(target=self._supervise, args=(stop,), daemon=True,
+                             name="liveness-receiver").start()
+
+    def _start(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fds = (self.sock.fileno(), theirs.fileno())
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(fds[0]), str(fds[1]), str(os.getpid())],
+                pass_fds=fds, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        ours.send(json.dumps({"conf": child_conf(self.conf)}).encode())
+        self.starts += 1
+        return proc, ours
+
+    def _supervise(self, stop):
+        self.sock = bind(self.conf, attempts=BIND_ATTEMPTS)
+        if self.sock is None:
+            return
+        while not stop.is_set():
+            try:
+                self.proc, ctl = self._start()
+            except OSError as e:
+                LOG.error("cannot start the liveness receiver: %s", e)
+                stop.wait(5)
+                continue
+            ctl.settimeout(1.0)
+            self.ctl = ctl
+            while not stop.is_set():
+                try:
+                    msg = ctl.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    msg = b""
+                if not msg:
+                    break
+                got = json.loads(msg)
+                self.nodes, self.counts = got["nodes"], got["counts"]
+                self.running = True
+            self.running, self.ctl = False, None
+            ctl.close()  # the receiver sees the end and exits
+            try:
+                rc = self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+            if not stop.is_set():
+                LOG.error("the liveness receiver exited (%s); starting it again", rc)
+                stop.wait(1)
+        self.sock.close()
+
+    def stop_receiver(self):
+        """Kill the receiver process (tests: it is started again)."""
+        if self.proc is not None:
+            self.proc.kill()
+
+
+def _die_with(parent):
+    try:  # PR_SET_PDEATHSIG: a SIGKILLed manager takes its receiver along
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def child_main(argv):
+    """``python -m mec_conpaas.manager.liveness UDP_FD CTL_FD MANAGER_PID``"""
+    udp_fd, ctl_fd, parent = (int(a) for a in argv[:3])
+    _die_with(parent)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ctl = socket.socket(fileno=ctl_fd)
+    settings = json.loads(ctl.recv(65536))
+    from mec_conpaas import conf as conf_mod
+    from mec_conpaas.cmd import setup_logging
+    conf = conf_mod.parse_args([], prog="mec-conpaas-liveness", default_config_files=[])
+    for group, opts in settings["conf"].items():
+        for k, v in opts.items():
+            conf.set_override(k, v, group=None if group == "DEFAULT" else group)
+    setup_logging(conf)
+    live = Liveness(conf)
+    live.sock = socket.socket(fileno=udp_fd)
+    live.sock.settimeout(0.5)
+    stop = threading.Event()
+    live.serve(stop)
+    LOG.info("liveness receiver %d: %d node key(s)", os.getpid(), len(live.keys))
+    ctl.settimeout(1.0)
+    reported = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            if now - reported >= 1.0:
+                ctl.send(json.dumps({"nodes": len(live.keys),
+                                     "counts": live.counts}).encode())
+                reported = now
+            try:
+                msg = ctl.recv(4096)
+            except socket.timeout:
+                continue
+            if not msg:  # the manager is gone
+                break
+            node_id, at = json.loads(msg)
+            live.heard(node_id, at)
+    except OSError:
+        pass
+    finally:
+        stop.set()
+        try:
+            live.flush()
+        except Exception:
+            LOG.exception("liveness: the last flush")
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])

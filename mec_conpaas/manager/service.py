@@ -59,7 +59,7 @@ class Manager:
         self.qos = qos.Loop(self.cluster, self.engine, self.services)
         self.snapshots = snapshots.Snapshots(conf)
         self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
-        self.liveness = liveness.Liveness(conf)
+        self.liveness = liveness.Receiver(conf)  # its own process
         self._sample = None
         self.stop = threading.Event()
 

@@ -272,3 +272,91 @@ def test_the_clock_offset_comes_from_the_shortest_round_trip(nodes, store):
         b.close()
     finally:
         store.clear_override("manager_url", group="node_agent")
+
+
+def test_the_receiver_process_acks_flushes_and_is_restarted(store):
+    """The manager's receiver (its own process, off the API's GIL) on a real
+    socket: a signed beat is acked and reaches the store; a forged one is
+    not answered; a killed receiver is started again on the same port; the
+    receiver ends with the manager's end of the socket pair."""
+    import os
+    import socket
+
+    now = time.time()
+    with db.session_scope() as s:
+        s.add(models.Node(id="ap-1", name="ap-1", hostname="ap-1", mac="02:00:00:00:00:01",
+                          address="10.0.0.1", agent_port=9681, agent_token="x",
+                          max_instances=3, report={},
+                          last_heartbeat=liveness.to_db_time(now - 1)))
+        cred = join.issue_credential(s, "ap-1")
+    store.set_override("bind_host", "127.0.0.1", group="api")
+    store.set_override("port", 0, group="liveness")
+    store.set_override("listen", True, group="liveness")
+    stop = threading.Event()
+    rx = liveness.Receiver(store)
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.settimeout(10)
+    try:
+        rx.serve(stop)
+
+        def wait(what, cond, timeout=30):
+            deadline = time.monotonic() + timeout
+            while not cond():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+        wait("receiver up", lambda: rx.running)
+        assert rx.proc.pid != os.getpid() and rx.nodes == 1
+        port = rx.advertise("ap-1")["liveness"]["port"]
+        assert port == rx.sock.getsockname()[1]
+        seq = [0]
+
+        def send(c=cred):
+            seq[0] += 1
+            agent.sendto(beat(c, "ap-1", seq[0], time.time()), ("127.0.0.1", port))
+        send("forged")
+        send()
+        reply = agent.recv(256)  # the forged one got no answer: this is ours
+        assert wire.read_ack(wire.key(cred), "ap-1", reply) == (seq[0], wire.OK)
+        sent = time.time()
+        wait("flushed", lambda: last_heartbeat("ap-1") >= sent - 0.5)
+        wait("counts", lambda: rx.counts.get("accepted") == 1
+             and rx.counts.get("forged") == 1)
+        # Killed: started again, on the same socket.
+        first = rx.proc
+        rx.stop_receiver()
+        wait("restarted", lambda: rx.proc is not first and rx.running)
+        assert rx.starts == 2 and rx.advertise("ap-1")["liveness"]["port"] == port
+        send()
+        assert wire.read_ack(wire.key(cred), "ap-1", agent.recv(256))[1] == wire.OK
+        # The manager goes: so does its receiver.
+        proc = rx.proc
+        stop.set()
+        proc.wait(10)
+    finally:
+        stop.set()
+        agent.close()
+        if rx.proc is not None and rx.proc.poll() is None:
+            rx.proc.kill()
+            rx.proc.wait()
+        store.clear_override("bind_host", group="api")
+        store.clear_override("port", group="liveness")
+        store.clear_override("listen", group="liveness")
+
+
+def test_the_clock_offset_is_zero_when_the_round_trip_brackets_the_managers_clock(
+        nodes, store):
+    """Same clock (or NTP): a slow round trip must not shift every beat
+    half of it into the past; a manager clock outside the round trip (an
+    AP without a real-time clock) is still corrected for."""
+    _live, _clock, creds = nodes
+    store.set_override("manager_url", "http://127.0.0.1:1/", group="node_agent")
+    try:
+        b = agent_side.Beacon("ap-1", creds["ap-1"], "http://127.0.0.1:1/", 9)
+        b.synced(1000.5, 1000.0, 1003.0, "s")  # answered 0.5 s into a 3 s trip
+        assert b.offset == 0.0
+        b.offset_rtt = None
+        b.synced(5000.0, 1000.0, 1002.0, "s")  # an AP whose clock is far behind
+        assert b.offset == pytest.approx(3999.0)
+        b.close()
+    finally:
+        store.clear_override("manager_url", group="node_agent")

@@ -115,6 +115,7 @@ class NodeAgent:
         self._peer_tls = None  # the deployment CA's context, made on first use
         self.routes = routes_mod.RouteTable(conf.join.route_protocol) \
             if conf.join.manage_routes else None
+        self.routes_wanted = self.routes_version = None  # as the manager sent them
         # instance id -> its service agent's secret (see isolation.agent_secret)
         self.agent_secret = functools.partial(isolation_mod.agent_secret, self.token)
         self.reporter = report_mod.Reporter(conf.state_path)
@@ -232,9 +233,12 @@ class NodeAgent:
         answer = answer or {}
         if self.membership.save_allocation(answer.get("allocation")):
             self._use_allocation()
-        if self.routes is not None and "routes" in answer:
-            try:
-                self.routes.sync(answer["routes"])
+        if "routes" in answer:  # only when they changed (manager/routecache.py)
+            self.routes_wanted = answer["routes"]
+            self.routes_version = answer.get("routes_version")
+        if self.routes is not None and self.routes_wanted is not None:
+            try:  # also when unchanged: sync re-checks the table now and then
+                self.routes.sync(self.routes_wanted)
             except (OSError, RuntimeError, ValueError) as e:
                 LOG.warning("routes to the other nodes not updated: %s", e)
 
@@ -298,8 +302,10 @@ class NodeAgent:
                 self.last_heartbeat = max(self.last_heartbeat or 0.0, beacon.last_ack)
             return
         sent_at = time.time()
-        answer = self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id,
-                              {"report": report})
+        body = {"report": report}
+        if self.routes_version:
+            body["routes_version"] = self.routes_version
+        answer = self.manager("POST", "/v1/nodes/%s/heartbeat" % self.id, body)
         self.heard(answer)
         self.last_heartbeat = time.monotonic()
         try:

@@ -82,7 +82,15 @@ class Beacon:
         rtt = max(0.0, now - sent_at)
         if self.offset_rtt is None or rtt <= self.offset_rtt or \
                 now - self.offset_at > 3600:
-            self.offset = manager_clock - (sent_at + now) / 2
+            offset = manager_clock - (sent_at + now) / 2
+            # The manager's clock read somewhere in [sent_at, now] of ours:
+            # when that brackets it, the clocks agree as far as this round
+            # trip can tell (NTP-synced, or the same machine), and an
+            # offset of half a slow round trip would only make every beat
+            # look older than it is (nodes flapping down under load).
+            if sent_at <= manager_clock <= now:
+                offset = 0.0
+            self.offset = offset
             self.offset_rtt, self.offset_at = rtt, now
         self.last_full, self.last_print = now, shape
         self.pending, self.refused = [], False

@@ -1,0 +1,117 @@
+"""Routes in a heartbeat answer only when the node does not have them yet.
+
+Every node agent installs routes to every other node's subnets
+(manager/allocation.py ``routes``).  Sending that list in each heartbeat
+answer made each answer, and the manager's work for it, grow with the
+fleet: at 1,000 nodes, 2,000 routes (~100 kB of JSON read from the store
+and encoded) for each of 500 heartbeats a second.  So the list has a
+version (a digest of it, the same on every manager process and restart):
+an agent echoes the version it last installed (``routes_version`` in its
+heartbeat body) and the answer carries the routes only when that is not the
+current one.  An agent that sends no version (one of before this) gets them
+every time, as before.
+
+The whole fleet's list is computed once and kept until a committed change
+to a node's name, address or instance network, or to an allocation, and
+at most ``MAX_AGE`` seconds (a change made by another process: the
+liveness receiver never touches these columns; ``mec-conpaas-manage``
+might).
+"""
+import hashlib
+import json
+import threading
+import time
+import weakref
+
+from sqlalchemy import event
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
+
+from mec_conpaas.db import models
+from mec_conpaas.manager import allocation
+
+MAX_AGE = 5.0
+ROUTE_COLUMNS = ("name", "address", "instance_network")
+
+_generation = 0
+_caches = weakref.WeakKeyDictionary()   # engine -> Routes
+_caches_lock = threading.Lock()
+
+
+def _touches_routes(session):
+    for obj in list(session.new) + list(session.deleted):
+        if isinstance(obj, (models.Node, models.NodeAllocation)):
+            return True
+    for obj in session.dirty:
+        if isinstance(obj, models.NodeAllocation):
+            return True
+        if isinstance(obj, models.Node):
+            state = inspect(obj)
+            if any(state.attrs[c].history.has_changes() for c in ROUTE_COLUMNS):
+                return True
+    return False
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session, _context):
+    if _touches_routes(session):
+        session.info["routes_changed"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session):
+    # Only once committed: a list computed from another session before the
+    # commit must not be kept under the new generation.
+    global _generation
+    if session.info.pop("routes_changed", False):
+        _generation += 1
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session):
+    session.info.pop("routes_changed", None)
+
+
+class Routes:
+    """The fleet's routes and their version, for one store."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.generation = None
+        self.at = None
+        self.version = None
+        self.rows = []
+
+    def current(self, session):
+        with self.lock:
+            if self.generation == _generation and self.clock() - self.at < MAX_AGE:
+                return self.version, self.rows
+            generation = _generation  # read before the store: a later change bumps it
+            rows = allocation.routes(session, None)
+            digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode())
+            self.version, self.rows = digest.hexdigest()[:16], rows
+            self.generation, self.at = generation, self.clock()
+            return self.version, self.rows
+
+
+def for_session(session):
+    engine = session.get_bind()
+    with _caches_lock:
+        cache = _caches.get(engine)
+        if cache is None:
+            cache = _caches[engine] = Routes()
+        return cache
+
+
+def answer(session, node_id, known_version):
+    """The routes part of node ``node_id``'s heartbeat answer: the version
+    always, the routes (every other node's) only if ``known_version`` is
+    not it."""
+    version, rows = for_session(session).current(session)
+    out = {"routes_version": version}
+    if known_version != version:
+        node = session.get(models.Node, node_id)
+        name = node.name if node is not None else None
+        out["routes"] = [r for r in rows if r["node"] != name]
+    return out
