@@ -154,6 +154,10 @@ def test_joined_over_pinned_tls_and_applied_its_allocation(image, booted, master
     agent = ssh.run("sudo journalctl -b -u mec-conpaas-node-agent --no-pager "
                     "-o short-monotonic").stdout
     assert "matches the join token's pin" in agent, agent[-3000:]
+    # Joined: no refusal left on the login screen or the console ([join] notices).
+    assert ssh.run("test -e /etc/issue.d/mec-conpaas-join.issue",
+                   check=False).returncode != 0
+    assert "NOT JOINED" not in g.console_text()
     # Seconds since the guest's kernel started (bench/join.py reads them).
     for key, what in (("joined_s", "joined "), ("registered_s", "registered with ")):
         m = re.search(r"^\[\s*([0-9.]+)\].*" + what, agent, re.M)
