@@ -35,6 +35,8 @@ SEPARATOR = "::"
 NODE_USER = "node:"  # a node credential's Token.user is NODE_USER + node id
 IDENTITY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 NODE_ID_RE = re.compile(r"^[0-9a-f-]{36}$")
+# A credential the node chose (secrets.token_urlsafe(32) is 43 characters).
+CREDENTIAL_RE = re.compile(r"^[A-Za-z0-9_-]{43,128}$")
 
 
 class UnknownJoinToken(exception.Unauthorized):
@@ -134,10 +136,20 @@ def consume(session, header):
     return row
 
 
-def issue_credential(session, node_id):
-    """The node's own credential; replaces any it had (a re-join)."""
+def issue_credential(session, node_id, secret=None):
+    """The node's own credential; replaces any it had (a re-join).
+    ``secret``: the one the node chose (K3s's node password: a join
+    repeated because its answer was lost proves itself with it)."""
     revoke_credentials(session, node_id)
-    return auth.issue(session, "node", NODE_USER + node_id)
+    if secret is None:
+        return auth.issue(session, "node", NODE_USER + node_id)
+    if session.scalar(select(models.Token.id).where(
+            models.Token.secret_hash == auth.digest(secret))) is not None:
+        raise exception.BadRequest("the credential this node chose is in use: choose "
+                                   "another (a new random one)")
+    session.add(models.Token(secret_hash=auth.digest(secret), role="node",
+                             user=NODE_USER + node_id))
+    return secret
 
 
 def _credential_of(session, header):
@@ -153,9 +165,12 @@ def _credential_of(session, header):
     return row.user[len(NODE_USER):]
 
 
-def _has_credential(session, node_id):
-    return session.scalar(select(models.Token.id).where(
-        models.Token.user == NODE_USER + node_id).limit(1)) is not None
+def _has_credential(session, node_id, secret=None):
+    """Whether the node holds a credential (``secret``: that one)."""
+    query = select(models.Token.id).where(models.Token.user == NODE_USER + node_id)
+    if secret is not None:
+        query = query.where(models.Token.secret_hash == auth.digest(secret))
+    return session.scalar(query.limit(1)) is not None
 
 
 def _refuse_takeover(session, identity, node_id, claimed_by_identity, token):
@@ -214,6 +229,12 @@ def validate_join(body):
             "name; [node_agent] node_name)")
     if not isinstance(node_id, str) or not NODE_ID_RE.fullmatch(node_id):
         raise exception.BadRequest("id must be the node's UUID")
+    chosen = body.get("credential")
+    if chosen is not None and (not isinstance(chosen, str)
+                               or not CREDENTIAL_RE.fullmatch(chosen)):
+        raise exception.BadRequest(
+            "credential (the one this node chose) must be 43-128 characters of "
+            "A-Z, a-z, 0-9, '-' and '_' (secrets.token_urlsafe(32))")
     return identity, name, node_id
 
 
@@ -226,9 +247,12 @@ def join(session, pools, header, body, agent_cert=None):
 
     ``header`` carries a join token, or the node's own current credential
     (a node joining again: nothing consumed).  With a join token, a node
-    that still holds a credential cannot be joined as (NodeTaken, 409); a
-    refusal raises before anything is written, so the caller's rollback
-    leaves the node's record, credential and certificate as they were."""
+    that still holds a credential cannot be joined as (NodeTaken, 409)
+    unless the body's ``credential`` (the one the node chose and keeps
+    until it has the answer) is that credential: the same node repeating a
+    join whose answer it lost.  A refusal raises before anything is
+    written, so the caller's rollback leaves the node's record, credential
+    and certificate as they were."""
     identity, name, node_id = validate_join(body)
     own = _credential_of(session, header)
     token = None if own else consume(session, header)
@@ -244,7 +268,8 @@ def join(session, pools, header, body, agent_cert=None):
         raise exception.Forbidden(
             "this node credential belongs to node %s, not to the node of identity "
             "%s: a node joins again only as itself" % (own, identity))
-    if token is not None:
+    chosen = body.get("credential")
+    if token is not None and not (chosen and _has_credential(session, node_id, chosen)):
         _refuse_takeover(session, identity, node_id, known, token)
     clash = session.scalar(select(models.Node).where(models.Node.name == name))
     if clash is not None and clash.id != node_id:
@@ -258,7 +283,7 @@ def join(session, pools, header, body, agent_cert=None):
                                   identity=identity)
     else:
         alloc = allocation.allocate(session, pools, identity, node_id, name)
-    credential = issue_credential(session, node_id)
+    credential = issue_credential(session, node_id, chosen)
     LOG.info("node %s (%s) joined with %s as %s", name, identity,
              "join token %s" % token.id[:8] if token else "its own credential", node_id)
     answer = {"id": node_id, "credential": credential,

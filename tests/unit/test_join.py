@@ -254,6 +254,33 @@ def test_a_join_token_cannot_take_over_a_node_that_holds_its_credential(api):
         "POST", "/v1/nodes/%s/heartbeat" % body["id"], json={"report": {}})[0] == 200
 
 
+def test_a_join_repeated_after_a_lost_answer_proves_itself_with_the_chosen_credential(api):
+    """K3s's node password: the node chooses its credential and keeps it
+    until the answer is in; the same join sent again (answer lost) is let in
+    and gets the same credential, a card with another one is refused."""
+    _admin, flask_app = api
+    tid, secret = _token(uses=0)
+    chosen = "c" * 43
+    body = dict(_join_body(1), credential=chosen)
+    code, first = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+    assert code == 200 and first["credential"] == chosen
+    code, again = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+    assert code == 200 and again["credential"] == chosen, again
+    assert again["id"] == first["id"] and again["allocation"] == first["allocation"]
+    code, got = Api(flask_app, secret)("POST", "/v1/nodes/join",
+                                       json=dict(body, credential="d" * 43))
+    assert code == 409 and got["error"]["code"] == "node_identity_taken"
+    assert Api(flask_app, chosen)("POST", "/v1/nodes/register", json=_registration(
+        _join_body(1), "192.0.2.11"))[0] == 200
+    for bad in ("short", "x" * 43 + " ", 42):
+        code, got = Api(flask_app, secret)("POST", "/v1/nodes/join",
+                                           json=dict(_join_body(2), credential=bad))
+        assert code == 400 and "credential (the one this node chose)" in \
+            got["error"]["message"]
+    with db.session_scope() as s:
+        assert s.get(models.JoinToken, tid).uses == 2
+
+
 def test_a_node_joins_again_with_its_own_credential_and_only_as_itself(api):
     _admin, flask_app = api
     tid, secret = _token(uses=2)
@@ -302,6 +329,12 @@ def test_the_node_agent_shows_a_refused_rejoin_and_joins_as_itself(api, tmp_path
         conf.set_override("notices", notices, group="join")
         member = joining.Membership(conf)
         first = member.join(_join_body(1))
+        assert not os.path.exists(tmp_path / "node" / "cred.pending")  # answer in
+        # An answer lost on the way: the node kept its chosen credential only.
+        os.unlink(tmp_path / "node" / "cred")
+        (tmp_path / "node" / "cred.pending").write_text(first["credential"])
+        retried = joining.Membership(conf).join(_join_body(1))
+        assert retried["credential"] == first["credential"] and retried["id"] == first["id"]
         os.unlink(tmp_path / "node" / "cred")  # the card is re-flashed
         card = joining.Membership(conf)
         assert card.credential is None

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import ssl
 import urllib.parse
 
@@ -240,6 +241,10 @@ class Membership:
         from before join tokens)."""
         opts = self.conf.node_agent
         url = opts.manager_url.rstrip("/")
+        # The credential this node asks for, kept until the answer is in: a
+        # join repeated because its answer was lost proves with it that it
+        # is the node the manager already let in (a new card has another).
+        body = dict(body, credential=self._chosen())
         if self.credential:
             try:
                 return self._joined(httpserver.call(
@@ -283,9 +288,21 @@ class Membership:
             raise
         return self._joined(answer)
 
+    def _chosen(self):
+        path = self.conf.join.credential_file + ".pending"
+        chosen = self._read(path)
+        if not chosen:
+            chosen = secrets.token_urlsafe(32)
+            _write_private(path, chosen)
+        return chosen
+
     def _joined(self, answer):
         _write_private(self.conf.join.credential_file, answer["credential"])
         self.credential = answer["credential"]
+        try:
+            os.unlink(self.conf.join.credential_file + ".pending")
+        except FileNotFoundError:
+            pass
         cert = answer.get("agent_certificate")
         if cert:  # came over the pinned TLS connection, like the credential
             _write_private(self.conf.join.agent_key_file, cert["key"])
