@@ -166,6 +166,8 @@ def test_joined_over_pinned_tls_and_applied_its_allocation(image, booted, master
     assert json.loads(ssh.run(f"sudo cat {state}/allocation.json").stdout) == alloc
     conf = ssh.run("sudo cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     assert re.search(r"^networks = allocated$", conf, re.M), conf
+    assert re.search(r"^notices = /dev/console,/etc/issue.d/mec-conpaas-join.issue$",
+                     conf, re.M), conf
     client = ipaddress.IPv4Network(alloc["client_network"])
     gw = next(client.hosts())
     if "wifi_ap" in roles_in(image):
