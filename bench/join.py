@@ -19,7 +19,11 @@ guest (tests/image: qemu-system-aarch64 TCG, full join over TLS): seconds
 from the guest kernel's start to joined and registered (its journal), to
 boot finished and, from qemu's start, to an LXC instance answering HTTP.
 Not re-measured here (a boot is minutes of TCG): the file and its time are
-named in the result.
+named in the result.  The floor beside it: a guest of a bare image (the
+``ci`` profile: the OS, first boot, no node software) from power-on to an
+SSH login and to boot finished, from its own ``timings.json``
+(``--floor-timings``; qemu boots run one at a time on the shared machine,
+so not in the same boot run: both files and their times are named).
 
 Writes bench/results/join.json and join.png; prints the summary as one JSON
 object on its last line.
@@ -128,12 +132,31 @@ def guest_timings(path):
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(path))), **t}
 
 
+def with_floor(guest, floor):
+    """The guest's times over the bare image's power-on to SSH login (or,
+    for a floor file from before that was recorded, to boot finished)."""
+    if guest is None or floor is None:
+        return guest
+    key = "ssh_s" if "ssh_s" in floor else "boot_finished_s"
+    base = floor.get(key)
+    guest = dict(guest, floor=dict(floor, compared=key))
+    if base:
+        guest["ratios_vs_floor"] = {
+            k: round(guest[k] / base, 2) for k in (
+                "ssh_s", "joined_s", "registered_s", "boot_finished_s",
+                "first_instance_answered_after_poweron_s")
+            if isinstance(guest.get(k), (int, float))}
+    return guest
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", default="1,10,50",
                     help="comma-separated numbers of nodes joining at once")
     ap.add_argument("--timings", help="a guest's timings.json (default: the newest "
                     "under image-builder/build-cache)")
+    ap.add_argument("--floor-timings", help="the bare (ci profile) guest's "
+                    "timings.json: the floor the guest's times are divided by")
     args = ap.parse_args()
     load_start = os.getloadavg()
     manager = Manager(tempfile.mkdtemp(prefix="mec-bench-join-"), enrollment=None, tls=True)
@@ -144,7 +167,8 @@ def main():
             base += n
     finally:
         manager.close()
-    boot = guest_timings(args.timings)
+    boot = with_floor(guest_timings(args.timings), guest_timings(args.floor_timings)
+                      if args.floor_timings else None)
     summary = {
         "benchmark": "join", "manager": "HTTPS, deployment CA, pinned join tokens",
         "concurrent": runs, "guest": boot,

@@ -99,6 +99,10 @@ def main(argv=None):
     up.add_argument("--with-prometheus", action="store_true",
                     help="start Debian's prometheus against the edge (loopback)")
     up.add_argument("--prometheus-port", type=int, default=9090)
+    up.add_argument("--tls", action="store_true",
+                    help="as a deployment with a CA: the manager serves HTTPS, the "
+                         "access points join with a token pinning its CA and serve "
+                         "their agent API and state copies over HTTPS")
     sub.add_parser("down")
     sub.add_parser("status")
     bi = sub.add_parser("build-image")
@@ -121,7 +125,8 @@ def main(argv=None):
         return 0
     edge = cluster.Edge(args.state_dir, args.topology, args.prefix, args.shaping,
                         args.manager_port, args.image_dir,
-                        log=lambda m: step(m))
+                        log=lambda m: step(m),
+                        tls=True if getattr(args, "tls", False) else None)
     try:
         if args.command == "up":
             status = edge.up()

@@ -170,6 +170,24 @@ manager records it so that no joining node gets it.
 Possible values:
 * unset: the node has no fixed client subnet (a joined node gets one).
 """),
+    cfg.ListOpt("notices", default=[],
+                help="""
+Where a refused join is also written, so that the node's owner sees what to
+do without a login: each path is overwritten with the manager's reason (a
+wrong CA pin, an expired or revoked join token, a node that still holds its
+credential); a regular file there is removed once the node joins.
+
+Possible values:
+* empty (the default): the log only.
+* paths, such as ``/dev/console`` and ``/etc/issue.d/mec-conpaas-join.issue``
+  (what a flashed image sets: the serial console and the login screen).
+"""),
+    cfg.IntOpt("refused_retry_interval", default=60, min=1,
+               help="""
+Seconds between join attempts after the manager refused one: an admin's
+action (approving a re-flashed node with ``node credential revoke``, a new
+join token in registration_token) lets a later attempt through.
+"""),
     cfg.DictOpt("apply_allocation_to", default={},
                 help="""
 Files of this access point the allocation it receives at join (and in any

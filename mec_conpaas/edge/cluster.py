@@ -22,6 +22,7 @@ from mec_conpaas.edge import flink_image
 from mec_conpaas.edge import image as image_mod
 from mec_conpaas.edge import network as net_mod
 from mec_conpaas.edge import shaping
+from mec_conpaas.edge import tls as tls_mod
 from mec_conpaas.manager import topology as topology_mod
 
 DEFAULT_STATE = "/var/lib/mec-conpaas-edge"
@@ -39,7 +40,8 @@ class Edge:
     def __init__(self, state_dir=DEFAULT_STATE, topology_file=None,
                  prefix="mec-", shaping_mode="auto", manager_port=9680,
                  image_dir=image_mod.DEFAULT_DIR, log=print, manager_opts=None,
-                 user_credentials=True, node_agent_opts=None, policies_opts=None):
+                 user_credentials=True, node_agent_opts=None, policies_opts=None,
+                 tls=None):
         self.state = os.path.abspath(state_dir)
         self.topology_file = os.path.abspath(topology_file or topology_mod.DEFAULT)
         self.topo = topology_mod.load(self.topology_file)
@@ -57,13 +59,20 @@ class Edge:
         self.policies_opts = policies_opts or {}  # the manager's [policies]
         self.user_credentials = user_credentials
         self.bin = os.path.dirname(sys.executable)
+        # TLS as on a deployment (edge/tls.py): the manager serves HTTPS with a
+        # deployment CA, the APs join with a token pinning it, then serve
+        # their agent API (and state copies) with the certificate it issued.
+        # None: as the state directory says (an edge brought up with TLS).
+        self.tls = tls_mod.EdgeTLS(self) if tls or (
+            tls is None and tls_mod.EdgeTLS(self).is_on()) else None
 
     # -- helpers -------------------------------------------------------------
     def path(self, *parts):
         return os.path.join(self.state, *parts)
 
     def manager_url(self):
-        return "http://%s:%d" % (self.net.master_address(), self.manager_port)
+        return "%s://%s:%d" % ("https" if self.tls else "http",
+                               self.net.master_address(), self.manager_port)
 
     def _spawn(self, name, argv, env=None):
         os.makedirs(self.path("logs"), exist_ok=True)
@@ -219,6 +228,7 @@ class Edge:
             "manager": dict({"topology_file": self.topology_file, "drain_timeout": 1,
                              "node_heartbeat_timeout": 10}, **self.manager_opts),
             **self.master_groups,
+            **(self.tls.master_groups() if self.tls else {}),
             "policies": self.policies_opts,
         })
         return conf
@@ -231,6 +241,8 @@ class Edge:
             subprocess.run(manage + ["bootstrap", "--admin-token-file",
                                      self.path("admin-token")],
                            check=True, capture_output=True)
+        if self.tls:
+            self.tls.create_ca(manage)  # before the join token, which pins it
         if not os.path.exists(self.path("node-token")):
             # One join token for the edge's own APs, any number of joins (an
             # AP re-joins when its credential is revoked), no expiry.
@@ -258,11 +270,15 @@ class Edge:
                    logname="manager")
         return proc
 
+    def manager_tls(self):
+        """The client TLS context for the manager (None: plain HTTP)."""
+        return self.tls.client_context() if self.tls else None
+
     def _manager_answers(self):
         import urllib.request
         try:
             with urllib.request.urlopen(self.manager_url() + "/v1/openapi.json",
-                                        timeout=2) as resp:
+                                        timeout=2, context=self.manager_tls()) as resp:
                 return resp.status == 200
         except OSError:
             return False
@@ -282,6 +298,8 @@ class Edge:
     def _write_credentials(self):
         creds = {"url": self.manager_url(),
                  "token": open(self.path("admin-token")).read().strip()}
+        if self.tls:
+            creds["ca_cert"] = self.tls.ca_file
         with open(self.path("credentials.yaml"), "w") as f:
             yaml.safe_dump(creds, f)
         if not self.user_credentials:
@@ -389,7 +407,7 @@ class Edge:
         def all_up():
             try:
                 nodes = httpserver.call("GET", self.manager_url() + "/v1/nodes",
-                                        token, timeout=5)["nodes"]
+                                        token, timeout=5, tls=self.manager_tls())["nodes"]
             except Exception:
                 return False
             return sorted(n["name"] for n in nodes if n["state"] == "up") == \

@@ -45,12 +45,12 @@ def wait(what, predicate, timeout=20):
 @pytest.fixture
 def node_conf_for(tmp_path):
     """The settings a flashed node's agent has (its own ConfigOpts)."""
-    def make(edge, token):
+    def make(edge, token, state="node"):
         conf = cfg.ConfigOpts()
         for mod in (paths_conf, node_conf, join_conf):
             mod.register_opts(conf)
         conf([], project="mec-conpaas-test", default_config_files=[])
-        conf.set_override("state_path", str(tmp_path))
+        conf.set_override("state_path", str(tmp_path / state))
         conf.set_override("manager_url", edge.manager_url(), group="node_agent")
         conf.set_override("registration_token", token, group="node_agent")
         return conf
@@ -85,9 +85,10 @@ def test_a_joining_node_gets_routes_on_every_ap_and_remove_node_takes_them(
     assert alloc["source"] == "joined" and alloc["wifi_channel"] in (1, 6, 11)
     taken = {admin.node(ap)["allocation"]["instance_network"] for ap in edge.net.aps}
     assert alloc["instance_network"] not in taken
-    # The token was single-use: a second node is refused, and told why.
+    # The token was single-use: a second node (its own state, so no
+    # credential) is refused, and told why.
     with pytest.raises(joining.JoinRefused, match="used up"):
-        joining.Membership(node_conf_for(edge, token)).join(
+        joining.Membership(node_conf_for(edge, token, "other")).join(
             dict(body, identity="serial:other", name="other-pi"))
     # It registers with its own credential from the master's address (a
     # node every AP reaches), as its agent would, and heartbeats once.

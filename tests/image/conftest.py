@@ -151,14 +151,37 @@ def fleet(request, image, keypair, master):
                 guests[name] = Guest(image, image.workdir, name, texts[name])
                 guests[name].start()
         failed_before = request.session.testsfailed
+        _LIVE.update(guests=guests, key=key, collected=set())
         yield guests
         if request.session.testsfailed > failed_before:
             for g in guests.values():
                 if g.proc and g.proc.poll() is None:
                     g.collect(key, "a test of this session failed")
     finally:
+        _LIVE.clear()
         for g in guests.values():
             g.stop()
+
+
+# The fleet while it runs: a failing boot test keeps the guests' artifacts at once,
+# not only at the end of the session (a run stopped midway kept nothing before).
+_LIVE = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.failed and _LIVE and item.get_closest_marker("emulated_boot")):
+        return
+    for name, g in _LIVE["guests"].items():
+        if name in _LIVE["collected"] or not g.proc or g.proc.poll() is not None:
+            continue
+        _LIVE["collected"].add(name)
+        try:
+            g.collect(_LIVE["key"], "%s failed" % item.nodeid)
+        except Exception as e:  # keeping artifacts must not hide the failure
+            print("artifacts of guest %s not kept: %s" % (name, e))
 
 
 

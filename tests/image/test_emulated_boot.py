@@ -154,6 +154,10 @@ def test_joined_over_pinned_tls_and_applied_its_allocation(image, booted, master
     agent = ssh.run("sudo journalctl -b -u mec-conpaas-node-agent --no-pager "
                     "-o short-monotonic").stdout
     assert "matches the join token's pin" in agent, agent[-3000:]
+    # Joined: no refusal left on the login screen or the console ([join] notices).
+    assert ssh.run("test -e /etc/issue.d/mec-conpaas-join.issue",
+                   check=False).returncode != 0
+    assert "NOT JOINED" not in g.console_text()
     # Seconds since the guest's kernel started (bench/join.py reads them).
     for key, what in (("joined_s", "joined "), ("registered_s", "registered with ")):
         m = re.search(r"^\[\s*([0-9.]+)\].*" + what, agent, re.M)
@@ -162,6 +166,8 @@ def test_joined_over_pinned_tls_and_applied_its_allocation(image, booted, master
     assert json.loads(ssh.run(f"sudo cat {state}/allocation.json").stdout) == alloc
     conf = ssh.run("sudo cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     assert re.search(r"^networks = allocated$", conf, re.M), conf
+    assert re.search(r"^notices = /dev/console,/etc/issue.d/mec-conpaas-join.issue$",
+                     conf, re.M), conf
     client = ipaddress.IPv4Network(alloc["client_network"])
     gw = next(client.hosts())
     if "wifi_ap" in roles_in(image):

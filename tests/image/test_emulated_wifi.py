@@ -31,6 +31,11 @@ PASSPHRASE = "not a real passphrase"
 NS = "mec-wifi-sta"
 STA_CTRL = "/run/mec-wifi-test"
 EVENTS = "/run/mec-wifi-events.log"
+# The test's stations, by their pid files.  Not ``pkill -f 'wpa_supplicant.*NS'``:
+# the script that starts the next station names both in its own command line, so
+# that pattern killed the shell running it (ssh -> 255, the first image runs).
+STOP_STATIONS = ("for p in /run/mec-wifi-sta-*.pid; do if [ -f \"$p\" ]; then "
+                 "kill \"$(cat \"$p\")\" 2>/dev/null || true; rm -f \"$p\"; fi; done")
 
 
 def sudo(ssh, script, check=True, timeout=180):
@@ -89,7 +94,7 @@ def air(image, booted):
                 "station.log": sudo(ssh, "cat /run/mec-wifi-sta-*.log 2>/dev/null || true",
                                     check=False).stdout}
         g.keep("wifi", keep)
-        sudo(ssh, f"pkill -f '[w]pa_supplicant.*{NS}' || true; ip netns del {NS} || true\n"
+        sudo(ssh, f"{STOP_STATIONS}; ip netns del {NS} || true\n"
                   "pkill -f '[h]ostapd_cli.*mec-wifi-event' || true", check=False)
 
 
@@ -104,7 +109,7 @@ def journal(ssh, unit):
 def station(ssh, name, passphrase):
     """Start a wpa_supplicant station in the netns; its log path."""
     conf, log = f"/run/mec-wifi-sta-{name}.conf", f"/run/mec-wifi-sta-{name}.log"
-    sudo(ssh, f"pkill -f '[w]pa_supplicant.*{NS}' || true; sleep 1\n"
+    sudo(ssh, f"{STOP_STATIONS}; sleep 1\n"
               f"mkdir -p {STA_CTRL}\n"
               f"printf %s {shlex.quote(wpa_conf(passphrase))} > {conf}\n"
               f"ip netns exec {NS} wpa_supplicant -B -i wlan1 -c {conf} -f {log} "

@@ -202,6 +202,162 @@ def test_a_node_credential_cannot_touch_another_node(api):
     assert code == 401 and "unknown token" in got["error"]["message"]
 
 
+def _node_state(node_id):
+    """What a take-over would change: the node's record, its credentials,
+    its allocation."""
+    with db.session_scope() as s:
+        node = s.get(models.Node, node_id)
+        creds = sorted((t.id, t.secret_hash) for t in s.scalars(select(models.Token).where(
+            models.Token.user == join.NODE_USER + node_id)))
+        return ((node.name, node.address, node.agent_token, node.mac) if node else None,
+                creds, allocation.view(allocation.of_node(s, node_id)))
+
+
+def test_a_join_token_cannot_take_over_a_node_that_holds_its_credential(api):
+    """A re-flashed card (same identity, no credential) or anyone with a join
+    token claiming a known identity or node id is refused, saying what the
+    admin does; nothing changes until the admin revokes the credential."""
+    admin, flask_app = api
+    _tid, secret = _token(uses=1)
+    body = _join_body(1)
+    code, first = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+    owner = Api(flask_app, first["credential"])
+    assert owner("POST", "/v1/nodes/register",
+                 json=_registration(body, "192.0.2.11"))[0] == 200
+    before = _node_state(body["id"])
+    tid, secret = _token(uses=0)
+    claims = (dict(body, id="00000000-0000-4000-8000-00000000beef"),  # same identity
+              dict(_join_body(7), id=body["id"]),                       # same node id
+              dict(body))                                               # both
+    for claim in claims:
+        code, got = Api(flask_app, secret)("POST", "/v1/nodes/join", json=claim)
+        assert code == 409, got
+        assert got["error"]["code"] == "node_identity_taken"
+        assert "pi-1, which holds its own credential" in got["error"]["message"]
+        assert "mec-conpaas node credential revoke pi-1" in got["error"]["message"]
+        assert "credential" not in got and "agent_certificate" not in got
+    assert _node_state(body["id"]) == before
+    with db.session_scope() as s:
+        assert s.get(models.JoinToken, tid).uses == 0  # refusals count no use
+        assert s.get(models.NodeAllocation, _join_body(7)["identity"]) is None
+    assert owner("POST", "/v1/nodes/%s/heartbeat" % body["id"],
+                 json={"report": {}})[0] == 200
+    # The admin's approval: revoke the old credential; the new card joins as
+    # the same node with the same allocation, the old credential is dead.
+    assert admin("POST", "/v1/nodes/pi-1/credential/revoke")[0] == 200
+    code, again = Api(flask_app, secret)("POST", "/v1/nodes/join", json=claims[0])
+    assert code == 200, again
+    assert again["id"] == body["id"] and again["allocation"] == first["allocation"]
+    assert owner("POST", "/v1/nodes/%s/heartbeat" % body["id"],
+                 json={"report": {}})[0] == 401
+    assert Api(flask_app, again["credential"])(
+        "POST", "/v1/nodes/%s/heartbeat" % body["id"], json={"report": {}})[0] == 200
+
+
+def test_a_join_repeated_after_a_lost_answer_proves_itself_with_the_chosen_credential(api):
+    """K3s's node password: the node chooses its credential and keeps it
+    until the answer is in; the same join sent again (answer lost) is let in
+    and gets the same credential, a card with another one is refused."""
+    _admin, flask_app = api
+    tid, secret = _token(uses=0)
+    chosen = "c" * 43
+    body = dict(_join_body(1), credential=chosen)
+    code, first = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+    assert code == 200 and first["credential"] == chosen
+    code, again = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+    assert code == 200 and again["credential"] == chosen, again
+    assert again["id"] == first["id"] and again["allocation"] == first["allocation"]
+    code, got = Api(flask_app, secret)("POST", "/v1/nodes/join",
+                                       json=dict(body, credential="d" * 43))
+    assert code == 409 and got["error"]["code"] == "node_identity_taken"
+    assert Api(flask_app, chosen)("POST", "/v1/nodes/register", json=_registration(
+        _join_body(1), "192.0.2.11"))[0] == 200
+    for bad in ("short", "x" * 43 + " ", 42):
+        code, got = Api(flask_app, secret)("POST", "/v1/nodes/join",
+                                           json=dict(_join_body(2), credential=bad))
+        assert code == 400 and "credential (the one this node chose)" in \
+            got["error"]["message"]
+    with db.session_scope() as s:
+        assert s.get(models.JoinToken, tid).uses == 2
+
+
+def test_a_node_joins_again_with_its_own_credential_and_only_as_itself(api):
+    _admin, flask_app = api
+    tid, secret = _token(uses=2)
+    joined = {}
+    for n in (1, 2):
+        code, joined[n] = Api(flask_app, secret)("POST", "/v1/nodes/join",
+                                                 json=_join_body(n))
+        Api(flask_app, joined[n]["credential"])(
+            "POST", "/v1/nodes/register", json=_registration(_join_body(n), "192.0.2.1%d" % n))
+    # Node 2's credential joining as node 1: refused, node 1 untouched.
+    before = _node_state(_join_body(1)["id"])
+    code, got = Api(flask_app, joined[2]["credential"])(
+        "POST", "/v1/nodes/join", json=_join_body(1))
+    assert code == 403 and "a node joins again only as itself" in got["error"]["message"]
+    assert _node_state(_join_body(1)["id"]) == before
+    # Node 1 with its own: the same node and allocation, a new credential
+    # (the old one stops working), no join token used.
+    code, again = Api(flask_app, joined[1]["credential"])(
+        "POST", "/v1/nodes/join", json=_join_body(1))
+    assert code == 200, again
+    assert again["id"] == _join_body(1)["id"]
+    assert again["allocation"] == joined[1]["allocation"]
+    assert again["credential"] != joined[1]["credential"]
+    hb = "/v1/nodes/%s/heartbeat" % _join_body(1)["id"]
+    assert Api(flask_app, joined[1]["credential"])("POST", hb, json={"report": {}})[0] == 401
+    assert Api(flask_app, again["credential"])("POST", hb, json={"report": {}})[0] == 200
+    with db.session_scope() as s:
+        assert s.get(models.JoinToken, tid).uses == 2
+
+
+def test_the_node_agent_shows_a_refused_rejoin_and_joins_as_itself(api, tmp_path, edge):  # noqa: F811
+    """The agent's side (agents/node/joining.py) against the real manager app
+    served on loopback: a card without the credential is refused with the
+    admin's command in its notices; the node holding it joins again with it."""
+    _admin, _alice, manager = edge
+    _admin, flask_app = api
+    from werkzeug.serving import make_server
+    srv = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    conf = manager.conf
+    notices = [str(tmp_path / "console"), str(tmp_path / "join.issue")]
+    try:
+        _tid, secret = _token(uses=0)
+        _node_conf(conf, tmp_path, "http://127.0.0.1:%d" % srv.server_port, secret)
+        conf.set_override("notices", notices, group="join")
+        member = joining.Membership(conf)
+        first = member.join(_join_body(1))
+        assert not os.path.exists(tmp_path / "node" / "cred.pending")  # answer in
+        # An answer lost on the way: the node kept its chosen credential only.
+        os.unlink(tmp_path / "node" / "cred")
+        (tmp_path / "node" / "cred.pending").write_text(first["credential"])
+        retried = joining.Membership(conf).join(_join_body(1))
+        assert retried["credential"] == first["credential"] and retried["id"] == first["id"]
+        os.unlink(tmp_path / "node" / "cred")  # the card is re-flashed
+        card = joining.Membership(conf)
+        assert card.credential is None
+        with pytest.raises(joining.JoinRefused, match="credential revoke pi-1") as e:
+            card.join(_join_body(1))
+        joining.notify(conf, e.value.message)
+        for path in notices:
+            assert "NOT JOINED" in open(path).read() and "revoke pi-1" in open(path).read()
+        # The node that kept its credential joins again with it.
+        member.credential = first["credential"]
+        again = member.join(_join_body(1))
+        assert again["id"] == first["id"] and again["allocation"] == first["allocation"]
+        assert open(tmp_path / "node" / "cred").read() == again["credential"]
+        joining.clear_notice(conf, "joined")
+        assert not any(os.path.exists(p) for p in notices)
+    finally:
+        srv.shutdown()
+        for opt in ("manager_url", "registration_token"):
+            conf.clear_override(opt, group="node_agent")
+        for opt in ("manager_ca_file", "credential_file", "notices"):
+            conf.clear_override(opt, group="join")
+
+
 def test_expired_and_revoked_join_tokens_are_refused_with_the_reason(api):
     _admin, flask_app = api
     tid, secret = _token(ttl=60)

@@ -110,6 +110,9 @@ class NodeAgent:
                       and self.membership.allocation is None)
                      or joining.SEPARATOR in conf.node_agent.registration_token)):
             self._join_until_done()
+        elif (self.membership.credential and conf.join.networks == "allocated"
+              and self.membership.allocation is None):
+            self._join_until_done()  # its allocation lost: again, as itself
         self._use_allocation()
         self.server_tls = joining.server_tls(conf)
         self._peer_tls = None  # the deployment CA's context, made on first use
@@ -187,10 +190,15 @@ class NodeAgent:
         if self.conf.join.networks == "fixed":
             body.update(instance_network=opts.instance_network,
                         client_network=self.conf.join.client_network)
-        answer = self.membership.join(body)
+        try:
+            answer = self.membership.join(body)
+        except joining.JoinRefused as e:
+            joining.notify(self.conf, e.message)
+            raise
         self.manager_tls = joining.manager_tls(self.conf)
         if answer is None:
             return
+        joining.clear_notice(self.conf, "joined %s as %s" % (opts.manager_url, self.name))
         if answer["id"] != self.id:
             self.id = answer["id"]
             with open(os.path.join(self.conf.state_path, "node-id"), "w") as f:
@@ -203,8 +211,12 @@ class NodeAgent:
         while True:
             try:
                 return self.join()
-            except joining.JoinRefused:
-                raise  # a token or setting to fix: the message says which
+            except joining.JoinRefused as e:
+                # A token or setting to fix, or an admin's approval to wait
+                # for: the message (also on the console) says which.
+                LOG.error("cannot join: %s; trying again in %d s", e.message,
+                          self.conf.join.refused_retry_interval)
+                time.sleep(self.conf.join.refused_retry_interval)
             except exception.NodeError as e:
                 LOG.warning("cannot join yet (%s); retrying in %d s", e.message, delay)
                 time.sleep(delay)

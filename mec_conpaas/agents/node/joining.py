@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import ssl
 import urllib.parse
 
@@ -160,6 +161,31 @@ def manager_tls(conf):
     return tls_context(ca)
 
 
+def notify(conf, message):
+    """Put why this node cannot join where its owner looks: the console and
+    the login screen's issue file (``[join] notices``), not only the log."""
+    text = "mec-conpaas-node-agent: NOT JOINED: %s\n" % message
+    for path in conf.join.notices:
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+        except OSError as e:
+            LOG.warning("cannot write the join notice to %s: %s", path, e)
+
+
+def clear_notice(conf, message):
+    """Joined: the issue file's refusal goes, the console says so."""
+    for path in conf.join.notices:
+        try:
+            if os.path.isfile(path):
+                os.unlink(path)
+            elif os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write("mec-conpaas-node-agent: %s\n" % message)
+        except OSError as e:
+            LOG.warning("cannot clear the join notice in %s: %s", path, e)
+
+
 def _write_private(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -207,17 +233,38 @@ class Membership:
             pass
 
     def join(self, body):
-        """Join with [node_agent] registration_token; returns the answer.
-        A plain token the manager does not know as a join token is taken
-        as a deployment-wide node token (deployments from before join
-        tokens)."""
+        """Join with this node's own credential if it has one (a node
+        joining again: the manager refuses a join token for a node that
+        holds a credential), else with [node_agent] registration_token;
+        returns the answer.  A plain token the manager does not know as a
+        join token is taken as a deployment-wide node token (deployments
+        from before join tokens)."""
         opts = self.conf.node_agent
+        url = opts.manager_url.rstrip("/")
+        # The credential this node asks for, kept until the answer is in: a
+        # join repeated because its answer was lost proves with it that it
+        # is the node the manager already let in (a new card has another).
+        body = dict(body, credential=self._chosen())
+        if self.credential:
+            try:
+                return self._joined(httpserver.call(
+                    "POST", url + "/v1/nodes/join", self.credential, body,
+                    tls=manager_tls(self.conf), timeout=30))
+            except exception.NodeError as e:
+                status = getattr(e, "remote_status", None)
+                if status in (400, 403, 409):
+                    raise JoinRefused("the manager refused to let this node join "
+                                      "again: %s" % e.message)
+                if status != 401:
+                    raise
+                LOG.warning("this node's credential was refused (%s): joining "
+                            "with registration_token", e.message)
+                self.forget_credential()
         pin, secret = parse_token(opts.registration_token)
         if not secret:
             raise JoinRefused("this node has no credential and no join token: set "
                               "registration_token (mec-conpaas-manage node-token "
                               "create prints one)")
-        url = opts.manager_url.rstrip("/")
         if pin and urllib.parse.urlsplit(url).scheme == "https":
             fetch_pinned_ca(url, pin, self.conf.join.manager_ca_file)
         elif pin:
@@ -235,12 +282,27 @@ class Membership:
                             "it as a deployment-wide node token", e.message)
                 self.credential = secret
                 return None
-            if status in (400, 401, 409):
+            if status in (400, 401, 403, 409):
                 raise JoinRefused("the manager refused to let this node join: %s"
                                   % e.message)
             raise
+        return self._joined(answer)
+
+    def _chosen(self):
+        path = self.conf.join.credential_file + ".pending"
+        chosen = self._read(path)
+        if not chosen:
+            chosen = secrets.token_urlsafe(32)
+            _write_private(path, chosen)
+        return chosen
+
+    def _joined(self, answer):
         _write_private(self.conf.join.credential_file, answer["credential"])
         self.credential = answer["credential"]
+        try:
+            os.unlink(self.conf.join.credential_file + ".pending")
+        except FileNotFoundError:
+            pass
         cert = answer.get("agent_certificate")
         if cert:  # came over the pinned TLS connection, like the credential
             _write_private(self.conf.join.agent_key_file, cert["key"])
