@@ -216,6 +216,10 @@ class Agent:
         self.beacon = None
         self.full_s = None
         self.routes_version, self.routes_received = None, 0
+        # The credential it asks for, as the node agent does: a join retried
+        # after a lost answer proves with it that it is the node let in.
+        import secrets
+        self.chosen = secrets.token_urlsafe(32)
 
     async def call(self, path, body):
         """(status, answer) of a POST on the keep-alive connection."""
@@ -270,7 +274,7 @@ class Agent:
         status, answer = await self.call("/v1/nodes/join", {
             "id": self.id, "name": self.name, "identity": "bench-" + self.name,
             "hostname": self.name, "mac": "02:00:00:00:00:00",
-            "instance_network": network})
+            "instance_network": network, "credential": self.chosen})
         assert status == 200, (status, answer)
         self.token = answer["credential"]  # from here on, its own credential
 
