@@ -181,6 +181,18 @@ Possible values:
   request);
 * true: one line per request.
 """),
+    cfg.FloatOpt("state_copy_rate_mb", default=8.0, min=0,
+                 help="""
+MiB/s at most for a migration's bulk copy and pre-copy rounds of a state
+directory (the source still serves, over the same backbone as its users'
+requests).  Unpaced, a 1 GB copy filled the link: in the embedded edge a
+user whose requests crossed it saw every request time out for a minute.
+The final delta, with the source frozen, is never paced.
+
+Possible values:
+* 0: no limit;
+* otherwise MiB/s (e.g. 8: a 1 GB state directory takes about 2 minutes).
+"""),
     cfg.IntOpt("proxy_slots", default=8, min=1,
                help="""
 Server slots per service and tier (near and far) in each HAProxy backend.

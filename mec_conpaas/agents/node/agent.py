@@ -444,7 +444,8 @@ class NodeAgent:
         with the manifest pulled last, so that what this instance's app
         wrote meanwhile is not overwritten (statesync).  The files come in
         batches of about ``PULL_BATCH`` bytes, so a 1 GB state directory
-        never sits whole in either agent's memory."""
+        never sits whole in either agent's memory, and smaller ones at
+        ``[node_agent] state_copy_rate_mb`` (statesync.Pacer)."""
         src = _peer(body, "source")
         dest = self._need_containers().state_dir(iid)
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
@@ -454,7 +455,9 @@ class NodeAgent:
         last = self.pulls.last(iid, src["instance_id"])
         paths = statesync.wanted(statesync.manifest(dest) if last is None else last,
                                  remote)
-        batches = statesync.batches(paths, remote, PULL_BATCH) or [[]]
+        pacer = statesync.Pacer(self.conf.node_agent.state_copy_rate_mb * 2**20,
+                                PULL_BATCH)
+        batches = statesync.batches(paths, remote, pacer.limit) or [[]]
         nbytes = 0
         for n, batch in enumerate(batches, 1):
             data = httpserver.call("POST", base + "/export", src["token"],
@@ -464,6 +467,8 @@ class NodeAgent:
                 nbytes += statesync.import_tar(
                     dest, data, remote, tree=n == len(batches),
                     owner=self.containers.root_ids(iid), base=last)
+            if n < len(batches):
+                pacer.sent_batch(len(data))
         self.pulls.remember(iid, src["instance_id"], remote)
         return {"files": len(paths), "bytes": nbytes, "batches": len(batches),
                 "round": "delta" if last is not None else "bulk"}

@@ -30,6 +30,7 @@ import os
 import secrets
 import stat
 import tarfile
+import time
 
 from mec_conpaas import exception
 from mec_conpaas import safefs
@@ -78,6 +79,29 @@ def batches(paths, manifest, limit):
         out[-1].append(p)
         size += weight
     return out
+
+
+class Pacer:
+    """Holds a copy to ``rate`` bytes/s on average, one batch at a time:
+    batches of at most ``PACE_S`` worth of bytes, each followed by the wait
+    that keeps the total on schedule.  Small batches keep each burst short,
+    so requests sharing the link wait behind at most one batch."""
+
+    PACE_S = 0.125
+
+    def __init__(self, rate, batch_limit):
+        self.rate = rate
+        self.limit = batch_limit if not rate else max(
+            64 << 10, min(batch_limit, int(rate * self.PACE_S)))
+        self.t0 = time.monotonic()
+        self.sent = 0
+
+    def sent_batch(self, nbytes):
+        self.sent += nbytes
+        if self.rate:
+            ahead = self.sent / self.rate - (time.monotonic() - self.t0)
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
