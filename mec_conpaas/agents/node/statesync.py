@@ -306,16 +306,7 @@ def _replace_file(parent, name, src, mode, mtime_ns, owner=None):
                  | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            while True:
-                block = src.read(1 << 16)
-                if not block:
-                    break
-                f.write(block)
-            f.flush()
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            os.fchmod(f.fileno(), mode)
-            os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
+            _write_out(f, src, mode, mtime_ns, owner)
         try:
             if stat.S_ISDIR(os.stat(name, dir_fd=parent,
                                     follow_symlinks=False).st_mode):
@@ -353,17 +344,23 @@ def _append_file(parent, name, src, offset, mode, mtime_ns, owner=None):
         if not stat.S_ISREG(st.st_mode) or st.st_size != offset:
             return False
         f.seek(offset)
-        while True:
-            block = src.read(1 << 16)
-            if not block:
-                break
-            f.write(block)
-        f.flush()
-        if owner is not None:
-            os.fchown(f.fileno(), *owner)
-        os.fchmod(f.fileno(), mode)
-        os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
+        _write_out(f, src, mode, mtime_ns, owner)
     return True
+
+
+def _write_out(f, src, mode, mtime_ns, owner):
+    """Copy ``src`` into ``f`` from its position, then give the file the
+    source's mode and mtime, and ``owner``."""
+    while True:
+        block = src.read(1 << 16)
+        if not block:
+            break
+        f.write(block)
+    f.flush()
+    if owner is not None:
+        os.fchown(f.fileno(), *owner)
+    os.fchmod(f.fileno(), mode)
+    os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
 
 
 def _apply_tree(rootfd, remote, owner=None, base=None):
