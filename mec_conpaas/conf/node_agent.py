@@ -168,6 +168,31 @@ Possible values:
                help="HAProxy master CLI socket used to reload it."),
     cfg.StrOpt("haproxy_admin_socket", default="$run_path/haproxy-admin.sock",
                help="HAProxy runtime API socket used to switch backends."),
+    cfg.BoolOpt("proxy_request_log", default=False,
+                help="""
+Log every request HAProxy forwards (its HTTP log format: the timers Tq, Tw,
+Tc, Tr, Ta, the termination state and the queue positions) to HAProxy's
+standard output, i.e. the journal of its systemd unit, or the embedded
+edge's ``logs/haproxy-AP.log``.  What tells where a slow or failed request
+spent its time (client, queue, connect, server).
+
+Possible values:
+* false (default): no per-request log (a busy node writes nothing per
+  request);
+* true: one line per request.
+"""),
+    cfg.FloatOpt("state_copy_rate_mb", default=8.0, min=0,
+                 help="""
+MiB/s at most for a migration's bulk copy and pre-copy rounds of a state
+directory (the source still serves, over the same backbone as its users'
+requests).  Unpaced, a 1 GB copy filled the link: in the embedded edge a
+user whose requests crossed it saw every request time out for a minute.
+The final delta, with the source frozen, is never paced.
+
+Possible values:
+* 0: no limit;
+* otherwise MiB/s (e.g. 8: a 1 GB state directory takes about 2 minutes).
+"""),
     cfg.IntOpt("proxy_slots", default=8, min=1,
                help="""
 Server slots per service and tier (near and far) in each HAProxy backend.

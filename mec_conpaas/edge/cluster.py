@@ -348,7 +348,9 @@ class Edge:
                 "max_instances": spec.get("max_instances", 8),
                 "base_image_path": self.image_dir, "heartbeat_interval": 2,
                 "flink_image_path": self.flink_image_dir,
-                "idmap_start": self._idmap_start(ap), **self.node_agent_opts},
+                "idmap_start": self._idmap_start(ap),
+                # Where a request that failed or waited spent its time.
+                "proxy_request_log": "true", **self.node_agent_opts},
             # Joins with the node token; its networks are the topology's
             # (recorded by the allocator), routes to nodes that join later
             # come from the manager (edge/network.py routes the topology's).

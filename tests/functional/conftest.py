@@ -134,28 +134,18 @@ def client_get(edge, ap, port, path="/"):
     return json.loads(res.stdout)
 
 
-# Load average per core above which requests timing out around a move are
-# reported as an expected failure instead of failing the run.
-OVERLOADED_PER_CORE = 4.0
-
-
 def assert_no_failed_requests(summary):
     """Zero failed requests, the claim of every test that moves a service
     under a client.
 
-    Known defect (session 7 note): on an overloaded machine (load average
-    above OVERLOADED_PER_CORE per core: a deploy bed, image builds and two
-    edges on 2 cores), a few requests around a move time out (5 s) in
-    test_drain and test_farcloud.  Then, and only when every failure is a
-    timeout, the test ends xfail with the counts and the load; any other
-    failure, or a timeout on a machine that is not overloaded, fails it.
+    Session 7 let timeouts around a move pass as xfail on an overloaded
+    machine.  Around every proxy switch the isolation rules were deleted and
+    re-created, which lost packets: about 1 % of the connections waited for
+    TCP's 1 s SYN retransmission, and a near-saturated instance's queue
+    grew behind them; fixed in agents/node/isolation.py, so the xfail is
+    gone and any failure fails.  The AP's HAProxy log (the edge's
+    ``logs/haproxy-AP.log``) has each request's timers and termination
+    state.
     """
-    if summary["failed"] == 0:
-        return
-    load = os.getloadavg()[0]
-    if (set(summary["failures_by_kind"]) == {"timeout"}
-            and load > OVERLOADED_PER_CORE * (os.cpu_count() or 1)):
-        pytest.xfail("%d of %d requests timed out around the move at load %.1f "
-                     "(known defect under overload): %s" % (
-                         summary["failed"], summary["requests"], load, summary))
-    assert summary["failed"] == 0, summary
+    assert summary["failed"] == 0, "%s (load average %.1f)" % (
+        summary, os.getloadavg()[0])

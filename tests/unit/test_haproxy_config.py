@@ -111,3 +111,23 @@ def test_reload_keeps_every_slots_address_and_state(conf):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_request_log_validates_and_carries_the_timers(conf):
+    """``proxy_request_log``: HTTP frontends log the timers, termination
+    state, queue positions and the server's address; TCP ones the TCP log."""
+    conf.set_override("proxy_request_log", True, group="node_agent")
+    try:
+        proxy = haproxy.HAProxy(conf)
+        proxy.write_config(SERVICES)
+    finally:
+        conf.clear_override("proxy_request_log", group="node_agent")
+    text = open(proxy.config_path).read()
+    assert "log stdout format raw local0" in text
+    http_fe = text.split("frontend fe_0b7e3a9c1111\n")[1].split("\nbackend ")[0]
+    tcp_fe = text.split("frontend fe_9f00aa111111\n")[1].split("\nbackend ")[0]
+    assert "%TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc" in http_fe and "%si:%sp" in http_fe
+    assert "option tcplog" in tcp_fe and "log-format" not in tcp_fe
+    res = subprocess.run(["haproxy", "-c", "-f", proxy.config_path],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -200,3 +200,59 @@ def test_import_gives_what_it_writes_to_the_owner_and_nothing_else(tmp_path):
         st = os.lstat(dst / rel)
         assert (st.st_uid, st.st_gid) == (5151, 5152), rel
     assert os.lstat(dst / "untouched").st_uid == 4242
+
+
+def test_append_only_file_goes_as_its_tail_and_a_rewrite_goes_whole(tmp_path):
+    """A delta to a receiver sends a grown file's new end only when its
+    start is, byte for byte (digest), what that receiver was sent; a file
+    rewritten under the same start's length goes whole; a receiver whose
+    copy is not the recorded start refuses the tail (TailMismatch) and
+    changes nothing else before the sender sends it whole."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "journal").write_bytes(b"x" * 100000)
+    (src / "counter").write_text("1")
+    sent = {}
+    current = statesync.manifest(str(src))
+    statesync.import_tar(str(dst), statesync.export_tar(
+        str(src), sorted(current), with_manifest=current, sent=sent))
+    assert sent["journal"][0] == 100000
+
+    with open(src / "journal", "ab") as f:
+        f.write(b"line\n")
+    (src / "counter").write_text("2")
+    base, current = current, statesync.manifest(str(src))
+    data = statesync.export_tar(str(src), statesync.wanted(base, current),
+                                with_manifest=current, sent=sent)
+    assert len(data) < 20000  # the tail and the small file, not 100 kB again
+    members = {m.name: m for m in tarfile.open(fileobj=io.BytesIO(data))}
+    assert members["journal"].pax_headers[statesync.TAIL_OFFSET] == "100000"
+    assert statesync.TAIL_OFFSET not in members["counter"].pax_headers
+    statesync.import_tar(str(dst), data)
+    assert (dst / "journal").read_bytes() == (src / "journal").read_bytes()
+    assert statesync.manifest(str(dst)) == statesync.manifest(str(src))
+
+    # Same length kept at the start, different bytes: whole.
+    (src / "journal").write_bytes(b"y" * 100005 + b"more")
+    base, current = current, statesync.manifest(str(src))
+    data = statesync.export_tar(str(src), ["journal"], with_manifest=current, sent=sent)
+    assert statesync.TAIL_OFFSET not in tarfile.open(
+        fileobj=io.BytesIO(data)).getmember("journal").pax_headers
+    statesync.import_tar(str(dst), data)
+    assert (dst / "journal").read_bytes() == (src / "journal").read_bytes()
+
+    # The receiver's copy changed behind the sender's back: refused, whole next.
+    with open(src / "journal", "ab") as f:
+        f.write(b"tail")
+    (dst / "journal").write_bytes(b"other")
+    (dst / "stale").write_text("s")
+    current = statesync.manifest(str(src))
+    data = statesync.export_tar(str(src), ["journal"], with_manifest=current, sent=sent)
+    with pytest.raises(statesync.TailMismatch) as err:
+        statesync.import_tar(str(dst), data)
+    assert err.value.paths == ["journal"] and (dst / "stale").exists()
+    sent.pop("journal")
+    statesync.import_tar(str(dst), statesync.export_tar(
+        str(src), ["journal"], with_manifest=current, sent=sent))
+    assert statesync.manifest(str(dst)) == statesync.manifest(str(src))

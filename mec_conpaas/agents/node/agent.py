@@ -142,6 +142,7 @@ class NodeAgent:
         self.stop = threading.Event()
         self.proxy_lock = threading.Lock()
         self.served_manifests = {}
+        self.sent = statesync.Sent()  # tails for later deltas
         self.pulls = statesync.Pulls(os.path.join(conf.state_path, "pulls"))
         self.last_heartbeat = None  # time.monotonic() of the last one accepted
         self.beacon = None  # liveness datagrams, once the manager offers them
@@ -444,6 +445,7 @@ class NodeAgent:
     def delete_instance(self, body, iid):
         self._need_containers().delete(iid)
         self.pulls.forget(iid)
+        self.sent.forget(iid)
         self.isolation.apply()
         return {"deleted": iid}
 
@@ -451,8 +453,11 @@ class NodeAgent:
         paths = body.get("paths") if isinstance(body, dict) else None
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise exception.BadRequest("expected {'paths': [relative path, ...]}")
+        sent = self.sent.to(iid, body.get("receiver"),
+                            paths if body.get("whole") else ())
         with _background():
-            data = statesync.export_tar(self._need_containers().state_dir(iid), paths)
+            data = statesync.export_tar(self._need_containers().state_dir(iid), paths,
+                                        sent=sent)
         return httpserver.Response(data, content_type="application/x-tar")
 
     def pull_state(self, body, iid):
@@ -462,7 +467,8 @@ class NodeAgent:
         with the manifest pulled last, so that what this instance's app
         wrote meanwhile is not overwritten (statesync).  The files come in
         batches of about ``PULL_BATCH`` bytes, so a 1 GB state directory
-        never sits whole in either agent's memory."""
+        never sits whole in either agent's memory, and smaller ones at
+        ``[node_agent] state_copy_rate_mb`` (statesync.Pacer)."""
         src = _peer(body, "source")
         dest = self._need_containers().state_dir(iid)
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
@@ -472,16 +478,26 @@ class NodeAgent:
         last = self.pulls.last(iid, src["instance_id"])
         paths = statesync.wanted(statesync.manifest(dest) if last is None else last,
                                  remote)
-        batches = statesync.batches(paths, remote, PULL_BATCH) or [[]]
+        pacer = statesync.Pacer(self.conf.node_agent.state_copy_rate_mb * 2**20,
+                                PULL_BATCH)
+        batches = statesync.batches(paths, remote, pacer.limit) or [[]]
         nbytes = 0
         for n, batch in enumerate(batches, 1):
-            data = httpserver.call("POST", base + "/export", src["token"],
-                                   {"paths": batch}, raw=True, timeout=300, **tls)
-            # Deletions and directories once, with the last batch.
-            with _background():
-                nbytes += statesync.import_tar(
-                    dest, data, remote, tree=n == len(batches),
-                    owner=self.containers.root_ids(iid), base=last)
+            ask = {"paths": batch, "receiver": iid}
+            for _ in range(2):
+                data = httpserver.call("POST", base + "/export", src["token"], ask,
+                                       raw=True, timeout=300, **tls)
+                # Deletions and directories once, with the last batch.
+                try:
+                    with _background():
+                        nbytes += statesync.import_tar(
+                            dest, data, remote, tree=n == len(batches),
+                            owner=self.containers.root_ids(iid), base=last)
+                    break
+                except statesync.TailMismatch as e:
+                    ask = {"paths": e.paths, "receiver": iid, "whole": True}
+            if n < len(batches):
+                pacer.sent_batch(len(data))
         self.pulls.remember(iid, src["instance_id"], remote)
         return {"files": len(paths), "bytes": nbytes, "batches": len(batches),
                 "round": "delta" if last is not None else "bulk"}
@@ -522,13 +538,21 @@ class NodeAgent:
         base = self.served_manifests.pop(iid, {})
         paths = statesync.wanted(base, current)
         marks.append(time.monotonic())
-        data = statesync.export_tar(src, paths, with_manifest=current)
+        data = statesync.export_tar(src, paths, with_manifest=current,
+                                    sent=self.sent.to(iid, dst["instance_id"]))
         marks.append(time.monotonic())
-        got = httpserver.call(
-            "POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/%s" % (
-                dst["instance_id"], "import-final" if dst.get("restore") else "import"),
-            dst["token"], data, timeout=300 + RESTORE_TIMEOUT,
-            content_type="application/x-tar", **self.peer_tls(dst)) or {}
+        for _ in range(2):
+            got = httpserver.call(
+                "POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/%s" % (
+                    dst["instance_id"], "import-final" if dst.get("restore") else "import"),
+                dst["token"], data, timeout=300 + RESTORE_TIMEOUT,
+                content_type="application/x-tar", **self.peer_tls(dst)) or {}
+            if not got.get("tail_mismatch"):
+                break
+            # The target's copy of these is not what it was sent: whole.
+            data = statesync.export_tar(src, got["tail_mismatch"], with_manifest=current,
+                                        sent=self.sent.to(iid, dst["instance_id"],
+                                                          got["tail_mismatch"]))
         marks.append(time.monotonic())
         steps = dict(zip(("freeze", "manifest", "export", "send_import_restore"),
                          (round(1000 * (b - a), 1) for a, b in zip(marks, marks[1:]))))
@@ -543,7 +567,10 @@ class NodeAgent:
             raise exception.BadRequest("expected an application/x-tar body")
         t0 = time.monotonic()
         dest = self._need_containers().state_dir(iid)
-        nbytes = statesync.import_tar(dest, body, owner=self.containers.root_ids(iid))
+        try:
+            nbytes = statesync.import_tar(dest, body, owner=self.containers.root_ids(iid))
+        except statesync.TailMismatch as e:
+            return {"tail_mismatch": e.paths}
         return {"bytes": nbytes, "import_ms": round(1000 * (time.monotonic() - t0), 1)}
 
     def import_final(self, body, iid):
@@ -551,6 +578,8 @@ class NodeAgent:
         a restart, by its service agent) before the proxies switch: a call
         on this node's bridge, inside the critical window."""
         res = self.import_state(body, iid)
+        if res.get("tail_mismatch"):
+            return res  # the source sends those whole; no restore yet
         try:
             res["restore"] = httpserver.call(
                 "POST", "http://%s:%d/restore" % (

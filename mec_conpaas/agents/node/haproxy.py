@@ -65,7 +65,7 @@ global
     maxconn 4096
     hard-stop-after 30s
     server-state-file {state}
-
+{log}
 defaults
     load-server-state-from-file global
     timeout connect 1s
@@ -86,7 +86,7 @@ frontend fe_{key}
     # Which users (source addresses) used the service lately: stations.py.
     stick-table type ip size 4k expire {user_expire}s store conn_cnt,conn_rate(10s)
     tcp-request connection track-sc0 src
-{routing}    default_backend be_{key}
+{log}{routing}    default_backend be_{key}
 {backends}"""
 
 BACKEND = """
@@ -96,6 +96,16 @@ backend {backend}
     option httpchk GET /health
 {close}    http-check expect status 200
 {retry}{servers}"""
+
+# ``proxy_request_log``: the stock HTTP log format (the timers
+# TR/Tw/Tc/Tr/Ta, termination state, connection counts and retries, queue
+# positions) led by the accept time as a Unix timestamp with milliseconds,
+# and with the server's address (a slot's name does not say which instance
+# it held then), so a client's records line up with their log lines.
+REQUEST_LOG = {
+    "http": '    log global\n    log-format "%Ts.%ms %ci:%cp %ft %b/%s %si:%sp '
+            '%TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %{+Q}r"\n',
+    "tcp": "    log global\n    option tcplog\n"}
 
 # A slot's address is set at run time.  It is named by a host name that
 # never resolves (RFC 6761's .invalid; no ``resolvers`` section, and no
@@ -154,11 +164,14 @@ class HAProxy:
         self.admin_socket = opts.haproxy_admin_socket
         self.master_socket = opts.haproxy_master_socket
         self.slots = opts.proxy_slots
+        self.request_log = opts.proxy_request_log
         self.services = {}
 
     # -- configuration -------------------------------------------------
     def render(self, services):
-        text = GLOBAL.format(admin=self.admin_socket, state=self.state_path)
+        text = GLOBAL.format(admin=self.admin_socket, state=self.state_path,
+                             log="    log stdout format raw local0\n"
+                             if self.request_log else "")
         for sid in sorted(services):
             svc = services[sid]
             key = _key(sid)
@@ -179,6 +192,7 @@ class HAProxy:
             text += SERVICE.format(
                 name=svc["name"], service_id=sid, key=key, port=svc["port"],
                 user_expire=USER_EXPIRE_S,
+                log=REQUEST_LOG[mode] if self.request_log else "",
                 mode=mode, routing=SPILL.format(key=key) if spills(svc) else "",
                 backends="".join(BACKEND.format(backend=b, servers=servers[b], **common)
                                  for b in sorted(servers)))

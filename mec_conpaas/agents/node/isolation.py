@@ -176,6 +176,37 @@ def render(services, instance_networks, ports, client_ifs, agent_port, denied_po
     return "\n".join(out) + "\n"
 
 
+def _set_names(text):
+    return set(re.findall(r"^  set (\S+) \{", text, re.M))
+
+
+def in_place(text, previous):
+    """``text`` (``render``'s) as an update of the tables ``previous``
+    created: flush their rules and set elements and declare them again,
+    dropping the sets no longer there, in one transaction.
+
+    Why not ``render``'s delete-and-create every time: deleting the tables
+    unregisters their base chains' hooks and creating them registers new
+    ones, and packets crossing the node while that commits were lost.  In
+    the embedded edge, with every proxy switch (which rewrites the rules),
+    about 1 % of a 10 ms client's connections lost a SYN and waited for
+    TCP's 1 s retransmission, and the proxy's connections to the new
+    instance too (``nstat`` TcpExtTCPSynRetrans in the client's and the
+    access point's namespaces; none with ``network_isolation = false``).
+    """
+    lines = []
+    for line in text.splitlines():
+        m = re.match(r"(table|delete table) (\S+ \S+)$", line)
+        if m:
+            if m.group(1) == "table":
+                lines.append("flush table " + m.group(2))
+            continue
+        lines.append(line)
+    for name in sorted(_set_names(previous) - _set_names(text)):
+        lines += ["delete set %s %s %s" % (family, TABLE, name) for family in FAMILIES]
+    return "\n".join(lines) + "\n"
+
+
 class Isolation:
 
     def __init__(self, conf, ports=dict):
@@ -257,7 +288,8 @@ class Isolation:
                           self.client_ifs, self.agent_port, self.denied_ports)
             if text != self.applied:
                 try:
-                    self.nft.run(text)
+                    self.nft.run(text if self.applied is None
+                                 else in_place(text, self.applied))
                 except exception.NodeError as e:
                     self.error = e.message
                     raise

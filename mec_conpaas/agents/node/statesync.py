@@ -24,12 +24,15 @@ target text); a path that passes through a linked directory is neither
 read nor written; setuid/setgid bits, devices, FIFOs and sockets are not
 copied.
 """
+import hashlib
 import io
 import json
 import os
 import secrets
 import stat
 import tarfile
+import threading
+import time
 
 from mec_conpaas import exception
 from mec_conpaas import safefs
@@ -80,14 +83,85 @@ def batches(paths, manifest, limit):
     return out
 
 
+class Sent:
+    """Per (source instance, receiving instance): what the receiver got of
+    each file (``export_tar``'s ``sent``), so later deltas to it can be
+    tails.  Kept per receiver: another instance may hold other bytes under
+    the same size.  In memory: after an agent restart deltas go whole."""
+
+    def __init__(self):
+        self.records = {}
+        self.lock = threading.Lock()
+
+    def to(self, iid, receiver, whole=()):
+        """The record for ``receiver``, without ``whole`` (paths the receiver
+        did not have as recorded: they go whole)."""
+        if not isinstance(receiver, str) or not receiver:
+            return None
+        with self.lock:
+            sent = self.records.setdefault((iid, receiver), {})
+            for path in whole:
+                sent.pop(path, None)
+            return sent
+
+    def forget(self, iid):
+        with self.lock:
+            for key in [k for k in self.records if iid in k]:
+                del self.records[key]
+
+
+class Pacer:
+    """Holds a copy to ``rate`` bytes/s on average, one batch at a time:
+    batches of at most ``PACE_S`` worth of bytes, each followed by the wait
+    that keeps the total on schedule.  Small batches keep each burst short,
+    so requests sharing the link wait behind at most one batch."""
+
+    PACE_S = 0.125
+
+    def __init__(self, rate, batch_limit):
+        self.rate = rate
+        self.limit = batch_limit if not rate else max(
+            64 << 10, min(batch_limit, int(rate * self.PACE_S)))
+        self.t0 = time.monotonic()
+        self.sent = 0
+
+    def sent_batch(self, nbytes):
+        self.sent += nbytes
+        if self.rate:
+            ahead = self.sent / self.rate - (time.monotonic() - self.t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
 MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
 
 
-def export_tar(root, paths, with_manifest=None):
+# A member holding only the end of a file the receiver has the start of:
+# the pax header gives the offset it is written at.
+TAIL_OFFSET = "MEC.tail_offset"
+
+
+class TailMismatch(exception.Conflict):
+    """The receiver's copy of a file is not the start the sender assumed."""
+
+    def __init__(self, paths):
+        super().__init__("state delta: %d file(s) differ from what was sent "
+                         "before: %s" % (len(paths), ", ".join(sorted(paths)[:5])))
+        self.paths = sorted(paths)
+
+
+def export_tar(root, paths, with_manifest=None, sent=None):
     """Tar of ``paths``; with ``with_manifest``, the source's full manifest
     travels as the first member so the receiver can also apply deletions.
     Paths that are gone, or are reached only through a link, are left out:
-    the next manifest tells the receiver."""
+    the next manifest tells the receiver.
+
+    ``sent``: what this receiver got of each file last time, ``{path:
+    [bytes, sha256]}``, updated here.  A file whose first bytes are still
+    exactly those goes as its tail only (a journal, a log: append-only
+    files grew, and re-sending them whole made the frozen delta, and so
+    migration's critical window, grow with the state's age and size).  The
+    start is checked by its digest, not assumed from size and time."""
     buf = io.BytesIO()
     with safefs.closing(safefs.open_root(root)) as rootfd, \
             tarfile.open(fileobj=buf, mode="w") as tar:
@@ -98,7 +172,7 @@ def export_tar(root, paths, with_manifest=None):
             tar.addfile(info, io.BytesIO(data))
         for rel in paths:
             try:
-                _export_one(tar, rootfd, rel)
+                _export_one(tar, rootfd, rel, sent)
             except (safefs.UnsafePath, FileNotFoundError, NotADirectoryError):
                 continue
     return buf.getvalue()
@@ -110,7 +184,7 @@ def archive(root):
     return export_tar(root, wanted({}, current), with_manifest=current)
 
 
-def _export_one(tar, rootfd, rel):
+def _export_one(tar, rootfd, rel, sent=None):
     parent, name = safefs.parent_of(rootfd, rel)
     with safefs.closing(parent):
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -125,9 +199,20 @@ def _export_one(tar, rootfd, rel):
             # Read whole first: a running instance may resize the file,
             # and the tar header must carry the length really sent.
             with os.fdopen(safefs.open_file(parent, name), "rb") as f:
-                data = f.read()
+                known = (sent or {}).get(rel)
+                head = f.read(known[0]) if known else b""
+                digest = hashlib.sha256(head)
+                if known and len(head) == known[0] and digest.hexdigest() == known[1]:
+                    data = f.read()
+                    info.pax_headers = {TAIL_OFFSET: str(len(head))}
+                else:
+                    data, head = head + f.read(), b""
+                    digest = hashlib.sha256()
+            digest.update(data)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+            if sent is not None:
+                sent[rel] = [len(head) + len(data), digest.hexdigest()]
 
 
 def _checked_manifest(value):
@@ -158,6 +243,7 @@ def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=Non
         tar = tarfile.open(fileobj=io.BytesIO(data), mode="r")
     except tarfile.TarError as e:
         raise exception.BadRequest("state archive is not a tar (%s)" % e) from None
+    mismatched = []
     with tar, safefs.closing(safefs.open_root(root)) as rootfd:
         for member in tar:
             if member.name == MANIFEST_MEMBER:
@@ -187,8 +273,18 @@ def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=Non
                     meta = (remote_manifest or {}).get(member.name)
                     mtime_ns = int(meta[2]) if meta and meta[0] == "f" \
                         else int(member.mtime) * 10**9
-                    _replace_file(parent, name, tar.extractfile(member),
-                                  member.mode & 0o777, mtime_ns, owner)
+                    offset = member.pax_headers.get(TAIL_OFFSET)
+                    if offset is None:
+                        _replace_file(parent, name, tar.extractfile(member),
+                                      member.mode & 0o777, mtime_ns, owner)
+                    elif not _append_file(parent, name, tar.extractfile(member),
+                                          _offset(offset), member.mode & 0o777,
+                                          mtime_ns, owner):
+                        mismatched.append(member.name)
+        if mismatched:
+            # Before any deletion: the sender sends these whole, with the
+            # manifest again (import_tar is idempotent).
+            raise TailMismatch(mismatched)
         if remote_manifest is not None and tree:
             _apply_tree(rootfd, remote_manifest, owner, base)
     return len(data)
@@ -210,16 +306,7 @@ def _replace_file(parent, name, src, mode, mtime_ns, owner=None):
                  | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            while True:
-                block = src.read(1 << 16)
-                if not block:
-                    break
-                f.write(block)
-            f.flush()
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            os.fchmod(f.fileno(), mode)
-            os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
+            _write_out(f, src, mode, mtime_ns, owner)
         try:
             if stat.S_ISDIR(os.stat(name, dir_fd=parent,
                                     follow_symlinks=False).st_mode):
@@ -230,6 +317,50 @@ def _replace_file(parent, name, src, mode, mtime_ns, owner=None):
     except BaseException:
         safefs.remove(parent, tmp)
         raise
+
+
+def _offset(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise exception.BadRequest("state archive: bad tail offset %r" % text)
+    return value
+
+
+def _append_file(parent, name, src, offset, mode, mtime_ns, owner=None):
+    """Write a tail at ``offset`` of the regular file ``name``, if it holds
+    exactly ``offset`` bytes (else False: not the start the sender had).
+    In place: the new instance's app does not serve before the switch."""
+    try:
+        # Non-blocking: a FIFO put there by the tenant fails to open
+        # (ENXIO) instead of waiting for a reader.
+        fd = safefs.open_file(parent, name, os.O_WRONLY | os.O_NONBLOCK)
+    except (safefs.UnsafePath, OSError):
+        return False
+    with os.fdopen(fd, "wb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size != offset:
+            return False
+        f.seek(offset)
+        _write_out(f, src, mode, mtime_ns, owner)
+    return True
+
+
+def _write_out(f, src, mode, mtime_ns, owner):
+    """Copy ``src`` into ``f`` from its position, then give the file the
+    source's mode and mtime, and ``owner``."""
+    while True:
+        block = src.read(1 << 16)
+        if not block:
+            break
+        f.write(block)
+    f.flush()
+    if owner is not None:
+        os.fchown(f.fileno(), *owner)
+    os.fchmod(f.fileno(), mode)
+    os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
 
 
 def _apply_tree(rootfd, remote, owner=None, base=None):
