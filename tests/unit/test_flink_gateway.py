@@ -139,3 +139,50 @@ def test_planted_links_are_refused_not_followed(tmp_path):
     gw = flink.Gateway(str(tmp_path / "fresh" / "gateway"))
     gw.add_frames(["a1 x"])
     assert flink.Gateway(str(tmp_path / "fresh" / "gateway")).stats()["received"] == 1
+
+
+def test_a_jvm_in_its_own_session_dies_with_flink_py(tmp_path):
+    """flink.py starts the JobManager/TaskManager in sessions of their own;
+    a SIGKILL to flink.py's group (the service agent's ``restore
+    prepare``) must still end them, or the orphan keeps the JobManager's
+    ports and every new JobManager fails to bind (session 7's restore
+    loop).  A child started as flink.py starts its JVMs, then the parent
+    killed with SIGKILL: the child is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    pidfile = tmp_path / "child"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "sys.path.insert(0, %r)\n"
+        "import flink\n"
+        "p = subprocess.Popen(flink.dies_with_us(['sleep', '60']),"
+        " start_new_session=True)\n"
+        "open(%r, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n") % (os.path.dirname(flink.__file__), str(pidfile))],
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        assert os.getpgid(child) != os.getpgid(parent.pid)  # its own session
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(5)
+        deadline = time.monotonic() + 5
+        while True:
+            try:  # a zombie under init is gone too: /proc says "Z"
+                with open("/proc/%d/stat" % child) as f:
+                    gone = f.read().split(") ", 1)[1].startswith("Z")
+            except FileNotFoundError:
+                gone = True
+            if gone:
+                break
+            assert time.monotonic() < deadline, "the child outlived flink.py"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()

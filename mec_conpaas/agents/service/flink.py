@@ -83,6 +83,22 @@ def log(text):
     sys.stdout.flush()
 
 
+def dies_with_us(argv):
+    """``argv`` run so that the kernel kills it when this process dies,
+    however it dies (``setpriv --pdeathsig``, util-linux, in every Debian).
+
+    The JVMs run in sessions of their own (a TaskManager is restarted as a
+    group when its JobManager moves), so a SIGKILL to this process's group
+    does not reach them, and the service agent sends one when a migration's
+    target takes up the state (``restore prepare``, agent.py).  A
+    JobManager left behind that way kept ports 6123/8081: the next one
+    could not bind, exited, and the job restarted over and over on the
+    orphan, fed by gateways that kept dying with it (the "restore loop" of
+    session 7)."""
+    setpriv = shutil.which("setpriv")
+    return ([setpriv, "--pdeathsig", "KILL"] if setpriv else []) + argv
+
+
 def flink_home():
     found = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages", "pyflink"))
     if not found:
@@ -501,8 +517,9 @@ def run_jobmanager(home, env, my_ip):
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
     serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
-    jm = subprocess.Popen([os.path.join(home, "bin", "jobmanager.sh"),
-                           "start-foreground"], env=env, start_new_session=True)
+    jm = subprocess.Popen(dies_with_us([os.path.join(home, "bin", "jobmanager.sh"),
+                                        "start-foreground"]),
+                          env=env, start_new_session=True)
     CHILDREN.append(jm)
     env = dict(env, MEC_FLINK_FEED="%s:%d" % (my_ip, FEED_PORT),
                MEC_FLINK_SINK="http://%s:%d/results" % (my_ip, APP_PORT))
@@ -624,8 +641,9 @@ def run_taskmanager(home, env, my_ip):
                                     "taskmanager.resource-id": my_ip,
                                     "taskmanager.bind-host": "0.0.0.0"})
         log("TaskManager for the JobManager at %s" % master)
-        tm = subprocess.Popen([os.path.join(home, "bin", "taskmanager.sh"),
-                               "start-foreground"], env=dict(env, FLINK_CONF_DIR=conf_dir),
+        tm = subprocess.Popen(dies_with_us([os.path.join(home, "bin", "taskmanager.sh"),
+                                            "start-foreground"]),
+                              env=dict(env, FLINK_CONF_DIR=conf_dir),
                               start_new_session=True)
         CHILDREN[:] = [tm]
         while tm.poll() is None and master_address(my_ip) == master:
