@@ -337,7 +337,7 @@ def quiet(limit=3.0, wait=600):
 
 def main_moves(args, tmp):
     topo = bench_topology(tmp)
-    waited = quiet()
+    waited = quiet(wait=args.quiet_wait)
     t_all = time.monotonic()
     load_start = os.getloadavg()
     host_all = host_floor(tmp, args)
@@ -437,6 +437,9 @@ def main():
                    help="--moves: seconds on each placement before the next move")
     p.add_argument("--floor-frames", type=int, default=100,
                    help="--moves: frames of the host floor's live stream")
+    p.add_argument("--quiet-wait", type=float, default=600,
+                   help="--moves: seconds to wait at most for the 1-min load to drop "
+                        "below 3 first (0: measure at once; the load is recorded)")
     args = p.parse_args()
     if args.quick:
         args.frames, args.live_frames = 60, 30
