@@ -144,7 +144,9 @@ class Services:
                 return node_name, {}, True
             except exception.InsufficientCapacity:
                 candidates = [node_name]
-            try:  # not all on the node: near it, as placement spreads them
+            try:  # not all on the node, but one: the rest near it, as
+                # placement spreads them (ENORM's check is on the node)
+                self.place(session, 1, node_name, only=node_name, need=need)
                 self.place(session, count, node_name, need=need)
                 return node_name, {}, False
             except exception.InsufficientCapacity:
