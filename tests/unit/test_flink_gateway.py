@@ -72,6 +72,27 @@ def test_replay_dedup_and_restart(tmp_path):
     assert again.stats()["pending"] == 0
 
 
+def test_answered_records_leave_the_log(tmp_path, monkeypatch):
+    """frames.log keeps only the records still owed a result (it moves
+    with every migration, and would grow by every frame ever sent);
+    ``received`` counts on across the rewrite and a restart."""
+    monkeypatch.setattr(flink, "COMPACT_AFTER", 3)
+    gw = flink.Gateway(str(tmp_path))
+    gw.add_frames(["f%d %s" % (i, "X" * 1000) for i in range(5)])
+    gw.add_results([json.dumps({"id": "f%d" % i, "faces": []}) for i in (0, 1)])
+    assert (tmp_path / "frames.log").read_text().count("\n") == 5  # 2 < 3
+    gw.add_results([json.dumps({"id": "f%d" % i, "faces": []}) for i in (2, 3)])
+    assert (tmp_path / "frames.log").read_text() == "f4 %s\n" % ("X" * 1000)
+    gw.add_frames(["f5 Y", "f2 again"])  # f2 is answered: still ignored
+    assert gw.stats()["received"] == 6 and gw.pending() == ["f4", "f5"]
+    again = flink.Gateway(str(tmp_path))
+    assert again.stats() == dict(gw.stats(), duplicates_dropped=0)
+    assert again.pending() == ["f4", "f5"]
+    assert [json.loads(x)["id"] for x in again.results] == ["f0", "f1", "f2", "f3"]
+    again.add_frames(["f3 late"])
+    assert again.stats()["received"] == 6
+
+
 def test_bad_lines_are_refused(tmp_path):
     http_port, feed_port = _free_port(), _free_port()
     httpd = flink.serve_gateway(flink.Gateway(str(tmp_path)), "127.0.0.1",
