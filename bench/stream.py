@@ -305,17 +305,50 @@ def moves_run(b, tmp, args):
             if k in m:
                 m[k] = round(m[k] - t0, 2)
         m["seconds"] = round(m["end"] - m["start"], 2)
-    (d0, d1), (r0, r1) = [(m["start"], m["end"]) for m in marks]
+    return {"frames": cam["frames"], "results": cam["results"],
+            "post_retries": cam["post_retries"], "video": video,
+            "gateway_stats": stats, "every_s": args.every, "phase_s": args.phase,
+            "moves": marks, "phases": phases(timeline, marks),
+            "timeline": timeline}
+
+
+# A move is over for the camera user once its backlog has drained: at most
+# this many frames sent and not yet answered (1 s of the stream at 0.2 s;
+# in steady state 1-3 are, on the edge and on the cloud alike).
+CAUGHT_UP_IN_FLIGHT = 5
+
+
+def caught_up(timeline, after):
+    """When the frames that queued in the gateway during a move have been
+    answered: the send time of the first frame sent from ``after`` (the job
+    running again) on at which at most CAUGHT_UP_IN_FLIGHT frames were out
+    (sent, detection not yet read), from the timeline's send times and
+    latencies; None if never."""
+    answered = [(t, t + lat / 1000.0 if lat is not None else float("inf"))
+                for t, lat, _ in timeline]
+    for t, _ in answered:
+        if t >= after and sum(1 for s, a in answered
+                              if s <= t < a) <= CAUGHT_UP_IN_FLIGHT:
+            return t
+    return None
+
+
+def phases(timeline, marks):
+    """Each frame's latency by phase: before the moves, during each move
+    (its start until its backlog drained: :func:`caught_up`), and on each
+    placement after; each move gets ``caught_up`` (s) and
+    ``caught_up_s`` (from its start)."""
+    for m in marks:
+        c = caught_up(timeline, m["end"])
+        m["caught_up"] = round(c, 2) if c is not None else None
+        m["caught_up_s"] = round(c - m["start"], 2) if c is not None else None
+    (d0, d1), (r0, r1) = [(m["start"], m["caught_up"] or float("inf")) for m in marks]
     phase = {"edge_before": [x[1] for x in timeline if x[0] < d0],
              "during_offload": [x[1] for x in timeline if d0 <= x[0] < d1],
              "cloud": [x[1] for x in timeline if d1 <= x[0] < r0],
              "during_return": [x[1] for x in timeline if r0 <= x[0] < r1],
              "edge_after": [x[1] for x in timeline if x[0] >= r1]}
-    return {"frames": cam["frames"], "results": cam["results"],
-            "post_retries": cam["post_retries"], "video": video,
-            "gateway_stats": stats, "every_s": args.every, "phase_s": args.phase,
-            "moves": marks, "phases": {k: percentiles(v) for k, v in phase.items()},
-            "timeline": timeline}
+    return {k: percentiles(v) for k, v in phase.items()}
 
 
 def host_floor(tmp, args):
@@ -349,7 +382,6 @@ def main_moves(args, tmp):
     load_end = os.getloadavg()
     host = percentiles(floor["latency_ms"])
     hv, ev = host_all["video"], moves["video"]
-    ph = moves["phases"]
     summary = {
         **header("stream-moves", args, "the host floor ran just before the edge, in "
                  "this run", shaping),
@@ -357,6 +389,29 @@ def main_moves(args, tmp):
                     "(capacity %s); cloud-1 30 ms one-way behind ap-1" % PI4_2GB,
         "flink": dict({"taskmanagers": 1}, **flink_limits()),
         "host_floor": dict(host, every_s=args.every, video=hv),
+        # the paper's Fig. 5: processing time of one video, PaaS edge / host
+        "video_frames": hv["frames"],
+        "video_host_s": hv["seconds"], "video_edge_s": ev["seconds"],
+        "video_host_fps": hv["fps"], "video_edge_fps": ev["fps"],
+        "overhead_ratio_edge_vs_host": ratio(ev["seconds"], hv["seconds"]),
+        "target_ratio": 1.10,
+        "loadavg_1min_at_start": round(load_start[0], 2),
+        "loadavg_1min_at_end": round(load_end[0], 2),
+        "waited_for_quiet": waited,
+        "results": moves,
+        "seconds": round(time.monotonic() - t_all, 1),
+    }
+    write_moves(summary, args.quick)
+
+
+def write_moves(summary, quick):
+    """The phase figures from the run's results (also for ``--from-json``:
+    a recorded run summarised again by this code), the JSON and the plot."""
+    moves = summary["results"]
+    host = {k: summary["host_floor"][k] for k in ("p50_ms", "p95_ms")}
+    ph = moves["phases"] = phases(moves["timeline"], moves["moves"])
+    summary.update({
+        "caught_up_in_flight": CAUGHT_UP_IN_FLIGHT,
         "edge_p50_ms": ph["edge_before"]["p50_ms"],
         "edge_p95_ms": ph["edge_before"]["p95_ms"],
         "edge_after_p50_ms": ph["edge_after"]["p50_ms"],
@@ -369,24 +424,15 @@ def main_moves(args, tmp):
         "cloud_p95_vs_host": ratio(ph["cloud"]["p95_ms"], host["p95_ms"]),
         "edge_p95_vs_host": ratio(ph["edge_before"]["p95_ms"], host["p95_ms"]),
         "edge_after_p50_vs_host": ratio(ph["edge_after"]["p50_ms"], host["p50_ms"]),
-        # the paper's Fig. 5: processing time of one video, PaaS edge / host
-        "video_frames": hv["frames"],
-        "video_host_s": hv["seconds"], "video_edge_s": ev["seconds"],
-        "video_host_fps": hv["fps"], "video_edge_fps": ev["fps"],
-        "overhead_ratio_edge_vs_host": ratio(ev["seconds"], hv["seconds"]),
-        "target_ratio": 1.10,
         "restored_from_savepoint": [bool(m.get("restored_from"))
                                     for m in moves["moves"]],
-        "loadavg_1min_at_start": round(load_start[0], 2),
-        "loadavg_1min_at_end": round(load_end[0], 2),
-        "waited_for_quiet": waited,
         "offload_s": moves["moves"][0]["seconds"],
         "return_s": moves["moves"][1]["seconds"],
+        "offload_caught_up_s": moves["moves"][0]["caught_up_s"],
+        "return_caught_up_s": moves["moves"][1]["caught_up_s"],
         "frames_lost": moves["frames"] - moves["results"],
         "duplicates_dropped": (moves["gateway_stats"] or {}).get("duplicates_dropped"),
-        "results": moves,
-        "seconds": round(time.monotonic() - t_all, 1),
-    }
+    })
 
     def plot(ax):
         tl = moves["timeline"]
@@ -394,8 +440,12 @@ def main_moves(args, tmp):
                 [x[1] for x in tl if x[1] is not None], ".", ms=3,
                 label="PaaS: frame sent -> detection read (ap-1's camera user)")
         for m, color in zip(moves["moves"], ("tab:red", "tab:green")):
-            ax.axvspan(m["start"], m["end"], color=color, alpha=0.2,
-                       label="%s, %.0f s" % (m["move"], m["seconds"]))
+            ax.axvspan(m["start"], m["end"], color=color, alpha=0.25,
+                       label="%s: job runs again after %.0f s" % (m["move"], m["seconds"]))
+            if m.get("caught_up"):
+                ax.axvspan(m["end"], m["caught_up"], color=color, alpha=0.1,
+                           label="... its backlog answered after %.0f s"
+                           % m["caught_up_s"])
         ax.axhline(host["p50_ms"], color="k", ls="--",
                    label="host floor p50 %.0f ms (no container, no PaaS)" % host["p50_ms"])
         ax.set_yscale("log")
@@ -407,7 +457,7 @@ def main_moves(args, tmp):
                          ph["edge_after"]["p50_ms"], host["p50_ms"],
                          summary["overhead_ratio_edge_vs_host"]), fontsize=9)
         ax.legend(fontsize=6)
-    common.write("stream-moves" + ("-quick" if args.quick else ""), summary, plot)
+    common.write("stream-moves" + ("-quick" if quick else ""), summary, plot)
 
 
 def header(name, args, floor, shaping):
@@ -437,6 +487,9 @@ def main():
                    help="--moves: seconds on each placement before the next move")
     p.add_argument("--floor-frames", type=int, default=100,
                    help="--moves: frames of the host floor's live stream")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="--moves: summarise a recorded run (its results' timeline and "
+                        "moves) again with this code, and write its JSON and plot")
     p.add_argument("--quiet-wait", type=float, default=600,
                    help="--moves: seconds to wait at most for the 1-min load to drop "
                         "below 3 first (0: measure at once; the load is recorded)")
@@ -446,6 +499,10 @@ def main():
         args.phase, args.floor_frames = 20.0, 50
     # enough frames for the phases and two moves of up to ~3 min each
     args.moves_frames = int((3 * args.phase + 400) / args.every)
+    if args.moves and args.from_json:
+        with open(args.from_json) as f:
+            summary = json.load(f)
+        return write_moves(summary, summary["quick"])
     if not (flink_image.ready(flink_image.DEFAULT_DIR) and os.path.exists(FLINK_PY)):
         sys.exit("needs the flink image (mec-conpaas-edge build-image --flink) and "
                  ".venv-flink (tools/install-deps.sh)")
