@@ -502,6 +502,9 @@ def main():
     if args.moves and args.from_json:
         with open(args.from_json) as f:
             summary = json.load(f)
+        summary["summarised_again"] = (
+            "phases and moves' caught_up recomputed from this run's recorded timeline "
+            "by bench/stream.py --from-json after the run")
         return write_moves(summary, summary["quick"])
     if not (flink_image.ready(flink_image.DEFAULT_DIR) and os.path.exists(FLINK_PY)):
         sys.exit("needs the flink image (mec-conpaas-edge build-image --flink) and "
