@@ -181,22 +181,36 @@ def wait_op(client, res, timeout=600):
     return op
 
 
+def gateway_stats(netns, url):
+    """The gateway's ``/stats`` as ap-1's Wi-Fi user gets it, or None
+    (the proxies switching)."""
+    try:
+        return json.loads(subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-c",
+             "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=5)"
+             ".read().decode())", url + "/stats"], capture_output=True, text=True,
+            timeout=30).stdout)
+    except (ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def wait_job_running(netns, url, timeout=600):
-    """Until the gateway's JobManager runs the job again (after a move the
-    new JobManager's JVM starts and submits it from the savepoint)."""
+    """Until the job runs again after a move: a job RUNNING on the new
+    JobManager *and* results coming in (a job Flink keeps restarting is
+    RUNNING now and then without processing anything: session 7's run
+    took that for the job running on the cloud).  Returns (when, the
+    savepoint the job was restored from)."""
     deadline = time.monotonic() + timeout
+    base = None
     while time.monotonic() < deadline:
-        try:
-            flink_now = json.loads(subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, "-c",
-                 "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=5)"
-                 ".read().decode())", url + "/stats"], capture_output=True, text=True,
-                timeout=30).stdout)["flink"]
-            if any(j["state"] == "RUNNING" for j in flink_now.get("jobs", [])):
-                return time.monotonic()
-        except (ValueError, KeyError, subprocess.TimeoutExpired):
-            pass
-        time.sleep(1)
+        stats = gateway_stats(netns, url)
+        flink_now = (stats or {}).get("flink") or {}
+        if stats and any(j["state"] == "RUNNING" for j in flink_now.get("jobs", [])):
+            if base is None:
+                base = stats["results"]
+            elif stats["results"] > base:
+                return time.monotonic(), flink_now.get("restored_from")
+        time.sleep(0.5)
     raise RuntimeError("the job did not run again within %d s" % timeout)
 
 
@@ -221,6 +235,13 @@ def moves_run(b, tmp, args):
     netns = edge.net.client_netns("ap-1")
     warm, _ = frames(tmp, 3, "mw")
     camera(url, warm, 0, netns, timeout=600)
+    # The paper's Fig. 5 figure: processing time of one video on the edge
+    # (its host counterpart in host_floor, same run).
+    video_path, expected = frames(tmp, args.frames, "mv")
+    v = camera(url, video_path, 0, netns)
+    video = {"frames": v["frames"], "results": v["results"], "seconds": v["seconds"],
+             "fps": v["fps"], "faces_right": sum(
+                 1 for i, n in v["faces"].items() if n == expected[i])}
     for ap in ("ap-2", "ap-3"):  # empty: disabled at once
         client.drain_node(ap, reason="bench: only the cloud is left")
     stream, _ = frames(tmp, args.moves_frames, "m")
@@ -243,8 +264,9 @@ def moves_run(b, tmp, args):
             raise RuntimeError("drain of ap-1: %s" % ops)
         op_end = time.monotonic()
         # the move as the camera sees it: until the job runs again
+        end, restored = wait_job_running(netns, url)
         marks.append({"move": "ap-1 -> cloud-1 (ap-1 drained)", "start": start,
-                      "operation_end": op_end, "end": wait_job_running(netns, url),
+                      "operation_end": op_end, "end": end, "restored_from": restored,
                       "step": ops[0]["step"]})
         time.sleep(args.phase)
         enabled = time.monotonic()
@@ -262,8 +284,9 @@ def moves_run(b, tmp, args):
                 client.service(name)["home_node"] != "ap-1":
             raise RuntimeError("no return to ap-1: %s" % found)
         op_end = time.monotonic()
+        end, restored = wait_job_running(netns, url)
         marks.append({"move": "cloud-1 -> ap-1 (the manager's return)", "start": back,
-                      "operation_end": op_end, "end": wait_job_running(netns, url),
+                      "operation_end": op_end, "end": end, "restored_from": restored,
                       "enabled": enabled, "step": found[0]["step"]})
         time.sleep(args.phase)
     finally:
@@ -271,15 +294,7 @@ def moves_run(b, tmp, args):
         out, err = cam.communicate(timeout=1200)
         for ap in ("ap-1", "ap-2", "ap-3"):
             client.enable_node(ap)
-        stats = None
-        try:
-            stats = json.loads(subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, "-c",
-                 "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=10)"
-                 ".read().decode())", url + "/stats"], capture_output=True, text=True,
-                timeout=30).stdout)
-        except ValueError:
-            pass
+        stats = gateway_stats(netns, url)
         client.wait(client.delete_service(name)["operation"]["id"], 300)
     if cam.returncode:
         raise RuntimeError("camera failed: " + err[-2000:])
@@ -290,42 +305,113 @@ def moves_run(b, tmp, args):
             if k in m:
                 m[k] = round(m[k] - t0, 2)
         m["seconds"] = round(m["end"] - m["start"], 2)
-    (d0, d1), (r0, r1) = [(m["start"], m["end"]) for m in marks]
+    return {"frames": cam["frames"], "results": cam["results"],
+            "post_retries": cam["post_retries"], "video": video,
+            "gateway_stats": stats, "every_s": args.every, "phase_s": args.phase,
+            "moves": marks, "phases": phases(timeline, marks),
+            "timeline": timeline}
+
+
+# A move is over for the camera user once its backlog has drained: at most
+# this many frames sent and not yet answered (1 s of the stream at 0.2 s;
+# in steady state 1-3 are, on the edge and on the cloud alike).
+CAUGHT_UP_IN_FLIGHT = 5
+
+
+def caught_up(timeline, after):
+    """When the frames that queued in the gateway during a move have been
+    answered: the send time of the first frame sent from ``after`` (the job
+    running again) on at which at most CAUGHT_UP_IN_FLIGHT frames were out
+    (sent, detection not yet read), from the timeline's send times and
+    latencies; None if never."""
+    answered = [(t, t + lat / 1000.0 if lat is not None else float("inf"))
+                for t, lat, _ in timeline]
+    for t, _ in answered:
+        if t >= after and sum(1 for s, a in answered
+                              if s <= t < a) <= CAUGHT_UP_IN_FLIGHT:
+            return t
+    return None
+
+
+def phases(timeline, marks):
+    """Each frame's latency by phase: before the moves, during each move
+    (its start until its backlog drained: :func:`caught_up`), and on each
+    placement after; each move gets ``caught_up`` (s) and
+    ``caught_up_s`` (from its start)."""
+    for m in marks:
+        c = caught_up(timeline, m["end"])
+        m["caught_up"] = round(c, 2) if c is not None else None
+        m["caught_up_s"] = round(c - m["start"], 2) if c is not None else None
+    (d0, d1), (r0, r1) = [(m["start"], m["caught_up"] or float("inf")) for m in marks]
     phase = {"edge_before": [x[1] for x in timeline if x[0] < d0],
              "during_offload": [x[1] for x in timeline if d0 <= x[0] < d1],
              "cloud": [x[1] for x in timeline if d1 <= x[0] < r0],
              "during_return": [x[1] for x in timeline if r0 <= x[0] < r1],
              "edge_after": [x[1] for x in timeline if x[0] >= r1]}
-    return {"frames": cam["frames"], "results": cam["results"],
-            "post_retries": cam["post_retries"],
-            "gateway_stats": stats, "every_s": args.every, "phase_s": args.phase,
-            "moves": marks, "phases": {k: percentiles(v) for k, v in phase.items()},
-            "timeline": timeline}
+    return {k: percentiles(v) for k, v in phase.items()}
 
 
 def host_floor(tmp, args):
-    """The host's live-stream latency (no container, no PaaS): the floor."""
-    live = argparse.Namespace(**dict(vars(args), frames=3, live_frames=args.floor_frames))
-    return host_run(tmp, live)["live"]
+    """The host's video and live stream (no container, no PaaS): the floor."""
+    live = argparse.Namespace(**dict(vars(args), live_frames=args.floor_frames))
+    return host_run(tmp, live)
+
+
+def quiet(limit=3.0, wait=600):
+    """Wait (up to ``wait`` s) for the 1-min load to drop below ``limit``
+    (TEAM.md: before a latency benchmark); returns what was seen."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < wait:
+        time.sleep(10)
+    load = os.getloadavg()[0]
+    return {"loadavg_1min": round(load, 2), "below": load < limit, "limit": limit,
+            "waited_s": round(time.monotonic() - t0)}
 
 
 def main_moves(args, tmp):
     topo = bench_topology(tmp)
+    waited = quiet(wait=args.quiet_wait)
     t_all = time.monotonic()
-    floor = host_floor(tmp, args)
+    load_start = os.getloadavg()
+    host_all = host_floor(tmp, args)
+    floor = host_all["live"]
     with common.BenchEdge("mbs-", 9697, topology=topo, health_timeout=120,
                           node_heartbeat_timeout=6) as b:
         moves = moves_run(b, tmp, args)
         shaping = common.shaping_note(b.status)
+    load_end = os.getloadavg()
     host = percentiles(floor["latency_ms"])
-    ph = moves["phases"]
+    hv, ev = host_all["video"], moves["video"]
     summary = {
         **header("stream-moves", args, "the host floor ran just before the edge, in "
                  "this run", shaping),
         "topology": "edge-topology-cloud.yaml, access points as Pi 4 2 GB "
                     "(capacity %s); cloud-1 30 ms one-way behind ap-1" % PI4_2GB,
         "flink": dict({"taskmanagers": 1}, **flink_limits()),
-        "host_floor": dict(host, every_s=args.every),
+        "host_floor": dict(host, every_s=args.every, video=hv),
+        # the paper's Fig. 5: processing time of one video, PaaS edge / host
+        "video_frames": hv["frames"],
+        "video_host_s": hv["seconds"], "video_edge_s": ev["seconds"],
+        "video_host_fps": hv["fps"], "video_edge_fps": ev["fps"],
+        "overhead_ratio_edge_vs_host": ratio(ev["seconds"], hv["seconds"]),
+        "target_ratio": 1.10,
+        "loadavg_1min_at_start": round(load_start[0], 2),
+        "loadavg_1min_at_end": round(load_end[0], 2),
+        "waited_for_quiet": waited,
+        "results": moves,
+        "seconds": round(time.monotonic() - t_all, 1),
+    }
+    write_moves(summary, args.quick)
+
+
+def write_moves(summary, quick):
+    """The phase figures from the run's results (also for ``--from-json``:
+    a recorded run summarised again by this code), the JSON and the plot."""
+    moves = summary["results"]
+    host = {k: summary["host_floor"][k] for k in ("p50_ms", "p95_ms")}
+    ph = moves["phases"] = phases(moves["timeline"], moves["moves"])
+    summary.update({
+        "caught_up_in_flight": CAUGHT_UP_IN_FLIGHT,
         "edge_p50_ms": ph["edge_before"]["p50_ms"],
         "edge_p95_ms": ph["edge_before"]["p95_ms"],
         "edge_after_p50_ms": ph["edge_after"]["p50_ms"],
@@ -335,13 +421,18 @@ def main_moves(args, tmp):
         "host_p50_ms": host["p50_ms"], "host_p95_ms": host["p95_ms"],
         "edge_p50_vs_host": ratio(ph["edge_before"]["p50_ms"], host["p50_ms"]),
         "cloud_p50_vs_host": ratio(ph["cloud"]["p50_ms"], host["p50_ms"]),
+        "cloud_p95_vs_host": ratio(ph["cloud"]["p95_ms"], host["p95_ms"]),
+        "edge_p95_vs_host": ratio(ph["edge_before"]["p95_ms"], host["p95_ms"]),
+        "edge_after_p50_vs_host": ratio(ph["edge_after"]["p50_ms"], host["p50_ms"]),
+        "restored_from_savepoint": [bool(m.get("restored_from"))
+                                    for m in moves["moves"]],
         "offload_s": moves["moves"][0]["seconds"],
         "return_s": moves["moves"][1]["seconds"],
+        "offload_caught_up_s": moves["moves"][0]["caught_up_s"],
+        "return_caught_up_s": moves["moves"][1]["caught_up_s"],
         "frames_lost": moves["frames"] - moves["results"],
         "duplicates_dropped": (moves["gateway_stats"] or {}).get("duplicates_dropped"),
-        "results": moves,
-        "seconds": round(time.monotonic() - t_all, 1),
-    }
+    })
 
     def plot(ax):
         tl = moves["timeline"]
@@ -349,18 +440,24 @@ def main_moves(args, tmp):
                 [x[1] for x in tl if x[1] is not None], ".", ms=3,
                 label="PaaS: frame sent -> detection read (ap-1's camera user)")
         for m, color in zip(moves["moves"], ("tab:red", "tab:green")):
-            ax.axvspan(m["start"], m["end"], color=color, alpha=0.2,
-                       label="%s, %.0f s" % (m["move"], m["seconds"]))
+            ax.axvspan(m["start"], m["end"], color=color, alpha=0.25,
+                       label="%s: job runs again after %.0f s" % (m["move"], m["seconds"]))
+            if m.get("caught_up"):
+                ax.axvspan(m["end"], m["caught_up"], color=color, alpha=0.1,
+                           label="... its backlog answered after %.0f s"
+                           % m["caught_up_s"])
         ax.axhline(host["p50_ms"], color="k", ls="--",
                    label="host floor p50 %.0f ms (no container, no PaaS)" % host["p50_ms"])
         ax.set_yscale("log")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("detection latency (ms)")
-        ax.set_title("edge p50 %s / cloud %s / edge %s ms" % (
-            ph["edge_before"]["p50_ms"], ph["cloud"]["p50_ms"],
-            ph["edge_after"]["p50_ms"]), fontsize=9)
+        ax.set_title("detection latency p50: edge %s / cloud %s / edge %s ms (host %s);"
+                     "\nvideo time PaaS edge / host = %s" % (
+                         ph["edge_before"]["p50_ms"], ph["cloud"]["p50_ms"],
+                         ph["edge_after"]["p50_ms"], host["p50_ms"],
+                         summary["overhead_ratio_edge_vs_host"]), fontsize=9)
         ax.legend(fontsize=6)
-    common.write("stream-moves" + ("-quick" if args.quick else ""), summary, plot)
+    common.write("stream-moves" + ("-quick" if quick else ""), summary, plot)
 
 
 def header(name, args, floor, shaping):
@@ -390,12 +487,25 @@ def main():
                    help="--moves: seconds on each placement before the next move")
     p.add_argument("--floor-frames", type=int, default=100,
                    help="--moves: frames of the host floor's live stream")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="--moves: summarise a recorded run (its results' timeline and "
+                        "moves) again with this code, and write its JSON and plot")
+    p.add_argument("--quiet-wait", type=float, default=600,
+                   help="--moves: seconds to wait at most for the 1-min load to drop "
+                        "below 3 first (0: measure at once; the load is recorded)")
     args = p.parse_args()
     if args.quick:
         args.frames, args.live_frames = 60, 30
         args.phase, args.floor_frames = 20.0, 50
     # enough frames for the phases and two moves of up to ~3 min each
     args.moves_frames = int((3 * args.phase + 400) / args.every)
+    if args.moves and args.from_json:
+        with open(args.from_json) as f:
+            summary = json.load(f)
+        summary["summarised_again"] = (
+            "phases and moves' caught_up recomputed from this run's recorded timeline "
+            "by bench/stream.py --from-json after the run")
+        return write_moves(summary, summary["quick"])
     if not (flink_image.ready(flink_image.DEFAULT_DIR) and os.path.exists(FLINK_PY)):
         sys.exit("needs the flink image (mec-conpaas-edge build-image --flink) and "
                  ".venv-flink (tools/install-deps.sh)")

@@ -405,7 +405,7 @@ def create_app(manager):
             # priorities to another node, before this create runs).
             priority = qos_spec["priority"] if qos_spec["priority"] is not None \
                 else conf.qos.default_priority
-            node_name, evictions = services.admit(
+            node_name, evictions, pinned = services.admit(
                 s, node_name if form.get("node") else None, count,
                 (services.instance_cpus(stype), services.instance_memory_mb(stype)),
                 priority)
@@ -430,6 +430,8 @@ def create_app(manager):
                                    service_id=svc.id, service_name=name,
                                    kind="create", params={"count": count,
                                                           "node": node_name,
+                                                          **({"pin": True}
+                                                             if pinned else {}),
                                                           **({"after": after}
                                                              if after else {})},
                                    journal={}))

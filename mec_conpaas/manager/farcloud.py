@@ -22,10 +22,13 @@ def eviction_view(session, cluster, nodes, dist, source=None):
     access point full of slots cannot take one, whatever its cpus), with
     the cloud nodes behind every access point (farcloud.edge_first), so an
     evicted container goes to the cloud only when no access point can
-    take it.  ``source``, the node being relieved, is always kept."""
+    take it.  ``source``, the node being relieved, is always kept.  Each
+    node kept says its ``free_slots`` (policies/eviction.py's targets take
+    one per container they place there)."""
     slots = cluster.capacity(session)
-    room = {n: v for n, v in nodes.items() if n == source or (
-        n in slots and placement.free_slots(slots[n]) > 0)}
+    room = {n: dict(v, free_slots=placement.free_slots(slots[n]) if n in slots else 0)
+            for n, v in nodes.items() if n == source or (
+                n in slots and placement.free_slots(slots[n]) > 0)}
     return room, farcloud.edge_first(dist, farcloud.cloud_nodes(cluster.topology))
 
 

@@ -124,21 +124,33 @@ class Services:
     def admit(self, session, node_name, count, need, priority):
         """ENORM's admission of a new service's ``count`` instances of
         ``need`` = (cpus, memory_mb) at ``priority``: ``(home, {instance:
-        target})``, the evictions of lower priorities that make room on the
-        home (none if it fits somewhere).  InsufficientCapacity, with the
-        policy's reason, when neither room nor priority allows."""
+        target}, pinned)``, the evictions of lower priorities that make
+        room on the home (none if it fits somewhere).  ``pinned``: every
+        instance goes to the home, the ``node_name`` asked for (all
+        ``count`` fit there, or the evictions make room for all of them),
+        which the create keeps to (CreateService: a create admitted on an
+        access point must not spread to the cloud node meanwhile).
+        InsufficientCapacity, with the policy's reason, when neither room
+        nor priority allows."""
         from mec_conpaas.manager import qos
         if node_name is None:
             try:
-                return self.place(session, 1, None, need=need)[0], {}
+                return self.place(session, count, None, need=need)[0], {}, False
             except exception.InsufficientCapacity:
                 candidates = sorted(qos.view(session, self.cluster))
         else:
             try:
-                self.place(session, 1, node_name, only=node_name, need=need)
-                return node_name, {}
+                self.place(session, count, node_name, only=node_name, need=need)
+                return node_name, {}, True
             except exception.InsufficientCapacity:
                 candidates = [node_name]
+            try:  # not all on the node, but one: the rest near it, as
+                # placement spreads them (ENORM's check is on the node)
+                self.place(session, 1, node_name, only=node_name, need=need)
+                self.place(session, count, node_name, need=need)
+                return node_name, {}, False
+            except exception.InsufficientCapacity:
+                pass
         reasons = []
         for name in candidates:
             if not placement.placeable(self.cluster.capacity(session).get(
@@ -147,7 +159,8 @@ class Services:
             decision = qos.admit(session, self.cluster, name, need[0] * count,
                                  need[1] * count, priority)
             if decision.admit:
-                return name, decision.evict
+                return name, decision.evict, bool(decision.evict) and \
+                    name == node_name
             reasons.append(decision.reason)
         raise exception.InsufficientCapacity(
             "not admitted: %s; lower the count or the size, raise --priority, "

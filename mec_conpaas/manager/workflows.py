@@ -240,8 +240,8 @@ class CreateService(Workflow):
         with session_scope() as s:
             home = s.get(models.Service, sid).home_node
         missing = ctx.params.get("count", 1) - len(self.active(sid))
-        if missing > 0:
-            self.grow(ctx, sid, missing, home)
+        if missing > 0:  # all on the home when admitted there (services.admit)
+            self.grow(ctx, sid, missing, home, home if ctx.params.get("pin") else None)
         ctx.progress(85, "configuring the access points' proxies")
         self.cluster.push_proxies()
         self.cluster.notify_peers(sid)

@@ -31,12 +31,14 @@ def victims(node, cpus, memory_mb, below):
 def targets(source, evicted, cluster, dist):
     """Where each evicted container is re-placed: the nearest access point
     to ``source`` (its users stay close) where its size fits without
-    evicting anything there.
+    evicting anything there, and an instance slot is free.
 
     ``evicted``: ``{id: {"cpus", "memory_mb"}}``; ``cluster``: ``{name:
-    node as in capacity, plus "up" and "schedulable"}``.  Returns ``{id:
-    node name or None}`` (None: no other node has room; the caller then
-    evicts nothing).
+    node as in capacity, plus "up" and "schedulable", and optionally
+    "free_slots"}`` (where a node counts instance slots: each container
+    placed takes one, so two evictions never share a node's last slot).
+    Returns ``{id: node name or None}`` (None: no other node has room;
+    the caller then evicts nothing).
     """
     room = {n: {k: v for k, v in node.items() if k != "containers"}
             | {"containers": dict(node.get("containers", {}))}
@@ -44,12 +46,15 @@ def targets(source, evicted, cluster, dist):
             if n != source and node.get("up", True) and node.get("schedulable", True)}
     out = {}
     for iid, c in sorted(evicted.items()):
-        fit = [n for n in room if capacity.fits(room[n], c["cpus"], c["memory_mb"])]
+        fit = [n for n in room if room[n].get("free_slots", 1) > 0
+               and capacity.fits(room[n], c["cpus"], c["memory_mb"])]
         if not fit:
             out[iid] = None
             continue
         best = min(fit, key=lambda n: (dist.get(source, {}).get(n, 0.0),
                                        -capacity.free(room[n])[0], n))
         room[best]["containers"][iid] = dict(c)
+        if "free_slots" in room[best]:
+            room[best]["free_slots"] -= 1
         out[iid] = best
     return out

@@ -107,7 +107,7 @@ def test_face_recognition_scale_migrate_no_record_lost(tmp_path, edge, admin, pi
         _scenario(edge, admin, batches, expected, t0)
     except BaseException:
         for entry in admin.logs("faces"):
-            print("---- log of %s ----\n%s" % (entry["instance"], entry["log"][-6000:]))
+            print("---- log of %s ----\n%s" % (entry["instance"], entry["log"][-20000:]))
         raise
     finally:
         wait_op(admin, admin.delete_service("faces"))

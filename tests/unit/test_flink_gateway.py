@@ -72,6 +72,27 @@ def test_replay_dedup_and_restart(tmp_path):
     assert again.stats()["pending"] == 0
 
 
+def test_answered_records_leave_the_log(tmp_path, monkeypatch):
+    """frames.log keeps only the records still owed a result (it moves
+    with every migration, and would grow by every frame ever sent);
+    ``received`` counts on across the rewrite and a restart."""
+    monkeypatch.setattr(flink, "COMPACT_AFTER", 3)
+    gw = flink.Gateway(str(tmp_path))
+    gw.add_frames(["f%d %s" % (i, "X" * 1000) for i in range(5)])
+    gw.add_results([json.dumps({"id": "f%d" % i, "faces": []}) for i in (0, 1)])
+    assert (tmp_path / "frames.log").read_text().count("\n") == 5  # 2 < 3
+    gw.add_results([json.dumps({"id": "f%d" % i, "faces": []}) for i in (2, 3)])
+    assert (tmp_path / "frames.log").read_text() == "f4 %s\n" % ("X" * 1000)
+    gw.add_frames(["f5 Y", "f2 again"])  # f2 is answered: still ignored
+    assert gw.stats()["received"] == 6 and gw.pending() == ["f4", "f5"]
+    again = flink.Gateway(str(tmp_path))
+    assert again.stats() == dict(gw.stats(), duplicates_dropped=0)
+    assert again.pending() == ["f4", "f5"]
+    assert [json.loads(x)["id"] for x in again.results] == ["f0", "f1", "f2", "f3"]
+    again.add_frames(["f3 late"])
+    assert again.stats()["received"] == 6
+
+
 def test_bad_lines_are_refused(tmp_path):
     http_port, feed_port = _free_port(), _free_port()
     httpd = flink.serve_gateway(flink.Gateway(str(tmp_path)), "127.0.0.1",
@@ -139,3 +160,50 @@ def test_planted_links_are_refused_not_followed(tmp_path):
     gw = flink.Gateway(str(tmp_path / "fresh" / "gateway"))
     gw.add_frames(["a1 x"])
     assert flink.Gateway(str(tmp_path / "fresh" / "gateway")).stats()["received"] == 1
+
+
+def test_a_jvm_in_its_own_session_dies_with_flink_py(tmp_path):
+    """flink.py starts the JobManager/TaskManager in sessions of their own;
+    a SIGKILL to flink.py's group (the service agent's ``restore
+    prepare``) must still end them, or the orphan keeps the JobManager's
+    ports and every new JobManager fails to bind (session 7's restore
+    loop).  A child started as flink.py starts its JVMs, then the parent
+    killed with SIGKILL: the child is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    pidfile = tmp_path / "child"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "sys.path.insert(0, %r)\n"
+        "import flink\n"
+        "p = subprocess.Popen(flink.dies_with_us(['sleep', '60']),"
+        " start_new_session=True)\n"
+        "open(%r, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n") % (os.path.dirname(flink.__file__), str(pidfile))],
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        assert os.getpgid(child) != os.getpgid(parent.pid)  # its own session
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(5)
+        deadline = time.monotonic() + 5
+        while True:
+            try:  # a zombie under init is gone too: /proc says "Z"
+                with open("/proc/%d/stat" % child) as f:
+                    gone = f.read().split(") ", 1)[1].startswith("Z")
+            except FileNotFoundError:
+                gone = True
+            if gone:
+                break
+            assert time.monotonic() < deadline, "the child outlived flink.py"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()

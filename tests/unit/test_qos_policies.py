@@ -70,6 +70,23 @@ def test_eviction_order_and_targets():
     assert eviction.targets("ap-1", {"d": n["containers"]["d"]}, down, DIST) == {"d": None}
 
 
+def test_eviction_targets_take_a_free_slot_each():
+    """Two victims never share an access point's last instance slot,
+    however much cpu and memory it has left (manager/farcloud.eviction_view
+    says each node's free slots)."""
+    n = node(b=c("s2", 10, seq=1), d=c("s3", 10, seq=2))
+    one_slot = dict(node(), free_slots=1)
+    cluster = {"ap-1": n, "ap-2": one_slot, "ap-3": dict(node(), free_slots=1)}
+    victims = {i: n["containers"][i] for i in ("b", "d")}
+    assert eviction.targets("ap-1", victims, cluster, DIST) == {"b": "ap-2", "d": "ap-3"}
+    cluster["ap-3"]["free_slots"] = 0
+    assert eviction.targets("ap-1", victims, cluster, DIST) == {"b": "ap-2", "d": None}
+    assert cluster["ap-2"]["free_slots"] == 1  # the caller's view is not changed
+    # A node that says nothing of slots is judged by its size alone.
+    del cluster["ap-2"]["free_slots"]
+    assert eviction.targets("ap-1", victims, cluster, DIST) == {"b": "ap-2", "d": "ap-2"}
+
+
 def test_autoscale_grows_when_missed_shrinks_when_comfortable():
     n = node(a=c("s1", 50, latency_ms=40.0, objective_ms=20.0))
     [d] = autoscale.plan("ap-1", n, 0.25, 64)

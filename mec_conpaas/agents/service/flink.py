@@ -61,6 +61,11 @@ SAVEPOINT_BUDGET = 70
 # before a savepoint (holding new ones back meanwhile).
 SAVEPOINT_DRAIN = 8
 REST_PORT = 8081
+# frames.log is rewritten with only the records still owed a result once
+# this many answered ones are in it: a record with its result is never fed
+# again, and the state directory (copied whole by every migration) would
+# otherwise grow by every frame ever sent (~20 KB each).
+COMPACT_AFTER = 50
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
 MEMORY = {"jobmanager.memory.process.size": "448m",
@@ -81,6 +86,22 @@ MEMORY = {"jobmanager.memory.process.size": "448m",
 def log(text):
     sys.stdout.write("[mec-flink] %s\n" % text)
     sys.stdout.flush()
+
+
+def dies_with_us(argv):
+    """``argv`` run so that the kernel kills it when this process dies,
+    however it dies (``setpriv --pdeathsig``, util-linux, in every Debian).
+
+    The JVMs run in sessions of their own (a TaskManager is restarted as a
+    group when its JobManager moves), so a SIGKILL to this process's group
+    does not reach them, and the service agent sends one when a migration's
+    target takes up the state (``restore prepare``, agent.py).  A
+    JobManager left behind that way kept ports 6123/8081: the next one
+    could not bind, exited, and the job restarted over and over on the
+    orphan, fed by gateways that kept dying with it (the "restore loop" of
+    session 7)."""
+    setpriv = shutil.which("setpriv")
+    return ([setpriv, "--pdeathsig", "KILL"] if setpriv else []) + argv
 
 
 def flink_home():
@@ -162,6 +183,8 @@ class Gateway:
         self.held = False     # no record out to the job (a savepoint is taken)
         self.savepoint = None  # the last one taken: its path, results before it
         self.feeds = []       # per live feed connection: ids sent on it
+        self.logged = 0       # record lines in frames.log
+        self.compacted = 0    # records received before frames.log's lines
         os.makedirs(os.path.dirname(state_dir), exist_ok=True)
         own_dir(state_dir)
         self._load()
@@ -181,11 +204,17 @@ class Gateway:
         except OSError:
             pass
         try:
+            with open_own(self.state_dir, "received", os.O_RDONLY) as f:
+                self.compacted = self.received = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        try:
             with open_own(self.state_dir, "frames.log", os.O_RDONLY) as f:
                 for line in f:
                     if line.endswith("\n"):
                         rid = line.split(" ", 1)[0]
                         self.received += 1
+                        self.logged += 1
                         if rid not in self.done and rid not in self.frames:
                             self.frames[rid] = line.rstrip("\n")
                             self.order.append(rid)
@@ -217,6 +246,7 @@ class Gateway:
                 self.frames[rid] = line
                 self.order.append(rid)
                 self.received += 1
+                self.logged += 1
             self.frames_log.flush()
             self.lock.notify_all()
 
@@ -232,7 +262,38 @@ class Gateway:
                 self.results.append(line)
                 self.results_log.write(line + "\n")
             self.results_log.flush()
+            if self.logged - len(self.frames) >= COMPACT_AFTER:
+                self._compact()
             self.lock.notify_all()  # a hold() draining
+
+    def _compact(self):
+        """frames.log with only the records owed a result (the caller
+        holds the lock; results.log is flushed, so a record left out has
+        its result on disk).  ``received`` first, then the new log renamed
+        over the old, both within the state directory's descriptor: a crash
+        between the two counts the answered records twice in ``received``
+        (a statistic), never loses one owed a result."""
+        received = self.received - len(self.frames)
+        with open_own(self.state_dir, "received.tmp",
+                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as f:
+            f.write("%d\n" % received)
+            f.flush()
+            os.fsync(f.fileno())
+        with open_own(self.state_dir, "frames.log.tmp",
+                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as f:
+            f.writelines(self.frames[i] + "\n" for i in self.order if i in self.frames)
+            f.flush()
+            os.fsync(f.fileno())
+        dirfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:  # a rename replaces a planted link, never follows it
+            os.rename("received.tmp", "received", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            os.rename("frames.log.tmp", "frames.log", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
+        self.frames_log.close()
+        self.frames_log = open_own(self.state_dir, "frames.log",
+                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.compacted, self.logged = received, len(self.frames)
 
     def pending(self):
         with self.lock:
@@ -501,8 +562,9 @@ def run_jobmanager(home, env, my_ip):
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
     serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
-    jm = subprocess.Popen([os.path.join(home, "bin", "jobmanager.sh"),
-                           "start-foreground"], env=env, start_new_session=True)
+    jm = subprocess.Popen(dies_with_us([os.path.join(home, "bin", "jobmanager.sh"),
+                                        "start-foreground"]),
+                          env=env, start_new_session=True)
     CHILDREN.append(jm)
     env = dict(env, MEC_FLINK_FEED="%s:%d" % (my_ip, FEED_PORT),
                MEC_FLINK_SINK="http://%s:%d/results" % (my_ip, APP_PORT))
@@ -624,8 +686,9 @@ def run_taskmanager(home, env, my_ip):
                                     "taskmanager.resource-id": my_ip,
                                     "taskmanager.bind-host": "0.0.0.0"})
         log("TaskManager for the JobManager at %s" % master)
-        tm = subprocess.Popen([os.path.join(home, "bin", "taskmanager.sh"),
-                               "start-foreground"], env=dict(env, FLINK_CONF_DIR=conf_dir),
+        tm = subprocess.Popen(dies_with_us([os.path.join(home, "bin", "taskmanager.sh"),
+                                            "start-foreground"]),
+                              env=dict(env, FLINK_CONF_DIR=conf_dir),
                               start_new_session=True)
         CHILDREN[:] = [tm]
         while tm.poll() is None and master_address(my_ip) == master:
