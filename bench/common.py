@@ -67,20 +67,26 @@ def loadavg():
 
 
 class BenchEdge:
+    """A private embedded edge (own prefix, slot-moved port and addresses)
+    with an admin client; benches and the functional tests that need an
+    edge of their own (cloud topology, TLS) share it."""
+
     def __init__(self, prefix, port, node_agent_opts=None, topology=ISOLATED,
-                 **manager_opts):
+                 tls=None, **manager_opts):
         self.state = tempfile.mkdtemp(prefix="mec-bench-")
         prefix, port, topology = slots.apply(prefix, port, topology, self.state)
         self.edge = cluster.Edge(self.state, topology, prefix=prefix,
                                  manager_port=port, manager_opts=manager_opts,
                                  node_agent_opts=node_agent_opts,
                                  log=lambda m: print("edge:", m, file=sys.stderr),
-                                 user_credentials=False)
+                                 user_credentials=False, tls=tls)
 
     def __enter__(self):
         self.status = self.edge.up()
         token = open(self.edge.path("admin-token")).read().strip()
-        self.client = client_mod.Client(self.edge.manager_url(), token)
+        self.client = client_mod.Client(
+            self.edge.manager_url(), token,
+            ca_cert=self.edge.tls.ca_file if self.edge.tls else None)
         return self
 
     def __exit__(self, *exc):

@@ -5,17 +5,20 @@ latency on the links) is brought up per test session under its own
 namespace prefix and networks, and torn down at the end; the teardown
 checks that nothing it started is left behind.
 """
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 from mec_conpaas.cli import client as client_mod
 from mec_conpaas.edge import cluster
+from mec_conpaas.edge import loadgen
 from mec_conpaas.edge import slots
 from mec_conpaas.edge.loadgen import ClientLoad as Load  # noqa: F401
 from mec_conpaas.manager import topology as topology_mod
@@ -149,3 +152,43 @@ def assert_no_failed_requests(summary):
     """
     assert summary["failed"] == 0, "%s (load average %.1f)" % (
         summary, os.getloadavg()[0])
+
+
+@contextlib.contextmanager
+def private_edge(prefix, port, topology, **opts):
+    """A module's own embedded edge (bench/common.BenchEdge: the slot's
+    prefix, port and addresses), for a topology or setting the shared edge
+    does not have; checked to leave no namespace behind."""
+    from bench import common
+    with common.BenchEdge(prefix, port, topology=topology, **opts) as b:
+        yield b
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert b.edge.prefix not in left, "namespaces left behind: " + left
+
+
+def migrate_journal_under_load(edge, admin, tmp_path, interval, source="ap-1",
+                               target="ap-2"):
+    """The journal app (every request writes its count and a journal line)
+    migrated under a user: zero failed requests, every request counted once
+    and its line on the target exactly once.  Returns (window, summary)."""
+    bundle = loadgen.journal_bundle(str(tmp_path / "journal.tar.gz"))
+    wait_op(admin, admin.create_service("web", "journal", node=source, bundle=bundle))
+    port = admin.service("journal")["port"]
+    load = Load(edge, source, port, interval=interval)
+    try:
+        time.sleep(0.5)
+        (window,) = wait_op(admin, admin.migrate("journal", target))["windows"]
+        time.sleep(0.3)
+    finally:
+        results = load.stop()
+    summary = loadgen.summarize(results)
+    assert_no_failed_requests(summary)
+    hits = sorted(r["hits"] for r in results)
+    assert hits == list(range(1, len(results) + 1)), hits
+    (inst,) = [i for i in admin.service("journal")["instances"] if i["state"] == "ACTIVE"]
+    assert inst["node"] == target
+    journal = state_file(edge, target, inst["id"], "journal").splitlines()
+    assert [int(line.split()[0]) for line in journal] == hits
+    wait_op(admin, admin.delete_service("journal"))
+    return window, summary
+

@@ -13,19 +13,12 @@ import os
 import socket
 import ssl
 import subprocess
-import tempfile
-import time
 
 import pytest
 
-from mec_conpaas.cli import client as client_mod
-from mec_conpaas.edge import cluster
-from mec_conpaas.edge import loadgen
-from mec_conpaas.edge import slots
 from mec_conpaas.manager import tls
-from tests.functional.conftest import Load
-from tests.functional.conftest import state_file
-from tests.functional.conftest import wait_op
+from tests.functional.conftest import migrate_journal_under_load
+from tests.functional.conftest import private_edge
 
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "edge-topology-tls.yaml")
 PREFIX = "mcs-"
@@ -33,22 +26,9 @@ PREFIX = "mcs-"
 
 @pytest.fixture(scope="module")
 def tls_edge():
-    state = tempfile.mkdtemp(prefix="mec-edge-tls-")
-    prefix, port, topology = slots.apply(PREFIX, 9697, TOPOLOGY, state)
-    e = cluster.Edge(state, topology, prefix=prefix, manager_port=port, manager_opts={
-        "node_heartbeat_timeout": 6, "health_timeout": 30, "node_lost_grace": 0},
-        log=lambda m: print("tls edge:", m), user_credentials=False, tls=True)
-    t0 = time.monotonic()
-    e.up()
-    print("tls edge up in %.1f s" % (time.monotonic() - t0))
-    try:
-        yield e
-    finally:
-        e.down()
-        subprocess.run(["rm", "-rf", state])
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True,
-                              text=True).stdout
-        assert prefix not in left, "namespaces left behind: " + left
+    with private_edge(PREFIX, 9697, TOPOLOGY, tls=True, node_heartbeat_timeout=6,
+                      health_timeout=30, node_lost_grace=0) as b:
+        yield b
 
 
 def _agent_certificate(edge, ap, server_name):
@@ -61,10 +41,8 @@ def _agent_certificate(edge, ap, server_name):
 
 
 def test_service_created_served_and_migrated_over_tls(tmp_path, tls_edge):
-    edge = tls_edge
+    edge, admin = tls_edge.edge, tls_edge.client
     assert edge.manager_url().startswith("https://")
-    admin = client_mod.Client(edge.manager_url(), open(edge.path("admin-token")).read()
-                              .strip(), ca_cert=edge.tls.ca_file)
     # The edge's join token pins the CA; each agent serves the certificate
     # issued for its node's name, and no plain HTTP.
     token = open(edge.path("node-token")).read().strip()
@@ -82,23 +60,5 @@ def test_service_created_served_and_migrated_over_tls(tmp_path, tls_edge):
         assert plain.stdout in ("000", "400"), plain  # no HTTP answer from a TLS port
     # Created (manager -> ap-1's agent), served to ap-1's user, migrated with
     # its journal (ap-2's agent pulls it from ap-1's): every line once.
-    bundle = loadgen.journal_bundle(str(tmp_path / "journal.tar.gz"))
-    wait_op(admin, admin.create_service("web", "journal", node="ap-1", bundle=bundle))
-    port = admin.service("journal")["port"]
-    load = Load(edge, "ap-1", port, interval=0.05)
-    try:
-        time.sleep(0.5)
-        (window,) = wait_op(admin, admin.migrate("journal", "ap-2"))["windows"]
-        time.sleep(0.3)
-    finally:
-        results = load.stop()
-    summary = loadgen.summarize(results)
+    window, summary = migrate_journal_under_load(edge, admin, tmp_path, interval=0.05)
     print("over TLS: freeze to switch %s ms; %s" % (window["freeze_to_switch"], summary))
-    assert summary["failed"] == 0, summary
-    hits = sorted(r["hits"] for r in results)
-    assert hits == list(range(1, len(results) + 1)), hits
-    (inst,) = [i for i in admin.service("journal")["instances"] if i["state"] == "ACTIVE"]
-    assert inst["node"] == "ap-2"
-    journal = state_file(edge, "ap-2", inst["id"], "journal").splitlines()
-    assert [int(line.split()[0]) for line in journal] == hits
-    wait_op(admin, admin.delete_service("journal"))

@@ -21,20 +21,17 @@ across the move.
 """
 import os
 import statistics
-import subprocess
-import tempfile
 import time
 
 import pytest
 
 from mec_conpaas.conf import manager as manager_conf
-from mec_conpaas.edge import cluster
 from mec_conpaas.edge import loadgen
-from mec_conpaas.edge import slots
 from mec_conpaas.manager import topology as topology_mod
 from mec_conpaas.policies import placement
 from tests.functional.conftest import Load
 from tests.functional.conftest import assert_no_failed_requests
+from tests.functional.conftest import private_edge
 from tests.functional.conftest import wait_op
 
 CLOUD = os.path.join(os.path.dirname(topology_mod.DEFAULT), "edge-topology-cloud.yaml")
@@ -42,28 +39,20 @@ PREFIX = "mcc-"
 
 
 @pytest.fixture(scope="module")
-def cloud_edge():
-    state = tempfile.mkdtemp(prefix="mec-edge-cloud-")
-    prefix, port, topology = slots.apply(PREFIX, 9695, CLOUD, state)
-    e = cluster.Edge(state, topology, prefix=prefix, manager_port=port, manager_opts={
-        "node_heartbeat_timeout": 6, "health_timeout": 30, "node_lost_grace": 0},
-        log=lambda m: print("cloud edge:", m), user_credentials=False)
-    e.up()
-    try:
-        yield e
-    finally:
-        e.down()
-        subprocess.run(["rm", "-rf", state])
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True,
-                              text=True).stdout
-        assert prefix not in left, "namespaces left behind: " + left
+def cloud_private():
+    with private_edge(PREFIX, 9695, CLOUD, node_heartbeat_timeout=6, health_timeout=30,
+                      node_lost_grace=0) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
-def cloud_admin(cloud_edge):
-    from mec_conpaas.cli import client as client_mod
-    token = open(cloud_edge.path("admin-token")).read().strip()
-    return client_mod.Client(cloud_edge.manager_url(), token)
+def cloud_edge(cloud_private):
+    return cloud_private.edge
+
+
+@pytest.fixture(scope="module")
+def cloud_admin(cloud_private):
+    return cloud_private.client
 
 
 def _user_interval():

@@ -9,16 +9,15 @@ points are given the capacity of two default instances each (1.5 cpus and
 full where the test fills them.
 """
 import os
-import subprocess
 import time
 
 import pytest
 import yaml
 
-from bench import common
 from mec_conpaas.edge import loadgen
 from mec_conpaas.manager import topology as topology_mod
 from tests.functional.conftest import Load
+from tests.functional.conftest import private_edge
 from tests.functional.conftest import wait_op
 from tests.functional.test_qos import wait_for
 
@@ -37,12 +36,9 @@ def evict_edge(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("evict") / "topology-small-aps.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(topo, f, sort_keys=False)
-    # bench/common.py's private edge (own prefix, slot-moved addresses)
-    with common.BenchEdge(PREFIX, 9694, topology=path, node_heartbeat_timeout=9,
-                          health_timeout=30, node_lost_grace=0) as b:
+    with private_edge(PREFIX, 9694, path, node_heartbeat_timeout=9, health_timeout=30,
+                      node_lost_grace=0) as b:
         yield b
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert b.edge.prefix not in left, "namespaces left behind: " + left
 
 
 def _nodes(svc):
