@@ -185,7 +185,8 @@ class NodeAgent:
                 "hostname": self.hostname, "mac": self.mac}
         if self.conf.join.networks == "fixed":
             body.update(instance_network=opts.instance_network,
-                        client_network=self.conf.join.client_network)
+                        client_network=self.conf.join.client_network,
+                        container_backend=opts.container_backend)
         answer = self.membership.join(body)
         self.manager_tls = joining.manager_tls(self.conf)
         if answer is None:
