@@ -226,7 +226,7 @@ def create_app(manager):
             for key in ("name", "hostname", "mac", "address", "agent_port",
                         "agent_token", "instance_network"):
                 setattr(node, key, body.get(key))
-            join_api.on_register(s, conf, ctx, body, node)
+            join_api.on_register(s, conf, ctx, body, node, manager.cluster.driver)
             node.container_backend = body.get("container_backend", "libvirt")
             node.max_instances = int(body.get("max_instances", 0))
             node.last_heartbeat = models.utcnow()

@@ -25,10 +25,11 @@ def pools(conf):
     return allocation.Pools(conf.enrollment)
 
 
-def on_register(s, conf, ctx, body, node):
+def on_register(s, conf, ctx, body, node, driver):
     """Registration's allocator part, in its transaction: a node's own
     credential registers only that node; a joined node keeps its allocated
-    network; a node with fixed networks (a playbook's) has them recorded."""
+    network; a node with fixed networks (a playbook's) has them recorded,
+    as shared where its backend's instances share one (``driver``)."""
     join.check_own(ctx, body["id"])
     # A node whose agent serves the certificate issued at join: reached over
     # HTTPS, its certificate checked for its own name.
@@ -41,7 +42,15 @@ def on_register(s, conf, ctx, body, node):
             allocation.allocate(s, pools(conf), alloc.identity, body["id"], body["name"])
     elif body.get("instance_network"):
         allocation.record(s, pools(conf), body["id"], body["name"],
-                          body["instance_network"], body.get("client_network"))
+                          body["instance_network"], body.get("client_network"),
+                          shared=shared_network(driver, body))
+
+
+def shared_network(driver, body):
+    """Whether the node's instance network is one its backend shares with
+    other nodes (an agent that does not send its backend: libvirt's, an own
+    network, as before)."""
+    return driver.shares_instance_network(body.get("container_backend", "libvirt"))
 
 
 def heartbeat_answer(s, ctx, node_id, routes_version=None):
@@ -94,7 +103,8 @@ def register(app, manager, context):
         with session_scope() as s:
             answer = join.join(s, pools(conf), flask.request.headers.get(
                 "Authorization"), body,
-                agent_cert=lambda node_id: tls.issue_agent_cert(conf, node_id))
+                agent_cert=lambda node_id: tls.issue_agent_cert(conf, node_id),
+                shared=shared_network(manager.cluster.driver, body))
         LOG.info("node %s joined from %s", body.get("name"), flask.request.remote_addr)
         return flask.jsonify(answer)
 

@@ -200,7 +200,10 @@ class NodeAllocation(Base):
     number: Mapped[int] = mapped_column(Integer, unique=True)
     node_id: Mapped[str | None] = mapped_column(String(36), unique=True)
     node_name: Mapped[str | None] = mapped_column(String(64))
-    instance_network: Mapped[str] = mapped_column(String(64), unique=True)
+    # NULL for a node whose instances are on a network shared by several
+    # nodes (nova's provider network): that one is in shared_network.
+    instance_network: Mapped[str | None] = mapped_column(String(64), unique=True)
+    shared_network: Mapped[str | None] = mapped_column(String(64))
     client_network: Mapped[str | None] = mapped_column(String(64), unique=True)
     wifi_channel: Mapped[int | None] = mapped_column(Integer)
     availability_zone: Mapped[str | None] = mapped_column(String(64))

@@ -92,6 +92,19 @@ class CloudDriver(abc.ABC):
         instances from this driver: placement leaves the others out."""
         return node.max_instances > 0
 
+    def shares_instance_network(self, container_backend) -> bool:
+        """Whether nodes of this container backend put their instances on
+        one network they all share (neutron's provider network, on-link at
+        every such node) instead of a network of their own behind the node.
+
+        The join allocator asks it: a shared network is recorded as such,
+        may be named by several nodes, and is never routed via one of them
+        (that route would replace the on-link one on the others).  A fact
+        of the node's backend, whichever driver the manager runs: nova's
+        instances are ports on the provider network every nova AP bridges
+        (brq); libvirt's sit on the node's own bridge."""
+        return container_backend == "nova"
+
     def node_inventory(self):
         """The cloud's own view of its compute hosts, when it has one:
         ``{host name: {"up": bool, "vcpus", "vcpus_free", "memory_mb",

@@ -5,9 +5,13 @@ Keyed by the node's stable identity (Pi serial or MAC) so that a reboot or
 a re-flash of the same Pi gets the same values; released when the node is
 removed.  Playbook-deployed APs register fixed values: they are recorded
 here too (``record``), so that a flashed Pi never gets a subnet one of them
-uses.  The table's unique columns are the last word when two manager
-processes allocate at once; within one process a lock keeps concurrent
-joins from choosing the same least-used channel.
+uses.  Nodes whose instances are on one network they all share (nova's
+provider network; the driver says which, ``shares_instance_network``) get no
+instance network of their own: the shared one is recorded as shared, may be
+named by each of them, and is never routed via one of them.  The table's
+unique columns are the last word when two manager processes allocate at
+once; within one process a lock keeps concurrent joins from choosing the
+same least-used channel.
 """
 import ipaddress
 import logging
@@ -91,7 +95,8 @@ def view(alloc):
     if alloc is None:
         return None
     return {"number": alloc.number, "identity": alloc.identity,
-            "instance_network": alloc.instance_network,
+            "instance_network": alloc.instance_network or alloc.shared_network,
+            "instance_network_shared": alloc.shared_network is not None,
             "client_network": alloc.client_network,
             "wifi_channel": alloc.wifi_channel,
             "availability_zone": alloc.availability_zone, "source": alloc.source}
@@ -106,24 +111,28 @@ def _network(value, what):
 
 
 def _taken(session, identity):
-    """Numbers, networks and channel use of every other live allocation."""
+    """Numbers, networks (network, owner row, shared?) and channel use of
+    every other live allocation."""
     numbers, nets, channels = set(), [], {}
     for a in session.scalars(select(models.NodeAllocation)):
         if a.identity == identity:
             continue
         numbers.add(a.number)
-        for value in (a.instance_network, a.client_network):
+        for value, shared in ((a.instance_network, False), (a.shared_network, True),
+                              (a.client_network, False)):
             if value:
-                nets.append((ipaddress.IPv4Network(value), a))
+                nets.append((ipaddress.IPv4Network(value), a, shared))
         if a.wifi_channel is not None:
             channels[a.wifi_channel] = channels.get(a.wifi_channel, 0) + 1
     return numbers, nets, channels
 
 
-def _clash(nets, candidate):
-    for net, owner in nets:
-        if net.overlaps(candidate):
-            return owner
+def _clash(nets, candidate, shared=False):
+    """(network, owner) of the first live network ``candidate`` overlaps; a
+    shared candidate may be the very network others share."""
+    for net, owner, other_shared in nets:
+        if net.overlaps(candidate) and not (shared and other_shared and net == candidate):
+            return net, owner
     return None
 
 
@@ -171,10 +180,12 @@ def _bind(session, alloc, node_id, name, pools):
 
 
 def record(session, pools, node_id, name, instance_network, client_network=None,
-           identity=None):
+           identity=None, shared=False):
     """A node registered with fixed subnets (a playbook's): keep them in the
     allocator so no joining node gets them.  Refused (409, nothing stored)
-    when they overlap another live node's."""
+    when they overlap another live node's.  ``shared``: the instance network
+    is one several nodes share (``CloudDriver.shares_instance_network``):
+    others may name it too, no node may have it as its own."""
     identity = identity or "node:" + node_id
     inst = _network(instance_network, "instance_network")
     client = _network(client_network, "client_network") if client_network else None
@@ -184,15 +195,15 @@ def record(session, pools, node_id, name, instance_network, client_network=None,
         if existing is not None:
             identity = existing.identity
         numbers, nets, channels = _taken(session, identity)
-        for net in (inst, client):
-            owner = net and _clash(nets, net)
-            if owner is not None:
+        for net, net_shared in ((inst, shared), (client, False)):
+            found = net and _clash(nets, net, net_shared)
+            if found:
+                other, owner = found
                 raise exception.Conflict(
                     "network %s of node %s overlaps %s of node %s (number %d): give "
                     "this node other networks, or remove the other node"
-                    % (net, name, owner.instance_network if ipaddress.IPv4Network(
-                        owner.instance_network).overlaps(net) else owner.client_network,
-                       owner.node_name or owner.identity, owner.number))
+                    % (net, name, other, owner.node_name or owner.identity,
+                       owner.number))
         alloc = existing or session.get(models.NodeAllocation, identity)
         if alloc is None:
             number = pools.number_of(inst)
@@ -205,7 +216,8 @@ def record(session, pools, node_id, name, instance_network, client_network=None,
             alloc = models.NodeAllocation(identity=identity, number=number,
                                           source="registered")
             session.add(alloc)
-        alloc.instance_network = str(inst)
+        alloc.instance_network = None if shared else str(inst)
+        alloc.shared_network = str(inst) if shared else None
         alloc.client_network = str(client) if client else None
         _bind(session, alloc, node_id, name, pools)
         session.flush()
@@ -231,7 +243,9 @@ def of_node(session, node_id):
 
 def routes(session, node_id):
     """Routes every node needs to the others' subnets, via their address:
-    the one list the node agents (and the master) install."""
+    the one list the node agents (and the master) install.  A shared
+    instance network is on-link wherever it is used: routing it via one of
+    its nodes would replace that, so only their own subnets are listed."""
     allocs = {a.node_id: a for a in session.scalars(select(models.NodeAllocation))}
     out = []
     for node in session.scalars(select(models.Node).order_by(models.Node.name)):

@@ -238,12 +238,13 @@ def validate_join(body):
     return identity, name, node_id
 
 
-def join(session, pools, header, body, agent_cert=None):
+def join(session, pools, header, body, agent_cert=None, shared=False):
     """A node joins: token checked and counted, allocation made or found
     again (same identity, same allocation and id), its own credential
     issued, and, with ``agent_cert`` (node id -> {"cert", "key"} or None),
-    the certificate its agent API serves.  Returns the answer for the
-    node.
+    the certificate its agent API serves.  ``shared``: its fixed instance
+    network is one several nodes share (``allocation.record``).  Returns the
+    answer for the node.
 
     ``header`` carries a join token, or the node's own current credential
     (a node joining again: nothing consumed).  With a join token, a node
@@ -280,7 +281,7 @@ def join(session, pools, header, body, agent_cert=None):
     if body.get("instance_network"):  # fixed by its deployment: recorded
         alloc = allocation.record(session, pools, node_id, name,
                                   body["instance_network"], body.get("client_network"),
-                                  identity=identity)
+                                  identity=identity, shared=shared)
     else:
         alloc = allocation.allocate(session, pools, identity, node_id, name)
     credential = issue_credential(session, node_id, chosen)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.deploy.conftest import full_only
 from tests.deploy.conftest import shell_quote
+from tests.deploy.test_deploy import ADMIN_HEADER
 from tests.deploy.test_deploy import PAAS_CLI
 from tests.deploy.test_deploy import http_status
 
@@ -42,6 +43,14 @@ def check(master):
 
 def service(master, name):
     return json.loads(master.run(PAAS_CLI + "service show %s -f json" % name).stdout)
+
+
+def instances(master, name):
+    """The service's instances as the API has them (``service show`` prints them as one
+    string of address@node(state, role, tier))."""
+    out = master.run("curl -sf -H \"%s\" http://127.0.0.1:9680/v1/services/%s"
+                     % (ADMIN_HEADER, name)).stdout
+    return json.loads(out)["service"]["instances"]
 
 
 @full_only
@@ -311,9 +320,10 @@ def test_nova_instances_are_isolated_on_the_network(master, aps):
         master.run(PAAS_CLI + "service scale os-iso-a --count 2 --node %s -f json"
                    % last.name, timeout=600)
         a, b = service(master, "os-iso-a"), service(master, "os-iso-b")
-        a_here = next(i["address"] for i in a["instances"] if i["node"] == first.name)
-        a_there = next(i["address"] for i in a["instances"] if i["node"] == last.name)
-        b_here = b["instances"][0]["address"]
+        a_inst, b_inst = instances(master, "os-iso-a"), instances(master, "os-iso-b")
+        a_here = next(i["address"] for i in a_inst if i["node"] == first.name)
+        a_there = next(i["address"] for i in a_inst if i["node"] == last.name)
+        b_here = b_inst[0]["address"]
         conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
         assert "instance_denied_ports" in first.run(
             "cat /etc/mec-conpaas/mec-conpaas.conf").stdout
@@ -361,7 +371,7 @@ def test_base_image_deleted_from_glance_is_uploaded_again(master, check):
                  if i["Name"].startswith("mec-conpaas-base-")]
         assert [i["Name"] for i in again] == [images[0]["Name"]], again
         assert again[0]["ID"] not in {i["ID"] for i in images}, again
-        ids = [i["id"] for i in service(master, name)["instances"]]
+        ids = [i["id"] for i in instances(master, name)]
         servers = [s["Name"] for s in master.openstack("server list -f json")
                    if s["Name"].startswith("mec-")]
         assert servers == ["mec-" + i for i in ids], (servers, ids)

@@ -35,6 +35,9 @@ def _live_invariants(s):
     assert len(numbers) == len(set(numbers))
     nets = [ipaddress.IPv4Network(n) for a in rows
             for n in (a.instance_network, a.client_network) if n]
+    shared = {ipaddress.IPv4Network(a.shared_network) for a in rows if a.shared_network}
+    for a in shared:  # a shared network overlaps no node's own
+        assert not [b for b in nets if a.overlaps(b)], a
     for i, a in enumerate(nets):
         for b in nets[i + 1:]:
             assert not a.overlaps(b), (a, b)
@@ -168,6 +171,70 @@ def test_join_register_heartbeat_routes_and_remove(api):
     # ... and its credential went with it.
     code, got = n2("POST", "/v1/nodes/%s/heartbeat" % b2["id"], json={"report": {}})
     assert code == 401
+
+
+def test_two_nova_aps_share_the_provider_network_beside_an_lxc_ap(api):
+    """Two nova APs name neutron's provider network as their instance
+    network, one lxc AP has its own: both nova APs join and register, the
+    provider network is recorded as shared and routed via neither (it is
+    on-link on both), while their client subnets and the lxc AP's networks
+    are routed as before; nobody may take the shared network as their own."""
+    admin, flask_app = api
+    _tid, secret = _token(uses=5)
+    provider = "10.232.0.0/24"
+    nodes = {}
+    for n, backend, inst in ((1, "nova", provider), (2, "nova", provider),
+                             (3, "libvirt", "10.100.3.0/24")):
+        body = dict(_join_body(n), instance_network=inst,
+                    client_network="10.42.%d.0/24" % n, container_backend=backend)
+        code, got = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+        assert code == 200, got
+        me = Api(flask_app, got["credential"])
+        reg = dict(_registration(body, "192.0.2.1%d" % n), container_backend=backend,
+                   instance_network=inst, client_network=body["client_network"])
+        assert me("POST", "/v1/nodes/register", json=reg)[0] == 200
+        nodes[n] = (body, got["allocation"], me)
+    for n in (1, 2):
+        alloc = nodes[n][1]
+        assert (alloc["instance_network"], alloc["instance_network_shared"]) == (
+            provider, True)
+    assert nodes[3][1]["instance_network_shared"] is False
+    with db.session_scope() as s:
+        rows = {a.node_name: a for a in s.scalars(select(models.NodeAllocation))}
+        assert [(rows["pi-%d" % n].instance_network, rows["pi-%d" % n].shared_network)
+                for n in (1, 2, 3)] == [(None, provider), (None, provider),
+                                        ("10.100.3.0/24", None)]
+        master = allocation.routes(s, None)
+    expected = {("pi-1", "10.42.1.0/24", "192.0.2.11"),
+                ("pi-2", "10.42.2.0/24", "192.0.2.12"),
+                ("pi-3", "10.100.3.0/24", "192.0.2.13"),
+                ("pi-3", "10.42.3.0/24", "192.0.2.13")}
+    assert {(r["node"], r["subnet"], r["via"]) for r in master} == expected
+    for n in (1, 2, 3):
+        body, alloc, me = nodes[n]
+        code, hb = me("POST", "/v1/nodes/%s/heartbeat" % body["id"], json={"report": {}})
+        assert code == 200 and hb["allocation"] == alloc
+        assert {(r["node"], r["subnet"], r["via"]) for r in hb["routes"]} == {
+            r for r in expected if r[0] != body["name"]}
+    # The shared network is nobody's own: an lxc AP naming it (or a part of
+    # it), or a nova AP naming an overlapping other one, is refused, with
+    # nothing stored.
+    for n, backend, inst in ((4, "libvirt", provider), (5, "libvirt", "10.232.0.0/25"),
+                             (6, "nova", "10.232.0.0/23")):
+        body = dict(_join_body(n), instance_network=inst,
+                    client_network="10.42.%d.0/24" % n, container_backend=backend)
+        code, got = Api(flask_app, secret)("POST", "/v1/nodes/join", json=body)
+        assert (code, got["error"]["message"]) == (409, (
+            "network %s of node pi-%d overlaps %s of node pi-1 (number %d): give this "
+            "node other networks, or remove the other node"
+            % (inst, n, provider, nodes[1][1]["number"]))), got
+    # remove-node of one nova AP leaves the other's record as it was.
+    assert admin("DELETE", "/v1/nodes/pi-1")[0] == 200
+    with db.session_scope() as s:
+        assert [(a.node_name, a.shared_network) for a in s.scalars(
+            select(models.NodeAllocation).where(
+                models.NodeAllocation.shared_network.is_not(None)))] == [("pi-2", provider)]
+        _live_invariants(s)
 
 
 def test_a_node_credential_cannot_touch_another_node(api):

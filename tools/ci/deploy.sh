@@ -29,8 +29,9 @@ cleanup() {
     else
         MEC_DEPLOY_DESTROY_BASE=1 bash "$REPO/tools/deploy/testbed.sh" down || true
     fi
-    # apt-cacher-ng's postinst may have started the distribution's daemon
-    if [ -n "${ACNG_WAS_RUNNING:-}" ] && [ "$ACNG_WAS_RUNNING" = no ] && [ -x /etc/init.d/apt-cacher-ng ]; then
+    # apt-cacher-ng's postinst may have started the distribution's daemon (a kept test bed
+    # still needs it: its containers' apt goes through it)
+    if [ -z "${MEC_DEPLOY_KEEP:-}" ] && [ -n "${ACNG_WAS_RUNNING:-}" ] && [ "$ACNG_WAS_RUNNING" = no ] && [ -x /etc/init.d/apt-cacher-ng ]; then
         /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true
     fi
     log "done, exit $rc"

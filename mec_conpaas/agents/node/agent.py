@@ -190,7 +190,8 @@ class NodeAgent:
                 "hostname": self.hostname, "mac": self.mac}
         if self.conf.join.networks == "fixed":
             body.update(instance_network=opts.instance_network,
-                        client_network=self.conf.join.client_network)
+                        client_network=self.conf.join.client_network,
+                        container_backend=opts.container_backend)
         try:
             answer = self.membership.join(body)
         except joining.JoinRefused as e:
