@@ -59,6 +59,25 @@ follow-the-user moves a service.
 Smallest predicted probability of a user's next access point for which
 ahead-of-handover starts a standby there.
 """),
+    cfg.BoolOpt("offload_for_objective", default=True,
+                help="""
+Offload to a cloud node (a topology node of kind cloud) the services whose
+own latency objective the cloud meets, to make room at an access point for
+a service on the cloud that needs the edge (its users are there and the
+cloud misses its objective, or it sets none).  Only services whose priority
+is not above the needy one's move.  Possible values: true, false (services
+go to the cloud only when no access point has room).  Related options:
+offload_margin.
+"""),
+    cfg.FloatOpt("offload_margin", default=0.25, min=0.0, max=0.9,
+                 help="""
+Headroom kept when judging that a cloud node meets a service's latency
+objective: the latency predicted for its users there (round trips over the
+Wi-Fi hop and the backbone plus its measured computing latency) must be at
+most (1 - offload_margin) x the objective.  Possible values: 0.0 to 0.9
+(0.25: a quarter of the objective spare).  Related options:
+offload_for_objective.
+"""),
     cfg.FloatOpt("user_idle_timeout", default=30.0, min=1.0,
                  help="""
 Seconds after a user's last request to a service during which the user still

@@ -55,10 +55,11 @@ class Manager:
         self.engine = engine_mod.Engine(workflows.all_workflows(self.cluster), conf)
         self.sweeper = workflows.Sweeper(self.cluster)
         self.nodeloss = nodeloss.NodeLoss(self.cluster, self.engine)
-        self.farcloud = farcloud.FarCloud(self.cluster, self.services, self.engine)
         self.qos = qos.Loop(self.cluster, self.engine, self.services)
         self.snapshots = snapshots.Snapshots(conf)
         self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
+        self.farcloud = farcloud.FarCloud(self.cluster, self.services, self.engine,
+                                          self.mobility)
         self.liveness = liveness.Receiver(conf)  # its own process
         self._sample = None
         self.stop = threading.Event()

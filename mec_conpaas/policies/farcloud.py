@@ -15,6 +15,17 @@ another one; when no access point can take it, the cloud node does
 
 Which nodes are cloud nodes comes from the topology file (``kind: cloud``
 on the node), on the embedded edge and on deployed clusters alike.
+
+**Offload because the objective allows it** (:func:`offloads`), after
+ENORM's third reason to end an edge server (the edge does not improve its
+QoS where the cloud already meets it) and its priority rule.  A service on
+a cloud node whose users are at an access point and whose objective the
+cloud misses *needs the edge*; when the access point nearest its users is
+full, the services there whose own objective the cloud meets with a margin
+(ENORM's application latency: network round trips to their users plus
+their measured computing latency) and whose priority is not above its own
+move to the cloud, and it takes their place (:func:`returns`, needy
+services first, to the access point nearest their users).
 """
 from mec_conpaas.policies import placement
 
@@ -64,36 +75,179 @@ def place(count, home, nodes, dist, clouds, exclude=(), need=None):
     return chosen
 
 
-def returns(services, nodes, dist, clouds):
+def promised(params):
+    """The nodes an operation in flight (its ``params``) is placing
+    instances on: a create's or scale's node, a migration's target, the
+    targets of an eviction's or a drain's moves."""
+    out = {params.get(k) for k in ("node", "to", "home")}
+    out.update(m.get("to") for m in params.get("moves") or () if isinstance(m, dict))
+    return {n for n in out if isinstance(n, str)}
+
+
+# Round trips each request makes over every hop between its user and the
+# instance: one to open the connection, one for the request and its
+# answer (the proxies close a connection after each request).
+ROUND_TRIPS = 2
+
+
+def predicted_ms(user_aps, node, dist, wifi_ms, service_ms):
+    """ENORM's application latency of a service at ``node`` for users at
+    ``user_aps`` (the farthest one's): the round trips over their Wi-Fi hop
+    and the backbone to ``node``, plus its computing latency ``service_ms``
+    (the node agents' probe of the instance: the app's own time)."""
+    return max(ROUND_TRIPS * 2 * (wifi_ms + dist.get(ap, {}).get(node, float("inf")))
+               for ap in user_aps) + (service_ms or 0.0)
+
+
+def tolerates(svc, node, dist, wifi_ms, margin):
+    """Whether ``svc``'s latency objective is met from ``node`` with
+    ``margin`` (a fraction of the objective) to spare, for its users (at
+    its home when none is known).  False without an objective or without a
+    measured computing latency: nothing says the cloud is good enough."""
+    objective, service_ms = svc.get("objective_ms"), svc.get("service_ms")
+    if objective is None or service_ms is None:
+        return False
+    return predicted_ms(svc.get("users") or [svc["home"]], node, dist, wifi_ms,
+                        service_ms) <= objective * (1.0 - margin)
+
+
+def needs_edge(svc, clouds, dist, wifi_ms, margin):
+    """A service on a cloud node that has users at access points, and whose
+    objective the cloud misses (or which sets none: the edge is nearer its
+    users, and nothing says the cloud is good enough)."""
+    return (svc["home"] in clouds and bool(svc.get("on_home")) and bool(svc.get("users"))
+            and not tolerates(svc, svc["home"], dist, wifi_ms, margin))
+
+
+def _by_users(svc, aps, dist, pool=None):
+    """``aps`` best first for ``svc``: nearest its users (mean one-way
+    latency from their access points), then nearest its cloud node, then
+    the least loaded in ``pool``."""
+    users = svc.get("users") or []
+
+    def key(n):
+        near = sum(dist.get(u, {}).get(n, float("inf")) for u in users) / len(users) \
+            if users else 0.0
+        load = pool[n]["used"] / max(1, pool[n]["max_instances"]) if pool else 0.0
+        return (near, dist.get(svc["home"], {}).get(n, 0.0), load, n)
+    return sorted(aps, key=key)
+
+
+def _room(node, count, total):
+    return placement.free_slots(node) >= count and placement.fits(node, total)
+
+
+def _take(node, count, total, sign=1):
+    node["used"] += sign * count
+    if total and "free_cpus" in node:
+        node["free_cpus"] -= sign * total[0]
+        node["free_memory_mb"] -= sign * total[1]
+
+
+def _total(svc):
+    need = svc.get("need")
+    return need and (need[0] * svc["on_home"], need[1] * svc["on_home"])
+
+
+def returns(services, nodes, dist, clouds, busy=(), wifi_ms=0.0, margin=0.0):
     """Services to bring back from the cloud: ``{service id: access point}``.
 
     ``services``: ``[{"id", "home", "on_home": instances on the home,
-    "need": (cpus, memory_mb) of one, optional}]`` of services free to move
-    (RUNNING, no operation); ``nodes`` as for :func:`placement.place`.  A
-    service returns when one access point has free slots, and room for
-    their size where the node reports it (an evicted service must not go
-    back where admission would evict it again), for all its home
-    instances; the nearest to the cloud node (then the least loaded) is
-    chosen, and what is promised to one service is not offered to the next.
+    "need": (cpus, memory_mb) of one, optional; "users": the access points
+    of its users, "priority", "objective_ms", "service_ms", optional}]`` of
+    services free to move (RUNNING, no operation); ``nodes`` as for
+    :func:`placement.place`; ``busy``: nodes an operation in flight is
+    placing instances on (a slot that looks free there is promised: a
+    create waiting for the evictions that make its room, say).  A service
+    returns when one access point has free slots, and room for their size
+    where the node reports it (an evicted service must not go back where
+    admission would evict it again), for all its home instances: the
+    nearest to its users, else to the cloud node (then the least loaded).
+    Services that need the edge (:func:`needs_edge`) are served first,
+    then by priority; what is promised to one service is not offered to
+    the next.
     """
     pool = {n: dict(v) for n, v in nodes.items()
-            if n not in clouds and placement.placeable(v)}
+            if n not in clouds and n not in busy and placement.placeable(v)}
     out = {}
-    for svc in services:
+    order = sorted(services, key=lambda s: (
+        not needs_edge(s, clouds, dist, wifi_ms, margin), -s.get("priority", 0)))
+    for svc in order:
         if svc["home"] not in clouds or not svc["on_home"]:
             continue
-        need = svc.get("need")
-        total = need and (need[0] * svc["on_home"], need[1] * svc["on_home"])
-        fits = [n for n, v in pool.items() if placement.free_slots(v) >= svc["on_home"]
-                and placement.fits(v, total)]
+        total = _total(svc)
+        fits = [n for n in pool if _room(pool[n], svc["on_home"], total)]
         if not fits:
             continue
-        target = min(fits, key=lambda n: (dist.get(svc["home"], {}).get(n, 0.0),
-                                          pool[n]["used"] / max(1, pool[n]["max_instances"]),
-                                          n))
-        pool[target]["used"] += svc["on_home"]
-        if total and "free_cpus" in pool[target]:
-            pool[target]["free_cpus"] -= total[0]
-            pool[target]["free_memory_mb"] -= total[1]
+        target = _by_users(svc, fits, dist, pool)[0]
+        _take(pool[target], svc["on_home"], total)
         out[svc["id"]] = target
+    return out
+
+
+def offloads(services, nodes, dist, clouds, busy=(), wifi_ms=0.0, margin=0.25):
+    """Services to move from an access point to a cloud node because their
+    objective allows it, each to make room for one that needs the edge:
+    ``[{"id", "to", "source", "for", "reason"}]``.
+
+    ``services``: every service (as for :func:`returns`, with ``"busy"``:
+    an operation holds it); ``busy``: as for :func:`returns`.  For each
+    service that needs the edge (highest priority first) whose nearest
+    access point to its users has no room: the services at home there,
+    free to move, whose objective a cloud node with room meets with
+    ``margin`` to spare for their users, and whose priority is not above
+    its own, lowest priority first, until the access point has room for it;
+    nothing moves if they cannot make enough.  A needy service that some
+    access point has room for moves back by :func:`returns` instead.
+    """
+    pool = {n: dict(v) for n, v in nodes.items() if placement.placeable(v)}
+    edge = sorted(n for n in pool if n not in clouds)
+    moved, out = set(), []
+    needy = sorted((s for s in services if not s.get("busy")
+                    and needs_edge(s, clouds, dist, wifi_ms, margin)),
+                   key=lambda s: (-s.get("priority", 0), s["id"]))
+    for svc in needy:
+        total = _total(svc)
+        ranked = _by_users(svc, edge, dist)
+        if not ranked or ranked[0] in busy or any(
+                _room(pool[n], svc["on_home"], total) for n in ranked if n not in busy):
+            continue  # nowhere yet, or returns() brings it back
+        ap = ranked[0]
+        victims = sorted((v for v in services if v["home"] == ap and v.get("on_home")
+                          and not v.get("busy") and v["id"] not in moved
+                          and v.get("priority", 0) <= svc.get("priority", 0)),
+                         key=lambda v: (v.get("priority", 0), v["id"]))
+        plan, trial = [], {n: dict(v) for n, v in pool.items()}
+        for v in victims:
+            if _room(trial[ap], svc["on_home"], total):
+                break
+            clouds_ok = [c for c in sorted(clouds, key=lambda c: (dist.get(ap, {}).get(
+                c, float("inf")), c)) if c in trial and _room(trial[c], v["on_home"],
+                                                              _total(v))
+                         and tolerates(v, c, dist, wifi_ms, margin)]
+            if not clouds_ok:
+                continue
+            _take(trial[ap], v["on_home"], _total(v), -1)
+            _take(trial[clouds_ok[0]], v["on_home"], _total(v))
+            plan.append((v, clouds_ok[0]))
+        if not plan or not _room(trial[ap], svc["on_home"], total):
+            continue
+        _take(trial[ap], svc["on_home"], total)  # promised to it
+        pool = trial
+        for v, cloud in plan:
+            moved.add(v["id"])
+            out.append({"id": v["id"], "to": cloud, "source": ap, "for": svc["id"],
+                        "reason": "offload: objective %g ms met from %s (%.0f ms "
+                                  "predicted for its users), priority %d; frees %s for "
+                                  "%s (priority %d, %s from %s: %s)" % (
+                                      v["objective_ms"], cloud, predicted_ms(
+                                          v.get("users") or [ap], cloud, dist, wifi_ms,
+                                          v["service_ms"]),
+                                      v.get("priority", 0), ap, svc.get("name", svc["id"]),
+                                      svc.get("priority", 0), "%.0f ms" % predicted_ms(
+                                          svc["users"], svc["home"], dist, wifi_ms,
+                                          svc.get("service_ms")),
+                                      svc["home"], "objective %g ms" % svc["objective_ms"]
+                                      if svc.get("objective_ms") is not None
+                                      else "no objective")})
     return out

@@ -140,3 +140,130 @@ def test_admission_evicts_to_the_cloud_only_when_no_access_point_can_take_it():
     del cluster["cloud-1"]
     d = admission.admit("ap-1", cluster["ap-1"], 0.5, 128, 90, cluster, dist)
     assert not d.admit and "no other node can take" in d.reason
+
+
+# -- offload because the objective allows it; return near the users ------
+
+WIFI_MS = 5.0
+
+
+def _svc(sid, home, priority=50, objective=None, service_ms=2.0, users=(), on_home=1,
+         busy=False):
+    return {"id": sid, "name": sid, "home": home, "on_home": on_home,
+            "need": (0.5, 128), "priority": priority, "objective_ms": objective,
+            "service_ms": service_ms, "users": list(users), "busy": busy}
+
+
+def test_predicted_latency_is_round_trips_over_wifi_and_backbone_plus_service_time():
+    _, dist, _ = _setup()
+    # ap-3 -> cloud-1: 2 + 2 + 30 ms one way; two round trips on each hop.
+    assert farcloud.predicted_ms(["ap-3"], "cloud-1", dist, WIFI_MS, 10.0) == \
+        farcloud.ROUND_TRIPS * 2 * (WIFI_MS + 34.0) + 10.0
+    # The farthest user counts.
+    assert farcloud.predicted_ms(["ap-1", "ap-3"], "cloud-1", dist, WIFI_MS, 0.0) == \
+        farcloud.predicted_ms(["ap-3"], "cloud-1", dist, WIFI_MS, 0.0)
+
+
+def test_the_cloud_tolerated_only_with_an_objective_met_with_the_margin():
+    _, dist, _ = _setup()
+    need = farcloud.predicted_ms(["ap-3"], "cloud-1", dist, WIFI_MS, 2.0)  # 158 ms
+    svc = _svc("a", "ap-3", objective=need / 0.75)
+    assert farcloud.tolerates(svc, "cloud-1", dist, WIFI_MS, 0.25)
+    assert not farcloud.tolerates(dict(svc, objective_ms=need / 0.75 - 1), "cloud-1",
+                                  dist, WIFI_MS, 0.25)
+    # No objective, or no measured computing latency: nothing says it is.
+    assert not farcloud.tolerates(dict(svc, objective_ms=None), "cloud-1", dist,
+                                  WIFI_MS, 0.25)
+    assert not farcloud.tolerates(dict(svc, service_ms=None), "cloud-1", dist,
+                                  WIFI_MS, 0.25)
+
+
+def test_needs_the_edge_only_on_the_cloud_with_users_and_the_objective_missed():
+    _, dist, clouds = _setup()
+    assert farcloud.needs_edge(_svc("n", "cloud-1", objective=50, users=["ap-3"]),
+                               clouds, dist, WIFI_MS, 0.25)
+    assert farcloud.needs_edge(_svc("n", "cloud-1", users=["ap-3"]), clouds, dist,
+                               WIFI_MS, 0.25)  # no objective: the edge is nearer
+    assert not farcloud.needs_edge(_svc("n", "cloud-1", objective=50), clouds, dist,
+                                   WIFI_MS, 0.25)  # no users
+    assert not farcloud.needs_edge(_svc("n", "cloud-1", objective=1000, users=["ap-3"]),
+                                   clouds, dist, WIFI_MS, 0.25)  # the cloud will do
+    assert not farcloud.needs_edge(_svc("n", "ap-3", objective=50, users=["ap-3"]),
+                                   clouds, dist, WIFI_MS, 0.25)
+
+
+def test_offload_a_tolerant_low_priority_to_make_room_for_one_that_needs_the_edge():
+    _, dist, clouds = _setup()
+    nodes = _nodes({"ap-1": 2, "ap-2": 2, "ap-3": 2, "cloud-1": 1})
+    svcs = [_svc("need", "cloud-1", priority=50, objective=40, users=["ap-3"]),
+            _svc("fill", "ap-3", priority=90),
+            _svc("tol", "ap-3", priority=10, objective=1000)]
+    [d] = farcloud.offloads(svcs, nodes, dist, clouds, wifi_ms=WIFI_MS)
+    assert (d["id"], d["to"], d["source"], d["for"]) == ("tol", "cloud-1", "ap-3", "need")
+    assert "objective 1000 ms met from cloud-1" in d["reason"], d
+    assert "need (priority 50" in d["reason"] and "objective 40 ms" in d["reason"], d
+    # Once it left, the needy one returns there, before the offloaded one.
+    nodes["ap-3"]["used"], nodes["cloud-1"]["used"] = 1, 2
+    back = farcloud.returns([svcs[2] | {"home": "cloud-1"}, svcs[0]], nodes, dist,
+                            clouds, wifi_ms=WIFI_MS, margin=0.25)
+    assert back == {"need": "ap-3"}
+
+
+def test_no_offload_of_a_higher_priority_an_intolerant_one_or_for_no_users():
+    _, dist, clouds = _setup()
+    nodes = _nodes({"ap-1": 2, "ap-2": 2, "ap-3": 2})
+    need = _svc("need", "cloud-1", priority=50, objective=40, users=["ap-3"])
+    for victim in (_svc("tol", "ap-3", priority=60, objective=1000),  # above it
+                   _svc("tol", "ap-3", priority=10, objective=100),   # cloud misses
+                   _svc("tol", "ap-3", priority=10, objective=1000, service_ms=None),
+                   _svc("tol", "ap-3", priority=10, objective=1000, busy=True)):
+        assert farcloud.offloads([need, victim], nodes, dist, clouds,
+                                 wifi_ms=WIFI_MS) == [], victim
+    tol = _svc("tol", "ap-3", priority=10, objective=1000)
+    assert farcloud.offloads([dict(need, users=[]), tol], nodes, dist, clouds,
+                             wifi_ms=WIFI_MS) == []
+    # Room somewhere at the edge: it returns there instead, nobody moves.
+    nodes["ap-1"]["used"] = 1
+    assert farcloud.offloads([need, tol], nodes, dist, clouds, wifi_ms=WIFI_MS) == []
+
+
+def test_offload_only_as_much_as_makes_room_and_not_onto_a_full_cloud():
+    _, dist, clouds = _setup()
+    nodes = _nodes({"ap-1": 2, "ap-2": 2, "ap-3": 2})
+    need = _svc("need", "cloud-1", priority=50, objective=40, users=["ap-3"])
+    t1 = _svc("t1", "ap-3", priority=10, objective=1000)
+    t2 = _svc("t2", "ap-3", priority=20, objective=1000)
+    assert [d["id"] for d in farcloud.offloads([need, t2, t1], nodes, dist, clouds,
+                                               wifi_ms=WIFI_MS)] == ["t1"]
+    nodes["cloud-1"]["used"] = 16
+    assert farcloud.offloads([need, t2, t1], nodes, dist, clouds, wifi_ms=WIFI_MS) == []
+
+
+def test_return_goes_to_the_access_point_nearest_its_users():
+    _, dist, clouds = _setup()
+    nodes = _nodes({"ap-1": 1, "ap-2": 1, "ap-3": 1})
+    svc = _svc("a", "cloud-1")
+    # No users known: the nearest to the cloud, as before.
+    assert farcloud.returns([svc], nodes, dist, clouds) == {"a": "ap-1"}
+    assert farcloud.returns([dict(svc, users=["ap-3"])], nodes, dist, clouds) == \
+        {"a": "ap-3"}
+    # ... where it has room; else the nearest to them that has.
+    nodes["ap-3"]["used"] = 2
+    assert farcloud.returns([dict(svc, users=["ap-3"])], nodes, dist, clouds) == \
+        {"a": "ap-2"}
+
+
+def test_no_return_to_a_node_an_operation_in_flight_is_placing_on():
+    """test_farcloud_evict's extra migration: ap-1's slot freed by the
+    eviction is promised to the create that waits for it."""
+    _, dist, clouds = _setup()
+    nodes = _nodes({"ap-1": 1, "ap-2": 2, "ap-3": 2})
+    svc = _svc("low", "cloud-1")
+    assert farcloud.returns([svc], nodes, dist, clouds) == {"low": "ap-1"}
+    busy = farcloud.promised({"count": 1, "node": "ap-1", "pin": True, "after": ["x"]})
+    assert busy == {"ap-1"}
+    assert farcloud.returns([svc], nodes, dist, clouds, busy) == {}
+    assert farcloud.promised({"to": "ap-2", "source": "cloud-1"}) == {"ap-2"}
+    assert farcloud.promised({"moves": [{"instance": "i", "to": "cloud-1"}],
+                              "home": "cloud-1"}) == {"cloud-1"}
+    assert farcloud.promised({"count": 2}) == set()
