@@ -104,15 +104,11 @@ def test_evicted_to_the_cloud_when_no_access_point_can_take_it_then_back(evict_e
         {k: round(v - t0, 2) for k, v in marks.items()},
         [(round(r["start"] - t0, 2), r.get("kind")) for r in results if not r["ok"]][:40]))
     assert summary["requests"] > 100, summary
-    failed_at = [r["start"] for r in results if not r["ok"]]
-    in_moves = all(marks["evict"] <= t <= marks["evicted"] or
-                   marks["free"] <= t <= marks["returned"] for t in failed_at)
-    if failed_at and in_moves and set(summary["failures_by_kind"]) <= {"timeout",
-                                                                      "http-503"}:
-        # Known, not fixed here (proxy switching, agents/node/haproxy.py):
-        # around a move, 503 "no server is available" for ~0.2 s at ap-1
-        # (seen on the move ap-1 -> cloud-1), or timeouts (test_farcloud's
-        # defect).  Anything else, or outside a move, fails below.
-        pytest.xfail("known: %d request(s) around a move failed: %s" % (
-            len(failed_at), summary["failures_by_kind"]))
+    # Once 4-8 x 503 around the move ap-1 -> cloud-1: the switch reloaded
+    # HAProxy (the create waiting for this eviction added a service since
+    # the last push), and the old worker's requests for the frozen source
+    # stayed there; a migration now converges the proxies before its
+    # freeze (manager/workflows.py).  And once an extra migration cloud-1
+    # -> ap-1 raced the create for the slot the eviction freed (returns
+    # skip nodes an operation in flight is placing on).
     assert summary["failed"] == 0, summary
