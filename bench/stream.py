@@ -491,8 +491,12 @@ def main():
                    help="--moves: summarise a recorded run (its results' timeline and "
                         "moves) again with this code, and write its JSON and plot")
     p.add_argument("--quiet-wait", type=float, default=600,
-                   help="--moves: seconds to wait at most for the 1-min load to drop "
-                        "below 3 first (0: measure at once; the load is recorded)")
+                   help="seconds to wait at most for the 1-min load to drop "
+                        "below 3 (--moves) or 4 first (0: measure at once; the load "
+                        "is recorded)")
+    p.add_argument("--waited-before", type=float, default=0,
+                   help="seconds already waited for a quiet machine (e.g. before "
+                        "taking an edge slot), recorded with the wait")
     args = p.parse_args()
     if args.quick:
         args.frames, args.live_frames = 60, 30
@@ -513,6 +517,8 @@ def main():
     try:
         if args.moves:
             return main_moves(args, tmp)
+        waited = common.wait_quiet(limit=4.0, max_wait=args.quiet_wait,
+                                   waited_before=args.waited_before)
         t_all = time.monotonic()
         results = {}
         with common.BenchEdge("mbs-", 9697, topology=bench_topology(tmp),
@@ -531,6 +537,7 @@ def main():
         "overhead_ratio_edge_vs_host": round(e / h, 3),
         "overhead_ratio_cloud_vs_host": round(c / h, 3),
         "target_ratio": 1.10,
+        **waited, "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "results": results,
         "seconds": round(time.monotonic() - t_all, 1),
     }
