@@ -416,9 +416,21 @@ class MigrateService(Workflow):
         steps.update(freeze_attempts=final.get("freeze_attempts") or 1,
                      quiescent=final.get("quiescent"))
         # At once: requests the proxies sent the old instance while it was
-        # frozen wait for its kill (their resets are retried on the new one).
+        # frozen wait for its kill (their resets are retried on the new
+        # one), so it comes first, alone; the delete (libvirt, unmounts,
+        # the row) after.  ``kill``: ms from the switch until the source's
+        # agent answered it, an upper bound of the held requests' wait.
+        try:
+            killed = self.driver.stop_frozen(old_ref, old_id)
+        except exception.NodeError as e:  # the delete kills it too
+            LOG.warning("stopping frozen %s: %s", old_id, e.message)
+            killed = None
+        if killed is not None:
+            steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+            steps["kill_on_node"] = killed.get("ms")
         self.destroy_instance(old_id, ctx)
-        steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        steps["destroy"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        steps.setdefault("kill", steps["destroy"])
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
                      "freeze (%d freeze attempt(s), final copy: %d files, %s "
                      "%s ms); old instance removed" % (

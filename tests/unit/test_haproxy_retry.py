@@ -138,7 +138,7 @@ def test_requests_held_by_a_frozen_source_move_to_the_new_instance(tmp_path):
     # the POSTs too (they never ran on the old one: it read nothing).
     assert sorted((m, ka) for m, ka, *_ in results) == [
         ("GET", False), ("GET", True), ("POST", False), ("POST", True)]
-    for method, keepalive, status, body, ms in results:
+    for method, _keepalive, status, body, ms in results:
         assert status == 200 and body == "%s %s" % (NEW, method), results
         # At once after the kill, not after a timeout or a turn-around.
         assert ms < 1000, results

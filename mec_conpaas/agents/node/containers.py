@@ -375,17 +375,9 @@ class LibvirtContainers:
             _run(["umount", paths["lower"]], "unmounting the idmapped base image")
 
     def delete(self, instance_id):
-        name = self.domain_name(instance_id)
-        if _freezer_state(name) != "THAWED":
-            # A frozen instance was migrated away: its state is copied
-            # already.  SIGKILL every task while frozen, so that on thaw
-            # they die before running another instruction (no late write
-            # to the copied state, no late answer), and the peers see
-            # resets at once.  First thing, before any libvirt call: the
-            # requests the proxies sent it while it was frozen wait for
-            # these resets to be retried on the new instance.
-            _kill_frozen(name)
-            _set_freezer(name, "THAWED")
+        # First thing, before any libvirt call (the manager asks for it
+        # sooner still, right after the switch: stop_frozen).
+        self.stop_frozen(instance_id)
         dom = self._domain(instance_id)
         if dom is not None:
             import libvirt
@@ -446,6 +438,22 @@ class LibvirtContainers:
             # in progress seldom moved between two freezes, and the 300 ms
             # limit was reached under a 10 ms open-loop client.
             time.sleep(QUIESCE_THAW_S)
+
+    def stop_frozen(self, instance_id):
+        """End a frozen instance that was migrated away (its state is
+        copied, the proxies switched).  SIGKILL every task while frozen, so
+        that on thaw they die before running another instruction (no late
+        write to the copied state, no late answer), and the peers see
+        resets at once: the requests the proxies sent it while it was
+        frozen were never read, and wait for these resets to be retried on
+        the new instance (haproxy.RETRY).  Nothing for an instance that is
+        not frozen.  True if it was."""
+        name = self.domain_name(instance_id)
+        if _freezer_state(name) == "THAWED":
+            return False
+        _kill_frozen(name)
+        _set_freezer(name, "THAWED")
+        return True
 
     def thaw(self, instance_id):
         if self._domain(instance_id) is None:
