@@ -567,6 +567,7 @@ class NodeAgent:
         steps = dict(zip(("freeze", "manifest", "export", "send_import_restore"),
                          (round(1000 * (b - a), 1) for a, b in zip(marks, marks[1:]))))
         steps["import"] = got.get("import_ms")
+        steps.update({"freeze_" + k: v for k, v in (frozen.get("ms") or {}).items()})
         return {"files": len(paths), "bytes": len(data),
                 "freeze_attempts": frozen.get("attempts"),
                 "quiescent": frozen.get("quiescent"),
@@ -618,13 +619,15 @@ class NodeAgent:
     def put_proxy(self, body):
         if not isinstance(body, dict) or not isinstance(body.get("services"), dict):
             raise exception.BadRequest("expected {'services': {...}}")
+        t0 = time.monotonic()
         with self.proxy_lock:
             # This answer is in migration's critical window: no status
             # read-back (GET /v1/proxy has it), and the isolation rules in
             # the background (they take milliseconds more, see isolation).
             self.haproxy.apply(body["services"], report=False)
             self.isolation.update(body["services"], body.get("instance_networks"))
-            return {"applied": sorted(body["services"])}
+            return {"applied": sorted(body["services"]),
+                    "ms": round(1000 * (time.monotonic() - t0), 1)}
 
     def _emulated_users(self):
         """The embedded edge's users module, as seen from this AP; Conflict on

@@ -331,14 +331,20 @@ class HAProxy:
     # -- backends ------------------------------------------------------
     def _slots(self, backend):
         """Current slot -> (addr, admin_state) of a backend."""
-        out = self.runtime("show servers state %s" % backend)
-        slots = {}
+        return self._slots_of([backend])[backend]
+
+    def _slots_of(self, names):
+        """``_slots`` of several backends in one runtime exchange (a switch
+        sets both tiers of a service: one exchange fewer in migration's
+        critical window)."""
+        out = self.runtime("; ".join("show servers state %s" % b for b in names))
+        slots = {b: {} for b in names}
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) < 7 or parts[0].startswith("#") or not parts[0].isdigit():
+            if len(parts) < 7 or not parts[0].isdigit() or parts[1] not in slots:
                 continue
             # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
-            slots[parts[3]] = (parts[4], int(parts[6]))
+            slots[parts[1]][parts[3]] = (parts[4], int(parts[6]))
         return slots
 
     def apply(self, services, report=True):
@@ -356,7 +362,7 @@ class HAProxy:
 
     def _apply_service(self, sid, svc):
         tiers = backends(sid, svc)
-        slots = {b: self._slots(b) for b in set(tiers.values())}
+        slots = self._slots_of(sorted(set(tiers.values())))
         commands = []
         for tier, backend in tiers.items():
             current = slots[backend]
