@@ -51,6 +51,31 @@ print(json.dumps(out))
 """
 
 
+# Python's own allocations after the agent's imports, and how much of them
+# is code read from .pyc files (unmarshalled by importlib's external loader).
+ALLOCATED = r"""
+import json, tracemalloc
+from mec_conpaas.conf import parse_args
+from mec_conpaas.agents.node import agent, containers
+parse_args([])
+stats = tracemalloc.take_snapshot().statistics("filename")
+code = sum(s.size for s in stats
+           if s.traceback[0].filename == "<frozen importlib._bootstrap_external>")
+print(json.dumps({"allocated_mb": round(sum(s.size for s in stats) / 2**20, 1),
+                  "code_objects_mb": round(code / 2**20, 1)}))
+"""
+
+
+def python_allocations():
+    """MB Python allocated starting and importing the agent (no libvirt),
+    and of it the modules' code (tracemalloc from the interpreter's start,
+    in a fresh one)."""
+    return json.loads(subprocess.run([sys.executable, "-X", "tracemalloc", "-c",
+                                      ALLOCATED],
+                                     capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def import_steps():
     """[(step, VmRSS MB after it, MB it added)] in a fresh interpreter."""
     got = json.loads(subprocess.run([sys.executable, "-c", PROBE, json.dumps(STEPS)],
@@ -105,6 +130,7 @@ def main():
         "node_agent": agent,
         "import_steps": steps,
         "imports_rss_mb": steps[-1]["rss_mb"],
+        "python_allocations_at_import": python_allocations(),
         "floor_bare_interpreter": floor,
         "ratio_peak_vs_floor": round(peak / floor["rss_mb"], 2) if agent else None,
         "ratio_imports_vs_floor": round(steps[-1]["rss_mb"] / floor["rss_mb"], 2),
