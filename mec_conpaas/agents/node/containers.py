@@ -703,14 +703,38 @@ def _freezer_dir(domain_name):
 
 def _running_domains():
     """Names of this node's running ``PREFIX`` domains, from the freezer
-    cgroups libvirt makes for them (``machine/<machine>-<name>.libvirt-lxc``)."""
+    cgroups libvirt makes for them (``machine/<machine>-<name>.libvirt-lxc``).
+
+    A domain is this node's when its libvirt_lxc controller, which shares
+    the cgroup with the container's tasks, shares this agent's network
+    namespace: the embedded edge's access points share one cgroup tree, and
+    an agent that listed the others' domains as its orphans had them
+    removed by the manager's sweep (test_chaos)."""
     import glob
     suffix = ".libvirt-lxc"
+    own = os.readlink("/proc/self/ns/net")
     names = []
     for path in glob.glob("/sys/fs/cgroup/freezer/machine/*-%s*%s" % (PREFIX, suffix)):
+        if not _has_task_in_netns(path, own):
+            continue
         base = os.path.basename(path)
         names.append(base[base.index("-" + PREFIX) + 1:-len(suffix)])
     return names
+
+
+def _has_task_in_netns(cgroup_dir, netns):
+    try:
+        with open(os.path.join(cgroup_dir, "tasks")) as f:
+            pids = f.read().split()
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            if os.readlink("/proc/%s/ns/net" % pid) == netns:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _freezer_state(domain_name):
