@@ -51,6 +51,31 @@ print(json.dumps(out))
 """
 
 
+# Python's own allocations after the agent's imports, and how much of them
+# is code read from .pyc files (unmarshalled by importlib's external loader).
+ALLOCATED = r"""
+import json, tracemalloc
+from mec_conpaas.conf import parse_args
+from mec_conpaas.agents.node import agent, containers
+parse_args([])
+stats = tracemalloc.take_snapshot().statistics("filename")
+code = sum(s.size for s in stats
+           if s.traceback[0].filename == "<frozen importlib._bootstrap_external>")
+print(json.dumps({"allocated_mb": round(sum(s.size for s in stats) / 2**20, 1),
+                  "code_objects_mb": round(code / 2**20, 1)}))
+"""
+
+
+def python_allocations():
+    """MB Python allocated starting and importing the agent (no libvirt),
+    and of it the modules' code (tracemalloc from the interpreter's start,
+    in a fresh one)."""
+    return json.loads(subprocess.run([sys.executable, "-X", "tracemalloc", "-c",
+                                      ALLOCATED],
+                                     capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def import_steps():
     """[(step, VmRSS MB after it, MB it added)] in a fresh interpreter."""
     got = json.loads(subprocess.run([sys.executable, "-c", PROBE, json.dumps(STEPS)],
@@ -105,11 +130,15 @@ def main():
         "node_agent": agent,
         "import_steps": steps,
         "imports_rss_mb": steps[-1]["rss_mb"],
+        "python_allocations_at_import": python_allocations(),
         "floor_bare_interpreter": floor,
         "ratio_peak_vs_floor": round(peak / floor["rss_mb"], 2) if agent else None,
         "ratio_imports_vs_floor": round(steps[-1]["rss_mb"] / floor["rss_mb"], 2),
         "target_rss_mb": 30,
         "target_met": peak <= 30 if agent else None,
+        # The libvirt binding is loaded once the agent manages a container.
+        "target_met_no_instance": agent["peak_rss_mb_no_instance"] <= 30
+        if agent else None,
         "latency_shaping": common.shaping_note(status) if status else None,
         "machine": common.machine(),
         "loadavg_at_start": [round(x, 2) for x in load_start],
@@ -137,20 +166,32 @@ def running_agent():
         time.sleep(3)  # a few heartbeats
         pid = edge._pid("agent-ap-1")
         idle = common.proc_memory(pid)
+        token = open(edge.path("nodes", "ap-1", "node-agent.token")).read().strip()
+
+        def scrape():
+            resp = requests.get("http://%s:%d/metrics" % (
+                edge.net.bridge_address("ap-1"), AGENT_PORT),
+                headers={"Authorization": "Bearer " + token}, timeout=10)
+            resp.raise_for_status()
+            return common.proc_memory(pid)
+        # A node hosting no instance (an AP that only proxies, or an idle
+        # one): scraped, and asked for its instances (the manager's sweep).
+        scraped_empty = scrape()
+        idle_mappings = by_mapping(pid)
         c.wait(c.create_service("web", "fp", node="ap-1")["operation"]["id"])
         time.sleep(3)
         with_instance = common.proc_memory(pid)
         status = edge.status()
-        token = open(edge.path("nodes", "ap-1", "node-agent.token")).read().strip()
-        resp = requests.get("http://%s:%d/metrics" % (edge.net.bridge_address("ap-1"),
-                                                      AGENT_PORT),
-                            headers={"Authorization": "Bearer " + token}, timeout=10)
-        resp.raise_for_status()
-        scraped = common.proc_memory(pid)
+        scraped = scrape()
         mappings = by_mapping(pid)
         c.wait(c.delete_service("fp")["operation"]["id"])
-    return {"idle": idle, "with_instance": with_instance, "after_metrics_scrape": scraped,
-            "peak_rss_mb": max(m["peak_rss_mb"] for m in (idle, with_instance, scraped)),
+    without = (idle, scraped_empty)
+    return {"idle": idle, "after_metrics_scrape_no_instance": scraped_empty,
+            "with_instance": with_instance, "after_metrics_scrape": scraped,
+            "peak_rss_mb_no_instance": max(m["peak_rss_mb"] for m in without),
+            "peak_rss_mb": max(m["peak_rss_mb"] for m in without + (with_instance,
+                                                                    scraped)),
+            "rss_by_mapping_mb_no_instance": idle_mappings,
             "rss_by_mapping_mb": mappings}, status
 
 

@@ -149,6 +149,12 @@ class CloudDriver(abc.ABC):
     def thaw(self, node, instance_id):
         raise NotImplementedError
 
+    def stop_frozen(self, node, instance_id):
+        """Kill a migrated, still frozen source at once after the switch,
+        ahead of ``delete_instance`` (which must also do it).  Optional:
+        None when the driver leaves it to the delete."""
+        return None
+
     def copy_state(self, src: NodeRef, src_id: str, dst: NodeRef, dst_id: str,
                    final=False):
         """Bulk copy (``final=False``) while the source serves, then the

@@ -45,6 +45,9 @@ class LxcDriver(base.CloudDriver):
     def thaw(self, node, instance_id):
         node.agent.instance_call("POST", instance_id, "/thaw")
 
+    def stop_frozen(self, node, instance_id):
+        return node.agent.instance_call("POST", instance_id, "/stop-frozen", {})
+
     def copy_state(self, src, src_id, dst, dst_id, final=False):
         if final:
             # The source pushes the delta since the bulk copy it served.

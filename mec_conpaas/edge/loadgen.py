@@ -80,8 +80,9 @@ class Connections:
     ``get`` never waits: with no idle connection it opens a new one, so a
     request starts on schedule whatever the others are doing."""
 
-    def __init__(self, url, timeout, keepalive):
+    def __init__(self, url, timeout, keepalive, method="GET"):
         u = urllib.parse.urlsplit(url)
+        self.method = method
         self.host, self.port, self.path = u.hostname, u.port, u.path or "/"
         self.timeout = timeout
         self.keepalive = keepalive
@@ -114,8 +115,14 @@ class Connections:
         rec["reused"] = reused
         keep = False
         try:
-            conn.request("GET", self.path, headers={
-                "Connection": "keep-alive" if self.keepalive else "close"})
+            # A POST carries a small body, sent apart from its headers (as
+            # http.client does): a proxy that replays a request must have
+            # buffered all of it.
+            conn.request(self.method, self.path,
+                         body=b'{"seq": %d}' % rec.get("seq", 0)
+                         if self.method == "POST" else None,
+                         headers={"Connection": "keep-alive" if self.keepalive
+                                  else "close"})
             resp = conn.getresponse()
             body = resp.read().decode("utf-8", "replace")
             keep = self.keepalive and not resp.will_close
@@ -144,7 +151,7 @@ def open_loop(args, results, ready):
     """Start a request every ``interval`` on schedule, each in its own
     thread, until the stop file or the time limit; then wait for the
     requests in flight (each ends by ``timeout`` at the latest)."""
-    conns = Connections(args.url, args.timeout, args.keepalive)
+    conns = Connections(args.url, args.timeout, args.keepalive, args.method)
     in_flight = int(math.ceil(args.timeout / max(args.interval, 0.001))) + 16
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(in_flight, 1024))
 
@@ -173,7 +180,7 @@ def open_loop(args, results, ready):
 
 def closed_loop_user(args, results, ready):
     """One closed-loop user until the stop file or the time limit."""
-    conns = Connections(args.url, args.timeout, args.keepalive)
+    conns = Connections(args.url, args.timeout, args.keepalive, args.method)
     t_end = time.monotonic() + args.max_seconds
     nxt = time.monotonic()
     while not os.path.exists(args.stop_file) and time.monotonic() < t_end:
@@ -199,6 +206,9 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--keepalive", action="store_true",
                    help="persistent HTTP/1.1 connections (else one per request)")
+    p.add_argument("--method", choices=("GET", "POST"), default="GET",
+                   help="POST: each request carries a small body (not "
+                        "idempotent: must run once across a migration)")
     p.add_argument("--clients", type=int, default=1,
                    help="more than 1: that many closed-loop users instead of "
                         "the open-loop schedule")
@@ -370,7 +380,7 @@ class ClientLoad:
     closed-loop users; ``keepalive`` for persistent connections."""
 
     def __init__(self, edge, ap, port, interval=0.01, clients=1, keepalive=False,
-                 netns=None, url=None):
+                 netns=None, url=None, method="GET"):
         """``netns``/``url``: another user's namespace and endpoint (a
         moving user sends to network.user_endpoint wherever it is)."""
         self.dir = tempfile.mkdtemp(prefix="mec-load-")
@@ -383,7 +393,8 @@ class ClientLoad:
              "-m", "mec_conpaas.edge.loadgen", "--url",
              url or "http://%s:%d/" % (ap_addr, port),
              "--interval", str(interval), "--clients", str(clients),
-             "--stop-file", self.stop_file] + (["--keepalive"] if keepalive else []) + [
+             "--method", method, "--stop-file", self.stop_file]
+            + (["--keepalive"] if keepalive else []) + [
              "--ready-file", ready, "--out", self.out])
         deadline = time.monotonic() + 30
         while not os.path.exists(ready):

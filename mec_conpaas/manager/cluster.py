@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 from sqlalchemy import select
 from sqlalchemy import update
@@ -41,6 +42,7 @@ class Cluster:
         # Operations and the sweep push proxies: one plan at a time, so an
         # older plan never lands after a newer one.
         self._proxy_lock = threading.Lock()
+        self._pushes = 0  # proxy pushes so far: a plan made before one is stale
 
     # -- nodes -----------------------------------------------------------
     def heartbeat_deadline(self):
@@ -150,9 +152,11 @@ class Cluster:
                    if placement.placeable(v) and (node is None or n == node))
 
     # -- proxies ---------------------------------------------------------
-    def desired_proxies(self, session, draining=()):
+    def desired_proxies(self, session, draining=(), activating=()):
         """Per access point: every service's near/far/draining servers and
-        how its far tier is used (placement.tier_map)."""
+        how its far tier is used (placement.tier_map).  ``activating``:
+        instances to count as ACTIVE already (a migration's plan for its
+        switch, made before the freeze)."""
         nodes = self.nodes(session, up_only=True)
         names = [n.name for n in self.nodes(session)]
         dist = self.distances(names)
@@ -164,7 +168,7 @@ class Cluster:
                                            and not svc.instances):
                 continue
             active = {i.address: i.node_name for i in svc.instances
-                      if i.state == "ACTIVE" and i.address
+                      if (i.state == "ACTIVE" or i.id in activating) and i.address
                       and i.id not in draining}
             drain = [{"addr": i.address} for i in svc.instances
                      if i.id in draining and i.address]
@@ -195,25 +199,49 @@ class Cluster:
                                   active, self.distances(names),
                                   self.conf.manager.proxy_far_tier)
 
-    def push_proxies(self, draining=()):
-        errors = []
+    def proxy_plan(self, draining=(), activating=()):
+        """What ``push_proxies`` would push, made ahead of time (migration:
+        before the freeze, out of its critical window, where this took 15 ms
+        of a loaded manager's time).  It stays good until another push."""
+        pushes = self._pushes  # before reading: a push meanwhile makes it stale
+        with session_scope() as s:
+            plan = self.desired_proxies(s, draining, activating)
+            # Every node's, so each node's isolation rules know which
+            # addresses are instances (see agents/node/isolation.py).
+            nets = sorted({n.instance_network for n in self.nodes(s)
+                           if n.instance_network})
+        return {"plan": plan, "nets": nets, "after_push": pushes}
+
+    def push_proxies(self, draining=(), planned=None):
+        """Every up AP's proxy plan, pushed in parallel: ``planned`` (from
+        ``proxy_plan``) unless another push came after it, else made now.
+        Returns where the time went (migration records it: this is its
+        switch): ``plan`` ms (0 when planned ahead), and per AP
+        ``[round trip ms, ms its agent took]``."""
+        errors, took = [], {}
         with self._proxy_lock:
-            with session_scope() as s:
-                plan = self.desired_proxies(s, draining)
-                # Every node's, so each node's isolation rules know which
-                # addresses are instances (see agents/node/isolation.py).
-                nets = sorted({n.instance_network for n in self.nodes(s)
-                               if n.instance_network})
-            futures = {name: self._pool.submit(ref.agent.put_proxies, services, nets)
-                for name, (ref, services) in plan.items()}
+            t0 = time.monotonic()
+            if planned is None or planned["after_push"] != self._pushes:
+                planned = self.proxy_plan(draining)
+            plan, nets = planned["plan"], planned["nets"]
+            self._pushes += 1
+            t1 = time.monotonic()
+
+            def put(ref, services):
+                t = time.monotonic()
+                answer = ref.agent.put_proxies(services, nets) or {}
+                return [round(1000 * (time.monotonic() - t), 1), answer.get("ms")]
+            futures = {name: self._pool.submit(put, ref, services)
+                       for name, (ref, services) in plan.items()}
             for name, fut in futures.items():
                 try:
-                    fut.result()
+                    took[name] = fut.result()
                 except exception.NodeError as e:
                     errors.append("%s: %s" % (name, e.message))
         if errors:
             raise exception.NodeError("switching proxies failed on "
                                       + "; ".join(errors))
+        return {"plan": round(1000 * (t1 - t0), 1), "nodes": took}
 
     def saved_dir(self, service_id):
         """Where a stopped service's instances' state is kept."""

@@ -401,6 +401,9 @@ class MigrateService(Workflow):
         except exception.NodeError as e:
             LOG.warning("proxies not converged before the freeze: %s", e.message)
         precopy = self._precopy(old_ref, old_id, to_ref, new_id)
+        # The switch's proxy plan, made before the freeze (pushed as is
+        # unless another push comes first).
+        switch_plan = self.cluster.proxy_plan(draining=[old_id], activating=[new_id])
         ctx.record(pair=dict(pair, frozen=True))
         # The critical window: from here until the proxies switch, requests
         # for this service wait.  Network round trips, and the app taking
@@ -416,7 +419,7 @@ class MigrateService(Workflow):
         self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
                     pair=dict(pair, frozen=True, switched=True))
         marks.append(("commit", time.monotonic()))
-        self.cluster.push_proxies(draining=[old_id])
+        pushed = self.cluster.push_proxies(draining=[old_id], planned=switch_plan)
         marks.append(("switch", time.monotonic()))
         switched_ms = (marks[-1][1] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
@@ -426,11 +429,25 @@ class MigrateService(Workflow):
                      final_bytes=final.get("bytes"))
         steps.update({"final_" + k: v for k, v in (final.get("steps_ms") or {}).items()})
         steps.update(freeze_attempts=final.get("freeze_attempts") or 1,
-                     quiescent=final.get("quiescent"))
+                     quiescent=final.get("quiescent"),
+                     switch_plan=(pushed or {}).get("plan"),
+                     switch_nodes=(pushed or {}).get("nodes"))
         # At once: requests the proxies sent the old instance while it was
-        # frozen wait for its kill (their resets are retried on the new one).
+        # frozen wait for its kill (their resets are retried on the new
+        # one), so it comes first, alone; the delete (libvirt, unmounts,
+        # the row) after.  ``kill``: ms from the switch until the source's
+        # agent answered it, an upper bound of the held requests' wait.
+        try:
+            killed = self.driver.stop_frozen(old_ref, old_id)
+        except exception.NodeError as e:  # the delete kills it too
+            LOG.warning("stopping frozen %s: %s", old_id, e.message)
+            killed = None
+        if killed is not None:
+            steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+            steps["kill_on_node"] = killed.get("ms")
         self.destroy_instance(old_id, ctx)
-        steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        steps["destroy"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        steps.setdefault("kill", steps["destroy"])
         ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
                      "freeze (%d freeze attempt(s), final copy: %d files, %s "
                      "%s ms); old instance removed" % (

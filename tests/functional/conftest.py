@@ -167,20 +167,24 @@ def private_edge(prefix, port, topology, **opts):
 
 
 def migrate_journal_under_load(edge, admin, tmp_path, interval, source="ap-1",
-                               target="ap-2"):
+                               target="ap-2", users=({},)):
     """The journal app (every request writes its count and a journal line)
-    migrated under a user: zero failed requests, every request counted once
-    and its line on the target exactly once.  Returns (window, summary)."""
+    migrated under ``users`` (each a ClientLoad's keyword arguments, e.g.
+    ``keepalive``, ``method``): zero failed requests, every request counted
+    once and its line on the target exactly once.  Returns (window, summary
+    of all users' requests)."""
     bundle = loadgen.journal_bundle(str(tmp_path / "journal.tar.gz"))
     wait_op(admin, admin.create_service("web", "journal", node=source, bundle=bundle))
     port = admin.service("journal")["port"]
-    load = Load(edge, source, port, interval=interval)
+    loads = []
     try:
+        for kwargs in users:
+            loads.append(Load(edge, source, port, interval=interval, **kwargs))
         time.sleep(0.5)
         (window,) = wait_op(admin, admin.migrate("journal", target))["windows"]
         time.sleep(0.3)
     finally:
-        results = load.stop()
+        results = [r for load in loads for r in load.stop()]
     summary = loadgen.summarize(results)
     assert_no_failed_requests(summary)
     hits = sorted(r["hits"] for r in results)

@@ -15,3 +15,19 @@ def test_precopy_rounds_lose_no_write_under_a_steady_write_rate(tmp_path, edge, 
     # new writes, as a delta against the previous round's manifest.
     rounds = window["precopy_rounds"]
     assert rounds and all(r["round"] == "delta" and r["files"] for r in rounds), rounds
+
+
+def test_requests_held_by_the_frozen_source_run_once_on_the_new_one(tmp_path, edge,
+                                                                      admin):
+    """POSTs (not idempotent), one user opening a connection per request and
+    one keeping its connections alive: those the proxy sent the source while
+    it was frozen sat unread in its sockets; killed right after the switch,
+    its resets are replayed on the new instance, where each runs once."""
+    window, summary = migrate_journal_under_load(
+        edge, admin, tmp_path, interval=0.02, users=(
+            {"method": "POST"}, {"method": "POST", "keepalive": True}))
+    print("held: window %s; %s" % ({k: v for k, v in window.items()
+                                    if k != "precopy_rounds"}, summary))
+    assert summary["reused_connections"] > 0  # the keep-alive user kept some
+    # The source was killed on its own, ahead of its delete.
+    assert window["kill_on_node"] is not None and window["kill"] <= window["destroy"]

@@ -2,8 +2,11 @@
 sockets (the test's own, on loopback)."""
 import os
 import socket
+import subprocess
+import sys
 
 from mec_conpaas.agents.node import containers
+from mec_conpaas.agents.node import sockdiag
 
 
 def test_a_response_written_in_part_is_in_progress_until_the_app_closes():
@@ -35,3 +38,33 @@ def test_a_response_written_in_part_is_in_progress_until_the_app_closes():
         finally:
             conn.close()
             client.close()
+
+
+def test_sock_diag_sees_what_proc_net_tcp_sees_in_another_namespace():
+    """The freeze asks the kernel (sock_diag) in the instance's network
+    namespace; the same connections as the namespace's /proc table."""
+    # A process in its own network namespace holding one established
+    # connection to its port 8080 with a request read, and one unread.
+    script = (
+        "import socket,sys,time\n"
+        "import subprocess; subprocess.run(['ip','link','set','lo','up'],check=True)\n"
+        "s=socket.create_server(('127.0.0.1',8080))\n"
+        "a=socket.create_connection(('127.0.0.1',8080)); x,_=s.accept()\n"
+        "b=socket.create_connection(('127.0.0.1',8080)); y,_=s.accept()\n"
+        "a.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); x.recv(100)\n"
+        "b.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+        "print('ready',flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen(["unshare", "-n", sys.executable, "-c", script],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        rows = sockdiag.established(proc.pid)
+        assert sorted(rx for port, rx in rows if port == 8080) == [0, 18]
+        with open("/proc/%d/net/tcp" % proc.pid) as f:
+            table = [line.split() for line in f.readlines()[1:]]
+        assert sorted(int(f[4].split(":")[1], 16) for f in table
+                      if f[1].endswith(":1F90") and f[3] == "01") == [0, 18]
+        assert containers._open_requests(proc.pid, 8080) == 1
+    finally:
+        proc.kill()
+        proc.wait()
