@@ -91,7 +91,12 @@ class BenchEdge:
 
     def __exit__(self, *exc):
         self.edge.down(quiet=True)
-        subprocess.run(["rm", "-rf", self.state])
+        if os.environ.get("MEC_EDGE_KEEP_STATE"):
+            # Logs (manager, agents, HAProxy request logs) for a failure's
+            # diagnosis; the containers and namespaces are gone already.
+            print("edge: state kept in %s" % self.state, file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", self.state])
 
 
 def proc_memory(pid):
