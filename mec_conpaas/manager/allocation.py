@@ -13,6 +13,7 @@ unique columns are the last word when two manager processes allocate at
 once; within one process a lock keeps concurrent joins from choosing the
 same least-used channel.
 """
+import functools
 import ipaddress
 import logging
 import threading
@@ -110,18 +111,31 @@ def _network(value, what):
                                    "node's configuration" % (what, value, e))
 
 
+@functools.lru_cache(maxsize=16384)
+def _parsed(value):
+    return ipaddress.IPv4Network(value)
+
+
 def _taken(session, identity):
     """Numbers, networks (network, owner row, shared?) and channel use of
-    every other live allocation."""
+    every other live allocation.
+
+    Every join and registration asks this of the whole fleet: read as
+    plain rows of the columns it needs (no ORM objects) with each network
+    text parsed once per process, not once per join (enrolling 1,000
+    nodes read 1,000 allocations and parsed 2,000 networks per join)."""
+    t = models.NodeAllocation.__table__
     numbers, nets, channels = set(), [], {}
-    for a in session.scalars(select(models.NodeAllocation)):
+    for a in session.execute(select(t.c.identity, t.c.number, t.c.node_name,
+                                    t.c.instance_network, t.c.shared_network,
+                                    t.c.client_network, t.c.wifi_channel)):
         if a.identity == identity:
             continue
         numbers.add(a.number)
         for value, shared in ((a.instance_network, False), (a.shared_network, True),
                               (a.client_network, False)):
             if value:
-                nets.append((ipaddress.IPv4Network(value), a, shared))
+                nets.append((_parsed(value), a, shared))
         if a.wifi_channel is not None:
             channels[a.wifi_channel] = channels.get(a.wifi_channel, 0) + 1
     return numbers, nets, channels

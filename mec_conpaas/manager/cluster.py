@@ -20,10 +20,12 @@ from mec_conpaas.db.session import session_scope
 from mec_conpaas.drivers import base
 from mec_conpaas.drivers import nodeagent
 from mec_conpaas.manager import inventory as inventory_mod
+from mec_conpaas.manager import placement_view
 from mec_conpaas.manager import topology as topology_mod
 from mec_conpaas.policies import placement
 
 LOG = logging.getLogger(__name__)
+DISTANCE_MEMO = 64
 
 
 class Cluster:
@@ -41,6 +43,7 @@ class Cluster:
         # Operations and the sweep push proxies: one plan at a time, so an
         # older plan never lands after a newer one.
         self._proxy_lock = threading.Lock()
+        self._distances = {}  # distances()
 
     # -- nodes -----------------------------------------------------------
     def heartbeat_deadline(self):
@@ -115,30 +118,45 @@ class Cluster:
         return self.ref(node)
 
     def distances(self, names, sources=None):
-        return placement.distances(self.topology, names, sources)
+        """placement.distances, remembered for the last ``DISTANCE_MEMO``
+        (names, sources) asked: the topology is read once at start, and a
+        shortest-path search over 1,000 nodes took a placement's millisecond.
+        Callers must not change what they get."""
+        key = (tuple(names), None if sources is None else tuple(sources))
+        got = self._distances.get(key)
+        if got is None:
+            got = placement.distances(self.topology, names, sources)
+            with self._proxy_lock:
+                if len(self._distances) >= DISTANCE_MEMO:
+                    self._distances.pop(next(iter(self._distances)))
+                self._distances[key] = got
+        return got
 
     def capacity(self, session):
-        used = {}
-        for inst in session.scalars(select(models.Instance)):
-            used[inst.node_name] = used.get(inst.node_name, 0) + 1
+        """``{node: {"max_instances", "used", "up", "schedulable"[,
+        "free_cpus", "free_memory_mb"]}}``: what placement decides on,
+        from the capacity view (manager/placement_view.py), not the store's
+        rows (at 1,000 nodes reading those was most of a decision)."""
+        from mec_conpaas.manager import qos
+        snap = placement_view.current(session)
+        deadline = self.heartbeat_deadline()
         # A node the driver cannot put instances on is never schedulable.
-        nodes = self.nodes(session)
-        out = {n.name: {"max_instances": n.max_instances,
-                        "used": used.get(n.name, 0), "up": n.state == "up",
-                        "schedulable": not n.disabled and self.driver.node_can_host(n)}
-               for n in nodes}
+        out = {name: {"max_instances": n.max_instances,
+                      "used": len(snap.by_node.get(name, ())),
+                      "up": self.is_up(n, deadline),
+                      "schedulable": not n.disabled and self.driver.node_can_host(n)}
+               for name, n in snap.nodes.items()}
         # Where the cloud schedules the nodes itself (nova): its up/down and free
         # vCPUs and memory bound what placement may use (manager/inventory.py).
         cloud = self.driver.node_inventory()
-        for n in nodes if cloud else ():
+        for n in snap.nodes.values() if cloud else ():
             host = inventory_mod.host_of(cloud, n)
             if host is not None:
                 inventory_mod.cap(out[n.name], host, self.conf.manager.instance_memory_mb,
                                   self.conf.manager.instance_cpus)
         # Nodes reporting their capacity: what is free of it, the reserve
         # for their own work excluded (manager/qos.py).
-        from mec_conpaas.manager import qos
-        for name, (cpus, memory_mb) in qos.free(session, self, nodes).items():
+        for name, (cpus, memory_mb) in qos.free(session, self, snap).items():
             out[name].update(free_cpus=cpus, free_memory_mb=memory_mb)
         return out
 
