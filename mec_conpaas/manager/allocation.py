@@ -260,9 +260,13 @@ def routes(session, node_id):
     the one list the node agents (and the master) install.  A shared
     instance network is on-link wherever it is used: routing it via one of
     its nodes would replace that, so only their own subnets are listed."""
-    allocs = {a.node_id: a for a in session.scalars(select(models.NodeAllocation))}
+    # Plain rows of the columns needed (the nodes' reports are not).
+    at, nt = models.NodeAllocation.__table__, models.Node.__table__
+    allocs = {a.node_id: a for a in session.execute(select(
+        at.c.node_id, at.c.instance_network, at.c.client_network))}
     out = []
-    for node in session.scalars(select(models.Node).order_by(models.Node.name)):
+    for node in session.execute(select(nt.c.id, nt.c.name, nt.c.address,
+                                       nt.c.instance_network).order_by(nt.c.name)):
         if node.id == node_id:
             continue
         a = allocs.get(node.id)
