@@ -93,8 +93,6 @@ KINDS = {models.Node: ("nodes", NodeRec), models.Instance: ("instances", Instanc
 TABLES = {m.__table__.name for m in KINDS}
 
 _generation = 0          # bumped by a bulk change: every view rebuilds
-_views = weakref.WeakKeyDictionary()   # engine -> View
-_views_lock = threading.Lock()
 
 
 # -- what a session changed ------------------------------------------------------
@@ -337,14 +335,27 @@ def overlay(snap, changed):
     return Snapshot(snap.version, nodes, by_node, services, snap.memo)
 
 
-def for_session(session):
-    """The view of ``session``'s store (one per engine)."""
-    engine = session.get_bind()
-    with _views_lock:
-        view = _views.get(engine)
-        if view is None:
-            view = _views[engine] = View()
-        return view
+class PerStore:
+    """One ``factory()`` object per store (engine), made on first use: the
+    caches of what the manager reads of its store (this view, the route
+    list) belong to a store, not to the process (tests open many)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.lock = threading.Lock()
+        self.objs = weakref.WeakKeyDictionary()
+
+    def __call__(self, session):
+        engine = session.get_bind()
+        with self.lock:
+            obj = self.objs.get(engine)
+            if obj is None:
+                obj = self.objs[engine] = self.factory()
+            return obj
+
+
+for_session = PerStore(View)   # the view of a session's store
+_views = for_session.objs
 
 
 def current(session):
