@@ -661,10 +661,13 @@ def _remove_pids_cgroup(domain_name, timeout=5.0):
 
 def _cgroup_read(pid, controller, name):
     base = "/sys/fs/cgroup/%s/machine" % controller
-    for entry in os.listdir(base):
-        if entry.startswith("lxc-%d-" % pid):
-            with open(os.path.join(base, entry, name)) as f:
-                return int(f.read().strip())
+    # under /machine, or an emulated access point's partition in it
+    for parent in [base] + [os.path.join(base, e) for e in os.listdir(base)
+                            if e.endswith(".partition")]:
+        for entry in os.listdir(parent):
+            if entry.startswith("lxc-%d-" % pid):
+                with open(os.path.join(parent, entry, name)) as f:
+                    return int(f.read().strip())
     return None
 
 
