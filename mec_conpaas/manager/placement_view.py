@@ -290,6 +290,10 @@ class View:
         over it."""
         if session.new or session.dirty or session.deleted:
             session.flush()   # as a query in the session would (autoflush)
+        # Its connection before the lock: a holder of the lock never waits
+        # on the pool for one that committing sessions (waiting on the lock
+        # in apply) hold.
+        session.connection()
         with self.lock:
             now = self.clock()
             if self.generation != _generation or now - self.built_at >= MAX_AGE:
