@@ -43,6 +43,21 @@ Memory (MiB) kept for the node's own work; never given to an instance.
 Possible values:
 * 0 to ``memory_mb``.
 """),
+    cfg.StrOpt("cgroup_partition",
+               help="""
+The libvirt partition (parent cgroup) this node's containers are placed in,
+e.g. ``/machine/mec-ap-1``, so the kernel holds them together to the
+node's capacity less its reserve.
+
+Possible values:
+* unset (the default): libvirt's default partition, ``/machine`` (a
+  deployed node's containers share the whole machine, which is its
+  capacity);
+* a path: ``mec-conpaas-edge`` sets one per emulated access point and
+  creates it (edge/partition.py); it must exist in every cgroup v1
+  hierarchy before a container starts (libvirt creates none but
+  ``/machine``).
+"""),
 ]
 
 qos_group = cfg.OptGroup("qos", title="Per-service QoS policies (manager)")

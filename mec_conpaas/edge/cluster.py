@@ -21,6 +21,7 @@ from mec_conpaas.conf import node_agent as node_conf
 from mec_conpaas.edge import flink_image
 from mec_conpaas.edge import image as image_mod
 from mec_conpaas.edge import network as net_mod
+from mec_conpaas.edge import partition as partition_mod
 from mec_conpaas.edge import shaping
 from mec_conpaas.edge import tls as tls_mod
 from mec_conpaas.manager import topology as topology_mod
@@ -333,6 +334,8 @@ class Edge:
                    proc=proc, logname="libvirtd-" + ap)
         # The pid we hold is unshare's, which exec'd sh then libvirtd: same pid.
         libvirtd_pid = proc.pid
+        cap = topology_mod.capacity(spec)
+        self._partition(ap, cap)
         conf = os.path.join(base, "mec-conpaas.conf")
         self._write_conf(conf, {
             "DEFAULT": {"state_path": base, "run_path": os.path.join(base, "run")},
@@ -359,7 +362,7 @@ class Edge:
                          # A cloud node has no Wi-Fi side.
                          **({"client_network": spec["client_network"]}
                             if spec.get("client_network") else {})),
-            "capacity": topology_mod.capacity(spec),
+            "capacity": dict(cap, cgroup_partition=partition_mod.name(self.prefix, ap)),
         })
         subprocess.run([self._tool("mec-conpaas-node-agent"), "--config-file", conf,
                         "--write-haproxy-config"], check=True, capture_output=True)
@@ -382,6 +385,8 @@ class Edge:
         # The [capacity] section is the file's last (see _start_ap).
         text = text.split("[capacity]\n")[0]
         values = dict(topology_mod.capacity(self.topo["nodes"][ap]), **capacity)
+        self._partition(ap, values)
+        values["cgroup_partition"] = partition_mod.name(self.prefix, ap)
         with open(conf, "w") as f:
             f.write(text + "[capacity]\n" + "".join(
                 "%s = %s\n" % kv for kv in values.items()))
@@ -389,6 +394,32 @@ class Edge:
         self._wait("node agent of %s stopped" % ap, lambda: not self._pid("agent-" + ap),
                    timeout=20)
         return self.start_node_agent(ap)
+
+    def _partition(self, ap, cap):
+        """The access point's parent cgroup (edge/partition.py) with its
+        capacity less reserve, before any of its containers starts; where
+        it is is kept for ``down``."""
+        made = partition_mod.create(partition_mod.name(self.prefix, ap), cap)
+        with open(self.path("nodes", ap, "partition.json"), "w") as f:
+            json.dump(made, f)
+        return made
+
+    def remove_partition(self, ap):
+        """Remove an access point's parent cgroup (its containers gone)."""
+        try:
+            with open(self.path("nodes", ap, "partition.json")) as f:
+                made = json.load(f)
+        except FileNotFoundError:
+            return True
+        deadline = time.monotonic() + 5
+        while not partition_mod.remove(None, dirs_=made):
+            if time.monotonic() > deadline:  # a container still dying
+                self.log("cgroup partition of %s not removed: %s" % (
+                    ap, ", ".join(sorted(made.values()))))
+                return False
+            time.sleep(0.1)
+        os.unlink(self.path("nodes", ap, "partition.json"))
+        return True
 
     def _idmap_start(self, ap):
         """Emulated access points share one kernel: each gets its own uid
@@ -516,6 +547,8 @@ class Edge:
                 os.unlink(self.path("pids", name + ".pid"))
             except OSError:
                 pass
+        for ap in self.net.aps:
+            self.remove_partition(ap)
         self.net.destroy()
         # Overlay mounts lived in the per-AP mount namespaces, gone with
         # them; remove instance directories so a new edge starts clean.

@@ -21,13 +21,12 @@ import logging
 import threading
 import time
 
-from sqlalchemy import select
-
 from mec_conpaas import exception
 from mec_conpaas.db import models
 from mec_conpaas.db.session import session_scope
 from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import farcloud
+from mec_conpaas.manager import placement_view
 from mec_conpaas.policies import admission
 from mec_conpaas.policies import autoscale
 from mec_conpaas.policies import capacity
@@ -51,52 +50,81 @@ def reported(node):
     return cap if cap and cap.get("cpus") and cap.get("memory_mb") else None
 
 
-def view(session, cluster, default_priority=50, nodes=None):
+def view(session, cluster, default_priority=50, snap=None):
     """``{node: policy view}`` (policies/capacity.py) of every node that
     reports its capacity, with ``up``/``schedulable``, its containers from
     the store (a row exists before its container and after it, so nothing
-    on a node is missed) and each one's last measured latency."""
-    nodes = {n.name: n for n in (nodes if nodes is not None else cluster.nodes(session))}
+    on a node is missed) and each one's last measured latency.
+
+    Read from the manager's capacity view (manager/placement_view.py), not
+    the store's rows: at 1,000 nodes those took most of a decision.  Each
+    node's part is remembered until its report, its instances or the
+    services change; callers get their own top-level dict per node (the
+    policies copy ``containers`` before changing it).  ``snap``: a snapshot
+    of the view the caller already has."""
+    snap = snap or placement_view.current(session)
+    deadline = cluster.heartbeat_deadline()
     out = {}
-    for name, n in nodes.items():
-        cap = reported(n)
-        if cap is None:
-            continue
-        out[name] = {"cpus": float(cap["cpus"]), "memory_mb": int(cap["memory_mb"]),
-                     "reserve_cpus": float(cap.get("reserve_cpus", 0.0)),
-                     "reserve_memory_mb": int(cap.get("reserve_memory_mb", 0)),
-                     "up": n.state == "up",
-                     "schedulable": not n.disabled and cluster.driver.node_can_host(n),
-                     "report": n.report or {}, "containers": {}}
-    rows = session.execute(select(models.Instance, models.Service).outerjoin(
-        models.Service, models.Service.id == models.Instance.service_id)).all()
-    for inst, svc in rows:
-        node = out.get(inst.node_name)
-        if node is None:
-            continue
-        if svc is None:  # left by a deleted service: holds its size until swept
-            node["containers"][inst.id] = {"service": None, "priority": 101,
-                                           "cpus": inst.cpus or 0.0,
-                                           "memory_mb": inst.memory_mb or 0}
-            continue
-        spec = qos_mod.of(svc, default_priority)
-        cpus, mem = size(inst, svc)
-        usage = ((node["report"].get("containers") or {}).get(inst.id) or {})
-        node["containers"][inst.id] = {
-            "service": svc.id, "service_name": svc.name, "priority": spec.priority,
-            "cpus": cpus, "memory_mb": mem, "base_cpus": svc.cpus,
-            "base_memory_mb": svc.memory_mb, "state": inst.state,
-            "latency_ms": usage.get("latency_ms") if inst.state == "ACTIVE" else None,
-            "objective_ms": spec.latency_objective_ms,
-            "seq": inst.created_at.timestamp() if inst.created_at else 0}
+    for name, n in snap.nodes.items():
+        entry = _node_view(snap, cluster, name, n, default_priority)[0]
+        if entry is not None:
+            out[name] = dict(entry, up=cluster.is_up(n, deadline))
     return out
 
 
-def free(session, cluster, nodes=None):
+def _node_view(snap, cluster, name, n, default_priority):
+    """``(policy view without "up", its free (cpus, memory_mb))`` of one
+    node, or ``(None, None)`` if it reports no capacity."""
+    bucket = snap.by_node.get(name)
+    return snap.derived("qos", name, (n.report, n.disabled, n.max_instances,
+                                      n.container_backend, bucket, snap.services,
+                                      cluster.driver, default_priority),
+                        lambda: _make_node_view(snap, cluster, n, bucket or {},
+                                                default_priority))
+
+
+def _make_node_view(snap, cluster, n, bucket, default_priority):
+    cap = reported(n)
+    if cap is None:
+        return None, None
+    report = n.report or {}
+    usage = report.get("containers") or {}
+    containers = {}
+    for inst in bucket.values():
+        svc = snap.services.get(inst.service_id) if inst.service_id else None
+        if svc is None:  # left by a deleted service: holds its size until swept
+            containers[inst.id] = {"service": None, "priority": 101,
+                                   "cpus": inst.cpus or 0.0,
+                                   "memory_mb": inst.memory_mb or 0}
+            continue
+        spec = qos_mod.of(svc, default_priority)
+        cpus, mem = size(inst, svc)
+        containers[inst.id] = {
+            "service": svc.id, "service_name": svc.name, "priority": spec.priority,
+            "cpus": cpus, "memory_mb": mem, "base_cpus": svc.cpus,
+            "base_memory_mb": svc.memory_mb, "state": inst.state,
+            "latency_ms": (usage.get(inst.id) or {}).get("latency_ms")
+            if inst.state == "ACTIVE" else None,
+            "objective_ms": spec.latency_objective_ms,
+            "seq": inst.created_at.timestamp() if inst.created_at else 0}
+    entry = {"cpus": float(cap["cpus"]), "memory_mb": int(cap["memory_mb"]),
+             "reserve_cpus": float(cap.get("reserve_cpus", 0.0)),
+             "reserve_memory_mb": int(cap.get("reserve_memory_mb", 0)),
+             "schedulable": not n.disabled and cluster.driver.node_can_host(n),
+             "report": report, "containers": containers}
+    return entry, capacity.free(entry)
+
+
+def free(session, cluster, snap=None):
     """``{node: (free cpus, free memory_mb)}`` of the nodes reporting
-    capacity (what placement fits sizes in); ``nodes``: the rows, if the
-    caller has them."""
-    return {n: capacity.free(v) for n, v in view(session, cluster, nodes=nodes).items()}
+    capacity (what placement fits sizes in)."""
+    snap = snap or placement_view.current(session)
+    out = {}
+    for name, n in snap.nodes.items():
+        got = _node_view(snap, cluster, name, n, 50)[1]
+        if got is not None:
+            out[name] = got
+    return out
 
 
 def admit(session, cluster, node_name, cpus, memory_mb, priority):

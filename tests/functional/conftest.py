@@ -6,6 +6,7 @@ namespace prefix and networks, and torn down at the end; the teardown
 checks that nothing it started is left behind.
 """
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -68,6 +69,10 @@ def edge():
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True,
                                text=True).stdout
     assert prefix not in leftovers, "namespaces left behind: " + leftovers
+    # Each access point's parent cgroup (edge/partition.py) goes with it.
+    parts = glob.glob("/sys/fs/cgroup/*/**/machine/%s*.partition" % prefix,
+                      recursive=True)
+    assert not parts, "cgroup partitions left behind: %s" % parts
     # Isolation tables live in the access points' namespaces only.
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True,
                             text=True).stdout

@@ -51,8 +51,11 @@ def instance_dir(edge, iid):
 
 
 def cgroup(controller, iid, name):
-    paths = glob.glob("/sys/fs/cgroup/%s/machine/*-mec-%s.libvirt-lxc/%s"
-                      % (controller, iid, name))
+    # libvirt's under the access point's partition (edge/partition.py); the
+    # node agent's pids cgroup under /machine
+    paths = [p for pattern in ("machine/*.partition", "machine") for p in glob.glob(
+        "/sys/fs/cgroup/%s/**/%s/*-mec-%s.libvirt-lxc/%s" % (controller, pattern, iid,
+                                                              name), recursive=True)]
     if not paths:
         return None
     with open(paths[0]) as f:

@@ -62,8 +62,8 @@ def bundle(path):
 def container_netns(edge, ap, instance_id):
     """/proc/PID/ns/net of a task inside the instance's container."""
     ap_ns = os.stat("/run/netns/" + edge.net.netns(ap)).st_ino
-    for tasks in glob.glob("/sys/fs/cgroup/freezer/machine/*-mec-%s.libvirt-lxc/tasks"
-                           % instance_id):
+    for tasks in glob.glob("/sys/fs/cgroup/freezer/machine/*.partition/"
+                           "*-mec-%s.libvirt-lxc/tasks" % instance_id):
         for pid in open(tasks).read().split():
             path = "/proc/%s/ns/net" % pid
             try:

@@ -4,6 +4,7 @@ failure), the access point's reserve never given away, and auto-scaling
 that grows a container by a unit when its service misses its latency
 objective and shrinks it back when the load goes."""
 import glob
+import json
 import os
 import time
 
@@ -17,6 +18,7 @@ from mec_conpaas.conf import node_agent as node_conf
 from mec_conpaas.edge import loadgen
 from mec_conpaas.manager import topology
 from tests.functional.conftest import Load
+from tests.functional.conftest import client_get
 from tests.functional.conftest import wait_op
 
 AGENT_PORT = {o.name: o.default for o in node_conf.node_opts}["bind_port"]
@@ -44,12 +46,47 @@ def set_capacity(edge, admin, ap, **cap):
         and admin.node(ap)["state"] == "up")
 
 
+def cgroup_dirs(instance_id):
+    """The instance's cgroups (cpu, memory), found from its init process
+    (under its access point's partition: edge/partition.py)."""
+    [freezer] = glob.glob("/sys/fs/cgroup/freezer/machine/*.partition/"
+                          "*-mec-%s.libvirt-lxc" % instance_id)
+    pid = int(open(os.path.join(freezer, "cgroup.procs")).read().split()[0])
+    return cgroups.dirs(pid)
+
+
 def cgroup_limits(instance_id):
     """The instance's limits as its cgroups have them (read on the host)."""
-    [freezer] = glob.glob("/sys/fs/cgroup/freezer/machine/*-mec-%s.libvirt-lxc"
-                          % instance_id)
-    pid = int(open(os.path.join(freezer, "cgroup.procs")).read().split()[0])
-    return cgroups.limits(cgroups.dirs(pid))
+    return cgroups.limits(cgroup_dirs(instance_id))
+
+
+def partition_of(edge, ap):
+    with open(edge.path("nodes", ap, "partition.json")) as f:
+        return json.load(f)
+
+
+def test_an_ap_partition_holds_its_containers_to_capacity_less_reserve(edge, admin,
+                                                                       small_ap1):
+    """The access point's capacity is the kernel's: its containers' cgroups
+    are under its partition, whose CPU quota and memory limit are its
+    capacity less reserve, and follow a new capacity."""
+    part = partition_of(edge, "ap-1")
+    assert cgroups.limits(part) == {"cpus": 1.0, "memory_mb": 384}  # small_ap1's
+    wait_op(admin, admin.create_service("web", "held", node="ap-1"))
+    try:
+        [inst] = admin.service("held")["instances"]
+        own = cgroup_dirs(inst["id"])
+        for c in ("cpu", "memory"):
+            assert os.path.dirname(own[c]) == part[c], (own, part)
+        # the container's own limits sit inside its partition's
+        assert cgroup_limits(inst["id"])["memory_mb"] <= 384
+        # another capacity: the partition follows, the container runs on
+        set_capacity(edge, admin, "ap-1", cpus=2.0, memory_mb=640)
+        assert cgroups.limits(part) == {"cpus": 1.5, "memory_mb": 512}
+        assert admin.service("held")["state"] == "RUNNING"
+        assert client_get(edge, "ap-1", admin.service("held")["port"])["status"] == 200
+    finally:
+        wait_op(admin, admin.delete_service("held"))
 
 
 def ops_of(admin, service, kind):

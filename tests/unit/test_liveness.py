@@ -360,3 +360,22 @@ def test_the_clock_offset_is_zero_when_the_round_trip_brackets_the_managers_cloc
         b.close()
     finally:
         store.clear_override("manager_url", group="node_agent")
+
+
+def test_last_heartbeat_is_written_at_most_once_per_resolution(nodes, store):
+    """Beats closer together than a quarter of the heartbeat timeout are
+    acked but not written again: the row stays well within the timeout and
+    a 1,000-node fleet writes half the rows (or fewer)."""
+    live, clock, creds = nodes
+    assert live.resolution == store.manager.node_heartbeat_timeout / 4.0
+    assert live.handle(beat(creds["ap-1"], "ap-1", 1, clock.now)) is not None
+    assert live.flush() == 1
+    written = last_heartbeat("ap-1")
+    clock.now += live.resolution / 2
+    reply = live.handle(beat(creds["ap-1"], "ap-1", 2, clock.now))
+    assert wire.read_ack(wire.key(creds["ap-1"]), "ap-1", reply) == (2, wire.OK)
+    assert live.flush() == 0 and last_heartbeat("ap-1") == written
+    clock.now += live.resolution / 2
+    assert live.handle(beat(creds["ap-1"], "ap-1", 3, clock.now)) is not None
+    assert live.flush() == 1
+    assert last_heartbeat("ap-1") == pytest.approx(clock.now, abs=1e-5)

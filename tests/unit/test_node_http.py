@@ -94,3 +94,32 @@ def test_refused_upload_closes_the_connection(node):
     resp.read()
     assert resp.status == 401 and resp.getheader("Connection") == "close"
     conn.close()
+
+
+def test_an_answer_cut_short_is_a_node_error():
+    """A peer killed while answering (a SIGKILLed manager): the caller gets
+    NodeError, which the node agent's heartbeat loop handles, not
+    IncompleteRead, which ended that loop's thread."""
+    import socket
+    import threading
+
+    from mec_conpaas import exception
+    from mec_conpaas.agents.node import httpserver
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def cut():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 266\r\n\r\n{")
+        conn.close()
+    t = threading.Thread(target=cut, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(exception.NodeError, match="IncompleteRead"):
+            httpserver.call("POST", "http://127.0.0.1:%d/v1/nodes/x/heartbeat"
+                            % srv.getsockname()[1], "t", {}, timeout=5)
+    finally:
+        t.join(5)
+        srv.close()

@@ -75,7 +75,7 @@ def instance_env(spec, address):
     }
 
 
-def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
+def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids, partition=None):
     env = instance_env(spec, address)
     initenv = "".join("<initenv name=%s>%s</initenv>" % (quoteattr(k), escape(v))
                       for k, v in env.items() if v)  # libvirt refuses empty values
@@ -87,8 +87,13 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids):
                % memory if os.path.exists(MEMSW) else "")
     caps = "".join("<%s state='on'/>" % c for c in CAPABILITIES)
     uid, gid, count = ids
+    # The node's own parent cgroup ([capacity] cgroup_partition): its
+    # containers together held to its capacity less reserve.
+    resource = "<resource><partition>%s</partition></resource>" % escape(
+        partition) if partition else ""
     return f"""<domain type='lxc'>
   <name>{name}</name>
+  {resource}
   <memory unit='MiB'>{memory}</memory>
   {memtune}
   <vcpu>1</vcpu>
@@ -319,7 +324,8 @@ class LibvirtContainers:
                 _write_secret(os.path.join(paths["rootfs"], AGENT_SECRET_FILE),
                               self.agent_secret(instance_id), *ids[:2])
             xml = _domain_xml(self.domain_name(instance_id), spec, paths, address,
-                              self.network.prefixlen, self.gateway, ids)
+                              self.network.prefixlen, self.gateway, ids,
+                              self.conf.capacity.cgroup_partition)
             _forget_neighbour(address)
             self.conn().createXML(xml, 0)
             _limit_pids(self.domain_name(instance_id), self.conf.node_agent.pids_limit)
@@ -679,10 +685,13 @@ def _remove_pids_cgroup(domain_name, timeout=5.0):
 
 def _cgroup_read(pid, controller, name):
     base = "/sys/fs/cgroup/%s/machine" % controller
-    for entry in os.listdir(base):
-        if entry.startswith("lxc-%d-" % pid):
-            with open(os.path.join(base, entry, name)) as f:
-                return int(f.read().strip())
+    # under /machine, or an emulated access point's partition in it
+    for parent in [base] + [os.path.join(base, e) for e in os.listdir(base)
+                            if e.endswith(".partition")]:
+        for entry in os.listdir(parent):
+            if entry.startswith("lxc-%d-" % pid):
+                with open(os.path.join(parent, entry, name)) as f:
+                    return int(f.read().strip())
     return None
 
 
@@ -695,7 +704,10 @@ def _forget_neighbour(address):
 
 def _freezer_dir(domain_name):
     import glob
-    dirs = glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc" % domain_name)
+    # under /machine, or an emulated access point's partition in it
+    dirs = glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc" % domain_name) \
+        or glob.glob("/sys/fs/cgroup/freezer/machine/*.partition/*-%s.libvirt-lxc"
+                     % domain_name)
     if not dirs:
         raise exception.NodeError("no freezer cgroup for %s" % domain_name)
     return dirs[0]

@@ -254,7 +254,10 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
             if reused and attempt == 0:
                 continue
             raise exception.NodeError("%s %s: %s" % (method, url, e)) from None
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
+            # HTTPException: e.g. IncompleteRead from a peer killed while
+            # answering (a SIGKILLed manager); uncaught, it ended the node
+            # agent's heartbeat thread and its node stayed down.
             conn.close()
             raise exception.NodeError("%s %s: %s" % (method, url, e)) from None
     if resp.will_close:
