@@ -702,12 +702,17 @@ def _forget_neighbour(address):
     subprocess.run(["ip", "neigh", "flush", "to", address], capture_output=True)
 
 
-def _freezer_dir(domain_name):
+def _freezer_dirs(name_glob):
+    """Freezer cgroups of domains whose name matches: under /machine, or an
+    emulated access point's partition in it ([capacity] cgroup_partition)."""
     import glob
-    # under /machine, or an emulated access point's partition in it
-    dirs = glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc" % domain_name) \
-        or glob.glob("/sys/fs/cgroup/freezer/machine/*.partition/*-%s.libvirt-lxc"
-                     % domain_name)
+    tail = "*-%s.libvirt-lxc" % name_glob
+    return (glob.glob("/sys/fs/cgroup/freezer/machine/" + tail)
+            + glob.glob("/sys/fs/cgroup/freezer/machine/*.partition/" + tail))
+
+
+def _freezer_dir(domain_name):
+    dirs = _freezer_dirs(domain_name)
     if not dirs:
         raise exception.NodeError("no freezer cgroup for %s" % domain_name)
     return dirs[0]
@@ -722,11 +727,10 @@ def _running_domains():
     namespace: the embedded edge's access points share one cgroup tree, and
     an agent that listed the others' domains as its orphans had them
     removed by the manager's sweep (test_chaos)."""
-    import glob
     suffix = ".libvirt-lxc"
     own = os.readlink("/proc/self/ns/net")
     names = []
-    for path in glob.glob("/sys/fs/cgroup/freezer/machine/*-%s*%s" % (PREFIX, suffix)):
+    for path in _freezer_dirs(PREFIX + "*"):
         if not _has_task_in_netns(path, own):
             continue
         base = os.path.basename(path)
