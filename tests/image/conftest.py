@@ -8,12 +8,14 @@ unless MEC_CONPAAS_IMAGE_REQUIRED=1 (CI), where that is an error.
 Everything mounted or attached here is read-only and released at the end.
 """
 
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -21,12 +23,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
 from imagelib import SSH  # noqa: E402
+from imagelib import Backbone  # noqa: E402
 from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
 from imagelib import Manager  # noqa: E402
 from imagelib import Root  # noqa: E402
 from imagelib import find_image  # noqa: E402
 from imagelib import guest  # noqa: E402
+from imagelib import roles_in  # noqa: E402
 from imagelib import settings  # noqa: E402
 from imagelib import sh  # noqa: E402
 
@@ -148,7 +152,11 @@ def fleet(request, image, keypair, master):
     try:
         for name in ("good", "malformed", "missing"):
             if name in wanted:
-                guests[name] = Guest(image, image.workdir, name, texts[name])
+                # The good guest hosts a service the manager places on it: the
+                # manager reaches it over a backbone link (imagelib.Backbone).
+                link = Backbone() if name == "good" and "mec_conpaas_node" in roles_in(
+                    image) else None
+                guests[name] = Guest(image, image.workdir, name, texts[name], backbone=link)
                 guests[name].start()
         failed_before = request.session.testsfailed
         _LIVE.update(guests=guests, key=key, collected=set())
@@ -193,3 +201,47 @@ def booted(fleet, keypair):
     ssh = SSH(g, keypair[0])
     ssh.wait_boot_finished()
     return g, ssh
+
+
+# The service the manager places on the booted node (tests/image/test_emulated_hosting.py),
+# fetched again by a Wi-Fi station through the access point's endpoint
+# (test_emulated_wifi.py).
+SERVICE = "hello"
+
+
+@pytest.fixture(scope="session")
+def paas_service(image, booted, master):
+    """A ``web`` service created through the real manager with no node named:
+    placement puts it on the booted node (the only one up), whose node agent the
+    manager reaches over the backbone link, and starts its instance there.
+    ``(service view, node record, seconds from create to SUCCEEDED)``; deleted
+    at the end of the session."""
+    from mec_conpaas.cli.client import Client
+    g, ssh = booted
+    if "mec_conpaas_node" not in roles_in(image):
+        pytest.skip(f"profile {image.manifest['profile']!r} has no node agent")
+    node = master.wait_node_up("ap-test-1")
+    assert node and node["state"] == "up", (node, master.log()[-2000:])
+    # The master's side of the backbone: a route to the node's instance network
+    # (where its agent's advertised address and its instances are) via the node.
+    g.backbone.configure_guest(ssh)
+    net = ipaddress.ip_network(node["allocation"]["instance_network"])
+    g.backbone.route(net)
+    if ipaddress.ip_address(node["address"]) not in net:
+        g.backbone.route(node["address"] + "/32")
+    client = Client(url=master.url, token=master.admin_token, ca_cert=master.ca_file)
+    t0 = time.monotonic()
+    op = client.wait(client.create_service("web", SERVICE)["operation"]["id"], timeout=900)
+    created_s = time.monotonic() - t0
+    svc = client.service(SERVICE)
+    try:
+        assert op["state"] == "SUCCEEDED", (op, svc, master.log()[-4000:])
+        g.timings["service_created_s"] = round(created_s, 1)
+        g.timings["service_active_after_poweron_s"] = round(time.monotonic() - g.t0, 1)
+        yield svc, node, created_s
+    finally:
+        try:
+            client.wait(client.delete_service(SERVICE, force=True)["operation"]["id"],
+                        timeout=300)
+        except Exception as e:  # the guest goes anyway; say why the delete did not
+            print(f"deleting service {SERVICE}: {e}")
