@@ -40,23 +40,43 @@ def image():
     artifact = find_image()
     workdir = tempfile.mkdtemp(prefix="mec-image-test-", dir=os.environ.get("MEC_CONPAAS_TEST_TMP"))
     try:
-        if artifact.endswith(".xz"):
-            base = artifact[:-len(".img.xz")]
-            manifest_path = os.environ.get("MEC_CONPAAS_MANIFEST") or base + ".manifest.json"
-            raw = os.path.join(workdir, os.path.basename(artifact)[:-3])
-            with open(raw, "wb") as f:
-                subprocess.run(["xz", "-dc", "-T0", artifact], stdout=f, check=True)
-        else:
-            base = artifact[:-len(".img")]
-            manifest_path = os.environ.get("MEC_CONPAAS_MANIFEST") or base + ".manifest.json"
-            if not os.path.exists(manifest_path):
-                manifest_path = os.path.join(OUT, os.path.basename(base) + ".manifest.json")
-            raw = artifact
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        yield Image(artifact, raw, manifest, manifest_path, workdir)
+        yield open_image(artifact, workdir, os.environ.get("MEC_CONPAAS_MANIFEST"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def floor_image(image):
+    """The bare image (MEC_CONPAAS_FLOOR_IMAGE: the ``ci`` or ``base`` profile, no
+    node software) whose power-on to SSH is bench/join.py's floor, booted beside
+    the image under test in the same run; None without it."""
+    artifact = os.environ.get("MEC_CONPAAS_FLOOR_IMAGE")
+    if not artifact:
+        return None
+    workdir = os.path.join(image.workdir, "floor-image")
+    os.makedirs(workdir, exist_ok=True)
+    return open_image(os.path.abspath(artifact), workdir)
+
+
+def open_image(artifact, workdir, manifest_path=None):
+    """An Image of ``artifact`` (.img.xz decompressed into ``workdir``, or a raw
+    .img) with its manifest: ``manifest_path``, else NAME.manifest.json next to
+    it or in image-builder/out/."""
+    if artifact.endswith(".xz"):
+        base = artifact[:-len(".img.xz")]
+        raw = os.path.join(workdir, os.path.basename(artifact)[:-3])
+        with open(raw, "wb") as f:
+            subprocess.run(["xz", "-dc", "-T0", artifact], stdout=f, check=True)
+    else:
+        base = artifact[:-len(".img")]
+        raw = artifact
+    if not manifest_path:
+        manifest_path = base + ".manifest.json"
+        if not os.path.exists(manifest_path):
+            manifest_path = os.path.join(OUT, os.path.basename(base) + ".manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    return Image(artifact, raw, manifest, manifest_path, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -140,10 +160,12 @@ def master(managers):
 
 
 @pytest.fixture(scope="session")
-def fleet(request, image, keypair, master):
+def fleet(request, image, floor_image, keypair, master):
     """All boots start at once (each qemu is one more process sharing the CPUs):
     'good' (valid settings), 'malformed', 'missing' (no settings file).
-    MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
+    MEC_CONPAAS_BOOTS=good,malformed,missing selects which.  With
+    MEC_CONPAAS_FLOOR_IMAGE, 'floor' too: the bare image with valid settings,
+    stopped once it answers SSH (test_emulated_boot.test_floor_boot_to_ssh)."""
     key, pub = keypair
     wanted = os.environ.get("MEC_CONPAAS_BOOTS", "good,malformed,missing").split(",")
     texts = {"good": settings(pub, master.guest_url, master.node_token),
@@ -158,6 +180,10 @@ def fleet(request, image, keypair, master):
                     image) else None
                 guests[name] = Guest(image, image.workdir, name, texts[name], backbone=link)
                 guests[name].start()
+        if floor_image is not None:
+            guests["floor"] = Guest(floor_image, floor_image.workdir, "floor", settings(
+                pub, master.guest_url, master.node_token, hostname="ap-floor"))
+            guests["floor"].start()
         failed_before = request.session.testsfailed
         _LIVE.update(guests=guests, key=key, collected=set())
         yield guests

@@ -33,6 +33,20 @@ from imagelib import roles_in
 
 pytestmark = pytest.mark.emulated_boot
 
+def test_floor_boot_to_ssh(fleet, keypair):
+    """bench/join.py's floor, booted beside the image under test (same run, same
+    machine load): the bare image (MEC_CONPAAS_FLOOR_IMAGE, no node software)
+    from power-on to an SSH login and to its boot finished.  Stopped at once,
+    so that it takes no more CPU from the guest under test."""
+    g = guest(fleet, "floor")
+    try:
+        SSH(g, keypair[0]).wait_boot_finished()
+    finally:
+        g.stop()
+    print(f"floor: SSH {g.timings['ssh_s']} s, boot finished "
+          f"{g.timings.get('boot_finished_s')} s after power-on")
+
+
 def test_reaches_multi_user(booted):
     g, ssh = booted
     assert ssh.run("systemctl is-active multi-user.target").stdout.strip() == "active"
