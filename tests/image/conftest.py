@@ -252,9 +252,10 @@ def paas_service(image, booted, master):
     # (where its agent's advertised address and its instances are) via the node.
     g.backbone.configure_guest(ssh)
     net = ipaddress.ip_network(node["allocation"]["instance_network"])
+    # With a DHCP backbone the agent advertises its bridge's address: the one the
+    # join moved it to, not the image's default (which the node no longer holds).
+    assert ipaddress.ip_address(node["address"]) in net, (node["address"], net)
     g.backbone.route(net)
-    if ipaddress.ip_address(node["address"]) not in net:
-        g.backbone.route(node["address"] + "/32")
     client = Client(url=master.url, token=master.admin_token, ca_cert=master.ca_file)
     t0 = time.monotonic()
     op = client.wait(client.create_service("web", SERVICE)["operation"]["id"], timeout=900)
