@@ -97,6 +97,12 @@ def test_kernel_command_line(image, booted):
     assert f"root=PARTUUID={image.partuuid(2)}" in cmdline
     assert "cgroup_enable=memory" in cmdline
     assert "memory" in ssh.run("cat /proc/cgroups").stdout
+    # cgroup v1 hierarchies (image-vars.yml): the node agent freezes and limits
+    # instances through the freezer and pids controllers.
+    assert "systemd.unified_cgroup_hierarchy=0" in cmdline
+    for controller in ("freezer", "pids", "memory"):
+        assert ssh.run(f"test -d /sys/fs/cgroup/{controller}", check=False).returncode == 0, \
+            ssh.run("ls /sys/fs/cgroup; findmnt -t cgroup,cgroup2", check=False).stdout
     mounts = ssh.run("findmnt -no SOURCE,FSTYPE /boot/firmware").stdout.split()
     assert mounts == ["/dev/vda1", "vfat"], mounts
 

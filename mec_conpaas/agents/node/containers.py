@@ -608,7 +608,31 @@ def _write_secret(path, secret, uid, gid):
 QUIESCE_MAX_MS = 1000
 QUIESCE_THAW_S = 0.005
 
+CGROUP_ROOT = "/sys/fs/cgroup"
 PIDS_ROOT = "/sys/fs/cgroup/pids/machine"
+
+
+def _domain_cgroups(controller, domain_name, root=None):
+    """A domain's cgroup directories in a (v1) controller, in either of
+    libvirt's layouts: its own (``machine/PID-NAME.libvirt-lxc``: no
+    systemd-machined, as on the embedded edge) or the one where
+    systemd-machined registers the domain (``machine.slice/
+    machine-lxc\\x2dPID\\x2dNAME.scope``, ``-`` escaped as ``\\x2d``:
+    Debian's libvirt-daemon-system on a systemd host, the flashed image).
+    The pids cgroups this module makes take the same leaf names, under
+    ``machine/``."""
+    base = os.path.join(root or CGROUP_ROOT, controller)
+    own, scope = "-%s.libvirt-lxc" % domain_name, "-%s.scope" % domain_name
+    found = []
+    for parent in ("machine", "machine.slice"):
+        try:
+            entries = sorted(os.listdir(os.path.join(base, parent)))
+        except OSError:
+            continue
+        found += [os.path.join(base, parent, e) for e in entries
+                  if e.endswith(own) or (e.startswith("machine-lxc")
+                                         and e.replace("\\x2d", "-").endswith(scope))]
+    return found
 
 
 def _limit_pids(domain_name, limit):
@@ -637,9 +661,9 @@ def _limit_pids(domain_name, limit):
 
 
 def _remove_pids_cgroup(domain_name, timeout=5.0):
-    import glob
     deadline = time.monotonic() + timeout
-    for cgroup in glob.glob(os.path.join(PIDS_ROOT, "*-%s.libvirt-lxc" % domain_name)):
+    for cgroup in [c for c in _domain_cgroups("pids", domain_name)
+                   if os.path.dirname(c) == PIDS_ROOT]:
         while True:  # killed tasks leave the cgroup as they are reaped
             try:
                 os.rmdir(cgroup)
@@ -654,11 +678,15 @@ def _remove_pids_cgroup(domain_name, timeout=5.0):
 
 
 def _cgroup_read(pid, controller, name):
-    base = "/sys/fs/cgroup/%s/machine" % controller
-    for entry in os.listdir(base):
-        if entry.startswith("lxc-%d-" % pid):
-            with open(os.path.join(base, entry, name)) as f:
-                return int(f.read().strip())
+    """A value of the (v1) ``controller`` cgroup process ``pid`` is in,
+    whichever layout libvirt used (``/proc/PID/cgroup`` says where)."""
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                with open(os.path.join(CGROUP_ROOT, controller, path.lstrip("/"),
+                                       name)) as v:
+                    return int(v.read().strip())
     return None
 
 
@@ -670,8 +698,7 @@ def _forget_neighbour(address):
 
 
 def _freezer_dir(domain_name):
-    import glob
-    dirs = glob.glob("/sys/fs/cgroup/freezer/machine/*-%s.libvirt-lxc" % domain_name)
+    dirs = _domain_cgroups("freezer", domain_name)
     if not dirs:
         raise exception.NodeError("no freezer cgroup for %s" % domain_name)
     return dirs[0]
