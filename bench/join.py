@@ -21,9 +21,12 @@ boot finished and, from qemu's start, to an LXC instance answering HTTP.
 Not re-measured here (a boot is minutes of TCG): the file and its time are
 named in the result.  The floor beside it: a guest of a bare image (the
 ``ci`` profile: the OS, first boot, no node software) from power-on to an
-SSH login and to boot finished, from its own ``timings.json``
-(``--floor-timings``; qemu boots run one at a time on the shared machine,
-so not in the same boot run: both files and their times are named).
+SSH login and to boot finished, from its own ``timings.json``.  The image
+tests boot it in the same run as the guest under test, started together
+(``MEC_CONPAAS_FLOOR_IMAGE``, guest ``floor``, stopped once it answers SSH):
+its ``floor/timings.json`` beside the guest's ``good/timings.json`` is the
+default; ``--floor-timings`` names another (then not the same run: the
+result names both files and their times).
 
 Writes bench/results/join.json and join.png; prints the summary as one JSON
 object on its last line.
@@ -118,10 +121,13 @@ def concurrent_joins(manager, n, base):
 def guest_timings(path):
     if path is None:
         # Not a recursive glob: a build's root tree (with /proc) may be in there.
-        found = sorted(glob.glob(os.path.join(REPO, "image-builder", "build-cache",
-                                              "*artifacts", "good", "timings.json"))
-                       + glob.glob(os.path.join(REPO, "image-builder", "build-cache", "*",
-                                                "artifacts", "good", "timings.json")),
+        # (tools/ci/image.sh keeps them in WORK/artifacts/image/GUEST/.)
+        cache = os.path.join(REPO, "image-builder", "build-cache")
+        found = sorted(glob.glob(os.path.join(cache, "*artifacts", "good", "timings.json"))
+                       + glob.glob(os.path.join(cache, "*", "artifacts", "good",
+                                                "timings.json"))
+                       + glob.glob(os.path.join(cache, "*", "artifacts", "image", "good",
+                                                "timings.json")),
                        key=os.path.getmtime)
         path = found[-1] if found else None
     if not path or not os.path.exists(path):
@@ -156,7 +162,8 @@ def main():
     ap.add_argument("--timings", help="a guest's timings.json (default: the newest "
                     "under image-builder/build-cache)")
     ap.add_argument("--floor-timings", help="the bare (ci profile) guest's "
-                    "timings.json: the floor the guest's times are divided by")
+                    "timings.json: the floor the guest's times are divided by (default: "
+                    "the 'floor' guest of the same image-test run, if there is one)")
     args = ap.parse_args()
     load_start = os.getloadavg()
     manager = Manager(tempfile.mkdtemp(prefix="mec-bench-join-"), enrollment=None, tls=True)
@@ -167,8 +174,16 @@ def main():
             base += n
     finally:
         manager.close()
-    boot = with_floor(guest_timings(args.timings), guest_timings(args.floor_timings)
-                      if args.floor_timings else None)
+    guest = guest_timings(args.timings)
+    floor_path = args.floor_timings
+    if floor_path is None and guest is not None:
+        # The floor guest of the same image-test run, if it booted one.
+        floor_path = os.path.join(os.path.dirname(os.path.dirname(
+            os.path.join(REPO, guest["file"]))), "floor", "timings.json")
+    floor = guest_timings(floor_path) if floor_path and os.path.exists(floor_path) else None
+    if floor is not None:
+        floor["same_run"] = args.floor_timings is None
+    boot = with_floor(guest, floor)
     summary = {
         "benchmark": "join", "manager": "HTTPS, deployment CA, pinned join tokens",
         "concurrent": runs, "guest": boot,

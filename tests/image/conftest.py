@@ -8,12 +8,14 @@ unless MEC_CONPAAS_IMAGE_REQUIRED=1 (CI), where that is an error.
 Everything mounted or attached here is read-only and released at the end.
 """
 
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -21,12 +23,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from imagelib import MALFORMED  # noqa: E402
 from imagelib import OUT  # noqa: E402
 from imagelib import SSH  # noqa: E402
+from imagelib import Backbone  # noqa: E402
 from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
 from imagelib import Manager  # noqa: E402
 from imagelib import Root  # noqa: E402
 from imagelib import find_image  # noqa: E402
 from imagelib import guest  # noqa: E402
+from imagelib import roles_in  # noqa: E402
 from imagelib import settings  # noqa: E402
 from imagelib import sh  # noqa: E402
 
@@ -36,23 +40,43 @@ def image():
     artifact = find_image()
     workdir = tempfile.mkdtemp(prefix="mec-image-test-", dir=os.environ.get("MEC_CONPAAS_TEST_TMP"))
     try:
-        if artifact.endswith(".xz"):
-            base = artifact[:-len(".img.xz")]
-            manifest_path = os.environ.get("MEC_CONPAAS_MANIFEST") or base + ".manifest.json"
-            raw = os.path.join(workdir, os.path.basename(artifact)[:-3])
-            with open(raw, "wb") as f:
-                subprocess.run(["xz", "-dc", "-T0", artifact], stdout=f, check=True)
-        else:
-            base = artifact[:-len(".img")]
-            manifest_path = os.environ.get("MEC_CONPAAS_MANIFEST") or base + ".manifest.json"
-            if not os.path.exists(manifest_path):
-                manifest_path = os.path.join(OUT, os.path.basename(base) + ".manifest.json")
-            raw = artifact
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        yield Image(artifact, raw, manifest, manifest_path, workdir)
+        yield open_image(artifact, workdir, os.environ.get("MEC_CONPAAS_MANIFEST"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def floor_image(image):
+    """The bare image (MEC_CONPAAS_FLOOR_IMAGE: the ``ci`` or ``base`` profile, no
+    node software) whose power-on to SSH is bench/join.py's floor, booted beside
+    the image under test in the same run; None without it."""
+    artifact = os.environ.get("MEC_CONPAAS_FLOOR_IMAGE")
+    if not artifact:
+        return None
+    workdir = os.path.join(image.workdir, "floor-image")
+    os.makedirs(workdir, exist_ok=True)
+    return open_image(os.path.abspath(artifact), workdir)
+
+
+def open_image(artifact, workdir, manifest_path=None):
+    """An Image of ``artifact`` (.img.xz decompressed into ``workdir``, or a raw
+    .img) with its manifest: ``manifest_path``, else NAME.manifest.json next to
+    it or in image-builder/out/."""
+    if artifact.endswith(".xz"):
+        base = artifact[:-len(".img.xz")]
+        raw = os.path.join(workdir, os.path.basename(artifact)[:-3])
+        with open(raw, "wb") as f:
+            subprocess.run(["xz", "-dc", "-T0", artifact], stdout=f, check=True)
+    else:
+        base = artifact[:-len(".img")]
+        raw = artifact
+    if not manifest_path:
+        manifest_path = base + ".manifest.json"
+        if not os.path.exists(manifest_path):
+            manifest_path = os.path.join(OUT, os.path.basename(base) + ".manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    return Image(artifact, raw, manifest, manifest_path, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -136,10 +160,12 @@ def master(managers):
 
 
 @pytest.fixture(scope="session")
-def fleet(request, image, keypair, master):
+def fleet(request, image, floor_image, keypair, master):
     """All boots start at once (each qemu is one more process sharing the CPUs):
     'good' (valid settings), 'malformed', 'missing' (no settings file).
-    MEC_CONPAAS_BOOTS=good,malformed,missing selects which."""
+    MEC_CONPAAS_BOOTS=good,malformed,missing selects which.  With
+    MEC_CONPAAS_FLOOR_IMAGE, 'floor' too: the bare image with valid settings,
+    stopped once it answers SSH (test_emulated_boot.test_floor_boot_to_ssh)."""
     key, pub = keypair
     wanted = os.environ.get("MEC_CONPAAS_BOOTS", "good,malformed,missing").split(",")
     texts = {"good": settings(pub, master.guest_url, master.node_token),
@@ -148,8 +174,16 @@ def fleet(request, image, keypair, master):
     try:
         for name in ("good", "malformed", "missing"):
             if name in wanted:
-                guests[name] = Guest(image, image.workdir, name, texts[name])
+                # The good guest hosts a service the manager places on it: the
+                # manager reaches it over a backbone link (imagelib.Backbone).
+                link = Backbone() if name == "good" and "mec_conpaas_node" in roles_in(
+                    image) else None
+                guests[name] = Guest(image, image.workdir, name, texts[name], backbone=link)
                 guests[name].start()
+        if floor_image is not None:
+            guests["floor"] = Guest(floor_image, floor_image.workdir, "floor", settings(
+                pub, master.guest_url, master.node_token, hostname="ap-floor"))
+            guests["floor"].start()
         failed_before = request.session.testsfailed
         _LIVE.update(guests=guests, key=key, collected=set())
         yield guests
@@ -193,3 +227,48 @@ def booted(fleet, keypair):
     ssh = SSH(g, keypair[0])
     ssh.wait_boot_finished()
     return g, ssh
+
+
+# The service the manager places on the booted node (tests/image/test_emulated_hosting.py),
+# fetched again by a Wi-Fi station through the access point's endpoint
+# (test_emulated_wifi.py).
+SERVICE = "hello"
+
+
+@pytest.fixture(scope="session")
+def paas_service(image, booted, master):
+    """A ``web`` service created through the real manager with no node named:
+    placement puts it on the booted node (the only one up), whose node agent the
+    manager reaches over the backbone link, and starts its instance there.
+    ``(service view, node record, seconds from create to SUCCEEDED)``; deleted
+    at the end of the session."""
+    from mec_conpaas.cli.client import Client
+    g, ssh = booted
+    if "mec_conpaas_node" not in roles_in(image):
+        pytest.skip(f"profile {image.manifest['profile']!r} has no node agent")
+    node = master.wait_node_up("ap-test-1")
+    assert node and node["state"] == "up", (node, master.log()[-2000:])
+    # The master's side of the backbone: a route to the node's instance network
+    # (where its agent's advertised address and its instances are) via the node.
+    g.backbone.configure_guest(ssh)
+    net = ipaddress.ip_network(node["allocation"]["instance_network"])
+    # With a DHCP backbone the agent advertises its bridge's address: the one the
+    # join moved it to, not the image's default (which the node no longer holds).
+    assert ipaddress.ip_address(node["address"]) in net, (node["address"], net)
+    g.backbone.route(net)
+    client = Client(url=master.url, token=master.admin_token, ca_cert=master.ca_file)
+    t0 = time.monotonic()
+    op = client.wait(client.create_service("web", SERVICE)["operation"]["id"], timeout=900)
+    created_s = time.monotonic() - t0
+    svc = client.service(SERVICE)
+    try:
+        assert op["state"] == "SUCCEEDED", (op, svc, master.log()[-4000:])
+        g.timings["service_created_s"] = round(created_s, 1)
+        g.timings["service_active_after_poweron_s"] = round(time.monotonic() - g.t0, 1)
+        yield svc, node, created_s
+    finally:
+        try:
+            client.wait(client.delete_service(SERVICE, force=True)["operation"]["id"],
+                        timeout=300)
+        except Exception as e:  # the guest goes anyway; say why the delete did not
+            print(f"deleting service {SERVICE}: {e}")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -177,6 +178,9 @@ class Manager:
                     f"log_file = {self.dir}/manager.log\n"
                     f"[api]\nbind_host = 127.0.0.1\nbind_port = {self.port}\n"
                     "[manager]\ndriver = lxc\n"
+                    # An instance starts under TCG on the booted node: its app
+                    # answers minutes, not seconds, after the container starts.
+                    "health_timeout = 600\n"
                     + (f"openstack_enrollment_file = {self.enrollment_file}\n"
                        if enrollment is not None else "")
                     + (f"[tls]\ncert_file = {self.dir}/tls/cert.pem\n"
@@ -268,9 +272,61 @@ class Manager:
                 self.proc.wait()
 
 
+class Backbone:
+    """A second network card of a guest, as the backbone between a Pi and the
+    master: a tap device on this machine (``10.250.0.1/30``; the guest's end,
+    found by its MAC, gets ``10.250.0.2/30``).  qemu's user networking lets the
+    guest reach this machine's manager (10.0.2.2) but nothing on this machine
+    reach the guest; over this link the manager reaches the node agent and its
+    instances as a master does, through a route to the node's instance network
+    via the node.  Only this machine and the guest are on the link (nothing is
+    forwarded off the machine); the device and its routes go at ``delete``."""
+
+    NAME = "mecimg0"
+    HOST = "10.250.0.1"
+    GUEST = "10.250.0.2"
+    PREFIX = 30
+    MAC = "52:54:00:6d:65:63"
+
+    def create(self):
+        if os.path.exists(f"/sys/class/net/{self.NAME}"):
+            raise RuntimeError(
+                f"network device {self.NAME} exists already: another image test runs, or "
+                f"an earlier one was killed (then: ip link del {self.NAME})")
+        sh("ip", "tuntap", "add", "dev", self.NAME, "mode", "tap")
+        self.created = True
+        sh("ip", "addr", "add", f"{self.HOST}/{self.PREFIX}", "dev", self.NAME)
+        sh("ip", "link", "set", self.NAME, "up")
+
+    def qemu_args(self):
+        return ["-netdev", f"tap,id=n1,ifname={self.NAME},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n1,mac={self.MAC}"]
+
+    def configure_guest(self, ssh):
+        """The guest's end of the link (no unit of the image manages it)."""
+        ssh.run("sudo sh -c " + shlex.quote(
+            "set -e\n"
+            f"dev=$(grep -l -i '^{self.MAC}$' /sys/class/net/*/address | cut -d/ -f5)\n"
+            "[ -n \"$dev\" ]\n"
+            "ip link set \"$dev\" up\n"
+            f"ip addr replace {self.GUEST}/{self.PREFIX} dev \"$dev\"\n"))
+
+    def route(self, network):
+        """Reach ``network`` (the node's instance network) through the guest."""
+        sh("ip", "route", "replace", str(network), "via", self.GUEST, "dev", self.NAME)
+
+    created = False
+
+    def delete(self):
+        if self.created:  # never another run's device
+            subprocess.run(["ip", "link", "del", self.NAME], capture_output=True)
+            self.created = False
+
+
 class Guest:
-    def __init__(self, image, workdir, name, settings_text):
+    def __init__(self, image, workdir, name, settings_text, backbone=None):
         self.image, self.name = image, name
+        self.backbone = backbone
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.disk = os.path.join(self.dir, "disk.img")
@@ -306,6 +362,9 @@ class Guest:
                "-drive", f"file={self.disk},if=virtio,format=raw",
                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
                "-device", "virtio-net-pci,netdev=n0", "-no-reboot"]
+        if self.backbone:
+            self.backbone.create()
+            cmd[-1:-1] = self.backbone.qemu_args()
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -373,6 +432,8 @@ class Guest:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.backbone:
+            self.backbone.delete()
         if os.path.exists(self.console):
             shutil.copy(self.console, os.path.join(self.artifacts(), "console.log"))
         if self.timings:

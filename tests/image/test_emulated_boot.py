@@ -33,6 +33,20 @@ from imagelib import roles_in
 
 pytestmark = pytest.mark.emulated_boot
 
+def test_floor_boot_to_ssh(fleet, keypair):
+    """bench/join.py's floor, booted beside the image under test (same run, same
+    machine load): the bare image (MEC_CONPAAS_FLOOR_IMAGE, no node software)
+    from power-on to an SSH login and to its boot finished.  Stopped at once,
+    so that it takes no more CPU from the guest under test."""
+    g = guest(fleet, "floor")
+    try:
+        SSH(g, keypair[0]).wait_boot_finished()
+    finally:
+        g.stop()
+    print(f"floor: SSH {g.timings['ssh_s']} s, boot finished "
+          f"{g.timings.get('boot_finished_s')} s after power-on")
+
+
 def test_reaches_multi_user(booted):
     g, ssh = booted
     assert ssh.run("systemctl is-active multi-user.target").stdout.strip() == "active"
@@ -83,6 +97,12 @@ def test_kernel_command_line(image, booted):
     assert f"root=PARTUUID={image.partuuid(2)}" in cmdline
     assert "cgroup_enable=memory" in cmdline
     assert "memory" in ssh.run("cat /proc/cgroups").stdout
+    # cgroup v1 hierarchies (image-vars.yml): the node agent freezes and limits
+    # instances through the freezer and pids controllers.
+    assert "systemd.unified_cgroup_hierarchy=0" in cmdline
+    for controller in ("freezer", "pids", "memory"):
+        assert ssh.run(f"test -d /sys/fs/cgroup/{controller}", check=False).returncode == 0, \
+            ssh.run("ls /sys/fs/cgroup; findmnt -t cgroup,cgroup2", check=False).stdout
     mounts = ssh.run("findmnt -no SOURCE,FSTYPE /boot/firmware").stdout.split()
     assert mounts == ["/dev/vda1", "vfat"], mounts
 

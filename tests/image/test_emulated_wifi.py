@@ -10,13 +10,23 @@ four-way handshake happen between them, then DHCP from the image's dnsmasq.
 
 Checked: the station associates with the settings file's SSID and passphrase,
 gets a lease in the node's client subnet (read from the node's own wlan0
-configuration, so it holds whatever address first boot or enrollment gave the
-AP), and fetches a page from the AP's address over the air; hostapd logs the
-station's AP-STA-CONNECTED.  A wrong passphrase does not associate, and both
-sides' logs say why.  Logs go to the artifacts directory on failure.
+configuration, so it holds whatever address first boot or the join gave the
+AP), and fetches a page from the AP's address over the air; hostapd's control
+interface reports the station's AP-STA-CONNECTED, the node agent (which first
+boot pointed at that control interface) reports the station, and the manager
+lists it as a user of this access point until it leaves.  Then the station
+fetches the PaaS service the manager placed on the node
+(conftest.paas_service) through the access point's endpoint on its
+client-side address.  A wrong passphrase does not associate, and both sides'
+logs say why.  Logs go to the artifacts directory on failure.
+
+hostapd_cli's action script is in /var/tmp, not /run: Debian's initramfs
+mounts /run ``noexec`` (and hands that mount to the system), so hostapd_cli
+could not run a script there and recorded no event at all (session 8).
 """
 
 import ipaddress
+import json
 import re
 import shlex
 import time
@@ -31,6 +41,7 @@ PASSPHRASE = "not a real passphrase"
 NS = "mec-wifi-sta"
 STA_CTRL = "/run/mec-wifi-test"
 EVENTS = "/run/mec-wifi-events.log"
+EVENT_SCRIPT = "/var/tmp/mec-wifi-event.sh"  # not /run: noexec (see above)
 # The test's stations, by their pid files.  Not ``pkill -f 'wpa_supplicant.*NS'``:
 # the script that starts the next station names both in its own command line, so
 # that pattern killed the shell running it (ssh -> 255, the first image runs).
@@ -83,9 +94,9 @@ def air(image, booted):
         # hostapd's control-interface events (what a follower such as the node
         # agent's sees), one line each: EVENT MAC.
         sudo(ssh, f"printf '%s\\n' '#!/bin/sh' 'echo \"$2 $3\" >> {EVENTS}' "
-                  "> /run/mec-wifi-event.sh\nchmod 755 /run/mec-wifi-event.sh\n"
+                  f"> {EVENT_SCRIPT}\nchmod 755 {EVENT_SCRIPT}\n"
                   f": > {EVENTS}\n"
-                  "hostapd_cli -p /run/hostapd -i wlan0 -B -a /run/mec-wifi-event.sh")
+                  f"hostapd_cli -p /run/hostapd -i wlan0 -B -a {EVENT_SCRIPT}")
         yield g, ssh, time.monotonic() - t0
     finally:
         keep = {"hostapd.log": journal(ssh, "hostapd"),
@@ -95,7 +106,8 @@ def air(image, booted):
                                     check=False).stdout}
         g.keep("wifi", keep)
         sudo(ssh, f"{STOP_STATIONS}; ip netns del {NS} || true\n"
-                  "pkill -f '[h]ostapd_cli.*mec-wifi-event' || true", check=False)
+                  f"pkill -f '[h]ostapd_cli.*mec-wifi-event' || true; rm -f {EVENT_SCRIPT}",
+             check=False)
 
 
 def events(ssh):
@@ -147,7 +159,20 @@ def test_wrong_passphrase_does_not_associate(air):
     assert "AP-STA-POSSIBLE-PSK-MISMATCH" in events(ssh), (events(ssh), journal(ssh, "hostapd"))
 
 
-def test_station_associates_gets_lease_and_fetches_page(air):
+def users_of(master, mac, present=True, timeout=60):
+    """The manager's view of the Wi-Fi user ``mac`` (``/v1/users``, from the node
+    agent's station reports) once it is there (or gone, ``present=False``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = master.get("/v1/users", master.admin_token)
+        assert status == 200, body
+        found = [u for u in body["users"] if (u.get("mac") or "").lower() == mac]
+        if bool(found) == present or time.monotonic() > deadline:
+            return found, body["users"]
+        time.sleep(2)
+
+
+def test_station_associates_gets_lease_and_fetches_page(air, master):
     g, ssh, setup_s = air
     net = client_subnet(ssh)
     t0 = time.monotonic()
@@ -185,8 +210,47 @@ def test_station_associates_gets_lease_and_fetches_page(air):
     # hostapd saw the station (the event the node agent's mobility work follows).
     mac = sudo(ssh, f"ip netns exec {NS} cat /sys/class/net/wlan1/address").stdout.strip()
     assert f"AP-STA-CONNECTED {mac}" in events(ssh).splitlines(), events(ssh)
+    # The node agent follows the same control interface (first boot set
+    # [node_agent] hostapd_ctrl_interface) and reports the station: the manager
+    # lists it as a user of this access point, with the address it leased.
+    conf = sudo(ssh, "cat /etc/mec-conpaas/mec-conpaas.conf").stdout
+    assert re.search(r"^hostapd_ctrl_interface = /run/hostapd/wlan0$", conf, re.M), conf
+    found, users = users_of(master, mac)
+    assert found, (users, journal(ssh, "mec-conpaas-node-agent")[-3000:])
+    assert found[0]["ap"] == "ap-test-1", found
+    reported_s = time.monotonic() - t0
     g.timings.update({"wifi_setup_s": round(setup_s, 1),
                       "wifi_associated_s": round(associated_s, 1),
-                      "wifi_leased_s": round(leased_s, 1)})
+                      "wifi_leased_s": round(leased_s, 1),
+                      "wifi_user_reported_s": round(reported_s, 1)})
     print(f"hwsim AP up {setup_s:.0f} s, associated {associated_s:.0f} s, "
           f"lease {got} after {leased_s:.0f} s")
+
+
+def test_station_fetches_paas_service_through_ap_endpoint(air, master, paas_service):
+    """The service the manager placed on this node, fetched by the Wi-Fi user
+    through the access point's endpoint (HAProxy on the client-side address);
+    then the station leaves and the manager stops listing it."""
+    g, ssh, _ = air
+    svc, node, _ = paas_service
+    if sta_state(ssh) != "COMPLETED":
+        pytest.fail("the station of the previous test is not associated: "
+                    + sudo(ssh, "cat /run/mec-wifi-sta-good.log", check=False).stdout)
+    net = client_subnet(ssh)
+    url = f"http://{net.ip}:{svc['port']}/"
+    fetched = sudo(ssh, f"ip netns exec {NS} python3 -c " + shlex.quote(
+        "import urllib.request; print(urllib.request.urlopen("
+        f"{url!r}, timeout=60).read().decode())"), timeout=180).stdout
+    answer = json.loads(fetched)
+    assert answer["service"] == svc["name"], answer
+    assert answer["instance"] == svc["instances"][0]["address"], (answer, svc)
+    g.timings["wifi_service_answered_after_poweron_s"] = round(time.monotonic() - g.t0, 1)
+    # The user leaves: AP-STA-DISCONNECTED, and the node agent's next report drops it.
+    mac = sudo(ssh, f"ip netns exec {NS} cat /sys/class/net/wlan1/address").stdout.strip()
+    sudo(ssh, STOP_STATIONS)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and f"AP-STA-DISCONNECTED {mac}" not in events(ssh):
+        time.sleep(2)
+    assert f"AP-STA-DISCONNECTED {mac}" in events(ssh).splitlines(), events(ssh)
+    found, users = users_of(master, mac, present=False)
+    assert not found, users

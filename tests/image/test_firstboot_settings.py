@@ -3,6 +3,7 @@ script (`mec-conpaas-firstboot check FILE`) on this machine: no image needed."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,6 +25,17 @@ def check(tmp_path, text, encoding="utf-8"):
     f.write_bytes(text.encode(encoding))
     res = subprocess.run([sys.executable, SCRIPT, "check", str(f)], capture_output=True, text=True)
     return res.returncode, (json.loads(res.stdout) if res.returncode == 0 else None), res.stderr
+
+
+def firstboot():
+    """The first-boot script as a module (it has no .py name)."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("mec_conpaas_firstboot", SCRIPT)
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
 
 
 def render(d, eol="\n"):
@@ -117,12 +129,7 @@ def test_secrets_removed_from_the_card_after_first_boot(tmp_path):
     """After a successful apply, the passphrase and the token are commented out of the
     FAT file (CRLF and the rest kept); a re-run then fails on the missing keys instead
     of applying the placeholder text."""
-    import importlib.machinery
-    import importlib.util
-    loader = importlib.machinery.SourceFileLoader("mec_conpaas_firstboot", SCRIPT)
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
+    mod = firstboot()
     f = tmp_path / "mec-conpaas.txt"
     text = "\ufeff" + render(GOOD, eol="\r\n")
     f.write_bytes(text.encode())
@@ -135,3 +142,32 @@ def test_secrets_removed_from_the_card_after_first_boot(tmp_path):
     assert new.count("\r\n") == len(GOOD)
     rc, _, err = check(tmp_path, new)
     assert rc == 1 and "wifi_passphrase is missing" in err and "registration_token" in err
+
+
+def test_node_agent_follows_the_images_hostapd(tmp_path):
+    """First boot points [node_agent] hostapd_ctrl_interface at the control socket of
+    the hostapd that roles/wifi_ap configures (its ctrl_interface directory and
+    interface), so the agent sees AP-STA-CONNECTED/DISCONNECTED; no hostapd
+    configuration, or one without a control interface: nothing to follow."""
+    import jinja2
+    import yaml
+    role = os.path.join(REPO, "roles", "wifi_ap")
+    with open(os.path.join(role, "defaults", "main.yml")) as f:
+        defaults = yaml.safe_load(f)
+    with open(os.path.join(role, "templates", "hostapd.conf.j2")) as f:
+        text = jinja2.Template(f.read()).render(
+            defaults, ansible_managed="test", wifi_ap_ssid="s", wifi_ap_passphrase="p" * 8,
+            wifi_ap_country_code="NL")
+    conf = tmp_path / "hostapd.conf"
+    conf.write_text(text)
+    mod = firstboot()
+    ctrl_dir = re.search(r"^ctrl_interface=(\S+)$", text, re.M).group(1)
+    assert mod.hostapd_ctrl_socket(str(conf)) == os.path.join(
+        ctrl_dir, defaults["wifi_ap_interface"])
+    conf.write_text(text.replace("ctrl_interface=", "ctrl_interface=DIR=", 1)
+                    .replace(f"={ctrl_dir}\n", f"={ctrl_dir} GROUP=netdev\n", 1))
+    assert mod.hostapd_ctrl_socket(str(conf)) == os.path.join(
+        ctrl_dir, defaults["wifi_ap_interface"])
+    conf.write_text(re.sub(r"^ctrl_interface.*\n", "", text, flags=re.M))
+    assert mod.hostapd_ctrl_socket(str(conf)) is None
+    assert mod.hostapd_ctrl_socket(str(tmp_path / "absent.conf")) is None

@@ -42,6 +42,9 @@ cleanup() {
             log "killing qemu $pid"; kill "$pid"; sleep 2; kill -9 "$pid" 2>/dev/null
         fi
     done
+    # The good guest's backbone tap (tests/image/imagelib.py Backbone), if a killed
+    # test run left it (image runs go one at a time on a machine).
+    ip link del mecimg0 2>/dev/null && log "deleted tap mecimg0"
     # Processes chrooted into our build roots.
     for p in /proc/[0-9]*; do
         root=$(readlink "$p/root" 2>/dev/null) || continue

@@ -114,6 +114,13 @@ class NodeAgent:
               and self.membership.allocation is None):
             self._join_until_done()  # its allocation lost: again, as itself
         self._use_allocation()
+        if not opts.advertise_address:
+            # The join may just have moved the bridge to the allocated network:
+            # advertise the address it has now, not the image's default one.
+            try:
+                self.address = interface_info(opts.bridge)[1] or self.address
+            except OSError:
+                pass
         self.server_tls = joining.server_tls(conf)
         self._peer_tls = None  # the deployment CA's context, made on first use
         self.routes = routes_mod.RouteTable(conf.join.route_protocol) \

@@ -638,7 +638,49 @@ def _write_secret(path, secret, uid, gid):
 QUIESCE_MAX_MS = 1000
 QUIESCE_THAW_S = 0.005
 
+CGROUP_ROOT = "/sys/fs/cgroup"
 PIDS_ROOT = "/sys/fs/cgroup/pids/machine"
+
+
+def _domain_cgroups(controller, domain_name, root=None):
+    """A domain's cgroup directories in a (v1) controller, in any of
+    libvirt's layouts: its own (``machine/PID-NAME.libvirt-lxc``: no
+    systemd-machined, as on the embedded edge), the same under an emulated
+    access point's partition (``machine/AP.partition/``, ``[capacity]
+    cgroup_partition``), or the one where systemd-machined registers the
+    domain (``machine.slice/machine-lxc\\x2dPID\\x2dNAME.scope``, ``-``
+    escaped as ``\\x2d``: Debian's libvirt-daemon-system on a systemd host,
+    the flashed image).  ``domain_name`` may be a glob (``PREFIX*``).  The
+    pids cgroups this module makes take the same leaf names, under
+    ``machine/``."""
+    import fnmatch
+    base = os.path.join(root or CGROUP_ROOT, controller)
+    parents = ["machine", "machine.slice"]
+    try:
+        parents[1:1] = [os.path.join("machine", e)
+                        for e in sorted(os.listdir(os.path.join(base, "machine")))
+                        if e.endswith(".partition")]
+    except OSError:
+        pass
+    own, scope = "*-%s.libvirt-lxc" % domain_name, "machine-lxc*-%s.scope" % domain_name
+    found = []
+    for parent in parents:
+        try:
+            entries = sorted(os.listdir(os.path.join(base, parent)))
+        except OSError:
+            continue
+        found += [os.path.join(base, parent, e) for e in entries
+                  if fnmatch.fnmatchcase(e, own) or (
+                      e.startswith("machine-lxc")
+                      and fnmatch.fnmatchcase(e.replace("\\x2d", "-"), scope))]
+    return found
+
+
+def _domain_of_cgroup(path):
+    """The domain name in a cgroup directory's name (either layout)."""
+    leaf = os.path.basename(path).replace("\\x2d", "-")
+    leaf = leaf[:-len(".libvirt-lxc")] if leaf.endswith(".libvirt-lxc") else leaf[:-len(".scope")]
+    return leaf[leaf.index("-" + PREFIX) + 1:]
 
 
 def _limit_pids(domain_name, limit):
@@ -667,9 +709,9 @@ def _limit_pids(domain_name, limit):
 
 
 def _remove_pids_cgroup(domain_name, timeout=5.0):
-    import glob
     deadline = time.monotonic() + timeout
-    for cgroup in glob.glob(os.path.join(PIDS_ROOT, "*-%s.libvirt-lxc" % domain_name)):
+    for cgroup in [c for c in _domain_cgroups("pids", domain_name)
+                   if os.path.dirname(c) == PIDS_ROOT]:
         while True:  # killed tasks leave the cgroup as they are reaped
             try:
                 os.rmdir(cgroup)
@@ -684,14 +726,15 @@ def _remove_pids_cgroup(domain_name, timeout=5.0):
 
 
 def _cgroup_read(pid, controller, name):
-    base = "/sys/fs/cgroup/%s/machine" % controller
-    # under /machine, or an emulated access point's partition in it
-    for parent in [base] + [os.path.join(base, e) for e in os.listdir(base)
-                            if e.endswith(".partition")]:
-        for entry in os.listdir(parent):
-            if entry.startswith("lxc-%d-" % pid):
-                with open(os.path.join(parent, entry, name)) as f:
-                    return int(f.read().strip())
+    """A value of the (v1) ``controller`` cgroup process ``pid`` is in,
+    whichever layout libvirt used (``/proc/PID/cgroup`` says where)."""
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                with open(os.path.join(CGROUP_ROOT, controller, path.lstrip("/"),
+                                       name)) as v:
+                    return int(v.read().strip())
     return None
 
 
@@ -702,17 +745,8 @@ def _forget_neighbour(address):
     subprocess.run(["ip", "neigh", "flush", "to", address], capture_output=True)
 
 
-def _freezer_dirs(name_glob):
-    """Freezer cgroups of domains whose name matches: under /machine, or an
-    emulated access point's partition in it ([capacity] cgroup_partition)."""
-    import glob
-    tail = "*-%s.libvirt-lxc" % name_glob
-    return (glob.glob("/sys/fs/cgroup/freezer/machine/" + tail)
-            + glob.glob("/sys/fs/cgroup/freezer/machine/*.partition/" + tail))
-
-
 def _freezer_dir(domain_name):
-    dirs = _freezer_dirs(domain_name)
+    dirs = _domain_cgroups("freezer", domain_name)
     if not dirs:
         raise exception.NodeError("no freezer cgroup for %s" % domain_name)
     return dirs[0]
@@ -727,15 +761,9 @@ def _running_domains():
     namespace: the embedded edge's access points share one cgroup tree, and
     an agent that listed the others' domains as its orphans had them
     removed by the manager's sweep (test_chaos)."""
-    suffix = ".libvirt-lxc"
     own = os.readlink("/proc/self/ns/net")
-    names = []
-    for path in _freezer_dirs(PREFIX + "*"):
-        if not _has_task_in_netns(path, own):
-            continue
-        base = os.path.basename(path)
-        names.append(base[base.index("-" + PREFIX) + 1:-len(suffix)])
-    return names
+    return [_domain_of_cgroup(path) for path in _domain_cgroups("freezer", PREFIX + "*")
+            if _has_task_in_netns(path, own)]
 
 
 def _has_task_in_netns(cgroup_dir, netns):
