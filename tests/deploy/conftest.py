@@ -53,6 +53,11 @@ def ansible_env():
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["ANSIBLE_NOCOLOR"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # Per-task and per-role wall times in every playbook log (CI's included), so a slow
+    # deploy part can be profiled from its logs instead of by a second run.
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks,ansible.posix.profile_roles"
+    env["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "40"
+    env["PROFILE_TASKS_SORT_ORDER"] = "descending"
     return env
 
 
