@@ -35,6 +35,19 @@ N_AP = int(os.environ.get("MEC_DEPLOY_N_AP", "2"))
 SCOPE = os.environ.get("MEC_DEPLOY_SCOPE", "full")
 SCOPE_ARGS = [] if SCOPE == "full" else ["--skip-tags", "openstack,paas"]
 full_only = pytest.mark.skipif(SCOPE != "full", reason="MEC_DEPLOY_SCOPE=%s" % SCOPE)
+# Whether the master's manager takes keystone tokens ([api] auth_strategy = keystone, the
+# roles' default with the openstack driver; shell, true or false).
+KEYSTONE_AUTH = "grep -q '^auth_strategy = keystone' /etc/mec-conpaas/mec-conpaas.conf"
+# The developer's CLI as installed on the master by mec_conpaas_manager, as admin: the
+# cloud admin's keystone credentials (/etc/openstack/clouds.yaml) when the manager uses
+# keystone, else the PaaS admin token.
+PAAS_CLI = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 /opt/mec-conpaas/venv/bin/mec-conpaas "
+            "$(%s && echo --os-cloud mec-admin || echo --token "
+            "$(cat /etc/mec-conpaas/admin-token)) " % KEYSTONE_AUTH)
+# The header of an admin's request to the manager's API (for curl), the same way.
+ADMIN_HEADER = ("$(%s && echo X-Auth-Token: $(OS_CLOUD=mec-admin openstack token issue "
+                "-f value -c id) || echo Authorization: Bearer "
+                "$(cat /etc/mec-conpaas/admin-token))" % KEYSTONE_AUTH)
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
                    r"failed=(\d+)\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
 

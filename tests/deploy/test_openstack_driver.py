@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from tests.deploy.conftest import ADMIN_HEADER
+from tests.deploy.conftest import PAAS_CLI
 from tests.deploy.conftest import full_only
 from tests.deploy.conftest import shell_quote
-from tests.deploy.test_deploy import ADMIN_HEADER
-from tests.deploy.test_deploy import PAAS_CLI
 from tests.deploy.test_deploy import http_status
 
 CHECK = os.path.join(os.path.dirname(__file__), "openstack_driver_check.py")
