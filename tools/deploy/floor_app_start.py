@@ -48,7 +48,7 @@ def main(server_id, address, prefixlen, bundle):
     for argv in (["addr", "replace", "%s/%s" % (address, prefixlen), "dev", nic],
                  ["link", "set", nic, "up"], ["route", "replace", "default", "dev", nic]):
         subprocess.run(["nsenter", "-t", str(pid), "-n", "ip"] + argv, check=True)
-    root = "/proc/%d/root/." % pid
+    root = "/proc/%s/root/." % pid
     bundles.extract(bundle, root + "/srv/app", 64 << 20, owner=ids)
     env = containers.instance_env({"service_type": "web", "service_name": "floor",
                                    "id": server_id}, address)
