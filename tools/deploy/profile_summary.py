@@ -15,6 +15,7 @@ import argparse
 import collections
 import json
 import os
+import platform
 import re
 import sys
 
@@ -75,6 +76,8 @@ def main(argv=None):
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     out = {"benchmark": "deploy-profile", "note": args.note,
+           "machine": {"cpus": os.cpu_count(), "machine": platform.machine(),
+                       "kernel": platform.release()},
            "loadavg_now": [round(x, 2) for x in os.getloadavg()], "runs": {}}
     for spec in args.runs:
         name, _, path = spec.partition("=")
