@@ -12,6 +12,8 @@ Environment:
   MEC_DEPLOY_REUSE       reuse a running test bed and skip the first deployment
                          (the idempotence check still runs the playbook again)
   MEC_DEPLOY_LOG_DIR     where ansible logs go (default /var/tmp/mec-deploy-logs)
+  MEC_DEPLOY_OPENSTACK   1 (default): the PaaS on the openstack driver (nova backend on
+                         the APs, keystone tenancy); 0: the lxc driver (libvirt backend)
   MEC_DEPLOY_SCOPE       full (default): everything; system: site.yml --skip-tags
                          openstack,paas (common, edge_tuning, wifi_ap only) and the
                          OpenStack / PaaS checks are skipped
@@ -33,6 +35,19 @@ N_AP = int(os.environ.get("MEC_DEPLOY_N_AP", "2"))
 SCOPE = os.environ.get("MEC_DEPLOY_SCOPE", "full")
 SCOPE_ARGS = [] if SCOPE == "full" else ["--skip-tags", "openstack,paas"]
 full_only = pytest.mark.skipif(SCOPE != "full", reason="MEC_DEPLOY_SCOPE=%s" % SCOPE)
+# Whether the master's manager takes keystone tokens ([api] auth_strategy = keystone, the
+# roles' default with the openstack driver; shell, true or false).
+KEYSTONE_AUTH = "grep -q '^auth_strategy = keystone' /etc/mec-conpaas/mec-conpaas.conf"
+# The developer's CLI as installed on the master by mec_conpaas_manager, as admin: the
+# cloud admin's keystone credentials (/etc/openstack/clouds.yaml) when the manager uses
+# keystone, else the PaaS admin token.
+PAAS_CLI = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 /opt/mec-conpaas/venv/bin/mec-conpaas "
+            "$(%s && echo --os-cloud mec-admin || echo --token "
+            "$(cat /etc/mec-conpaas/admin-token)) " % KEYSTONE_AUTH)
+# The header of an admin's request to the manager's API (for curl), the same way.
+ADMIN_HEADER = ("$(%s && echo X-Auth-Token: $(OS_CLOUD=mec-admin openstack token issue "
+                "-f value -c id) || echo Authorization: Bearer "
+                "$(cat /etc/mec-conpaas/admin-token))" % KEYSTONE_AUTH)
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
                    r"failed=(\d+)\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
 
@@ -51,6 +66,11 @@ def ansible_env():
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["ANSIBLE_NOCOLOR"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # Per-task and per-role wall times in every playbook log (CI's included), so a slow
+    # deploy part can be profiled from its logs instead of by a second run.
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks,ansible.posix.profile_roles"
+    env["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "40"
+    env["PROFILE_TASKS_SORT_ORDER"] = "descending"
     return env
 
 

@@ -11,24 +11,13 @@ import urllib.parse
 import paramiko
 import pytest
 
+from tests.deploy.conftest import ADMIN_HEADER
+from tests.deploy.conftest import PAAS_CLI
 from tests.deploy.conftest import SCOPE_ARGS
 from tests.deploy.conftest import full_only
 from tests.deploy.conftest import run_playbook
 from tests.deploy.conftest import shell_quote
 
-# Whether the master's manager takes keystone tokens ([api] auth_strategy = keystone, the
-# roles' default with the openstack driver; shell, true or false).
-KEYSTONE_AUTH = "grep -q '^auth_strategy = keystone' /etc/mec-conpaas/mec-conpaas.conf"
-# The developer's CLI as installed on the master by mec_conpaas_manager, as admin: the
-# cloud admin's keystone credentials (/etc/openstack/clouds.yaml) when the manager uses
-# keystone, else the PaaS admin token.
-PAAS_CLI = ("MEC_CONPAAS_URL=http://127.0.0.1:9680 /opt/mec-conpaas/venv/bin/mec-conpaas "
-            "$(%s && echo --os-cloud mec-admin || echo --token "
-            "$(cat /etc/mec-conpaas/admin-token)) " % KEYSTONE_AUTH)
-# The header of an admin's request to the manager's API (for curl), the same way.
-ADMIN_HEADER = ("$(%s && echo X-Auth-Token: $(OS_CLOUD=mec-admin openstack token issue "
-                "-f value -c id) || echo Authorization: Bearer "
-                "$(cat /etc/mec-conpaas/admin-token))" % KEYSTONE_AUTH)
 OPENSTACK_PORTS = {"keystone": 5000, "glance": 9292, "placement": 8778, "nova": 8774,
                    "neutron": 9696, "cinder": 8776}
 

@@ -7,9 +7,9 @@ import secrets
 
 import pytest
 
+from tests.deploy.conftest import KEYSTONE_AUTH
+from tests.deploy.conftest import PAAS_CLI
 from tests.deploy.conftest import full_only
-from tests.deploy.test_deploy import KEYSTONE_AUTH
-from tests.deploy.test_deploy import PAAS_CLI
 
 CLOUDS = "/var/tmp/mec-test-tenants-clouds.yaml"
 PROJECTS = ("mec-test-p1", "mec-test-p2")

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from tests.deploy.conftest import ADMIN_HEADER
+from tests.deploy.conftest import PAAS_CLI
 from tests.deploy.conftest import full_only
 from tests.deploy.conftest import shell_quote
-from tests.deploy.test_deploy import ADMIN_HEADER
-from tests.deploy.test_deploy import PAAS_CLI
 from tests.deploy.test_deploy import http_status
 
 CHECK = os.path.join(os.path.dirname(__file__), "openstack_driver_check.py")
@@ -20,12 +20,12 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver: opt-in with
-    mec_conpaas_use_openstack (the test bed sets it with MEC_DEPLOY_OPENSTACK=1)."""
+    """These tests need the deployment on the openstack driver: the default with a
+    controller (MEC_DEPLOY_OPENSTACK=0 puts the test bed on the lxc driver)."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
         pytest.skip("the manager runs the lxc driver "
-                    "(MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
+                    "(MEC_DEPLOY_OPENSTACK=0 was set)")
 
 
 @pytest.fixture(scope="module")

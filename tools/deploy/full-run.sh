@@ -9,6 +9,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 STATE=${MEC_DEPLOY_STATE:-/var/tmp/mec-deploy-testbed}
 LOGS=${MEC_DEPLOY_LOG_DIR:-/var/tmp/mec-deploy-logs}
 export ANSIBLE_CONFIG=$REPO/ansible.cfg ANSIBLE_NOCOLOR=1
+# per-task and per-role times in every log (as tests/deploy/conftest.py ansible_env)
+export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks,ansible.posix.profile_roles
+export PROFILE_TASKS_TASK_OUTPUT_LIMIT=40 PROFILE_TASKS_SORT_ORDER=descending
 mkdir -p "$LOGS"
 T0=$(date +%s)
 declare -A T
