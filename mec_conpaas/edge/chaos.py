@@ -412,16 +412,19 @@ def agent_call(edge, ap, method, path, body=None):
     return httpserver.call(method, url, token, body, timeout=10)
 
 
-def listening_ports(edge, ap, lo=20000, hi=20999):
-    out = subprocess.run(["ip", "netns", "exec", edge.net.netns(ap), "ss", "-Hltn"],
+def listening_ports(edge, ap, lo=20000, hi=20999, owners=False):
+    """Endpoint ports listened on in the AP's namespace; with ``owners``,
+    {port: the process column of ``ss -p``} (who still holds a port a
+    deleted service had: test_chaos once found two)."""
+    out = subprocess.run(["ip", "netns", "exec", edge.net.netns(ap), "ss", "-Hltnp"],
                          capture_output=True, text=True, check=True).stdout
-    ports = set()
+    ports = {}
     for line in out.splitlines():
-        local = line.split()[3]
-        port = int(local.rsplit(":", 1)[1])
+        fields = line.split()
+        port = int(fields[3].rsplit(":", 1)[1])
         if lo <= port <= hi:
-            ports.add(port)
-    return ports
+            ports[port] = " ".join(fields[5:])
+    return ports if owners else set(ports)
 
 
 def consistency_problems(edge, admin):
@@ -453,11 +456,12 @@ def consistency_problems(edge, admin):
             if addrs != active:
                 problems.append("%s: %s backends %s, instances %s" % (
                     ap, sid, sorted(addrs), sorted(active)))
-        ports = listening_ports(edge, ap)
+        ports = listening_ports(edge, ap, owners=True)
         live = {s["port"] for s in services if s["instances"]}
-        if ports - live:
-            problems.append("%s: ports %s held for no service" % (
-                ap, sorted(ports - live)))
+        if set(ports) - live:
+            problems.append("%s: ports %s held for no service (%s)" % (
+                ap, sorted(set(ports) - live),
+                "; ".join("%d: %s" % (p, ports[p]) for p in sorted(set(ports) - live))))
     return problems
 
 
