@@ -49,6 +49,15 @@ def wait_quiet(limit=3.0, max_wait=600.0, interval=10.0, waited_before=0.0):
             "quiet_limit": limit, "was_quiet_at_start": load[0] < limit}
 
 
+def load_note(load_at_start, load_at_end, limit=3.0):
+    """Whether the run shared the machine, from the 1-min loads it recorded
+    rather than a sentence typed into the script: a run is called quiet when
+    the load was under ``limit`` at its start and at its end."""
+    return {"shared_machine": max(load_at_start, load_at_end) >= limit,
+            "load_note": "1-min load %.2f at the start, %.2f at the end (quiet below %g)"
+                         % (load_at_start, load_at_end, limit)}
+
+
 def add_quiet_args(parser):
     """--wait-quiet and --waited-before, for ``quiet_from``."""
     parser.add_argument("--wait-quiet", type=float, default=600,

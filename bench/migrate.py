@@ -288,9 +288,8 @@ def main():
         proxy_log_user_ap=proxy, load=load,
         state_copy_rate_mb=cfg_default("state_copy_rate_mb"),
         latency_shaping=common.shaping_note(status), machine=common.machine(),
-        machine_shared="other engineers' test beds, builds and tests ran on the same "
-                       "2 cores during this run; the floor was measured in the same "
-                       "run for that reason")
+        **common.load_note(load["load_1min_at_start"], load["load_1min_at_end"],
+                           QUIET_LOAD))
 
     def plot(ax):
         for m, marker in zip(MODELS, (".", "x")):

@@ -160,8 +160,7 @@ def main():
         "bench": "farcloud-offload",
         "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
         "machine": common.machine(),
-        "machine_shared": "yes: other engineers' builds and tests ran at the same time "
-                          "on these 2 cores; the floor (the edge phase) is in this run",
+        **common.load_note(quiet["loadavg_at_start"][0], os.getloadavg()[0]),
         "latency_shaping": shaping, **quiet,
         "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "interval_s": args.interval, "requests": summary["requests"],

@@ -107,6 +107,7 @@ def main():
     p.add_argument("--peer", default="",
                    help="comma-separated peers measured in the same run: podman, lxc")
     args = p.parse_args()
+    load_start = os.getloadavg()[0]
     wanted = [x for x in args.peer.split(",") if x.strip()]
     unknown = set(wanted) - {"podman", "lxc"}
     if unknown:
@@ -147,9 +148,7 @@ def main():
         "memory_mb": memory, "latency_shaping": common.shaping_note(status),
         "machine": common.machine(), "peers": peer_results,
         "peers_note": "each peer's rounds ran after the interleaved PaaS/floor rounds",
-        "machine_shared": "other engineers' test beds, builds and tests ran on the "
-                          "same 2 cores during this run; floor and peers were "
-                          "measured in the same run for that reason",
+        **common.load_note(load_start, os.getloadavg()[0]),
         "reference": {"mec_conpaas_paper_pi2_s": 90, "picasso_pi3_s": 1.42},
     }
 

@@ -680,7 +680,6 @@ def main():
     ours, floor = p1["ours"], p1["floor_3_nodes"]
     summary = {
         "bench": "scale", "quick": args.quick, "machine": common.machine(),
-        "shared_machine": "yes: 2 cores shared with other helpers' builds and tests",
         "nodes": n, "window_s": window, "heartbeat_s": HEARTBEAT_S,
         "control_plane": p1, "autoscale_round": p2,
         "placement_decision_ms": ours["placement_ms"]["end_to_end"]["median"],
@@ -715,6 +714,7 @@ def main():
                   "enorm_round_1_s": ENORM_ROUND_1_S},
         "duration_s": round(time.monotonic() - t0, 1),
         **quiet, "loadavg_at_end": common.loadavg(),
+        **common.load_note(quiet["loadavg_at_start"][0], common.loadavg()[0]),
         "agents_cpu_percent_of_one_core": ours["agents_cpu_percent_of_one_core"],
         "agents_share_of_machine_percent": ours["agents_share_of_machine_percent"],
         "manager_total_rss_mb": ours["manager_memory"]["total_rss_mb"]}

@@ -398,6 +398,7 @@ def main_moves(args, tmp):
         "loadavg_1min_at_start": round(load_start[0], 2),
         "loadavg_1min_at_end": round(load_end[0], 2),
         "waited_for_quiet": waited,
+        **common.load_note(load_start[0], load_end[0]),
         "results": moves,
         "seconds": round(time.monotonic() - t_all, 1),
     }
@@ -464,8 +465,7 @@ def header(name, args, floor, shaping):
     return {"bench": name, "quick": args.quick,
             "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
             "machine": common.machine(),
-            "machine_shared": "yes: other engineers' builds and tests ran at the same "
-                              "time on these 2 cores; " + floor,
+            "floor": floor,
             "latency_shaping": shaping}
 
 
@@ -538,6 +538,7 @@ def main():
         "overhead_ratio_cloud_vs_host": round(c / h, 3),
         "target_ratio": 1.10,
         **waited, "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
+        **common.load_note(waited["loadavg_at_start"][0], os.getloadavg()[0], 4.0),
         "results": results,
         "seconds": round(time.monotonic() - t_all, 1),
     }
