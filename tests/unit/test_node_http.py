@@ -123,3 +123,42 @@ def test_an_answer_cut_short_is_a_node_error():
     finally:
         t.join(5)
         srv.close()
+
+
+def test_calls_from_new_threads_reuse_one_connection():
+    """The threaded server runs each request in a new thread; a call made
+    from there (migration's final state push) must reuse a kept-alive
+    connection rather than pay a handshake inside the critical window."""
+    peers = []
+
+    class Handler(httpserver.http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            peers.append(self.client_address)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = httpserver.Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    url = "http://127.0.0.1:%d/x" % server.server_address[1]
+    try:
+        for _ in range(3):
+            caller = threading.Thread(target=httpserver.call, args=("GET", url))
+            caller.start()
+            caller.join()
+        assert len(peers) == 3 and len(set(peers)) == 1
+        httpserver.hang_up(url)
+        httpserver.call("GET", url)
+        assert len(set(peers)) == 2  # hung up: the next call opens a new one
+    finally:
+        httpserver.hang_up(url)
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -337,7 +337,8 @@ class NodeAgent:
             self.beacon = None
         self.full_interval = liveness_mod.full_interval(answer, self.conf)
         if self.beacon is not None:
-            httpserver.hang_up()  # the next full report is far off
+            # the next full report is far off
+            httpserver.hang_up(self.conf.node_agent.manager_url)
             self.beacon.synced(answer["liveness"]["clock"], sent_at, time.time(), shape)
 
     def fetch_bundle(self, sha256, cache_dir):

@@ -161,7 +161,18 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_port = self.server_address[1]
 
 
-_local = threading.local()
+#: Idle kept-alive connections, per peer, shared by every thread of the
+#: process.  Per-thread pools (what this was) gave a fresh connection to
+#: every call made from a request handler, since the threaded server runs
+#: each request in a new thread: migration's final state push (a node agent
+#: handling the manager's request) paid a TCP handshake over the backbone
+#: inside the critical window.  A connection is owned by one caller between
+#: ``_checkout`` and ``_checkin``.
+_idle = {}
+_idle_lock = threading.Lock()
+#: Idle connections kept per peer: the manager's switch and a migration
+#: need a few at once, more only cost the peer open sockets.
+IDLE_PER_PEER = 4
 
 
 class _NoDelayConnection(http.client.HTTPConnection):
@@ -182,39 +193,52 @@ class _NoDelayTLSConnection(http.client.HTTPSConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _connection(host, port, timeout, fresh=False, tls=None, server_name=None):
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        pool = _local.pool = {}
+def _checkout(host, port, timeout, fresh=False, tls=None, server_name=None):
     key = (host, port, id(tls) if tls is not None else None, server_name)
-    conn = pool.get(key)
-    if conn is None or fresh:
-        if conn is not None:
-            conn.close()
+    conn = None
+    if not fresh:
+        with _idle_lock:
+            stack = _idle.get(key)
+            if stack:
+                conn = stack.pop()
+    if conn is None:
         if tls is not None:
             conn = _NoDelayTLSConnection(host, port, timeout=timeout, context=tls)
             conn.server_name = server_name
         else:
             conn = _NoDelayConnection(host, port, timeout=timeout)
-        pool[key] = conn
     conn.timeout = timeout
     if conn.sock is not None:
         conn.sock.settimeout(timeout)
-    return conn
+    return key, conn
 
 
-def hang_up():
-    """Close this thread's kept-alive connections (the next call opens a
-    new one): for a caller that will not call again for long, as an idle
-    connection costs the server (the manager's HTTP server walks every open
-    connection on each turn of its loop)."""
-    for conn in (getattr(_local, "pool", None) or {}).values():
-        conn.close()
+def _checkin(key, conn):
+    with _idle_lock:
+        stack = _idle.setdefault(key, [])
+        if len(stack) < IDLE_PER_PEER:
+            stack.append(conn)
+            return
+    conn.close()
+
+
+def hang_up(url=None):
+    """Close the kept-alive connections to ``url``'s host and port (all when
+    None) that no call is using: for a caller that will not call again for
+    long, as an idle connection costs the server (the manager's HTTP server
+    walks every open connection on each turn of its loop)."""
+    parts = urllib.parse.urlsplit(url) if url else None
+    with _idle_lock:
+        for key in list(_idle):
+            if parts is None or (key[0], key[1]) == (
+                    parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)):
+                for conn in _idle.pop(key):
+                    conn.close()
 
 
 def call(method, url, token=None, body=None, timeout=30, raw=False,
          content_type="application/json", tls=None, server_name=None):
-    """JSON request over a kept-alive connection (one per thread and peer).
+    """JSON request over a kept-alive connection (a process-wide pool per peer).
 
     Migration's critical window is a handful of these calls over shaped
     links: a new TCP handshake each time would double it.  Every node agent
@@ -239,9 +263,10 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
     for attempt in (0, 1):
         if parts.scheme == "https" and tls is None:
             tls = ssl.create_default_context()
-        conn = _connection(parts.hostname, parts.port or (443 if tls else 80), timeout,
-                           fresh=attempt == 1, tls=tls if parts.scheme == "https" else None,
-                           server_name=server_name)
+        key, conn = _checkout(parts.hostname, parts.port or (443 if tls else 80), timeout,
+                              fresh=attempt == 1,
+                              tls=tls if parts.scheme == "https" else None,
+                              server_name=server_name)
         reused = conn.sock is not None
         try:
             conn.request(method, path, body=data, headers=headers)
@@ -262,6 +287,8 @@ def call(method, url, token=None, body=None, timeout=30, raw=False,
             raise exception.NodeError("%s %s: %s" % (method, url, e)) from None
     if resp.will_close:
         conn.close()
+    else:
+        _checkin(key, conn)
     if resp.status >= 400:
         try:
             # Node agents and the manager answer {"error": {"message": ...}};
