@@ -5,6 +5,7 @@ import sys
 from oslo_config import cfg
 
 from mec_conpaas import conf as conf_mod
+from mec_conpaas.agents.node import memory
 from mec_conpaas.cmd import setup_logging
 
 cli_opts = [
@@ -19,25 +20,8 @@ cli_opts = [
 ]
 
 
-# glibc's mallopt(M_ARENA_MAX): see _few_malloc_arenas.
-M_ARENA_MAX = -8
-
-
-def _few_malloc_arenas(arenas=2):
-    """Let glibc keep at most ``arenas`` malloc arenas.  By default each
-    thread that allocates may get one of its own (up to 8 per core), and
-    the agent starts a thread per request it serves: their arenas' pages
-    stay resident.  What MALLOC_ARENA_MAX does, set from here so that every
-    way of starting the agent (systemd unit, image, embedded edge) has it."""
-    import ctypes
-    try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def main(argv=None):
-    _few_malloc_arenas()
+    memory.few_malloc_arenas()
     conf_mod.CONF.register_cli_opts(cli_opts)
     conf = conf_mod.parse_args(sys.argv[1:] if argv is None else argv,
                                prog="mec-conpaas-node-agent")

@@ -16,6 +16,7 @@ ext4 image (``disk_mb``) owned by the range, so a full disk is the
 instance's problem alone.  Capabilities not needed by the service agent
 and ordinary applications are dropped.
 """
+import html
 import ipaddress
 import json
 import logging
@@ -24,8 +25,6 @@ import shutil
 import subprocess
 import threading
 import time
-from xml.sax.saxutils import escape
-from xml.sax.saxutils import quoteattr
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
@@ -73,6 +72,18 @@ def instance_env(spec, address):
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
     }
+
+
+def escape(text):
+    """XML character data.  ``html`` (loaded by the agent's HTTP server
+    anyway), not ``xml.sax.saxutils``, which pulls in urllib.request."""
+    return html.escape(text, quote=False)
+
+
+def quoteattr(value):
+    """A double-quoted XML attribute value."""
+    return '"%s"' % html.escape(value).replace("\n", "&#10;").replace(
+        "\r", "&#13;").replace("\t", "&#9;")
 
 
 def veth_name(domain_name):
