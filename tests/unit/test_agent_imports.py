@@ -19,6 +19,10 @@ NODE_AGENT = os.path.join(os.path.dirname(__file__), "..", "..", "mec_conpaas",
 HEAVY = ("libvirt", "prometheus_client", "sqlalchemy", "requests", "cliff",
          "keystonemiddleware", "openstack", "yaml")
 
+# The nova backend's modules: they use the binding (nova names its domains'
+# interfaces and keeps stopped domains), the lxc backend never loads them.
+NOVA_ONLY = ("mec_conpaas.agents.node.nova", "mec_conpaas.agents.node.libvirt_binding")
+
 PROBE = r"""
 import json, os, sys
 from mec_conpaas.cmd import node_agent
@@ -57,12 +61,13 @@ def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     assert got["stopped"] == {"info": "STOPPED", "ports": {}, "usage": {}}
     loaded = {m.split(".")[0] for m in got["modules"]}
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    assert not set(got["modules"]) & set(NOVA_ONLY), set(got["modules"]) & set(NOVA_ONLY)
 
 
 def test_only_the_nova_backend_imports_libvirt():
     """Paths the probe above cannot run (a container's start and destroy
     need libvirtd): no module of the agent but the nova backend's imports
-    the binding, at any depth."""
+    the binding, at any depth (in a function too)."""
     importers = []
     for path in sorted(glob.glob(os.path.join(NODE_AGENT, "*.py"))):
         with open(path) as f:
@@ -72,4 +77,5 @@ def test_only_the_nova_backend_imports_libvirt():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(n.split(".")[0] == "libvirt" for n in names):
                 importers.append(os.path.basename(path))
-    assert importers and set(importers) == {"nova.py"}, importers
+    assert importers and set(importers) == {m.rsplit(".", 1)[1] + ".py"
+                                            for m in NOVA_ONLY}, importers

@@ -290,12 +290,14 @@ class LibvirtContainers:
         meta = meta or self._meta(instance_id)
         if meta is None:
             raise exception.NotFound("no instance %s on this node" % instance_id)
-        state = "STOPPED"
-        if self._running(instance_id):
-            # libvirt's suspend of an LXC domain is this same freezer.
-            state = "FROZEN" if _freezer_state(
-                self.domain_name(instance_id)) == "FROZEN" else "RUNNING"
-        return dict(meta, state=state)
+        return dict(meta, state=self._state(instance_id))
+
+    def _state(self, instance_id):
+        if not self._running(instance_id):
+            return "STOPPED"
+        # libvirt's suspend of an LXC domain is this same freezer.
+        return "FROZEN" if _freezer_state(
+            self.domain_name(instance_id)) == "FROZEN" else "RUNNING"
 
     def create(self, spec):
         instance_id = spec["id"]
@@ -532,17 +534,21 @@ class LibvirtContainers:
         for entry in os.listdir(self.root):
             if entry.startswith("."):
                 continue
-            pid = _container_pid(self.domain_name(entry))
-            if pid is None:
-                continue
             try:
-                pid = int(pid)
+                pid = self._usage_pid(entry)
+                if pid is None:
+                    continue
                 mem = _cgroup_read(pid, "memory", "memory.usage_in_bytes")
                 cpu = _cgroup_read(pid, "cpuacct", "cpuacct.usage")
                 out[entry] = {"memory_bytes": mem, "cpu_ns": cpu}
             except Exception:  # a container stopping under us
                 continue
         return out
+
+    def _usage_pid(self, instance_id):
+        """A pid in the instance's cgroups, None if it does not run."""
+        pid = _container_pid(self.domain_name(instance_id))
+        return int(pid) if pid is not None else None
 
     def sizes(self):
         """``{instance id: {"cpus", "memory_mb"}}``: each container's size
