@@ -6,7 +6,8 @@
   memory by mapping (``/proc/PID/smaps``: each shared library, the heap),
   so a reader sees what the number is made of.
 * What each import costs: a child process imports, in the agent's order,
-  oslo.config, the agent's modules, its container backend and
+  oslo.config (stevedore deferred, as the agent's entry point does), the
+  agent's modules, its container backend and
   prometheus_client, returns freed pages as the agent does once started,
   and reports VmRSS after each step.  (The agent no longer loads the
   libvirt binding: virsh starts and destroys containers.)
@@ -30,6 +31,8 @@ AGENT_PORT = 9681  # [node_agent] bind_port's default, as the edge runs it
 
 STEPS = [
     ("interpreter (site)", None),
+    # The agent's entry point defers oslo.config's stevedore (memory.py).
+    ("stevedore deferred", "!defer"),
     ("oslo.config", "oslo_config.cfg"),
     ("mec_conpaas.conf", "mec_conpaas.conf"),
     ("agent modules", "mec_conpaas.agents.node.agent"),
@@ -47,7 +50,10 @@ def rss():
                 return int(line.split()[1]) / 1024
 out = []
 for label, module in json.loads(sys.argv[1]):
-    if module == "!trim":
+    if module == "!defer":
+        from mec_conpaas.agents.node import memory
+        memory.defer_import("stevedore")
+    elif module == "!trim":
         from mec_conpaas.agents.node import memory
         memory.trim()
     elif module:
@@ -61,6 +67,7 @@ print(json.dumps(out))
 # is code read from .pyc files (unmarshalled by importlib's external loader).
 ALLOCATED = r"""
 import json, tracemalloc
+from mec_conpaas.cmd import node_agent
 from mec_conpaas.conf import parse_args
 from mec_conpaas.agents.node import agent, containers
 parse_args([])

@@ -10,6 +10,11 @@ pages back itself, at start and after each heartbeat (well under a
 millisecond for its heap).
 """
 import ctypes
+import importlib
+import importlib.util
+import sys
+import threading
+import types
 
 # glibc's mallopt(M_ARENA_MAX).
 M_ARENA_MAX = -8
@@ -41,3 +46,31 @@ def trim():
     """Return every free page of every arena to the kernel."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+class _Deferred(types.ModuleType):
+    """Stands in ``sys.modules`` for a module until something uses it: the
+    first attribute asked of it imports the real module, which takes its
+    place there (the stand-in then forwards to it)."""
+
+    _lock = threading.Lock()
+
+    def __getattr__(self, attr):
+        with self._lock:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+        return getattr(real, attr)
+
+
+def defer_import(name):
+    """Let ``import name`` succeed without loading ``name`` until it is
+    used (Python 3.11's LazyLoader loads at the import statement itself).
+    Nothing if it is loaded already or not installed."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is not None:
+        stand_in = _Deferred(name)
+        stand_in.__spec__ = spec
+        sys.modules[name] = stand_in
