@@ -37,7 +37,7 @@ AGENT_PORT = 9681  # [node_agent] bind_port's default, as the edge runs it
 STEPS = [
     ("interpreter (site)", None),
     # The agent's entry point defers oslo.config's stevedore (memory.py).
-    ("stevedore deferred", "!defer"),
+    ("ctypes, stevedore deferred (memory.py)", "!defer"),
     ("oslo.config", "oslo_config.cfg"),
     ("mec_conpaas.conf", "mec_conpaas.conf"),
     ("agent modules", "mec_conpaas.agents.node.agent"),
