@@ -1,5 +1,7 @@
 """The node agent imports only what it uses, when it uses it (issue 13: its
 resident memory; bench/footprint.py measures what each import costs)."""
+import ast
+import glob
 import json
 import os
 import shutil
@@ -7,16 +9,24 @@ import subprocess
 import sys
 import tempfile
 
-# Loaded on first use only: the libvirt binding (~11 MB resident) when the
-# agent creates, deletes or wires a container; prometheus_client at the
-# first scrape; the manager's and the CLI's libraries never.
+NODE_AGENT = os.path.join(os.path.dirname(__file__), "..", "..", "mec_conpaas",
+                          "agents", "node")
+
+# Never in the agent of an lxc-backend node: the libvirt binding (~11 MB
+# resident; libvirtd is driven through virsh, states and usage are read from
+# cgroups); prometheus_client until the first scrape; the manager's and the
+# CLI's libraries.
 HEAVY = ("libvirt", "prometheus_client", "sqlalchemy", "requests", "cliff",
          "keystonemiddleware", "openstack", "yaml")
 
+# The nova backend's modules: they use the binding (nova names its domains'
+# interfaces and keeps stopped domains), the lxc backend never loads them.
+NOVA_ONLY = ("mec_conpaas.agents.node.nova", "mec_conpaas.agents.node.libvirt_binding")
+
 PROBE = r"""
-import json, sys
-from mec_conpaas import conf as conf_mod
+import json, os, sys
 from mec_conpaas.cmd import node_agent
+from mec_conpaas import conf as conf_mod
 from mec_conpaas.agents.node import agent, containers
 conf = conf_mod.parse_args([])
 conf.set_override("state_path", sys.argv[1])
@@ -24,12 +34,23 @@ conf.set_override("instances_path", sys.argv[1] + "/instances", group="node_agen
 conf.set_override("instance_network", "10.99.0.0/24", group="node_agent")
 c = containers.LibvirtContainers(conf, fetch_bundle=None)
 # What the manager's sweep and a scrape ask of a node hosting nothing.
-listed, used, sizes = c.list(), c.usage(), c.sizes()
-print(json.dumps({"modules": sorted(sys.modules), "listed": listed, "usage": used}))
+empty = {"listed": c.list(), "usage": c.usage(), "sizes": c.sizes()}
+# And of one whose instance is known but not running (its domain gone).
+iid = "7d0c1d9e-4a43-4f5e-9d61-3c2b1a0f9e88"
+os.makedirs(os.path.join(conf.node_agent.instances_path, iid))
+with open(os.path.join(conf.node_agent.instances_path, iid, "meta.json"), "w") as f:
+    json.dump({"id": iid, "service_id": "s", "address": "10.99.0.2",
+               "idmap_slot": 0, "cpus": 0.5, "memory_mb": 128}, f)
+stopped = {"info": c.info(iid)["state"], "ports": c.ports(), "usage": c.usage()}
+modules = sorted(sys.modules)
+# Deferred, not gone: a configuration source driver would still load.
+import stevedore
+print(json.dumps({"modules": modules, "empty": empty, "stopped": stopped,
+                  "stevedore": stevedore.ExtensionManager.__name__}))
 """
 
 
-def test_agent_entry_and_an_empty_nodes_container_calls_load_nothing_heavy():
+def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     # Searchable by others, as instances' roots must be (not pytest's 0700).
     state = tempfile.mkdtemp(prefix="mec-imports-", dir="/tmp")
     os.chmod(state, 0o711)
@@ -40,6 +61,29 @@ def test_agent_entry_and_an_empty_nodes_container_calls_load_nothing_heavy():
         shutil.rmtree(state)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout)
-    assert got["listed"] == [] and got["usage"] == {}
+    assert got["empty"] == {"listed": [], "usage": {}, "sizes": {}}
+    assert got["stopped"] == {"info": "STOPPED", "ports": {}, "usage": {}}
     loaded = {m.split(".")[0] for m in got["modules"]}
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    assert not set(got["modules"]) & set(NOVA_ONLY), set(got["modules"]) & set(NOVA_ONLY)
+    # oslo.config's stevedore (entry points, importlib.metadata) is deferred
+    # by the agent's entry point until something uses it.
+    assert not {"stevedore.extension", "importlib.metadata"} & set(got["modules"])
+    assert got["stevedore"] == "ExtensionManager"
+
+
+def test_only_the_nova_backend_imports_libvirt():
+    """Paths the probe above cannot run (a container's start and destroy
+    need libvirtd): no module of the agent but the nova backend's imports
+    the binding, at any depth (in a function too)."""
+    importers = []
+    for path in sorted(glob.glob(os.path.join(NODE_AGENT, "*.py"))):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "libvirt" for n in names):
+                importers.append(os.path.basename(path))
+    assert importers and set(importers) == {m.rsplit(".", 1)[1] + ".py"
+                                            for m in NOVA_ONLY}, importers

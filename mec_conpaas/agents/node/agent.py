@@ -26,6 +26,7 @@ from mec_conpaas.agents.node import httpserver
 from mec_conpaas.agents.node import isolation as isolation_mod
 from mec_conpaas.agents.node import joining
 from mec_conpaas.agents.node import liveness as liveness_mod
+from mec_conpaas.agents.node import memory
 from mec_conpaas.agents.node import probe
 from mec_conpaas.agents.node import report as report_mod
 from mec_conpaas.agents.node import routes as routes_mod
@@ -308,6 +309,7 @@ class NodeAgent:
                 LOG.warning("registration or heartbeat failed: %s", e.message)
             except joining.JoinRefused as e:
                 LOG.error("cannot join: %s", e.message)
+            memory.trim()  # what serving since the last beat freed
             self.wake.wait(interval)
             self.wake.clear()
 
@@ -687,6 +689,7 @@ class NodeAgent:
                                    httpserver.make_handler(self.router(),
                                                            self.authenticate))
         server.tls = self.server_tls
+        memory.trim()  # what starting freed
         threading.Thread(target=self.heartbeat_loop, daemon=True).start()
         LOG.info("node agent %s listening on %s:%s (%s)", self.name, opts.bind_host,
                  opts.bind_port, "HTTPS" if server.tls else "HTTP")

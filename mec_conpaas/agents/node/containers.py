@@ -16,6 +16,7 @@ ext4 image (``disk_mb``) owned by the range, so a full disk is the
 instance's problem alone.  Capabilities not needed by the service agent
 and ordinary applications are dropped.
 """
+import html
 import ipaddress
 import json
 import logging
@@ -24,8 +25,6 @@ import shutil
 import subprocess
 import threading
 import time
-from xml.sax.saxutils import escape
-from xml.sax.saxutils import quoteattr
 
 from mec_conpaas import bundles
 from mec_conpaas import exception
@@ -73,6 +72,25 @@ def instance_env(spec, address):
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
     }
+
+
+def escape(text):
+    """XML character data.  ``html`` (loaded by the agent's HTTP server
+    anyway), not ``xml.sax.saxutils``, which pulls in urllib.request."""
+    return html.escape(text, quote=False)
+
+
+def quoteattr(value):
+    """A double-quoted XML attribute value."""
+    return '"%s"' % html.escape(value).replace("\n", "&#10;").replace(
+        "\r", "&#13;").replace("\t", "&#9;")
+
+
+def veth_name(domain_name):
+    """The host side of an instance's veth, named in its domain XML so
+    that isolation knows it without asking libvirt (15 characters at
+    most, the kernel's limit; 13 hex digits of the instance id)."""
+    return "mc" + domain_name[len(PREFIX):].replace("-", "")[:13]
 
 
 def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids, partition=None):
@@ -128,6 +146,7 @@ def _domain_xml(name, spec, paths, address, prefixlen, gateway, ids, partition=N
     </filesystem>
     <interface type='bridge'>
       <source bridge={quoteattr(paths['bridge'])}/>
+      <target dev={quoteattr(veth_name(name))}/>
       <ip address={quoteattr(address)} family='ipv4' prefix='{prefixlen}'/>
       <route family='ipv4' address='0.0.0.0' prefix='0' gateway={quoteattr(gateway)}/>
     </interface>
@@ -151,7 +170,6 @@ class LibvirtContainers:
         self.network = ipaddress.ip_network(conf.node_agent.instance_network)
         self.gateway = str(next(self.network.hosts()))
         self.lock = threading.Lock()
-        self._conn = None
         opts = conf.node_agent
         last = opts.idmap_start + opts.idmap_slots * opts.idmap_size
         if last > 0xFFFFFFFF:
@@ -166,22 +184,24 @@ class LibvirtContainers:
         _open_for_instances(self.root, conf.state_path)
 
     # -- libvirt -------------------------------------------------------
-    def conn(self):
-        import libvirt  # imported lazily: nodes with backend 'none' skip it
-        if self._conn is None or not self._conn.isAlive():
-            self._conn = libvirt.open(self.conf.node_agent.libvirt_uri)
-        return self._conn
+    # Through virsh, not the libvirt binding: the binding is ~11 MB of the
+    # agent's resident memory (bench/footprint.py), and only a container's
+    # start and destroy need libvirtd.  Everything else (state, usage,
+    # freeze, ports) is read from the cgroups libvirt makes for a domain
+    # and from the names its XML sets.
+    def virsh(self, *args, what="virsh"):
+        _run(["virsh", "-q", "-c", self.conf.node_agent.libvirt_uri] + list(args),
+             what)
 
     def domain_name(self, instance_id):
         """Name of an instance's libvirt domain (its cgroups carry it)."""
         return PREFIX + instance_id
 
-    def _domain(self, instance_id):
-        import libvirt
-        try:
-            return self.conn().lookupByName(self.domain_name(instance_id))
-        except libvirt.libvirtError:
-            return None
+    def _running(self, instance_id):
+        """Whether the instance's domain runs: libvirt keeps a freezer
+        cgroup for a running LXC domain, and removes it when the domain
+        stops (ours are transient: a stopped one is gone)."""
+        return bool(_domain_cgroups("freezer", self.domain_name(instance_id)))
 
     # -- bookkeeping ---------------------------------------------------
     def _paths(self, instance_id):
@@ -258,11 +278,7 @@ class LibvirtContainers:
                 continue
             out.append(self.info(entry, meta))
         # Domains whose directory is gone are orphans too.  Running ones
-        # are found by their freezer cgroups (as freeze does), not through
-        # libvirt: the binding is ~11 MB of the agent's memory
-        # (bench/footprint.py), loaded only once the agent creates, deletes
-        # or wires a container, not by the manager's sweep or a scrape of
-        # a node that hosts none.
+        # are found by their freezer cgroups (as freeze does).
         known = {i["id"] for i in out}
         for name in _running_domains():
             if name[len(PREFIX):] not in known:
@@ -274,16 +290,14 @@ class LibvirtContainers:
         meta = meta or self._meta(instance_id)
         if meta is None:
             raise exception.NotFound("no instance %s on this node" % instance_id)
-        dom = self._domain(instance_id)
-        state = "STOPPED"
-        if dom is not None:
-            import libvirt
-            st = dom.state()[0]
-            state = {libvirt.VIR_DOMAIN_RUNNING: "RUNNING",
-                     libvirt.VIR_DOMAIN_PAUSED: "FROZEN"}.get(st, "SHUTOFF")
-            if state == "RUNNING" and _freezer_state(self.domain_name(instance_id)) == "FROZEN":
-                state = "FROZEN"
-        return dict(meta, state=state)
+        return dict(meta, state=self._state(instance_id))
+
+    def _state(self, instance_id):
+        if not self._running(instance_id):
+            return "STOPPED"
+        # libvirt's suspend of an LXC domain is this same freezer.
+        return "FROZEN" if _freezer_state(
+            self.domain_name(instance_id)) == "FROZEN" else "RUNNING"
 
     def create(self, spec):
         instance_id = spec["id"]
@@ -327,7 +341,10 @@ class LibvirtContainers:
                               self.network.prefixlen, self.gateway, ids,
                               self.conf.capacity.cgroup_partition)
             _forget_neighbour(address)
-            self.conn().createXML(xml, 0)
+            path = os.path.join(paths["base"], "domain.xml")
+            with open(path, "w") as f:
+                f.write(xml)
+            self.virsh("create", path, what="starting the container")
             _limit_pids(self.domain_name(instance_id), self.conf.node_agent.pids_limit)
         except Exception:
             LOG.exception("creating instance %s failed; cleaning up", instance_id)
@@ -389,13 +406,13 @@ class LibvirtContainers:
         # First thing, before any libvirt call (the manager asks for it
         # sooner still, right after the switch: stop_frozen).
         self.stop_frozen(instance_id)
-        dom = self._domain(instance_id)
-        if dom is not None:
-            import libvirt
+        if self._running(instance_id):
             try:
-                dom.destroy()
-            except libvirt.libvirtError as e:
-                LOG.warning("destroying %s: %s", instance_id, e)
+                self.virsh("destroy", self.domain_name(instance_id),
+                           what="destroying the container")
+            except exception.NodeError as e:  # stopped meanwhile: gone
+                if self._running(instance_id):
+                    LOG.warning("destroying %s: %s", instance_id, e.message)
         paths = self._paths(instance_id)
         meta = self._meta(instance_id)
         if meta:
@@ -478,7 +495,7 @@ class LibvirtContainers:
         return True
 
     def thaw(self, instance_id):
-        if self._domain(instance_id) is None:
+        if not self._running(instance_id):
             raise exception.NotFound("no running instance %s" % instance_id)
         _set_freezer(self.domain_name(instance_id), "THAWED")
 
@@ -517,17 +534,21 @@ class LibvirtContainers:
         for entry in os.listdir(self.root):
             if entry.startswith("."):
                 continue
-            dom = self._domain(entry)
-            if dom is None:
-                continue
             try:
-                pid = dom.ID()
+                pid = self._usage_pid(entry)
+                if pid is None:
+                    continue
                 mem = _cgroup_read(pid, "memory", "memory.usage_in_bytes")
                 cpu = _cgroup_read(pid, "cpuacct", "cpuacct.usage")
                 out[entry] = {"memory_bytes": mem, "cpu_ns": cpu}
             except Exception:  # a container stopping under us
                 continue
         return out
+
+    def _usage_pid(self, instance_id):
+        """A pid in the instance's cgroups, None if it does not run."""
+        pid = _container_pid(self.domain_name(instance_id))
+        return int(pid) if pid is not None else None
 
     def sizes(self):
         """``{instance id: {"cpus", "memory_mb"}}``: each container's size
@@ -572,18 +593,11 @@ class LibvirtContainers:
     def ports(self):
         """This node's instance bridge ports, ``{ifname: address}``: what
         each port may send as its source (see isolation)."""
-        import xml.etree.ElementTree as ET
         out = {}
         for entry in os.listdir(self.root):
             meta = self._meta(entry) if not entry.startswith(".") else None
-            dom = self._domain(entry) if meta else None
-            try:
-                desc = ET.fromstring(dom.XMLDesc(0)) if dom is not None else None
-            except Exception:  # a domain going away under us
-                continue
-            for target in desc.iterfind("devices/interface/target") \
-                    if desc is not None else ():
-                out[target.get("dev")] = meta["address"]
+            if meta and self._running(entry):
+                out[veth_name(self.domain_name(entry))] = meta["address"]
         return out
 
 

@@ -38,12 +38,13 @@ from mec_conpaas import bundles
 from mec_conpaas import exception
 from mec_conpaas import safefs
 from mec_conpaas.agents.node import containers
+from mec_conpaas.agents.node import libvirt_binding
 from mec_conpaas.drivers import nova_image
 
 LOG = logging.getLogger(__name__)
 
 
-class NovaContainers(containers.LibvirtContainers):
+class NovaContainers(libvirt_binding.BindingDomains, containers.LibvirtContainers):
     """The lxc backend's operations on domains nova owns."""
 
     def __init__(self, conf, fetch_bundle):
