@@ -91,12 +91,13 @@ def keep_held_packets(edge_net, node):
     The kernel drops every queued packet tied to a device that goes down
     (nfnetlink_queue's device notifier), and br_netfilter ties a packet
     that comes in through a bridge port to that port.  A container's port
-    goes down when its tasks are killed (libvirt removes the veth as its
-    init dies): the resets a migration's killed source sends the requests
-    it held while frozen were still in the 30 ms delay line to the cloud
-    when the port went, were dropped, and those requests waited for the
-    client's timeout (issue 15's return from the cloud; a 250 ms grace
-    before the domain's destroy did not help, as the veth goes before).
+    goes when its tasks are killed (its network namespace ends as they
+    exit, taking the veth pair: 22-220 ms after the kill, measured): the
+    resets a migration's killed source sends the requests it held while
+    frozen were still in the 30 ms delay line to the cloud when the port
+    went, were dropped, and those requests waited for the client's timeout
+    (issue 15's return from the cloud; a 250 ms grace before the domain's
+    destroy did not help, as the veth goes before).
     A wire, or netem's qdisc, would have sent them.  Nothing here needs
     bridged traffic in iptables: tenant isolation filters it in nftables'
     bridge family (agents/node/isolation.py), and the delay rules match
