@@ -183,6 +183,26 @@ class HAProxy:
         self.slots = opts.proxy_slots
         self.request_log = opts.proxy_request_log
         self.services = {}
+        # Whether the running HAProxy was reloaded with the config file as it
+        # is now.  Not known at start: the HAProxy found running was loaded
+        # by a predecessor that may have died between writing the config and
+        # reloading, and services deleted while no agent ran are still in it
+        # (``apply``).
+        self.loaded = False
+
+    def start(self):
+        """What a starting node agent does with the HAProxy it may find
+        running: write the config as it knows it (no service until the
+        manager's plan; a fresh HAProxy starts from it) and remove a
+        server-state file that a predecessor killed mid-reload left (a fresh
+        start must not take it: see the module docstring).  Whatever the
+        running HAProxy was loaded with is replaced at the first ``apply``
+        (``loaded``)."""
+        self.write_config(self.services)
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
 
     # -- configuration -------------------------------------------------
     def render(self, services):
@@ -350,11 +370,30 @@ class HAProxy:
     def apply(self, services, report=True):
         """Converge HAProxy on the desired per-service server sets; with
         ``report``, return ``status()`` (a migration's switch does not wait
-        for it: two more runtime exchanges per service)."""
-        changed = self.write_config(services)
-        if changed or set(services) != set(self.services):
+        for it: two more runtime exchanges per service).
+
+        The first apply after the agent starts reloads even when the file
+        does not change, and so does every apply after one that could not
+        reload (HAProxy not answering, a reload that failed): "the file is
+        unchanged" says nothing of what the running HAProxy loaded.  A node
+        agent SIGKILLed and restarted writes the empty config at start
+        (``NodeAgent.serve``); when the first plan it was sent was empty too
+        (every service deleted meanwhile), HAProxy kept listening on the
+        deleted services' ports and forwarding to addresses that may by
+        then be another tenant's (test_chaos, seed 1290481933).
+        """
+        if self.write_config(services):
+            self.loaded = False
+        if not self.loaded:
             if self.alive():
+                t0 = time.monotonic()
                 self.reload(services)
+                self.loaded = True
+                LOG.info("HAProxy reloaded with %d service(s) in %.0f ms", len(services),
+                         1000 * (time.monotonic() - t0))
+            else:
+                LOG.warning("HAProxy is not answering at %s: its configuration is "
+                            "written, and loaded at the next plan", self.admin_socket)
         self.services = services
         for sid, svc in services.items():
             self._apply_service(sid, svc)
