@@ -321,12 +321,16 @@ class HAProxy:
         """The master re-executes itself on a reload and listens on its
         socket again only after its new worker is forked: a second reload
         right after a first (two services created at once) found the socket
-        refusing connections.  Nothing was sent then, so retrying is safe."""
+        refusing connections.  Nothing was sent then, so retrying is safe.
+        A reset is retried too: the master re-executing for a reload sent
+        just before (by an agent killed since) resets a connection it had
+        not read, and that reload is lost; if it was ours being carried
+        out, one more reload costs nothing (it is hitless)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return self._send(self.master_socket, "reload")
-            except (ConnectionRefusedError, FileNotFoundError):
+            except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
