@@ -307,8 +307,18 @@ class HAProxy:
         except OSError:
             old = None
         try:
-            self._send_master_reload()
-            self._wait_new_worker(services, old)
+            try:
+                self._send_master_reload()
+            except ConnectionResetError:
+                # The master re-executed with our connection unread: for our
+                # reload, or for one sent just before (by an agent killed
+                # since) that may have read the config before we wrote it.
+                # A new worker with our backends says which; else again.
+                if self._wait_new_worker(services, old, timeout=3):
+                    return
+                self._send_master_reload()
+            if not self._wait_new_worker(services, old):
+                raise exception.NodeError("HAProxy did not come back after a reload")
         finally:
             # Read by the new worker as it started; a later fresh start
             # must not take it (see the module docstring).
@@ -321,24 +331,22 @@ class HAProxy:
         """The master re-executes itself on a reload and listens on its
         socket again only after its new worker is forked: a second reload
         right after a first (two services created at once) found the socket
-        refusing connections.  Nothing was sent then, so retrying is safe.
-        A reset is retried too: the master re-executing for a reload sent
-        just before (by an agent killed since) resets a connection it had
-        not read, and that reload is lost; if it was ours being carried
-        out, one more reload costs nothing (it is hitless)."""
+        refusing connections.  Nothing was sent then, so retrying is safe."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return self._send(self.master_socket, "reload")
-            except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
+            except (ConnectionRefusedError, FileNotFoundError):
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
 
-    def _wait_new_worker(self, services, old):
+    def _wait_new_worker(self, services, old, timeout=15):
+        """Whether a worker other than ``old`` serves exactly ``services``'
+        backends within ``timeout`` seconds."""
         wanted = {b for sid, svc in services.items()
                   for b in backends(sid, svc).values()}
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 out = self._send(self.admin_socket, "show backend", 1)
@@ -346,11 +354,11 @@ class HAProxy:
                 if wanted <= have and not ({b for b in have
                                             if b.startswith(("be_", "bf_"))}
                                            - wanted) and self._worker_pid() != old:
-                    return
+                    return True
             except OSError:
                 pass
             time.sleep(0.05)
-        raise exception.NodeError("HAProxy did not come back after a reload")
+        return False
 
     # -- backends ------------------------------------------------------
     def _slots(self, backend):
@@ -384,7 +392,7 @@ class HAProxy:
         (``NodeAgent.serve``); when the first plan it was sent was empty too
         (every service deleted meanwhile), HAProxy kept listening on the
         deleted services' ports and forwarding to addresses that may by
-        then be another tenant's (test_chaos, seed 1290481933).
+        then be another tenant's (test_proxy_reload).
         """
         if self.write_config(services):
             self.loaded = False
