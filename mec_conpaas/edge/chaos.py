@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 
+from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 from mec_conpaas.cli import client as client_mod
 from mec_conpaas.edge import loadgen
@@ -459,10 +460,25 @@ def consistency_problems(edge, admin):
         ports = listening_ports(edge, ap, owners=True)
         live = {s["port"] for s in services if s["instances"]}
         if set(ports) - live:
-            problems.append("%s: ports %s held for no service (%s)" % (
-                ap, sorted(set(ports) - live),
-                "; ".join("%d: %s" % (p, ports[p]) for p in sorted(set(ports) - live))))
+            problems.append("%s: ports %s held for no service (%s; HAProxy's "
+                            "processes: %s)" % (
+                                ap, sorted(set(ports) - live),
+                                "; ".join("%d: %s" % (p, ports[p])
+                                          for p in sorted(set(ports) - live)),
+                                haproxy_processes(edge, ap)))
     return problems
+
+
+def haproxy_processes(edge, ap):
+    """The AP's HAProxy master's ``show proc`` (its current and old
+    workers, with their pids and reload counts), on one line: says whether
+    a port's holder is the current worker or one left behind."""
+    try:
+        out = haproxy_mod.HAProxy._send(
+            edge.path("nodes", ap, "run", "haproxy-master.sock"), "show proc; quit")
+    except OSError as e:
+        return "master not answering (%s)" % e
+    return " | ".join(" ".join(line.split()) for line in out.splitlines() if line.strip())
 
 
 def clean_up(edge, admin, timeout=240, log=print):

@@ -80,8 +80,12 @@ def edge():
     procs = subprocess.run(["pgrep", "-af", state], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), "processes left behind: " + procs
-    # Keep the daemons' logs for post-mortems (CI prints them on failure).
-    logs = os.environ.get("MEC_TEST_LOGS", "/tmp/mec-test-logs")
+    # Keep the daemons' logs for post-mortems, one directory per edge slot:
+    # runs at the same time have different slots, and overwrote each
+    # other's logs in one shared directory.
+    logs = os.environ.get("MEC_TEST_LOGS") or "/tmp/mec-test-logs" + (
+        "-slot%d" % slots.current() if slots.current() else "")
+    print("edge: the daemons' logs are in", logs)
     shutil.rmtree(logs, ignore_errors=True)
     shutil.copytree(os.path.join(state, "logs"), logs)
     shutil.rmtree(state, ignore_errors=True)

@@ -5,6 +5,7 @@ import json
 import signal
 import time
 
+from mec_conpaas.edge import chaos
 from tests.functional.conftest import Load
 from tests.functional.conftest import wait_op
 
@@ -73,3 +74,40 @@ def test_reload_costs_other_services_no_request(edge, admin):
     bad = [r for r in results if not r["ok"]]
     assert not bad, "%d of %d failed: %s" % (len(bad), len(results),
                                              json.dumps(bad[:3]))
+
+
+def wait_for(what, predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        time.sleep(0.2)
+
+
+def test_agent_restarted_after_every_service_went_frees_their_ports(edge, admin):
+    """A node agent dead while the last service is deleted: its HAProxy
+    keeps that service's frontend, and the restarted agent's first plan
+    has no service, as the config it wrote at start.  Its HAProxy kept
+    listening on the deleted service's port (test_chaos, CI), forwarding
+    to an address that may be another tenant's instance by then."""
+    assert admin.services() == [], "this test needs an edge with no service"
+    try:
+        wait_op(admin, admin.create_service("web", "gone", node="ap-1"))
+        port = admin.service("gone")["port"]
+        assert port in chaos.listening_ports(edge, "ap-3")
+        edge.kill("agent-ap-3", signal.SIGKILL)
+        # Seen down first: the delete then leaves ap-3 out of its pushes.
+        wait_for("ap-3 seen down", lambda: any(
+            n["name"] == "ap-3" and n["state"] != "up" for n in admin.nodes()), 30)
+        wait_op(admin, admin.delete_service("gone"))
+        assert port in chaos.listening_ports(edge, "ap-3")  # it could not be told
+        edge.start_node_agent("ap-3")
+        wait_for("ap-3 up again", lambda: any(
+            n["name"] == "ap-3" and n["state"] == "up" for n in admin.nodes()), 30)
+        # Its first plan comes with the sweep (every 3 s here).
+        wait_for(lambda: "port %d of the deleted service still held on ap-3: %s" % (
+            port, chaos.listening_ports(edge, "ap-3", owners=True)),
+            lambda: port not in chaos.listening_ports(edge, "ap-3"), 15)
+    finally:
+        if not edge._pid("agent-ap-3"):
+            edge.start_node_agent("ap-3")
+        clean_up(admin, None, "gone")

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import socket
@@ -71,13 +72,37 @@ def test_backup_tier_is_the_old_single_backend(conf):
     assert "bf_77aa00111111" not in text
 
 
+# A real HAProxy, in a network namespace of its own (nothing binds on the host).
+needs_haproxy = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("haproxy"),
+                                   reason="needs root (its own network namespace) "
+                                          "and haproxy")
+
+
 def master_listens(path):
     with socket.socket(socket.AF_UNIX) as s:
         return s.connect_ex(path) == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("haproxy"),
-                    reason="needs root (its own network namespace) and haproxy")
+@contextlib.contextmanager
+def serving(proxy):
+    """HAProxy (master-worker, as the edge starts it) on ``proxy``'s config,
+    in its own network namespace (its frontends bind nothing on the host),
+    once its worker and master answer; yields the master's process."""
+    proc = subprocess.Popen(["unshare", "-n", "haproxy", "-W", "-f", proxy.config_path,
+                             "-S", proxy.master_socket],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (proxy.alive() and master_listens(proxy.master_socket)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@needs_haproxy
 def test_reload_keeps_every_slots_address_and_state(conf):
     """A reload for a new service: the new worker starts with the other
     services' slots as they were (address, ready or drain), before the
@@ -87,15 +112,7 @@ def test_reload_keeps_every_slots_address_and_state(conf):
     sid, new = "0b7e3a9c-1111-2222-3333-444455556666", "9f00aa11-1111-2222-3333-444455556666"
     one = {sid: dict(SERVICES[sid], near=[{"addr": "10.9.0.5"}, {"addr": "10.9.0.6"}])}
     proxy.write_config(one)
-    # Its own network namespace: the frontends bind nothing on the host.
-    proc = subprocess.Popen(["unshare", "-n", "haproxy", "-W", "-f", proxy.config_path,
-                             "-S", proxy.master_socket],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not (proxy.alive() and master_listens(proxy.master_socket)):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+    with serving(proxy):
         proxy.apply(one)
         proxy.apply({sid: dict(one[sid], near=[{"addr": "10.9.0.5"}],
                                draining=[{"addr": "10.9.0.6"}])})
@@ -108,9 +125,6 @@ def test_reload_keeps_every_slots_address_and_state(conf):
         assert after["near1"] == ("10.9.0.5", 4)  # ready (config's disabled undone)
         assert after["near2"] == ("10.9.0.6", 4 | 8)  # draining
         assert not os.path.exists(proxy.state_path)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_request_log_validates_and_carries_the_timers(conf):
@@ -131,3 +145,66 @@ def test_request_log_validates_and_carries_the_timers(conf):
     res = subprocess.run(["haproxy", "-c", "-f", proxy.config_path],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# -- a node agent restarted while HAProxy runs ---------------------------------
+# What its predecessor left in HAProxy goes with the first plan, even an
+# empty one: a new ``haproxy.HAProxy`` as a restarted agent makes it (the
+# empty config written at start, ``NodeAgent.serve``), then the manager's
+# plan.  test_chaos found ports of deleted services still listened on after
+# such a restart.
+SVC = {"mode": "http", "near": [], "far": [], "maxconn": 16, "far_tier": "spill"}
+ONE = {"0b7e3a9c-1111-2222-3333-444455556666": dict(SVC, name="one", port=20000)}
+TWO = {"9f00aa11-1111-2222-3333-444455556666": dict(SVC, name="two", port=20002)}
+
+
+@pytest.fixture
+def running(conf):
+    """An HAProxy serving ONE and TWO, as the killed agent left it; its pid."""
+    first = haproxy.HAProxy(conf)
+    first.write_config({})
+    with serving(first) as proc:
+        first.apply(dict(ONE, **TWO))
+        assert listening(proc.pid) == {20000, 20002}
+        yield proc.pid
+
+
+def listening(pid):
+    """TCP ports listened on in the HAProxy's network namespace."""
+    out = subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ss", "-Hltn"],
+                         capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()}
+
+
+def restarted(conf):
+    """The HAProxy object of a node agent that just started (serve())."""
+    proxy = haproxy.HAProxy(conf)
+    proxy.start()
+    return proxy
+
+
+@needs_haproxy
+def test_an_empty_first_plan_removes_what_the_predecessor_served(conf, running):
+    # Killed mid-reload, it left the servers' saved states behind too.
+    first = haproxy.HAProxy(conf)
+    with open(first.state_path, "w") as f:
+        f.write(first._send(first.admin_socket, "show servers state"))
+    proxy = restarted(conf)
+    assert not os.path.exists(proxy.state_path)
+    proxy.apply({})
+    assert listening(running) == set()
+    assert proxy.status() == {}
+
+
+@needs_haproxy
+def test_the_first_plan_reloads_once_then_unchanged_plans_do_not(conf, running):
+    proxy = restarted(conf)
+    worker = proxy._worker_pid()
+    proxy.apply(ONE)
+    assert listening(running) == {20000}
+    reloaded = proxy._worker_pid()
+    assert reloaded != worker
+    # A migration's switch (the same services, other servers) is no reload.
+    proxy.apply({sid: dict(svc, near=[{"addr": "10.9.0.5"}])
+                 for sid, svc in ONE.items()})
+    assert proxy._worker_pid() == reloaded

@@ -1,5 +1,6 @@
 """What a migration's freeze counts as a request in progress, on real
 sockets (the test's own, on loopback)."""
+import json
 import os
 import socket
 import subprocess
@@ -9,10 +10,14 @@ from mec_conpaas.agents.node import containers
 from mec_conpaas.agents.node import sockdiag
 
 
-def test_a_response_written_in_part_is_in_progress_until_the_app_closes():
-    """The chaos test found an instance frozen (then killed) after its app
-    had written the headers of a response and not the body: the bytes still
-    queued made the connection look answered."""
+def partial_response_counts():
+    """``_open_requests`` on a request read, then answered in part, then
+    closed.  Run in a network namespace of its own: it counts by local port
+    only (an instance's namespace holds only its app), and in the host's a
+    connection of another process on another address can have the same
+    port (concurrent test runs and edges share that namespace)."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    counts = []
     with socket.create_server(("127.0.0.1", 0)) as srv:
         port = srv.getsockname()[1]
         client = socket.socket()
@@ -22,7 +27,7 @@ def test_a_response_written_in_part_is_in_progress_until_the_app_closes():
         try:
             client.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert conn.recv(100)  # the request read: now processing it
-            assert containers._open_requests(os.getpid(), port) == 1
+            counts.append(containers._open_requests(os.getpid(), port))
             # Part of an answer the client has not taken yet stays queued.
             conn.setblocking(False)
             sent = 0
@@ -32,12 +37,24 @@ def test_a_response_written_in_part_is_in_progress_until_the_app_closes():
             except BlockingIOError:
                 pass
             assert sent
-            assert containers._open_requests(os.getpid(), port) == 1
+            counts.append(containers._open_requests(os.getpid(), port))
             conn.close()  # answered: the app is done with it
-            assert containers._open_requests(os.getpid(), port) == 0
+            counts.append(containers._open_requests(os.getpid(), port))
         finally:
             conn.close()
             client.close()
+    return counts
+
+
+def test_a_response_written_in_part_is_in_progress_until_the_app_closes():
+    """The chaos test found an instance frozen (then killed) after its app
+    had written the headers of a response and not the body: the bytes still
+    queued made the connection look answered."""
+    res = subprocess.run(["unshare", "-n", sys.executable, __file__],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # In progress once read and while answered in part; not once closed.
+    assert json.loads(res.stdout) == [1, 1, 0]
 
 
 def test_sock_diag_sees_what_proc_net_tcp_sees_in_another_namespace():
@@ -68,3 +85,7 @@ def test_sock_diag_sees_what_proc_net_tcp_sees_in_another_namespace():
     finally:
         proc.kill()
         proc.wait()
+
+
+if __name__ == "__main__":
+    print(json.dumps(partial_response_counts()))

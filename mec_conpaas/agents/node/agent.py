@@ -683,7 +683,7 @@ class NodeAgent:
 
     def serve(self):
         opts = self.conf.node_agent
-        self.haproxy.write_config(self.haproxy.services)
+        self.haproxy.start()  # what a predecessor left goes at the first plan
         self.isolation.apply()  # as last told, until the manager tells again
         server = httpserver.Server((opts.bind_host, opts.bind_port),
                                    httpserver.make_handler(self.router(),

@@ -183,6 +183,26 @@ class HAProxy:
         self.slots = opts.proxy_slots
         self.request_log = opts.proxy_request_log
         self.services = {}
+        # Whether the running HAProxy was reloaded with the config file as it
+        # is now.  Not known at start: the HAProxy found running was loaded
+        # by a predecessor that may have died between writing the config and
+        # reloading, and services deleted while no agent ran are still in it
+        # (``apply``).
+        self.loaded = False
+
+    def start(self):
+        """What a starting node agent does with the HAProxy it may find
+        running: write the config as it knows it (no service until the
+        manager's plan; a fresh HAProxy starts from it) and remove a
+        server-state file that a predecessor killed mid-reload left (a fresh
+        start must not take it: see the module docstring).  Whatever the
+        running HAProxy was loaded with is replaced at the first ``apply``
+        (``loaded``)."""
+        self.write_config(self.services)
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
 
     # -- configuration -------------------------------------------------
     def render(self, services):
@@ -287,8 +307,18 @@ class HAProxy:
         except OSError:
             old = None
         try:
-            self._send_master_reload()
-            self._wait_new_worker(services, old)
+            try:
+                self._send_master_reload()
+            except ConnectionResetError:
+                # The master re-executed with our connection unread: for our
+                # reload, or for one sent just before (by an agent killed
+                # since) that may have read the config before we wrote it.
+                # A new worker with our backends says which; else again.
+                if self._wait_new_worker(services, old, timeout=3):
+                    return
+                self._send_master_reload()
+            if not self._wait_new_worker(services, old):
+                raise exception.NodeError("HAProxy did not come back after a reload")
         finally:
             # Read by the new worker as it started; a later fresh start
             # must not take it (see the module docstring).
@@ -311,10 +341,12 @@ class HAProxy:
                     raise
                 time.sleep(0.05)
 
-    def _wait_new_worker(self, services, old):
+    def _wait_new_worker(self, services, old, timeout=15):
+        """Whether a worker other than ``old`` serves exactly ``services``'
+        backends within ``timeout`` seconds."""
         wanted = {b for sid, svc in services.items()
                   for b in backends(sid, svc).values()}
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 out = self._send(self.admin_socket, "show backend", 1)
@@ -322,11 +354,11 @@ class HAProxy:
                 if wanted <= have and not ({b for b in have
                                             if b.startswith(("be_", "bf_"))}
                                            - wanted) and self._worker_pid() != old:
-                    return
+                    return True
             except OSError:
                 pass
             time.sleep(0.05)
-        raise exception.NodeError("HAProxy did not come back after a reload")
+        return False
 
     # -- backends ------------------------------------------------------
     def _slots(self, backend):
@@ -350,11 +382,30 @@ class HAProxy:
     def apply(self, services, report=True):
         """Converge HAProxy on the desired per-service server sets; with
         ``report``, return ``status()`` (a migration's switch does not wait
-        for it: two more runtime exchanges per service)."""
-        changed = self.write_config(services)
-        if changed or set(services) != set(self.services):
+        for it: two more runtime exchanges per service).
+
+        The first apply after the agent starts reloads even when the file
+        does not change, and so does every apply after one that could not
+        reload (HAProxy not answering, a reload that failed): "the file is
+        unchanged" says nothing of what the running HAProxy loaded.  A node
+        agent SIGKILLed and restarted writes the empty config at start
+        (``NodeAgent.serve``); when the first plan it was sent was empty too
+        (every service deleted meanwhile), HAProxy kept listening on the
+        deleted services' ports and forwarding to addresses that may by
+        then be another tenant's (test_proxy_reload).
+        """
+        if self.write_config(services):
+            self.loaded = False
+        if not self.loaded:
             if self.alive():
+                t0 = time.monotonic()
                 self.reload(services)
+                self.loaded = True
+                LOG.info("HAProxy reloaded with %d service(s) in %.0f ms", len(services),
+                         1000 * (time.monotonic() - t0))
+            else:
+                LOG.warning("HAProxy is not answering at %s: its configuration is "
+                            "written, and loaded at the next plan", self.admin_socket)
         self.services = services
         for sid, svc in services.items():
             self._apply_service(sid, svc)
