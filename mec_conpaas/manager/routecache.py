@@ -97,7 +97,7 @@ class Routes:
                 return self.version, self.rows
             generation = _generation  # read before the store: a later change bumps it
             rows = allocation.routes(session, None)
-            if rows != self.rows:
+            if self.version is None or rows != self.rows:
                 self.encoded = [(r["node"], json.dumps(r, sort_keys=True)) for r in rows]
                 digest = hashlib.sha256(("[%s]" % ", ".join(
                     e for _, e in self.encoded)).encode())
