@@ -681,6 +681,8 @@ def main():
     ap.add_argument("--containers", type=int)
     ap.add_argument("--compare-http", action="store_true",
                     help="also the same agents with HTTP heartbeats only")
+    ap.add_argument("--name", help="result file name (default: scale, or scale-quick "
+                                   "with --quick)")
     common.add_quiet_args(ap)
     args = ap.parse_args()
     n = args.nodes or (100 if args.quick else 1000)
@@ -755,7 +757,7 @@ def main():
                          "\nHTTP heartbeats only: %.0f/s, CPU %.1f%%" % (
                              http["heartbeats_per_s"], http["manager_cpu_percent"])
                          if http else ""), fontsize=8)
-    common.write("scale-quick" if args.quick else "scale", summary, plot)
+    common.write(args.name or ("scale-quick" if args.quick else "scale"), summary, plot)
 
 
 if __name__ == "__main__":
