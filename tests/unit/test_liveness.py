@@ -416,3 +416,20 @@ def test_one_wake_up_takes_and_answers_every_waiting_datagram(nodes):
         rx.close()
         for sock in agents.values():
             sock.close()
+
+
+def test_the_periodic_reload_rebuilds_keys_only_when_they_changed(nodes):
+    """Every RELOAD_S the keys are read, and rebuilt only if a credential
+    changed; the nodes' times only with ``beats`` (every BEATS_RELOAD_S)."""
+    live, clock, creds = nodes
+    keys = live.keys
+    with db.session_scope() as s:  # an HTTP heartbeat's time, written later
+        s.get(models.Node, "ap-1").last_heartbeat = liveness.to_db_time(clock.now + 3)
+    live.reload(beats=False)
+    assert live.keys is keys and live.alive_at["ap-1"] < clock.now + 3
+    with db.session_scope() as s:
+        join.revoke_credentials(s, "ap-2")
+    live.reload(beats=False)
+    assert set(live.keys) == {"ap-1"} and live.keys["ap-1"] == keys["ap-1"]
+    live.reload()
+    assert live.alive_at["ap-1"] == pytest.approx(clock.now + 3, abs=1e-5)
