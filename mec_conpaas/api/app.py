@@ -29,6 +29,7 @@ from mec_conpaas.manager import engine as engine_mod
 from mec_conpaas.manager import enrollment
 from mec_conpaas.manager import inventory
 from mec_conpaas.manager import qos as qos_mod
+from mec_conpaas.manager import routecache
 from mec_conpaas.policies import qos as qos_policy
 
 LOG = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def create_app(manager):
             node.state = "up"
         # Where its liveness datagrams go (manager/liveness.py), if on.
         answer.update(manager.liveness.advertise(node_id))
-        return flask.jsonify(ok=True, **answer)
+        return routecache.jsonify(ok=True, **answer)  # the routes encoded once
 
     def own_instances(s, ctx):
         """Instance ids the caller may see in node reports (None: all)."""

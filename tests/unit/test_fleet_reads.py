@@ -93,3 +93,45 @@ def test_a_datagram_landing_while_the_monitor_decides_keeps_the_node_up(store):
     with db.session_scope() as s:
         assert s.get(models.Node, "ap-1").state == "up"    # heard meanwhile
         assert s.get(models.Node, "ap-2").state == "down"  # really silent
+
+
+def test_the_monitor_reads_only_the_nodes_whose_state_may_be_wrong(store):
+    """The store picks the candidates (up but silent, down but heard, an
+    odd state); the rest of the fleet is not even read, and each candidate
+    ends with the state its last heartbeat says (a node up before this
+    manager started counts as heard at the start)."""
+    import datetime
+    timeout = datetime.timedelta(seconds=store.manager.node_heartbeat_timeout)
+    now = models.utcnow()
+    rows = {"fresh-up": ("up", now), "stale-up": ("up", now - 2 * timeout),
+            "heard-down": ("down", now), "stale-down": ("down", now - 2 * timeout),
+            "odd": ("booting", now), "odd-stale": ("booting", now - 2 * timeout)}
+    with db.session_scope() as s:
+        for name, (state, seen) in rows.items():
+            _add(s, name, {})
+            s.get(models.Node, name).state, s.get(models.Node, name).last_heartbeat = \
+                state, seen
+        for n in range(20):  # the quiet majority
+            _add(s, "ap-%02d" % n, {})
+    read = []
+
+    class Counting(cluster_mod.Cluster):
+        def is_up(self, node, deadline=None):
+            read.append(node.name)  # every row the monitor read
+            return super().is_up(node, deadline)
+    cluster = Counting(store, drivers.load(store.manager.driver, store))
+    cluster.started = now - timeout / 2  # the stale-up node was up before that
+    cluster.mark_down_nodes()  # a manager started half a timeout ago
+    with db.session_scope() as s:
+        assert s.get(models.Node, "stale-up").state == "up"
+    assert sorted(read) == ["heard-down", "odd", "odd-stale", "stale-up"]
+    cluster.started = now - 3 * timeout
+    read.clear()
+    cluster.mark_down_nodes()
+    assert read == ["stale-up"]  # the others' states were right by now
+    with db.session_scope() as s:
+        got = {n.name: n.state for n in s.scalars(select(models.Node))}
+    assert {k: got[k] for k in rows} == {
+        "fresh-up": "up", "stale-up": "down", "heard-down": "up", "stale-down": "down",
+        "odd": "up", "odd-stale": "down"}
+    assert all(got["ap-%02d" % n] == "up" for n in range(20))

@@ -379,3 +379,57 @@ def test_last_heartbeat_is_written_at_most_once_per_resolution(nodes, store):
     assert live.handle(beat(creds["ap-1"], "ap-1", 3, clock.now)) is not None
     assert live.flush() == 1
     assert last_heartbeat("ap-1") == pytest.approx(clock.now, abs=1e-5)
+
+
+def test_one_wake_up_takes_and_answers_every_waiting_datagram(nodes):
+    """The receiver sleeps between two drains of its socket (one wake-up
+    for many datagrams): one drain checks every datagram waiting, answers
+    each genuine one with its own ack (to its own sender) and the forged
+    one with nothing, and stops at an empty socket instead of blocking."""
+    import socket
+    live, clock, creds = nodes
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    agents = {n: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for n in creds}
+    try:
+        for n, sock in agents.items():
+            sock.settimeout(5)
+            for seq in (1, 2):
+                sock.sendto(beat(creds[n], n, seq, clock.now), rx.getsockname())
+        agents["ap-1"].sendto(beat(creds["ap-2"], "ap-1", 3, clock.now),
+                              rx.getsockname())
+        deadline = time.monotonic() + 5
+        taken = 0
+        while taken < 5 and time.monotonic() < deadline:  # loopback: at once
+            taken += live.drain(rx)
+        assert taken == 5 and live.drain(rx) == 0
+        for n, sock in agents.items():
+            acks = [wire.read_ack(wire.key(creds[n]), n, sock.recv(256)) for _ in (1, 2)]
+            assert acks == [(1, wire.OK), (2, wire.OK)]
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):  # the forged one: no answer
+                sock.recv(256)
+        assert live.counts["accepted"] == 4 and live.counts["forged"] == 1
+        assert live.flush() == 2
+    finally:
+        rx.close()
+        for sock in agents.values():
+            sock.close()
+
+
+def test_the_periodic_reload_rebuilds_keys_only_when_they_changed(nodes):
+    """Every RELOAD_S the keys are read, and rebuilt only if a credential
+    changed; the nodes' times only with ``beats`` (every BEATS_RELOAD_S)."""
+    live, clock, creds = nodes
+    keys = live.keys
+    with db.session_scope() as s:  # an HTTP heartbeat's time, written later
+        s.get(models.Node, "ap-1").last_heartbeat = liveness.to_db_time(clock.now + 3)
+    live.reload(beats=False)
+    assert live.keys is keys and live.alive_at["ap-1"] < clock.now + 3
+    with db.session_scope() as s:
+        join.revoke_credentials(s, "ap-2")
+    live.reload(beats=False)
+    assert set(live.keys) == {"ap-1"} and live.keys["ap-1"] == keys["ap-1"]
+    live.reload()
+    assert live.alive_at["ap-1"] == pytest.approx(clock.now + 3, abs=1e-5)

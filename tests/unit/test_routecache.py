@@ -67,3 +67,44 @@ def test_routes_only_when_the_echoed_version_is_old(edge):  # noqa: F811
     assert admin("DELETE", "/v1/nodes/pi-3")[0] == 200
     hb = beat(v3)
     assert {r["node"] for r in hb["routes"]} == {"pi-2"}
+
+
+def test_the_list_is_encoded_once_and_answers_decode_as_before(store):
+    """The routes are encoded once per version and spliced into each
+    answer: what an agent decodes is what ``flask.jsonify`` of the list
+    gave, the asker's own entries left out, and the version is the digest
+    it always was (an upgraded manager does not resend every node its
+    routes)."""
+    import hashlib
+    import json
+
+    import flask
+
+    from mec_conpaas.manager import allocation
+    from mec_conpaas.manager import routecache
+    with db.session_scope() as s:  # no node yet: the empty list has a version too
+        assert routecache.answer(s, "n2", None)["routes_version"] == hashlib.sha256(
+            b"[]").hexdigest()[:16]
+    with db.session_scope() as s:
+        for n in (1, 2, 3):
+            s.add(models.Node(id="n%d" % n, name="pi-%d" % n, hostname="pi-%d" % n,
+                              mac="02:00:00:00:00:0%d" % n, address="192.0.2.%d" % n,
+                              agent_port=9681, agent_token="x", max_instances=3,
+                              instance_network="10.9.%d.0/24" % n, report={},
+                              last_heartbeat=models.utcnow()))
+    app = flask.Flask("t")
+    with db.session_scope() as s, app.app_context():
+        rows = allocation.routes(s, None)
+        got = routecache.answer(s, "n2", None)
+        assert got["routes_version"] == hashlib.sha256(
+            json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+        assert isinstance(got["routes"], routecache.Encoded)
+        answer = {"ok": True, "allocation": {"a": [1, None]}, **got}
+        ours = json.loads(routecache.jsonify(**answer).get_data())
+        plain = dict(answer, routes=[r for r in rows if r["node"] != "pi-2"])
+        assert ours == json.loads(flask.jsonify(**plain).get_data())
+        assert {r["node"] for r in ours["routes"]} == {"pi-1", "pi-3"}
+        # No encoded value: flask's own answer; an encoded one alone, too.
+        assert routecache.jsonify(ok=True).get_json() == {"ok": True}
+        assert json.loads(routecache.jsonify(r=routecache.Encoded("[]")).get_data()) \
+            == {"r": []}
