@@ -164,6 +164,8 @@ def test_cgroup_arguments_survive_kernel_updates(image, rootfs):
     with open(os.path.join(REPO, "image-builder", "image-vars.yml")) as f:
         wanted = yaml.safe_load(f)["edge_tuning_cmdline_args"]
     assert "systemd.unified_cgroup_hierarchy=0" in wanted
+    # Legacy, not hybrid: libvirt's LXC containers register with systemd-machined.
+    assert "systemd.legacy_systemd_cgroup_controller=1" in wanted
     assert set(wanted) <= set(words), words
     cmdline = shlex.split(image.boot_read("cmdline.txt"))
     assert set(wanted) <= set(cmdline), cmdline
