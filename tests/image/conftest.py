@@ -28,6 +28,7 @@ from imagelib import Guest  # noqa: E402
 from imagelib import Image  # noqa: E402
 from imagelib import Manager  # noqa: E402
 from imagelib import Root  # noqa: E402
+from imagelib import artifacts_dir  # noqa: E402
 from imagelib import find_image  # noqa: E402
 from imagelib import guest  # noqa: E402
 from imagelib import roles_in  # noqa: E402
@@ -185,7 +186,7 @@ def fleet(request, image, floor_image, keypair, master):
                 pub, master.guest_url, master.node_token, hostname="ap-floor"))
             guests["floor"].start()
         failed_before = request.session.testsfailed
-        _LIVE.update(guests=guests, key=key, collected=set())
+        _LIVE.update(guests=guests, key=key, collected=set(), master=master)
         yield guests
         if request.session.testsfailed > failed_before:
             for g in guests.values():
@@ -195,6 +196,31 @@ def fleet(request, image, floor_image, keypair, master):
         _LIVE.clear()
         for g in guests.values():
             g.stop()
+
+
+def hold(guests, key, master):
+    """With MEC_CONPAAS_HOLD_S=N, when the session's first boot test fails,
+    pause there up to N seconds with the guests, the manager and whatever the
+    tests made (the placed service) as they are, so that what failed can be
+    looked at live (a boot costs minutes of TCG; the artifacts are a
+    snapshot).  How to log in and talk to the manager is written to
+    ``hold.txt`` in the artifacts directory; deleting that file ends the hold."""
+    seconds = int(os.environ.get("MEC_CONPAAS_HOLD_S") or 0)
+    live = {n: g for n, g in guests.items() if g.proc and g.proc.poll() is None}
+    if seconds <= 0 or not live:
+        return
+    path = os.path.join(artifacts_dir(), "hold.txt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"held {seconds} s from {time.strftime('%H:%M:%S')}; rm this file to end\n")
+        for n, g in live.items():
+            f.write(f"{n}: ssh -i {key} -p {g.ssh_port} -o StrictHostKeyChecking=no "
+                    f"-o UserKnownHostsFile=/dev/null mec@127.0.0.1\n")
+        f.write(f"manager: {master.url} (CA {getattr(master, 'ca_file', None)}, admin token "
+                f"{master.admin_token}, log {master.dir}/manager.log)\n")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and os.path.exists(path):
+        time.sleep(5)
 
 
 # The fleet while it runs: a failing boot test keeps the guests' artifacts at once,
@@ -216,6 +242,9 @@ def pytest_runtest_makereport(item, call):
             g.collect(_LIVE["key"], "%s failed" % item.nodeid)
         except Exception as e:  # keeping artifacts must not hide the failure
             print("artifacts of guest %s not kept: %s" % (name, e))
+    if not _LIVE.get("held"):
+        _LIVE["held"] = True
+        hold(_LIVE["guests"], _LIVE["key"], _LIVE["master"])
 
 
 

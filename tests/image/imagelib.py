@@ -280,13 +280,21 @@ class Backbone:
     reach the guest; over this link the manager reaches the node agent and its
     instances as a master does, through a route to the node's instance network
     via the node.  Only this machine and the guest are on the link (nothing is
-    forwarded off the machine); the device and its routes go at ``delete``."""
+    forwarded off the machine); the device and its routes go at ``delete``.
+
+    The manager's whole instance network pool is routed into the link from
+    the start: the manager calls a node agent as soon as it registers, before
+    the test knows which network the join gave the node, and with only this
+    machine's default route those calls left the machine (session 10: an
+    outside TLS endpoint answered them for the node agent's address)."""
 
     NAME = "mecimg0"
     HOST = "10.250.0.1"
     GUEST = "10.250.0.2"
     PREFIX = 30
     MAC = "52:54:00:6d:65:63"
+    # [join] instance_network_pool's default (the test manager keeps it).
+    POOL = "10.100.0.0/16"
 
     def create(self):
         if os.path.exists(f"/sys/class/net/{self.NAME}"):
@@ -297,6 +305,7 @@ class Backbone:
         self.created = True
         sh("ip", "addr", "add", f"{self.HOST}/{self.PREFIX}", "dev", self.NAME)
         sh("ip", "link", "set", self.NAME, "up")
+        self.route(self.POOL)
 
     def qemu_args(self):
         return ["-netdev", f"tap,id=n1,ifname={self.NAME},script=no,downscript=no",
@@ -312,8 +321,11 @@ class Backbone:
             f"ip addr replace {self.GUEST}/{self.PREFIX} dev \"$dev\"\n"))
 
     def route(self, network):
-        """Reach ``network`` (the node's instance network) through the guest."""
-        sh("ip", "route", "replace", str(network), "via", self.GUEST, "dev", self.NAME)
+        """Reach ``network`` (the node's instance network) through the guest.
+        ``onlink``: before the guest's end is configured nothing answers for
+        its address, and a call fails here instead of going elsewhere."""
+        sh("ip", "route", "replace", str(network), "via", self.GUEST, "dev", self.NAME,
+           "onlink")
 
     created = False
 
@@ -345,6 +357,9 @@ class Guest:
             sh("mcopy", "-o", "-i", mt, f"::{f}-{kver}", os.path.join(self.dir, f))
         cmdline = image.boot_read("cmdline.txt").split()
         cmdline = [a for a in cmdline if not a.startswith("console=")] + ["console=ttyAMA0"]
+        # Try a kernel argument on a built image without rebuilding it (diagnosis:
+        # the boot then differs from a Pi's, say so wherever its results go).
+        cmdline += os.environ.get("MEC_CONPAAS_BOOT_EXTRA_ARGS", "").split()
         self.cmdline = " ".join(cmdline)
         self.console = os.path.join(self.dir, "console.log")
         self.ssh_port = free_port()

@@ -103,6 +103,13 @@ def test_kernel_command_line(image, booted):
     for controller in ("freezer", "pids", "memory"):
         assert ssh.run(f"test -d /sys/fs/cgroup/{controller}", check=False).returncode == 0, \
             ssh.run("ls /sys/fs/cgroup; findmnt -t cgroup,cgroup2", check=False).stdout
+    # The legacy layout, not systemd's hybrid one: systemd tracks processes in
+    # name=systemd (v1), where libvirt moves its LXC controller, so machined
+    # knows the containers (with a cgroup2 "unified" mount every start failed:
+    # NoMachineForPID).
+    assert "systemd.legacy_systemd_cgroup_controller=1" in cmdline
+    assert not ssh.run("findmnt -rn -t cgroup2", check=False).stdout.strip(), \
+        ssh.run("findmnt -t cgroup,cgroup2", check=False).stdout
     mounts = ssh.run("findmnt -no SOURCE,FSTYPE /boot/firmware").stdout.split()
     assert mounts == ["/dev/vda1", "vfat"], mounts
 

@@ -164,6 +164,8 @@ def test_cgroup_arguments_survive_kernel_updates(image, rootfs):
     with open(os.path.join(REPO, "image-builder", "image-vars.yml")) as f:
         wanted = yaml.safe_load(f)["edge_tuning_cmdline_args"]
     assert "systemd.unified_cgroup_hierarchy=0" in wanted
+    # Legacy, not hybrid: libvirt's LXC containers register with systemd-machined.
+    assert "systemd.legacy_systemd_cgroup_controller=1" in wanted
     assert set(wanted) <= set(words), words
     cmdline = shlex.split(image.boot_read("cmdline.txt"))
     assert set(wanted) <= set(cmdline), cmdline
@@ -321,6 +323,10 @@ def test_node_agent_can_host_with_base_image_on_the_card(image, rootfs):
     base = agent["base_image_path"]
     assert rootfs.exists(f"{base}/.mec-conpaas-image")
     assert rootfs.exists(f"{base}/usr/bin/python3") and rootfs.exists(f"{base}/etc/debian_version")
+    # libvirt keeps its own cgroups: systemd-machined cannot be D-Bus activated
+    # (roles/first_boot; with it every container start failed: NoMachineForPID).
+    activation = "/usr/share/dbus-1/system-services/org.freedesktop.machine1.service"
+    assert not rootfs.exists(activation) and rootfs.exists(activation + ".mec-conpaas")
     assert "libvirt-daemon-driver-lxc" in {p["package"] for p in image.manifest["packages"]}
 
 
