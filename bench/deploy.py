@@ -12,7 +12,8 @@ Measures, on this machine:
   * the second (idempotent) run of site.yml;
   * RAM used on the master and on an edge node after deployment, from each container's
     memory cgroup: anonymous + shared memory (what `free` reports as used, without page
-    cache), and the resident size of the edge node's OpenStack processes. The peer figure
+    cache), and the resident size of the edge node's OpenStack processes and every
+    process's proportional set size (privsep helpers by context). The peer figure
     for the edge node is the K3s agent's 268 MB on a Pi 4 (seed paper; not measured here).
 
     bench/deploy.py [--quick] [--reuse] [--n-ap N] [--keep] [--scope full|system]
@@ -32,6 +33,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -116,6 +118,46 @@ def edge_process_rss(addr):
     return {k: round(v, 1) for k, v in sorted(per.items())}
 
 
+# Proportional set size (shared pages split among the processes sharing them, so the
+# figures add up) of every process, read on the node.
+PSS_PROBE = r"""
+import json, os
+out = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            args = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open("/proc/%s/smaps_rollup" % pid) as f:
+            pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        continue
+    if args:
+        out.append([pss, args])
+print(json.dumps(out))
+"""
+
+
+def process_label(args):
+    """What a process is: one of EDGE_PROCS, a privsep helper by its context (each
+    OpenStack service starts its own, one per context it uses), or "other"."""
+    if "privsep-helper" in args:
+        context = re.search(r"--privsep_context[ =](\S+)", args)
+        return "privsep-helper " + (context.group(1) if context else "?")
+    return next((name for name in EDGE_PROCS if name in args), "other")
+
+
+def edge_process_pss(addr):
+    """{label: [PSS MB, processes]} on a node, and the total of every process."""
+    rows = json.loads(ssh(addr, "python3 -c %s" % shlex.quote(PSS_PROBE)))
+    per = {}
+    for kb, args in rows:
+        entry = per.setdefault(process_label(args), [0.0, 0])
+        entry[0] += kb / 1024
+        entry[1] += 1
+    return ({k: [round(v[0], 1), v[1]] for k, v in sorted(per.items())},
+            round(sum(kb for kb, _ in rows) / 1024, 1))
+
+
 def server_active(master_addr, ap_name):
     tmp = tempfile.mkdtemp(prefix="mec-bench-image-")
     root = os.path.join(tmp, "root")
@@ -195,7 +237,7 @@ def main():
               "server_create_to_active": None, "site_second_run": None}
     second_changed = None
     extra = [] if args.scope == "full" else ["--skip-tags", "openstack,paas"]
-    memory, edge_procs = {}, {}
+    memory, edge_procs, edge_pss, edge_pss_total = {}, {}, {}, None
     try:
         if not args.reuse:
             subprocess.run(["bash", TESTBED, "down"], check=True)
@@ -217,6 +259,7 @@ def main():
         for name in aps:
             memory[name] = cgroup_memory("%s-%s" % (PREFIX, name))
         edge_procs = edge_process_rss(h[aps[0]])
+        edge_pss, edge_pss_total = edge_process_pss(h[aps[0]])
         if not args.quick and not args.reuse:
             phases["site_second_run"], second_changed = playbook("site.yml", "site-second", extra)
             log("site.yml second run %.0f s, changed=%s" % (phases["site_second_run"],
@@ -243,6 +286,8 @@ def main():
         "peer_k3s_agent_mb": PEER_K3S_AGENT_MB,
         "memory": memory,
         "edge_openstack_process_rss_mb": edge_procs,
+        "edge_process_pss_mb_and_count": edge_pss,
+        "edge_pss_total_mb": edge_pss_total,
         "edge_used_mb": memory[aps[0]]["used_mb"],
         "target_edge_mb": TARGET_EDGE_MB,
         "master_used_mb": memory["master"]["used_mb"],

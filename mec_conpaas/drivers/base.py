@@ -109,7 +109,9 @@ class CloudDriver(abc.ABC):
         """The cloud's own view of its compute hosts, when it has one:
         ``{host name: {"up": bool, "vcpus", "vcpus_free", "memory_mb",
         "memory_mb_free"}}`` (free: what the cloud's scheduler can still
-        allocate), or None.
+        allocate; optionally ``vcpus_reserved``/``memory_mb_reserved`` and
+        ``cpu_allocation_ratio``/``ram_allocation_ratio``, which the
+        manager checks against the node's own reserve), or None.
 
         Where a cloud schedules the nodes' resources itself (nova and
         placement), the PaaS must agree with it: ``node list``/``node show``

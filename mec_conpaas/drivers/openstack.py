@@ -358,8 +358,11 @@ class OpenstackDriver(lxc.LxcDriver):
 
     def inventory(self):
         """Compute hosts as nova and placement see them: ``{host: {"up",
-        "vcpus", "vcpus_free", "memory_mb", "memory_mb_free"}}``; free
-        resources are placement's (capacity - reserved) * ratio - used."""
+        "vcpus", "vcpus_free", "vcpus_reserved", "cpu_allocation_ratio",
+        "memory_mb", "memory_mb_free", "memory_mb_reserved",
+        "ram_allocation_ratio"}}``; free resources are placement's
+        (capacity - reserved) * ratio - used, and reserved and the ratios
+        are there for the reserve check (manager/inventory.py)."""
         up = {s.host: s.state == "up" and s.status == "enabled"
               for s in self._os("listing compute services", "compute.services")
               if s.binary == "nova-compute"}
@@ -372,9 +375,12 @@ class OpenstackDriver(lxc.LxcDriver):
                                 "/resource_providers/%s/usages" % rp.id).json()["usages"]
             host = rp.name.split(".")[0]
 
-            out[host] = {"up": up.get(host, False),
-                         "vcpus": inv["VCPU"].total if "VCPU" in inv else 0,
-                         "vcpus_free": _free(inv, usages, "VCPU"),
-                         "memory_mb": inv["MEMORY_MB"].total if "MEMORY_MB" in inv else 0,
-                         "memory_mb_free": _free(inv, usages, "MEMORY_MB")}
+            out[host] = {"up": up.get(host, False)}
+            for key, rc, ratio in (("vcpus", "VCPU", "cpu_allocation_ratio"),
+                                   ("memory_mb", "MEMORY_MB", "ram_allocation_ratio")):
+                i = inv.get(rc)
+                out[host].update({key: i.total if i else 0,
+                                  key + "_free": _free(inv, usages, rc),
+                                  key + "_reserved": i.reserved if i else 0,
+                                  ratio: i.allocation_ratio if i else 1.0})
         return out

@@ -20,12 +20,12 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver: opt-in with
-    mec_conpaas_use_openstack (the test bed sets it with MEC_DEPLOY_OPENSTACK=1)."""
+    """These tests need the deployment on the openstack driver: the default with a
+    controller (MEC_DEPLOY_OPENSTACK=0 puts the test bed on the lxc driver)."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
         pytest.skip("the manager runs the lxc driver "
-                    "(MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
+                    "(MEC_DEPLOY_OPENSTACK=0 was set)")
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +177,20 @@ def inventory_ttl(master):
 @full_only
 def test_node_views_and_placement_follow_nova(master, aps):
     """node show carries each AP's compute host as nova and placement see it (its
-    memory as `openstack hypervisor show` has it); a compute service an admin disables in
-    nova makes that AP refuse new instances with a clear error, and enabling it back
-    makes it a host again."""
+    memory as `openstack hypervisor show` has it, its reserve check passed); a compute
+    service an admin disables in nova makes that AP refuse new instances with a clear
+    error, and enabling it back makes it a host again."""
     ttl = inventory_ttl(master)
     for ap in aps:
         cloud = paas_node(master, ap.name)["cloud"]
         hyp = master.openstack("hypervisor show %s -f json" % ap.name)
         assert cloud["up"] is True and cloud["memory_mb"] == hyp["memory_mb"], (cloud, hyp)
         assert 0 < cloud["memory_mb_free"] <= cloud["memory_mb"], cloud
+        # The role's reserved_host_cpus/_memory_mb cover the node's own reserve: the
+        # manager has nothing to take off (manager/inventory.py, the reserve check).
+        reserve = cloud["reserve"]
+        assert reserve["placement"]["vcpus"] >= reserve["node"]["vcpus"] >= 1, reserve
+        assert reserve["subtracted"] == {} and reserve["message"] is None, reserve
     ap = aps[-1]
     master.openstack("compute service set --disable --disable-reason mec-test %s "
                      "nova-compute" % ap.name)

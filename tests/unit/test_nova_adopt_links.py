@@ -94,3 +94,21 @@ def test_a_planted_file_link_is_replaced_not_followed(tree, planted):
     nova.write_file(str(root), final, "written", IDS)
     assert listing(outside) == before
     assert not os.path.islink(root / final) and (root / final).read_text() == "written"
+
+
+def test_metadata_reads_take_no_walk_of_the_domains_tasks(node, monkeypatch):
+    """domain_name, root_ids and address run inside migration's frozen window: the
+    metadata is read from its file, without looking for a task of the domain (the lxc
+    backend's took no such walk either)."""
+    base = os.path.join(node.root, "i1")
+    os.makedirs(base)
+    with open(os.path.join(base, "meta.json"), "w") as out:
+        out.write('{"domain": "instance-0000002a", "root_ids": [100000, 100000], '
+                  '"address": "10.232.0.9"}')
+    walks = []
+    monkeypatch.setattr(containers, "_container_pid", lambda name: walks.append(name))
+    assert node.domain_name("i1") == "instance-0000002a"
+    assert node.root_ids("i1") == (100000, 100000)
+    assert node.address("i1") == "10.232.0.9"
+    assert walks == []
+    assert node.domain_name("gone") == ""

@@ -37,6 +37,7 @@ from bench import common  # noqa: E402
 from mec_conpaas.edge import loadgen  # noqa: E402
 from mec_conpaas.manager import service as manager_service  # noqa: E402
 from tests.deploy import conftest  # noqa: E402  (the test bed's Host, over SSH)
+from tests.deploy.conftest import ADMIN_HEADER  # noqa: E402
 from tests.deploy.conftest import PAAS_CLI  # noqa: E402
 
 # The node software's venv on the master and the APs (roles/mec_conpaas_package).
@@ -127,25 +128,46 @@ def migrate_run(master, aps, name="bench-os-mig"):
                        "sleep 0.1; done; cat /tmp/mec-bench.log; exit 1", timeout=60)
             time.sleep(2)
             t0 = time.monotonic()
-            paas(master, "service migrate %s --to %s -f json" % (name, target.name))
+            op_id = json.loads(paas(master, "service migrate %s --to %s -f json" % (
+                name, target.name)))["operation"]
             seconds = time.monotonic() - t0
+            windows = operation_windows(master, op_id)
             time.sleep(2)
             master.run("touch /tmp/mec-bench.stop")
             master.run("for i in $(seq 300); do [ -s /tmp/mec-bench.json ] && exit 0; "
                        "sleep 0.1; done; cat /tmp/mec-bench.log; exit 1", timeout=60)
             results = json.loads(master.run("cat /tmp/mec-bench.json").stdout)
             summary = loadgen.summarize(results)
-            summary.pop("max_gap_at", None)  # the master's monotonic clock: meaningless here
-            runs.append(dict(summary, to=target.name, migrate_s=round(seconds, 2)))
+            # The client and the manager both run on the master, a container of this
+            # machine's kernel: one CLOCK_MONOTONIC, so the manager's window marks line
+            # up with the client's requests (bench/migrate.py's "seen").
+            windows = [dict(w, seen=s) for w, s in zip(
+                windows, lxc_bench().around(windows, results))]
+            runs.append(dict(summary, to=target.name, migrate_s=round(seconds, 2),
+                             windows=windows))
             t_first = min(r["start"] for r in results)
             timelines.append((target.name, [(r["start"] - t_first, r["end"] - r["start"],
                                              r["ok"]) for r in results]))
-            print("migrate to %s: %.1f s, %s" % (target.name, seconds, {
-                k: summary[k] for k in ("requests", "failed", "max_gap_ms", "p99_ms")}),
-                flush=True)
+            print("migrate to %s: %.1f s, %s; window %s" % (target.name, seconds, {
+                k: summary[k] for k in ("requests", "failed", "max_gap_ms", "p99_ms")},
+                json.dumps(windows)), flush=True)
     finally:
         master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
     return runs, timelines
+
+
+def operation_windows(master, op_id):
+    """The migration's critical windows as the manager timed them (every step from the
+    freeze to the proxies' switch, the kill and the destroy; manager/workflows.py)."""
+    out = master.run("curl -sf -H \"%s\" http://127.0.0.1:9680/v1/operations/%s" % (
+        ADMIN_HEADER, op_id)).stdout
+    return json.loads(out)["operation"]["windows"]
+
+
+def lxc_bench():
+    """bench/migrate.py (its ``around``: what the client saw of each window)."""
+    from bench import migrate
+    return migrate
 
 
 def stamp():
@@ -229,6 +251,8 @@ def main():
                       runs=runs, failed=sum(r["failed"] for r in runs),
                       requests=sum(r["requests"] for r in runs),
                       longest_gap_ms=max(r["max_gap_ms"] for r in runs),
+                      freeze_to_switch_ms=[w["freeze_to_switch"] for r in runs
+                                           for w in r["windows"]],
                       target_failed=0, target_longest_gap_ms=100,
                       loadavg_at_end=common.loadavg())
         name = "migrate-openstack-%s" % stamp()
