@@ -84,6 +84,13 @@ print(json.dumps({"allocated_mb": round(sum(s.size for s in stats) / 2**20, 1),
 """
 
 
+def where(path):
+    """A path as results record it: relative to the checkout when inside it
+    (a result file must not name this machine's directories)."""
+    rel = os.path.relpath(path, REPO)
+    return path if rel.startswith("..") else rel
+
+
 def python_allocations(python=sys.executable):
     """MB Python allocated starting and importing the agent (no libvirt),
     and of it the modules' code (tracemalloc from the interpreter's start,
@@ -156,7 +163,7 @@ def main():
     summary = {
         "benchmark": "footprint",
         "node_agent": agent,
-        "interpreters": {k: {"python": python_version(py), "executable": py}
+        "interpreters": {k: {"python": python_version(py), "executable": where(py)}
                          for k, py in pythons.items()},
         "import_steps": steps,
         "imports_rss_mb": {k: v[-1]["rss_mb"] for k, v in steps.items()},
@@ -210,7 +217,7 @@ def running_agent(debian_venv):
         edge = b.edge
         time.sleep(3)  # a few heartbeats
         out = {"venv": dict(measure_agent(b), python=common.machine()["python"],
-                            interpreter=sys.executable)}
+                            interpreter=where(sys.executable))}
         status = edge.status()
         tool = os.path.join(debian_venv or "", "bin", "mec-conpaas-node-agent")
         if not os.access(tool, os.X_OK):
@@ -232,7 +239,7 @@ def running_agent(debian_venv):
         time.sleep(3)  # registered, a few heartbeats
         version = python_version(os.path.join(debian_venv, "bin", "python"))
         out["debian_python"] = dict(measure_agent(b), python=version,
-                                    interpreter=os.path.realpath("/proc/%d/exe" % pid))
+                                    interpreter=where(os.path.realpath("/proc/%d/exe" % pid)))
     return out, status
 
 
