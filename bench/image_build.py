@@ -285,8 +285,17 @@ def from_log(args):
     for m in re.finditer(r"=== stage (\S+) done in ([\d.]+) s", text):
         stages[m.group(1)] = float(m.group(2))
     for m in re.finditer(r"^(\S+ : .+?|Gathering Facts)[ -]+ ([\d.]+)s$", text, re.M):
-        if float(m.group(2)) >= 10:
+        if float(m.group(2)) >= args.min_task_s:
             tasks.append({"task": m.group(1).strip(), "s": float(m.group(2))})
+    # profile_tasks' recap lists only the slowest 20 of a run; the line under each
+    # task header gives the previous task's time, so the others come from there.
+    seen = {(t["task"], t["s"]) for t in tasks}
+    heads = list(re.finditer(r"^TASK \[(.+?)\] \*+\n.*?\((\d+):(\d+):([\d.]+)\)", text, re.M))
+    for prev, nxt in zip(heads, heads[1:]):
+        h, mnt, sec = (float(x) for x in nxt.group(2, 3, 4))
+        took = round(h * 3600 + mnt * 60 + sec, 2)
+        if took >= args.min_task_s and (prev.group(1), took) not in seen:
+            tasks.append({"task": prev.group(1), "s": took})
     m = re.search(r"ERROR: (.+)", text)
     failed = m.group(1)[:300] if m else None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -318,6 +327,8 @@ def main():
                     "package task reads) against the first build; no boot, no floor")
     ap.add_argument("--from-log", metavar="BUILD_LOG",
                     help="only summarize a build.py log (stage and task times) into JSON")
+    ap.add_argument("--min-task-s", type=float, default=10,
+                    help="with --from-log: keep the tasks that took at least this long")
     ap.add_argument("--machine-note", default="shared with other helpers' tests and builds",
                     help="with --from-log: the load the build ran under")
     args = ap.parse_args()

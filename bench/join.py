@@ -30,8 +30,8 @@ its ``floor/timings.json`` beside the guest's ``good/timings.json`` is the
 default; ``--floor-timings`` names another (then not the same run: the
 result names both files and their times).
 
-Writes bench/results/join.json and join.png; prints the summary as one JSON
-object on its last line.
+Writes bench/results/join.json and join.png (``--name``), and with guest
+timings join-boot.png; prints the summary as one JSON object on its last line.
 """
 import argparse
 import concurrent.futures
@@ -170,6 +170,9 @@ def main():
     ap.add_argument("--floor-timings", help="the bare (ci profile) guest's "
                     "timings.json: the floor the guest's times are divided by (default: "
                     "the 'floor' guest of the same image-test run, if there is one)")
+    ap.add_argument("--name", default="join",
+                    help="result files bench/results/NAME.json, NAME.png and, with guest "
+                    "timings, NAME-boot.png (default: join)")
     args = ap.parse_args()
     load_start = os.getloadavg()
     manager = Manager(tempfile.mkdtemp(prefix="mec-bench-join-"), enrollment=None, tls=True)
@@ -195,8 +198,8 @@ def main():
         "concurrent": runs, "guest": boot,
         "machine": common.machine(),
         "loadavg_at_start": [round(x, 2) for x in load_start],
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "shared": "other jobs share the cores: see the load averages",
+        "loadavg_at_end": common.loadavg(),
+        **common.load_note(load_start[0], os.getloadavg()[0]),
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -214,7 +217,30 @@ def main():
         ax.set_ylabel("ms per node")
         ax.set_title("Joining an HTTPS manager (load %.0f at start)" % load_start[0])
         ax.legend()
-    common.write("join", summary, plot)
+    common.write(args.name, summary, plot)
+    if boot is not None:
+        common.png(args.name + "-boot", lambda ax: plot_boot(ax, boot))
+
+
+# What the boot plot shows, in order: (timings.json key, label).
+BOOT_STEPS = (("ssh_s", "SSH login"), ("registered_s", "registered"),
+              ("service_answered_after_poweron_s", "placed service answers"),
+              ("wifi_service_answered_after_poweron_s", "... over the air"))
+
+
+def plot_boot(ax, guest):
+    """Seconds from power-on of the flashed node's steps, beside the bare floor's."""
+    floor = guest.get("floor") or {}
+    rows = [("floor: " + label, floor[k]) for k, label in BOOT_STEPS if k in floor]
+    rows += [(label, guest[k]) for k, label in BOOT_STEPS if k in guest]
+    ax.barh([r[0] for r in rows], [r[1] for r in rows],
+            color=["#999999" if r[0].startswith("floor") else "#3b7dd8" for r in rows])
+    for i, (_label, v) in enumerate(rows):
+        ax.text(v, i, " %.0f s" % v, va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds after power-on (qemu TCG, guest clock for SSH/registered)")
+    ax.set_title("Flashed node vs bare image (same run)" if floor.get("same_run")
+                 else "Flashed node vs bare image")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import argparse
 import configparser
 import contextlib
 import datetime
+import glob
 import hashlib
 import inspect
 import json
@@ -904,14 +905,17 @@ class Builder:
         same = (inside == host and
                 self.chroot("python3", "-c", ver, capture=True).stdout.strip()
                 == run([host_py, "-c", ver], capture=True).stdout.strip())
-        dirs = [d for d in (f"{self.root}/usr/lib/python3/dist-packages",)
+        # Debian's modules, and the venvs under /opt whose pip install ran with
+        # --no-compile (roles/mec_conpaas_package: minutes of emulated Python).
+        dirs = [d for d in (f"{self.root}/usr/lib/python3/dist-packages",
+                            *sorted(glob.glob(f"{self.root}/opt/*/venv/lib/python3*/site-packages")))
                 if os.path.isdir(d)]
         if same:
             run([host_py, "-m", "compileall", "-q", "-j", "0", "-s", self.root, "-p", "/",
                  *dirs])
         else:  # different bytecode: compile inside, under emulation (slow but right)
             self.chroot("python3", "-m", "compileall", "-q", "-j", "0",
-                        "/usr/lib/python3/dist-packages")
+                        *(d[len(self.root):] for d in dirs))
         self.result["python_bytecode"] = "host" if same else "emulated"
 
     def assemble(self):

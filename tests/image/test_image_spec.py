@@ -310,6 +310,32 @@ def test_node_agent_installed(image, rootfs):
     assert rootfs.exists("/etc/mec-conpaas/mec-conpaas.conf")
 
 
+def test_node_software_ships_its_bytecode(image, rootfs):
+    """The venv is installed without bytecode under emulation (minutes of
+    qemu-user) and compiled by the build host in finalize: every module of the
+    package has a .pyc the image's Python accepts, naming its path on the Pi."""
+    needs_role(image, "mec_conpaas_node")
+    import importlib.util
+    import marshal
+    [site] = glob.glob(rootfs.p("/opt/mec-conpaas/venv/lib/python3*/site-packages"))
+    sources = glob.glob(os.path.join(site, "mec_conpaas", "**", "*.py"), recursive=True)
+    assert len(sources) > 50, site
+    tag = os.path.basename(os.path.dirname(site)).replace("python", "cpython-").replace(".", "")
+    missing = []
+    for src in sources:
+        pyc = os.path.join(os.path.dirname(src), "__pycache__",
+                           os.path.basename(src)[:-3] + f".{tag}.pyc")
+        if not os.path.exists(pyc):
+            missing.append(os.path.relpath(src, site))
+            continue
+        with open(pyc, "rb") as f:
+            head = f.read(16)
+            code = marshal.loads(f.read()) if head[:4] == importlib.util.MAGIC_NUMBER else None
+        if code is not None:  # the build host's Python (same magic) can read it
+            assert code.co_filename == "/" + os.path.relpath(src, rootfs.path), code.co_filename
+    assert not missing, missing[:10]
+
+
 def test_node_agent_can_host_with_base_image_on_the_card(image, rootfs):
     """The lxc backend, and the base service image baked in (no debootstrap at
     first boot): an arm64 Debian tree with the Python the service agent runs on."""
