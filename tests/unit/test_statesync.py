@@ -346,6 +346,8 @@ def test_final_push_carries_its_manifest_as_a_change_from_the_pulled_round(tmp_p
     assert [m.name for m in members] == [statesync.MANIFEST_DELTA_MEMBER, "journal",
                                         "sub/new"]
     assert members[0].size < 1000  # 203 entries in full
+    # Not padded to a whole tar record: it fits a fresh TCP window's first flight.
+    assert len(data) < tarfile.RECORDSIZE
 
     before = statesync.manifest(str(dst))
     with pytest.raises(statesync.ManifestBaseUnknown):

@@ -559,8 +559,19 @@ class NodeAgent:
         dst = _peer(body, "target")
         containers = self._need_containers()
         src = containers.state_dir(iid)
-        marks = [time.monotonic()]
         frozen = {}
+        if isinstance(body.get("freeze"), dict):
+            # Before the freeze, one small call to the target: the delta then
+            # goes over a connection known to be open, not one the target
+            # closed while idle (a pushing source last spoke to it one
+            # migration ago, if ever: a handshake, or a failed send and a
+            # handshake, inside the window), and not one back in slow start.
+            try:
+                httpserver.call("GET", dst["url"].rstrip("/") + "/v1/health",
+                                dst["token"], timeout=5, **self.peer_tls(dst))
+            except exception.NodeError as e:
+                LOG.warning("target %s before the freeze: %s", dst["url"], e.message)
+        marks = [time.monotonic()]
         if isinstance(body.get("freeze"), dict):
             frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
         marks.append(time.monotonic())
