@@ -10,6 +10,11 @@ from mec_conpaas.agents.node import memory
 # and zipfile it brings (bench/footprint.py).  Deferred, not removed: a
 # config_source still loads it.
 memory.defer_import("stevedore")
+# Loaded by http.client at its import, used only with TLS (an https://
+# manager, an agent API with a certificate from the join) or by a /metrics
+# scrape: 1 MB resident otherwise.  tarfile: state copies and bundles only.
+memory.defer_import("ssl")
+memory.defer_import("tarfile")
 
 from oslo_config import cfg  # noqa: E402
 
