@@ -552,15 +552,16 @@ class NodeAgent:
 
     def push_state(self, body, iid):
         """Final copy, driven from the source: send only what changed since
-        the manifest served for the last pre-copy round, with the full
-        manifest so the target applies deletions too.  One node-to-node
-        round trip; each step is timed (``steps_ms``), as it all lies in
-        migration's critical window."""
+        the manifest served for the last pre-copy round, with the manifest
+        (as its change since that round, when the target kept it) so the
+        target applies deletions too.  One node-to-node round trip; each
+        step is timed (``steps_ms``), as it all lies in migration's
+        critical window."""
         dst = _peer(body, "target")
         containers = self._need_containers()
         src = containers.state_dir(iid)
-        frozen = {}
-        if isinstance(body.get("freeze"), dict):
+        freeze, frozen, t0 = body.get("freeze"), {}, time.monotonic()
+        if isinstance(freeze, dict):
             # Before the freeze, one small call to the target: the delta then
             # goes over a connection known to be open, not one the target
             # closed while idle (a pushing source last spoke to it one
@@ -572,8 +573,8 @@ class NodeAgent:
             except exception.NodeError as e:
                 LOG.warning("target %s before the freeze: %s", dst["url"], e.message)
         marks = [time.monotonic()]
-        if isinstance(body.get("freeze"), dict):
-            frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
+        if isinstance(freeze, dict):
+            frozen = containers.freeze(iid, freeze.get("quiesce_port"))
         marks.append(time.monotonic())
         current = statesync.manifest(src)
         served = self.served_manifests.pop(iid, None) or {}
@@ -598,9 +599,10 @@ class NodeAgent:
             if got.get("manifest_unknown"):
                 # It did not keep that round (a pull cut short): the same
                 # files with the whole manifest; it wrote nothing.
-                data = statesync.with_full_manifest(data, current)
+                data, delta = statesync.with_full_manifest(data, current), None
             elif got.get("tail_mismatch"):
                 # The target's copy of these is not what it was sent: whole.
+                delta = None
                 data = statesync.export_tar(
                     src, got["tail_mismatch"], with_manifest=current,
                     sent=self.sent.to(iid, dst["instance_id"], got["tail_mismatch"]))
@@ -610,8 +612,10 @@ class NodeAgent:
         steps = dict(zip(("freeze", "manifest", "export", "send_import_restore"),
                          (round(1000 * (b - a), 1) for a, b in zip(marks, marks[1:]))))
         steps["import"] = got.get("import_ms")
+        steps["target_call_before_freeze"] = round(1000 * (marks[0] - t0), 1)
         steps.update({"freeze_" + k: v for k, v in (frozen.get("ms") or {}).items()})
         return {"files": len(paths), "bytes": len(data),
+                "manifest": "change" if delta is not None else "whole",
                 "freeze_attempts": frozen.get("attempts"),
                 "quiescent": frozen.get("quiescent"),
                 "restore": got.get("restore"), "steps_ms": steps}
