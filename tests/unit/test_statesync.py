@@ -155,15 +155,22 @@ def test_hostile_archive_and_manifest_write_nothing_outside(tmp_path):
         statesync.import_tar(str(root), statesync.export_tar(str(root), []), {"a": "f"})
 
 
+def _source_with_files(tmp_path, prefix, count, data):
+    """tmp_path/src with ``count`` files ``PREFIX<n>`` (the prefix names
+    their directory), and an empty tmp_path/dst."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / os.path.dirname(prefix)).mkdir(parents=True)
+    dst.mkdir()
+    for n in range(count):
+        (src / ("%s%d" % (prefix, n))).write_bytes(data)
+    return src, dst
+
+
 def test_bulk_copy_in_batches_then_nothing_left_to_copy(tmp_path):
     """A bulk copy in batches (bounded memory) keeps the source's mtimes to
     the nanosecond, so a pre-copy round after it finds nothing to move;
     deletions wait for the last batch."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    (src / "d").mkdir(parents=True)
-    dst.mkdir()
-    for n in range(5):
-        (src / "d" / ("f%d" % n)).write_bytes(b"x" * 300)
+    src, dst = _source_with_files(tmp_path, "d/f", 5, b"x" * 300)
     (dst / "gone").write_text("old")
     remote = statesync.manifest(str(src))
     paths = statesync.wanted(statesync.manifest(str(dst)), remote)
@@ -317,11 +324,7 @@ def test_final_push_carries_its_manifest_as_a_change_from_the_pulled_round(tmp_p
     deleted files and new directories.  A target that did not keep that
     round refuses it before writing anything; the same files with the whole
     manifest then go through."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    (src / "bulk").mkdir(parents=True)
-    dst.mkdir()
-    for n in range(200):
-        (src / "bulk" / ("blob-%d" % n)).write_bytes(b"b" * 100)
+    src, dst = _source_with_files(tmp_path, "bulk/blob-", 200, b"b" * 100)
     (src / "journal").write_text("1\n")
     (src / "gone").write_text("g")
     pulls = statesync.Pulls(str(tmp_path / "pulls"))
