@@ -149,6 +149,8 @@ def main():
                    help="a virtualenv of Debian's /usr/bin/python3 with this package "
                         "(tools/run-tests.sh makes .venv-debian): the agent is "
                         "measured again under the interpreter nodes run")
+    p.add_argument("--name", default="footprint",
+                   help="results file name under bench/results (without .json)")
     args = p.parse_args()
     load_start = os.getloadavg()
     debian_python = os.path.join(args.debian_venv, "bin", "python")
@@ -199,7 +201,7 @@ def main():
         ax.legend(loc="lower right", fontsize="small")
         ax.set_xlabel("MB resident added by the step (fresh interpreter)")
         ax.set_title("Node agent memory (target 30 MB)")
-    common.write("footprint", summary, plot)
+    common.write(args.name, summary, plot)
 
 
 def python_version(python):
