@@ -11,10 +11,10 @@
   edge's virtualenv may have another interpreter, e.g. pyenv's with a
   shared libpython), measured the same way in the same run.
 * What each import costs, under each interpreter: a child process
-  imports, in the agent's order, oslo.config (stevedore deferred, as the
-  agent's entry point does), the agent's modules, its container backend
-  and prometheus_client, returns freed pages as the agent does once
-  started, and reports VmRSS after each step.
+  imports, in the agent's order, oslo.config (stevedore, ssl and tarfile
+  deferred, as the agent's entry point does), the agent's modules, its
+  container backend and prometheus_client, returns freed pages as the
+  agent does once started, and reports VmRSS after each step.
 * Floor, in the same run: a bare interpreter of each virtualenv (``python
   -c`` sleeping), the least any Python agent costs.  Ratio agent / floor.
 
@@ -36,8 +36,9 @@ AGENT_PORT = 9681  # [node_agent] bind_port's default, as the edge runs it
 
 STEPS = [
     ("interpreter (site)", None),
-    # The agent's entry point defers oslo.config's stevedore (memory.py).
-    ("ctypes, stevedore deferred (memory.py)", "!defer"),
+    # The agent's entry point defers oslo.config's stevedore, ssl and
+    # tarfile (memory.AGENT_DEFERRED).
+    ("ctypes, stevedore/ssl/tarfile deferred (memory.py)", "!defer"),
     ("oslo.config", "oslo_config.cfg"),
     ("mec_conpaas.conf", "mec_conpaas.conf"),
     ("agent modules", "mec_conpaas.agents.node.agent"),
@@ -57,7 +58,7 @@ out = []
 for label, module in json.loads(sys.argv[1]):
     if module == "!defer":
         from mec_conpaas.agents.node import memory
-        memory.defer_import("stevedore")
+        memory.defer_agent_imports()
     elif module == "!trim":
         from mec_conpaas.agents.node import memory
         memory.trim()
@@ -148,6 +149,8 @@ def main():
                    help="a virtualenv of Debian's /usr/bin/python3 with this package "
                         "(tools/run-tests.sh makes .venv-debian): the agent is "
                         "measured again under the interpreter nodes run")
+    p.add_argument("--name", default="footprint",
+                   help="results file name under bench/results (without .json)")
     args = p.parse_args()
     load_start = os.getloadavg()
     debian_python = os.path.join(args.debian_venv, "bin", "python")
@@ -198,7 +201,7 @@ def main():
         ax.legend(loc="lower right", fontsize="small")
         ax.set_xlabel("MB resident added by the step (fresh interpreter)")
         ax.set_title("Node agent memory (target 30 MB)")
-    common.write("footprint", summary, plot)
+    common.write(args.name, summary, plot)
 
 
 def python_version(python):

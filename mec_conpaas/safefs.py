@@ -162,14 +162,18 @@ def remove(dirfd, name):
         os.unlink(name, dir_fd=dirfd)
 
 
-def walk(rootfd):
+def walk(rootfd, names_only=False):
     """Every entry below ``rootfd`` as (relative path, lstat result, open
     descriptor of its directory, name), parents before children.
 
     Directories are entered by ``open_dir`` (never through a link) and one
     at a time, so a deep tree costs neither recursion nor descriptors; the
     directory's descriptor is valid until the next entry is asked for.
-    Entries that vanish meanwhile are skipped."""
+    Entries that vanish meanwhile are skipped.
+
+    ``names_only``: no entry is stat'ed (its type comes with the directory
+    listing), the lstat result is None, and only regular files, directories
+    and links are listed."""
     pending = [[]]
     while pending:
         parts = pending.pop()
@@ -182,11 +186,18 @@ def walk(rootfd):
                 entries = list(it)
             for entry in entries:
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    if names_only:
+                        st, is_dir = None, entry.is_dir(follow_symlinks=False)
+                        if not (is_dir or entry.is_symlink()
+                                or entry.is_file(follow_symlinks=False)):
+                            continue
+                    else:
+                        st = entry.stat(follow_symlinks=False)
+                        is_dir = stat.S_ISDIR(st.st_mode)
                 except FileNotFoundError:
                     continue
                 yield "/".join(parts + [entry.name]), st, fd, entry.name
-                if stat.S_ISDIR(st.st_mode):
+                if is_dir:
                     pending.append(parts + [entry.name])
 
 

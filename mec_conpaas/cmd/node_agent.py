@@ -4,12 +4,9 @@ import sys
 
 from mec_conpaas.agents.node import memory
 
-# oslo.config imports stevedore at its start for configuration source
-# drivers (entry points, ``[DEFAULT] config_source``), which an agent's
-# configuration does not use: 0.7 MB resident with the importlib.metadata
-# and zipfile it brings (bench/footprint.py).  Deferred, not removed: a
-# config_source still loads it.
-memory.defer_import("stevedore")
+# stevedore (oslo.config's), ssl and tarfile until something uses them
+# (memory.AGENT_DEFERRED says why).
+memory.defer_agent_imports()
 
 from oslo_config import cfg  # noqa: E402
 

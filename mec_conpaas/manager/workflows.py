@@ -426,7 +426,8 @@ class MigrateService(Workflow):
                  for i, (name, t) in enumerate(marks[1:])}
         steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"),
                      precopy_rounds=precopy, final_files=final.get("files"),
-                     final_bytes=final.get("bytes"))
+                     final_bytes=final.get("bytes"),
+                     final_manifest_as=final.get("manifest"))
         steps.update({"final_" + k: v for k, v in (final.get("steps_ms") or {}).items()})
         steps.update(freeze_attempts=final.get("freeze_attempts") or 1,
                      quiescent=final.get("quiescent"),

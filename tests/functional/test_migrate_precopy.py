@@ -15,6 +15,9 @@ def test_precopy_rounds_lose_no_write_under_a_steady_write_rate(tmp_path, edge, 
     # new writes, as a delta against the previous round's manifest.
     rounds = window["precopy_rounds"]
     assert rounds and all(r["round"] == "delta" and r["files"] for r in rounds), rounds
+    # The frozen delta carried its manifest as the change since the round
+    # the target pulled last (not an entry per file of the state).
+    assert window["final_manifest_as"] == "change", window
 
 
 def test_requests_held_by_the_frozen_source_run_once_on_the_new_one(tmp_path, edge,

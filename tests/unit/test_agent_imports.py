@@ -43,9 +43,11 @@ with open(os.path.join(conf.node_agent.instances_path, iid, "meta.json"), "w") a
                "idmap_slot": 0, "cpus": 0.5, "memory_mb": 128}, f)
 stopped = {"info": c.info(iid)["state"], "ports": c.ports(), "usage": c.usage()}
 modules = sorted(sys.modules)
+deferred = sorted(m for m, v in sys.modules.items() if type(v).__name__ == "_Deferred")
 # Deferred, not gone: a configuration source driver would still load.
 import stevedore
-print(json.dumps({"modules": modules, "empty": empty, "stopped": stopped,
+print(json.dumps({"modules": modules, "deferred": deferred, "empty": empty,
+                  "stopped": stopped,
                   "stevedore": stevedore.ExtensionManager.__name__}))
 """
 
@@ -70,6 +72,9 @@ def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     # by the agent's entry point until something uses it.
     assert not {"stevedore.extension", "importlib.metadata"} & set(got["modules"])
     assert got["stevedore"] == "ExtensionManager"
+    # ssl (http.client's import; TLS and scrapes only) and tarfile (state
+    # copies, bundles) wait for their first use too.
+    assert {"ssl", "tarfile"} <= set(got["deferred"]), got["deferred"]
 
 
 def test_only_the_nova_backend_imports_libvirt():

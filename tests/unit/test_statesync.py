@@ -1,5 +1,6 @@
 import io
 import os
+import shutil
 import tarfile
 
 import pytest
@@ -154,15 +155,22 @@ def test_hostile_archive_and_manifest_write_nothing_outside(tmp_path):
         statesync.import_tar(str(root), statesync.export_tar(str(root), []), {"a": "f"})
 
 
+def _source_with_files(tmp_path, prefix, count, data):
+    """tmp_path/src with ``count`` files ``PREFIX<n>`` (the prefix names
+    their directory), and an empty tmp_path/dst."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / os.path.dirname(prefix)).mkdir(parents=True)
+    dst.mkdir()
+    for n in range(count):
+        (src / ("%s%d" % (prefix, n))).write_bytes(data)
+    return src, dst
+
+
 def test_bulk_copy_in_batches_then_nothing_left_to_copy(tmp_path):
     """A bulk copy in batches (bounded memory) keeps the source's mtimes to
     the nanosecond, so a pre-copy round after it finds nothing to move;
     deletions wait for the last batch."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    (src / "d").mkdir(parents=True)
-    dst.mkdir()
-    for n in range(5):
-        (src / "d" / ("f%d" % n)).write_bytes(b"x" * 300)
+    src, dst = _source_with_files(tmp_path, "d/f", 5, b"x" * 300)
     (dst / "gone").write_text("old")
     remote = statesync.manifest(str(src))
     paths = statesync.wanted(statesync.manifest(str(dst)), remote)
@@ -256,3 +264,109 @@ def test_append_only_file_goes_as_its_tail_and_a_rewrite_goes_whole(tmp_path):
     statesync.import_tar(str(dst), statesync.export_tar(
         str(src), ["journal"], with_manifest=current, sent=sent))
     assert statesync.manifest(str(dst)) == statesync.manifest(str(src))
+
+
+def test_start_rewritten_in_place_goes_whole(tmp_path, monkeypatch):
+    """The head check reads the whole start the receiver has, in blocks (a
+    small block here, so the start spans several): a byte rewritten in
+    place anywhere in it, in the first block, at a block's edge or in the
+    last byte sent, with the file grown or not, sends the file whole; so
+    does a file truncated below what was sent.  The receiver's copy then
+    equals the source's."""
+    monkeypatch.setattr(statesync, "READ_BLOCK", 4096)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "journal").write_bytes(bytes(range(256)) * 100)  # 25,600 bytes
+    sent = {}
+    current = statesync.manifest(str(src))
+    statesync.import_tar(str(dst), statesync.export_tar(
+        str(src), ["journal"], with_manifest=current, sent=sent))
+
+    def final(expect_tail):
+        data = statesync.export_tar(str(src), ["journal"],
+                                    with_manifest=statesync.manifest(str(src)), sent=sent)
+        member = tarfile.open(fileobj=io.BytesIO(data)).getmember("journal")
+        assert (statesync.TAIL_OFFSET in member.pax_headers) == expect_tail
+        statesync.import_tar(str(dst), data)
+        assert (dst / "journal").read_bytes() == (src / "journal").read_bytes()
+
+    for offset, grow in ((0, True), (4095, True), (4096, False), (9000, True)):
+        size = sent["journal"][0]
+        assert offset < size
+        with open(src / "journal", "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(b"\xff" if byte != b"\xff" else b"\x00")
+            if grow:
+                f.seek(0, os.SEEK_END)
+                f.write(b"appended line\n")
+        final(expect_tail=False)
+    with open(src / "journal", "r+b") as f:  # the last byte sent
+        f.seek(sent["journal"][0] - 1)
+        f.write(b"!")
+        f.seek(0, os.SEEK_END)
+        f.write(b"more\n")
+    final(expect_tail=False)
+    with open(src / "journal", "ab") as f:  # appended only: the tail
+        f.write(b"x" * 5000)
+    final(expect_tail=True)
+    with open(src / "journal", "r+b") as f:  # shorter than what was sent
+        f.truncate(100)
+    final(expect_tail=False)
+
+
+def test_final_push_carries_its_manifest_as_a_change_from_the_pulled_round(tmp_path):
+    """The frozen delta's manifest is what changed since the round the
+    target pulled last (not an entry per file): the target rebuilds the
+    source's manifest from the one it kept, and applies new, changed and
+    deleted files and new directories.  A target that did not keep that
+    round refuses it before writing anything; the same files with the whole
+    manifest then go through."""
+    src, dst = _source_with_files(tmp_path, "bulk/blob-", 200, b"b" * 100)
+    (src / "journal").write_text("1\n")
+    (src / "gone").write_text("g")
+    pulls = statesync.Pulls(str(tmp_path / "pulls"))
+    base = statesync.manifest(str(src))
+    sent = {}
+    statesync.import_tar(str(dst), statesync.export_tar(
+        str(src), statesync.wanted({}, base), sent=sent), base)
+    pulls.remember("new", "old", base, "r1")
+
+    with open(src / "journal", "a") as f:
+        f.write("2\n")
+    (src / "gone").unlink()
+    (src / "sub").mkdir(mode=0o750)
+    (src / "sub" / "new").write_text("n")
+    current = statesync.manifest(str(src))
+    delta = statesync.manifest_delta("r1", base, current)
+    assert sorted(delta["set"]) == ["journal", "sub", "sub/new"]
+    assert delta["drop"] == ["gone"]
+    data = statesync.export_tar(str(src), statesync.wanted(base, current),
+                                with_manifest=current, manifest_delta=delta, sent=sent)
+    members = tarfile.open(fileobj=io.BytesIO(data)).getmembers()
+    assert [m.name for m in members] == [statesync.MANIFEST_DELTA_MEMBER, "journal",
+                                        "sub/new"]
+    assert members[0].size < 1000  # 203 entries in full
+    # Not padded to a whole tar record: it fits a fresh TCP window's first flight.
+    assert len(data) < tarfile.RECORDSIZE
+
+    before = statesync.manifest(str(dst))
+    with pytest.raises(statesync.ManifestBaseUnknown):
+        statesync.import_tar(str(dst), data,
+                             pulled=lambda r: pulls.of_round("new", "r0"))
+    assert statesync.manifest(str(dst)) == before
+    dst2 = tmp_path / "dst2"
+    shutil.copytree(dst, dst2, symlinks=True)
+    statesync.import_tar(str(dst), data, pulled=lambda r: pulls.of_round("new", r))
+    assert statesync.manifest(str(dst)) == current
+    assert oct(os.stat(dst / "sub").st_mode & 0o777) == "0o750"
+
+    # A target without the round: the same files, the whole manifest.
+    (dst2 / "stray").write_text("not the source's")
+    full = statesync.with_full_manifest(data, current)
+    assert [m.name for m in tarfile.open(fileobj=io.BytesIO(full)).getmembers()] == [
+        statesync.MANIFEST_MEMBER, "journal", "sub/new"]
+    statesync.import_tar(str(dst2), full, pulled=lambda r: None)
+    assert statesync.manifest(str(dst2)) == current

@@ -475,6 +475,11 @@ class NodeAgent:
             raise exception.BadRequest("expected {'paths': [relative path, ...]}")
         sent = self.sent.to(iid, body.get("receiver"),
                             paths if body.get("whole") else ())
+        served = self.served_manifests.get(iid)
+        if served and body.get("round") == served["round"]:
+            # The receiver pulls this round and keeps it by its id: the
+            # final push may send the manifest as a change from it.
+            served["acked"] = True
         with _background():
             data = statesync.export_tar(self._need_containers().state_dir(iid), paths,
                                         sent=sent)
@@ -493,8 +498,8 @@ class NodeAgent:
         dest = self._need_containers().state_dir(iid)
         base = src["url"].rstrip("/") + "/v1/instances/%s/state" % src["instance_id"]
         tls = self.peer_tls(src)
-        remote = httpserver.call("GET", base + "/manifest", src["token"],
-                                 **tls)["manifest"]
+        served = httpserver.call("GET", base + "/manifest", src["token"], **tls)
+        remote, round_id = served["manifest"], served.get("round")
         last = self.pulls.last(iid, src["instance_id"])
         paths = statesync.wanted(statesync.manifest(dest) if last is None else last,
                                  remote)
@@ -503,7 +508,7 @@ class NodeAgent:
         batches = statesync.batches(paths, remote, pacer.limit) or [[]]
         nbytes = 0
         for n, batch in enumerate(batches, 1):
-            ask = {"paths": batch, "receiver": iid}
+            ask = {"paths": batch, "receiver": iid, "round": round_id}
             for _ in range(2):
                 data = httpserver.call("POST", base + "/export", src["token"], ask,
                                        raw=True, timeout=300, **tls)
@@ -515,10 +520,11 @@ class NodeAgent:
                             owner=self.containers.root_ids(iid), base=last)
                     break
                 except statesync.TailMismatch as e:
-                    ask = {"paths": e.paths, "receiver": iid, "whole": True}
+                    ask = {"paths": e.paths, "receiver": iid, "whole": True,
+                           "round": round_id}
             if n < len(batches):
                 pacer.sent_batch(len(data))
-        self.pulls.remember(iid, src["instance_id"], remote)
+        self.pulls.remember(iid, src["instance_id"], remote, round_id)
         return {"files": len(paths), "bytes": nbytes, "batches": len(batches),
                 "round": "delta" if last is not None else "bulk"}
 
@@ -533,52 +539,83 @@ class NodeAgent:
 
     def serve_manifest(self, body, iid):
         manifest = statesync.manifest(self._need_containers().state_dir(iid))
+        if isinstance(body, dict) and body.get("snapshot"):
+            return {"manifest": manifest}
         # What the peer is about to copy: the base of a later delta push.
         # Not the manager's snapshots: one taken during a migration would
-        # move the base past what the target has.
-        if not (isinstance(body, dict) and body.get("snapshot")):
-            self.served_manifests[iid] = manifest
-        return {"manifest": manifest}
+        # move the base past what the target has.  Its round id lets the
+        # push send the final manifest as a change from it (statesync).
+        round_id = secrets.token_hex(8)
+        self.served_manifests[iid] = {"round": round_id, "manifest": manifest,
+                                      "acked": False}
+        return {"manifest": manifest, "round": round_id}
 
     def push_state(self, body, iid):
         """Final copy, driven from the source: send only what changed since
-        the manifest served for the last pre-copy round, with the full
-        manifest so the target applies deletions too.  One node-to-node
-        round trip; each step is timed (``steps_ms``), as it all lies in
-        migration's critical window."""
+        the manifest served for the last pre-copy round, with the manifest
+        (as its change since that round, when the target kept it) so the
+        target applies deletions too.  One node-to-node round trip; each
+        step is timed (``steps_ms``), as it all lies in migration's
+        critical window."""
         dst = _peer(body, "target")
         containers = self._need_containers()
         src = containers.state_dir(iid)
+        freeze, frozen, t0 = body.get("freeze"), {}, time.monotonic()
+        if isinstance(freeze, dict):
+            # Before the freeze, one small call to the target: the delta then
+            # goes over a connection known to be open, not one the target
+            # closed while idle (a pushing source last spoke to it one
+            # migration ago, if ever: a handshake, or a failed send and a
+            # handshake, inside the window), and not one back in slow start.
+            try:
+                httpserver.call("GET", dst["url"].rstrip("/") + "/v1/health",
+                                dst["token"], timeout=5, **self.peer_tls(dst))
+            except exception.NodeError as e:
+                LOG.warning("target %s before the freeze: %s", dst["url"], e.message)
         marks = [time.monotonic()]
-        frozen = {}
-        if isinstance(body.get("freeze"), dict):
-            frozen = containers.freeze(iid, body["freeze"].get("quiesce_port"))
+        if isinstance(freeze, dict):
+            frozen = containers.freeze(iid, freeze.get("quiesce_port"))
         marks.append(time.monotonic())
         current = statesync.manifest(src)
-        base = self.served_manifests.pop(iid, {})
+        served = self.served_manifests.pop(iid, None) or {}
+        base = served.get("manifest", {})
         paths = statesync.wanted(base, current)
         marks.append(time.monotonic())
+        # The manifest as its change since the round the target pulled last:
+        # a full one is an entry per file of the state directory (70 kB at
+        # 1 GB of 1 MB files), sent over the backbone inside the window.
+        delta = statesync.manifest_delta(served["round"], base, current) \
+            if served.get("acked") else None
         data = statesync.export_tar(src, paths, with_manifest=current,
+                                    manifest_delta=delta,
                                     sent=self.sent.to(iid, dst["instance_id"]))
         marks.append(time.monotonic())
-        for _ in range(2):
+        for _ in range(3):
             got = httpserver.call(
                 "POST", dst["url"].rstrip("/") + "/v1/instances/%s/state/%s" % (
                     dst["instance_id"], "import-final" if dst.get("restore") else "import"),
                 dst["token"], data, timeout=300 + RESTORE_TIMEOUT,
                 content_type="application/x-tar", **self.peer_tls(dst)) or {}
-            if not got.get("tail_mismatch"):
+            if got.get("manifest_unknown"):
+                # It did not keep that round (a pull cut short): the same
+                # files with the whole manifest; it wrote nothing.
+                data, delta = statesync.with_full_manifest(data, current), None
+            elif got.get("tail_mismatch"):
+                # The target's copy of these is not what it was sent: whole.
+                delta = None
+                data = statesync.export_tar(
+                    src, got["tail_mismatch"], with_manifest=current,
+                    sent=self.sent.to(iid, dst["instance_id"], got["tail_mismatch"]))
+            else:
                 break
-            # The target's copy of these is not what it was sent: whole.
-            data = statesync.export_tar(src, got["tail_mismatch"], with_manifest=current,
-                                        sent=self.sent.to(iid, dst["instance_id"],
-                                                          got["tail_mismatch"]))
         marks.append(time.monotonic())
         steps = dict(zip(("freeze", "manifest", "export", "send_import_restore"),
                          (round(1000 * (b - a), 1) for a, b in zip(marks, marks[1:]))))
         steps["import"] = got.get("import_ms")
+        steps["target_call_before_freeze"] = round(1000 * (marks[0] - t0), 1)
         steps.update({"freeze_" + k: v for k, v in (frozen.get("ms") or {}).items()})
         return {"files": len(paths), "bytes": len(data),
+                "manifest": "change" if delta is not None else "whole",
                 "freeze_attempts": frozen.get("attempts"),
                 "quiescent": frozen.get("quiescent"),
                 "restore": got.get("restore"), "steps_ms": steps}
@@ -589,9 +626,13 @@ class NodeAgent:
         t0 = time.monotonic()
         dest = self._need_containers().state_dir(iid)
         try:
-            nbytes = statesync.import_tar(dest, body, owner=self.containers.root_ids(iid))
+            nbytes = statesync.import_tar(
+                dest, body, owner=self.containers.root_ids(iid),
+                pulled=functools.partial(self.pulls.of_round, iid))
         except statesync.TailMismatch as e:
             return {"tail_mismatch": e.paths}
+        except statesync.ManifestBaseUnknown:
+            return {"manifest_unknown": True}
         return {"bytes": nbytes, "import_ms": round(1000 * (time.monotonic() - t0), 1)}
 
     def import_final(self, body, iid):
@@ -599,8 +640,8 @@ class NodeAgent:
         a restart, by its service agent) before the proxies switch: a call
         on this node's bridge, inside the critical window."""
         res = self.import_state(body, iid)
-        if res.get("tail_mismatch"):
-            return res  # the source sends those whole; no restore yet
+        if res.get("tail_mismatch") or res.get("manifest_unknown"):
+            return res  # the source sends again; no restore yet
         try:
             res["restore"] = httpserver.call(
                 "POST", "http://%s:%d/restore" % (

@@ -63,6 +63,23 @@ class _Deferred(types.ModuleType):
         return getattr(real, attr)
 
 
+#: What the agent's entry point defers (cmd/node_agent.py), and why:
+#: oslo.config imports stevedore at its start for configuration source
+#: drivers (entry points, ``[DEFAULT] config_source``), which an agent's
+#: configuration does not use: 0.7 MB resident with the importlib.metadata
+#: and zipfile it brings; http.client imports ssl at its own import, used
+#: only with TLS (an https:// manager, an agent API with a certificate from
+#: the join) or by a /metrics scrape: 1 MB; tarfile serves state copies and
+#: bundles only (bench/footprint.py measures each).  Deferred, not removed:
+#: what uses them still loads them.
+AGENT_DEFERRED = ("stevedore", "ssl", "tarfile")
+
+
+def defer_agent_imports():
+    for name in AGENT_DEFERRED:
+        defer_import(name)
+
+
 def defer_import(name):
     """Let ``import name`` succeed without loading ``name`` until it is
     used (Python 3.11's LazyLoader loads at the import statement itself).

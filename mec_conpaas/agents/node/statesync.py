@@ -24,7 +24,6 @@ target text); a path that passes through a linked directory is neither
 read nor written; setuid/setgid bits, devices, FIFOs and sockets are not
 copied.
 """
-import hashlib
 import io
 import json
 import os
@@ -134,11 +133,65 @@ class Pacer:
 
 
 MANIFEST_MEMBER = ".mec-conpaas-manifest.json"
+# Instead of the manifest: what changed in it since the manifest the
+# receiver pulled last (its ``round``), so the frozen delta carries what
+# changed, not one entry per file of the state directory.
+MANIFEST_DELTA_MEMBER = ".mec-conpaas-manifest-delta.json"
+
+# The head check reads a file's start in blocks of this many bytes, into
+# one buffer: never the whole start at once in the agent's memory.
+READ_BLOCK = 1 << 20
 
 
 # A member holding only the end of a file the receiver has the start of:
 # the pax header gives the offset it is written at.
 TAIL_OFFSET = "MEC.tail_offset"
+
+
+def _hasher():
+    """A fresh digest for the head check: XXH3-128.  The check runs inside
+    migration's frozen window and reads the whole start of every file that
+    grew (a journal: the bytes appended since the migration began), so its
+    cost per byte is the window's.  XXH3 hashes at memory speed, where
+    SHA-256 took ten times longer here with SHA-NI and longer still on a
+    Pi's Cortex-A72, which has no SHA instructions.  Not a cryptographic
+    hash: what it compares is the tenant's own file against bytes taken
+    from that same file, so a collision the tenant could craft would only
+    spoil its own copy.  Imported on first use: an idle agent does not
+    hold the module."""
+    import xxhash
+    return xxhash.xxh3_128()
+
+
+def _same_start(f, known, digest):
+    """Whether ``f`` still starts with the ``known[0]`` bytes whose digest
+    is ``known[1]``, read from the start into ``digest``."""
+    buf = bytearray(min(READ_BLOCK, max(known[0], 1)))
+    view, left = memoryview(buf), known[0]
+    while left:
+        n = f.readinto(view[:min(left, len(buf))])
+        if not n:
+            return False  # shorter now: truncated, not appended to
+        digest.update(view[:n])
+        left -= n
+    return digest.hexdigest() == known[1]
+
+
+def manifest_delta(round_id, base, current):
+    """What changed from ``base`` (the manifest served as round
+    ``round_id``) to ``current``, as ``import_tar`` rebuilds ``current``
+    from it: entries added or changed, and paths gone."""
+    return {"base": round_id,
+            "set": {p: meta for p, meta in current.items() if base.get(p) != meta},
+            "drop": sorted(p for p in base if p not in current)}
+
+
+class ManifestBaseUnknown(exception.Conflict):
+    """A manifest delta against a round the receiver did not pull last."""
+
+    def __init__(self, round_id):
+        super().__init__("state delta: its manifest is a change from round %r, "
+                         "which this instance did not pull last" % (round_id,))
 
 
 class TailMismatch(exception.Conflict):
@@ -150,9 +203,11 @@ class TailMismatch(exception.Conflict):
         self.paths = sorted(paths)
 
 
-def export_tar(root, paths, with_manifest=None, sent=None):
+def export_tar(root, paths, with_manifest=None, sent=None, manifest_delta=None):
     """Tar of ``paths``; with ``with_manifest``, the source's full manifest
-    travels as the first member so the receiver can also apply deletions.
+    travels as the first member so the receiver can also apply deletions
+    (or, with ``manifest_delta``, its change since a round the receiver
+    pulled: see ``manifest_delta``).
     Paths that are gone, or are reached only through a link, are left out:
     the next manifest tells the receiver.
 
@@ -165,16 +220,41 @@ def export_tar(root, paths, with_manifest=None, sent=None):
     buf = io.BytesIO()
     with safefs.closing(safefs.open_root(root)) as rootfd, \
             tarfile.open(fileobj=buf, mode="w") as tar:
-        if with_manifest is not None:
-            data = json.dumps(with_manifest).encode()
-            info = tarfile.TarInfo(MANIFEST_MEMBER)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+        if manifest_delta is not None:
+            _add_json(tar, MANIFEST_DELTA_MEMBER, manifest_delta)
+        elif with_manifest is not None:
+            _add_json(tar, MANIFEST_MEMBER, with_manifest)
         for rel in paths:
             try:
                 _export_one(tar, rootfd, rel, sent)
             except (safefs.UnsafePath, FileNotFoundError, NotADirectoryError):
                 continue
+        end = tar.offset + 2 * tarfile.BLOCKSIZE
+    # Without the zeros that pad a tar to 10 kB records after its end
+    # marker (a reader stops at the marker): a small delta fits in the
+    # first flight of a fresh TCP window, where padded it took a second
+    # round trip inside migration's frozen window.
+    return buf.getbuffer()[:end].tobytes()
+
+
+def _add_json(tar, name, value):
+    data = json.dumps(value).encode()
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def with_full_manifest(data, manifest):
+    """``data`` (an ``export_tar``) with ``manifest`` in place of its
+    manifest or manifest delta: for a receiver that did not know the delta's
+    base round.  The files go again as they are: nothing was written."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as src, \
+            tarfile.open(fileobj=buf, mode="w") as tar:
+        _add_json(tar, MANIFEST_MEMBER, manifest)
+        for member in src:
+            if member.name not in (MANIFEST_MEMBER, MANIFEST_DELTA_MEMBER):
+                tar.addfile(member, src.extractfile(member) if member.isfile() else None)
     return buf.getvalue()
 
 
@@ -200,19 +280,21 @@ def _export_one(tar, rootfd, rel, sent=None):
             # and the tar header must carry the length really sent.
             with os.fdopen(safefs.open_file(parent, name), "rb") as f:
                 known = (sent or {}).get(rel)
-                head = f.read(known[0]) if known else b""
-                digest = hashlib.sha256(head)
-                if known and len(head) == known[0] and digest.hexdigest() == known[1]:
-                    data = f.read()
-                    info.pax_headers = {TAIL_OFFSET: str(len(head))}
+                digest = _hasher() if sent is not None else None
+                if known and _same_start(f, known, digest):
+                    offset = known[0]
+                    info.pax_headers = {TAIL_OFFSET: str(offset)}
                 else:
-                    data, head = head + f.read(), b""
-                    digest = hashlib.sha256()
-            digest.update(data)
+                    if known:  # rewritten, or shorter: whole
+                        f.seek(0)
+                        digest = _hasher()
+                    offset = 0
+                data = f.read()
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
             if sent is not None:
-                sent[rel] = [len(head) + len(data), digest.hexdigest()]
+                digest.update(data)
+                sent[rel] = [offset + len(data), digest.hexdigest()]
 
 
 def _checked_manifest(value):
@@ -225,13 +307,18 @@ def _checked_manifest(value):
     return value
 
 
-def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=None):
+def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=None,
+               pulled=None):
     """Apply a tar made by ``export_tar`` to ``root``; with a manifest
     (passed or carried in the tar), files keep the source's mtimes to the
     nanosecond and, with ``tree``, the source's directories are created
     and what the source no longer has is deleted: everything ``root``
     holds outside the manifest, or, with ``base`` (the manifest of the
     last pull), only what ``base`` had and the manifest no longer has.
+
+    A manifest delta in the tar is applied to ``pulled(round)``, the
+    manifest this instance pulled as that round (None if it did not:
+    ManifestBaseUnknown, before anything is written).
 
     ``owner`` (uid, gid): what is written, and the directories on its way,
     is given to it as it is written.  Chowning the whole tree afterwards
@@ -247,12 +334,10 @@ def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=Non
     with tar, safefs.closing(safefs.open_root(root)) as rootfd:
         for member in tar:
             if member.name == MANIFEST_MEMBER:
-                try:
-                    remote_manifest = _checked_manifest(
-                        json.load(tar.extractfile(member)))
-                except ValueError:
-                    raise exception.BadRequest(
-                        "state archive's manifest is not JSON") from None
+                remote_manifest = _checked_manifest(_load_json(tar, member))
+                continue
+            if member.name == MANIFEST_DELTA_MEMBER:
+                remote_manifest = _applied_delta(_load_json(tar, member), pulled)
                 continue
             if not (member.isfile() or member.issym()):
                 continue
@@ -288,6 +373,30 @@ def import_tar(root, data, remote_manifest=None, tree=True, owner=None, base=Non
         if remote_manifest is not None and tree:
             _apply_tree(rootfd, remote_manifest, owner, base)
     return len(data)
+
+
+def _load_json(tar, member):
+    try:
+        return json.load(tar.extractfile(member))
+    except ValueError:
+        raise exception.BadRequest("state archive's manifest is not JSON") from None
+
+
+def _applied_delta(delta, pulled):
+    if not (isinstance(delta, dict) and isinstance(delta.get("drop"), list)
+            and all(isinstance(p, str) for p in delta["drop"])):
+        raise exception.BadRequest(
+            "state archive's manifest delta is not {'base': round, 'set': "
+            "{path: [kind, size, mtime_ns, mode]}, 'drop': [path, ...]}")
+    changes = _checked_manifest(delta.get("set"))
+    base = pulled(delta.get("base")) if pulled is not None else None
+    if base is None:
+        raise ManifestBaseUnknown(delta.get("base"))
+    out = dict(base)
+    out.update(changes)
+    for path in delta["drop"]:
+        out.pop(path, None)
+    return out
 
 
 def _own_dirs(rootfd, rel, owner):
@@ -379,7 +488,13 @@ def _apply_tree(rootfd, remote, owner=None, base=None):
                 if owner is not None:
                     os.fchown(fd, *owner)
                 os.fchmod(fd, int(meta[3]) & 0o777)
-    gone = set(_manifest(rootfd) if base is None else base) - set(remote)
+    if base is None:
+        # Names only: a stat of every file here put a cost per file of the
+        # state directory into migration's frozen window.
+        have = {rel for rel, _st, _fd, _name in safefs.walk(rootfd, names_only=True)}
+    else:
+        have = set(base)
+    gone = have - set(remote)
     for rel in sorted(gone, key=len, reverse=True):
         try:
             parent, name = safefs.parent_of(rootfd, rel)
@@ -397,30 +512,51 @@ class Pulls:
 
     def __init__(self, directory):
         self.directory = directory
+        # The last pull's record per instance, until the final delta uses
+        # it: read back from disk and checked, the manifest of 1 GB in 1 MB
+        # files cost the frozen window 1-3 ms.
+        self.kept = {}
 
     def _path(self, instance_id):
         return os.path.join(self.directory, instance_id + ".json")
 
-    def last(self, instance_id, source_id):
-        """The manifest last pulled from ``source_id``, or None (no pull
-        yet, or the last one was from another source)."""
+    def _record(self, instance_id):
         try:
             with open(self._path(instance_id)) as f:
                 record = json.load(f)
         except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict) or record.get("source") != source_id:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def last(self, instance_id, source_id):
+        """The manifest last pulled from ``source_id``, or None (no pull
+        yet, or the last one was from another source)."""
+        record = self._record(instance_id)
+        if record.get("source") != source_id:
             return None
         return _checked_manifest(record.get("manifest"))
 
-    def remember(self, instance_id, source_id, pulled):
+    def of_round(self, instance_id, round_id):
+        """The manifest last pulled, if the source served it as
+        ``round_id`` (the base of the source's final manifest delta)."""
+        kept = self.kept.pop(instance_id, None)
+        record = kept or self._record(instance_id)
+        if not round_id or record.get("round") != round_id:
+            return None
+        return record["manifest"] if kept else _checked_manifest(record.get("manifest"))
+
+    def remember(self, instance_id, source_id, pulled, round_id=None):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         tmp = self._path(instance_id) + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"source": source_id, "manifest": pulled}, f)
+            json.dump({"source": source_id, "manifest": pulled, "round": round_id}, f)
         os.replace(tmp, self._path(instance_id))
+        if round_id:
+            self.kept[instance_id] = {"source": source_id, "manifest": pulled,
+                                      "round": round_id}
 
     def forget(self, instance_id):
+        self.kept.pop(instance_id, None)
         try:
             os.unlink(self._path(instance_id))
         except FileNotFoundError:
