@@ -18,6 +18,7 @@ import sys
 import time
 
 import openstack
+import openstack.exceptions
 
 
 def password_ok(conn, u):
@@ -74,8 +75,9 @@ def forget(conn, spec, changed):
             conn.network.delete_agent(agent)
             changed.append("%s on %s" % (agent.binary, host))
     # cinder's API lists services but cannot delete them; cinder-manage can (one start).
-    listed = conn.block_storage.get("/os-services?binary=cinder-volume").json()
-    for svc in listed.get("services", []):
+    resp = conn.block_storage.get("/os-services?binary=cinder-volume")
+    openstack.exceptions.raise_from_response(resp)
+    for svc in resp.json()["services"]:
         if svc["host"].split("@")[0] == host:
             as_user("cinder", "cinder-manage", "service", "remove", "cinder-volume", svc["host"])
             changed.append("cinder-volume %s" % svc["host"])
