@@ -12,6 +12,8 @@ Environment:
   MEC_DEPLOY_REUSE       reuse a running test bed and skip the first deployment
                          (the idempotence check still runs the playbook again)
   MEC_DEPLOY_LOG_DIR     where ansible logs go (default /var/tmp/mec-deploy-logs)
+  MEC_DEPLOY_OPENSTACK   1 (default): the PaaS on the openstack driver (nova backend on
+                         the APs, keystone tenancy); 0: the lxc driver (libvirt backend)
   MEC_DEPLOY_SCOPE       full (default): everything; system: site.yml --skip-tags
                          openstack,paas (common, edge_tuning, wifi_ap only) and the
                          OpenStack / PaaS checks are skipped

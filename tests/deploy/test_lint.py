@@ -44,3 +44,38 @@ def test_lint_every_role_has_the_expected_layout():
         for path in ("defaults/main.yml", "tasks/main.yml", "meta/main.yml",
                      "meta/argument_specs.yml", "README.md"):
             assert os.path.isfile(os.path.join(REPO, "roles", role, path)), (role, path)
+
+
+CHOICE_PLAY = """
+- name: The roles' driver and backend defaults, as a deployment gets them
+  hosts: ap-1
+  gather_facts: false
+  tasks:
+    - name: Load both roles' defaults
+      ansible.builtin.include_vars:
+        file: "{{ item }}"
+      loop:
+        - %(repo)s/roles/mec_conpaas_manager/defaults/main.yml
+        - %(repo)s/roles/mec_conpaas_node/defaults/main.yml
+    - name: Print them
+      ansible.builtin.debug:
+        msg: "CHOICE {{ mec_conpaas_manager_driver }}/{{ mec_conpaas_node_container_backend }}"
+"""
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], "openstack/nova"),
+    (["-e", "mec_conpaas_use_openstack=false"], "lxc/libvirt"),
+    (["--skip-tags", "openstack"], "lxc/libvirt"),
+], ids=["default", "lxc-selected", "no-controller"])
+def test_lint_openstack_is_the_default_where_there_is_a_controller(tmp_path, extra,
+                                                                   expected):
+    """The openstack driver (nova backend on the APs) is what a deployment with an
+    OpenStack controller gets; mec_conpaas_use_openstack=false keeps the lxc driver,
+    and so does a run that skips the openstack tag (no controller)."""
+    play = tmp_path / "choice.yml"
+    play.write_text(CHOICE_PLAY % {"repo": REPO})
+    out = run(["ansible-playbook", "-i", os.path.join(REPO, "etc", "inventory", "example",
+                                                      "hosts.yml"),
+               "-c", "local", str(play)] + extra).stdout
+    assert "CHOICE %s" % expected in out, out

@@ -20,12 +20,12 @@ PYTHON = "/opt/mec-conpaas/venv/bin/python"
 
 @pytest.fixture(scope="module", autouse=True)
 def openstack_driver(master):
-    """These tests need the deployment on the openstack driver: opt-in with
-    mec_conpaas_use_openstack (the test bed sets it with MEC_DEPLOY_OPENSTACK=1)."""
+    """These tests need the deployment on the openstack driver: the default with a
+    controller (MEC_DEPLOY_OPENSTACK=0 puts the test bed on the lxc driver)."""
     conf = master.run("cat /etc/mec-conpaas/mec-conpaas.conf").stdout
     if "driver = openstack" not in conf:
         pytest.skip("the manager runs the lxc driver "
-                    "(MEC_DEPLOY_OPENSTACK=1 deploys the openstack one)")
+                    "(MEC_DEPLOY_OPENSTACK=0 was set)")
 
 
 @pytest.fixture(scope="module")

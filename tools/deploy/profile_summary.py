@@ -74,6 +74,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="NAME=LOG")
     p.add_argument("--note", default="")
+    p.add_argument("--top", type=int, default=15, help="tasks kept per run (default 15)")
     args = p.parse_args(argv)
     out = {"benchmark": "deploy-profile", "note": args.note,
            "machine": {"cpus": os.cpu_count(), "machine": platform.machine(),
@@ -81,7 +82,7 @@ def main(argv=None):
            "loadavg_now": [round(x, 2) for x in os.getloadavg()], "runs": {}}
     for spec in args.runs:
         name, _, path = spec.partition("=")
-        out["runs"][name] = parse(path)
+        out["runs"][name] = parse(path, args.top)
     json.dump(out, sys.stdout, indent=1)
     print()
 

@@ -219,9 +219,9 @@ write_inventory() {
         echo "    mec_conpaas_testbed: true"
         echo "    common_apt_proxy: http://$HOSTIP:$ACNG_PORT"
         echo "    mec_conpaas_provider_interface: eth1"
-        # MEC_DEPLOY_OPENSTACK=1: the PaaS on the openstack driver (nova backend on the APs,
-        # keystone tenancy); opt-in until a second nova AP can join (docs/openstack-driver.rst).
-        echo "    mec_conpaas_use_openstack: ${MEC_DEPLOY_OPENSTACK:-0}"
+        # The PaaS on the openstack driver (nova backend on the APs, keystone tenancy), the
+        # roles' default with a controller; MEC_DEPLOY_OPENSTACK=0: the lxc driver.
+        echo "    mec_conpaas_use_openstack: ${MEC_DEPLOY_OPENSTACK:-1}"
         echo "    common_ssh_authorized_keys: ['$(cat "$STATE/id_ed25519.pub")']"
         echo "  children:"
         echo "    master:"

@@ -30,6 +30,7 @@ import openstack
 REASON = "leaving the cloud (remove-node.yml)"
 ROUNDS = 3          # drains until the node holds nothing
 WAIT = 900          # seconds for one round's operations
+POLL = 0.5          # seconds between looks at them (a GET of the local manager each)
 
 
 def api(url, token, method="GET", body=None):
@@ -58,7 +59,7 @@ def wait(manager, token, ops):
         if time.monotonic() > deadline:
             sys.exit("drain operations still running after %ds: %s" % (
                 WAIT, ", ".join(pending)))
-        time.sleep(2)
+        time.sleep(POLL)
         for op_id in list(pending):
             op = api(manager + "/v1/operations/" + op_id, token)["operation"]
             if op["state"] in ("SUCCEEDED", "FAILED"):

@@ -7,12 +7,18 @@ One process and one token for everything the openstack_controller role needs (pr
 users, role assignments, services, endpoints, flavors, aggregates / availability zones,
 networks), where about 30 `openstack` CLI calls took 37 s. Prints one JSON object
 {"changed": [...]} listing what it created or modified; nothing when all exists.
+
+Also the compute hosts' turn (edge.yml, add-node.yml: ``wait_compute_hosts``,
+``discover_hosts``) and a removed AP's (remove-node.yml: ``forget``), each one process
+where the playbooks ran one `openstack` CLI call (a 2-3 s start each) per object.
 """
 import json
+import subprocess
 import sys
 import time
 
 import openstack
+import openstack.exceptions
 
 
 def password_ok(conn, u):
@@ -26,6 +32,55 @@ def password_ok(conn, u):
         return True
     except Exception:
         return False
+
+
+def as_user(user, *argv):
+    """Run a service's manage command as its user (its config and logs are its own)."""
+    return subprocess.run(["runuser", "-u", user, "--"] + list(argv), check=True,
+                          capture_output=True, text=True).stdout
+
+
+def wait_compute_hosts(conn, spec):
+    """The hosts' nova-compute services up: they register when first started."""
+    want = set(spec["hosts"])
+    deadline = time.monotonic() + spec.get("timeout", 120)
+    while True:
+        up = {s.host for s in conn.compute.services(binary="nova-compute")
+              if s.binary == "nova-compute" and s.state == "up"}
+        if want <= up:
+            return
+        if time.monotonic() > deadline:
+            sys.exit("nova-compute not up after %ds on: %s (journalctl -u nova-compute "
+                     "there)" % (spec.get("timeout", 120), ", ".join(sorted(want - up))))
+        time.sleep(2)
+
+
+def forget(conn, spec, changed):
+    """A removed AP's compute service, network agents, volume services and zone, after
+    its services were stopped (a running nova-compute would register again)."""
+    host = spec["host"]
+    for agg in conn.compute.aggregates():
+        if host in (agg.hosts or []):
+            agg = conn.compute.remove_host_from_aggregate(agg, host)
+            changed.append("host %s out of %s" % (host, agg.name))
+        if agg.name == spec["aggregate"] and not agg.hosts:
+            conn.compute.delete_aggregate(agg)
+            changed.append("aggregate %s" % agg.name)
+    for svc in conn.compute.services(binary="nova-compute", host=host):
+        if svc.host == host and svc.binary == "nova-compute":
+            conn.compute.delete_service(svc)
+            changed.append("nova-compute on %s" % host)
+    for agent in conn.network.agents(host=host):
+        if agent.host == host:
+            conn.network.delete_agent(agent)
+            changed.append("%s on %s" % (agent.binary, host))
+    # cinder's API lists services but cannot delete them; cinder-manage can (one start).
+    resp = conn.block_storage.get("/os-services?binary=cinder-volume")
+    openstack.exceptions.raise_from_response(resp)
+    for svc in resp.json()["services"]:
+        if svc["host"].split("@")[0] == host:
+            as_user("cinder", "cinder-manage", "service", "remove", "cinder-volume", svc["host"])
+            changed.append("cinder-volume %s" % svc["host"])
 
 
 def main():
@@ -107,9 +162,21 @@ def main():
                 conn.compute.create_flavor(name=f["name"], vcpus=f["vcpus"], ram=f["ram"],
                                            disk=f["disk"])
                 changed.append("flavor %s" % f["name"])
+    if "wait_compute_hosts" in spec:
+        wait_compute_hosts(conn, spec["wait_compute_hosts"])
     if "aggregates" in spec:
         services = {s.host for s in conn.compute.services() if s.binary == "nova-compute"}
         aggregates = {x.name: x for x in conn.compute.aggregates()}
+        # A host not yet in its zone is new (or back): map it into the cell first (nova
+        # refuses an unmapped host in an aggregate); one in its zone was mapped then, and
+        # the scheduler's periodic discovery covers the rest.
+        new = [h for a in spec["aggregates"] for h in a.get("hosts", []) if h in services
+               and h not in (getattr(aggregates.get(a["name"]), "hosts", None) or [])]
+        if new and spec.get("discover_hosts"):
+            out = as_user("nova", "nova-manage", "cell_v2", "discover_hosts", "--by-service",
+                          "--verbose")
+            if "Creating host mapping" in out:
+                changed.append("host mappings of %s" % ", ".join(new))
         for a in spec["aggregates"]:
             agg = aggregates.get(a["name"])
             if agg is None:
@@ -140,6 +207,8 @@ def main():
                 kw["gateway_ip"] = None
             conn.network.create_subnet(**kw)
             changed.append("subnet %s" % n["cidr"])
+    if "forget" in spec:
+        forget(conn, spec["forget"], changed)
     print(json.dumps({"changed": changed}))
 
 
