@@ -13,7 +13,11 @@ back).  Overhead ratio = PaaS edge time per video / host time per video
 
 The camera user is ap-1's Wi-Fi user for edge and cloud, a process on the
 host for the baseline.  Each Flink cluster is one JobManager + one
-TaskManager (parallelism 1); the baseline's mini cluster is one JVM.
+TaskManager (parallelism 1); the baseline's mini cluster is one JVM.  The
+PaaS's instances get this machine's cores each (``--instance-cpus``), as
+the host job has them.  For the cloud run the access points are drained,
+or the manager would bring the service back to ap-1, nearest its user;
+each PaaS run checks that its service stayed where it was created.
 
     sudo tools/with-edge-slot .venv/bin/python bench/stream.py [--quick]
 
@@ -46,6 +50,14 @@ SAMPLE = os.path.join(ROOT, "mec_conpaas", "samples", "facedetect")
 FLINK_PY = os.path.join(ROOT, ".venv-flink", "bin", "python")
 CLOUD = os.path.join(os.path.dirname(topology_mod.DEFAULT), "edge-topology-cloud.yaml")
 PI4_2GB = {"cpus": 4.0, "memory_mb": 2048}
+# The host job runs on every core of this machine (its mini cluster's JVM,
+# the Python worker and OpenCV's threads share them).  The PaaS's
+# JobManager and TaskManager get as many cpus each (``--instance-cpus``),
+# so that the ratio compares the same job on the same CPU with and without
+# the PaaS: with the Pi-sized default ([manager] flink_instance_cpus 1.0)
+# the TaskManager had half the host job's CPU on a 2-core machine, and
+# edge/host 1.798 (stream-quick-s10.json, quiet) was that sizing.
+CORES = os.cpu_count() or 1
 
 
 def frames(tmp, count, prefix):
@@ -88,14 +100,24 @@ def measure(url, tmp, args, tag, netns=None):
                      "latency_ms": [round(x, 1) for x in lat]}}
 
 
-def flink_limits():
-    """What each JobManager/TaskManager container got (the options' defaults,
-    which the bench edge keeps)."""
+def flink_limits(args):
+    """What each JobManager/TaskManager container got: the memory option's
+    default, which the bench edge keeps, and ``--instance-cpus``."""
     from mec_conpaas.conf import manager as manager_conf
     opts = {o.name: o.default for o in manager_conf.manager_opts}
     return {"instance_memory_mb": opts["flink_instance_memory_mb"],
-            "instance_cpus": opts["flink_instance_cpus"],
+            "instance_cpus": args.instance_cpus,
+            "instance_cpus_default": opts["flink_instance_cpus"],
+            "host_cores": CORES,
             "memory": flink.MEMORY}
+
+
+def bench_edge(tmp, args, **opts):
+    """The bench's private edge: bench_topology's, its flink instances of
+    ``--instance-cpus`` cpus each."""
+    return common.BenchEdge("mbs-", 9697, topology=bench_topology(tmp, args),
+                            health_timeout=120, flink_instance_cpus=args.instance_cpus,
+                            **opts)
 
 
 def free_port():
@@ -125,41 +147,80 @@ def host_run(tmp, args):
 
 
 def paas_run(edge, client, tmp, args, node, tag):
+    """The job through the PaaS on ``node``, its camera user at ap-1.
+
+    On a cloud node the access points are drained for the run (as
+    bench/mobility.py's cloud placement): the manager brings a service on
+    the cloud back to an access point with room, nearest its users, within
+    one monitor pass (README "Flink and the far cloud"), and session 10's
+    "cloud" figures (31.8 s per video) timed that return instead, the job's
+    savepoint and restart on ap-1.  Every run checks that its service ran
+    where it was created from start to end."""
     name = "stream-" + tag
-    op = client.create_service("flink", name, node=node, count=2,
-                               bundle=os.path.join(SAMPLE, "job.py"))
-    t0 = time.monotonic()
-    res = client.wait(op["operation"]["id"], 600)
-    if res["state"] != "SUCCEEDED":
-        raise RuntimeError("create on %s: %s" % (node, res))
-    created = time.monotonic() - t0
-    svc = client.service(name)
-    placed = sorted({i["node"] for i in svc["instances"]})
-    if placed != [node]:
-        client.wait(client.delete_service(name)["operation"]["id"], 300)
-        raise RuntimeError("%s landed on %s, not %s" % (name, placed, node))
-    ap_addr, _ = edge.net.client_addresses("ap-1")
+    far = node not in edge.net.wifi_aps()
+    drained = []
     try:
-        out = measure("http://%s:%d" % (ap_addr, svc["port"]), tmp, args, tag,
-                      netns=edge.net.client_netns("ap-1"))
-        out["create_s"] = round(created, 1)
-        out["nodes"] = placed
-        return out
+        if far:
+            for ap in edge.net.wifi_aps():
+                client.drain_node(ap, reason="bench: the cloud placement")
+                drained.append(ap)
+        op = client.create_service("flink", name, node=node, count=2,
+                                   bundle=os.path.join(SAMPLE, "job.py"))
+        t0 = time.monotonic()
+        res = client.wait(op["operation"]["id"], 600)
+        if res["state"] != "SUCCEEDED":
+            raise RuntimeError("create on %s: %s" % (node, res))
+        created = time.monotonic() - t0
+        try:
+            svc = client.service(name)
+            ap_addr, _ = edge.net.client_addresses("ap-1")
+            stayed(client, name, node)
+            out = measure("http://%s:%d" % (ap_addr, svc["port"]), tmp, args, tag,
+                          netns=edge.net.client_netns("ap-1"))
+            out["nodes"] = stayed(client, name, node)
+            out["create_s"] = round(created, 1)
+            out["access_points_drained"] = drained
+            return out
+        finally:
+            client.wait(client.delete_service(name)["operation"]["id"], 300)
     finally:
-        client.wait(client.delete_service(name)["operation"]["id"], 300)
+        for ap in drained:
+            client.enable_node(ap)
 
 
-def bench_topology(tmp):
+def stayed(client, name, node):
+    """The nodes of ``name``'s instances, which must all be ``node``, with
+    no operation but its create on it so far: a bench that measured a move
+    would not say so otherwise."""
+    placed = sorted({i["node"] for i in client.service(name)["instances"]})
+    moved = [(o["kind"], o["state"], o.get("reason")) for o in client.operations()
+             if o["service"] == name and o["kind"] != "create"]
+    if placed != [node] or moved:
+        raise RuntimeError("%s is on %s, not %s (operations: %s)" % (
+            name, placed, node, moved or "none but its create"))
+    return placed
+
+
+def ap_capacity(args):
+    """A Pi 4 with 2 GB, with cpus for a JobManager and a TaskManager of
+    ``--instance-cpus`` each beside the default reserve (more than a Pi's
+    4 when they get this machine's cores)."""
+    from mec_conpaas.conf import qos as qos_conf
+    reserve = {o.name: o.default for o in qos_conf.capacity_opts}["reserve_cpus"]
+    return dict(PI4_2GB, cpus=max(PI4_2GB["cpus"], 2 * args.instance_cpus + reserve))
+
+
+def bench_topology(tmp, args):
     """edge-topology-cloud.yaml with Pi 4 access points (2 GB): a flink
     instance holds [manager] flink_instance_memory_mb (640 MB), so a Pi
     3's 1 GB (the default capacity, 128 MB reserved) takes one and
     admission would split the JobManager and its TaskManager over two
-    access points; the bench wants both on one."""
+    access points; the bench wants both on one (:func:`ap_capacity`)."""
     with open(CLOUD) as f:
         topo = yaml.safe_load(f)
     for spec in topo["nodes"].values():
         if spec.get("kind") != "cloud":
-            spec["capacity"] = dict(spec.get("capacity") or {}, **PI4_2GB)
+            spec["capacity"] = dict(spec.get("capacity") or {}, **ap_capacity(args))
     path = os.path.join(tmp, "topology-stream.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(topo, f, sort_keys=False)
@@ -369,14 +430,12 @@ def quiet(limit=3.0, wait=600):
 
 
 def main_moves(args, tmp):
-    topo = bench_topology(tmp)
     waited = quiet(wait=args.quiet_wait)
     t_all = time.monotonic()
     load_start = os.getloadavg()
     host_all = host_floor(tmp, args)
     floor = host_all["live"]
-    with common.BenchEdge("mbs-", 9697, topology=topo, health_timeout=120,
-                          node_heartbeat_timeout=6) as b:
+    with bench_edge(tmp, args, node_heartbeat_timeout=6) as b:
         moves = moves_run(b, tmp, args)
         shaping = common.shaping_note(b.status)
     load_end = os.getloadavg()
@@ -386,8 +445,8 @@ def main_moves(args, tmp):
         **header("stream-moves", args, "the host floor ran just before the edge, in "
                  "this run", shaping),
         "topology": "edge-topology-cloud.yaml, access points as Pi 4 2 GB "
-                    "(capacity %s); cloud-1 30 ms one-way behind ap-1" % PI4_2GB,
-        "flink": dict({"taskmanagers": 1}, **flink_limits()),
+                    "(capacity %s); cloud-1 30 ms one-way behind ap-1" % ap_capacity(args),
+        "flink": dict({"taskmanagers": 1}, **flink_limits(args)),
         "host_floor": dict(host, every_s=args.every, video=hv),
         # the paper's Fig. 5: processing time of one video, PaaS edge / host
         "video_frames": hv["frames"],
@@ -490,6 +549,11 @@ def main():
     p.add_argument("--from-json", metavar="FILE",
                    help="--moves: summarise a recorded run (its results' timeline and "
                         "moves) again with this code, and write its JSON and plot")
+    p.add_argument("--instance-cpus", type=float, default=float(CORES),
+                   help="cpus of each flink instance (JobManager, TaskManager) of "
+                        "the PaaS runs ([manager] flink_instance_cpus); default: this "
+                        "machine's cores, which the host run has (1.0: the "
+                        "Pi-sized default, half the host's CPU on 2 cores)")
     p.add_argument("--quiet-wait", type=float, default=600,
                    help="seconds to wait at most for the 1-min load to drop "
                         "below 3 (--moves) or 4 first (0: measure at once; the load "
@@ -521,8 +585,7 @@ def main():
                                    waited_before=args.waited_before)
         t_all = time.monotonic()
         results = {}
-        with common.BenchEdge("mbs-", 9697, topology=bench_topology(tmp),
-                              health_timeout=120) as b:
+        with bench_edge(tmp, args) as b:
             status = b.status
             results["host"] = host_run(tmp, args)
             results["edge"] = paas_run(b.edge, b.client, tmp, args, "ap-1", "e")
@@ -533,7 +596,11 @@ def main():
     summary = {
         **header("stream", args, "host, edge and cloud ran one after the other in "
                  "this run", common.shaping_note(status)),
-        "flink": dict({"taskmanagers": 1, "parallelism": 1}, **flink_limits()),
+        "flink": dict({"taskmanagers": 1, "parallelism": 1}, **flink_limits(args)),
+        "topology": "edge-topology-cloud.yaml, access points' capacity %s, cloud-1 "
+                    "30 ms one-way behind ap-1; for the cloud run the access points "
+                    "were drained (the manager would bring the service back)"
+                    % ap_capacity(args),
         "overhead_ratio_edge_vs_host": round(e / h, 3),
         "overhead_ratio_cloud_vs_host": round(c / h, 3),
         "target_ratio": 1.10,

@@ -72,6 +72,7 @@ def nfqueue_plan(edge_net, wifi_ms):
 
 def install_nfqueue_rules(edge_net, ap, rules):
     keep_held_packets(edge_net, ap)
+    unthrottle_local_senders(edge_net, ap)
     for chain, flag, ifname, qnum in rules:
         subprocess.run(["ip", "netns", "exec", edge_net.netns(ap), "iptables", "-t",
                         "mangle", "-A", chain, flag, ifname, "-j", "NFQUEUE",
@@ -106,6 +107,34 @@ def keep_held_packets(edge_net, node):
     """
     subprocess.run(["ip", "netns", "exec", edge_net.netns(node), "sysctl", "-q", "-e",
                     "-w"] + list(BRIDGE_NF_SYSCTLS), check=True, capture_output=True)
+
+
+# What a node with a delay line sets for its own TCP senders (see
+# unthrottle_local_senders).
+SENDER_SYSCTLS = ("net.ipv4.tcp_congestion_control=reno",
+                  "net.ipv4.tcp_min_tso_segs=64")
+
+
+def unthrottle_local_senders(edge_net, node):
+    """Let the node's own TCP senders fill its delayed links as a wire
+    would let them.
+
+    A wire holds nothing of the sender's; the delay line holds its
+    packets in this kernel, and TCP small queues let a socket have only
+    about two of its buffers below TCP at a time (tcp_small_queue_check),
+    freed once the delay line lets them go.  With the small buffers TCP
+    builds at a low rate (two segments each), a local sender got four
+    segments across per link latency whatever its window: HAProxy's
+    upload of 200 KB to an instance on the cloud node took 1.18 s over
+    the 30 ms link instead of 0.39 s (bench/stream.py's frames, the same
+    for the node agents' state copies).  64-segment buffers make those two
+    buffers a window's worth.  BBR (this machine's default) sizes its
+    buffers from its pacing rate and ignores ``tcp_min_tso_segs``, so the
+    node's senders use reno, which a network namespace may always choose.
+    Forwarded traffic (containers', Wi-Fi users') is not affected either
+    way: the node's own sockets only (HAProxy, node agent)."""
+    subprocess.run(["ip", "netns", "exec", edge_net.netns(node), "sysctl", "-q", "-w"]
+                   + list(SENDER_SYSCTLS), check=True, capture_output=True)
 
 
 def expected_rtt_ms(edge_net, ap):

@@ -19,6 +19,7 @@ request in it, then what the kill does: the app's SIGKILL and its veth's
 removal at once.  The proxy must see the reset, one link latency later.
 """
 import ipaddress
+import math
 import os
 import signal
 import subprocess
@@ -133,3 +134,71 @@ def test_a_killed_sources_resets_reach_the_proxy_across_the_delay_line(wires):
     # It crossed the delay line (30 ms), and came at once after it.
     assert 30 * 0.9 <= after_ms < 1000, after_ms
     assert os.path.exists(wires.path("linkd-cloud-1.json"))
+
+
+# A receiver on the cloud node: reads until the sender's end, answers with
+# what it got.
+RECEIVER = """
+import socket, sys
+s = socket.socket()
+s.bind(("0.0.0.0", 8081))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+got = 0
+while True:
+    data = c.recv(1 << 20)
+    if not data:
+        break
+    got += len(data)
+c.sendall(str(got).encode())
+c.close()
+"""
+
+# A sender on the access point itself (its own socket, as HAProxy's or the
+# node agent's): SIZE bytes, then the seconds until the receiver's answer.
+SENDER = """
+import socket, sys, time
+size = int(sys.argv[2])
+t0 = time.monotonic()
+c = socket.create_connection((sys.argv[1], 8081), timeout=30)
+c.sendall(b"x" * size)
+c.shutdown(socket.SHUT_WR)
+got = c.recv(100)
+print(got.decode(), time.monotonic() - t0, flush=True)
+"""
+
+# Segments in TCP's initial window (RFC 6928), and an MSS on these links.
+INITIAL_WINDOW, MSS = 10, 1448
+
+
+def test_an_access_points_own_upload_crosses_the_delay_line_as_a_wire(wires):
+    """1 MB from ap-1's own socket to cloud-1 takes about the slow start's
+    round trips over the 30 ms link, as on a wire: not four segments per
+    link latency (TCP small queues with the sender's packets held in
+    ap-1's delay line: 200 KB of HAProxy's took 1.18 s, not 0.39;
+    edge/shaping.py unthrottle_local_senders)."""
+    net = wires.net
+    size = 1 << 20
+    one_way = next(lk.latency_ms for lk in net.links if {lk.a, lk.b} == {"ap-1", "cloud-1"})
+    rtt = 2 * one_way / 1000.0
+    receiver = _in(net.netns("cloud-1"), RECEIVER)
+    try:
+        assert receiver.stdout.readline().strip() == "listening"
+        # cloud-1's own address behind the link (its bridge's)
+        sender = _in(net.netns("ap-1"), SENDER, net.bridge_address("cloud-1"), str(size))
+        got, seconds = sender.stdout.readline().split()
+        sender.wait(30)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    seconds = float(seconds)
+    # slow start doubles the window each round trip from the initial one;
+    # one more for the handshake, twice that as the allowance
+    rounds = math.ceil(math.log2(size / (INITIAL_WINDOW * MSS) + 1)) + 1
+    throttled = size / (4 * MSS) * one_way / 1000.0
+    print("1 MB from ap-1's own socket to cloud-1: %.2f s (slow start %d round trips "
+          "= %.2f s; four segments per link latency would be %.1f s)" % (
+              seconds, rounds, rounds * rtt, throttled))
+    assert int(got) == size
+    assert seconds < 2 * rounds * rtt, seconds

@@ -4,6 +4,9 @@ second results dropped, all of it kept across a restart."""
 import json
 import os
 import socket
+import threading
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -70,6 +73,51 @@ def test_replay_dedup_and_restart(tmp_path):
     assert again.pending() == ["f4"]
     again.add_results([json.dumps({"id": "f4", "faces": []})])
     assert again.stats()["pending"] == 0
+
+
+def test_detections_long_poll(tmp_path):
+    """``wait``: the read is answered when a result comes (not after the
+    wait), with what came; an empty one after the wait, or at once once
+    the job stopped for a migration's freeze; a bad one says what to
+    fix."""
+    http_port, feed_port = _free_port(), _free_port()
+    gw = flink.Gateway(str(tmp_path))
+    httpd = flink.serve_gateway(gw, "127.0.0.1", http_port, feed_port)
+    try:
+        got = {}
+
+        def read():
+            t0 = time.monotonic()
+            got["detections"] = _get(http_port, "/detections?from=0&wait=4")["detections"]
+            got["seconds"] = time.monotonic() - t0
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.3)
+        assert "detections" not in got  # held: nothing yet
+        gw.add_results([json.dumps({"id": "f1", "faces": []})])
+        reader.join(5)
+        assert [d["id"] for d in got["detections"]] == ["f1"]
+        assert 0.3 <= got["seconds"] < 2.0, got["seconds"]
+        t0 = time.monotonic()
+        assert _get(http_port, "/detections?from=1&wait=0.5")["detections"] == []
+        assert time.monotonic() - t0 >= 0.5
+        # the job stopped with a savepoint, the freeze comes: no read waits
+        # (the freeze would wait for it), until a result comes again
+        gw.stop_holding_reads()
+        t0 = time.monotonic()
+        assert _get(http_port, "/detections?from=1&wait=4")["detections"] == []
+        assert time.monotonic() - t0 < 2.0
+        gw.add_results([json.dumps({"id": "f2", "faces": []})])
+        t0 = time.monotonic()
+        assert _get(http_port, "/detections?from=2&wait=0.5")["detections"] == []
+        assert time.monotonic() - t0 >= 0.5
+        for bad in ("x", "-1", "nan"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                _get(http_port, "/detections?from=0&wait=" + bad)
+            assert e.value.code == 400
+            assert "wait a number of seconds" in json.loads(e.value.read())["error"]
+    finally:
+        httpd.shutdown()
 
 
 def test_answered_records_leave_the_log(tmp_path, monkeypatch):

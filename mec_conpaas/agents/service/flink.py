@@ -16,7 +16,9 @@ service's endpoint:
 * ``POST /results`` (one JSON object per line, with ``id``): the job's
   sink; a second result for the same record (a replay of one whose result
   was in flight) is counted and dropped, so none is seen twice;
-* ``GET /detections?from=N``: results in the order they arrived.
+* ``GET /detections?from=N``: results in the order they arrived;
+  ``&wait=S``: held until there is one from the N-th on (at most S s,
+  10 at most), so a user reads each as it comes without polling.
 
 The endpoint is the gateway alone: a TaskManager's service agent tells the
 access points' HAProxy it serves nothing (agent.py), and tells the manager
@@ -66,6 +68,10 @@ REST_PORT = 8081
 # again, and the state directory (copied whole by every migration) would
 # otherwise grow by every frame ever sent (~20 KB each).
 COMPACT_AFTER = 50
+# The longest ``GET /detections?wait=S`` holds a request (within HAProxy's
+# 60 s server timeout, and short enough that a poll held by a JobManager
+# frozen for a migration ends soon after the switch).
+MAX_WAIT = 10.0
 # Sized for a Pi (README "Flink and the far cloud"): the smallest settings
 # the face-recognition job ran with, overridable per bundle (flink.conf).
 MEMORY = {"jobmanager.memory.process.size": "448m",
@@ -181,6 +187,7 @@ class Gateway:
         self.duplicates = 0
         self.received = 0
         self.held = False     # no record out to the job (a savepoint is taken)
+        self.hold_reads = True  # a read may wait for a result (results_from)
         self.savepoint = None  # the last one taken: its path, results before it
         self.feeds = []       # per live feed connection: ids sent on it
         self.logged = 0       # record lines in frames.log
@@ -262,6 +269,8 @@ class Gateway:
                 self.results.append(line)
                 self.results_log.write(line + "\n")
             self.results_log.flush()
+            if lines:  # a job runs here (again): reads may wait for it
+                self.hold_reads = True
             if self.logged - len(self.frames) >= COMPACT_AFTER:
                 self._compact()
             self.lock.notify_all()  # a hold() draining
@@ -345,6 +354,30 @@ class Gateway:
             self.held = False
             self.lock.notify_all()
 
+    def results_from(self, start, wait=0.0):
+        """Results from the ``start``-th on; with ``wait`` > 0, once there
+        is one, or after ``wait`` s with none (a long poll: the user sees a
+        detection as it arrives, instead of at its next poll, and asks
+        over its Wi-Fi hop and the proxy once per answer rather than
+        every few ms)."""
+        deadline = time.monotonic() + wait
+        with self.lock:
+            while len(self.results) <= start and self.hold_reads:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.lock.wait(left)
+            return self.results[start:]
+
+    def stop_holding_reads(self):
+        """Answer every held read now, and hold none until a result comes:
+        the job stopped with a savepoint and this instance is about to be
+        frozen, whose freeze waits (up to a second, migration's
+        quiescence check) for every request it has read to be answered."""
+        with self.lock:
+            self.hold_reads = False
+            self.lock.notify_all()
+
     def stats(self):
         with self.lock:
             return {"received": self.received, "results": len(self.results),
@@ -378,10 +411,13 @@ def gateway_handler(gw, flink_status=lambda: {}, savepoint=None):
                 params = dict(p.partition("=")[::2] for p in query.split("&") if p)
                 try:
                     start = int(params.get("from", "0"))
+                    wait = min(float(params.get("wait", "0")), MAX_WAIT)
+                    if not wait >= 0:  # negative, or nan
+                        raise ValueError(wait)
                 except ValueError:
-                    return self._send(400, {"error": "from must be an integer"})
-                with gw.lock:
-                    res = gw.results[start:]
+                    return self._send(400, {"error": "from must be an integer and "
+                                                     "wait a number of seconds"})
+                res = gw.results_from(start, wait)
                 return self._send(200, {"from": start, "detections": [
                     json.loads(x) for x in res]})
             if path in ("/", "/stats"):
@@ -559,6 +595,7 @@ def run_jobmanager(home, env, my_ip):
                 time.sleep(1)
         finally:
             gw.release()
+            gw.stop_holding_reads()  # the freeze comes next
 
     gw = Gateway(os.path.join(STATE_DIR, "gateway"))
     serve_gateway(gw, "0.0.0.0", APP_PORT, FEED_PORT, lambda: status, savepoint)
