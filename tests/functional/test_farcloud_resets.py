@@ -201,4 +201,7 @@ def test_an_access_points_own_upload_crosses_the_delay_line_as_a_wire(wires):
           "= %.2f s; four segments per link latency would be %.1f s)" % (
               seconds, rounds, rounds * rtt, throttled))
     assert int(got) == size
-    assert seconds < 2 * rounds * rtt, seconds
+    # The two regimes differ by a factor of about nine (0.65 against 5.6 s
+    # here): half the throttled time tells them apart under any load this
+    # machine sees, without making the test a speed target.
+    assert seconds < throttled / 2, seconds
