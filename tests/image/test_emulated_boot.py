@@ -153,6 +153,11 @@ def test_registers_with_master(image, booted, master):
     assert node and node["state"] == "up", (node, master.log()[-2000:])
     assert node["hostname"] == "ap-test-1"
     assert node["report"], "no resource report heartbeated by the node agent"
+    # The settings file's one mistake (imagelib.settings: an unknown key) did not stop
+    # first boot; it is on the login screen and, sent at registration, in node show.
+    assert [w.split(" (known")[0] for w in node["settings_warnings"]] == [
+        "line 10: unknown setting 'colour' ignored"], node["settings_warnings"]
+    assert "'colour'" in ssh.run("cat /etc/issue.d/mec-conpaas-firstboot.issue").stdout
 
 
 def test_joined_over_pinned_tls_and_applied_its_allocation(image, booted, master):
