@@ -91,6 +91,14 @@ class Client:
         except requests.ConnectionError as e:
             raise ApiError(0, "cannot reach the manager at %s (%s): is it running? "
                               "set --url or MEC_CONPAAS_URL" % (self.url, e)) from None
+        except requests.exceptions.ChunkedEncodingError as e:
+            # The manager stopped while it sent its answer (a restart): what
+            # a change asked for may or may not have been stored, as when it
+            # cannot be reached after sending.
+            raise ApiError(0, "the manager at %s closed the connection in the middle "
+                              "of its answer (%s): it may have restarted; check with "
+                              "a read (e.g. 'operation list') before repeating a "
+                              "change" % (self.url, e)) from None
         if resp.status_code >= 400:
             try:
                 message = resp.json()["error"]["message"]
