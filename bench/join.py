@@ -136,8 +136,18 @@ def guest_timings(path):
         return None
     with open(path) as f:
         t = json.load(f)
-    return {"file": os.path.relpath(path, REPO), "measured_utc": time.strftime(
+    return {"file": shown_path(path), "path": path, "measured_utc": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(path))), **t}
+
+
+def shown_path(path):
+    """The timings file as the result records it: relative to the checkout
+    when inside it, else only its guest directory and name (a kept boot's
+    work directory is this machine's, not the project's)."""
+    rel = os.path.relpath(path, REPO)
+    if not rel.startswith(".."):
+        return rel
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
 def with_floor(guest, floor):
@@ -187,11 +197,14 @@ def main():
     floor_path = args.floor_timings
     if floor_path is None and guest is not None:
         # The floor guest of the same image-test run, if it booted one.
-        floor_path = os.path.join(os.path.dirname(os.path.dirname(
-            os.path.join(REPO, guest["file"]))), "floor", "timings.json")
+        floor_path = os.path.join(os.path.dirname(os.path.dirname(guest["path"])),
+                                  "floor", "timings.json")
     floor = guest_timings(floor_path) if floor_path and os.path.exists(floor_path) else None
     if floor is not None:
         floor["same_run"] = args.floor_timings is None
+    for t in (guest, floor):
+        if t is not None:
+            t.pop("path", None)
     boot = with_floor(guest, floor)
     summary = {
         "benchmark": "join", "manager": "HTTPS, deployment CA, pinned join tokens",
