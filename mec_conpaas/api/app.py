@@ -57,12 +57,15 @@ def node_view(node, own=None):
         # Where users are and what they use is not a tenant's (users:list).
         report.pop("stations", None)
         report.pop("services", None)
+    # The owner's card mistakes (first boot) are the operator's, not a tenant's.
+    warnings = (node.settings_warnings or []) if own is None else None
     return {"id": node.id, "name": node.name, "state": node.state,
             "address": node.address, "hostname": node.hostname, "mac": node.mac,
             "container_backend": node.container_backend,
             "max_instances": node.max_instances,
             "schedulable": not node.disabled,
             "disabled_reason": node.disabled_reason,
+            "settings_warnings": warnings,
             "last_heartbeat": _iso(node.last_heartbeat),
             # What the allocator gave it (manager/allocation.py), if anything.
             "allocation": join_api.allocation.view(join_api.allocation.of_node(
@@ -230,6 +233,7 @@ def create_app(manager):
             join_api.on_register(s, conf, ctx, body, node, manager.cluster.driver)
             node.container_backend = body.get("container_backend", "libvirt")
             node.max_instances = int(body.get("max_instances", 0))
+            node.settings_warnings = join_api.settings_warnings(body)
             node.last_heartbeat = models.utcnow()
             node.state = "up"
         LOG.info("node %s registered from %s", body["name"], body["address"])

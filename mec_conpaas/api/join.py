@@ -46,6 +46,27 @@ def on_register(s, conf, ctx, body, node, driver):
                           shared=shared_network(driver, body))
 
 
+SETTINGS_WARNINGS_MAX = 50
+SETTINGS_WARNING_CHARS = 500
+
+
+def settings_warnings(body):
+    """The node's first-boot findings on its card's settings file, as kept
+    for ``node show``: a list of strings (None: no card), at most
+    SETTINGS_WARNINGS_MAX of at most SETTINGS_WARNING_CHARS each (the rest
+    counted, not kept: a registration is not refused for its notes)."""
+    got = body.get("settings_warnings")
+    if got is None:
+        return None
+    if not isinstance(got, list) or not all(isinstance(w, str) for w in got):
+        raise exception.BadRequest("settings_warnings must be a list of strings (the "
+                                   "findings of the node's first boot), or absent")
+    kept = [w[:SETTINGS_WARNING_CHARS] for w in got[:SETTINGS_WARNINGS_MAX]]
+    if len(got) > SETTINGS_WARNINGS_MAX:
+        kept.append("... and %d more" % (len(got) - SETTINGS_WARNINGS_MAX))
+    return kept
+
+
 def shared_network(driver, body):
     """Whether the node's instance network is one its backend shares with
     other nodes (an agent that does not send its backend: libvirt's, an own

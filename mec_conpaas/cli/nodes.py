@@ -22,12 +22,15 @@ def _show(n):
     rep = n.get("report") or {}
     keys = ("id", "name", "state", "schedulable", "disabled_reason", "address",
             "hostname", "mac", "container_backend", "max_instances", "last_heartbeat",
-            "cpu_percent", "load", "memory", "disk", "containers", "allocation", "cloud")
+            "cpu_percent", "load", "memory", "disk", "containers", "allocation", "cloud",
+            "settings_warnings")
     vals = (n["id"], n["name"], n["state"], n["schedulable"], n["disabled_reason"],
             n["address"], n["hostname"], n["mac"], n["container_backend"],
             n["max_instances"], n["last_heartbeat"], rep.get("cpu_percent"),
             rep.get("load"), rep.get("memory"), rep.get("disk"), rep.get("containers"),
-            n.get("allocation"), n.get("cloud"))
+            n.get("allocation"), n.get("cloud"),
+            # One per line; empty: none (or not a flashed node, or not shown to tenants).
+            "\n".join(n.get("settings_warnings") or []))
     return keys, vals
 
 

@@ -220,6 +220,18 @@ Embedded edge only: the bridge whose ports are emulated Wi-Fi users (set by
 Related options:
 * ``hostapd_ctrl_interface`` wins when both are set.
 """),
+    # -- the flashed card's settings file ------------------------------------
+    cfg.StrOpt("settings_warnings_file",
+               help="""
+JSON list of what the card's settings file got wrong without stopping first
+boot (an unknown key ignored, a value replaced), written by
+``mec-conpaas-firstboot apply``; sent with each registration, so
+``mec-conpaas node show`` lists it as ``settings_warnings``.
+
+Possible values:
+* unset: no card (a playbook-deployed node): nothing sent;
+* a path: set by first boot on a flashed image.
+"""),
 ]
 
 

@@ -108,6 +108,9 @@ class Node(Base):
                                            server_default=false())
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     report: Mapped[dict] = mapped_column(ReportJSON, default=dict)
+    # What first boot found wrong in a flashed node's settings file (non-fatal;
+    # sent at registration): None for a node without a card.
+    settings_warnings: Mapped[list | None] = mapped_column(JSON)
     registered_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     last_heartbeat: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -532,7 +532,9 @@ def settings(pubkey, master_url, token, hostname="ap-test-1"):
         f"master = {master_url}\r\n"
         f"registration_token = {token}\r\n"
         f"ssh_authorized_key = {pubkey}\r\n"
-        "backbone = dhcp\r\n")
+        "backbone = dhcp\r\n"
+        # Not a setting: ignored with a warning, which node show lists (issue 11).
+        "colour = blue\r\n")
 
 
 MALFORMED = ("hostname = ap_bad_name!\n"           # invalid

@@ -115,6 +115,18 @@ def test_typos_and_duplicates_are_errors(tmp_path):
     assert "expected KEY = VALUE" in err
 
 
+def test_unknown_key_is_a_warning(tmp_path):
+    """Not close to any known key: ignored, and said so (first boot goes on;
+    tests/unit/test_settings_warnings.py follows it to node show)."""
+    rc, cfg, err = check(tmp_path, render(GOOD) + "colour = blue\n")
+    assert rc == 0 and "colour" not in cfg
+    assert f"warning: line {len(GOOD) + 1}: unknown setting 'colour' ignored" in err, err
+    rc, _, err = check(tmp_path, render(dict(GOOD, hostname="AP-1", backbone="192.0.2.21/24")))
+    assert rc == 0
+    assert "hostname 'AP-1' used as 'ap-1'" in err
+    assert "without backbone_gateway" in err
+
+
 def test_gateway_without_static_address(tmp_path):
     rc, _, err = check(tmp_path, render(dict(GOOD, backbone_gateway="192.0.2.1")))
     assert rc == 1 and "only used with a static backbone" in err

@@ -28,7 +28,7 @@ def test_sample_config_is_current(tmp_path):
 
 def test_migrations_match_models(conf):
     db.upgrade()
-    assert db.current_revision() == "0008_osbed_shared"
+    assert db.current_revision() == "0010_full_settings_warnings"
     with db.get_engine().connect() as c:
         diff = compare_metadata(MigrationContext.configure(c), models.Base.metadata)
     assert diff == []
@@ -68,7 +68,7 @@ def test_upgrade_keeps_the_rows_of_an_existing_store(conf):
                 "'', '{}', '{}', 1, :now, :now)"), {"id": op_id, "state": state,
                                                    "now": now})
     db.upgrade()
-    assert db.current_revision() == "0008_osbed_shared"
+    assert db.current_revision() == "0010_full_settings_warnings"
     with db.session_scope() as s:
         nodes = s.scalars(select(models.Node).order_by(models.Node.name)).all()
         assert [(n.name, n.disabled, n.disabled_reason) for n in nodes] == [

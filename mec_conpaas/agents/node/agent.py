@@ -274,7 +274,9 @@ class NodeAgent:
                 "client_network": (self.membership.allocation or {}).get(
                     "client_network") or self.conf.join.client_network,
                 "max_instances": opts.max_instances if self.containers else 0,
-                "agent_tls": self.server_tls is not None}
+                "agent_tls": self.server_tls is not None,
+                # The card's settings file findings (roles/first_boot), for node show.
+                "settings_warnings": joining.settings_warnings(self.conf)}
 
     def heartbeat_loop(self):
         interval = self.conf.node_agent.heartbeat_interval

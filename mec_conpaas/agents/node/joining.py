@@ -186,6 +186,26 @@ def clear_notice(conf, message):
             LOG.warning("cannot clear the join notice in %s: %s", path, e)
 
 
+def settings_warnings(conf):
+    """What first boot found wrong in the card's settings file, for the
+    registration (``[node_agent] settings_warnings_file``); None without a
+    card.  A file it cannot read is itself reported: the owner looks at
+    ``node show``, not at this node's log."""
+    path = conf.node_agent.settings_warnings_file
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            got = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        return ["first boot's warnings unreadable (%s: %s)" % (path, e)]
+    if not isinstance(got, list):
+        return ["first boot's warnings unreadable (%s: not a JSON list)" % path]
+    return [str(w) for w in got]
+
+
 def _write_private(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
