@@ -393,11 +393,13 @@ class Guest:
 
     def wait_console(self, pattern, timeout=BOOT_TIMEOUT):
         deadline = self.t0 + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.console_text(), re.M)
-            if m:
+        # Look once more after the deadline (or qemu's exit): a guest that wrote the
+        # line while this process waited for the CPU must not fail the test.
+        while True:
+            over = time.monotonic() >= deadline or self.proc.poll() is not None
+            if re.search(pattern, self.console_text(), re.M):
                 return time.monotonic() - self.t0
-            if self.proc.poll() is not None:
+            if over:
                 break
             time.sleep(1)
         pytest.fail(f"{self.name}: {pattern!r} not on the console after "
@@ -509,14 +511,18 @@ class SSH:
 
     def wait(self, timeout=BOOT_TIMEOUT):
         deadline = self.guest.t0 + timeout
-        while time.monotonic() < deadline:
+        # As in Guest.wait_console: one try after the deadline too.
+        while True:
             if self.guest.proc.poll() is not None:
                 break
+            over = time.monotonic() >= deadline
             try:
                 if self.run("true", check=False, timeout=30).returncode == 0:
                     return time.monotonic() - self.guest.t0
             except subprocess.TimeoutExpired:
                 pass
+            if over:
+                break
             time.sleep(3)
         pytest.fail(f"no SSH login after {time.monotonic() - self.guest.t0:.0f} s\n"
                     f"...{self.guest.console_text()[-4000:]}")
