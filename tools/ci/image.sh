@@ -11,6 +11,7 @@
 #                              boots, run in parallel; "good": one boot;
 #                              "none": spec test only
 #   MEC_CONPAAS_IMAGE_OUT      where the image goes (default $MEC_CONPAAS_IMAGE_WORK/out)
+#   MEC_CONPAAS_IMAGE_PREBUILT an image built before (NAME.img.xz): test it, build nothing
 #   MEC_CONPAAS_IMAGE_WORK     work dir (default image-builder/build-cache/ci; keeps the
 #                              debootstrap/apt cache between runs on one machine)
 set -euo pipefail
@@ -93,13 +94,20 @@ mkdir -p "$WORK" "$OUT" "$ARTIFACTS"
     ansible-core ansible pytest -e "$REPO" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "$VENV/bin/ansible-doc" -t connection community.general.chroot >/dev/null
 
-log "build (profile $PROFILE)"
-VERSION="$(sed -n 's/^version *= *//p' "$REPO/setup.cfg")-ci-g$(git -C "$REPO" rev-parse --short=10 HEAD 2>/dev/null || echo nogit)"
-"$VENV/bin/python" "$REPO/image-builder/build.py" --profile "$PROFILE" --version "$VERSION" \
-    --work-dir "$WORK" --out-dir "$OUT" | tee "$ARTIFACTS/build.log"
-SUMMARY="$(tail -n 1 "$ARTIFACTS/build.log")"
-IMAGE="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["image"])' "$SUMMARY")"
-log "built $IMAGE ($(du -h "$IMAGE" | cut -f1))"
+if [ -n "${MEC_CONPAAS_IMAGE_PREBUILT:-}" ]; then
+    # Tests again on an image built before (its manifest beside it): no build.
+    IMAGE="$(readlink -f "$MEC_CONPAAS_IMAGE_PREBUILT")"
+    [ -f "$IMAGE" ] || { echo "MEC_CONPAAS_IMAGE_PREBUILT: no file $MEC_CONPAAS_IMAGE_PREBUILT" >&2; exit 2; }
+    log "no build: testing $IMAGE"
+else
+    log "build (profile $PROFILE)"
+    VERSION="$(sed -n 's/^version *= *//p' "$REPO/setup.cfg")-ci-g$(git -C "$REPO" rev-parse --short=10 HEAD 2>/dev/null || echo nogit)"
+    "$VENV/bin/python" "$REPO/image-builder/build.py" --profile "$PROFILE" --version "$VERSION" \
+        --work-dir "$WORK" --out-dir "$OUT" | tee "$ARTIFACTS/build.log"
+    SUMMARY="$(tail -n 1 "$ARTIFACTS/build.log")"
+    IMAGE="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["image"])' "$SUMMARY")"
+    log "built $IMAGE ($(du -h "$IMAGE" | cut -f1))"
+fi
 
 log "tests (boot: $BOOT)"
 case "$BOOT" in
