@@ -6,6 +6,7 @@
 # "What runs where".  tools/image/build-node.sh runs this for the "node" profile.
 #
 # Writes the run's wall time and test counts to bench/results/ci-image-PROFILE-build-UTC.json
+# (-tests- instead of -build- with MEC_CONPAAS_IMAGE_PREBUILT)
 # (tools/ci/result.py, as CI's parts do), then, unless MEC_CONPAAS_IMAGE_BENCH=0, runs
 # bench/image_build.py --quick on the result (JSON + PNG in bench/results/).
 set -euo pipefail
@@ -21,7 +22,9 @@ T0=$(date +%s)
 RC=0
 bash "$REPO/tools/ci/image.sh" || RC=$?
 echo "tools/image/build-${MEC_CONPAAS_IMAGE_PROFILE}: build + tests took $(( $(date +%s) - T0 )) s (exit $RC)"
-python3 "$REPO/tools/ci/result.py" "image-$MEC_CONPAAS_IMAGE_PROFILE-build" "$RC" "$T0" \
+# A test run on an image built before (MEC_CONPAAS_IMAGE_PREBUILT) is recorded as "-tests".
+PART="image-$MEC_CONPAAS_IMAGE_PROFILE-$([ -n "${MEC_CONPAAS_IMAGE_PREBUILT:-}" ] && echo tests || echo build)"
+python3 "$REPO/tools/ci/result.py" "$PART" "$RC" "$T0" \
     "$(date +%s)" "$LOAD" "$REPO/bench/results" "$JUNIT/junit-build.xml" \
     || echo "could not write the result file" >&2
 [ "$RC" = 0 ] || exit "$RC"
