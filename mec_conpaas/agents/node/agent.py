@@ -7,10 +7,8 @@ HAProxy in line with what the manager wants.
 import contextlib
 import fcntl
 import functools
-import hmac
 import logging
 import os
-import secrets
 import socket
 import struct
 import threading
@@ -18,6 +16,7 @@ import time
 import urllib.parse
 import uuid
 
+from mec_conpaas import digest
 from mec_conpaas import exception
 from mec_conpaas.agents.node import apconfig
 from mec_conpaas.agents.node import capacity as capacity_mod
@@ -171,7 +170,7 @@ class NodeAgent:
             with open(path) as f:
                 return f.read().strip()
         except FileNotFoundError:
-            node_id = str(uuid.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
+            node_id = str(digest.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
             with open(path, "w") as f:
                 f.write(node_id)
             return node_id
@@ -183,7 +182,7 @@ class NodeAgent:
             with open(path) as f:
                 return f.read().strip()
         except FileNotFoundError:
-            token = secrets.token_urlsafe(32)
+            token = digest.token_urlsafe(32)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token)
@@ -360,7 +359,7 @@ class NodeAgent:
     # -- API -------------------------------------------------------------
     def authenticate(self, header):
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
+        if scheme.lower() != "bearer" or not digest.compare_digest(
                 value.strip(), self.token):
             raise exception.Unauthorized("missing or wrong node agent token")
 
@@ -547,7 +546,7 @@ class NodeAgent:
         # Not the manager's snapshots: one taken during a migration would
         # move the base past what the target has.  Its round id lets the
         # push send the final manifest as a change from it (statesync).
-        round_id = secrets.token_hex(8)
+        round_id = digest.token_hex(8)
         self.served_manifests[iid] = {"round": round_id, "manifest": manifest,
                                       "acked": False}
         return {"manifest": manifest, "round": round_id}
