@@ -13,7 +13,6 @@ certificate) and the first /metrics scrape (prometheus_client's ssl).
 """
 import base64
 import os
-import uuid
 
 try:  # Python 3.11
     from _sha256 import sha256
@@ -48,9 +47,15 @@ def hmac_sha256(key, msg):
 
 
 def uuid5(namespace, name):
-    """``uuid.uuid5`` (which imports hashlib for its SHA-1)."""
-    return uuid.UUID(bytes=sha1(namespace.bytes + name.encode()).digest()[:16],
-                     version=5)
+    """``str(uuid.uuid5(uuid.UUID(namespace), name))``: uuid5 imports
+    hashlib for its SHA-1, and the uuid module platform (0.2 MB), for a
+    node id made once."""
+    b = bytearray(sha1(bytes.fromhex(namespace.replace("-", "")) + name.encode())
+                  .digest()[:16])
+    b[6] = b[6] & 0x0F | 0x50  # version 5
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 def token_urlsafe(nbytes):

@@ -49,7 +49,7 @@ from mec_conpaas.agents.node import isolation
 k = liveness.key("credential")
 beat = liveness.beat(k, "n" * 36, 1, 2)
 hashed = [liveness.check_beat(k, beat), isolation.agent_secret("token", iid),
-          str(digest.uuid5(agent.NODE_NAMESPACE, "ap|mac")), digest.token_urlsafe(32)]
+          digest.uuid5(agent.NODE_NAMESPACE, "ap|mac"), digest.token_urlsafe(32)]
 modules = sorted(sys.modules)
 deferred = sorted(m for m, v in sys.modules.items() if type(v).__name__ == "_Deferred")
 # Deferred, not gone: a configuration source driver would still load.

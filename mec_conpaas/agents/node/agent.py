@@ -14,7 +14,6 @@ import struct
 import threading
 import time
 import urllib.parse
-import uuid
 
 from mec_conpaas import digest
 from mec_conpaas import exception
@@ -36,7 +35,7 @@ LOG = logging.getLogger(__name__)
 SERVICE_AGENT_PORT = 8999
 PULL_BATCH = 64 << 20  # bytes of state per export request in a bulk copy
 RESTORE_TIMEOUT = 60  # s an app may take to come back with migrated state
-NODE_NAMESPACE = uuid.UUID("6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10")
+NODE_NAMESPACE = "6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10"  # a UUID
 
 
 def interface_info(ifname):
@@ -170,7 +169,7 @@ class NodeAgent:
             with open(path) as f:
                 return f.read().strip()
         except FileNotFoundError:
-            node_id = str(digest.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
+            node_id = digest.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac)
             with open(path, "w") as f:
                 f.write(node_id)
             return node_id
