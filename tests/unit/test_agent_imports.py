@@ -14,8 +14,8 @@ NODE_AGENT = os.path.join(os.path.dirname(__file__), "..", "..", "mec_conpaas",
 
 # Never in the agent of an lxc-backend node: the libvirt binding (~11 MB
 # resident; libvirtd is driven through virsh, states and usage are read from
-# cgroups); prometheus_client until the first scrape; the manager's and the
-# CLI's libraries.
+# cgroups); prometheus_client (its ssl and urllib.request: /metrics is
+# written by agents/node/metrics.py); the manager's and the CLI's libraries.
 HEAVY = ("libvirt", "prometheus_client", "sqlalchemy", "requests", "cliff",
          "keystonemiddleware", "openstack", "yaml")
 
@@ -50,12 +50,16 @@ k = liveness.key("credential")
 beat = liveness.beat(k, "n" * 36, 1, 2)
 hashed = [liveness.check_beat(k, beat), isolation.agent_secret("token", iid),
           digest.uuid5(agent.NODE_NAMESPACE, "ap|mac"), digest.token_urlsafe(32)]
+# A scrape's text (the agent's own collector needs a running agent: the
+# process's, test_web scrapes a real agent).
+from mec_conpaas.agents.node import metrics
+scraped = metrics.text(metrics.registry(None).collectors[1].collect()).decode()
 modules = sorted(sys.modules)
 deferred = sorted(m for m, v in sys.modules.items() if type(v).__name__ == "_Deferred")
 # Deferred, not gone: a configuration source driver would still load.
 import stevedore
 print(json.dumps({"modules": modules, "deferred": deferred, "empty": empty,
-                  "stopped": stopped, "hashed": hashed,
+                  "stopped": stopped, "hashed": hashed, "scraped": scraped,
                   "stevedore": stevedore.ExtensionManager.__name__}))
 """
 
@@ -79,6 +83,7 @@ def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     # Nor OpenSSL's libcrypto (3.4 MB): what an idle agent hashes uses
     # CPython's own SHA (mec_conpaas.digest); TLS and scrapes load it.
     assert got["hashed"][0] is True and len(got["hashed"]) == 4
+    assert "process_resident_memory_bytes " in got["scraped"]
     assert not {"_hashlib", "hashlib", "hmac", "secrets", "_ssl"} & set(got["modules"]), \
         {"_hashlib", "hashlib", "hmac", "secrets", "_ssl"} & set(got["modules"])
     # oslo.config's stevedore (entry points, importlib.metadata) is deferred

@@ -408,8 +408,9 @@ class NodeAgent:
         return r
 
     def metrics_exposition(self, body):
-        """prometheus_client (about 2 MB resident) is imported at the first
-        scrape: a node nobody scrapes does not pay for it."""
+        """The metrics module is imported at the first scrape: a node nobody
+        scrapes does not pay for it (it writes the text itself, without
+        prometheus_client: metrics.py says why)."""
         from mec_conpaas.agents.node import metrics as metrics_mod
         with self._metrics_lock:
             if self._metrics is None:
