@@ -81,7 +81,7 @@ def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
     assert not set(got["modules"]) & set(NOVA_ONLY), set(got["modules"]) & set(NOVA_ONLY)
     # Nor OpenSSL's libcrypto (3.4 MB): what an idle agent hashes uses
-    # CPython's own SHA (mec_conpaas.digest); TLS and scrapes load it.
+    # CPython's own SHA (mec_conpaas.digest); only TLS loads it.
     assert got["hashed"][0] is True and len(got["hashed"]) == 4
     assert "process_resident_memory_bytes " in got["scraped"]
     assert not {"_hashlib", "hashlib", "hmac", "secrets", "_ssl"} & set(got["modules"]), \
@@ -90,7 +90,7 @@ def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     # by the agent's entry point until something uses it.
     assert not {"stevedore.extension", "importlib.metadata"} & set(got["modules"])
     assert got["stevedore"] == "ExtensionManager"
-    # ssl (http.client's import; TLS and scrapes only) and tarfile (state
+    # ssl (http.client's import; TLS only) and tarfile (state
     # copies, bundles) wait for their first use too.
     assert {"ssl", "tarfile"} <= set(got["deferred"]), got["deferred"]
 
