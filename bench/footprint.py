@@ -13,7 +13,7 @@
 * What each import costs, under each interpreter: a child process
   imports, in the agent's order, oslo.config (stevedore, ssl and tarfile
   deferred, as the agent's entry point does), the agent's modules, its
-  container backend and prometheus_client, returns freed pages as the
+  container backend and its metrics module, returns freed pages as the
   agent does once started, and reports VmRSS after each step.
 * Floor, in the same run: a bare interpreter of each virtualenv (``python
   -c`` sleeping), the least any Python agent costs.  Ratio agent / floor.
@@ -43,7 +43,9 @@ STEPS = [
     ("mec_conpaas.conf", "mec_conpaas.conf"),
     ("agent modules", "mec_conpaas.agents.node.agent"),
     ("container backend", "mec_conpaas.agents.node.containers"),
-    ("prometheus_client (/metrics)", "prometheus_client"),
+    # Its own text writer since session 12 (no prometheus_client: its ssl
+    # and urllib.request brought OpenSSL's libcrypto).
+    ("metrics module (first /metrics scrape)", "mec_conpaas.agents.node.metrics"),
     # What the agent does once started (agents/node/memory.py).
     ("freed pages returned (malloc_trim)", "!trim"),
 ]

@@ -25,9 +25,9 @@ the node really was alive.  The ack (same key) says ``OK`` or
 Forged, replayed and unknown beats get no answer; an agent without an
 ``OK`` ack for its last beat falls back to HTTP.
 """
-import hashlib
-import hmac
 import struct
+
+from mec_conpaas import digest
 
 BEAT = b"MLV1"
 ACK = b"MLA1"
@@ -40,18 +40,18 @@ OK, FULL = 0, 1
 def key(credential):
     """The HMAC key of a node credential: its SHA-256, what the manager
     stores (``Token.secret_hash``, hex)."""
-    return hashlib.sha256(credential.encode()).digest()
+    return digest.sha256(credential.encode()).digest()
 
 
 def _sign(k, body):
-    return body + hmac.new(k, body, hashlib.sha256).digest()
+    return body + digest.hmac_sha256(k, body)
 
 
 def _open(k, data, size):
     """The signed body, or None if the HMAC is wrong."""
     body, mac = data[:size], data[size:]
-    if len(mac) != MAC_LEN or not hmac.compare_digest(
-            mac, hmac.new(k, body, hashlib.sha256).digest()):
+    if len(mac) != MAC_LEN or not digest.compare_digest(
+            mac, digest.hmac_sha256(k, body)):
         return None
     return body
 

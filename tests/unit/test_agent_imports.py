@@ -14,8 +14,8 @@ NODE_AGENT = os.path.join(os.path.dirname(__file__), "..", "..", "mec_conpaas",
 
 # Never in the agent of an lxc-backend node: the libvirt binding (~11 MB
 # resident; libvirtd is driven through virsh, states and usage are read from
-# cgroups); prometheus_client until the first scrape; the manager's and the
-# CLI's libraries.
+# cgroups); prometheus_client (its ssl and urllib.request: /metrics is
+# written by agents/node/metrics.py); the manager's and the CLI's libraries.
 HEAVY = ("libvirt", "prometheus_client", "sqlalchemy", "requests", "cliff",
          "keystonemiddleware", "openstack", "yaml")
 
@@ -42,12 +42,24 @@ with open(os.path.join(conf.node_agent.instances_path, iid, "meta.json"), "w") a
     json.dump({"id": iid, "service_id": "s", "address": "10.99.0.2",
                "idmap_slot": 0, "cpus": 0.5, "memory_mb": 128}, f)
 stopped = {"info": c.info(iid)["state"], "ports": c.ports(), "usage": c.usage()}
+# What an idle agent hashes: a liveness datagram, an instance's secret, its
+# node id, a token.
+from mec_conpaas import digest, liveness
+from mec_conpaas.agents.node import isolation
+k = liveness.key("credential")
+beat = liveness.beat(k, "n" * 36, 1, 2)
+hashed = [liveness.check_beat(k, beat), isolation.agent_secret("token", iid),
+          digest.uuid5(agent.NODE_NAMESPACE, "ap|mac"), digest.token_urlsafe(32)]
+# A scrape's text (the agent's own collector needs a running agent: the
+# process's, test_web scrapes a real agent).
+from mec_conpaas.agents.node import metrics
+scraped = metrics.text(metrics.registry(None).collectors[1].collect()).decode()
 modules = sorted(sys.modules)
 deferred = sorted(m for m, v in sys.modules.items() if type(v).__name__ == "_Deferred")
 # Deferred, not gone: a configuration source driver would still load.
 import stevedore
 print(json.dumps({"modules": modules, "deferred": deferred, "empty": empty,
-                  "stopped": stopped,
+                  "stopped": stopped, "hashed": hashed, "scraped": scraped,
                   "stevedore": stevedore.ExtensionManager.__name__}))
 """
 
@@ -68,11 +80,17 @@ def test_agent_entry_and_its_container_calls_load_nothing_heavy():
     loaded = {m.split(".")[0] for m in got["modules"]}
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
     assert not set(got["modules"]) & set(NOVA_ONLY), set(got["modules"]) & set(NOVA_ONLY)
+    # Nor OpenSSL's libcrypto (3.4 MB): what an idle agent hashes uses
+    # CPython's own SHA (mec_conpaas.digest); only TLS loads it.
+    assert got["hashed"][0] is True and len(got["hashed"]) == 4
+    assert "process_resident_memory_bytes " in got["scraped"]
+    assert not {"_hashlib", "hashlib", "hmac", "secrets", "_ssl"} & set(got["modules"]), \
+        {"_hashlib", "hashlib", "hmac", "secrets", "_ssl"} & set(got["modules"])
     # oslo.config's stevedore (entry points, importlib.metadata) is deferred
     # by the agent's entry point until something uses it.
     assert not {"stevedore.extension", "importlib.metadata"} & set(got["modules"])
     assert got["stevedore"] == "ExtensionManager"
-    # ssl (http.client's import; TLS and scrapes only) and tarfile (state
+    # ssl (http.client's import; TLS only) and tarfile (state
     # copies, bundles) wait for their first use too.
     assert {"ssl", "tarfile"} <= set(got["deferred"]), got["deferred"]
 

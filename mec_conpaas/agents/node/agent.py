@@ -7,17 +7,15 @@ HAProxy in line with what the manager wants.
 import contextlib
 import fcntl
 import functools
-import hmac
 import logging
 import os
-import secrets
 import socket
 import struct
 import threading
 import time
 import urllib.parse
-import uuid
 
+from mec_conpaas import digest
 from mec_conpaas import exception
 from mec_conpaas.agents.node import apconfig
 from mec_conpaas.agents.node import capacity as capacity_mod
@@ -37,7 +35,7 @@ LOG = logging.getLogger(__name__)
 SERVICE_AGENT_PORT = 8999
 PULL_BATCH = 64 << 20  # bytes of state per export request in a bulk copy
 RESTORE_TIMEOUT = 60  # s an app may take to come back with migrated state
-NODE_NAMESPACE = uuid.UUID("6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10")
+NODE_NAMESPACE = "6f6e0a52-7c1e-4d37-9a8b-0c6d1e4f2a10"  # a UUID
 
 
 def interface_info(ifname):
@@ -171,7 +169,7 @@ class NodeAgent:
             with open(path) as f:
                 return f.read().strip()
         except FileNotFoundError:
-            node_id = str(uuid.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac))
+            node_id = digest.uuid5(NODE_NAMESPACE, self.hostname + "|" + self.mac)
             with open(path, "w") as f:
                 f.write(node_id)
             return node_id
@@ -183,7 +181,7 @@ class NodeAgent:
             with open(path) as f:
                 return f.read().strip()
         except FileNotFoundError:
-            token = secrets.token_urlsafe(32)
+            token = digest.token_urlsafe(32)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token)
@@ -360,7 +358,7 @@ class NodeAgent:
     # -- API -------------------------------------------------------------
     def authenticate(self, header):
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
+        if scheme.lower() != "bearer" or not digest.compare_digest(
                 value.strip(), self.token):
             raise exception.Unauthorized("missing or wrong node agent token")
 
@@ -410,8 +408,9 @@ class NodeAgent:
         return r
 
     def metrics_exposition(self, body):
-        """prometheus_client (about 2 MB resident) is imported at the first
-        scrape: a node nobody scrapes does not pay for it."""
+        """The metrics module is imported at the first scrape: a node nobody
+        scrapes does not pay for it (it writes the text itself, without
+        prometheus_client: metrics.py says why)."""
         from mec_conpaas.agents.node import metrics as metrics_mod
         with self._metrics_lock:
             if self._metrics is None:
@@ -547,7 +546,7 @@ class NodeAgent:
         # Not the manager's snapshots: one taken during a migration would
         # move the base past what the target has.  Its round id lets the
         # push send the final manifest as a change from it (statesync).
-        round_id = secrets.token_hex(8)
+        round_id = digest.token_hex(8)
         self.served_manifests[iid] = {"round": round_id, "manifest": manifest,
                                       "acked": False}
         return {"manifest": manifest, "round": round_id}

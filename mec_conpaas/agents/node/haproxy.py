@@ -46,7 +46,6 @@ worker serves, so an HAProxy started afresh (node boot, crash) starts with
 every slot disabled until the agent sets them, never with addresses that
 may belong to another tenant's instance by then.
 """
-import csv
 import io
 import logging
 import os
@@ -479,4 +478,5 @@ def proxy_stats(haproxy):
         LOG.warning("proxy stats: %s", e.message)
         return None
     text = text.lstrip("# ")
+    import csv  # only while the proxy serves something (0.1 MB)
     return list(csv.DictReader(io.StringIO(text)))

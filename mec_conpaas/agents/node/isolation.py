@@ -32,8 +32,6 @@ proxy switch answered (``GET /v1/health`` shows ``isolation``: ``ok`` or
 the error).
 """
 import ctypes
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -41,6 +39,7 @@ import os
 import re
 import threading
 
+from mec_conpaas import digest
 from mec_conpaas import exception
 
 LOG = logging.getLogger(__name__)
@@ -56,8 +55,8 @@ def agent_secret(node_token, instance_id):
     without storing or sending it; one instance's secret tells nothing
     about another's.
     """
-    return hmac.new(node_token.encode(), b"service-agent:" + instance_id.encode(),
-                    hashlib.sha256).hexdigest()
+    return digest.hmac_sha256(node_token.encode(),
+                              b"service-agent:" + instance_id.encode()).hex()
 
 
 class Nft:

@@ -8,14 +8,13 @@ answer is this node's own credential and its allocation, both kept in
 ``state_path`` (the join token is not needed again).
 """
 import glob
-import hashlib
 import json
 import logging
 import os
-import secrets
 import ssl
 import urllib.parse
 
+from mec_conpaas import digest
 from mec_conpaas import exception
 from mec_conpaas.agents.node import httpserver
 
@@ -93,7 +92,7 @@ def identity(configured, mac):
 
 
 def cert_hash(pem):
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    return digest.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
 def tls_context(ca_file):
@@ -312,7 +311,7 @@ class Membership:
         path = self.conf.join.credential_file + ".pending"
         chosen = self._read(path)
         if not chosen:
-            chosen = secrets.token_urlsafe(32)
+            chosen = digest.token_urlsafe(32)
             _write_private(path, chosen)
         return chosen
 

@@ -69,7 +69,7 @@ class _Deferred(types.ModuleType):
 #: configuration does not use: 0.7 MB resident with the importlib.metadata
 #: and zipfile it brings; http.client imports ssl at its own import, used
 #: only with TLS (an https:// manager, an agent API with a certificate from
-#: the join) or by a /metrics scrape: 1 MB; tarfile serves state copies and
+#: the join): 1 MB; tarfile serves state copies and
 #: bundles only (bench/footprint.py measures each).  Deferred, not removed:
 #: what uses them still loads them.
 AGENT_DEFERRED = ("stevedore", "ssl", "tarfile")

@@ -6,41 +6,117 @@ exporter would need another listening port per access point, and its own
 protection).  Frontends count the service's requests at this access point;
 the ``near`` and ``far`` backends are its two tiers of instances (see
 haproxy.py).  Plus the node's capacity and use, and how long ago its last
-heartbeat reached the manager.
+heartbeat reached the manager.  And the process's own ``process_*``
+metrics, as prometheus_client's ProcessCollector exports them.
+
+The text is written here, in Prometheus's text format as
+prometheus_client's ``generate_latest`` writes it (tests/unit/test_metrics
+compares the two), not with prometheus_client: its import loads ssl,
+urllib.request and with them OpenSSL's libcrypto, 5 MB resident in an agent
+whose budget is 30 MB (issue 13; bench/footprint.py), and a node is scraped
+for as long as it runs.
 """
 import logging
+import math
 import os
 import time
-
-import prometheus_client
-from prometheus_client import core
 
 from mec_conpaas.agents.node import haproxy as haproxy_mod
 from mec_conpaas.agents.node import httpserver
 
 LOG = logging.getLogger(__name__)
 PREFIX = "mec_conpaas_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE = ["service", "service_id"]
 BACKEND = SERVICE + ["tier"]
+
+
+class MetricFamily:
+    """What prometheus_client's metric families hold: a name, its help,
+    its type and samples (name, labels, value)."""
+
+    type = "untyped"
+    suffix = ""
+
+    def __init__(self, name, documentation, value=None, labels=None):
+        self.name, self.documentation = name, documentation
+        self._labelnames = tuple(labels or ())
+        self.samples = []
+        if value is not None:
+            self.add_metric([], value)
+
+    def add_metric(self, labels, value):
+        self.samples.append((self.name + self.suffix,
+                             dict(zip(self._labelnames, labels)), value))
+
+
+class GaugeMetricFamily(MetricFamily):
+    type = "gauge"
+
+
+class CounterMetricFamily(MetricFamily):
+    type = "counter"
+    suffix = "_total"
+
+    def __init__(self, name, documentation, value=None, labels=None):
+        # As prometheus_client: the family is named without _total.
+        super().__init__(name[:-6] if name.endswith("_total") else name,
+                         documentation, value, labels)
+
+
+def _go_float(d):
+    """A sample's value as prometheus_client writes it (floatToGoString)."""
+    d = float(d)
+    if math.isinf(d):
+        return "+Inf" if d > 0 else "-Inf"
+    if math.isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = ("%s.%s%s" % (s[0], s[1:dot], s[dot + 1:])).rstrip("0.")
+        return "%se+%02d" % (mantissa, dot - 1)
+    return s
+
+
+def _escape(s):
+    return s.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def text(families):
+    """Prometheus's text format of ``families`` (generate_latest's)."""
+    out = []
+    for fam in families:
+        name = fam.name + fam.suffix
+        out.append("# HELP %s %s\n" % (name, _escape(fam.documentation)))
+        out.append("# TYPE %s %s\n" % (name, fam.type))
+        for sname, labels, value in fam.samples:
+            labelstr = ",".join('%s="%s"' % (k, _escape(v).replace('"', r'\"'))
+                                for k, v in sorted(labels.items()))
+            out.append("%s%s %s\n" % (sname, "{%s}" % labelstr if labelstr else "",
+                                       _go_float(value)))
+    return "".join(out).encode("utf-8")
+
+
 # Per service, from ``show stat``: name -> (family, labels, help).
 PROXY = {
-    "proxy_requests": (core.CounterMetricFamily, SERVICE, "Requests (HTTP "
+    "proxy_requests": (CounterMetricFamily, SERVICE, "Requests (HTTP "
                        "services) or connections (TCP services) this access "
                        "point's proxy took for the service."),
-    "proxy_responses": (core.CounterMetricFamily, SERVICE + ["code"], "HTTP "
+    "proxy_responses": (CounterMetricFamily, SERVICE + ["code"], "HTTP "
                         "responses by class, as the service's clients at this "
                         "access point got them."),
-    "proxy_request_rate": (core.GaugeMetricFamily, SERVICE, "Requests (or "
+    "proxy_request_rate": (GaugeMetricFamily, SERVICE, "Requests (or "
                            "connections) per second over the last second."),
-    "proxy_response_seconds": (core.GaugeMetricFamily, BACKEND, "Average time to "
+    "proxy_response_seconds": (GaugeMetricFamily, BACKEND, "Average time to "
                                "the first response byte over the tier's last "
                                "1024 requests (HAProxy rtime)."),
-    "proxy_total_seconds": (core.GaugeMetricFamily, BACKEND, "Average total time "
+    "proxy_total_seconds": (GaugeMetricFamily, BACKEND, "Average total time "
                             "of the tier's last 1024 requests, queueing included "
                             "(HAProxy ttime)."),
-    "proxy_queued_requests": (core.GaugeMetricFamily, BACKEND, "Requests waiting "
+    "proxy_queued_requests": (GaugeMetricFamily, BACKEND, "Requests waiting "
                               "for a free instance slot in the tier."),
-    "proxy_servers_up": (core.GaugeMetricFamily, BACKEND, "Instances of the tier "
+    "proxy_servers_up": (GaugeMetricFamily, BACKEND, "Instances of the tier "
                          "the proxy sees healthy."),
 }
 
@@ -52,7 +128,7 @@ def _number(row, field):
         return None
 
 
-# Kept here for its users; in haproxy.py so a heartbeat needs no prometheus_client.
+# Kept here for its users; in haproxy.py so a heartbeat needs no metrics module.
 proxy_stats = haproxy_mod.proxy_stats
 
 
@@ -69,7 +145,7 @@ class AgentCollector:
     @staticmethod
     def _node(agent):
         def gauge(name, doc, value):
-            g = core.GaugeMetricFamily(PREFIX + name, doc)
+            g = GaugeMetricFamily(PREFIX + name, doc)
             g.add_metric([], value)
             return g
 
@@ -98,7 +174,7 @@ class AgentCollector:
     @staticmethod
     def _proxy(haproxy):
         rows = proxy_stats(haproxy)
-        up = core.GaugeMetricFamily(PREFIX + "proxy_up", "1 while this access "
+        up = GaugeMetricFamily(PREFIX + "proxy_up", "1 while this access "
                                     "point's HAProxy answers its runtime API.")
         up.add_metric([], 0 if rows is None else 1)
         yield up
@@ -143,13 +219,71 @@ class AgentCollector:
         yield from fam.values()
 
 
+class ProcessCollector:
+    """prometheus_client's ProcessCollector: the agent's CPU time, memory,
+    start time and file descriptors, from /proc."""
+
+    def __init__(self, proc="/proc"):
+        self._proc = proc
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._pagesize = os.sysconf("SC_PAGE_SIZE")
+        try:
+            with open(os.path.join(proc, "stat"), "rb") as f:
+                self._btime = next(float(line.split()[1]) for line in f
+                                   if line.startswith(b"btime "))
+        except (OSError, StopIteration):
+            self._btime = 0
+
+    def collect(self):
+        if not self._btime:
+            return []
+        pid = os.path.join(self._proc, "self")
+        result = []
+        try:
+            with open(os.path.join(pid, "stat"), "rb") as f:
+                parts = f.read().split(b")")[-1].split()
+            result += [
+                GaugeMetricFamily("process_virtual_memory_bytes",
+                                  "Virtual memory size in bytes.", value=float(parts[20])),
+                GaugeMetricFamily("process_resident_memory_bytes",
+                                  "Resident memory size in bytes.",
+                                  value=float(parts[21]) * self._pagesize),
+                GaugeMetricFamily("process_start_time_seconds",
+                                  "Start time of the process since unix epoch in seconds.",
+                                  value=float(parts[19]) / self._ticks + self._btime),
+                CounterMetricFamily("process_cpu_seconds_total",
+                                    "Total user and system CPU time spent in seconds.",
+                                    value=(float(parts[11]) + float(parts[12])) / self._ticks)]
+        except OSError:
+            pass
+        try:
+            with open(os.path.join(pid, "limits"), "rb") as f:
+                max_fds = next(float(line.split()[3]) for line in f
+                               if line.startswith(b"Max open file"))
+            result += [
+                GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                  len(os.listdir(os.path.join(pid, "fd")))),
+                GaugeMetricFamily("process_max_fds", "Maximum number of open file "
+                                  "descriptors.", value=max_fds)]
+        except (OSError, StopIteration):
+            pass
+        return result
+
+
+class Registry:
+    """The agent's collectors, collected in order at each scrape."""
+
+    def __init__(self, *collectors):
+        self.collectors = collectors
+
+    def collect(self):
+        for c in self.collectors:
+            yield from c.collect()
+
+
 def registry(agent):
-    reg = prometheus_client.CollectorRegistry()
-    reg.register(AgentCollector(agent))
-    prometheus_client.ProcessCollector(registry=reg)
-    return reg
+    return Registry(AgentCollector(agent), ProcessCollector())
 
 
 def exposition(reg):
-    return httpserver.Response(prometheus_client.generate_latest(reg),
-                               content_type=prometheus_client.CONTENT_TYPE_LATEST)
+    return httpserver.Response(text(reg.collect()), content_type=CONTENT_TYPE)

@@ -9,7 +9,6 @@ container starved of CPU shows it at once, and an idle one shows its
 bare response time as soon as the load goes (HAProxy's own ``rtime`` is an
 average of the last 1,024 requests and stays high while no request comes).
 """
-import concurrent.futures
 import http.client
 import socket
 import time
@@ -45,6 +44,7 @@ def one(address, is_http=True, port=APP_PORT, timeout=TIMEOUT):
 def latencies(targets, pool=None):
     """``{instance id: ms or None}`` for ``targets``: ``{id: (address,
     is_http)}``, probed in parallel."""
+    import concurrent.futures  # only for services with a latency objective
     own = pool is None
     pool = pool or concurrent.futures.ThreadPoolExecutor(max_workers=8)
     try:

@@ -27,12 +27,12 @@ copied.
 import io
 import json
 import os
-import secrets
 import stat
 import tarfile
 import threading
 import time
 
+from mec_conpaas import digest
 from mec_conpaas import exception
 from mec_conpaas import safefs
 
@@ -410,7 +410,7 @@ def _own_dirs(rootfd, rel, owner):
 def _replace_file(parent, name, src, mode, mtime_ns, owner=None):
     """Write to a fresh temporary name, then rename over ``name``: the
     instance never sees half a file, and rename replaces a link itself."""
-    tmp = ".mec-part-" + secrets.token_hex(6)
+    tmp = ".mec-part-" + digest.token_hex(6)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                  | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
