@@ -21,10 +21,10 @@ LOAD="$(cat /proc/loadavg)"
 T0=$(date +%s)
 RC=0
 bash "$REPO/tools/ci/image.sh" || RC=$?
-echo "tools/image/build-${MEC_CONPAAS_IMAGE_PROFILE}: build + tests took $(( $(date +%s) - T0 )) s (exit $RC)"
+echo "tools/image/build-full.sh (${MEC_CONPAAS_IMAGE_PROFILE}): build + tests took $(( $(date +%s) - T0 )) s (exit $RC)"
 # A test run on an image built before (MEC_CONPAAS_IMAGE_PREBUILT) is recorded as "-tests".
 PART="image-$MEC_CONPAAS_IMAGE_PROFILE-$([ -n "${MEC_CONPAAS_IMAGE_PREBUILT:-}" ] && echo tests || echo build)"
-python3 "$REPO/tools/ci/result.py" "$PART" "$RC" "$T0" \
+MEC_CI_RESULT_RUNNER=tools/image/build-full.sh python3 "$REPO/tools/ci/result.py" "$PART" "$RC" "$T0" \
     "$(date +%s)" "$LOAD" "$REPO/bench/results" "$JUNIT/junit-build.xml" \
     || echo "could not write the result file" >&2
 [ "$RC" = 0 ] || exit "$RC"
