@@ -113,6 +113,16 @@ def test_an_answer_cut_short_is_a_node_error():
         conn, _ = srv.accept()
         conn.recv(65536)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 266\r\n\r\n{")
+        # End the answer (EOF) but read what is left of the request until the
+        # client hangs up: closing with unread bytes would send a reset, which
+        # the client may see (ECONNRESET) before the short answer.
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(5)
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
         conn.close()
     t = threading.Thread(target=cut, daemon=True)
     t.start()
