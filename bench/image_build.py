@@ -4,7 +4,7 @@ machine (debootstrap under emulation, roles, assembly, compression), image
 and root filesystem sizes, and first-boot-to-login time under emulation
 (qemu-system-aarch64 -M virt -cpu cortex-a53 -m 1024).
 
-    bench/image_build.py [--profile edge] [--floor-profile base] [--cold] [--quick]
+    bench/image_build.py [--profile edge] [--floor-profile base] [--cold|--first] [--quick]
                          [--image X.img.xz]
     bench/image_build.py --rebuild-var wifi_ap_channel=11 [--image X.img.xz]
 
@@ -15,6 +15,9 @@ our roles cost in build time and boot time over a plain Pi OS image.
 
 --cold   empty the caches first (debootstrap tarball, bootstrapped tree, apt
          archives, package layers): both builds start from nothing
+--first  empty the bootstrapped tree and the package layers, keep the
+         downloads (debootstrap tarball, apt archives): a first build as the
+         target states it ("with the downloads cached between builds")
 --quick  no build: the newest already-built images of both profiles (or
          --image), sizes and times from their build records, one emulated
          boot each (the floor image is built if there is none)
@@ -58,8 +61,15 @@ def sh(*cmd, **kw):
 
 
 def build(profile, work, out, cold, extra_vars=(), version=None):
-    if cold:
-        shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
+    """``cold``: False, "cold" (every cache emptied) or "first" (the trees and
+    package layers emptied, the downloads kept: the target's first build)."""
+    cache = os.path.join(work, "cache")
+    if cold == "cold":
+        shutil.rmtree(cache, ignore_errors=True)
+    elif cold == "first":
+        for path in (glob.glob(os.path.join(cache, "debootstrap-*-rootfs.tar"))
+                     + glob.glob(os.path.join(cache, "layer-*.tar"))):
+            os.unlink(path)
     t = time.monotonic()
     cmd = [sys.executable, BUILDER, "--profile", profile, "--work-dir", work, "--out-dir", out]
     for ev in extra_vars:
@@ -180,7 +190,8 @@ def measure(profile, args):
         rec.setdefault("wall_s", rec.get("total_s"))
         rec.setdefault("measured_now", False)
     else:
-        rec = build(profile, args.work_dir, args.out_dir, args.cold)
+        rec = build(profile, args.work_dir, args.out_dir,
+                    "cold" if args.cold else "first" if args.first else False)
         rec["measured_now"] = True
     tmp = tempfile.mkdtemp(prefix="mec-bench-boot-", dir=args.work_dir)
     try:
@@ -315,6 +326,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="edge")
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--first", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--image",
                     help="with --quick: this NAME.img.xz (its NAME.build.json next to it)")
@@ -354,7 +366,7 @@ def main():
     load = os.getloadavg()
     summary = {
         "benchmark": "image_build", "profile": rec["profile"], "quick": args.quick,
-        "cold": args.cold, "host_cpus": os.cpu_count(), "time": stamp,
+        "cold": args.cold, "first": args.first, "host_cpus": os.cpu_count(), "time": stamp,
         "loadavg_at_end": [round(x, 2) for x in load],
         "image": os.path.basename(rec["image"]),
         "build": build_view(rec),
