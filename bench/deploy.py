@@ -119,7 +119,9 @@ def edge_process_rss(addr):
 
 
 # Proportional set size (shared pages split among the processes sharing them, so the
-# figures add up) of every process, read on the node.
+# figures add up) of every process, read on the node, and its anonymous part (Pss_Anon,
+# Linux 5.9+; null before): what the cgroup's used figure counts, without the pages of
+# files (code, libraries) the kernel can drop and read again.
 PSS_PROBE = r"""
 import json, os
 out = []
@@ -128,11 +130,11 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         with open("/proc/%s/cmdline" % pid, "rb") as f:
             args = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         with open("/proc/%s/smaps_rollup" % pid) as f:
-            pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-    except (OSError, StopIteration):
+            kb = {line.split(":")[0]: int(line.split()[1]) for line in f if line[0].isupper()}
+    except OSError:
         continue
-    if args:
-        out.append([pss, args])
+    if args and "Pss" in kb:
+        out.append([kb["Pss"], kb.get("Pss_Anon"), args])
 print(json.dumps(out))
 """
 
@@ -147,15 +149,22 @@ def process_label(args):
 
 
 def edge_process_pss(addr):
-    """{label: [PSS MB, processes]} on a node, and the total of every process."""
+    """{label: [PSS MB, processes]} on a node, {label: anonymous PSS MB} (None where the
+    kernel does not tell it) and the totals of every process."""
     rows = json.loads(ssh(addr, "python3 -c %s" % shlex.quote(PSS_PROBE)))
-    per = {}
-    for kb, args in rows:
-        entry = per.setdefault(process_label(args), [0.0, 0])
+    per, anon = {}, {}
+    for kb, anon_kb, args in rows:
+        label = process_label(args)
+        entry = per.setdefault(label, [0.0, 0])
         entry[0] += kb / 1024
         entry[1] += 1
+        anon[label] = (None if anon_kb is None or anon.get(label, 0) is None
+                       else anon.get(label, 0) + anon_kb / 1024)
+    known = all(a is not None for _, a, _ in rows)
     return ({k: [round(v[0], 1), v[1]] for k, v in sorted(per.items())},
-            round(sum(kb for kb, _ in rows) / 1024, 1))
+            {k: (round(v, 1) if v is not None else None) for k, v in sorted(anon.items())},
+            round(sum(kb for kb, _, _ in rows) / 1024, 1),
+            round(sum(a for _, a, _ in rows) / 1024, 1) if known else None)
 
 
 def server_active(master_addr, ap_name):
@@ -238,6 +247,7 @@ def main():
     second_changed = None
     extra = [] if args.scope == "full" else ["--skip-tags", "openstack,paas"]
     memory, edge_procs, edge_pss, edge_pss_total = {}, {}, {}, None
+    edge_anon, edge_anon_total = {}, None
     try:
         if not args.reuse:
             subprocess.run(["bash", TESTBED, "down"], check=True)
@@ -259,7 +269,7 @@ def main():
         for name in aps:
             memory[name] = cgroup_memory("%s-%s" % (PREFIX, name))
         edge_procs = edge_process_rss(h[aps[0]])
-        edge_pss, edge_pss_total = edge_process_pss(h[aps[0]])
+        edge_pss, edge_anon, edge_pss_total, edge_anon_total = edge_process_pss(h[aps[0]])
         if not args.quick and not args.reuse:
             phases["site_second_run"], second_changed = playbook("site.yml", "site-second", extra)
             log("site.yml second run %.0f s, changed=%s" % (phases["site_second_run"],
@@ -288,6 +298,8 @@ def main():
         "edge_openstack_process_rss_mb": edge_procs,
         "edge_process_pss_mb_and_count": edge_pss,
         "edge_pss_total_mb": edge_pss_total,
+        "edge_process_pss_anon_mb": edge_anon,
+        "edge_pss_anon_total_mb": edge_anon_total,
         "edge_used_mb": memory[aps[0]]["used_mb"],
         "target_edge_mb": TARGET_EDGE_MB,
         "master_used_mb": memory["master"]["used_mb"],

@@ -121,6 +121,54 @@ def test_server_create_on_an_ap_zone_reaches_active(master, aps, raw_image):
                    check=False, timeout=300)
 
 
+# The privsep daemons of an edge node and its cinder-volume processes, each with its
+# environment (argv[1], the script python3 runs, names it; this probe and its shell are
+# left out). The services' own environment is read from systemd: the linuxbridge agent
+# sets its process title, which overwrites /proc/PID/environ.
+SERVICE_ENV_PROBE = r"""
+import json, os
+scripts = {"cinder-volume", "privsep-helper"}
+out = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) in (os.getpid(), os.getppid()):
+        continue
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+        with open("/proc/%s/environ" % pid, "rb") as f:
+            env = dict(v.split("=", 1) for v in f.read().decode(errors="replace").split("\0")
+                       if "=" in v)
+    except OSError:
+        continue
+    if len(args) > 1 and os.path.basename(args[1]) in scripts:
+        out.append([os.path.basename(args[1]), " ".join(args), env])
+print(json.dumps(out))
+"""
+MEMORY_ENVIRONMENT = {"SETUPTOOLS_USE_DISTUTILS": "stdlib", "EVENTLET_NO_GREENDNS": "yes",
+                      "MALLOC_ARENA_MAX": "2"}
+
+
+@full_only
+def test_edge_services_and_their_privsep_daemons_have_the_memory_settings(aps):
+    """The roles' defaults (nova_compute_lxc_service_environment,
+    cinder_volume_service_environment, cinder_volume_single_process): the environment
+    reaches the services through systemd and the privsep daemons through sudo's env_keep,
+    and cinder-volume is one process (docs/deploy.rst, "Benchmark")."""
+    expected = set("%s=%s" % kv for kv in MEMORY_ENVIRONMENT.items())
+    for ap in aps:
+        for unit in ("nova-compute", "neutron-linuxbridge-agent", "cinder-volume"):
+            env = ap.run("systemctl show --property=Environment --value %s" % unit).stdout
+            assert expected <= set(env.split()), (ap.name, unit, env)
+            assert ap.run("systemctl is-active %s" % unit).stdout.strip() == "active"
+        procs = json.loads(ap.run("python3 -c %s" % shell_quote(SERVICE_ENV_PROBE)).stdout)
+        names = [name for name, _, _ in procs]
+        assert names.count("cinder-volume") == 1, (ap.name, procs)
+        # the linuxbridge agent starts its two privsep daemons as it starts
+        assert names.count("privsep-helper") >= 2, (ap.name, names)
+        for _, args, env in procs:
+            got = {k: env.get(k) for k in MEMORY_ENVIRONMENT}
+            assert got == MEMORY_ENVIRONMENT, (ap.name, args, got)
+
 def test_swappiness_is_100_on_edge_nodes(aps):
     for ap in aps:
         assert ap.run("sysctl -n vm.swappiness").stdout.strip() == "100", ap.name
