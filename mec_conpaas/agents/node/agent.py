@@ -344,11 +344,24 @@ class NodeAgent:
             self.beacon.synced(answer["liveness"]["clock"], sent_at, time.time(), shape)
 
     def fetch_bundle(self, sha256, cache_dir):
+        """The bundle with that SHA-256, from the node's cache or the manager.
+        The cache is content-addressed and kept for every later instance of the
+        service: a bundle cut short or altered on the way is refused before it
+        enters it, and a name that is not a SHA-256 never becomes a path."""
+        if not isinstance(sha256, str) or len(sha256) != 64 or \
+                sha256.strip("0123456789abcdef"):
+            raise exception.BadRequest("bundle_sha256 must be 64 lowercase hex digits, "
+                                       "not %r" % (sha256,))
         path = os.path.join(cache_dir, sha256 + ".tar.gz")
         if os.path.exists(path):
             return path
         data = self.manager("GET", "/v1/bundles/%s" % sha256, raw=True,
                             timeout=120)
+        got = digest.sha256(data).hexdigest()
+        if got != sha256:
+            raise exception.NodeError(
+                "the manager sent bundle %s with SHA-256 %s (%d bytes): not cached; "
+                "retry, and check the manager's bundle store" % (sha256, got, len(data)))
         tmp = path + ".%d.part" % threading.get_ident()
         with open(tmp, "wb") as f:
             f.write(data)
