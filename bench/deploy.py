@@ -66,8 +66,27 @@ def ssh(addr, command, timeout=900):
         capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
+def profile_summary():
+    """tools/deploy/profile_summary.py (a script, not a package): reads the per-task and
+    per-role times profile_tasks/profile_roles write at the end of a playbook's log."""
+    sys.path.insert(0, os.path.join(REPO, "tools", "deploy"))
+    try:
+        import profile_summary as mod
+    finally:
+        sys.path.pop(0)
+    return mod
+
+
+# Where each playbook's time went, from its log: {log name: profile_summary.parse(...)}.
+PROFILES = {}
+
+
 def playbook(name, log_name, extra=()):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    # per-task and per-role times in the log (as tests/deploy/conftest.py ansible_env)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks,"
+                                         "ansible.posix.profile_roles",
+               PROFILE_TASKS_TASK_OUTPUT_LIMIT="40", PROFILE_TASKS_SORT_ORDER="descending")
     os.makedirs("/var/tmp/mec-deploy-logs", exist_ok=True)
     path = "/var/tmp/mec-deploy-logs/bench-%s.log" % log_name
     t0 = time.monotonic()
@@ -83,6 +102,9 @@ def playbook(name, log_name, extra=()):
                re.finditer(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", out, re.M)}
     if rc != 0:
         sys.exit("%s failed, see %s" % (name, path))
+    summary = profile_summary().parse(path, top=10)
+    PROFILES[log_name] = {k: summary[k] for k in ("wall_s", "top_tasks_s", "task_names",
+                                                   "roles_s")}
     return seconds, changed
 
 
@@ -304,6 +326,8 @@ def main():
         "target_edge_mb": TARGET_EDGE_MB,
         "master_used_mb": memory["master"]["used_mb"],
         "second_run_changed": second_changed,
+        # slowest tasks and every role's time per playbook run (profile_tasks/profile_roles)
+        "profile": PROFILES,
     }
     os.makedirs(RESULTS, exist_ok=True)
     stamp = result["utc"].replace(":", "").replace("-", "")
