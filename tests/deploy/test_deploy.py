@@ -146,6 +146,8 @@ print(json.dumps(out))
 """
 MEMORY_ENVIRONMENT = {"SETUPTOOLS_USE_DISTUTILS": "stdlib", "EVENTLET_NO_GREENDNS": "yes",
                       "MALLOC_ARENA_MAX": "2"}
+# nova_compute_lxc's only (cinder does not import neutron_lib)
+LAZY_IMPORTS = {"MEC_CONPAAS_LAZY_IMPORTS": "neutron_lib.db.api"}
 
 
 @full_only
@@ -154,11 +156,12 @@ def test_edge_services_and_their_privsep_daemons_have_the_memory_settings(aps):
     cinder_volume_service_environment, cinder_volume_single_process): the environment
     reaches the services through systemd and the privsep daemons through sudo's env_keep,
     and cinder-volume is one process (docs/deploy.rst, "Benchmark")."""
-    expected = set("%s=%s" % kv for kv in MEMORY_ENVIRONMENT.items())
     for ap in aps:
         for unit in ("nova-compute", "neutron-linuxbridge-agent", "cinder-volume"):
+            want = dict(MEMORY_ENVIRONMENT, **({} if unit == "cinder-volume" else LAZY_IMPORTS))
             env = ap.run("systemctl show --property=Environment --value %s" % unit).stdout
-            assert expected <= set(env.split()), (ap.name, unit, env)
+            assert set("%s=%s" % kv for kv in want.items()) <= set(env.split()), (
+                ap.name, unit, env)
             assert ap.run("systemctl is-active %s" % unit).stdout.strip() == "active"
         procs = json.loads(ap.run("python3 -c %s" % shell_quote(SERVICE_ENV_PROBE)).stdout)
         names = [name for name, _, _ in procs]
@@ -166,8 +169,29 @@ def test_edge_services_and_their_privsep_daemons_have_the_memory_settings(aps):
         # the linuxbridge agent starts its two privsep daemons as it starts
         assert names.count("privsep-helper") >= 2, (ap.name, names)
         for _, args, env in procs:
-            got = {k: env.get(k) for k in MEMORY_ENVIRONMENT}
-            assert got == MEMORY_ENVIRONMENT, (ap.name, args, got)
+            want = dict(MEMORY_ENVIRONMENT, **({} if "cinder" in args else LAZY_IMPORTS))
+            got = {k: env.get(k) for k in want}
+            assert got == want, (ap.name, args, got)
+
+
+# What a neutron privsep daemon imports for the linuxbridge agent (its ip_lib, and
+# neutron_lib through it), then whether the database layer came with it.
+LAZY_PROBE = ("import sys, neutron.privileged.agent.linux.ip_lib as m; "
+              "m.get_link_id; print(sorted({'sqlalchemy', 'oslo_db', 'pecan'} "
+              "& set(sys.modules)))")
+
+
+@full_only
+def test_neutron_code_on_edge_nodes_leaves_the_database_layer_unloaded(aps):
+    """MEC_CONPAAS_LAZY_IMPORTS (roles/service_environment): with the services'
+    environment, neutron's privileged ip_lib loads without neutron_lib's database layer;
+    without it, the same import loads it (the negative control)."""
+    ap = aps[0]
+    env = " ".join("%s=%s" % kv for kv in dict(MEMORY_ENVIRONMENT, **LAZY_IMPORTS).items())
+    probe = "python3 -c %s" % shell_quote(LAZY_PROBE)
+    assert ap.run("env %s %s" % (env, probe)).stdout.strip() == "[]"
+    loaded = ap.run("env -u MEC_CONPAAS_LAZY_IMPORTS %s" % probe).stdout.strip()
+    assert loaded == "['oslo_db', 'pecan', 'sqlalchemy']", loaded
 
 def test_swappiness_is_100_on_edge_nodes(aps):
     for ap in aps:
