@@ -320,6 +320,10 @@ def main():
         "edge_openstack_process_rss_mb": edge_procs,
         "edge_process_pss_mb_and_count": edge_pss,
         "edge_pss_total_mb": edge_pss_total,
+        # the privsep daemons' PSS by context, named without dots or spaces (citable keys)
+        "edge_privsep_pss_mb": {
+            label.split(" ", 1)[1].replace(".", "-"): pss for label, (pss, _) in
+            edge_pss.items() if label.startswith("privsep-helper ")},
         "edge_process_pss_anon_mb": edge_anon,
         "edge_pss_anon_total_mb": edge_anon_total,
         "edge_used_mb": memory[aps[0]]["used_mb"],
