@@ -43,7 +43,7 @@ ACNG_WAS_RUNNING=no
 pidof apt-cacher-ng >/dev/null 2>&1 && ACNG_WAS_RUNNING=yes
 
 log "apt packages"
-apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+bash "$REPO/tools/ci/apt-update.sh"
 apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
     lxc lxc-templates debootstrap rsync openssh-client apt-cacher-ng curl ca-certificates \
     bridge-utils iproute2 busybox-static e2fsprogs python3-venv python3-dev gcc pkg-config \
