@@ -15,6 +15,7 @@ process for a database layer they never use.  The variable only ever defers code
 that would have run; it cannot add any.
 """
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -39,7 +40,9 @@ class LazyFinder(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        # Python source only: an extension module's loader does its work when
+        # the module is created, which LazyLoader cannot defer.
+        if not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             return spec
         spec.loader = importlib.util.LazyLoader(spec.loader)
         return spec
