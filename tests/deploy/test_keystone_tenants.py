@@ -29,7 +29,8 @@ def tenants(master):
         user, password = project + "-user", secrets.token_urlsafe(16)
         master.openstack("project create --or-show --domain Default %s" % project)
         master.openstack("user create --or-show --domain Default %s" % user)
-        master.openstack("user set --password %s %s" % (password, user))
+        # "--password=": a token may begin with "-", which argparse would read as an option
+        master.openstack("user set --password=%s %s" % (password, user))
         master.openstack("role add --user %s --project %s member" % (user, project))
         clouds[project] = {"auth": {
             "auth_url": auth_url, "username": user, "password": password,
