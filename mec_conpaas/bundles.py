@@ -237,6 +237,14 @@ def _iter_members(path, max_size, max_members):
                 "create it with tar czf" % e) from e
 
 
+def is_sha256(name):
+    """Whether ``name`` is a bundle's name: its SHA-256 as 64 lowercase hex
+    digits.  The manager's store and every node's cache name files by it, so
+    it becomes a path: nothing else may."""
+    return isinstance(name, str) and len(name) == 64 and \
+        not name.strip("0123456789abcdef")
+
+
 def validate(path, service_type, max_size, max_members=20000):
     """Check a bundle completely; raise a user-facing error on the first
     problem."""

@@ -53,7 +53,7 @@ fi
 # setup.cfg extra "flink").  A Java runtime runs Flink.  CI does not.
 if [ "${MEC_FLINK:-0}" = 1 ] && [ ! -x .venv-flink/bin/pyflink-shell.sh ]; then
     dpkg-query -W -f='${Status}' openjdk-17-jre-headless 2>/dev/null | grep -q "install ok installed" \
-        || { bash tools/ci/apt-update.sh; apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
+        || { bash tools/ci/apt-update.sh; apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends openjdk-17-jre-headless; }
     rm -rf .venv-flink
     "$PYTHON" -m venv .venv-flink
     .venv-flink/bin/pip install -q --upgrade pip

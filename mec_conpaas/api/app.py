@@ -341,7 +341,7 @@ def create_app(manager):
     @app.get("/v1/bundles/<sha>")
     def get_bundle(sha):
         context("bundles:get")
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        if not bundles.is_sha256(sha):
             raise exception.NotFound("no such bundle")
         path = os.path.join(bundle_dir, sha + ".tar.gz")
         if not os.path.exists(path):

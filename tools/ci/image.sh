@@ -70,9 +70,10 @@ trap 'exit 130' INT TERM
 
 log "host packages"
 export DEBIAN_FRONTEND=noninteractive
-# Another apt run on the machine holds the lock: wait for it (up to 10 min).
+# Another apt run on the machine holds the lock: wait for it (up to 10 min; the update's
+# lists lock: tools/ci/apt-update.sh).
 APT=(apt-get -o DPkg::Lock::Timeout=600)
-"${APT[@]}" update -qq
+bash "$REPO/tools/ci/apt-update.sh"
 "${APT[@]}" install -y -qq --no-install-recommends \
     debootstrap qemu-user-static binfmt-support qemu-system-arm ipxe-qemu \
     mtools dosfstools e2fsprogs fdisk util-linux xz-utils openssh-client \

@@ -348,8 +348,8 @@ class NodeAgent:
         The cache is content-addressed and kept for every later instance of the
         service: a bundle cut short or altered on the way is refused before it
         enters it, and a name that is not a SHA-256 never becomes a path."""
-        if not isinstance(sha256, str) or len(sha256) != 64 or \
-                sha256.strip("0123456789abcdef"):
+        from mec_conpaas import bundles  # loaded already by containers, the caller
+        if not bundles.is_sha256(sha256):
             raise exception.BadRequest("bundle_sha256 must be 64 lowercase hex digits, "
                                        "not %r" % (sha256,))
         path = os.path.join(cache_dir, sha256 + ".tar.gz")
