@@ -61,6 +61,18 @@ Possible values:
 Seconds a new instance may take to report healthy before the operation
 that created it fails and is rolled back.
 """),
+    cfg.StrOpt("migration_order", default="switch-first",
+               choices=[("switch-first", "pause the target's app (it has "
+                         "restore.sh), route every access point to it, then "
+                         "freeze the source and move the final delta: "
+                         "requests wait at the target for the delta only"),
+                        ("freeze-first", "freeze the source, move the delta, "
+                         "then route to the target: requests the source held "
+                         "are retried on the target after its kill")],
+               help="""
+The order of a migration's critical window.  Apps without ``restore.sh`` are
+restarted around the final delta and always use ``freeze-first``.
+"""),
     cfg.IntOpt("operation_workers", default=4, min=1,
                help="Operations run in parallel (one at a time per service)."),
     cfg.IntOpt("operation_max_attempts", default=3, min=1,

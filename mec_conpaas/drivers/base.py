@@ -163,14 +163,20 @@ class CloudDriver(abc.ABC):
         final delta with the source frozen."""
         raise NotImplementedError
 
+    def warm_final_copy(self, src, src_id, dst, dst_id):
+        """Make the final copy's path ready ahead of the critical window
+        (an open connection from source to target).  Optional."""
+        return None
+
     def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None,
-                        restore=False):
+                        restore=False, warmed=False):
         """Freeze the source, then copy the final delta: migration's critical
         window.  With ``restore``, a driver may also have the target's app
         take the delta up (its service agent's ``POST /restore``, phase
         ``finish``) and return its answer as ``"restore"``; without that key
         the manager asks the service agent itself.  Drivers that can do it
-        all in one request override this."""
+        all in one request override this.  ``warmed``: ``warm_final_copy``
+        ran just before."""
         frozen = self.freeze(src, src_id, quiesce_port)
         copied = self.copy_state(src, src_id, dst, dst_id, final=True)
         return dict(copied, freeze_attempts=(frozen or {}).get("attempts", 1))

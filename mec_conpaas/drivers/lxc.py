@@ -56,12 +56,16 @@ class LxcDriver(base.CloudDriver):
         return dst.agent.instance_call("POST", dst_id, "/state/pull", {
             "source": dict(src.agent.peer(), instance_id=src_id)}, timeout=600)
 
+    def warm_final_copy(self, src, src_id, dst, dst_id):
+        return src.agent.instance_call("POST", src_id, "/state/push", {
+            "warm": True, "target": dict(dst.agent.peer(), instance_id=dst_id)})
+
     def freeze_and_copy(self, src, src_id, dst, dst_id, quiesce_port=None,
-                        restore=False):
+                        restore=False, warmed=False):
         # One request: the source agent freezes, then pushes the delta; the
         # target's node agent has the app take it up (a local call).
         return src.agent.instance_call("POST", src_id, "/state/push", {
-            "freeze": {"quiesce_port": quiesce_port},
+            "freeze": {"quiesce_port": quiesce_port, "warm": not warmed},
             "target": dict(dst.agent.peer(), instance_id=dst_id,
                            restore=restore)}, timeout=600)
 

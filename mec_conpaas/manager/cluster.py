@@ -47,6 +47,11 @@ class Cluster:
         # older plan never lands after a newer one.
         self._proxy_lock = threading.Lock()
         self._pushes = 0  # proxy pushes so far: a plan made before one is stale
+        # Migrations routed to their held target ahead of the commit (the
+        # store still says STANDBY): {old instance: new instance}, which
+        # every push keeps until ``unroute``.  In memory only: a manager
+        # that restarts rolls such a migration forward or back (workflows).
+        self._routed = {}
         self._distances = {}  # distances()
         self._distances_lock = threading.Lock()
 
@@ -191,7 +196,10 @@ class Cluster:
         """Per access point: every service's near/far/draining servers and
         how its far tier is used (placement.tier_map).  ``activating``:
         instances to count as ACTIVE already (a migration's plan for its
-        switch, made before the freeze)."""
+        switch, made before the freeze); the migrations ``route`` named are
+        both, whoever pushes."""
+        draining = set(draining) | set(self._routed)
+        activating = set(activating) | set(self._routed.values())
         nodes = self.nodes(session, up_only=True)
         names = [n.name for n in self.nodes(session)]
         dist = self.distances(names)
@@ -233,6 +241,15 @@ class Cluster:
         return placement.tier_map([n.name for n in self.nodes(session, up_only=True)],
                                   active, self.distances(names),
                                   self.conf.manager.proxy_far_tier)
+
+    def route(self, old_id, new_id):
+        """Until ``unroute``, every proxy plan drains ``old_id`` and sends
+        its share to ``new_id`` whatever the store says (migration's
+        switch-first order: before its commit)."""
+        self._routed[old_id] = new_id
+
+    def unroute(self, old_id):
+        self._routed.pop(old_id, None)
 
     def proxy_plan(self, draining=(), activating=()):
         """What ``push_proxies`` would push, made ahead of time (migration:

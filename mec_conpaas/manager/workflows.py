@@ -401,30 +401,32 @@ class MigrateService(Workflow):
         except exception.NodeError as e:
             LOG.warning("proxies not converged before the freeze: %s", e.message)
         precopy = self._precopy(old_ref, old_id, to_ref, new_id)
-        # The switch's proxy plan, made before the freeze (pushed as is
+        # The switch's proxy plan, made before the window (pushed as is
         # unless another push comes first).
         switch_plan = self.cluster.proxy_plan(draining=[old_id], activating=[new_id])
-        ctx.record(pair=dict(pair, frozen=True))
-        # The critical window: from here until the proxies switch, requests
-        # for this service wait.  Network round trips, and the app taking
-        # up the final delta (restore.sh, or its restart).
         flinkjobs.before_freeze(self.cluster, ctx, sid, old_id, role, pct + 60 // total)
-        marks = [("start", time.monotonic())]
-        final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
-                                            quiesce_port=APP_PORT, restore=True)
-        if final.get("restore") is None:
-            final["restore"] = self.cluster.agent_call(
-                new_agent, "/restore", {"phase": "finish"}, timeout=70)
-        marks.append(("freeze_copy_restore", time.monotonic()))
-        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
-                    pair=dict(pair, frozen=True, switched=True))
-        marks.append(("commit", time.monotonic()))
-        pushed = self.cluster.push_proxies(draining=[old_id], planned=switch_plan)
-        marks.append(("switch", time.monotonic()))
-        switched_ms = (marks[-1][1] - marks[0][1]) * 1000
+        order = "freeze-first"
+        if mode == "restore.sh" and \
+                self.cluster.conf.manager.migration_order == "switch-first":
+            # Outside the window: the source's connection to the target
+            # for the delta, and the target's app paused.
+            self.driver.warm_final_copy(old_ref, old_id, to_ref, new_id)
+            if self.cluster.agent_call(new_agent, "/restore",
+                                       {"phase": "hold"}).get("held"):
+                order = "switch-first"
+        pair = dict(pair, frozen=True)
+        if order == "switch-first":
+            marks, final, pushed = self._switch_then_copy(
+                ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
+        else:
+            marks, final, pushed = self._copy_then_switch(
+                ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
+        # The critical window: requests wait from its first mark to "end".
+        switched_ms = (dict(marks)["end"] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
-                 for i, (name, t) in enumerate(marks[1:])}
-        steps.update(restore_mode=mode, restore_ms=final["restore"].get("ms"),
+                 for i, (name, t) in enumerate(marks[1:]) if name != "end"}
+        steps.update(order=order, restore_mode=mode,
+                     restore_ms=final["restore"].get("ms"),
                      precopy_rounds=precopy, final_files=final.get("files"),
                      final_bytes=final.get("bytes"),
                      final_manifest_as=final.get("manifest"))
@@ -433,6 +435,7 @@ class MigrateService(Workflow):
                      quiescent=final.get("quiescent"),
                      switch_plan=(pushed or {}).get("plan"),
                      switch_nodes=(pushed or {}).get("nodes"))
+        after = marks[-1][1]
         # At once: requests the proxies sent the old instance while it was
         # frozen wait for its kill (their resets are retried on the new
         # one), so it comes first, alone; the delete (libvirt, unmounts,
@@ -444,21 +447,96 @@ class MigrateService(Workflow):
             LOG.warning("stopping frozen %s: %s", old_id, e.message)
             killed = None
         if killed is not None:
-            steps["kill"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+            steps["kill"] = round((time.monotonic() - after) * 1000, 1)
             steps["kill_on_node"] = killed.get("ms")
         self.destroy_instance(old_id, ctx)
-        steps["destroy"] = round((time.monotonic() - marks[-1][1]) * 1000, 1)
+        self.cluster.unroute(old_id)
+        steps["destroy"] = round((time.monotonic() - after) * 1000, 1)
         steps.setdefault("kill", steps["destroy"])
-        ctx.progress(pct + 70 // total, step + "proxies switched %.0f ms after "
-                     "freeze (%d freeze attempt(s), final copy: %d files, %s "
-                     "%s ms); old instance removed" % (
-                         switched_ms, steps["freeze_attempts"],
+        ctx.progress(pct + 70 // total, step + "%s: requests waited at most %.0f ms "
+                     "(%d freeze attempt(s), final copy: %d files, %s %s ms); old "
+                     "instance removed" % (
+                         order, switched_ms, steps["freeze_attempts"],
                          final.get("files", 0), mode, steps["restore_ms"]))
         # CLOCK_MONOTONIC is the machine's: a client on the same machine
-        # (bench/migrate.py) lines its requests up against these.
-        steps.update(at_freeze=round(marks[0][1], 4), at_switch=round(marks[-1][1], 4))
+        # (bench/migrate.py) lines its requests up against these: the
+        # window's start and end (named for the freeze-first order).
+        steps.update(at_freeze=round(marks[0][1], 4),
+                     at_switch=round(dict(marks)["end"], 4))
         ctx.record(pair=None, windows=ctx.journal.get("windows", []) + [
             dict(steps, freeze_to_switch=round(switched_ms, 1))])
+
+    def _copy_then_switch(self, ctx, pair, new_agent, old_ref, old_id, to_ref,
+                          new_id, switch_plan):
+        """Freeze-first: from the source's freeze until every proxy switched,
+        requests for this service wait (at the frozen source, until its
+        kill makes HAProxy retry them on the target): network round trips,
+        and the app taking up the final delta (restore.sh, or its restart).
+        The window's marks, the final copy's answer and the switch's."""
+        ctx.record(pair=pair)
+        marks = [("start", time.monotonic())]
+        final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
+                                            quiesce_port=APP_PORT, restore=True)
+        if final.get("restore") is None:
+            final["restore"] = self.cluster.agent_call(
+                new_agent, "/restore", {"phase": "finish"}, timeout=70)
+        marks.append(("freeze_copy_restore", time.monotonic()))
+        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
+                    pair=dict(pair, switched=True))
+        marks.append(("commit", time.monotonic()))
+        pushed = self.cluster.push_proxies(draining=[old_id], planned=switch_plan)
+        marks.append(("switch", time.monotonic()))
+        marks.append(("end", marks[-1][1]))
+        return marks, final, pushed
+
+    def _switch_then_copy(self, ctx, pair, new_agent, old_ref, old_id, to_ref,
+                          new_id, switch_plan):
+        """Switch-first: every proxy sends the target (its app paused) this
+        service's requests, while the source answers those it has; then
+        the source freezes once none is in progress, the final delta moves
+        and the target resumes.  Requests wait at the target only for the
+        freeze and the delta's one-way trip, and none is left at the
+        source to retry.  Until the commit the store still says the target
+        is STANDBY: ``Cluster.route`` keeps every push switched, and a
+        failure (or a restart: ``_undo_unswitched``) goes back to the
+        source unless the target took the final delta up."""
+        ctx.record(pair=dict(pair, routed=True))
+        self.cluster.route(old_id, new_id)
+        marks = [("start", time.monotonic())]
+        pushed = self.cluster.push_proxies(draining=[old_id], planned=switch_plan)
+        marks.append(("switch", time.monotonic()))
+        try:
+            final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
+                                                quiesce_port=APP_PORT, restore=True,
+                                                warmed=True)
+            if final.get("restore") is None:
+                final["restore"] = self.cluster.agent_call(
+                    new_agent, "/restore", {"phase": "finish"}, timeout=70)
+        except exception.NodeError as e:
+            if not self._took_final(new_id):
+                raise
+            # The answer was lost, not the delta: the target serves with it.
+            LOG.warning("final copy of %s answered %s, but %s took it up: "
+                        "going on", old_id, e.message, new_id)
+            final = {"restore": {}}
+        marks.append(("freeze_copy_restore", time.monotonic()))
+        marks.append(("end", marks[-1][1]))
+        self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
+                    pair=dict(pair, routed=True, switched=True))
+        marks.append(("commit", time.monotonic()))
+        return marks, final, pushed
+
+    def _took_final(self, new_id):
+        """Whether a held target took up its migration's final delta (and so
+        serves with it): then the migration can only go forward."""
+        try:
+            return bool(self.cluster.agent_call(
+                self.cluster.service_agent(new_id), "/restore",
+                {"phase": "status"}).get("restored"))
+        except (exception.NodeError, exception.NotFound) as e:
+            LOG.warning("asking %s whether it took its final delta: %s", new_id,
+                        getattr(e, "message", e))
+            return False
 
     def _precopy(self, old_ref, old_id, to_ref, new_id):
         """Delta rounds while the source serves, until one moves at most
@@ -479,11 +557,23 @@ class MigrateService(Workflow):
         pair = ctx.journal.get("pair")
         if not pair:
             return
+        self.cluster.unroute(pair["old"])
+        if not pair.get("switched") and pair.get("routed") and pair.get("new") \
+                and self._took_final(pair["new"]):
+            # Switch-first, and the target serves with the final delta: on.
+            self.commit(ctx, {pair["new"]: "ACTIVE", pair["old"]: "DELETING"},
+                        pair=dict(pair, switched=True))
+            self.cluster.push_proxies(draining=[pair["old"]])
+            pair = ctx.journal["pair"]
         if pair.get("switched"):
             self.destroy_instance(pair["old"], ctx)  # past the point of no return
         else:
             if pair.get("frozen"):
                 self._thaw(pair["old"])
+            if pair.get("routed"):
+                # Back to the source before the target goes: the requests
+                # queued at the paused target are reset then and retried.
+                self.cluster.push_proxies()
             if pair.get("new"):
                 self.destroy_instance(pair["new"], ctx)
             self.cleanup_unfinished(ctx, ctx.service_id)

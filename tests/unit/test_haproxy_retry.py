@@ -1,5 +1,8 @@
 """A migration's switch through a real HAProxy: requests sent to a frozen
-source are answered by the new instance once the source is killed.
+source are answered by the new instance once the source is killed
+(freeze-first), and requests sent to a paused target after the switch wait
+there and are answered by it once it resumes, none by the source
+(switch-first).
 
 The agent's own config and runtime calls (``haproxy.HAProxy``), two app
 processes (the source stopped with SIGSTOP, which, like the cgroup freezer,
@@ -65,7 +68,7 @@ def request(method, conn, keepalive, out):
         out.append((method, keepalive, None, repr(e), time.monotonic()))
 
 
-def scenario(state_dir):
+def scenario(state_dir, order="freeze-first"):
     """Runs inside the namespace: the switch, as a migration makes it."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from mec_conpaas import conf as conf_mod
@@ -99,6 +102,8 @@ def scenario(state_dir):
                 break
             assert time.monotonic() < deadline, out
             time.sleep(0.1)
+        if order == "switch-first":
+            return switch_first(proxy, svc, apps, kept)
         os.kill(apps[OLD].pid, signal.SIGSTOP)  # frozen
         out.clear()
         threads = [threading.Thread(target=request, args=(
@@ -126,11 +131,55 @@ def scenario(state_dir):
             p.wait(10)
 
 
-def test_requests_held_by_a_frozen_source_move_to_the_new_instance(tmp_path):
+def switch_first(proxy, svc, apps, kept):
+    """The target paused (as its service agent's ``hold`` does), the
+    proxy switched to it with the source draining; requests then, on new
+    and on kept-alive connections (which had gone to the source), wait at
+    the target until it resumes."""
+    os.kill(apps[NEW].pid, signal.SIGSTOP)
+    proxy.apply({SID: dict(svc, near=[{"addr": NEW}], draining=[{"addr": OLD}])},
+                report=False)
+    out = []
+    threads = [threading.Thread(target=request, args=(
+        m, kept[m] if ka else http.client.HTTPConnection("127.0.0.1", PORT,
+                                                         timeout=10), ka, out))
+        for m in ("GET", "POST") for ka in (False, True)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # they reach the paused target and wait there
+    waiting = len(out)
+    resumed = time.monotonic()
+    os.kill(apps[NEW].pid, signal.SIGCONT)
+    for t in threads:
+        t.join(15)
+    return {"answered_before_kill": waiting,
+            "results": [[m, ka, st, body, round(1000 * (t - resumed), 1)]
+                        for m, ka, st, body, t in out]}
+
+
+def run_scenario(tmp_path, order):
     res = subprocess.run(["unshare", "-n", sys.executable, __file__, "scenario",
-                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+                          str(tmp_path), order], capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.splitlines()[-1])
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def test_requests_sent_to_a_paused_target_wait_for_it_and_skip_the_source(tmp_path):
+    got = run_scenario(tmp_path, "switch-first")
+    assert got["answered_before_kill"] == 0  # they really waited at the target
+    results = got["results"]
+    assert sorted((m, ka) for m, ka, *_ in results) == [
+        ("GET", False), ("GET", True), ("POST", False), ("POST", True)]
+    for method, _keepalive, status, body, ms in results:
+        # The kept-alive ones too: HAProxy chose the target for them, not
+        # the draining source their connection had last used.
+        assert status == 200 and body == "%s %s" % (NEW, method), results
+        assert ms < 1000, results  # at the resume, not after a retry
+
+
+def test_requests_held_by_a_frozen_source_move_to_the_new_instance(tmp_path):
+    got = run_scenario(tmp_path, "freeze-first")
     assert got["answered_before_kill"] == 0  # they really waited on the frozen one
     results = got["results"]
     assert len(results) == 4
@@ -148,4 +197,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "app":
         serve_app(sys.argv[2])
     else:
-        print(json.dumps(scenario(sys.argv[2])))
+        print(json.dumps(scenario(*sys.argv[2:4])))

@@ -575,17 +575,20 @@ class NodeAgent:
         containers = self._need_containers()
         src = containers.state_dir(iid)
         freeze, frozen, t0 = body.get("freeze"), {}, time.monotonic()
-        if isinstance(freeze, dict):
+        if body.get("warm") or isinstance(freeze, dict) and freeze.get("warm", True):
             # Before the freeze, one small call to the target: the delta then
             # goes over a connection known to be open, not one the target
             # closed while idle (a pushing source last spoke to it one
             # migration ago, if ever: a handshake, or a failed send and a
             # handshake, inside the window), and not one back in slow start.
+            # ``warm`` alone: only this, ahead of a switch-first window.
             try:
                 httpserver.call("GET", dst["url"].rstrip("/") + "/v1/health",
                                 dst["token"], timeout=5, **self.peer_tls(dst))
             except exception.NodeError as e:
                 LOG.warning("target %s before the freeze: %s", dst["url"], e.message)
+            if body.get("warm"):
+                return {"warmed_ms": round(1000 * (time.monotonic() - t0), 1)}
         marks = [time.monotonic()]
         if isinstance(freeze, dict):
             frozen = containers.freeze(iid, freeze.get("quiesce_port"))

@@ -75,6 +75,11 @@ class App:
         self.stopping = False
         self.lock = threading.Lock()
         self.log = open(LOG_FILE, "ab", buffering=0)
+        # Migration's hold (restore phase ``hold``): the process group of
+        # the app paused with SIGSTOP, and whether a final delta was taken
+        # up (``finish``), which a manager that lost the answer asks.
+        self.held_pgid = None
+        self.restored = False
 
     def env(self):
         env = dict(os.environ)
@@ -180,6 +185,7 @@ class App:
             proc = self.proc
         if proc and proc.poll() is None:
             os.killpg(proc.pid, sig)
+            self._resume()  # a paused app takes its signal now
             try:
                 proc.wait(grace)
             except subprocess.TimeoutExpired:
@@ -200,10 +206,19 @@ class App:
         hook = self.script("restore.sh")
         mode = "restore.sh" if hook else "restart"
         if phase == "prepare":
+            self.restored = False
             if not hook:
                 self._stop_process(signal.SIGKILL)
                 self.state = "RESTORING"
             return {"mode": mode}
+        if phase == "hold":
+            return dict(self._hold(), mode=mode)
+        if phase == "resume":  # the migration rolled back
+            self._resume()
+            return {"mode": mode, "held": False}
+        if phase == "status":
+            return {"mode": mode, "held": self.held_pgid is not None,
+                    "restored": self.restored}
         t0 = time.monotonic()
         if hook:
             rc = self.run_hook("restore.sh", timeout=timeout)
@@ -213,6 +228,17 @@ class App:
         else:
             self._stop_process(signal.SIGKILL)  # no-op after prepare
             self._start_process()
+        if self.held_pgid is not None:
+            # Held: the app is the process that was healthy before the
+            # pause, and the requests queued in its listen backlog are
+            # waiting for it: no health probe ahead of them.
+            self._resume()
+            self.restored = True
+            alive = self.proc is not None and self.proc.poll() is None
+            return {"mode": mode, "held": True, "healthy": alive,
+                    "detail": "resumed" if alive else "application exited",
+                    "ms": round((time.monotonic() - t0) * 1000, 1)}
+        self.restored = True
         deadline = t0 + timeout
         ok, detail = self.healthy()
         while not ok and time.monotonic() < deadline:
@@ -221,9 +247,43 @@ class App:
         return {"mode": mode, "healthy": ok, "detail": detail,
                 "ms": round((time.monotonic() - t0) * 1000, 1)}
 
+    def _hold(self):
+        """Pause the app (SIGSTOP to its process group) for migration's
+        switch-first order: the proxies send requests here while the source
+        still answers the ones it has, the kernel completes their
+        handshakes and queues them in the listen backlog, and the app reads
+        them only once the final delta is in (``finish``), so none sees the
+        state from before it.  Only an app with ``restore.sh`` (one that
+        takes up a delta while running) can be held: the others are
+        restarted around the delta instead."""
+        if not self.script("restore.sh"):
+            return {"held": False, "detail": "no restore.sh: restarted instead"}
+        with self.lock:
+            proc = self.proc
+            if self.state != "RUNNING" or proc is None or proc.poll() is not None:
+                return {"held": False, "detail": "application is %s" % self.state.lower()}
+            os.killpg(proc.pid, signal.SIGSTOP)
+            self.held_pgid = proc.pid
+        # kill() only queues the signal: answer once every task of the
+        # group is stopped, as the switch may follow at once.
+        deadline = time.monotonic() + 2
+        while not _group_stopped(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return {"held": True}
+
+    def _resume(self):
+        pgid, self.held_pgid = self.held_pgid, None
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def healthy(self):
         if self.state == "HELD":
             return False, "held until its state is in (POST /start)"
+        if self.held_pgid is not None:  # a probe would wait for the resume
+            return True, "paused for a migration's final delta"
         if self.state != "RUNNING" or self.proc is None or \
                 self.proc.poll() is not None:
             return False, "application is %s" % self.state.lower()
@@ -352,8 +412,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(202, {"state": APP.state})
         elif self.path == "/restore":
             phase = body.get("phase")
-            if phase not in ("prepare", "finish"):
-                return self._send(400, {"error": "phase must be prepare or finish"})
+            if phase not in ("prepare", "hold", "finish", "resume", "status"):
+                return self._send(400, {"error": "phase must be prepare, hold, "
+                                                 "finish, resume or status"})
             res = APP.restore(phase, float(body.get("timeout", 60)))
             self._send(200 if res.get("healthy", True) else 503, res)
         elif self.path == "/stop":
@@ -376,6 +437,26 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # see serve_wsgi: static apps migrate too
     server_bind = _bind_without_dns
+
+
+def _group_stopped(pgid):
+    """Whether every thread of every process in group ``pgid`` is stopped
+    (``T``) or gone."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            for task in os.listdir("/proc/%s/task" % entry):
+                with open("/proc/%s/task/%s/stat" % (entry, task)) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t", "Z", "X"):
+                        return False
+        except (OSError, IndexError, ValueError):
+            continue
+    return True
 
 
 def reap_children(*_):
