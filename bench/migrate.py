@@ -11,6 +11,13 @@ migration; its longest gap is what the network, HAProxy and the app cost
 anyway.  Target: no failed request, longest gap at most 30 ms above the
 floor's.
 
+Order (--compare-order): the manager migrates switch-first (the target's
+app paused, every access point routed to it, then the source frozen and
+the final delta moved); the window's migrations then run again
+freeze-first (the source frozen before the switch, its held requests
+retried on the target after its kill), with their own floor, and the
+summary gives the ratio of the two orders' gaps above their floors.
+
 Sweep (--sizes, MB): a service that appends to a journal in its state
 directory at every request (a steady write rate: the open-loop user's 100
 requests/s) and whose state directory also holds SIZE MB of 1 MB files,
@@ -103,14 +110,14 @@ def user(edge, port, model):
     return Load(edge, "ap-1", port, interval=0.01, keepalive=MODELS[model])
 
 
-def migrate(c, name, count, pause=0.3):
+def migrate(c, name, count, pause=0.3, order=None):
     """``count`` migrations between ap-1 and ap-3 (each to the one the
     service is not on); their windows and durations."""
     durations, windows = [], []
     for n in range(count):
         target = "ap-3" if c.service(name)["home_node"] == "ap-1" else "ap-1"
         s = time.monotonic()
-        op = c.wait(c.migrate(name, target)["operation"]["id"])
+        op = c.wait(c.migrate(name, target, order)["operation"]["id"])
         assert op["state"] == "SUCCEEDED", op
         durations.append(round(time.monotonic() - s, 2))
         windows.extend(op["windows"])
@@ -169,11 +176,12 @@ def judge(during, floor):
     return out
 
 
-def window_run(b, count):
+def window_run(b, count, order=None):
     """Per connection model (one user at a time: the app serves 100
     requests/s comfortably, not 200 on a shared machine): ``count``
     migrations under that user, then the floor, the same user for as long
-    with no migration."""
+    with no migration.  ``order``: the migrations' (the manager's default
+    when None)."""
     c, edge = b.client, b.edge
     c.wait(c.create_service("web", "mig", node="ap-1")["operation"]["id"])
     port = c.service("mig")["port"]
@@ -182,7 +190,7 @@ def window_run(b, count):
     for m in MODELS:
         u = user(edge, port, m)
         t0 = time.monotonic()
-        d, w = migrate(c, "mig", count)
+        d, w = migrate(c, "mig", count, order=order)
         during[m] = u.stop()
         elapsed = time.monotonic() - t0
         durations += d
@@ -245,6 +253,10 @@ def main():
                         "empty for none")
     p.add_argument("--peer", default="",
                    help="comma-separated peers to measure in the same run: podman")
+    p.add_argument("--compare-order", default="freeze-first",
+                   help="also run the window's migrations in this order (the "
+                        "manager's default is switch-first), with its own "
+                        "floor, and print the ratio; empty for none")
     p.add_argument("--name", default="migrate",
                    help="results file name under bench/results (without .json)")
     p.add_argument("--wait-quiet", type=float, default=600,
@@ -264,6 +276,18 @@ def main():
     with common.BenchEdge("mcm-", 9693, node_agent_opts={"disk_mb": disk_mb}) as b:
         status = b.edge.status()
         window, during, floor = window_run(b, count)
+        compared = {}
+        if args.compare_order:
+            other = window_run(b, count, order=args.compare_order)[0]
+            compared = {"order": args.compare_order, "models": other["models"],
+                        "freeze_to_switch_ms": other["freeze_to_switch_ms"],
+                        "windows": other["windows"], "state_kept": other["state_kept"],
+                        "gap_above_floor_ms_ratio_to_ours": {
+                            m: round(other["models"][m]["gap_above_floor_ms"]
+                                     / window["models"][m]["gap_above_floor_ms"], 2)
+                            if other["models"][m]["gap_above_floor_ms"] and
+                            window["models"][m]["gap_above_floor_ms"] else None
+                            for m in MODELS}}
         sweep = sweep_run(b, sizes, floor) if sizes else []
         peer_results = {name: peers.migrate(name, b, loadgen.JOURNAL_APP, MODELS,
                                             during_floor=floor)
@@ -273,6 +297,8 @@ def main():
     per_req = window["models"]["per_request"]
     summary = dict(
         window, benchmark="migrate", sweep=sweep, peers=peer_results,
+        order=sorted({w.get("order") for w in window["windows"]} - {None}),
+        order_compared=compared,
         target={"failed_requests": 0, "gap_above_floor_ms": GAP_ABOVE_FLOOR_MS},
         # The per-request user's figures, under the names earlier runs used.
         requests=per_req["during_migrations"]["requests"],

@@ -521,8 +521,9 @@ def create_app(manager):
             svc = get_service(s, ctx, name)
             engine_mod.refuse(s, svc, ("RUNNING",), "migrated")
             services.check_migrate(s, svc, target)
+            extra = {"order": body["order"]} if body.get("order") else {}
             op_id = services.start(s, "migrate", svc, "ADAPTING", ("RUNNING",), "migrated",
-                                   to=target, source=svc.home_node).id
+                                   to=target, source=svc.home_node, **extra).id
         return accepted(op_id)
 
     @app.post("/v1/services/<name>/stop")

@@ -180,8 +180,9 @@ class Client:
             body["node"] = node
         return self.request("POST", "/v1/services/%s/scale" % name, json=body)
 
-    def migrate(self, name, to):
-        return self.request("POST", "/v1/services/%s/migrate" % name, json={"to": to})
+    def migrate(self, name, to, order=None):
+        body = {"to": to, "order": order} if order else {"to": to}
+        return self.request("POST", "/v1/services/%s/migrate" % name, json=body)
 
     def stop(self, name):
         return self.request("POST", "/v1/services/%s/stop" % name)

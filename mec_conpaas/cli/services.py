@@ -156,10 +156,16 @@ class MigrateService(_Mutating):
         parser = super().get_parser(prog_name)
         parser.add_argument("name")
         parser.add_argument("--to", required=True, help="target access point")
+        parser.add_argument(
+            "--order", choices=("switch-first", "freeze-first"),
+            help="the critical window's order (default: the manager's "
+                 "[manager] migration_order); apps without restore.sh are "
+                 "always freeze-first")
         return parser
 
     def take_action(self, parsed_args):
-        res = self.app.client.migrate(parsed_args.name, parsed_args.to)
+        res = self.app.client.migrate(parsed_args.name, parsed_args.to,
+                                      parsed_args.order)
         return self.finish(parsed_args, res, parsed_args.name)
 
 

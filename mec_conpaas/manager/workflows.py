@@ -406,8 +406,8 @@ class MigrateService(Workflow):
         switch_plan = self.cluster.proxy_plan(draining=[old_id], activating=[new_id])
         flinkjobs.before_freeze(self.cluster, ctx, sid, old_id, role, pct + 60 // total)
         order = "freeze-first"
-        if mode == "restore.sh" and \
-                self.cluster.conf.manager.migration_order == "switch-first":
+        if mode == "restore.sh" and (ctx.params.get("order") or self.cluster.conf
+                                     .manager.migration_order) == "switch-first":
             # Outside the window: the source's connection to the target
             # for the delta, and the target's app paused.
             self.driver.warm_final_copy(old_ref, old_id, to_ref, new_id)

@@ -176,12 +176,12 @@ def private_edge(prefix, port, topology, **opts):
 
 
 def migrate_journal_under_load(edge, admin, tmp_path, interval, source="ap-1",
-                               target="ap-2", users=({},)):
+                               target="ap-2", users=({},), order=None):
     """The journal app (every request writes its count and a journal line)
-    migrated under ``users`` (each a ClientLoad's keyword arguments, e.g.
-    ``keepalive``, ``method``): zero failed requests, every request counted
-    once and its line on the target exactly once.  Returns (window, summary
-    of all users' requests)."""
+    migrated (in ``order``, else the manager's) under ``users`` (each a
+    ClientLoad's keyword arguments, e.g. ``keepalive``, ``method``): zero
+    failed requests, every request counted once and its line on the target
+    exactly once.  Returns (window, summary of all users' requests)."""
     bundle = loadgen.journal_bundle(str(tmp_path / "journal.tar.gz"))
     wait_op(admin, admin.create_service("web", "journal", node=source, bundle=bundle))
     port = admin.service("journal")["port"]
@@ -190,7 +190,7 @@ def migrate_journal_under_load(edge, admin, tmp_path, interval, source="ap-1",
         for kwargs in users:
             loads.append(Load(edge, source, port, interval=interval, **kwargs))
         time.sleep(0.5)
-        (window,) = wait_op(admin, admin.migrate("journal", target))["windows"]
+        (window,) = wait_op(admin, admin.migrate("journal", target, order))["windows"]
         time.sleep(0.3)
     finally:
         results = [r for load in loads for r in load.stop()]

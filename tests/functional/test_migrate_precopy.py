@@ -1,6 +1,8 @@
 """Pre-copy rounds under a steady write rate: the source keeps serving (and
 writing) while the rounds copy what changed since the last one, and no
 write is lost or applied twice when the final delta moves frozen."""
+import pytest
+
 from tests.functional.conftest import migrate_journal_under_load
 
 
@@ -20,17 +22,23 @@ def test_precopy_rounds_lose_no_write_under_a_steady_write_rate(tmp_path, edge, 
     assert window["final_manifest_as"] == "change", window
 
 
-def test_requests_held_by_the_frozen_source_run_once_on_the_new_one(tmp_path, edge,
-                                                                      admin):
+@pytest.mark.parametrize("order", ["freeze-first", "switch-first"])
+def test_requests_held_in_the_window_run_once_on_the_new_one(tmp_path, edge, admin,
+                                                             order):
     """POSTs (not idempotent), one user opening a connection per request and
-    one keeping its connections alive: those the proxy sent the source while
-    it was frozen sat unread in its sockets; killed right after the switch,
-    its resets are replayed on the new instance, where each runs once."""
+    one keeping its connections alive.  Freeze-first: those the proxy sent
+    the source while it was frozen sat unread in its sockets; killed right
+    after the switch, its resets are replayed on the new instance, where
+    each runs once.  Switch-first: those sent after the switch wait at the
+    paused target and run there once, after the final delta; the source,
+    frozen only once it had answered its own, holds none."""
     window, summary = migrate_journal_under_load(
-        edge, admin, tmp_path, interval=0.02, users=(
+        edge, admin, tmp_path, interval=0.02, order=order, users=(
             {"method": "POST"}, {"method": "POST", "keepalive": True}))
-    print("held: window %s; %s" % ({k: v for k, v in window.items()
-                                    if k != "precopy_rounds"}, summary))
+    print("held (%s): window %s; %s" % (order, {
+        k: v for k, v in window.items() if k != "precopy_rounds"}, summary))
+    assert window["order"] == order, window
+    assert window["quiescent"] is True, window
     assert summary["reused_connections"] > 0  # the keep-alive user kept some
     # The source was killed on its own, ahead of its delete.
     assert window["kill_on_node"] is not None and window["kill"] <= window["destroy"]
