@@ -415,12 +415,19 @@ class MigrateService(Workflow):
                                        {"phase": "hold"}).get("held"):
                 order = "switch-first"
         pair = dict(pair, frozen=True)
-        if order == "switch-first":
-            marks, final, pushed = self._switch_then_copy(
-                ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
-        else:
-            marks, final, pushed = self._copy_then_switch(
-                ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
+        try:
+            if order == "switch-first":
+                marks, final, pushed = self._switch_then_copy(
+                    ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
+            else:
+                marks, final, pushed = self._copy_then_switch(
+                    ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
+        except Exception:
+            # Undone at once, not when the next attempt starts (seconds
+            # later): until then the frozen source, or the paused target
+            # every proxy was routed to, held all of the service's requests.
+            self.best_effort(lambda: self._undo_unswitched(ctx))
+            raise
         # The critical window: requests wait from its first mark to "end".
         switched_ms = (dict(marks)["end"] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)

@@ -22,6 +22,9 @@ DIR = os.environ.get("MEC_STATE_DIR", "/var/lib/service")
 
 
 def application(environ, start_response):
+    if environ.get("HTTP_X_MEC_HEALTH") or environ["PATH_INFO"] == "/health":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
     if environ["PATH_INFO"] == "/refuse-restore":
         open(os.path.join(DIR, "refuse-restore"), "w").close()
     with open(os.path.join(DIR, "hits.lock"), "a") as lock:
@@ -42,7 +45,7 @@ def application(environ, start_response):
 '''
 # It takes up a delta while running, unless told (by a file in its state,
 # which the copy brings along) to refuse it.
-RESTORE = '#!/bin/sh\n[ -e "$MEC_STATE_DIR/refuse-restore" ] && exit 3\nexit 0\n'
+RESTORE = "#!/bin/sh\n[ -e /var/lib/service/refuse-restore ] && exit 3\nexit 0\n"
 
 
 def bundle(path):

@@ -104,6 +104,8 @@ def scenario(state_dir, order="freeze-first"):
             time.sleep(0.1)
         if order == "switch-first":
             return switch_first(proxy, svc, apps, kept)
+        if order == "routed-back":
+            return routed_back(proxy, svc, apps)
         os.kill(apps[OLD].pid, signal.SIGSTOP)  # frozen
         out.clear()
         threads = [threading.Thread(target=request, args=(
@@ -155,6 +157,44 @@ def switch_first(proxy, svc, apps, kept):
     return {"answered_before_kill": waiting,
             "results": [[m, ka, st, body, round(1000 * (t - resumed), 1)]
                         for m, ka, st, body, t in out]}
+
+
+def routed_back(proxy, svc, apps):
+    """Switch-first, then back: more requests than the paused target's
+    ``maxconn`` (4) came, so some wait in the backend's queue, when the
+    migration fails and the proxy goes back to the source (out of drain)
+    and the target is killed."""
+    os.kill(apps[NEW].pid, signal.SIGSTOP)
+    proxy.apply({SID: dict(svc, near=[{"addr": NEW}], draining=[{"addr": OLD}])},
+                report=False)
+    out = []
+    threads = [threading.Thread(target=request, args=(
+        "GET", http.client.HTTPConnection("127.0.0.1", PORT, timeout=15), False, out))
+        for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    waiting = len(out)
+    proxy.apply({SID: dict(svc, near=[{"addr": OLD}])}, report=False)
+    back = time.monotonic()
+    apps[NEW].kill()
+    for t in threads:
+        t.join(20)
+    return {"answered_before_kill": waiting,
+            "results": [[m, ka, st, body, round(1000 * (t - back), 1)]
+                        for m, ka, st, body, t in out]}
+
+
+def test_requests_queued_for_a_paused_target_go_back_to_the_source(tmp_path):
+    got = run_scenario(tmp_path, "routed-back")
+    assert got["answered_before_kill"] == 0
+    results = got["results"]
+    assert len(results) == 8, results
+    for _method, _keepalive, status, body, ms in results:
+        # HAProxy's queue handed to the source at once, not 503 after
+        # ``timeout queue``.
+        assert status == 200 and body == "%s GET" % OLD, results
+        assert ms < 1000, results
 
 
 def run_scenario(tmp_path, order):

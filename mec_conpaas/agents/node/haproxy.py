@@ -110,6 +110,10 @@ backend {backend}
 # retried request runs once; an app that crashes after reading a POST gets
 # it again on another instance, as before for any request whose headers
 # and body came in one segment.
+# ``show servers state``'s srv_admin_state bit of a drain set at run time
+# (SRV_ADMF_FDRAIN).
+ADMIN_FORCED_DRAIN = 0x08
+
 RETRY = ("    option http-buffer-request\n"
          "    retry-on conn-failure empty-response response-timeout\n")
 
@@ -434,6 +438,14 @@ class HAProxy:
                 if current.get(name, ("",))[0] != addr:
                     commands.append("set server %s/%s addr %s port 8080"
                                     % (backend, name, addr))
+                if current.get(name, ("", 0))[1] & ADMIN_FORCED_DRAIN:
+                    # Back from drain (a migration rolled back after its
+                    # switch): HAProxy 2.6 hands the requests waiting in the
+                    # backend's queue to a server leaving maintenance, not
+                    # to one leaving drain, and while they wait every new
+                    # request queues behind them: none was served until
+                    # ``timeout queue`` (test_migrate_rollback).
+                    commands.append("set server %s/%s state maint" % (backend, name))
                 commands.append("set server %s/%s state ready" % (backend, name))
                 commands.append("set server %s/%s health up" % (backend, name))
             # Servers no longer wanted: drain the ones asked to, stop the rest.
