@@ -112,6 +112,15 @@ def release_ended(session):
             models.Service.operation_id.is_not(None))):
         op_id = svc.operation_id
         op = session.get(models.Operation, op_id)
+        if op is not None and op.state in TERMINAL:
+            # SQLite (pysqlite) reads each SELECT on its own: the operation
+            # may have ended, releasing the service in the same commit,
+            # between the two reads.  Then this row is stale (still held,
+            # still in its transitional state) and settling it wrote ERROR
+            # over the RUNNING service the operation had just left.
+            session.refresh(svc)
+            if svc.operation_id != op_id:
+                continue
         if op is None or op.state in TERMINAL:
             LOG.warning("service %s was still held by ended operation %s: "
                         "released", svc.name, op_id)

@@ -411,8 +411,18 @@ class MigrateService(Workflow):
             # Outside the window: the source's connection to the target
             # for the delta, and the target's app paused.
             self.driver.warm_final_copy(old_ref, old_id, to_ref, new_id)
-            if self.cluster.agent_call(new_agent, "/restore",
-                                       {"phase": "hold"}).get("held"):
+            try:
+                held = self.cluster.agent_call(new_agent, "/restore",
+                                               {"phase": "hold"})
+            except exception.NodeError as e:
+                if getattr(e, "remote_status", None) != 400:
+                    raise
+                # A service agent older than the switch-first order (an
+                # image made before it) knows no "hold".
+                LOG.warning("%s cannot hold its app (%s): freeze-first", new_id,
+                            e.message)
+                held = {}
+            if held.get("held"):
                 order = "switch-first"
         pair = dict(pair, frozen=True)
         try:

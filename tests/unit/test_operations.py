@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy
 from sqlalchemy import select
 from sqlalchemy import text
 
@@ -263,3 +264,37 @@ def test_sweep_frees_a_service_held_by_an_ended_operation(edge):  # noqa: F811
             n.last_heartbeat = models.utcnow()
     status, body = alice("POST", "/v1/services/web/scale", json={"count": 2})
     assert status == 202, body
+
+
+def test_the_sweep_leaves_a_service_its_operation_released_meanwhile(edge):  # noqa: F811
+    """The sweep reads the held services, then each one's operation: an
+    operation that ended (releasing its service RUNNING) between those two
+    reads left a stale row, and the sweep wrote ERROR over the service
+    (test_bad_input's 'service cnt is ERROR' right after a successful
+    create)."""
+    sid = add_service("web", "alice", "ap-1", ["ap-1"])
+    op_id = held_op(sid, kind="create", state="RUNNING")
+    with db.session_scope() as s:
+        s.get(models.Service, sid).state = "PROLOGUE"
+
+    def end_it():  # the create's last commit, from another connection
+        with db.session_scope() as other:
+            other.get(models.Service, sid).state = "RUNNING"
+            other.get(models.Operation, op_id).state = "SUCCEEDED"
+            engine_mod.release(other, op_id)
+
+    ended = []
+
+    def between(orm_ctx):
+        if not ended and orm_ctx.is_select and any(
+                d.get("entity") is models.Operation
+                for d in orm_ctx.statement.column_descriptions):
+            ended.append(end_it())
+
+    with db.session_scope() as s:
+        sqlalchemy.event.listen(s, "do_orm_execute", between)
+        engine_mod.release_ended(s)
+    assert ended
+    with db.session_scope() as s:
+        svc = s.get(models.Service, sid)
+        assert (svc.state, svc.operation_id, svc.error) == ("RUNNING", None, None)

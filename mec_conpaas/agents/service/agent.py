@@ -213,9 +213,6 @@ class App:
             return {"mode": mode}
         if phase == "hold":
             return dict(self._hold(), mode=mode)
-        if phase == "resume":  # the migration rolled back
-            self._resume()
-            return {"mode": mode, "held": False}
         if phase == "status":
             return {"mode": mode, "held": self.held_pgid is not None,
                     "restored": self.restored}
@@ -412,9 +409,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(202, {"state": APP.state})
         elif self.path == "/restore":
             phase = body.get("phase")
-            if phase not in ("prepare", "hold", "finish", "resume", "status"):
+            if phase not in ("prepare", "hold", "finish", "status"):
                 return self._send(400, {"error": "phase must be prepare, hold, "
-                                                 "finish, resume or status"})
+                                                 "finish or status"})
             res = APP.restore(phase, float(body.get("timeout", 60)))
             self._send(200 if res.get("healthy", True) else 503, res)
         elif self.path == "/stop":
