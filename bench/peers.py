@@ -162,6 +162,11 @@ def migrate(name, b, app, models, during_floor):
     out = {"podman": version(["podman", "--version"]),
            "criu": version(["criu", "--version"]),
            "network": "the container joins the AP's network namespace (no veth/NAT)"}
+    absent = [tool for tool in ("podman", "criu") if shutil.which(tool) is None]
+    if absent:
+        return dict(out, ran=False, failed_step="tools",
+                    error="%s not installed: tools/install-deps.sh --bench installs "
+                          "the peers' packages" % " and ".join(absent))
     check = subprocess.run(["criu", "check"], capture_output=True, text=True)
     out["criu_check"] = {"exit_code": check.returncode,
                          "output": (check.stderr or check.stdout).strip()[-800:]}
