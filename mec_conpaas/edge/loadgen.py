@@ -318,12 +318,12 @@ JOURNAL_RESTORE = ("#!/bin/sh\n# Reads its state at every request: nothing to "
                    "reload.\nexit 0\n")
 
 
-def journal_bundle(path):
+def journal_bundle(path, restore=JOURNAL_RESTORE):
     """A web bundle of JOURNAL_APP, with a restore.sh (it takes a migrated
-    state up without a restart)."""
+    state up without a restart; ``restore``: its text)."""
     with tarfile.open(path, "w:gz") as tar:
         for name, text, mode in (("wsgi.py", JOURNAL_APP, 0o644),
-                                 ("restore.sh", JOURNAL_RESTORE, 0o755)):
+                                 ("restore.sh", restore, 0o755)):
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode

@@ -107,30 +107,44 @@ def scenario(state_dir, order="freeze-first"):
         if order == "routed-back":
             return routed_back(proxy, svc, apps)
         os.kill(apps[OLD].pid, signal.SIGSTOP)  # frozen
-        out.clear()
-        threads = [threading.Thread(target=request, args=(
-            m, kept[m] if ka else http.client.HTTPConnection("127.0.0.1", PORT,
-                                                             timeout=10), ka, out))
-            for m in ("GET", "POST") for ka in (False, True)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)  # they reach the frozen instance and wait there
-        waiting = len(out)
+        sent = send_and_wait(kept)  # they reach the frozen instance and wait there
         proxy.apply({SID: dict(svc, near=[{"addr": NEW}], draining=[{"addr": OLD}])},
                     report=False)
-        killed = time.monotonic()
-        os.kill(apps[OLD].pid, signal.SIGKILL)
-        for t in threads:
-            t.join(15)
-        return {"answered_before_kill": waiting,
-                "results": [[m, ka, st, body, round(1000 * (t - killed), 1)]
-                            for m, ka, st, body, t in out]}
+        return released(sent, lambda: os.kill(apps[OLD].pid, signal.SIGKILL))
     finally:
         hap.terminate()
         hap.wait(10)
         for p in apps.values():
             p.kill()
             p.wait(10)
+
+
+def send_and_wait(kept=None, count=1):
+    """``count`` times GET and POST, each on a new connection and (with
+    ``kept``) on a kept-alive one, all at once, then 0.5 s for them to
+    reach a stopped app: (threads, their answers, how many came)."""
+    out = []
+    threads = [threading.Thread(target=request, args=(
+        m, kept[m] if ka else http.client.HTTPConnection("127.0.0.1", PORT,
+                                                         timeout=15), ka, out))
+        for _ in range(count) for m in ("GET", "POST")
+        for ka in ((False, True) if kept else (False,))]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    return threads, out, len(out)
+
+
+def released(sent, release):
+    """``release()`` them; each answer with its ms after it."""
+    threads, out, waiting = sent
+    t0 = time.monotonic()
+    release()
+    for t in threads:
+        t.join(20)
+    return {"answered_before_kill": waiting,
+            "results": [[m, ka, st, body, round(1000 * (t - t0), 1)]
+                        for m, ka, st, body, t in out]}
 
 
 def switch_first(proxy, svc, apps, kept):
@@ -141,22 +155,7 @@ def switch_first(proxy, svc, apps, kept):
     os.kill(apps[NEW].pid, signal.SIGSTOP)
     proxy.apply({SID: dict(svc, near=[{"addr": NEW}], draining=[{"addr": OLD}])},
                 report=False)
-    out = []
-    threads = [threading.Thread(target=request, args=(
-        m, kept[m] if ka else http.client.HTTPConnection("127.0.0.1", PORT,
-                                                         timeout=10), ka, out))
-        for m in ("GET", "POST") for ka in (False, True)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)  # they reach the paused target and wait there
-    waiting = len(out)
-    resumed = time.monotonic()
-    os.kill(apps[NEW].pid, signal.SIGCONT)
-    for t in threads:
-        t.join(15)
-    return {"answered_before_kill": waiting,
-            "results": [[m, ka, st, body, round(1000 * (t - resumed), 1)]
-                        for m, ka, st, body, t in out]}
+    return released(send_and_wait(kept), lambda: os.kill(apps[NEW].pid, signal.SIGCONT))
 
 
 def routed_back(proxy, svc, apps):
@@ -167,22 +166,9 @@ def routed_back(proxy, svc, apps):
     os.kill(apps[NEW].pid, signal.SIGSTOP)
     proxy.apply({SID: dict(svc, near=[{"addr": NEW}], draining=[{"addr": OLD}])},
                 report=False)
-    out = []
-    threads = [threading.Thread(target=request, args=(
-        "GET", http.client.HTTPConnection("127.0.0.1", PORT, timeout=15), False, out))
-        for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    waiting = len(out)
+    sent = send_and_wait(count=4)
     proxy.apply({SID: dict(svc, near=[{"addr": OLD}])}, report=False)
-    back = time.monotonic()
-    apps[NEW].kill()
-    for t in threads:
-        t.join(20)
-    return {"answered_before_kill": waiting,
-            "results": [[m, ka, st, body, round(1000 * (t - back), 1)]
-                        for m, ka, st, body, t in out]}
+    return released(sent, apps[NEW].kill)
 
 
 def test_requests_queued_for_a_paused_target_go_back_to_the_source(tmp_path):
@@ -190,10 +176,10 @@ def test_requests_queued_for_a_paused_target_go_back_to_the_source(tmp_path):
     assert got["answered_before_kill"] == 0
     results = got["results"]
     assert len(results) == 8, results
-    for _method, _keepalive, status, body, ms in results:
+    for method, _keepalive, status, body, ms in results:
         # HAProxy's queue handed to the source at once, not 503 after
         # ``timeout queue``.
-        assert status == 200 and body == "%s GET" % OLD, results
+        assert status == 200 and body == "%s %s" % (OLD, method), results
         assert ms < 1000, results
 
 
