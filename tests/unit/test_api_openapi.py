@@ -75,6 +75,8 @@ def test_document_is_served_without_a_token(api):
     ("POST", "/v1/services/web/scale", {}, "this call needs a request body"),
     ("POST", "/v1/services/web/migrate", {"json": {"to": ""}},
      "migrate needs 'to': the target node name"),
+    ("POST", "/v1/services/web/migrate", {"json": {"to": "ap-2", "order": "last"}},
+     "unknown migration order 'last': use switch-first or freeze-first"),
     ("POST", "/v1/services/web/migrate", {"data": "to=ap-2",
                                           "content_type": "text/plain"},
      "request body must be application/json (it is text/plain)"),
