@@ -198,8 +198,9 @@ class Cluster:
         instances to count as ACTIVE already (a migration's plan for its
         switch, made before the freeze); the migrations ``route`` named are
         both, whoever pushes."""
-        draining = set(draining) | set(self._routed)
-        activating = set(activating) | set(self._routed.values())
+        routed = dict(self._routed)  # one copy: operations run in threads
+        draining = set(draining) | set(routed)
+        activating = set(activating) | set(routed.values())
         nodes = self.nodes(session, up_only=True)
         names = [n.name for n in self.nodes(session)]
         dist = self.distances(names)
