@@ -432,12 +432,21 @@ class MigrateService(Workflow):
             else:
                 marks, final, pushed = self._copy_then_switch(
                     ctx, pair, new_agent, old_ref, old_id, to_ref, new_id, switch_plan)
-        except Exception:
+        except Exception as error:
             # Undone at once, not when the next attempt starts (seconds
             # later): until then the frozen source, or the paused target
             # every proxy was routed to, held all of the service's requests.
-            self.best_effort(lambda: self._undo_unswitched(ctx))
-            raise
+            try:
+                went = self._undo_unswitched(ctx)
+            except Exception:
+                LOG.exception("undoing the window of moving %s", old_id)
+                raise error from None
+            if went != "forward":
+                raise
+            # The target took the delta up after all: this move is done.
+            LOG.warning("moving %s: %s; %s took the final delta up: moved",
+                        old_id, getattr(error, "message", error), new_id)
+            return
         # The critical window: requests wait from its first mark to "end".
         switched_ms = (dict(marks)["end"] - marks[0][1]) * 1000
         steps = {name: round((t - marks[i][1]) * 1000, 1)
@@ -545,11 +554,15 @@ class MigrateService(Workflow):
 
     def _took_final(self, new_id):
         """Whether a held target took up its migration's final delta (and so
-        serves with it): then the migration can only go forward."""
+        serves with it): then the migration can only go forward.  Asked
+        with ``abort``, which also makes a finish still on its way refuse
+        (the answer stays true).  A target that does not answer is taken
+        as not: the migration goes back to the source (the target, if it
+        did resume meanwhile, loses what it answered; closing note)."""
         try:
             return bool(self.cluster.agent_call(
                 self.cluster.service_agent(new_id), "/restore",
-                {"phase": "status"}).get("restored"))
+                {"phase": "abort"}).get("restored"))
         except (exception.NodeError, exception.NotFound) as e:
             LOG.warning("asking %s whether it took its final delta: %s", new_id,
                         getattr(e, "message", e))
@@ -574,19 +587,23 @@ class MigrateService(Workflow):
         pair = ctx.journal.get("pair")
         if not pair:
             return
-        self.cluster.unroute(pair["old"])
+        went = "forward"
         if not pair.get("switched") and pair.get("routed") and pair.get("new") \
                 and self._took_final(pair["new"]):
             # Switch-first, and the target serves with the final delta: on.
             self.commit(ctx, {pair["new"]: "ACTIVE", pair["old"]: "DELETING"},
                         pair=dict(pair, switched=True))
+            self.cluster.unroute(pair["old"])  # the store says it now
             self.cluster.push_proxies(draining=[pair["old"]])
             pair = ctx.journal["pair"]
         if pair.get("switched"):
+            self.cluster.unroute(pair["old"])
             self.destroy_instance(pair["old"], ctx)  # past the point of no return
         else:
+            went = "back"
             if pair.get("frozen"):
                 self._thaw(pair["old"])
+            self.cluster.unroute(pair["old"])
             if pair.get("routed"):
                 # Back to the source before the target goes: the requests
                 # queued at the paused target are reset then and retried.
@@ -596,6 +613,7 @@ class MigrateService(Workflow):
             self.cleanup_unfinished(ctx, ctx.service_id)
             self.cluster.push_proxies()
         ctx.record(pair=None)
+        return went
 
     def _thaw(self, instance_id):
         with session_scope() as s:

@@ -1,9 +1,10 @@
 """Migration's hold, in the real service agent with the sample webcounter
 app: a request sent to the paused app waits in its listen backlog, and is
 answered only after ``finish``, from the final delta written meanwhile
-(never from the state before it); ``status`` tells a manager that lost the
-answer that the delta was taken up.  In a private network namespace
-(``unshare -n``): nothing binds on the host.
+(never from the state before it); ``abort`` tells a manager that lost the
+answer whether the delta was taken up, and if not, fences it: a late
+``finish`` then refuses and the app never resumes with the old state.  In a
+private network namespace (``unshare -n``): nothing binds on the host.
 """
 import json
 import os
@@ -78,14 +79,19 @@ def scenario(tmp):
         # The final delta: the source's count, which went on to 41.
         with open(os.path.join(state, "hits"), "w") as f:
             f.write("41")
-        out["status_before"] = call("/restore", {"phase": "status"})
         t0 = time.monotonic()
         out["finish"] = call("/restore", {"phase": "finish"})
         sent.join(10)
         out["held_answer"] = answers[0][0]
         out["held_answer_after_finish_ms"] = round(1000 * (answers[0][1] - t0), 1)
-        out["status_after"] = call("/restore", {"phase": "status"})
+        out["abort_after"] = call("/restore", {"phase": "abort"})
         out["next"] = call("/", port=APP_PORT)
+        # A second migration given up before its delta came.
+        call("/restore", {"phase": "prepare"})
+        out["hold_again"] = call("/restore", {"phase": "hold"})
+        out["abort_before"] = call("/restore", {"phase": "abort"})
+        out["late_finish"] = call("/restore", {"phase": "finish"})
+        out["health_after_abort"] = call("/health")
         return out
     finally:
         proc.terminate()
@@ -102,15 +108,19 @@ def test_a_request_sent_to_the_held_app_waits_for_the_final_delta(tmp_path):
     # HAProxy's check must not wait on the paused app.
     assert got["health_held"][0] == 200, got
     assert got["answered_while_held"] == 0, got
-    assert got["status_before"][1] == {"mode": "restore.sh", "held": True,
-                                       "restored": False}, got
     assert got["finish"][0] == 200 and got["finish"][1]["held"] is True, got
     # Answered from the delta (41 + 1), not from the state it held (1 + 1).
     assert got["held_answer"] == [200, dict(got["held_answer"][1], hits=42)], got
     assert got["held_answer_after_finish_ms"] < 5000, got
-    assert got["status_after"][1] == {"mode": "restore.sh", "held": False,
-                                      "restored": True}, got
+    assert got["abort_after"][1] == {"mode": "restore.sh", "held": False,
+                                     "restored": True}, got
     assert got["next"][1]["hits"] == 43, got
+    assert got["hold_again"][1]["held"] is True, got
+    assert got["abort_before"][1] == {"mode": "restore.sh", "held": True,
+                                      "restored": False}, got
+    assert got["late_finish"][0] == 503 and "abandoned" in \
+        got["late_finish"][1]["detail"], got
+    assert got["health_after_abort"][0] == 200, got  # still paused, alive
 
 
 if __name__ == "__main__":

@@ -625,6 +625,13 @@ class NodeAgent:
                     sent=self.sent.to(iid, dst["instance_id"], got["tail_mismatch"]))
             else:
                 break
+        else:
+            # Not taken: a finish the manager then asked for would have
+            # the app go on without the writes since the last round.
+            raise exception.Conflict(
+                "instance %s refused the final delta three times (%s)" % (
+                    dst["instance_id"], "tail mismatch" if got.get("tail_mismatch")
+                    else "unknown manifest round"))
         marks.append(time.monotonic())
         steps = dict(zip(("freeze", "manifest", "export", "send_import_restore"),
                          (round(1000 * (b - a), 1) for a, b in zip(marks, marks[1:]))))

@@ -48,6 +48,8 @@ SERVES_ENDPOINT = SERVICE_TYPE != "flink" or FLINK_JOBMANAGER
 # containers.AGENT_SECRET_FILE
 SECRET_FILE = os.environ.get("MEC_SECRET_FILE", "/etc/mec-conpaas/agent-secret")
 MAX_BODY = 1024 * 1024
+# restore.sh's limit while the app is held for a switch-first migration.
+HELD_RESTORE_TIMEOUT = 20
 SECRET = None
 
 
@@ -80,6 +82,7 @@ class App:
         # up (``finish``), which a manager that lost the answer asks.
         self.held_pgid = None
         self.restored = False
+        self.aborted = False  # the manager gave up on this delta (``abort``)
 
     def env(self):
         env = dict(os.environ)
@@ -173,6 +176,13 @@ class App:
             rc = self.proc.wait()
             if self.stopping:
                 break
+            if self.held_pgid is not None:
+                # Restarted now, it would serve the state from before the
+                # delta: the migration's finish finds it gone and fails.
+                self.state = "ERROR"
+                self._logline("application exited with %s while held for a "
+                              "migration; not restarted" % rc)
+                break
             self.restarts += 1
             self.state = "RESTARTING"
             self._logline("application exited with %s; restarting" % rc)
@@ -206,18 +216,27 @@ class App:
         hook = self.script("restore.sh")
         mode = "restore.sh" if hook else "restart"
         if phase == "prepare":
-            self.restored = False
+            self.restored = self.aborted = False
             if not hook:
                 self._stop_process(signal.SIGKILL)
                 self.state = "RESTORING"
             return {"mode": mode}
         if phase == "hold":
             return dict(self._hold(), mode=mode)
-        if phase == "status":
-            return {"mode": mode, "held": self.held_pgid is not None,
-                    "restored": self.restored}
+        if phase == "abort":
+            # The manager lost finish's answer: either the delta was taken
+            # up (the app serves with it: the migration goes on) or it
+            # never will be (a late finish refuses): never both.
+            with self.lock:
+                self.aborted = not self.restored
+                return {"mode": mode, "held": self.held_pgid is not None,
+                        "restored": self.restored}
         t0 = time.monotonic()
         if hook:
+            if self.held_pgid is not None:
+                # Requests wait at the paused app meanwhile: well inside
+                # the proxies' ``timeout server``, which would retry them.
+                timeout = min(timeout, HELD_RESTORE_TIMEOUT)
             rc = self.run_hook("restore.sh", timeout=timeout)
             if rc != 0:
                 return {"mode": mode, "healthy": False,
@@ -229,8 +248,12 @@ class App:
             # Held: the app is the process that was healthy before the
             # pause, and the requests queued in its listen backlog are
             # waiting for it: no health probe ahead of them.
+            with self.lock:
+                if self.aborted:
+                    return {"mode": mode, "held": True, "healthy": False,
+                            "detail": "the migration was abandoned (abort)"}
+                self.restored = True
             self._resume()
-            self.restored = True
             alive = self.proc is not None and self.proc.poll() is None
             return {"mode": mode, "held": True, "healthy": alive,
                     "detail": "resumed" if alive else "application exited",
@@ -280,7 +303,9 @@ class App:
         if self.state == "HELD":
             return False, "held until its state is in (POST /start)"
         if self.held_pgid is not None:  # a probe would wait for the resume
-            return True, "paused for a migration's final delta"
+            alive = self.proc is not None and self.proc.poll() is None
+            return alive, ("paused for a migration's final delta" if alive
+                           else "application exited while paused")
         if self.state != "RUNNING" or self.proc is None or \
                 self.proc.poll() is not None:
             return False, "application is %s" % self.state.lower()
@@ -409,9 +434,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(202, {"state": APP.state})
         elif self.path == "/restore":
             phase = body.get("phase")
-            if phase not in ("prepare", "hold", "finish", "status"):
+            if phase not in ("prepare", "hold", "finish", "abort"):
                 return self._send(400, {"error": "phase must be prepare, hold, "
-                                                 "finish or status"})
+                                                 "finish or abort"})
             res = APP.restore(phase, float(body.get("timeout", 60)))
             self._send(200 if res.get("healthy", True) else 503, res)
         elif self.path == "/stop":
