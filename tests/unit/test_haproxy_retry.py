@@ -177,10 +177,11 @@ def test_requests_queued_for_a_paused_target_go_back_to_the_source(tmp_path):
     results = got["results"]
     assert len(results) == 8, results
     for method, _keepalive, status, body, ms in results:
-        # HAProxy's queue handed to the source at once, not 503 after
-        # ``timeout queue``.
+        # HAProxy's queue handed to the source, not 503 after ``timeout
+        # queue`` (10 s).  Those the killed target reset are retried, some
+        # after HAProxy's turn-around of min(timeout connect, 1 s).
         assert status == 200 and body == "%s %s" % (OLD, method), results
-        assert ms < 1000, results
+        assert ms < 3000, results
 
 
 def run_scenario(tmp_path, order):
