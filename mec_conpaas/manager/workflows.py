@@ -501,11 +501,7 @@ class MigrateService(Workflow):
         The window's marks, the final copy's answer and the switch's."""
         ctx.record(pair=pair)
         marks = [("start", time.monotonic())]
-        final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
-                                            quiesce_port=APP_PORT, restore=True)
-        if final.get("restore") is None:
-            final["restore"] = self.cluster.agent_call(
-                new_agent, "/restore", {"phase": "finish"}, timeout=70)
+        final = self._final_copy(new_agent, old_ref, old_id, to_ref, new_id)
         marks.append(("freeze_copy_restore", time.monotonic()))
         self.commit(ctx, {new_id: "ACTIVE", old_id: "DELETING"},
                     pair=dict(pair, switched=True))
@@ -532,12 +528,8 @@ class MigrateService(Workflow):
         pushed = self.cluster.push_proxies(draining=[old_id], planned=switch_plan)
         marks.append(("switch", time.monotonic()))
         try:
-            final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
-                                                quiesce_port=APP_PORT, restore=True,
-                                                warmed=True)
-            if final.get("restore") is None:
-                final["restore"] = self.cluster.agent_call(
-                    new_agent, "/restore", {"phase": "finish"}, timeout=70)
+            final = self._final_copy(new_agent, old_ref, old_id, to_ref, new_id,
+                                     warmed=True)
         except exception.NodeError as e:
             if not self._took_final(new_id):
                 raise
@@ -551,6 +543,17 @@ class MigrateService(Workflow):
                     pair=dict(pair, routed=True, switched=True))
         marks.append(("commit", time.monotonic()))
         return marks, final, pushed
+
+    def _final_copy(self, new_agent, old_ref, old_id, to_ref, new_id, warmed=False):
+        """The source frozen, the final delta moved and taken up by the
+        target's app (in the same request where it can, else asked here)."""
+        final = self.driver.freeze_and_copy(old_ref, old_id, to_ref, new_id,
+                                            quiesce_port=APP_PORT, restore=True,
+                                            warmed=warmed)
+        if final.get("restore") is None:
+            final["restore"] = self.cluster.agent_call(
+                new_agent, "/restore", {"phase": "finish"}, timeout=70)
+        return final
 
     def _took_final(self, new_id):
         """Whether a held target took up its migration's final delta (and so
