@@ -138,10 +138,32 @@ def testbed():
         with open(os.path.join(STATE, "inventory.yml")) as f:
             inv = f.read()
         hosts = dict(re.findall(r"^ {8}(\S+):\n {10}ansible_host: (\S+)$", inv, re.M))
-        yield {name: Host(name, addr) for name, addr in hosts.items()}
+        bed = {name: Host(name, addr) for name, addr in hosts.items()}
+        yield bed
+        save_journals(bed)
     finally:
         if not os.environ.get("MEC_DEPLOY_KEEP"):
             subprocess.run(["bash", TESTBED, "down"], timeout=600)
+
+
+# What each host's services logged, kept beside the playbook logs when the test bed goes:
+# a CI failure in the PaaS (a drain, a migration through nova) is explained by the
+# manager's and node agents' logs, which the teardown would otherwise destroy.
+JOURNAL_UNITS = ("mec-conpaas-manager", "mec-conpaas-node-agent", "mec-conpaas-haproxy",
+                 "nova-api", "nova-conductor", "nova-scheduler", "nova-compute")
+
+
+def save_journals(bed):
+    os.makedirs(LOG_DIR, exist_ok=True)
+    units = " ".join("-u %s" % u for u in JOURNAL_UNITS)
+    for name, host in sorted(bed.items()):
+        try:
+            out = host.run("journalctl --no-pager -o short-precise %s" % units,
+                           check=False, timeout=120).stdout
+        except subprocess.SubprocessError as e:
+            out = "journal not read: %s\n" % e
+        with open(os.path.join(LOG_DIR, "journal-%s.log" % name), "w") as f:
+            f.write(out)
 
 
 @pytest.fixture(scope="session")
