@@ -318,14 +318,21 @@ def create_app(manager):
             op_ids = [services.start(s, "drain", v, "ADAPTING", ("RUNNING",), "drained",
                                      drain=node.name, **plan[v.id]).id
                       for v in svcs if v.id in plan]
+            left = engine_mod.leftovers(s, node.name)
             view = node_view(node)
-        LOG.info("node %s disabled (%s); drain: %d operation(s)", view["name"],
-                 view["disabled_reason"], len(op_ids))
+        LOG.info("node %s disabled (%s); drain: %d operation(s), %d leftover "
+                 "instance(s) for the sweep", view["name"], view["disabled_reason"],
+                 len(op_ids), len(left))
         for op_id in op_ids:
             manager.engine.submit(op_id)
+        if left or not op_ids:
+            # Nothing (more) to move: what the sweep would remove there
+            # (leftover rows, orphaned containers) goes now, not within
+            # [manager] orphan_sweep_interval.
+            manager.sweep_soon()
         with session_scope() as s:
             ops = [s.get(models.Operation, i) for i in op_ids]
-            return flask.jsonify(node=view, operations=[
+            return flask.jsonify(node=view, leftovers=left, operations=[
                 dict(operation_view(o), tenant=tenants.get(o.tenant_id))
                 for o in ops]), 202 if ops else 200
 

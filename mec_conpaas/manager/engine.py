@@ -19,6 +19,7 @@ import logging
 import threading
 import traceback
 
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 
@@ -127,6 +128,20 @@ def release_ended(session):
             svc.operation_id = None
             settle(svc, (op and op.error) or "operation %s ended before its "
                         "service settled" % op_id)
+
+
+def leftovers(session, node_name=None):
+    """Instances no running operation accounts for (being built, standing
+    by or being deleted, with no service or a service no operation holds):
+    the sweep's to remove, on ``node_name`` only if given."""
+    query = (select(models.Instance.id)
+             .outerjoin(models.Service, models.Service.id == models.Instance.service_id)
+             .where(models.Instance.state.in_(("BUILDING", "STANDBY", "DELETING")),
+                    or_(models.Instance.service_id.is_(None),
+                        models.Service.operation_id.is_(None))))
+    if node_name is not None:
+        query = query.where(models.Instance.node_name == node_name)
+    return list(session.scalars(query))
 
 
 def retryable(error):

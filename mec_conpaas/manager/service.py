@@ -63,6 +63,7 @@ class Manager:
         self.liveness = liveness.Receiver(conf)  # its own process
         self._sample = None
         self.stop = threading.Event()
+        self._sweep_now = threading.Event()
 
     def sample_bundle(self):
         if self._sample is None:
@@ -107,7 +108,11 @@ class Manager:
         # restart: only up nodes are swept.
         opts = self.conf.manager
         wait = min(opts.orphan_sweep_interval, opts.node_heartbeat_timeout)
-        while not self.stop.wait(wait):
+        while True:
+            self._sweep_now.wait(wait)
+            self._sweep_now.clear()
+            if self.stop.is_set():
+                return
             wait = opts.orphan_sweep_interval
             try:
                 removed = self.sweeper.sweep()
@@ -116,6 +121,12 @@ class Manager:
                                 "container(s): %s", len(removed), ", ".join(removed))
             except Exception:
                 LOG.exception("sweep")
+
+    def sweep_soon(self):
+        """Sweep now rather than at the next interval: a node drain waits
+        for what the sweep removes there (an instance its delete left while
+        the node did not answer)."""
+        self._sweep_now.set()
 
     def serve(self):
         import waitress

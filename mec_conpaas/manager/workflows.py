@@ -11,7 +11,6 @@ import os
 import shutil
 import time
 
-from sqlalchemy import or_
 from sqlalchemy import select
 
 from mec_conpaas import exception
@@ -981,13 +980,7 @@ class Sweeper(Workflow):
     def sweep(self):
         with session_scope() as s:
             engine.release_ended(s)
-            leftovers = s.scalars(
-                select(models.Instance.id)
-                .outerjoin(models.Service,
-                           models.Service.id == models.Instance.service_id)
-                .where(models.Instance.state.in_(("BUILDING", "STANDBY", "DELETING")),
-                       or_(models.Instance.service_id.is_(None),
-                           models.Service.operation_id.is_(None)))).all()
+            leftovers = engine.leftovers(s)
             draining = s.scalars(
                 select(models.Instance.id).join(models.Service).where(
                     models.Instance.state == "DELETING",

@@ -345,6 +345,39 @@ def test_second_run_reports_no_change(testbed, deployed):
 
 
 @full_only
+def test_add_node_enables_a_host_only_if_its_removal_disabled_it(master, aps):
+    """What add-node.yml's compute_hosts.yml does for a node an unfinished remove-node.yml
+    left disabled in nova (its drain failed): enables it; a host an admin disabled for
+    another reason stays disabled (mec-os-ensure with the spec add-node.yml writes)."""
+    ap = aps[0]
+    spec = json.dumps({"wait_compute_hosts": {"hosts": [ap.name], "timeout": 120},
+                       "enable_drained": True})
+    ensure = ("printf '%%s' %s > /root/enable-drained.json && OS_CLOUD=mec-admin "
+              "/usr/local/sbin/mec-os-ensure /root/enable-drained.json"
+              % shell_quote(spec))
+
+    def disable(reason):
+        master.openstack("compute service set --disable --disable-reason %s %s nova-compute"
+                         % (shell_quote(reason), ap.name))
+
+    def status():
+        return {s["Host"]: s["Status"] for s in master.openstack(
+            "compute service list --service nova-compute -f json")}[ap.name]
+
+    try:
+        disable("draining: leaving the cloud")
+        out = json.loads(master.run(ensure).stdout.splitlines()[-1])
+        assert out == {"changed": ["nova-compute on %s enabled" % ap.name]}, out
+        assert status() == "enabled"
+        disable("new SD card")
+        out = json.loads(master.run(ensure).stdout.splitlines()[-1])
+        assert out == {"changed": []} and status() == "disabled", out
+    finally:
+        master.run("rm -f /root/enable-drained.json; OS_CLOUD=mec-admin openstack compute "
+                   "service set --enable %s nova-compute" % ap.name, check=False)
+
+
+@full_only
 def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
     """Last (it changes the test bed): remove-node.yml drains the last AP's services to
     another AP and deletes it from the PaaS; add-node.yml makes it a compute host, an availability
@@ -367,6 +400,7 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
         return next((n for n in nodes if n["name"] == ap.name), None)
 
     master.run(PAAS_CLI + "service create web %s --node %s" % (name, node.name), timeout=600)
+    back_in = False
     try:
         port = json.loads(master.run(PAAS_CLI + "service show %s -f json" % name).stdout)["port"]
         recap, seconds, log = run_playbook("remove-node.yml", "remove-node",
@@ -385,6 +419,7 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
 
         recap, seconds, log = run_playbook("add-node.yml", "add-node",
                                            "-e", "node=" + node.name)
+        back_in = True
         print("add-node.yml: %.0f s" % seconds)
         assert all(c["failed"] == 0 for c in recap.values()), (recap, log)
         assert recap[other.name]["changed"] == 0, recap  # routes unchanged: same node back
@@ -397,3 +432,12 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
         assert code == "200", code
     finally:
         master.run(PAAS_CLI + "service delete %s" % name, check=False, timeout=300)
+        if not back_in:
+            # What a sysadmin does after a removal that failed half-way (the node
+            # disabled in nova and the PaaS, maybe deleted): add-node.yml keeps it. The
+            # later tests get their test bed back instead of failing after this one.
+            try:
+                run_playbook("add-node.yml", "add-node-after-failure",
+                             "-e", "node=" + node.name)
+            except (Exception, pytest.fail.Exception) as e:
+                print("add-node.yml after the failed removal: %s" % str(e)[:2000])

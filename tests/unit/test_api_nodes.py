@@ -11,6 +11,7 @@ from mec_conpaas.db import session as db
 from mec_conpaas.drivers import lxc
 from mec_conpaas.manager import auth
 from mec_conpaas.manager import cluster as cluster_mod
+from mec_conpaas.manager import engine
 from mec_conpaas.manager import liveness
 from mec_conpaas.manager import mobility
 from mec_conpaas.manager import service
@@ -44,6 +45,10 @@ class Manager:
         self.mobility = mobility.Mobility(self.cluster, self.services, self.engine)
         self.sample_bundle = service.build_sample_bundle
         self.liveness = liveness.Liveness(conf)  # no socket: not advertised
+        self.sweeps = 0
+
+    def sweep_soon(self):
+        self.sweeps += 1
 
 
 class Api:
@@ -161,6 +166,34 @@ def test_drain_moves_every_tenants_instances_and_is_idempotent(edge):
     status, body = admin("POST", "/v1/nodes/ap-1/enable")
     assert status == 200 and body["node"]["schedulable"] is True
     assert body["node"]["disabled_reason"] is None
+
+
+def test_drain_names_the_leftovers_and_has_the_sweep_remove_them_now(edge):
+    """A delete that found the node silent leaves its instance DELETING and
+    detached: nothing to move, but the node is not empty (nova still lists its
+    server).  The drain names it and starts the sweep instead of leaving it
+    to the next [manager] orphan_sweep_interval."""
+    admin, _, manager = edge
+    gone = add_service("gone", "alice", "ap-2", ["ap-2"])
+    add_service("busy", "alice", "ap-3", ["ap-3"], state="ADAPTING", port=20010)
+    with db.session_scope() as s:
+        left = s.scalar(select(models.Instance).where(models.Instance.service_id == gone))
+        left.state, left.service_id = "DELETING", None
+        s.delete(s.get(models.Service, gone))
+        # Not a leftover: its service's operation accounts for it.
+        busy = s.scalar(select(models.Instance).where(models.Instance.node_name == "ap-3"))
+        busy.state = "STANDBY"
+        busy.service.operation_id = "op-1"
+        left_id = left.id
+    status, body = admin("POST", "/v1/nodes/ap-2/drain")
+    assert (status, body["operations"], body["leftovers"]) == (200, [], [left_id])
+    assert manager.sweeps == 1
+    with db.session_scope() as s:
+        assert engine.leftovers(s) == [left_id]
+    # A drain with operations to follow leaves the sweep to its next turn.
+    add_service("web", "alice", "ap-1", ["ap-1"], port=20020)
+    status, body = admin("POST", "/v1/nodes/ap-1/drain")
+    assert (status, body["leftovers"], manager.sweeps) == (202, [], 1)
 
 
 def test_tenants_cannot_follow_other_tenants_operations(edge):

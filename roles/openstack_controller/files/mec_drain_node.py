@@ -13,7 +13,11 @@ PaaS tokens.
    manager marks it unschedulable and moves the instances of every tenant's services off
    it, make-before-break, to the nearest, least loaded other nodes; wait for each of the
    operations it returns, then drain again to check that nothing is left there.
-3. nova: fail if instances that MEC-ConPaaS does not manage remain on the node.
+3. nova: wait until the node holds no server. MEC-ConPaaS's own (their metadata names
+   their instance) that no operation accounts for, e.g. one a delete left while the node
+   did not answer, are removed by the manager's sweep, which a drain with nothing more to
+   move starts at once; fail if one is still there after LEFT_WAIT seconds, or at once if
+   a server MEC-ConPaaS does not manage is on the node.
 Prints one JSON object {"changed": [...]}; a run on a node already drained and empty
 changes nothing.  Errors (a busy service, too few free slots elsewhere, a failed move) end
 the run with the manager's message; rerun once it is dealt with.
@@ -28,9 +32,15 @@ import urllib.request
 import openstack
 
 REASON = "leaving the cloud (remove-node.yml)"
+# nova-compute's disabled reason; add-node.yml enables a host disabled with it again
+# (mec_os_ensure.py's DRAIN_REASON).
+DRAIN_REASON = "draining: leaving the cloud"
 ROUNDS = 3          # drains until the node holds nothing
 WAIT = 900          # seconds for one round's operations
 POLL = 0.5          # seconds between looks at them (a GET of the local manager each)
+LEFT_WAIT = 180     # seconds for the manager's sweep to remove its leftovers there
+# The server metadata key naming a MEC-ConPaaS instance (mec_conpaas.drivers.openstack).
+INSTANCE_PROPERTY = "mec_instance_id"
 
 
 def api(url, token, method="GET", body=None):
@@ -84,7 +94,7 @@ def main():
         token = ("Authorization", "Bearer " + open(token_file).read().strip())
     for svc in conn.compute.services(binary="nova-compute", host=node):
         if svc.status != "disabled":
-            conn.compute.disable_service(svc, disabled_reason="draining: leaving the cloud")
+            conn.compute.disable_service(svc, disabled_reason=DRAIN_REASON)
             changed.append("nova-compute on %s disabled" % node)
     if api(manager + "/v1/nodes/" + node, token)["node"]["schedulable"]:
         changed.append("MEC-ConPaaS node %s disabled" % node)
@@ -99,10 +109,33 @@ def main():
     else:
         sys.exit("%s held instances again after each of %d drains: an operation keeps "
                  "placing them there" % (node, ROUNDS))
-    left = [s.name for s in conn.compute.servers(all_projects=True, host=node)]
-    if left:
-        sys.exit("instances still on %s (not managed by MEC-ConPaaS): %s" % (node, ", ".join(left)))
+    wait_empty(conn, node)
     print(json.dumps({"changed": changed}))
+
+
+def describe(server):
+    return "%s (%s%s)" % (server.name, server.status,
+                          ", " + server.task_state if server.task_state else "")
+
+
+def wait_empty(conn, node):
+    """Until nova lists no server on the node: the manager's sweep removes its
+    own leftovers there; anyone else's is the operator's to deal with."""
+    deadline = time.monotonic() + LEFT_WAIT
+    while True:
+        left = list(conn.compute.servers(all_projects=True, host=node))
+        if not left:
+            return
+        foreign = [s for s in left if INSTANCE_PROPERTY not in (s.metadata or {})]
+        if foreign:
+            sys.exit("instances still on %s (not managed by MEC-ConPaaS): %s; delete or "
+                     "move them, then rerun" % (node, ", ".join(map(describe, foreign))))
+        if time.monotonic() > deadline:
+            sys.exit("MEC-ConPaaS instances still on %s after %d s, which no operation "
+                     "accounts for and the manager's sweep did not remove: %s; see "
+                     "`journalctl -u mec-conpaas-manager` (sweep), then rerun" % (
+                         node, LEFT_WAIT, ", ".join(map(describe, left))))
+        time.sleep(2)
 
 
 if __name__ == "__main__":

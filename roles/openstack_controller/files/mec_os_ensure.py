@@ -9,8 +9,9 @@ networks), where about 30 `openstack` CLI calls took 37 s. Prints one JSON objec
 {"changed": [...]} listing what it created or modified; nothing when all exists.
 
 Also the compute hosts' turn (edge.yml, add-node.yml: ``wait_compute_hosts``,
-``discover_hosts``) and a removed AP's (remove-node.yml: ``forget``), each one process
-where the playbooks ran one `openstack` CLI call (a 2-3 s start each) per object.
+``discover_hosts``, ``enable_drained``) and a removed AP's (remove-node.yml: ``forget``),
+each one process where the playbooks ran one `openstack` CLI call (a 2-3 s start each) per
+object.
 """
 import json
 import subprocess
@@ -53,6 +54,21 @@ def wait_compute_hosts(conn, spec):
             sys.exit("nova-compute not up after %ds on: %s (journalctl -u nova-compute "
                      "there)" % (spec.get("timeout", 120), ", ".join(sorted(want - up))))
         time.sleep(2)
+
+
+# The reason remove-node's drain (mec_drain_node.py) disables a host's nova-compute with.
+DRAIN_REASON = "draining: leaving the cloud"
+
+
+def enable_drained(conn, hosts, changed):
+    """add-node.yml on a host a remove-node.yml run disabled and did not finish (its
+    drain failed): the host is wanted back, so nova schedules on it again. A host an
+    admin disabled for another reason stays disabled."""
+    for svc in conn.compute.services(binary="nova-compute"):
+        if (svc.host in hosts and svc.status == "disabled"
+                and (svc.disabled_reason or "") == DRAIN_REASON):
+            conn.compute.enable_service(svc)
+            changed.append("nova-compute on %s enabled" % svc.host)
 
 
 def forget(conn, spec, changed):
@@ -164,6 +180,8 @@ def main():
                 changed.append("flavor %s" % f["name"])
     if "wait_compute_hosts" in spec:
         wait_compute_hosts(conn, spec["wait_compute_hosts"])
+        if spec.get("enable_drained"):
+            enable_drained(conn, spec["wait_compute_hosts"]["hosts"], changed)
     if "aggregates" in spec:
         services = {s.host for s in conn.compute.services() if s.binary == "nova-compute"}
         aggregates = {x.name: x for x in conn.compute.aggregates()}
