@@ -218,7 +218,8 @@ def test_remove_node_helper_drains_and_is_idempotent(edge, admin, tenant, tmp_pa
     # removed by the sweep the drain started): waited for.
     ours = {"name": "mec-x", "status": "ACTIVE", "task_state": "deleting",
             "metadata": {"mec_instance_id": "x", "mec_service_id": "y"}}
-    assert helper([[ours], [dict(ours, task_state=None)], []]) == {"changed": []}
+    assert helper([[ours], [dict(ours, task_state=None)], []]) == {"changed": [
+        "MEC-ConPaaS's leftover mec-x on ap-3 removed (the manager's sweep)"]}
     assert json.loads((tmp_path / "servers.json").read_text()) == [[]]
     # Anyone else's: the operator's to deal with, said at once.
     foreign = {"name": "db-1", "status": "SHUTOFF", "task_state": None, "metadata": {}}

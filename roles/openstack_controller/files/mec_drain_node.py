@@ -109,7 +109,8 @@ def main():
     else:
         sys.exit("%s held instances again after each of %d drains: an operation keeps "
                  "placing them there" % (node, ROUNDS))
-    wait_empty(conn, node)
+    changed += ["MEC-ConPaaS's leftover %s on %s removed (the manager's sweep)" % (name, node)
+                for name in wait_empty(conn, node)]
     print(json.dumps({"changed": changed}))
 
 
@@ -120,12 +121,15 @@ def describe(server):
 
 def wait_empty(conn, node):
     """Until nova lists no server on the node: the manager's sweep removes its
-    own leftovers there; anyone else's is the operator's to deal with."""
+    own leftovers there; anyone else's is the operator's to deal with. Returns the
+    names of the leftovers waited for."""
     deadline = time.monotonic() + LEFT_WAIT
+    seen = []
     while True:
         left = list(conn.compute.servers(all_projects=True, host=node))
         if not left:
-            return
+            return seen
+        seen += [s.name for s in left if s.name not in seen]
         foreign = [s for s in left if INSTANCE_PROPERTY not in (s.metadata or {})]
         if foreign:
             sys.exit("instances still on %s (not managed by MEC-ConPaaS): %s; delete or "
