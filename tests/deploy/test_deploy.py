@@ -440,8 +440,8 @@ def test_remove_node_drains_it_and_add_node_brings_it_back(master, aps):
         code = http_status(master, other.address, port)
         assert code == "200", code
         assert node.name not in computes() and node.name not in zones()
-        gone = {s["Name"] for s in master.openstack("server list --all-projects -f json")}
-        assert not left & gone, left  # the sweep the drain started removed it
+        existing = {s["Name"] for s in master.openstack("server list --all-projects -f json")}
+        assert not left & existing, left  # the sweep the drain started removed it
         # remove-node.yml ends with `node delete`: the node, its allocation, its
         # credential and (at the next heartbeats) its routes are gone.
         assert paas_node(node) is None
