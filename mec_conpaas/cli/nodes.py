@@ -81,6 +81,10 @@ class DrainNode(common.ApiCommand, lister.Lister):
         tenants = {o["id"]: o["tenant"] for o in ops}
         self.app.stderr.write("node %s is not schedulable; %d operation(s) moving "
                               "its instances\n" % (res["node"]["name"], len(ops)))
+        if res.get("leftovers"):
+            self.app.stderr.write("%d instance(s) no operation accounts for, left there "
+                                  "for the sweep: %s\n" % (len(res["leftovers"]),
+                                                            ", ".join(res["leftovers"])))
         if ops and parsed_args.wait:
             ops = common.wait_all(self.app, ops, parsed_args.timeout)
             failed = [o for o in ops if o["state"] == "FAILED"]

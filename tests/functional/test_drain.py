@@ -4,6 +4,7 @@ enabled, and a drain that cannot complete changes nothing; remove-node.yml's
 helper drains through the same call."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,3 +227,37 @@ def test_remove_node_helper_drains_and_is_idempotent(edge, admin, tenant, tmp_pa
     err = helper([[ours, foreign]], rc=1)
     assert ("instances still on ap-3 (not managed by MEC-ConPaaS): db-1 (SHUTOFF); "
             "delete or move them, then rerun") in err
+
+
+def wait_for(what, check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def test_drain_names_what_a_delete_left_and_the_sweep_removes_it(edge, admin, tenant):
+    """A service deleted while its node's agent is down leaves its instance to
+    the sweep (DELETING, no service): a drain of that node has nothing to
+    move, names it (``leftovers``; the CLI says so), and the sweep removes it
+    once the node is back."""
+    admin.enable_node("ap-3")
+    wait_op(tenant, tenant.create_service("web", "gone", node="ap-3"))
+    (iid,) = [i["id"] for i in tenant.service("gone")["instances"]]
+    assert containers(edge, "ap-3") == [iid]
+    edge.kill("agent-ap-3", signal.SIGKILL)
+    try:
+        wait_for("ap-3 marked down", lambda: admin.node("ap-3")["state"] == "down")
+        wait_op(tenant, tenant.delete_service("gone"))
+        res = cli(edge, admin.token, "node", "drain", "ap-3", "-f", "json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == []
+        assert ("1 instance(s) no operation accounts for, left there for the sweep: %s"
+                % iid) in res.stderr
+        assert containers(edge, "ap-3") == [iid]  # its node could not remove it
+    finally:
+        edge.start_node_agent("ap-3")
+    # (container first, then its row: a drain's answer may name it for a moment longer)
+    wait_for("the leftover removed", lambda: containers(edge, "ap-3") == []
+             and admin.drain_node("ap-3")["leftovers"] == [])
+    assert running(edge) == instance_ids(tenant)
