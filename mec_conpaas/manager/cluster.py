@@ -184,11 +184,11 @@ class Cluster:
             out[name].update(free_cpus=cpus, free_memory_mb=memory_mb)
         return out
 
-    def free_slots(self, session, node=None):
+    def free_slots(self, session, node=None, capacity=None):
         """Free instance slots on the up, schedulable nodes (or on ``node``
-        only)."""
+        only), of ``capacity`` if the caller has read it."""
         return sum(placement.free_slots(v)
-                   for n, v in self.capacity(session).items()
+                   for n, v in (capacity or self.capacity(session)).items()
                    if placement.placeable(v) and (node is None or n == node))
 
     # -- proxies ---------------------------------------------------------

@@ -95,11 +95,14 @@ class Services:
     # -- capacity and placement ----------------------------------------------
     def require_slots(self, session, count, message, node=None):
         """InsufficientCapacity with ``message`` (``{free}``: the free
-        slots) unless the hosting nodes (or ``node``) have ``count`` free
-        instance slots."""
-        free = self.cluster.free_slots(session, node)
+        slots, ``{nodes}``: each node's, or why it has none) unless the
+        hosting nodes (or ``node``) have ``count`` free instance slots."""
+        capacity = self.cluster.capacity(session)
+        free = self.cluster.free_slots(session, node, capacity)
         if count > free:
-            raise exception.InsufficientCapacity(message.format(free=free))
+            raise exception.InsufficientCapacity(message.format(
+                free=free, nodes=placement.describe(
+                    {n: v for n, v in capacity.items() if node is None or n == node})))
 
     def place(self, session, count, near, only=None, exclude=(), need=None):
         """Nodes for ``count`` new instances: on ``only`` if named, else the
@@ -195,7 +198,7 @@ class Services:
         if node_name:
             self.host(session, node_name)
         self.require_slots(session, count, "count %d is above the {free} free "
-                           "instance slots of the up nodes" % count)
+                           "instance slots of the up nodes ({nodes})" % count)
 
     def check_scale(self, session, svc, count, node_name=None):
         """The active instance count now (the operation's ``previous``)."""
@@ -205,7 +208,7 @@ class Services:
         if count > current:
             self.require_slots(session, count - current,
                                "count %d needs %d more instance(s) but the up nodes "
-                               "have {free} free slot(s)" % (count, count - current),
+                               "have {free} free slot(s) ({nodes})" % (count, count - current),
                                node_name)
             # ... and room for their size, each node's reserve kept
             self.place(session, count - current, svc.home_node, only=node_name,
@@ -234,7 +237,7 @@ class Services:
         self.require("start")
         count = self.cluster.saved_count(svc.id)
         self.require_slots(session, count, "service %s had %d instance(s) but the up "
-                           "nodes have {free} free slot(s): free some (scale or stop "
+                           "nodes have {free} free slot(s) ({nodes}): free some (scale or stop "
                            "other services) or add nodes, then retry" % (svc.name, count))
         return count
 

@@ -86,6 +86,19 @@ def placeable(node):
     return node["up"] and node.get("schedulable", True)
 
 
+def describe(nodes, exclude=()):
+    """Why each node has the slots it has, for an error that says there are
+    too few: an admin sees at once which node is down, disabled or full."""
+    def why(v):
+        if not v["up"]:
+            return "down"
+        if not v.get("schedulable", True):
+            return "disabled"
+        return "%d of %d free" % (free_slots(v), v["max_instances"])
+    return "; ".join("%s: %s" % (n, why(nodes[n])) for n in sorted(nodes)
+                     if n not in exclude) or "no node"
+
+
 def place(count, home, nodes, dist, exclude=(), need=None):
     """Choose nodes for ``count`` new instances: least loaded among the
     nearest to ``home`` with a free slot (and, with ``need`` = (cpus,
@@ -146,8 +159,9 @@ def evacuate(node, services, nodes, dist):
     if needed > free:
         raise exception.InsufficientCapacity(
             "draining %s needs %d free instance slot(s) on the other up, "
-            "schedulable nodes but they have %d: add or enable nodes, or scale "
-            "services in, then retry; nothing was changed" % (node, needed, free))
+            "schedulable nodes but they have %d (%s): add or enable nodes, or "
+            "scale services in, then retry; nothing was changed" % (
+                node, needed, free, describe(nodes, exclude=(node,))))
     targets = iter(place(needed, node, nodes, dist, exclude=(node,)))
     plan = {}
     for svc in services:

@@ -145,7 +145,8 @@ def test_drain_that_cannot_complete_changes_nothing(edge, admin, tenant):
     res = cli(edge, admin.token, "node", "drain", "ap-2", "--reason", "full")
     assert res.returncode == 1
     assert "draining ap-2 needs 3 free instance slot(s) on the other up, schedulable " \
-        "nodes but they have 2" in res.stderr and "nothing was changed" in res.stderr
+        "nodes but they have 2 (ap-1: 1 of 3 free; ap-3: 1 of 3 free)" in res.stderr \
+        and "nothing was changed" in res.stderr
     node = admin.node("ap-2")
     assert (node["schedulable"], node["disabled_reason"]) == (True, None)
     assert (placement(tenant), running(edge), [o["id"] for o in tenant.operations()],

@@ -221,7 +221,8 @@ def test_drain_refused_and_nothing_changed_when_busy_or_full(edge):
     before = snapshot()
     status, body = admin("POST", "/v1/nodes/ap-1/drain", json={"reason": "x"})
     assert status == 409 and body["error"]["code"] == "insufficient_capacity"
-    assert "needs 2 free instance slot(s)" in body["error"]["message"]
+    assert ("needs 2 free instance slot(s) on the other up, schedulable nodes but they "
+            "have 0 (ap-2: disabled; ap-3: 0 of 3 free)") in body["error"]["message"]
     assert snapshot() == before and manager.engine.submitted == []
 
 
@@ -261,7 +262,8 @@ def test_disabled_node_is_refused_as_a_target(edge):
     assert nodes["ap-1"]["disabled_reason"] == "flaky radio"
     # Free slots no longer count the disabled node.
     status, body = alice("POST", "/v1/services/web/scale", json={"count": 7})
-    assert status == 409 and "have 5 free slot(s)" in body["error"]["message"]
+    assert status == 409 and "have 5 free slot(s) (ap-1: disabled; ap-2: 2 of 3 free; " \
+        "ap-3: 3 of 3 free)" in body["error"]["message"]
     # Without a named node, the new service's home is an enabled one: ap-3,
     # whose slots are all free (ap-2 runs web's instance).
     status, body = alice("POST", "/v1/services", data={"type": "web", "name": "new"})

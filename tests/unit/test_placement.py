@@ -98,7 +98,8 @@ def test_evacuate_refuses_without_room_and_ignores_disabled_nodes():
     n["ap-3"]["schedulable"] = False
     with pytest.raises(exception.InsufficientCapacity,
                        match="draining ap-1 needs 2 free instance slot.s. on the other "
-                             "up, schedulable nodes but they have 1.*nothing was changed"):
+                             "up, schedulable nodes but they have 1 .ap-2: 1 of 2 free; "
+                             "ap-3: disabled.*nothing was changed"):
         placement.evacuate("ap-1", [{"id": "web", "home": "ap-1",
                                      "instances": ["w1", "w2"]}], n, d)
     assert placement.evacuate("ap-1", [], n, d) == {}
